@@ -1,0 +1,1 @@
+"""Faust agents: thin wiring of ``pipeline`` processing onto Kafka topics."""

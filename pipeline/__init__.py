@@ -1,0 +1,3 @@
+"""cdc-pipeline: change data capture from PostgreSQL to Kafka, fanned out to sinks by Faust agents."""
+
+__version__ = "0.1.0"

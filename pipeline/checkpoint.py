@@ -1,0 +1,89 @@
+"""Which source positions may be confirmed: only those Kafka has acknowledged in full.
+
+Capture publishes each event as soon as it is decoded (so a transaction of any size streams
+through a bounded producer queue) and registers it with the transaction it belongs to. The
+slot's confirmed position advances to a transaction's end LSN only when every event of that
+transaction, and of every earlier one, has been acknowledged by Kafka. Acknowledgements may
+arrive out of order across partitions; confirmation never does.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from pipeline.postgres.lsn import Lsn
+
+
+class DeliveryFailed(Exception):
+    """Kafka refused an event for good; nothing after it may be confirmed."""
+
+
+class TransactionDelivery:
+    """One source transaction's outstanding events. Used as the producer's delivery callback."""
+
+    __slots__ = ("pending", "end_lsn", "error")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.end_lsn: Lsn | None = None  # set at commit; None while the transaction is open
+        self.error: str | None = None
+
+    def __call__(self, err: Any, _msg: Any = None) -> None:
+        self.pending -= 1
+        if err is not None and self.error is None:
+            self.error = str(err)
+
+    @property
+    def complete(self) -> bool:
+        return self.end_lsn is not None and self.pending == 0
+
+
+class DeliveryTracker:
+    """Transactions in commit order; yields the highest position safe to confirm."""
+
+    def __init__(self) -> None:
+        self._open: deque[TransactionDelivery] = deque()
+        self._confirmable: Lsn | None = None
+
+    def begin(self) -> TransactionDelivery:
+        txn = TransactionDelivery()
+        self._open.append(txn)
+        return txn
+
+    @staticmethod
+    def sent(txn: TransactionDelivery) -> TransactionDelivery:
+        """Count one more event of ``txn`` handed to the producer; returns the callback."""
+        txn.pending += 1
+        return txn
+
+    @staticmethod
+    def commit(txn: TransactionDelivery, end_lsn: Lsn) -> None:
+        txn.end_lsn = end_lsn
+
+    @property
+    def in_flight(self) -> int:
+        """Transactions not yet fully acknowledged (including an open one)."""
+        return len(self._open)
+
+    def confirmable(self) -> Lsn | None:
+        """Advance over the acknowledged prefix; the position that may be confirmed, if any.
+
+        Raises DeliveryFailed if Kafka refused an event of the prefix.
+        """
+        while self._open:
+            head = self._open[0]
+            if head.error is not None:
+                raise DeliveryFailed(head.error)
+            if not head.complete:
+                break
+            self._open.popleft()
+            assert head.end_lsn is not None
+            self._confirmable = head.end_lsn
+        return self._confirmable
+
+    def idle(self, server_position: Lsn) -> None:
+        """Nothing is in flight: everything the server sent up to here is handled, so the
+        position may move on even when no published table changed (keeps WAL from piling up)."""
+        if not self._open and (self._confirmable is None or server_position > self._confirmable):
+            self._confirmable = server_position

@@ -1,0 +1,212 @@
+"""Settings: one YAML file plus environment overrides, validated at start.
+
+Each component reads only its own small frozen section; ``None`` for an optional section
+means that part is off. An environment variable ``CDC_<SECTION>__<FIELD>`` (double
+underscore between levels) overrides the file, e.g. ``CDC_KAFKA__BOOTSTRAP_SERVERS``.
+Values in the environment are read as YAML scalars, so ``CDC_KAFKA__PARTITIONS=6`` is an int.
+Secrets (DSNs, passwords) are ``SecretStr``: printing a setting never shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+_TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
+_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_table_ids(tables: Any) -> Any:
+    for table in tables:
+        if not _TABLE_RE.match(table):
+            raise ValueError(f"'{table}' is not of the form schema.table")
+    return tables
+
+
+class PostgresSettings(_Section):
+    """The PostgreSQL source (logical replication with pgoutput)."""
+
+    dsn: SecretStr = SecretStr("host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+    slot: str = "cdc_slot"
+    publication: str = "cdc_publication"
+    tables: tuple[str, ...] = Field(min_length=1)
+    #: How often (s) the confirmed position is reported to the server when nothing happens.
+    status_interval_s: float = Field(default=1.0, gt=0)
+
+    _tables = field_validator("tables")(_check_table_ids)
+
+    @field_validator("slot", "publication")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not _NAME_RE.match(value) or len(value) > 63:
+            raise ValueError(f"'{value}' must be lower-case letters, digits and _ (max 63)")
+        return value
+
+
+class KafkaSettings(_Section):
+    """The Kafka cluster holding raw CDC topics ``<topic_prefix>.<schema>.<table>``."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = "cdc"
+    #: Partitions of raw topics the pipeline creates; rows are spread by primary key.
+    partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    #: Debezium's default: a delete is followed by a null-value record for log compaction.
+    tombstones_on_delete: bool = True
+    #: Extra librdkafka producer settings, e.g. {"linger.ms": 10}.
+    producer: dict[str, Any] = Field(default_factory=dict)
+
+    def raw_topic(self, table_id: str) -> str:
+        return f"{self.topic_prefix}.{table_id}"
+
+
+class WorkerSettings(_Section):
+    """The Faust worker that reads raw topics and fans out to the sinks."""
+
+    app_id: str = "cdc-worker"
+    #: Raw topics to read; empty means one per table in ``postgres.tables``.
+    topics: tuple[str, ...] = ()
+    dead_letter_topic: str = "cdc.dead-letter"
+    batch_size: int = Field(default=500, ge=1, le=50_000)
+    batch_wait_ms: int = Field(default=20, ge=0)
+    retry_initial_ms: int = Field(default=100, ge=1)
+    retry_max_ms: int = Field(default=5_000, ge=1)
+    web_port: int | None = None
+
+
+class ElasticsearchSettings(_Section):
+    """The search-index sink: one index per table unless ``indices`` maps it elsewhere."""
+
+    url: str = "http://127.0.0.1:9200"
+    username: str | None = None
+    password: SecretStr | None = None
+    #: table (schema.table) -> index name; default ``<index_prefix><schema>.<table>``.
+    indices: dict[str, str] = Field(default_factory=dict)
+    index_prefix: str = "cdc."
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    _indices = field_validator("indices")(_check_table_ids)
+
+    def index_for(self, table_id: str) -> str:
+        return self.indices.get(table_id) or f"{self.index_prefix}{table_id}".lower()
+
+
+class RedisSettings(_Section):
+    """The cache-invalidation sink: key templates per table, e.g. ``product:{id}``."""
+
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    keys: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    #: When set, each batch's invalidated keys are also published on this pub/sub channel.
+    channel: str | None = None
+
+    _keys = field_validator("keys")(_check_table_ids)
+
+    @field_validator("keys")
+    @classmethod
+    def _templates(cls, keys: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for table, templates in keys.items():
+            for template in templates:
+                if "{" not in template:
+                    raise ValueError(f"template '{template}' for {table} names no column")
+        return keys
+
+
+class MetricsSettings(_Section):
+    """Prometheus text on ``port`` (off when None) and a JSON snapshot file per process."""
+
+    port: int | None = None
+    snapshot_dir: Path | None = None
+    interval_s: float = Field(default=1.0, gt=0)
+
+
+class Settings(_Section):
+    """Everything the pipeline reads, composed from the sections above."""
+
+    postgres: PostgresSettings
+    kafka: KafkaSettings = KafkaSettings()
+    worker: WorkerSettings = WorkerSettings()
+    elasticsearch: ElasticsearchSettings | None = None
+    redis: RedisSettings | None = None
+    metrics: MetricsSettings = MetricsSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def raw_topics(self) -> tuple[str, ...]:
+        if self.worker.topics:
+            return self.worker.topics
+        return tuple(self.kafka.raw_topic(t) for t in self.postgres.tables)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain data, secrets shown as '**********'."""
+        return self.model_dump(mode="json")
+
+
+ENV_PREFIX = "CDC_"
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = yaml.safe_load(raw) if raw else raw
+    return data
+
+
+def _describe(error: ValidationError) -> ConfigError:
+    first = error.errors()[0]
+    setting = ".".join(str(p) for p in first["loc"]) or "<root>"
+    problem = first["msg"]
+    if first["type"] == "extra_forbidden":
+        problem = "unknown setting (check the spelling against the configuration reference)"
+    elif first["type"] == "missing":
+        problem = "is required but not set"
+    more = len(error.errors()) - 1
+    if more:
+        problem += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ConfigError(setting, problem)
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the YAML file (if any), apply ``CDC_*`` environment overrides, validate.
+
+    Raises ConfigError naming the first bad setting.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is None and environ.get("CDC_CONFIG"):
+        path = environ["CDC_CONFIG"]
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError("config file", f"'{file}' does not exist")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError("config file", f"'{file}' is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError("config file", f"'{file}' must hold a mapping at the top level")
+        data = loaded
+    data = _apply_env(data, environ)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise _describe(exc) from exc

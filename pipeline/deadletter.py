@@ -1,0 +1,103 @@
+"""The dead-letter topic: events that cannot be processed, with the context to fix them.
+
+Each dead letter keeps the original key and value bytes untouched and carries headers named
+as Kafka Connect names them (so existing tooling reads them), plus the failure time:
+
+    __connect.errors.topic / .partition / .offset   where the event came from
+    __connect.errors.stage                          decode, or sink:<name>
+    __connect.errors.class.name                     the error class
+    __connect.errors.exception.message              what went wrong
+    __connect.errors.connector.name                 the worker's app id
+    cdc.errors.timestamp                            when it failed (ISO-8601, UTC)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Producer
+
+from pipeline.errors import RetriableError
+
+H_TOPIC = "__connect.errors.topic"
+H_PARTITION = "__connect.errors.partition"
+H_OFFSET = "__connect.errors.offset"
+H_STAGE = "__connect.errors.stage"
+H_CLASS = "__connect.errors.class.name"
+H_MESSAGE = "__connect.errors.exception.message"
+H_CONNECTOR = "__connect.errors.connector.name"
+H_TIMESTAMP = "cdc.errors.timestamp"
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A record as read from a raw topic, before decoding."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def dead_letter_headers(
+    record: RawRecord, stage: str, error: BaseException, connector: str
+) -> list[tuple[str, bytes]]:
+    return [
+        (H_TOPIC, record.topic.encode()),
+        (H_PARTITION, str(record.partition).encode()),
+        (H_OFFSET, str(record.offset).encode()),
+        (H_STAGE, stage.encode()),
+        (H_CLASS, f"{type(error).__module__}.{type(error).__qualname__}".encode()),
+        (H_MESSAGE, str(error)[:4000].encode()),
+        (H_CONNECTOR, connector.encode()),
+        (H_TIMESTAMP, datetime.now(UTC).isoformat().encode()),
+        *record.headers,
+    ]
+
+
+class DeadLetterTopic:
+    """Produces dead letters and waits for Kafka's acknowledgement before returning."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, connector: str) -> None:
+        self.topic = topic
+        self.connector = connector
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 0,
+                "message.max.bytes": 16 * 1024 * 1024,
+            }
+        )
+
+    async def send(self, letters: list[tuple[RawRecord, str, BaseException]]) -> None:
+        """Write dead letters; raises RetriableError unless Kafka acknowledged them all."""
+        if not letters:
+            return
+        failures: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for record, stage, error in letters:
+            self._producer.produce(
+                self.topic,
+                record.value,
+                record.key,
+                headers=dead_letter_headers(record, stage, error, self.connector),
+                on_delivery=delivered,
+            )
+        remaining = await asyncio.to_thread(self._producer.flush, 30.0)
+        if remaining or failures:
+            raise RetriableError(
+                f"dead-letter topic {self.topic} did not acknowledge "
+                f"{remaining or len(failures)} records: {failures[:1]}"
+            )

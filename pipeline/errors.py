@@ -1,0 +1,69 @@
+"""The error tree. Every failure the pipeline handles is one of these.
+
+    CdcError
+    ├── ConfigError             a setting is missing or wrong; names the setting. Fatal at start.
+    ├── PermanentError          the environment refuses us (rights, wal_level, auth). Fatal, clear message.
+    │   └── SourceSetupError    the source database cannot be captured as configured
+    ├── RetriableError          infrastructure is down or slow (I/O, timeouts, 5xx, 429).
+    │   └── SinkUnavailableError    a sink could not confirm a batch; retried with backoff while
+    │                               the partition waits. Never sent to the dead-letter topic.
+    └── BadDataError            one event cannot be processed: it goes to the dead-letter topic
+        ├── EventDecodeError    the raw record is not a change event we can read
+        └── SinkRejectedError   a sink refused the event as bad data (mapping error, bad template)
+
+Third-party exceptions are translated into this tree where the library is called, with
+``raise ... from exc``, so the stages above never see a driver's own exception types.
+"""
+
+from __future__ import annotations
+
+
+class CdcError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class ConfigError(CdcError):
+    """A configuration setting is missing or invalid."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"configuration error in '{setting}': {problem}")
+
+
+class PermanentError(CdcError):
+    """The environment refuses the pipeline; retrying will not help."""
+
+
+class SourceSetupError(PermanentError):
+    """The source database is not set up for capture (wal_level, rights, missing table)."""
+
+
+class RetriableError(CdcError):
+    """A transient infrastructure failure: retry with backoff, keep the data."""
+
+
+class SinkUnavailableError(RetriableError):
+    """A sink could not confirm a batch (down, timeout, overloaded)."""
+
+
+class BadDataError(CdcError):
+    """One event cannot be processed; it belongs on the dead-letter topic."""
+
+    stage = "unknown"
+
+
+class EventDecodeError(BadDataError):
+    """A raw record is not a readable change event."""
+
+    stage = "decode"
+
+
+class SinkRejectedError(BadDataError):
+    """A sink refused an event as bad data."""
+
+    stage = "sink"
+
+    def __init__(self, message: str, *, sink: str) -> None:
+        self.sink = sink
+        super().__init__(message)

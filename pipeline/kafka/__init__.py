@@ -1,0 +1,1 @@
+"""Kafka: publishing raw change events and creating raw topics."""

@@ -1,0 +1,1 @@
+"""PostgreSQL source internals: the ``pgoutput`` decoder, value conversion and LSNs."""

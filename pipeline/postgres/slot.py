@@ -1,0 +1,171 @@
+"""Replication slot and publication: checked and created when missing, before capture starts."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg2
+from psycopg2 import sql
+
+from pipeline.config import PostgresSettings
+from pipeline.errors import RetriableError, SourceSetupError
+
+log = logging.getLogger(__name__)
+
+
+def translate(exc: psycopg2.Error, doing: str) -> Exception:
+    """Map a driver error to the error tree: rights and auth are permanent, I/O retriable."""
+    code = getattr(exc, "pgcode", None) or ""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if code.startswith("28") or "authentication failed" in text or "no pg_hba.conf" in text:
+        return SourceSetupError(f"{doing}: PostgreSQL refused the login: {text}")
+    if code == "42501":
+        return SourceSetupError(f"{doing}: the role lacks a privilege: {text}")
+    if isinstance(exc, psycopg2.OperationalError):
+        return RetriableError(f"{doing}: PostgreSQL is unreachable: {text}")
+    return SourceSetupError(f"{doing}: {text}")
+
+
+def connect(dsn: str, **kwargs: Any) -> Any:
+    try:
+        return psycopg2.connect(dsn, **kwargs)
+    except psycopg2.Error as exc:
+        raise translate(exc, "connecting to PostgreSQL") from exc
+
+
+class ReplicationSlot:
+    """The logical slot and publication this pipeline reads through."""
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self.settings = settings
+
+    def prepare(self) -> None:
+        """Verify the server can be captured and create what is missing.
+
+        Raises SourceSetupError with the fix when wal_level, rights or tables are wrong.
+        """
+        conn = connect(self.settings.dsn.get_secret_value())
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                self._check_server(cur)
+                self._check_tables(cur)
+                self._ensure_publication(cur)
+                self._ensure_slot(cur)
+        except psycopg2.Error as exc:
+            raise translate(exc, "preparing the replication slot") from exc
+        finally:
+            conn.close()
+
+    def _check_server(self, cur: Any) -> None:
+        cur.execute("SHOW wal_level")
+        (wal_level,) = cur.fetchone()
+        if wal_level != "logical":
+            raise SourceSetupError(
+                f"wal_level is '{wal_level}', logical replication needs 'logical': set "
+                "wal_level = logical in postgresql.conf (or ALTER SYSTEM) and restart PostgreSQL"
+            )
+        cur.execute("SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user")
+        superuser, replication = cur.fetchone()
+        if not (superuser or replication):
+            raise SourceSetupError(
+                "the role has neither REPLICATION nor SUPERUSER: "
+                "ALTER ROLE <user> WITH REPLICATION (and grant SELECT on the captured tables)"
+            )
+
+    def _check_tables(self, cur: Any) -> None:
+        for table_id in self.settings.tables:
+            schema, table = table_id.split(".", 1)
+            cur.execute(
+                "SELECT c.relreplident, "
+                " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                (schema, table),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise SourceSetupError(f"postgres.tables names '{table_id}', which does not exist")
+            identity, has_pk = row
+            if not has_pk and identity != "i":
+                raise SourceSetupError(
+                    f"table '{table_id}' has no primary key, so its changes cannot be keyed: "
+                    "add a primary key or set REPLICA IDENTITY USING INDEX <unique index>"
+                )
+
+    def _ensure_publication(self, cur: Any) -> None:
+        name = self.settings.publication
+        cur.execute(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
+            (name,),
+        )
+        present = {r[0] for r in cur.fetchall()}
+        cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
+        if cur.fetchone() is None:
+            cur.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                    sql.Identifier(name), _table_list(self.settings.tables)
+                )
+            )
+            log.info("created publication %s for %s", name, ", ".join(self.settings.tables))
+            return
+        missing = [t for t in self.settings.tables if t not in present]
+        if missing:
+            cur.execute(
+                sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    sql.Identifier(name), _table_list(missing)
+                )
+            )
+            log.info("added %s to publication %s", ", ".join(missing), name)
+
+    def _ensure_slot(self, cur: Any) -> None:
+        cur.execute(
+            "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (self.settings.slot,)
+        )
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(
+                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.settings.slot,)
+            )
+            log.info("created replication slot %s", self.settings.slot)
+        elif row[0] != "pgoutput":
+            raise SourceSetupError(
+                f"slot '{self.settings.slot}' uses plugin '{row[0]}', not pgoutput: "
+                "choose another postgres.slot or drop that slot"
+            )
+
+    def drop(self) -> None:
+        """Remove the slot and publication (used by tests and `cdc reset`)."""
+        conn = connect(self.settings.dsn.get_secret_value())
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE slot_name = %s",
+                    (self.settings.slot,),
+                )
+                cur.execute(
+                    sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                        sql.Identifier(self.settings.publication)
+                    )
+                )
+        finally:
+            conn.close()
+
+
+def _table_list(tables: Any) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(*t.split(".", 1)) for t in tables)
+
+
+def primary_key_columns(cur: Any, relation_oid: int) -> tuple[str, ...]:
+    """The primary-key column names of a table, in index order (empty if it has none)."""
+    cur.execute(
+        "SELECT a.attname FROM pg_index i "
+        "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s AND i.indisprimary ORDER BY k.ord",
+        (relation_oid,),
+    )
+    return tuple(r[0] for r in cur.fetchall())

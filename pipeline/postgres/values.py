@@ -1,0 +1,408 @@
+"""Convert PostgreSQL text-format values (as pgoutput sends them) to JSON-friendly Python values.
+
+``convert(type_oid, text)`` converts one value; on a hot path, look the converter up once per
+column with ``converter_for(type_oid)`` and call it per row. Converters take the non-NULL text
+of one value (NULL is ``None`` before conversion and stays ``None``).
+
+The mapping follows Debezium's choices where it has one:
+
+======================================  ===================================================
+int2, int4, int8, oid                   ``int``
+float4, float8                          ``float``; ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
+                                        stay strings (JSON has no such numbers)
+numeric                                 ``str`` exactly as sent (decimal.handling.mode=string)
+bool                                    ``True`` / ``False``
+text, varchar, bpchar, name, "char"     ``str`` (bpchar keeps its blank padding)
+timestamp                               ``"YYYY-MM-DDTHH:MM:SS[.ffffff]"`` (no zone)
+timestamptz                             same, converted to UTC, with a ``"Z"`` suffix
+date, time, timetz, uuid                ``str`` as sent
+json, jsonb                             the parsed value (``orjson.loads``)
+bytea                                   base64 ``str`` (binary.handling.mode=base64)
+arrays of the above                     (nested) ``list``; the element conversion applies
+anything else                           ``str`` as sent
+======================================  ===================================================
+
+Dates and times that Python's ``datetime`` cannot hold (``infinity``, ``-infinity``, BC years,
+years past 9999) are passed through as PostgreSQL's text.
+
+The text depends on the settings of the session that *decodes* (the replication connection):
+this module expects ``DateStyle`` ISO (the default), ``bytea_output`` hex (the default;
+the escape format is understood too) and any ``TimeZone``.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any, Final
+
+import orjson
+
+__all__ = [
+    "ARRAY_ELEMENT_OIDS",
+    "BUILTIN_TYPE_OIDS",
+    "ArraySyntaxError",
+    "Converter",
+    "convert",
+    "converter_for",
+    "parse_array",
+]
+
+#: A converter: the text of one non-NULL value -> a JSON-friendly value.
+Converter = Callable[[str], Any]
+
+# --- type OIDs (fixed for built-in types; pg_type.dat) --------------------------------------------
+BOOL_OID: Final = 16
+BYTEA_OID: Final = 17
+CHAR_OID: Final = 18
+NAME_OID: Final = 19
+INT8_OID: Final = 20
+INT2_OID: Final = 21
+INT4_OID: Final = 23
+TEXT_OID: Final = 25
+OID_OID: Final = 26
+JSON_OID: Final = 114
+FLOAT4_OID: Final = 700
+FLOAT8_OID: Final = 701
+BPCHAR_OID: Final = 1042
+VARCHAR_OID: Final = 1043
+DATE_OID: Final = 1082
+TIME_OID: Final = 1083
+TIMESTAMP_OID: Final = 1114
+TIMESTAMPTZ_OID: Final = 1184
+TIMETZ_OID: Final = 1266
+NUMERIC_OID: Final = 1700
+UUID_OID: Final = 2950
+JSONB_OID: Final = 3802
+
+JSON_ARRAY_OID: Final = 199
+BOOL_ARRAY_OID: Final = 1000
+BYTEA_ARRAY_OID: Final = 1001
+CHAR_ARRAY_OID: Final = 1002
+NAME_ARRAY_OID: Final = 1003
+INT2_ARRAY_OID: Final = 1005
+INT4_ARRAY_OID: Final = 1007
+TEXT_ARRAY_OID: Final = 1009
+BPCHAR_ARRAY_OID: Final = 1014
+VARCHAR_ARRAY_OID: Final = 1015
+INT8_ARRAY_OID: Final = 1016
+FLOAT4_ARRAY_OID: Final = 1021
+FLOAT8_ARRAY_OID: Final = 1022
+OID_ARRAY_OID: Final = 1028
+TIMESTAMP_ARRAY_OID: Final = 1115
+DATE_ARRAY_OID: Final = 1182
+TIME_ARRAY_OID: Final = 1183
+TIMESTAMPTZ_ARRAY_OID: Final = 1185
+NUMERIC_ARRAY_OID: Final = 1231
+TIMETZ_ARRAY_OID: Final = 1270
+UUID_ARRAY_OID: Final = 2951
+JSONB_ARRAY_OID: Final = 3807
+
+#: Array type OID -> element type OID, for every array type converted element-wise.
+ARRAY_ELEMENT_OIDS: Final[dict[int, int]] = {
+    JSON_ARRAY_OID: JSON_OID,
+    BOOL_ARRAY_OID: BOOL_OID,
+    BYTEA_ARRAY_OID: BYTEA_OID,
+    CHAR_ARRAY_OID: CHAR_OID,
+    NAME_ARRAY_OID: NAME_OID,
+    INT2_ARRAY_OID: INT2_OID,
+    INT4_ARRAY_OID: INT4_OID,
+    TEXT_ARRAY_OID: TEXT_OID,
+    BPCHAR_ARRAY_OID: BPCHAR_OID,
+    VARCHAR_ARRAY_OID: VARCHAR_OID,
+    INT8_ARRAY_OID: INT8_OID,
+    FLOAT4_ARRAY_OID: FLOAT4_OID,
+    FLOAT8_ARRAY_OID: FLOAT8_OID,
+    OID_ARRAY_OID: OID_OID,
+    TIMESTAMP_ARRAY_OID: TIMESTAMP_OID,
+    DATE_ARRAY_OID: DATE_OID,
+    TIME_ARRAY_OID: TIME_OID,
+    TIMESTAMPTZ_ARRAY_OID: TIMESTAMPTZ_OID,
+    NUMERIC_ARRAY_OID: NUMERIC_OID,
+    TIMETZ_ARRAY_OID: TIMETZ_OID,
+    UUID_ARRAY_OID: UUID_OID,
+    JSONB_ARRAY_OID: JSONB_OID,
+}
+
+#: ``pg_catalog`` type name -> OID for the scalar types converted here. A pgoutput ``Type``
+#: message for a domain names its *base* type (namespace ``''`` = pg_catalog), so a domain
+#: column can be converted like its base type with ``BUILTIN_TYPE_OIDS[type_msg.name]``.
+BUILTIN_TYPE_OIDS: Final[dict[str, int]] = {
+    "bool": BOOL_OID,
+    "bytea": BYTEA_OID,
+    "char": CHAR_OID,
+    "name": NAME_OID,
+    "int8": INT8_OID,
+    "int2": INT2_OID,
+    "int4": INT4_OID,
+    "text": TEXT_OID,
+    "oid": OID_OID,
+    "json": JSON_OID,
+    "float4": FLOAT4_OID,
+    "float8": FLOAT8_OID,
+    "bpchar": BPCHAR_OID,
+    "varchar": VARCHAR_OID,
+    "date": DATE_OID,
+    "time": TIME_OID,
+    "timestamp": TIMESTAMP_OID,
+    "timestamptz": TIMESTAMPTZ_OID,
+    "timetz": TIMETZ_OID,
+    "numeric": NUMERIC_OID,
+    "uuid": UUID_OID,
+    "jsonb": JSONB_OID,
+}
+
+
+class ArraySyntaxError(ValueError):
+    """An array value's text is not valid PostgreSQL array syntax."""
+
+
+# --- scalar converters ----------------------------------------------------------------------------
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+# PostgreSQL's spelling of the float specials; JSON cannot carry them as numbers.
+_FLOAT_SPECIALS: Final = frozenset({"NaN", "Infinity", "-Infinity"})
+
+
+def _float(text: str) -> float | str:
+    if text in _FLOAT_SPECIALS:
+        return text
+    return float(text)
+
+
+def _bool(text: str) -> bool:
+    return text == "t"
+
+
+def _json(text: str) -> Any:
+    return orjson.loads(text)
+
+
+def _bytea(text: str) -> str:
+    if text.startswith("\\x"):
+        return base64.b64encode(bytes.fromhex(text[2:])).decode("ascii")
+    return base64.b64encode(_bytea_escape_format(text)).decode("ascii")
+
+
+_BYTEA_ESCAPE: Final = re.compile(rb"\\(\\|[0-3][0-7]{2})")
+
+
+def _bytea_escape_format(text: str) -> bytes:
+    """Decode bytea_output='escape' text: ``\\\\`` is a backslash, ``\\nnn`` an octal byte."""
+    raw = text.encode("latin-1")  # every non-escaped byte is printable ASCII
+
+    def unescape(match: re.Match[bytes]) -> bytes:
+        code = match.group(1)
+        return b"\\" if code == b"\\" else bytes([int(code, 8)])
+
+    return _BYTEA_ESCAPE.sub(unescape, raw)
+
+
+def _passes_through(text: str) -> bool:
+    """True for date/time text datetime cannot hold: +-infinity and BC dates."""
+    return not text[:1].isdigit() or text.endswith(" BC")
+
+
+def _timestamp(text: str) -> str:
+    if _passes_through(text):
+        return text
+    return text.replace(" ", "T", 1)
+
+
+def _timestamptz(text: str) -> str:
+    """``2024-01-02 03:04:05.123+05:30`` -> ``2024-01-01T21:34:05.123Z``.
+
+    The fraction is kept as sent (offsets are whole seconds, so only the rest shifts).
+    """
+    if _passes_through(text):
+        return text
+    # The zone offset is the last sign; the date's dashes all come before it.
+    sign_at = max(text.rfind("+"), text.rfind("-"))
+    local, offset = text[:sign_at], text[sign_at:]
+    if offset == "+00":
+        return local.replace(" ", "T", 1) + "Z"
+    whole, dot, fraction = local.partition(".")
+    try:
+        utc = datetime.fromisoformat(whole) - _offset(offset)
+    except (ValueError, OverflowError):
+        return text  # a 5-digit year, or UTC falls outside years 1-9999
+    return f"{utc.isoformat()}{dot}{fraction}Z"
+
+
+@lru_cache(maxsize=256)
+def _offset(text: str) -> timedelta:
+    """``+05:30`` / ``-03`` / ``+05:53:28`` (local mean time) -> timedelta."""
+    sign = -1 if text[0] == "-" else 1
+    parts = [int(p) for p in text[1:].split(":")]
+    parts += [0] * (3 - len(parts))
+    return sign * timedelta(hours=parts[0], minutes=parts[1], seconds=parts[2])
+
+
+_SCALAR_CONVERTERS: Final[dict[int, Converter]] = {
+    INT2_OID: int,
+    INT4_OID: int,
+    INT8_OID: int,
+    OID_OID: int,
+    FLOAT4_OID: _float,
+    FLOAT8_OID: _float,
+    NUMERIC_OID: _identity,
+    BOOL_OID: _bool,
+    TEXT_OID: _identity,
+    VARCHAR_OID: _identity,
+    BPCHAR_OID: _identity,
+    NAME_OID: _identity,
+    CHAR_OID: _identity,
+    TIMESTAMP_OID: _timestamp,
+    TIMESTAMPTZ_OID: _timestamptz,
+    DATE_OID: _identity,
+    TIME_OID: _identity,
+    TIMETZ_OID: _identity,
+    UUID_OID: _identity,
+    JSON_OID: _json,
+    JSONB_OID: _json,
+    BYTEA_OID: _bytea,
+}
+
+# --- arrays -----------------------------------------------------------------------------------
+
+# One token of array text. Quoted elements may contain anything but an unescaped quote;
+# unquoted ones stop at a delimiter, a brace or a quote. Backslash escapes any character in both.
+_ARRAY_TOKEN: Final = re.compile(
+    r"""
+      (?P<open>\{)
+    | (?P<close>\})
+    | (?P<comma>,)
+    | "(?P<quoted>(?:[^"\\]|\\.)*)"
+    | (?P<bare>(?:[^{},"\\\s]|\\.)(?:[^{},"\\]|\\.)*)
+    | (?P<space>\s+)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_BACKSLASH_ESCAPE: Final = re.compile(r"\\(.)", re.DOTALL)
+# Arrays whose lower bound is not 1 are prefixed with their bounds: "[0:1]={5,6}".
+_DIMENSIONS: Final = re.compile(r"^(?:\[-?\d+:-?\d+\])+=")
+
+
+def parse_array(text: str, element: Converter = _identity) -> list[Any]:
+    """Parse PostgreSQL array text (``{1,2}``, ``{{a,"b c"},{NULL,"\\""}}``) into nested lists.
+
+    Unquoted ``NULL`` (any case) becomes ``None``; every other element is passed, unescaped,
+    to ``element``. Explicit bounds (``[0:1]={5,6}``) are dropped. Raises
+    :class:`ArraySyntaxError` for malformed text.
+    """
+    body = _DIMENSIONS.sub("", text, count=1)
+    # Fast path: one dimension, nothing quoted or escaped (most int/numeric/uuid arrays).
+    if body.startswith("{") and body.endswith("}") and not any(c in body[1:-1] for c in '{}"\\'):
+        inner = body[1:-1]
+        if not inner.strip():
+            return []
+        return [_bare_element(item.strip(), element) for item in inner.split(",")]
+    return _parse_nested(text, body, element)
+
+
+def _bare_element(item: str, element: Converter) -> Any:
+    if not item:
+        raise ArraySyntaxError("empty unquoted array element")
+    if len(item) == 4 and item.upper() == "NULL":
+        return None
+    return element(item)
+
+
+def _parse_nested(text: str, body: str, element: Converter) -> list[Any]:
+    """The general parser: a token loop with a stack of open lists."""
+    stack: list[list[Any]] = []
+    result: list[Any] | None = None
+    expect_item = True  # after '{' or ',': an element or '{' may come next
+    pos = 0
+    for match in _ARRAY_TOKEN.finditer(body):
+        if match.start() != pos:
+            break  # an unmatched character; reported below
+        pos = match.end()
+        kind = match.lastgroup
+        if kind == "space":
+            continue
+        if result is not None:
+            raise ArraySyntaxError(f"junk after the closing brace in array {text!r}")
+        if kind == "open":
+            if not expect_item:
+                raise ArraySyntaxError(f"unexpected '{{' in array {text!r}")
+            new: list[Any] = []
+            if stack:
+                stack[-1].append(new)
+            stack.append(new)
+        elif not stack:
+            raise ArraySyntaxError(f"array must start with '{{': {text!r}")
+        elif kind == "close":
+            closed = stack.pop()
+            if expect_item and closed:
+                raise ArraySyntaxError(f"missing element before '}}' in array {text!r}")
+            expect_item = False
+            if not stack:
+                result = closed
+            continue
+        elif kind == "comma":
+            if expect_item:
+                raise ArraySyntaxError(f"missing element before ',' in array {text!r}")
+            expect_item = True
+            continue
+        else:
+            if not expect_item:
+                raise ArraySyntaxError(f"missing ',' between elements in array {text!r}")
+            stack[-1].append(_token_value(match, element))
+        expect_item = kind == "open"
+    if pos != len(body) or result is None:
+        raise ArraySyntaxError(f"malformed array text at offset {pos}: {text!r}")
+    return result
+
+
+def _token_value(match: re.Match[str], element: Converter) -> Any:
+    quoted = match.group("quoted")
+    if quoted is not None:
+        return element(_BACKSLASH_ESCAPE.sub(r"\1", quoted))
+    bare = match.group("bare").rstrip()
+    if len(bare) == 4 and bare.upper() == "NULL":
+        return None
+    return element(_BACKSLASH_ESCAPE.sub(r"\1", bare))
+
+
+def _array_converter(element: Converter) -> Converter:
+    def convert_array(text: str) -> list[Any]:
+        return parse_array(text, element)
+
+    return convert_array
+
+
+# --- public lookup ------------------------------------------------------------------------------
+
+_CONVERTERS: Final[dict[int, Converter]] = {
+    **_SCALAR_CONVERTERS,
+    **{
+        array_oid: _array_converter(_SCALAR_CONVERTERS[element_oid])
+        for array_oid, element_oid in ARRAY_ELEMENT_OIDS.items()
+    },
+}
+
+
+def converter_for(type_oid: int) -> Converter:
+    """The converter for ``type_oid``; unknown types get one that returns the text unchanged.
+
+    Look it up once per column (e.g. when a Relation message arrives) and reuse it per row.
+    """
+    return _CONVERTERS.get(type_oid, _identity)
+
+
+def convert(type_oid: int, text: str | None) -> Any:
+    """Convert one value's text of type ``type_oid``; ``None`` (SQL NULL) stays ``None``.
+
+    Raises ``ValueError`` only for text PostgreSQL would not produce for that type.
+    """
+    if text is None:
+        return None
+    return _CONVERTERS.get(type_oid, _identity)(text)

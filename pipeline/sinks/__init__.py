@@ -1,0 +1,1 @@
+"""Sinks: where change events go. Each implements ``Sink`` (see ``base``)."""

@@ -1,0 +1,168 @@
+"""The search-index sink: Elasticsearch (or OpenSearch) ``_bulk`` with external versioning.
+
+Each row is one document, its id made from the primary key, its version the change's source
+position (LSN). Elasticsearch refuses a write whose version is not higher than the stored
+one, so a replayed or late event can never overwrite newer state; the refusal (409) means
+"already applied" and counts as success. Deletes are versioned too: the tombstone keeps a
+late create from resurrecting the row (for ``index.gc_deletes``, 60 s by default).
+
+An unchanged TOAST column arrives as a placeholder. Before indexing, such a column is
+filled from the newest image of the same row earlier in the batch, else from the stored
+document; if neither has it, the column is left out: the placeholder is never stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from pipeline.config import ElasticsearchSettings
+from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableError
+from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row
+from pipeline.sinks.base import Rejection
+
+log = logging.getLogger(__name__)
+
+
+def document_id(key: Row) -> str:
+    """The document id for a primary key: the value itself for a one-column key, else a
+    JSON array of the values in key order (unambiguous, unlike joining with a separator)."""
+    if len(key) == 1:
+        (value,) = key.values()
+        return str(value)
+    return orjson.dumps(list(key.values())).decode()
+
+
+def _missing_columns(doc: Row) -> list[str]:
+    return [name for name, value in doc.items() if value == UNAVAILABLE_VALUE]
+
+
+class SearchIndexSink:
+    """Writes change events to one index per table with ``_bulk``."""
+
+    name = "search"
+
+    def __init__(self, settings: ElasticsearchSettings, client: httpx.AsyncClient | None = None):
+        self.settings = settings
+        auth = None
+        if settings.username and settings.password:
+            auth = (settings.username, settings.password.get_secret_value())
+        self.client = client or httpx.AsyncClient(
+            base_url=settings.url.rstrip("/"), timeout=settings.timeout_s, auth=auth
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
+        rejected: list[Rejection] = []
+        latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]] = {}
+        for i, event in enumerate(batch):
+            if event.op == "t":
+                await self._flush(latest, batch, rejected)
+                latest.clear()
+                await self._drop_index(self.settings.index_for(event.table_id))
+                continue
+            if event.key is None:
+                rejected.append(Rejection(i, SinkRejectedError("event has no key", sink=self.name)))
+                continue
+            slot = (self.settings.index_for(event.table_id), document_id(event.key))
+            doc = dict(event.after) if event.after is not None else None
+            previous = latest.get(slot)
+            if previous is not None and previous[1].version > event.version:
+                continue  # an older change of the same row later in the batch: stale
+            if doc is not None and previous is not None and previous[2] is not None:
+                for column in _missing_columns(doc):
+                    if previous[2].get(column, UNAVAILABLE_VALUE) != UNAVAILABLE_VALUE:
+                        doc[column] = previous[2][column]
+            latest[slot] = (i, event, doc)
+        await self._flush(latest, batch, rejected)
+        return rejected
+
+    async def _flush(
+        self,
+        latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]],
+        batch: Sequence[ChangeEvent],
+        rejected: list[Rejection],
+    ) -> None:
+        if not latest:
+            return
+        await self._fill_unchanged_toast(latest)
+        lines: list[bytes] = []
+        order: list[int] = []
+        for (index, doc_id), (i, event, doc) in latest.items():
+            meta = {"_index": index, "_id": doc_id, "version": event.version,
+                    "version_type": "external"}
+            if doc is None:
+                lines.append(orjson.dumps({"delete": meta}))
+            else:
+                lines.append(orjson.dumps({"index": meta}))
+                lines.append(orjson.dumps(doc))
+            order.append(i)
+        items = await self._bulk(b"\n".join(lines) + b"\n")
+        for i, item in zip(order, items, strict=True):
+            (action, result), = item.items()
+            status = int(result.get("status", 500))
+            if status < 300 or status == 409 or (action == "delete" and status == 404):
+                continue  # applied, or stale (a newer version is stored), or already gone
+            error = result.get("error") or {}
+            reason = f"{error.get('type', status)}: {error.get('reason', '')}"
+            if status == 429 or status >= 500:
+                raise SinkUnavailableError(f"Elasticsearch could not apply a write: {reason}")
+            rejected.append(Rejection(i, SinkRejectedError(reason, sink=self.name)))
+
+    async def _fill_unchanged_toast(
+        self, latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]]
+    ) -> None:
+        wanted = [slot for slot, (_, _, doc) in latest.items() if doc and _missing_columns(doc)]
+        if not wanted:
+            return
+        body = {"docs": [{"_index": index, "_id": doc_id} for index, doc_id in wanted]}
+        response = await self._request("POST", "/_mget", content=orjson.dumps(body))
+        for slot, found in zip(wanted, response.get("docs", []), strict=False):
+            doc = latest[slot][2]
+            assert doc is not None
+            stored = found.get("_source") if found.get("found") else None
+            for column in _missing_columns(doc):
+                if stored is not None and column in stored:
+                    doc[column] = stored[column]
+                else:
+                    del doc[column]  # unknown: leave it out rather than store the placeholder
+
+    async def _drop_index(self, index: str) -> None:
+        """A truncated table: its index goes, and is created again by the next write."""
+        response = await self._send("DELETE", f"/{index}")
+        if response.status_code not in (200, 404):
+            raise SinkUnavailableError(f"could not delete index {index}: {response.text[:200]}")
+
+    async def _bulk(self, body: bytes) -> list[dict[str, Any]]:
+        response = await self._request("POST", "/_bulk", content=body)
+        return list(response.get("items", []))
+
+    async def _request(self, method: str, path: str, content: bytes) -> dict[str, Any]:
+        response = await self._send(method, path, content)
+        if response.status_code >= 300:
+            raise SinkUnavailableError(
+                f"Elasticsearch {method} {path} answered {response.status_code}: "
+                f"{response.text[:300]}"
+            )
+        return dict(orjson.loads(response.content))
+
+    async def _send(self, method: str, path: str, content: bytes | None = None) -> httpx.Response:
+        try:
+            response = await self.client.request(
+                method, path, content=content,
+                headers={"Content-Type": "application/x-ndjson"} if content else None,
+            )
+        except httpx.HTTPError as exc:
+            raise SinkUnavailableError(f"Elasticsearch unreachable: {exc!r}") from exc
+        if response.status_code in (401, 403):
+            raise PermanentError(
+                f"Elasticsearch refused the credentials (elasticsearch.username/password): "
+                f"{response.text[:200]}"
+            )
+        return response

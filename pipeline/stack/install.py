@@ -1,0 +1,182 @@
+"""Idempotent, cached installation helpers: Debian packages, Maven Central artifacts,
+zip unpacking, the system user that runs servers refusing root.
+
+Everything here is safe to call on every ``up``: each step returns at once when its
+result is already present (binary on disk, marker file written after a complete download).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import stat
+import subprocess
+import threading
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.stack.errors import StackError
+from pipeline.stack.process import run
+
+MARKER = ".complete"
+_apt_lock = threading.Lock()
+_user_lock = threading.Lock()
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+
+
+def cache_dir() -> Path:
+    """Root of the download cache: ``$CDC_CACHE_DIR`` or ``~/.cache/cdc-pipeline``."""
+    env = os.environ.get("CDC_CACHE_DIR")
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "cdc-pipeline"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``path`` (created if needed), across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def apt_install(packages: Sequence[str], present: Path) -> None:
+    """Install Debian ``packages`` unless ``present`` (a file they provide) exists.
+
+    Runs ``apt-get install -y --no-install-recommends``; only if that fails runs
+    ``apt-get update`` and tries again. Serialised within the process.
+    """
+    if present.exists():
+        return
+    with _apt_lock:
+        if present.exists():
+            return
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        cmd = ["apt-get", "install", "-y", "--no-install-recommends",
+               "-o", "DPkg::Lock::Timeout=300", *packages]
+        try:
+            run(cmd, env=env, timeout=900)
+        except StackError:
+            run(["apt-get", "update", "-o", "DPkg::Lock::Timeout=300"], env=env, timeout=900)
+            run(cmd, env=env, timeout=900)
+        if not present.exists():
+            raise StackError(f"apt installed {packages} but {present} is still missing")
+
+
+def _mvn() -> str:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        apt_install(["maven"], Path("/usr/bin/mvn"))
+        mvn = "/usr/bin/mvn"
+    return mvn
+
+
+def maven_libs(folder: Path, dependencies: Sequence[str]) -> Path:
+    """Resolve ``dependencies`` ("group:artifact:version") and their runtime dependencies
+    from Maven Central into ``folder/lib``; returns that lib folder.
+
+    Cached: skipped when ``folder/lib/.complete`` exists (written after a full copy).
+    """
+    lib = folder / "lib"
+    if (lib / MARKER).exists():
+        return lib
+    with file_lock(folder.parent / f".{folder.name}.lock"):
+        if (lib / MARKER).exists():
+            return lib
+        folder.mkdir(parents=True, exist_ok=True)
+        deps = []
+        for coord in dependencies:
+            g, a, v = coord.split(":")
+            deps.append(
+                f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
+                f"<version>{v}</version></dependency>"
+            )
+        (folder / "pom.xml").write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<project xmlns="http://maven.apache.org/POM/4.0.0">\n'
+            "  <modelVersion>4.0.0</modelVersion>\n"
+            "  <groupId>local.cdc</groupId><artifactId>" + folder.name + "</artifactId>\n"
+            "  <version>0</version><packaging>pom</packaging>\n"
+            "  <dependencies>\n" + "\n".join(deps) + "\n  </dependencies>\n</project>\n"
+        )
+        if lib.exists():
+            shutil.rmtree(lib)
+        run([_mvn(), "-B", "-q", "-f", str(folder / "pom.xml"),
+             f"{DEPENDENCY_PLUGIN}:copy-dependencies", "-DincludeScope=runtime",
+             f"-DoutputDirectory={lib}"], timeout=1200)
+        if not any(lib.glob("*.jar")):
+            raise StackError(f"maven copied no jars into {lib}")
+        (lib / MARKER).write_text("\n".join(dependencies) + "\n")
+    return lib
+
+
+def maven_artifact(coordinate: str, dest_dir: Path) -> Path:
+    """Download one artifact ("group:artifact:version:type[:classifier]") from Maven
+    Central into ``dest_dir`` (skipped when already there); returns the file path."""
+    parts = coordinate.split(":")
+    g, a, v, t = parts[:4]
+    classifier = f"-{parts[4]}" if len(parts) > 4 else ""
+    target = dest_dir / f"{a}-{v}{classifier}.{t}"
+    if target.exists():
+        return target
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    run([_mvn(), "-B", "-q", f"{DEPENDENCY_PLUGIN}:copy", f"-Dartifact={coordinate}",
+         f"-DoutputDirectory={dest_dir}"], timeout=1200, cwd=dest_dir)
+    if not target.exists():
+        raise StackError(f"maven did not produce {target}")
+    return target
+
+
+def unzip_once(archive: Path, dest: Path) -> Path:
+    """Unpack ``archive`` into ``dest`` once (keeping Unix file modes), marker-guarded.
+    Returns ``dest``."""
+    if (dest / MARKER).exists():
+        return dest
+    with file_lock(dest.parent / f".{dest.name}.lock"):
+        if (dest / MARKER).exists():
+            return dest
+        tmp = dest.with_name(dest.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                path = Path(zf.extract(info, tmp))
+                mode = (info.external_attr >> 16) & 0o7777
+                if mode and not stat.S_ISLNK(info.external_attr >> 16):
+                    os.chmod(path, mode | (0o755 if info.is_dir() else 0o444))
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        (dest / MARKER).write_text(f"{archive.name}\n")
+    return dest
+
+
+def ensure_system_user(name: str) -> None:
+    """Create the non-root system user ``name`` (no home, no login) if missing."""
+    with _user_lock:
+        if subprocess.run(["id", "-u", name], capture_output=True).returncode == 0:
+            return
+        run(["useradd", "--system", "--user-group", "--no-create-home",
+             "--shell", "/usr/sbin/nologin", name])
+
+
+def chown_tree(path: Path, user: str) -> None:
+    """``chown -R user:user path`` (the user's primary group)."""
+    run(["chown", "-R", f"{user}:", str(path)])
+
+
+def java_bin(*candidates: str) -> str:
+    """First existing ``<jdk>/bin/java`` among ``candidates`` (JDK home folders)."""
+    for home in candidates:
+        java = Path(home) / "bin" / "java"
+        if java.exists():
+            return str(java)
+    raise StackError(f"no Java found in {candidates}")

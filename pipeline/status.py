@@ -1,0 +1,82 @@
+"""``cdc status``: replication lag at the slot, consumer lag per topic, process metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from pipeline.config import Settings
+from pipeline.errors import RetriableError
+from pipeline.metrics import read_snapshots
+from pipeline.postgres.slot import connect
+
+
+def slot_lag(settings: Settings) -> dict[str, Any] | None:
+    """How far the slot's confirmed position is behind the server's WAL, in bytes."""
+    conn = connect(settings.postgres.dsn.get_secret_value())
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT active, confirmed_flush_lsn::text, "
+                " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+                "FROM pg_replication_slots WHERE slot_name = %s",
+                (settings.postgres.slot,),
+            )
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    return {"active": row[0], "confirmed_flush_lsn": row[1], "lag_bytes": int(row[2] or 0)}
+
+
+def consumer_lag(settings: Settings, timeout: float = 10.0) -> dict[str, int]:
+    """Records not yet committed by the worker group, per raw topic."""
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers,
+         "group.id": settings.worker.app_id, "enable.auto.commit": False}
+    )
+    lag: dict[str, int] = {}
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in settings.raw_topics() if topic in metadata.topics
+            for p in metadata.topics[topic].partitions
+        ]
+        for tp in consumer.committed(partitions, timeout=timeout):
+            _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            done = tp.offset if tp.offset >= 0 else 0
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - done)
+    except KafkaException as exc:
+        raise RetriableError(f"Kafka did not answer: {exc}") from exc
+    finally:
+        consumer.close()
+    return lag
+
+
+def render_status(settings: Settings) -> str:
+    lines = []
+    slot = slot_lag(settings)
+    if slot is None:
+        lines.append(f"slot {settings.postgres.slot}: missing (capture has not run yet)")
+    else:
+        lines.append(
+            f"slot {settings.postgres.slot}: {'active' if slot['active'] else 'inactive'}, "
+            f"confirmed {slot['confirmed_flush_lsn']}, behind by {slot['lag_bytes']} bytes"
+        )
+    for topic, behind in sorted(consumer_lag(settings).items()):
+        lines.append(f"consumer lag {topic}: {behind}")
+    if settings.metrics.snapshot_dir is not None:
+        for name, snap in sorted(read_snapshots(settings.metrics.snapshot_dir).items()):
+            age = time.time() - snap.get("time", 0)
+            lines.append(f"{name} (pid {snap.get('pid')}, updated {age:.0f}s ago)")
+            for metric, value in sorted(snap.get("counters", {}).items()):
+                lines.append(f"  {metric} = {value:g}")
+            for metric, value in sorted(snap.get("gauges", {}).items()):
+                lines.append(f"  {metric} = {value:g}")
+            for metric, q in sorted(snap.get("latency_ms", {}).items()):
+                lines.append(f"  {metric}: n={q['count']} p50={q['p50']}ms p99={q['p99']}ms")
+    return "\n".join(lines)
