@@ -41,7 +41,11 @@ from pipeline.postgres.slot import ReplicationSlot, connect, primary_key_columns
 
 log = logging.getLogger(__name__)
 
-POLL_EVERY = 512  # serve producer callbacks every N replication messages
+POLL_EVERY = 512
+SESSION = (
+    "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 "
+    "-c extra_float_digits=3 -c bytea_output=hex"
+)  # serve producer callbacks every N replication messages
 
 
 class PostgresCapture:
@@ -74,7 +78,9 @@ class PostgresCapture:
         dsn = self.pg.dsn.get_secret_value()
         catalog = connect(dsn)
         catalog.autocommit = True
-        repl = connect(dsn, connection_factory=LogicalReplicationConnection)
+        # The decoding session, not the writer, formats the values: pin the formats the
+        # converters expect (UTC timestamps, ISO dates, exact floats, hex bytea).
+        repl = connect(dsn, connection_factory=LogicalReplicationConnection, options=SESSION)
         self.builder = ChangeBuilder(self.kafka.topic_prefix, catalog.info.dbname)
         try:
             cur = repl.cursor()
