@@ -69,8 +69,11 @@ def connection(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _health_ok(port: int) -> bool:
-    r = httpx.get(f"{url(port)}/_cluster/health",
-                  params={"wait_for_status": "yellow", "timeout": "2s"}, timeout=5)
+    r = httpx.get(
+        f"{url(port)}/_cluster/health",
+        params={"wait_for_status": "yellow", "timeout": "2s"},
+        timeout=5,
+    )
     return r.status_code == 200 and r.json().get("status") in ("green", "yellow")
 
 
@@ -91,7 +94,8 @@ def _prepare_home(svc_dir: Path) -> Path:
     """A copy of the distribution the service user can read: hard links into the state
     dir (the cache may sit under a private home such as /root), copied if that fails."""
     home = svc_dir / "home"
-    if (home / inst.MARKER).exists():
+    marker = home / inst.MARKER
+    if marker.exists() and marker.read_text().strip() == VERSION:
         return home
     src = _home_in(dist_dir())
     if home.exists():
@@ -123,14 +127,17 @@ def start(svc_dir: Path, ports: dict[str, int]) -> dict[str, Any]:
     for p in (config, svc_dir / "data", svc_dir / "logs", svc_dir / "tmp", out):
         inst.chown_tree(p, OS_USER)
     run(["chown", f"{OS_USER}:", str(svc_dir)])
+    inst.check_user_can_write(OS_USER, svc_dir / "data")
     env = dict(os.environ)
-    env.update({
-        "ES_JAVA_HOME": JAVA_HOME,
-        "JAVA_HOME": JAVA_HOME,
-        "ES_PATH_CONF": str(config),
-        "ES_TMPDIR": str(svc_dir / "tmp"),
-        "ES_JAVA_OPTS": f"-Xms{HEAP} -Xmx{HEAP}",
-    })
+    env.update(
+        {
+            "ES_JAVA_HOME": JAVA_HOME,
+            "JAVA_HOME": JAVA_HOME,
+            "ES_PATH_CONF": str(config),
+            "ES_TMPDIR": str(svc_dir / "tmp"),
+            "ES_JAVA_OPTS": f"-Xms{HEAP} -Xmx{HEAP}",
+        }
+    )
     settings = {
         "cluster.name": "cdc-stack",
         "node.name": "cdc-node",
@@ -139,24 +146,30 @@ def start(svc_dir: Path, ports: dict[str, int]) -> dict[str, Any]:
         "transport.host": "127.0.0.1",
         "transport.port": str(tport),
         "discovery.type": "single-node",
+        "xpack.security.enabled": "false",
         "path.data": str(svc_dir / "data"),
         "path.logs": str(svc_dir / "logs"),
         "cluster.routing.allocation.disk.threshold_enabled": "false",
         "action.auto_create_index": "true",
     }
-    cmd = ["runuser", "-u", OS_USER, "--", str(home / "bin" / "elasticsearch"),
-           "-p", str(pidfile)]
+    cmd = ["runuser", "-u", OS_USER, "--", str(home / "bin" / "elasticsearch"), "-p", str(pidfile)]
     for key, value in settings.items():
         cmd += ["-E", f"{key}={value}"]
     launcher = spawn(cmd, out, env=env, cwd=svc_dir)
     logs = (out, svc_dir / "logs" / "cdc-stack.log")
-    if not wait_until(lambda: _health_ok(port), START_TIMEOUT,
-                      alive=lambda: launcher.poll() is None, interval=0.5):
+    if not wait_until(
+        lambda: _health_ok(port), START_TIMEOUT, alive=lambda: launcher.poll() is None, interval=0.5
+    ):
         terminate(read_pidfile(pidfile), 10, group=launcher.pid)
         raise fail(f"elasticsearch on port {port} did not report health yellow", *logs)
     pid = read_pidfile(pidfile)
-    return {"port": port, "transport_port": tport, "pid": pid, "pgid": launcher.pid,
-            "log": str(logs[1])}
+    return {
+        "port": port,
+        "transport_port": tport,
+        "pid": pid,
+        "pgid": launcher.pid,
+        "log": str(logs[1]),
+    }
 
 
 def stop(svc_dir: Path, record: dict[str, Any], timeout: float = 30.0) -> None:

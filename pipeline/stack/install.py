@@ -59,8 +59,15 @@ def apt_install(packages: Sequence[str], present: Path) -> None:
         if present.exists():
             return
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        cmd = ["apt-get", "install", "-y", "--no-install-recommends",
-               "-o", "DPkg::Lock::Timeout=300", *packages]
+        cmd = [
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "-o",
+            "DPkg::Lock::Timeout=300",
+            *packages,
+        ]
         try:
             run(cmd, env=env, timeout=900)
         except StackError:
@@ -108,9 +115,19 @@ def maven_libs(folder: Path, dependencies: Sequence[str]) -> Path:
         )
         if lib.exists():
             shutil.rmtree(lib)
-        run([_mvn(), "-B", "-q", "-f", str(folder / "pom.xml"),
-             f"{DEPENDENCY_PLUGIN}:copy-dependencies", "-DincludeScope=runtime",
-             f"-DoutputDirectory={lib}"], timeout=1200)
+        run(
+            [
+                _mvn(),
+                "-B",
+                "-q",
+                "-f",
+                str(folder / "pom.xml"),
+                f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={lib}",
+            ],
+            timeout=1200,
+        )
         if not any(lib.glob("*.jar")):
             raise StackError(f"maven copied no jars into {lib}")
         (lib / MARKER).write_text("\n".join(dependencies) + "\n")
@@ -127,8 +144,18 @@ def maven_artifact(coordinate: str, dest_dir: Path) -> Path:
     if target.exists():
         return target
     dest_dir.mkdir(parents=True, exist_ok=True)
-    run([_mvn(), "-B", "-q", f"{DEPENDENCY_PLUGIN}:copy", f"-Dartifact={coordinate}",
-         f"-DoutputDirectory={dest_dir}"], timeout=1200, cwd=dest_dir)
+    run(
+        [
+            _mvn(),
+            "-B",
+            "-q",
+            f"{DEPENDENCY_PLUGIN}:copy",
+            f"-Dartifact={coordinate}",
+            f"-DoutputDirectory={dest_dir}",
+        ],
+        timeout=1200,
+        cwd=dest_dir,
+    )
     if not target.exists():
         raise StackError(f"maven did not produce {target}")
     return target
@@ -164,13 +191,35 @@ def ensure_system_user(name: str) -> None:
     with _user_lock:
         if subprocess.run(["id", "-u", name], capture_output=True).returncode == 0:
             return
-        run(["useradd", "--system", "--user-group", "--no-create-home",
-             "--shell", "/usr/sbin/nologin", name])
+        run(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ]
+        )
 
 
 def chown_tree(path: Path, user: str) -> None:
     """``chown -R user:user path`` (the user's primary group)."""
     run(["chown", "-R", f"{user}:", str(path)])
+
+
+def check_user_can_write(user: str, folder: Path) -> None:
+    """Raise StackError unless ``user`` can reach and write ``folder`` (every parent of
+    the state dir must be world-traversable, e.g. not a 0700 temp folder)."""
+    probe = subprocess.run(
+        ["runuser", "-u", user, "--", "test", "-w", str(folder)], capture_output=True
+    )
+    if probe.returncode != 0:
+        raise StackError(
+            f"user {user!r} cannot write {folder}: choose a CDC_STACK_DIR whose parent "
+            "folders are world-traversable (chmod o+x)"
+        )
 
 
 def java_bin(*candidates: str) -> str:

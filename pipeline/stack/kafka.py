@@ -66,8 +66,12 @@ def _metadata_ok(port: int) -> bool:
 
     if not port_open(port):
         return False
-    admin = AdminClient({"bootstrap.servers": bootstrap(port), "logger": _quiet,
-                         "socket.timeout.ms": 3000})
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap(port),
+        "logger": _quiet,
+        "socket.timeout.ms": 3000,
+    }
+    admin = AdminClient(conf)
     md = admin.list_topics(timeout=3)
     return len(md.brokers) > 0
 
@@ -89,44 +93,48 @@ def _write_config(svc_dir: Path, port: int, cport: int) -> tuple[Path, Path]:
     data = svc_dir / "data"
     props = svc_dir / "server.properties"
     props.write_text(
-        "\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{cport}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={data}",
-            "num.partitions=1",
-            "auto.create.topics.enable=true",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "log.retention.hours=168",
-            "",
-        ])
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{cport}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={data}",
+                "num.partitions=1",
+                "auto.create.topics.enable=true",
+                "offsets.topic.replication.factor=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.hours=168",
+                "",
+            ]
+        )
     )
     log4j = svc_dir / "log4j.properties"
     log4j.write_text(
-        "\n".join([
-            "log4j.rootLogger=INFO, file",
-            "log4j.appender.file=org.apache.log4j.RollingFileAppender",
-            f"log4j.appender.file.File={svc_dir / 'kafka.log'}",
-            "log4j.appender.file.MaxFileSize=50MB",
-            "log4j.appender.file.MaxBackupIndex=2",
-            "log4j.appender.file.layout=org.apache.log4j.PatternLayout",
-            "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n",
-            "log4j.logger.kafka=INFO",
-            "log4j.logger.org.apache.kafka=INFO",
-            "log4j.logger.state.change.logger=WARN",
-            "log4j.logger.kafka.request.logger=WARN",
-            "",
-        ])
+        "\n".join(
+            [
+                "log4j.rootLogger=INFO, file",
+                "log4j.appender.file=org.apache.log4j.RollingFileAppender",
+                f"log4j.appender.file.File={svc_dir / 'kafka.log'}",
+                "log4j.appender.file.MaxFileSize=50MB",
+                "log4j.appender.file.MaxBackupIndex=2",
+                "log4j.appender.file.layout=org.apache.log4j.PatternLayout",
+                "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n",
+                "log4j.logger.kafka=INFO",
+                "log4j.logger.org.apache.kafka=INFO",
+                "log4j.logger.state.change.logger=WARN",
+                "log4j.logger.kafka.request.logger=WARN",
+                "",
+            ]
+        )
     )
     return props, log4j
 
@@ -145,15 +153,43 @@ def start(svc_dir: Path, ports: dict[str, int]) -> dict[str, Any]:
     if not (svc_dir / "data" / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         try:
-            run([java, *jvm_log, "-cp", cp, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(props)], timeout=120)
+            run(
+                [
+                    java,
+                    *jvm_log,
+                    "-cp",
+                    cp,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(props),
+                ],
+                timeout=120,
+            )
         except Exception as e:
             raise fail(f"kafka storage format failed: {e}", log) from e
-    proc = spawn([java, "-Xms512m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                  *jvm_log, "-cp", cp, MAIN_CLASS, str(props)], out, cwd=svc_dir)
+    proc = spawn(
+        [
+            java,
+            "-Xms512m",
+            "-Xmx512m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            *jvm_log,
+            "-cp",
+            cp,
+            MAIN_CLASS,
+            str(props),
+        ],
+        out,
+        cwd=svc_dir,
+    )
     pid = proc.pid
-    if not wait_until(lambda: _metadata_ok(port), START_TIMEOUT,
-                      alive=lambda: pid_alive(pid), interval=0.3):
+    if not wait_until(
+        lambda: _metadata_ok(port), START_TIMEOUT, alive=lambda: pid_alive(pid), interval=0.3
+    ):
         terminate(pid, 10)
         raise fail(f"kafka on port {port} did not answer a metadata request", log, out)
     return {"port": port, "controller_port": cport, "pid": pid, "log": str(log)}

@@ -8,6 +8,7 @@ Service interface used by :mod:`pipeline.stack.runner`: ``install``, ``start``,
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -74,18 +75,40 @@ def start(svc_dir: Path, ports: dict[str, int]) -> dict[str, Any]:
     log = svc_dir / "postgres.log"
     svc_dir.mkdir(parents=True, exist_ok=True)
     inst.chown_tree(svc_dir, OS_USER)
+    inst.check_user_can_write(OS_USER, svc_dir)
     if not (data / "PG_VERSION").exists():
         if data.exists():
             run(["rm", "-rf", str(data)])
-        _pg(str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-            "-E", "UTF8", "--no-locale")
+        _pg(
+            str(BIN / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        )
     opts = (
         f"-c listen_addresses=127.0.0.1 -p {port} -k {svc_dir} "
         "-c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20"
     )
     try:
-        _pg(str(BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
-            "-t", str(int(START_TIMEOUT)), "-o", opts, "start", timeout=START_TIMEOUT + 30)
+        _pg(
+            str(BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "-o",
+            opts,
+            "start",
+            timeout=START_TIMEOUT + 30,
+        )
     except Exception as e:
         raise fail(f"postgres failed to start on port {port}: {e}", log) from e
     pid = read_pidfile(data / "postmaster.pid")
@@ -109,9 +132,17 @@ def stop(svc_dir: Path, record: dict[str, Any], timeout: float = 30.0) -> None:
     pid = record.get("pid") or read_pidfile(data / "postmaster.pid")
     if not pid_alive(pid, "postgres"):
         return
-    try:
-        _pg(str(BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t",
-            str(int(timeout)), "stop", timeout=timeout + 15)
-    except Exception:  # noqa: BLE001
-        pass
+    with contextlib.suppress(Exception):
+        _pg(
+            str(BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "stop",
+            timeout=timeout + 15,
+        )
     terminate(pid, 5, cmdline_contains="postgres")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,8 +29,11 @@ def pid_alive(pid: int | None, cmdline_contains: str | None = None) -> bool:
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
             return False
         if cmdline_contains is not None:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace"
+            cmd = (
+                Path(f"/proc/{pid}/cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
             )
             return cmdline_contains in cmd
     except (OSError, IndexError):
@@ -107,29 +111,33 @@ def terminate(
     """Send ``sig`` to ``pid``; after ``timeout`` seconds SIGKILL it (and its process
     ``group`` when given). Returns once the process is gone."""
     if pid and pid_alive(pid, cmdline_contains):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
         if not wait_until(lambda: not pid_alive(pid), timeout, interval=0.1):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             wait_until(lambda: not pid_alive(pid), 10, interval=0.1)
     if group:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
-def run(cmd: Sequence[str], *, timeout: float = 600, env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: Sequence[str],
+    *,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run a command to completion capturing output; raise StackError on failure."""
     try:
         proc = subprocess.run(
-            list(cmd), capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd,
+            list(cmd),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as e:
@@ -142,13 +150,20 @@ def run(cmd: Sequence[str], *, timeout: float = 600, env: dict[str, str] | None 
     return proc
 
 
-def spawn(cmd: Sequence[str], log: Path, *, env: dict[str, str] | None = None,
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    cmd: Sequence[str], log: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start a detached server process (new session, stdin closed, output appended to
     ``log``) that outlives the calling Python process."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
-            list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd, start_new_session=True, close_fds=True,
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
         )

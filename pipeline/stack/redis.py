@@ -43,8 +43,9 @@ def connection(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ping(port: int) -> bool:
-    client = redis_client.Redis(host="127.0.0.1", port=port, socket_timeout=2,
-                                socket_connect_timeout=2)
+    client = redis_client.Redis(
+        host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2
+    )
     try:
         return bool(client.ping())
     finally:
@@ -72,9 +73,28 @@ def start(svc_dir: Path, ports: dict[str, int]) -> dict[str, Any]:
     pidfile = svc_dir / "redis.pid"
     pidfile.unlink(missing_ok=True)
     try:
-        run([_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(svc_dir), "--daemonize", "yes",
-             "--pidfile", str(pidfile), "--logfile", str(log)], timeout=30)
+        run(
+            [
+                _binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(svc_dir),
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(pidfile),
+                "--logfile",
+                str(log),
+            ],
+            timeout=30,
+        )
     except Exception as e:
         raise fail(f"redis failed to start on port {port}: {e}", log) from e
     wait_until(lambda: read_pidfile(pidfile) is not None, 10)

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class StackInfo:
-    """How to reach the running stack. A service not started is given as ""."""
+    """How to reach the stack. A service never started in this state dir is ""."""
 
     postgres_dsn: str
     kafka_bootstrap: str
@@ -115,8 +115,12 @@ def _info(base: Path, records: dict[str, dict[str, Any]]) -> StackInfo:
 
 def _assign_ports(names: list[str], records: dict[str, dict[str, Any]]) -> dict[str, dict]:
     """Reuse each service's recorded ports when still free, else pick new free ones."""
-    taken = {p for rec in records.values() for k, p in rec.items()
-             if k.endswith("port") and isinstance(p, int)}
+    taken = {
+        p
+        for rec in records.values()
+        for k, p in rec.items()
+        if k.endswith("port") and isinstance(p, int)
+    }
     chosen: dict[str, dict[str, int]] = {}
     for name in names:
         rec = records.get(name, {})
@@ -205,8 +209,9 @@ def down(timeout: float = 30.0) -> None:
         live = {n: r for n, r in records.items() if n in SERVICES and r.get("pid")}
         if live:
             with ThreadPoolExecutor(max_workers=len(live)) as pool:
-                futs = [pool.submit(SERVICES[n].stop, base / n, r, timeout)
-                        for n, r in live.items()]
+                futs = [
+                    pool.submit(SERVICES[n].stop, base / n, r, timeout) for n, r in live.items()
+                ]
                 for f in futs:
                     f.result()
         for rec in records.values():

@@ -1,0 +1,129 @@
+"""One isolated pipeline per test: its own schema, slot, topics, consumer group and indices."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import redis
+from confluent_kafka import Consumer, TopicPartition
+from psycopg2 import sql
+
+from pipeline import stack
+from pipeline.config import Settings, load_settings
+from pipeline.harness import PipelineProcess, index_documents, project, table_rows, wait_until
+from pipeline.metrics import read_snapshots
+from pipeline.postgres.slot import ReplicationSlot
+
+COLUMNS = ("id", "name", "qty", "price")
+
+
+class Scenario:
+    def __init__(self, info: Any, work: Path) -> None:
+        self.uid = uuid.uuid4().hex[:8]
+        self.schema = f"t{self.uid}"
+        self.table_id = f"{self.schema}.items"
+        self.work = work
+        self.env = {
+            **stack.env_vars(info),
+            "CDC_POSTGRES__TABLES": f"[{self.table_id}]",
+            "CDC_POSTGRES__SLOT": f"slot_{self.uid}",
+            "CDC_POSTGRES__PUBLICATION": f"pub_{self.uid}",
+            "CDC_KAFKA__TOPIC_PREFIX": f"it{self.uid}",
+            "CDC_KAFKA__PARTITIONS": "3",
+            "CDC_WORKER__APP_ID": f"worker-{self.uid}",
+            "CDC_WORKER__DEAD_LETTER_TOPIC": f"it{self.uid}.dead-letter",
+            "CDC_WORKER__BATCH_WAIT_MS": "10",
+            "CDC_WORKER__RETRY_MAX_MS": "1000",
+            "CDC_ELASTICSEARCH__INDEX_PREFIX": f"it{self.uid}.",
+            "CDC_REDIS__KEYS": json.dumps({self.table_id: ["item:{id}", "item-name:{name}"]}),
+            "CDC_METRICS__SNAPSHOT_DIR": str(work / "metrics"),
+            "CDC_WORKER_DATADIR": str(work / "worker-data"),
+        }
+        self.settings: Settings = load_settings(None, self.env)
+        self.dsn = self.settings.postgres.dsn.get_secret_value()
+        assert self.settings.elasticsearch is not None and self.settings.redis is not None
+        self.es_url = self.settings.elasticsearch.url
+        self.index = self.settings.elasticsearch.index_for(self.table_id)
+        self.topic = self.settings.kafka.raw_topic(self.table_id)
+        self.redis = redis.Redis.from_url(self.settings.redis.url.get_secret_value())
+        self.processes: dict[str, PipelineProcess] = {}
+        conn = self.connect()
+        with conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+            cur.execute(sql.SQL(
+                "CREATE TABLE {}.items (id int PRIMARY KEY, name text, qty int, "
+                "price numeric(12,2), note text)").format(sql.Identifier(self.schema)))
+        conn.close()
+
+    def connect(self) -> Any:
+        return psycopg2.connect(self.dsn)
+
+    def execute(self, statement: str, *params: Any) -> None:
+        conn = self.connect()
+        with conn, conn.cursor() as cur:
+            cur.execute(statement.replace("items", f"{self.schema}.items"), params or None)
+        conn.close()
+
+    def start(self, name: str) -> PipelineProcess:
+        proc = PipelineProcess(name, self.env, self.work / f"{name}.log")
+        self.processes[name] = proc
+        return proc
+
+    def expected(self) -> dict[str, Any]:
+        return table_rows(
+            self.dsn,
+            f"SELECT id::text, jsonb_build_object('id', id, 'name', name, 'qty', qty, "
+            f"'price', price::text) FROM {self.schema}.items",
+        )
+
+    def indexed(self) -> dict[str, Any]:
+        return project(index_documents(self.es_url, self.index), COLUMNS)
+
+    def converged(self, timeout: float = 60) -> bool:
+        return wait_until(lambda: self.indexed() == self.expected(), timeout, 0.3)
+
+    def counter(self, name: str) -> float:
+        return sum(
+            v for snap in read_snapshots(self.work / "metrics").values()
+            for k, v in snap.get("counters", {}).items() if k == name or k.startswith(name + "{")
+        )
+
+    def read_topic(self, topic: str, timeout: float = 10) -> list[Any]:
+        """Every record of a topic, from the beginning."""
+        consumer = Consumer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
+                             "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+                             "enable.auto.commit": False})
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+            if meta is None or meta.error is not None:
+                return []
+            parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
+            ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout)[1]
+                    for p in parts}
+            consumer.assign(parts)
+            records: list[Any] = []
+            want = sum(ends.values())
+            deadline_polls = 0
+            while len(records) < want and deadline_polls < 50:
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    deadline_polls += 1
+                    continue
+                if msg.error() is None:
+                    records.append(msg)
+            return records
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        for proc in self.processes.values():
+            proc.stop()
+        try:
+            ReplicationSlot(self.settings.postgres).drop()
+        except Exception:  # noqa: BLE001 - best-effort cleanup
+            pass
+        self.redis.close()
