@@ -1,0 +1,152 @@
+"""BatchProcessor: decode, fan out to every sink, dead-letter what cannot be processed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+
+import pytest
+
+from pipeline.deadletter import RawRecord
+from pipeline.errors import EventDecodeError, SinkRejectedError, SinkUnavailableError
+from pipeline.events import ChangeEvent
+from pipeline.metrics import Metrics
+from pipeline.processing import BatchProcessor
+from pipeline.sinks.base import Rejection
+
+SOURCE = {"connector": "postgresql", "name": "shop", "db": "shop", "schema": "public",
+          "table": "orders", "ts_ms": 1_700_000_000_000, "lsn": 100}
+
+
+def _record(offset: int, key: object, value: object, raw: bytes | None = None) -> RawRecord:
+    return RawRecord(
+        topic="cdc.public.orders", partition=2, offset=offset,
+        key=None if key is None else json.dumps(key).encode(),
+        value=raw if raw is not None else (None if value is None else json.dumps(value).encode()),
+    )
+
+
+def _create(offset: int, order_id: int) -> RawRecord:
+    value = {"before": None, "after": {"id": order_id}, "source": dict(SOURCE, lsn=offset),
+             "op": "c", "ts_ms": 1}
+    return _record(offset, {"id": order_id}, value)
+
+
+class RecordingSink:
+    def __init__(self, name: str, reject_ids: Sequence[int] = (), error: Exception | None = None):
+        self.name = name
+        self.reject_ids = set(reject_ids)
+        self.error = error
+        self.batches: list[list[ChangeEvent]] = []
+
+    async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
+        self.batches.append(list(batch))
+        if self.error is not None:
+            raise self.error
+        return [
+            Rejection(i, SinkRejectedError(f"bad order {e.key}", sink=self.name))
+            for i, e in enumerate(batch)
+            if e.key is not None and e.key["id"] in self.reject_ids
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+class RecordingDeadLetters:
+    def __init__(self) -> None:
+        self.calls: list[list[tuple[RawRecord, str, BaseException]]] = []
+
+    async def send(self, letters: list[tuple[RawRecord, str, BaseException]]) -> None:
+        self.calls.append(list(letters))
+
+    @property
+    def letters(self) -> list[tuple[RawRecord, str, BaseException]]:
+        return [letter for call in self.calls for letter in call]
+
+
+def _run(sinks: list[RecordingSink], records: list[RawRecord]):
+    dead = RecordingDeadLetters()
+    metrics = Metrics("worker")
+    asyncio.run(BatchProcessor(sinks, dead, metrics).process(records))  # type: ignore[arg-type]
+    return dead, metrics
+
+
+def test_good_events_reach_every_sink() -> None:
+    search, cache = RecordingSink("search"), RecordingSink("cache")
+    records = [_create(10, 1), _create(11, 2)]
+    dead, metrics = _run([search, cache], records)
+    for sink in (search, cache):
+        assert len(sink.batches) == 1
+        assert [e.key for e in sink.batches[0]] == [{"id": 1}, {"id": 2}]
+    assert dead.calls == []
+    assert metrics.total("cdc_worker_records_total") == 2
+
+
+def test_undecodable_records_are_dead_lettered_and_batch_goes_on() -> None:
+    sink = RecordingSink("search")
+    garbage = _record(11, {"id": 9}, None, raw=b"\x00not json")
+    no_key = _record(12, None, {"before": None, "after": {"id": 3}, "source": SOURCE, "op": "c"})
+    records = [_create(10, 1), garbage, no_key, _create(13, 4)]
+    dead, metrics = _run([sink], records)
+    assert [e.key for e in sink.batches[0]] == [{"id": 1}, {"id": 4}]
+    assert [(r.offset, stage) for r, stage, _ in dead.letters] == [(11, "decode"), (12, "decode")]
+    assert all(isinstance(err, EventDecodeError) for _, _, err in dead.letters)
+    # the original record, untouched
+    assert dead.letters[0][0] is garbage
+    assert metrics.total("cdc_dead_letters_total") == 2
+
+
+def test_tombstones_are_skipped() -> None:
+    sink = RecordingSink("search")
+    tombstone = _record(11, {"id": 1}, None)
+    dead, metrics = _run([sink], [_create(10, 1), tombstone])
+    assert [e.key for e in sink.batches[0]] == [{"id": 1}]
+    assert dead.calls == []
+    assert metrics.total("cdc_worker_tombstones_total") == 1
+
+
+def test_only_tombstones_write_nothing() -> None:
+    sink = RecordingSink("search")
+    dead, _ = _run([sink], [_record(1, {"id": 1}, None)])
+    assert sink.batches == []
+    assert dead.calls == []
+
+
+def test_sink_rejection_dead_lettered_with_original_record() -> None:
+    search = RecordingSink("search", reject_ids=[2])
+    cache = RecordingSink("cache")
+    tombstone = _record(11, {"id": 1}, None)
+    bad = _create(12, 2)
+    records = [_create(10, 1), tombstone, bad, _create(13, 3)]
+    dead, _ = _run([search, cache], records)
+    ((record, stage, error),) = dead.letters
+    # index 1 of the decoded batch, but the record is the one at offset 12 (tombstone skipped)
+    assert record is bad
+    assert stage == "sink:search"
+    assert isinstance(error, SinkRejectedError)
+    assert len(cache.batches[0]) == 3  # the other sink still got everything
+
+
+def test_rejection_by_two_sinks_gives_two_letters() -> None:
+    a, b = RecordingSink("search", reject_ids=[1]), RecordingSink("cache", reject_ids=[1])
+    dead, _ = _run([a, b], [_create(10, 1)])
+    assert sorted(stage for _, stage, _ in dead.letters) == ["sink:cache", "sink:search"]
+
+
+def test_decode_and_sink_letters_sent_together() -> None:
+    sink = RecordingSink("search", reject_ids=[2])
+    records = [_record(9, {"id": 0}, None, raw=b"[]"), _create(10, 2)]
+    dead, _ = _run([sink], records)
+    assert len(dead.calls) == 1
+    assert [(r.offset, s) for r, s, _ in dead.calls[0]] == [(9, "decode"), (10, "sink:search")]
+
+
+def test_sink_failure_propagates_and_nothing_dead_lettered() -> None:
+    sink = RecordingSink("search", error=SinkUnavailableError("down"))
+    dead = RecordingDeadLetters()
+    processor = BatchProcessor([sink], dead, Metrics("w"))  # type: ignore[list-item, arg-type]
+    with pytest.raises(SinkUnavailableError):
+        asyncio.run(processor.process([_create(10, 1), _record(11, {"id": 2}, None, raw=b"x")]))
+    assert dead.calls == []

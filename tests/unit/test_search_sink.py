@@ -1,0 +1,390 @@
+"""SearchIndexSink against a fake Elasticsearch (httpx.MockTransport): external versioning,
+document ids, 409 = already applied, bad data vs unavailable, unchanged TOAST columns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline.config import ElasticsearchSettings
+from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableError
+from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, SourceInfo
+from pipeline.sinks.search import SearchIndexSink, document_id
+
+INDEX = "cdc.public.products"
+
+
+class FakeElasticsearch:
+    """Just enough of Elasticsearch: _bulk with external versions, _mget, DELETE /index.
+
+    ``item_hook(action, meta, source)`` may return a bulk item result to force a failure.
+    """
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
+        self.versions: dict[tuple[str, str], int] = {}  # includes delete tombstones
+        self.requests: list[httpx.Request] = []
+        self.bulk_actions: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
+        self.item_hook: Callable[[str, dict, dict | None], dict | None] | None = None
+        self.status_override: int | None = None
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.status_override is not None:
+            return httpx.Response(self.status_override, json={"error": "overloaded"})
+        path = request.url.path
+        if request.method == "POST" and path == "/_bulk":
+            return httpx.Response(200, json=self._bulk(request.content))
+        if request.method == "POST" and path == "/_mget":
+            return httpx.Response(200, json=self._mget(json.loads(request.content)))
+        if request.method == "DELETE":
+            index = path.strip("/")
+            if index not in self.docs:
+                return httpx.Response(404, json={"error": {"type": "index_not_found_exception"}})
+            del self.docs[index]
+            self.versions = {k: v for k, v in self.versions.items() if k[0] != index}
+            return httpx.Response(200, json={"acknowledged": True})
+        return httpx.Response(400, json={"error": f"unexpected {request.method} {path}"})
+
+    def _bulk(self, body: bytes) -> dict[str, Any]:
+        assert body.endswith(b"\n"), "a _bulk body must end with a newline"
+        lines = [json.loads(line) for line in body.splitlines() if line]
+        items = []
+        i = 0
+        while i < len(lines):
+            ((action, meta),) = lines[i].items()
+            source = None
+            if action == "index":
+                source = lines[i + 1]
+                i += 2
+            else:
+                i += 1
+            self.bulk_actions.append((action, meta, source))
+            forced = self.item_hook(action, meta, source) if self.item_hook else None
+            items.append({action: forced or self._apply(action, meta, source)})
+        return {"took": 1, "errors": False, "items": items}
+
+    def _apply(self, action: str, meta: dict, source: dict | None) -> dict[str, Any]:
+        assert meta["version_type"] == "external"
+        index, doc_id, version = meta["_index"], meta["_id"], meta["version"]
+        stored = self.versions.get((index, doc_id))
+        if stored is not None and stored >= version:
+            return {
+                "_index": index, "_id": doc_id, "status": 409,
+                "error": {"type": "version_conflict_engine_exception",
+                          "reason": f"current version [{stored}] is higher or equal"},
+            }
+        self.versions[(index, doc_id)] = version
+        if action == "delete":
+            existed = self.docs.get(index, {}).pop(doc_id, None) is not None
+            return {"_index": index, "_id": doc_id, "status": 200 if existed else 404,
+                    "result": "deleted" if existed else "not_found"}
+        self.docs.setdefault(index, {})[doc_id] = (version, source or {})
+        return {"_index": index, "_id": doc_id, "status": 201, "result": "created"}
+
+    def _mget(self, body: dict) -> dict[str, Any]:
+        out = []
+        for ref in body["docs"]:
+            found = self.docs.get(ref["_index"], {}).get(ref["_id"])
+            if found is None:
+                out.append({"_index": ref["_index"], "_id": ref["_id"], "found": False})
+            else:
+                out.append({"_index": ref["_index"], "_id": ref["_id"], "found": True,
+                            "_version": found[0], "_source": found[1]})
+        return {"docs": out}
+
+    def source(self, doc_id: str, index: str = INDEX) -> dict[str, Any] | None:
+        found = self.docs.get(index, {}).get(doc_id)
+        return None if found is None else found[1]
+
+
+def _event(op: str, key: dict, after: dict | None = None, before: dict | None = None, *,
+           lsn: int, table: str = "products") -> ChangeEvent:
+    src = SourceInfo(connector="postgresql", name="shop", db="shop", schema="public",
+                     table=table, ts_us=1_700_000_000_000_000, tx_id=1, lsn=lsn)
+    return ChangeEvent(op, key, before, after, src)
+
+
+def _sink(es: FakeElasticsearch, **settings: Any) -> SearchIndexSink:
+    client = httpx.AsyncClient(base_url="http://es.test:9200", transport=es.transport())
+    return SearchIndexSink(ElasticsearchSettings(**settings), client=client)
+
+
+def _write(sink: SearchIndexSink, batch: list[ChangeEvent]):
+    return asyncio.run(sink.write(batch))
+
+
+# --- document ids ------------------------------------------------------------------------
+
+def test_document_id_single_and_composite() -> None:
+    assert document_id({"id": 42}) == "42"
+    assert document_id({"sku": "AB-1"}) == "AB-1"
+    # composite keys: a JSON array in key order, unambiguous
+    assert document_id({"order_id": 7, "line": 2}) == "[7,2]"
+    assert document_id({"a": "x,y", "b": "z"}) != document_id({"a": "x", "b": "y,z"})
+
+
+# --- actions -----------------------------------------------------------------------------
+
+def test_index_action_uses_external_version_and_key_id() -> None:
+    es = FakeElasticsearch()
+    row = {"id": 42, "name": "lamp", "price": "9.99"}
+    assert _write(_sink(es), [_event("c", {"id": 42}, row, lsn=1000)]) == []
+    ((action, meta, source),) = es.bulk_actions
+    assert action == "index"
+    assert meta == {"_index": INDEX, "_id": "42", "version": 1000, "version_type": "external"}
+    assert source == row
+    bulk = next(r for r in es.requests if r.url.path == "/_bulk")
+    assert bulk.headers["content-type"] == "application/x-ndjson"
+    assert es.source("42") == row
+
+
+def test_composite_key_document() -> None:
+    es = FakeElasticsearch()
+    row = {"order_id": 7, "line": 2, "qty": 1}
+    _write(_sink(es), [_event("c", {"order_id": 7, "line": 2}, row, lsn=5, table="lines")])
+    ((_, meta, _),) = es.bulk_actions
+    assert meta["_id"] == "[7,2]"
+    assert meta["_index"] == "cdc.public.lines"
+
+
+def test_index_override_from_settings() -> None:
+    es = FakeElasticsearch()
+    sink = _sink(es, indices={"public.products": "products-v2"})
+    _write(sink, [_event("c", {"id": 1}, {"id": 1}, lsn=5)])
+    assert es.bulk_actions[0][1]["_index"] == "products-v2"
+
+
+def test_delete_action() -> None:
+    es = FakeElasticsearch()
+    sink = _sink(es)
+    _write(sink, [_event("c", {"id": 1}, {"id": 1, "name": "a"}, lsn=10)])
+    assert _write(sink, [_event("d", {"id": 1}, None, {"id": 1, "name": "a"}, lsn=20)]) == []
+    action, meta, source = es.bulk_actions[-1]
+    assert action == "delete"
+    assert meta == {"_index": INDEX, "_id": "1", "version": 20, "version_type": "external"}
+    assert source is None
+    assert es.source("1") is None
+
+
+def test_delete_of_missing_doc_is_fine() -> None:
+    es = FakeElasticsearch()
+    assert _write(_sink(es), [_event("d", {"id": 9}, None, {"id": 9}, lsn=20)]) == []
+
+
+def test_snapshot_read_is_indexed() -> None:
+    es = FakeElasticsearch()
+    _write(_sink(es), [_event("r", {"id": 3}, {"id": 3, "name": "x"}, lsn=1)])
+    assert es.source("3") == {"id": 3, "name": "x"}
+
+
+# --- idempotence and stale writes --------------------------------------------------------
+
+def test_replay_and_stale_event_are_success_and_do_not_overwrite() -> None:
+    es = FakeElasticsearch()
+    sink = _sink(es)
+    new = _event("u", {"id": 1}, {"id": 1, "name": "new"}, lsn=200)
+    old = _event("u", {"id": 1}, {"id": 1, "name": "old"}, lsn=100)
+    assert _write(sink, [new]) == []
+    assert _write(sink, [new]) == []  # replay: 409, counted as applied
+    assert _write(sink, [old]) == []  # late older change: 409, not a rejection
+    assert es.source("1") == {"id": 1, "name": "new"}
+
+
+def test_late_create_cannot_resurrect_deleted_row() -> None:
+    es = FakeElasticsearch()
+    sink = _sink(es)
+    _write(sink, [_event("d", {"id": 1}, None, {"id": 1}, lsn=300)])
+    assert _write(sink, [_event("c", {"id": 1}, {"id": 1}, lsn=100)]) == []
+    assert es.source("1") is None
+
+
+def test_only_newest_version_of_a_doc_in_a_batch_is_sent() -> None:
+    es = FakeElasticsearch()
+    batch = [
+        _event("c", {"id": 1}, {"id": 1, "name": "v1"}, lsn=100),
+        _event("u", {"id": 2}, {"id": 2, "name": "other"}, lsn=110),
+        _event("u", {"id": 1}, {"id": 1, "name": "v3"}, lsn=300),
+        _event("u", {"id": 1}, {"id": 1, "name": "v2"}, lsn=200),  # older, arrives late
+    ]
+    assert _write(_sink(es), batch) == []
+    sent_for_1 = [(a, m["version"], s) for a, m, s in es.bulk_actions if m["_id"] == "1"]
+    assert sent_for_1 == [("index", 300, {"id": 1, "name": "v3"})]
+    assert es.source("2") == {"id": 2, "name": "other"}
+
+
+def test_create_then_delete_in_one_batch_sends_only_delete() -> None:
+    es = FakeElasticsearch()
+    batch = [
+        _event("c", {"id": 1}, {"id": 1}, lsn=100),
+        _event("d", {"id": 1}, None, {"id": 1}, lsn=200),
+    ]
+    _write(_sink(es), batch)
+    assert [(a, m["version"]) for a, m, _ in es.bulk_actions] == [("delete", 200)]
+
+
+# --- failures ----------------------------------------------------------------------------
+
+def test_mapping_error_rejects_only_that_event() -> None:
+    es = FakeElasticsearch()
+
+    def hook(action: str, meta: dict, source: dict | None) -> dict | None:
+        if source is not None and source.get("price") == "not a number":
+            return {"_index": meta["_index"], "_id": meta["_id"], "status": 400,
+                    "error": {"type": "mapper_parsing_exception",
+                              "reason": "failed to parse field [price] of type [float]"}}
+        return None
+
+    es.item_hook = hook
+    batch = [
+        _event("c", {"id": 1}, {"id": 1, "price": 1.5}, lsn=10),
+        _event("c", {"id": 2}, {"id": 2, "price": "not a number"}, lsn=11),
+        _event("c", {"id": 3}, {"id": 3, "price": 2.5}, lsn=12),
+    ]
+    rejected = _write(_sink(es), batch)
+    assert [r.index for r in rejected] == [1]
+    assert isinstance(rejected[0].error, SinkRejectedError)
+    assert rejected[0].error.sink == "search"
+    assert "mapper_parsing_exception" in str(rejected[0].error)
+    assert es.source("1") is not None and es.source("3") is not None
+
+
+def test_rejection_index_points_into_original_batch_after_dedup() -> None:
+    es = FakeElasticsearch()
+    es.item_hook = lambda action, meta, source: (
+        {"status": 400, "error": {"type": "mapper_parsing_exception", "reason": "bad"}}
+        if meta["_id"] == "2" else None
+    )
+    batch = [
+        _event("c", {"id": 1}, {"id": 1}, lsn=10),
+        _event("u", {"id": 1}, {"id": 1}, lsn=20),
+        _event("c", {"id": 2}, {"id": 2}, lsn=30),
+    ]
+    assert [r.index for r in _write(_sink(es), batch)] == [2]
+
+
+def test_item_429_is_unavailable_not_rejection() -> None:
+    es = FakeElasticsearch()
+    es.item_hook = lambda action, meta, source: {
+        "status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}
+    }
+    with pytest.raises(SinkUnavailableError):
+        _write(_sink(es), [_event("c", {"id": 1}, {"id": 1}, lsn=10)])
+
+
+def test_item_5xx_is_unavailable() -> None:
+    es = FakeElasticsearch()
+    es.item_hook = lambda action, meta, source: {
+        "status": 503, "error": {"type": "unavailable_shards_exception", "reason": "primary"}
+    }
+    with pytest.raises(SinkUnavailableError):
+        _write(_sink(es), [_event("c", {"id": 1}, {"id": 1}, lsn=10)])
+
+
+@pytest.mark.parametrize("status", [429, 502, 503])
+def test_whole_response_error_is_unavailable(status: int) -> None:
+    es = FakeElasticsearch()
+    es.status_override = status
+    with pytest.raises(SinkUnavailableError):
+        _write(_sink(es), [_event("c", {"id": 1}, {"id": 1}, lsn=10)])
+
+
+def test_transport_error_is_unavailable() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client = httpx.AsyncClient(base_url="http://es.test:9200", transport=httpx.MockTransport(refuse))
+    sink = SearchIndexSink(ElasticsearchSettings(), client=client)
+    with pytest.raises(SinkUnavailableError):
+        _write(sink, [_event("c", {"id": 1}, {"id": 1}, lsn=10)])
+
+
+def test_bad_credentials_are_permanent() -> None:
+    es = FakeElasticsearch()
+    es.status_override = 401
+    with pytest.raises(PermanentError):
+        _write(_sink(es), [_event("c", {"id": 1}, {"id": 1}, lsn=10)])
+
+
+# --- unchanged TOAST placeholder ---------------------------------------------------------
+
+def _placeholder_sent(es: FakeElasticsearch) -> bool:
+    return any(
+        UNAVAILABLE_VALUE in json.dumps(source)
+        for _, _, source in es.bulk_actions if source is not None
+    )
+
+
+def test_placeholder_filled_from_stored_document() -> None:
+    es = FakeElasticsearch()
+    sink = _sink(es)
+    _write(sink, [_event("c", {"id": 1}, {"id": 1, "body": "long text", "n": 1}, lsn=10)])
+    update = _event("u", {"id": 1}, {"id": 1, "body": UNAVAILABLE_VALUE, "n": 2}, lsn=20)
+    assert _write(sink, [update]) == []
+    assert any(r.url.path == "/_mget" for r in es.requests)
+    assert es.source("1") == {"id": 1, "body": "long text", "n": 2}
+    assert not _placeholder_sent(es)
+
+
+def test_placeholder_column_omitted_when_doc_unknown() -> None:
+    es = FakeElasticsearch()
+    update = _event("u", {"id": 1}, {"id": 1, "body": UNAVAILABLE_VALUE, "n": 2}, lsn=20)
+    assert _write(_sink(es), [update]) == []
+    assert es.source("1") == {"id": 1, "n": 2}
+    assert not _placeholder_sent(es)
+
+
+def test_placeholder_filled_from_earlier_event_in_same_batch() -> None:
+    es = FakeElasticsearch()
+    batch = [
+        _event("c", {"id": 1}, {"id": 1, "body": "fresh text", "n": 1}, lsn=10),
+        _event("u", {"id": 1}, {"id": 1, "body": UNAVAILABLE_VALUE, "n": 2}, lsn=20),
+    ]
+    assert _write(_sink(es), batch) == []
+    assert es.source("1") == {"id": 1, "body": "fresh text", "n": 2}
+    assert not _placeholder_sent(es)
+
+
+def test_null_is_not_a_placeholder() -> None:
+    es = FakeElasticsearch()
+    sink = _sink(es)
+    _write(sink, [_event("c", {"id": 1}, {"id": 1, "body": "text"}, lsn=10)])
+    _write(sink, [_event("u", {"id": 1}, {"id": 1, "body": None}, lsn=20)])
+    assert es.source("1") == {"id": 1, "body": None}
+
+
+# --- truncate ----------------------------------------------------------------------------
+
+def test_truncate_deletes_the_index_and_later_writes_recreate_it() -> None:
+    es = FakeElasticsearch()
+    sink = _sink(es)
+    _write(sink, [_event("c", {"id": 1}, {"id": 1}, lsn=10),
+                  _event("c", {"id": 2}, {"id": 2}, lsn=11)])
+    truncate = _event("t", None, lsn=50)  # type: ignore[arg-type]
+    batch = [truncate, _event("c", {"id": 3}, {"id": 3}, lsn=60)]
+    assert _write(sink, batch) == []
+    assert any(r.method == "DELETE" and r.url.path == f"/{INDEX}" for r in es.requests)
+    assert es.source("1") is None and es.source("2") is None
+    assert es.source("3") == {"id": 3}
+
+
+def test_writes_before_truncate_in_the_batch_are_flushed_first() -> None:
+    es = FakeElasticsearch()
+    batch = [_event("c", {"id": 1}, {"id": 1}, lsn=10), _event("t", None, lsn=50)]  # type: ignore[arg-type]
+    _write(_sink(es), batch)
+    kinds = [(r.method, r.url.path) for r in es.requests]
+    assert kinds == [("POST", "/_bulk"), ("DELETE", f"/{INDEX}")]
+    assert es.source("1") is None
+
+
+def test_truncate_of_missing_index_is_fine() -> None:
+    es = FakeElasticsearch()
+    assert _write(_sink(es), [_event("t", None, lsn=50)]) == []  # type: ignore[arg-type]

@@ -1,0 +1,152 @@
+"""RetryingSink (transient failures retried with capped backoff) and MeasuredSink (counts)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from pipeline.errors import (
+    BadDataError,
+    PermanentError,
+    RetriableError,
+    SinkRejectedError,
+    SinkUnavailableError,
+)
+from pipeline.events import ChangeEvent, SourceInfo
+from pipeline.metrics import Metrics
+from pipeline.sinks import base
+from pipeline.sinks.base import MeasuredSink, Rejection, RetryingSink
+
+
+def _event(i: int, snapshot: str = "false", age_s: float = 0.0) -> ChangeEvent:
+    ts_us = int((time.time() - age_s) * 1e6)
+    src = SourceInfo(connector="postgresql", name="n", db="d", schema="public", table="t",
+                     ts_us=ts_us, lsn=100 + i, snapshot=snapshot)
+    return ChangeEvent("c", {"id": i}, None, {"id": i}, src)
+
+
+class ScriptedSink:
+    """Raises the scripted errors one per call, then returns ``result``."""
+
+    name = "fake"
+
+    def __init__(self, errors: Sequence[BaseException] = (), result: list[Rejection] | None = None):
+        self.errors = list(errors)
+        self.result = result or []
+        self.calls: list[list[ChangeEvent]] = []
+        self.closed = False
+
+    async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
+        self.calls.append(list(batch))
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.result
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    recorded: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        recorded.append(seconds)
+
+    monkeypatch.setattr(base.asyncio, "sleep", no_wait)
+    return recorded
+
+
+def test_retries_until_success(sleeps: list[float]) -> None:
+    inner = ScriptedSink([SinkUnavailableError("down"), RetriableError("slow"),
+                          SinkUnavailableError("down")])
+    metrics = Metrics("test")
+    sink = RetryingSink(inner, initial_s=0.1, max_s=5.0, metrics=metrics)
+    batch = [_event(1), _event(2)]
+    assert asyncio.run(sink.write(batch)) == []
+    assert len(inner.calls) == 4
+    assert all(call == batch for call in inner.calls)  # the same batch each time
+    assert len(sleeps) == 3
+    assert metrics.total("cdc_sink_retries_total") == 3
+    assert sink.name == "fake"
+
+
+def test_backoff_grows_and_is_capped(sleeps: list[float]) -> None:
+    inner = ScriptedSink([SinkUnavailableError("down")] * 8)
+    sink = RetryingSink(inner, initial_s=0.1, max_s=0.5, metrics=Metrics("t"))
+    asyncio.run(sink.write([_event(1)]))
+    nominal = [0.1, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5]
+    assert len(sleeps) == len(nominal)
+    for slept, delay in zip(sleeps, nominal, strict=True):
+        assert delay * 0.5 - 1e-9 <= slept <= delay + 1e-9  # jitter within [d/2, d]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [BadDataError("bad"), SinkRejectedError("bad", sink="fake"), PermanentError("auth"),
+     ValueError("bug")],
+)
+def test_non_retriable_errors_propagate_at_once(sleeps: list[float], error: Exception) -> None:
+    inner = ScriptedSink([error])
+    sink = RetryingSink(inner, initial_s=0.1, max_s=1.0, metrics=Metrics("t"))
+    with pytest.raises(type(error)):
+        asyncio.run(sink.write([_event(1)]))
+    assert len(inner.calls) == 1
+    assert sleeps == []
+
+
+def test_rejections_pass_through(sleeps: list[float]) -> None:
+    rejection = Rejection(0, SinkRejectedError("mapping", sink="fake"))
+    sink = RetryingSink(ScriptedSink(result=[rejection]), 0.1, 1.0, Metrics("t"))
+    assert asyncio.run(sink.write([_event(1)])) == [rejection]
+
+
+def test_close_reaches_inner() -> None:
+    inner = ScriptedSink()
+    asyncio.run(RetryingSink(inner, 0.1, 1.0, Metrics("t")).close())
+    assert inner.closed
+    inner2 = ScriptedSink()
+    asyncio.run(MeasuredSink(inner2, Metrics("t")).close())
+    assert inner2.closed
+
+
+def test_measured_sink_counts_written_and_rejected() -> None:
+    rejection = Rejection(1, SinkRejectedError("bad", sink="fake"))
+    metrics = Metrics("test")
+    sink = MeasuredSink(ScriptedSink(result=[rejection]), metrics)
+    batch = [_event(0), _event(1), _event(2)]
+    assert asyncio.run(sink.write(batch)) == [rejection]
+    assert metrics.counters[("cdc_sink_events_total", (("sink", "fake"),))] == 2
+    assert metrics.counters[("cdc_sink_rejected_total", (("sink", "fake"),))] == 1
+    hist = metrics.histograms[("cdc_sink_batch_latency", (("sink", "fake"),))]
+    assert hist.total == 1
+    # commit-to-sink latency only for the events that were written
+    assert metrics.histograms[("cdc_commit_to_sink_latency", (("sink", "fake"),))].total == 2
+
+
+def test_measured_sink_no_rejected_counter_when_all_ok() -> None:
+    metrics = Metrics("test")
+    asyncio.run(MeasuredSink(ScriptedSink(), metrics).write([_event(0)]))
+    assert metrics.total("cdc_sink_events_total") == 1
+    assert metrics.total("cdc_sink_rejected_total") == 0
+
+
+def test_commit_to_sink_latency_reflects_event_age_and_skips_snapshot() -> None:
+    metrics = Metrics("test")
+    batch = [_event(0, age_s=2.0), _event(1, snapshot="true", age_s=3600)]
+    asyncio.run(MeasuredSink(ScriptedSink(), metrics).write(batch))
+    hist = metrics.histograms[("cdc_commit_to_sink_latency", (("sink", "fake"),))]
+    assert hist.total == 1  # the snapshot row's commit time says nothing about lag
+    p50 = hist.quantile(0.5)
+    assert p50 is not None and 2000 <= p50 <= 2000 * 1.1 + 500
+
+
+def test_measured_sink_lets_errors_through_without_counting() -> None:
+    metrics = Metrics("test")
+    sink = MeasuredSink(ScriptedSink([SinkUnavailableError("down")]), metrics)
+    with pytest.raises(SinkUnavailableError):
+        asyncio.run(sink.write([_event(0)]))
+    assert metrics.total("cdc_sink_events_total") == 0
