@@ -17,6 +17,7 @@ from pipeline.harness import (
     PipelineProcess,
     index_documents,
     project,
+    slot_active,
     table_rows,
     wait_until,
 )
@@ -164,6 +165,8 @@ def run_demo(keep_running: bool, rows: int) -> int:
     ]
     ok = False
     try:
+        if not wait_until(lambda: slot_active(dsn, settings.postgres.slot), 60):
+            raise click.ClickException("capture did not start:\n" + procs[0].tail(30))
         rng = random.Random(7)
         click.echo(f"capture and worker started (logs in {work}); inserting {rows} rows per table")
         _workload_inserts(conn, rows, rng)

@@ -71,6 +71,19 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.2)
     return check()
 
 
+def slot_active(dsn: str, slot: str) -> bool:
+    """True once a capture process is streaming from the slot (changes from here on are
+    captured; without an initial snapshot, earlier ones are not)."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+            row = cur.fetchone()
+            return bool(row and row[0])
+    finally:
+        conn.close()
+
+
 def table_rows(dsn: str, query: str) -> dict[str, Row]:
     """Rows by document id from a query returning (id text, row jsonb)."""
     conn = psycopg2.connect(dsn)

@@ -14,7 +14,14 @@ from psycopg2 import sql
 
 from pipeline import stack
 from pipeline.config import Settings, load_settings
-from pipeline.harness import PipelineProcess, index_documents, project, table_rows, wait_until
+from pipeline.harness import (
+    PipelineProcess,
+    index_documents,
+    project,
+    slot_active,
+    table_rows,
+    wait_until,
+)
 from pipeline.metrics import read_snapshots
 from pipeline.postgres.slot import ReplicationSlot
 
@@ -71,6 +78,9 @@ class Scenario:
     def start(self, name: str) -> PipelineProcess:
         proc = PipelineProcess(name, self.env, self.work / f"{name}.log")
         self.processes[name] = proc
+        if name == "capture":
+            slot = self.settings.postgres.slot
+            assert wait_until(lambda: slot_active(self.dsn, slot), 60), proc.tail()
         return proc
 
     def expected(self) -> dict[str, Any]:

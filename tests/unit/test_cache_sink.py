@@ -108,7 +108,9 @@ class FakeRedis:
         pass
 
 
-def _event(op: str, before: dict | None, after: dict | None, table: str = "products") -> ChangeEvent:
+def _event(
+    op: str, before: dict | None, after: dict | None, table: str = "products"
+) -> ChangeEvent:
     src = SourceInfo(connector="postgresql", name="shop", db="shop", schema="public",
                      table=table, ts_us=1, lsn=10)
     row = after if after is not None else before

@@ -50,7 +50,8 @@ def test_file_values_are_read(tmp_path: Path) -> None:
     assert s.postgres.tables == ("public.orders", "inventory.products")
     assert s.kafka.bootstrap_servers == "kafka:9092"
     assert s.elasticsearch is not None and s.elasticsearch.username == "elastic"
-    assert s.redis is not None and s.redis.keys["inventory.products"] == ("product:{id}", "sku:{sku}")
+    assert s.redis is not None
+    assert s.redis.keys["inventory.products"] == ("product:{id}", "sku:{sku}")
     assert s.raw_topics() == ("cdc.public.orders", "cdc.inventory.products")
 
 
@@ -207,7 +208,9 @@ def test_secrets_from_env_redacted(tmp_path: Path) -> None:
     "sasl.password / ssl.key.password show in redacted() and repr(settings)",
 )
 def test_kafka_producer_password_redacted(tmp_path: Path) -> None:
-    text = MINIMAL + "kafka:\n  producer:\n    sasl.username: cdc\n    sasl.password: kafka-Secret-5\n"
+    text = MINIMAL + (
+        "kafka:\n  producer:\n    sasl.username: cdc\n    sasl.password: kafka-Secret-5\n"
+    )
     s = load_settings(_write(tmp_path, text), {})
     assert "kafka-Secret-5" not in repr(s.redacted())
     assert "kafka-Secret-5" not in repr(s)
@@ -225,4 +228,5 @@ def test_index_for_default_and_override() -> None:
     assert es.index_for("inventory.products") == "products-v2"
     # Elasticsearch index names must be lower case
     assert es.index_for("Public.Orders") == "cdc.public.orders"
-    assert ElasticsearchSettings(index_prefix="shop-").index_for("public.orders") == "shop-public.orders"
+    shop = ElasticsearchSettings(index_prefix="shop-")
+    assert shop.index_for("public.orders") == "shop-public.orders"

@@ -301,7 +301,8 @@ def test_transport_error_is_unavailable() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    client = httpx.AsyncClient(base_url="http://es.test:9200", transport=httpx.MockTransport(refuse))
+    transport = httpx.MockTransport(refuse)
+    client = httpx.AsyncClient(base_url="http://es.test:9200", transport=transport)
     sink = SearchIndexSink(ElasticsearchSettings(), client=client)
     with pytest.raises(SinkUnavailableError):
         _write(sink, [_event("c", {"id": 1}, {"id": 1}, lsn=10)])
