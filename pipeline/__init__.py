@@ -1,3 +1,3 @@
-"""cdc-pipeline: change data capture from PostgreSQL to Kafka, fanned out to sinks by Faust agents."""
+"""cdc-pipeline: change data capture from PostgreSQL to Kafka, fanned out to sinks by Faust."""
 
 __version__ = "0.1.0"

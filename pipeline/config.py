@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError
 
 _TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+_SECRET_KEY = re.compile(r"password|secret|sasl\.oauthbearer\.config", re.IGNORECASE)
 
 
 class _Section(BaseModel):
@@ -65,8 +66,24 @@ class KafkaSettings(_Section):
     replication_factor: int = Field(default=1, ge=1)
     #: Debezium's default: a delete is followed by a null-value record for log compaction.
     tombstones_on_delete: bool = True
-    #: Extra librdkafka producer settings, e.g. {"linger.ms": 10}.
+    #: Extra librdkafka producer settings, e.g. {"linger.ms": 10}. Values of keys that name a
+    #: password or secret (sasl.password, ssl.key.password) are kept as secrets.
     producer: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("producer")
+    @classmethod
+    def _hide_secrets(cls, producer: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: SecretStr(str(v)) if _SECRET_KEY.search(k) and not isinstance(v, SecretStr) else v
+            for k, v in producer.items()
+        }
+
+    def producer_config(self) -> dict[str, Any]:
+        """The librdkafka settings with secrets revealed, for the client only."""
+        return {
+            k: v.get_secret_value() if isinstance(v, SecretStr) else v
+            for k, v in self.producer.items()
+        }
 
     def raw_topic(self, table_id: str) -> str:
         return f"{self.topic_prefix}.{table_id}"
@@ -185,7 +202,9 @@ def _describe(error: ValidationError) -> ConfigError:
     return ConfigError(setting, problem)
 
 
-def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Read the YAML file (if any), apply ``CDC_*`` environment overrides, validate.
 
     Raises ConfigError naming the first bad setting.

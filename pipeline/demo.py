@@ -195,8 +195,8 @@ def run_demo(keep_running: bool, rows: int) -> int:
                 proc.stop()
     _summary(work / "metrics")
     if keep_running:
-        click.echo("still running (capture pid %d, worker pid %d); `cdc stack down` stops the "
-                   "servers" % (procs[0].proc.pid, procs[1].proc.pid))
+        click.echo(f"still running (capture pid {procs[0].proc.pid}, worker pid "
+                   f"{procs[1].proc.pid}); `cdc stack down` stops the servers")
         click.echo("\n".join(f"export {k}='{v}'" for k, v in env.items()))
     else:
         slot.drop()
@@ -214,10 +214,10 @@ def _summary(metrics_dir: Path) -> None:
     cache = latency.get('cdc_commit_to_sink_latency{sink="cache"}', {})
     click.echo("\nsummary")
     click.echo(f"  events captured      {_counter(snaps, 'cdc_capture_events_total'):>8.0f}")
-    click.echo(f"  events indexed       "
-               f"{_counter(snaps, 'cdc_sink_events_total{sink=\"search\"}'):>8.0f}")
-    click.echo(f"  events invalidated   "
-               f"{_counter(snaps, 'cdc_sink_events_total{sink=\"cache\"}'):>8.0f}")
+    indexed = _counter(snaps, 'cdc_sink_events_total{sink="search"}')
+    invalidated = _counter(snaps, 'cdc_sink_events_total{sink="cache"}')
+    click.echo(f"  events indexed       {indexed:>8.0f}")
+    click.echo(f"  events invalidated   {invalidated:>8.0f}")
     click.echo(f"  dead-lettered        {_counter(snaps, 'cdc_dead_letters_total'):>8.0f}")
     click.echo(f"  commit->indexed      p50 {search.get('p50')} ms   p99 {search.get('p99')} ms")
     click.echo(f"  commit->invalidated  p50 {cache.get('p50')} ms   p99 {cache.get('p99')} ms")

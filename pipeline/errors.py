@@ -2,7 +2,7 @@
 
     CdcError
     ├── ConfigError             a setting is missing or wrong; names the setting. Fatal at start.
-    ├── PermanentError          the environment refuses us (rights, wal_level, auth). Fatal, clear message.
+    ├── PermanentError          the environment refuses us (rights, wal_level, auth). Fatal.
     │   └── SourceSetupError    the source database cannot be captured as configured
     ├── RetriableError          infrastructure is down or slow (I/O, timeouts, 5xx, 429).
     │   └── SinkUnavailableError    a sink could not confirm a batch; retried with backoff while

@@ -41,7 +41,7 @@ class EventPublisher:
 
     def __init__(self, settings: KafkaSettings, client_id: str = "cdc-capture") -> None:
         conf = dict(PRODUCER_DEFAULTS)
-        conf.update(settings.producer)
+        conf.update(settings.producer_config())
         conf["bootstrap.servers"] = settings.bootstrap_servers
         conf["client.id"] = client_id
         self._settings = settings
@@ -78,7 +78,9 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str], timeout: float
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
-        raise RetriableError(f"Kafka at {settings.bootstrap_servers} did not answer: {exc}") from exc
+        raise RetriableError(
+            f"Kafka at {settings.bootstrap_servers} did not answer: {exc}"
+        ) from exc
     missing = [t for t in topics if t not in existing]
     if not missing:
         return

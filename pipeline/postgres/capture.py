@@ -9,6 +9,7 @@ nothing committed is lost, and what Kafka already had arrives again (sinks are i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import threading
@@ -96,10 +97,8 @@ class PostgresCapture:
         finally:
             self._drain()
             for conn in (repl, catalog):
-                try:
+                with contextlib.suppress(psycopg2.Error):
                     conn.close()
-                except psycopg2.Error:
-                    pass
 
     def _stream(self, cur: Any, catalog: Any, stop: threading.Event) -> None:
         received = 0
@@ -171,7 +170,8 @@ class PostgresCapture:
             with catalog.cursor() as cur:
                 pk = primary_key_columns(cur, msg.oid)
             self.shapes[msg.oid] = TableShape.from_relation(msg, pk)
-            log.info("table %s.%s: columns %s", msg.namespace, msg.name, [c.name for c in msg.columns])
+            columns = [c.name for c in msg.columns]
+            log.info("table %s.%s: columns %s", msg.namespace, msg.name, columns)
         elif isinstance(msg, Truncate):
             self._truncate(msg, lsn)
         elif isinstance(msg, Message):

@@ -8,6 +8,7 @@ matching the table's templates (``product:*``) with SCAN, never KEYS.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Iterable, Sequence
 
@@ -21,6 +22,7 @@ from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row
 from pipeline.sinks.base import Rejection
 
 UNLINK_CHUNK = 1000
+_GLOB_SPECIALS = re.compile(r"([*?\[\]\\])")
 
 
 class KeyTemplate:
@@ -30,7 +32,7 @@ class KeyTemplate:
         self.template = template
         self.fields = tuple(f for _, f, _, _ in string.Formatter().parse(template) if f)
         self.pattern = "".join(
-            text.replace("*", r"\*") + ("*" if field else "")
+            _GLOB_SPECIALS.sub(r"\\\1", text) + ("*" if field else "")
             for text, field, _, _ in string.Formatter().parse(template)
         )
 
@@ -97,7 +99,7 @@ class CacheInvalidationSink:
         try:
             await self._unlink(sorted(keys))
             for pattern in patterns:
-                await self._unlink_matching(pattern)
+                keys |= await self._unlink_matching(pattern)
             if self.settings.channel and keys:
                 await self.client.publish(self.settings.channel, orjson.dumps(sorted(keys)))
         except redis_errors.AuthenticationError as exc:
@@ -118,12 +120,17 @@ class CacheInvalidationSink:
                 pipe.unlink(*chunk)
             await pipe.execute()
 
-    async def _unlink_matching(self, pattern: str) -> None:
+    async def _unlink_matching(self, pattern: str) -> set[str]:
+        """Unlink every key matching a pattern; returns them (for the channel)."""
+        removed: set[str] = set()
         batch: list[str] = []
         async for key in self.client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
+            batch.append(key.decode() if isinstance(key, bytes) else key)
             if len(batch) >= UNLINK_CHUNK:
                 await self.client.unlink(*batch)
+                removed.update(batch)
                 batch = []
         if batch:
             await self.client.unlink(*batch)
+            removed.update(batch)
+        return removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from pathlib import Path
@@ -132,8 +133,6 @@ class Scenario:
     def close(self) -> None:
         for proc in self.processes.values():
             proc.stop()
-        try:
+        with contextlib.suppress(Exception):  # best-effort cleanup
             ReplicationSlot(self.settings.postgres).drop()
-        except Exception:  # noqa: BLE001 - best-effort cleanup
-            pass
         self.redis.close()

@@ -202,11 +202,6 @@ def test_secrets_from_env_redacted(tmp_path: Path) -> None:
     assert "env-Secret-4" not in repr(s)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: kafka.producer passes librdkafka settings through verbatim, so "
-    "sasl.password / ssl.key.password show in redacted() and repr(settings)",
-)
 def test_kafka_producer_password_redacted(tmp_path: Path) -> None:
     text = MINIMAL + (
         "kafka:\n  producer:\n    sasl.username: cdc\n    sasl.password: kafka-Secret-5\n"
