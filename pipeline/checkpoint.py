@@ -10,6 +10,7 @@ arrive out of order across partitions; confirmation never does.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.postgres.lsn import Lsn
@@ -22,17 +23,26 @@ class DeliveryFailed(Exception):
 class TransactionDelivery:
     """One source transaction's outstanding events. Used as the producer's delivery callback."""
 
-    __slots__ = ("pending", "end_lsn", "error")
+    __slots__ = ("pending", "end_lsn", "error", "commit_ts_us", "acked_at")
 
-    def __init__(self) -> None:
+    def __init__(self, commit_ts_us: int = 0) -> None:
+        self.commit_ts_us = commit_ts_us
         self.pending = 0
         self.end_lsn: Lsn | None = None  # set at commit; None while the transaction is open
         self.error: str | None = None
+        self.acked_at = 0.0  # when Kafka acknowledged the last event (Unix seconds)
 
-    def __call__(self, err: Any, _msg: Any = None) -> None:
+    def __call__(self, err: Any, msg: Any = None) -> None:
         self.pending -= 1
         if err is not None and self.error is None:
             self.error = str(err)
+        elif msg is not None and self.pending == 0:
+            # Produce time plus librdkafka's measured produce-to-ack latency: the real
+            # acknowledgement time, however late this callback is served.
+            kind, created_ms = msg.timestamp()
+            latency = msg.latency()
+            if kind and latency is not None:
+                self.acked_at = created_ms / 1000 + latency
 
     @property
     def complete(self) -> bool:
@@ -42,12 +52,13 @@ class TransactionDelivery:
 class DeliveryTracker:
     """Transactions in commit order; yields the highest position safe to confirm."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_complete: Callable[[TransactionDelivery], None] | None = None) -> None:
         self._open: deque[TransactionDelivery] = deque()
         self._confirmable: Lsn | None = None
+        self._on_complete = on_complete
 
-    def begin(self) -> TransactionDelivery:
-        txn = TransactionDelivery()
+    def begin(self, commit_ts_us: int = 0) -> TransactionDelivery:
+        txn = TransactionDelivery(commit_ts_us)
         self._open.append(txn)
         return txn
 
@@ -78,6 +89,8 @@ class DeliveryTracker:
             if not head.complete:
                 break
             self._open.popleft()
+            if self._on_complete is not None:
+                self._on_complete(head)
             assert head.end_lsn is not None
             self._confirmable = head.end_lsn
         return self._confirmable

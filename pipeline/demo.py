@@ -15,15 +15,18 @@ from pipeline import stack
 from pipeline.config import load_settings
 from pipeline.harness import (
     PipelineProcess,
+    group_stable,
     index_documents,
     project,
     slot_active,
     table_rows,
     wait_until,
 )
-from pipeline.metrics import read_snapshots
+from pipeline.metrics import quantiles_between, read_snapshots
 from pipeline.postgres.slot import ReplicationSlot
 
+CHANGES = 500  # transactions in the steady phase, whose latency the summary reports
+RATE = 100.0  # their offered rate, transactions per second
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
 SCHEMA = """
@@ -81,29 +84,33 @@ def _workload_inserts(conn: Any, rows: int, rng: random.Random) -> None:
             )
 
 
-def _workload_changes(conn: Any, rows: int, rng: random.Random) -> dict[str, list[int]]:
-    """Updates and deletes in several transactions; returns the ids touched per table."""
+def _workload_changes(
+    conn: Any, rows: int, rng: random.Random, transactions: int, rate: float
+) -> dict[str, list[int]]:
+    """Small transactions (an update or a delete each) at a fixed offered rate, the way an
+    application writes; returns the ids touched per table."""
     touched: dict[str, list[int]] = {"customers": [], "products": [], "orders": []}
-    ids = list(range(1, rows + 1))
-    for _ in range(10):
+    statements = {
+        "products": "UPDATE products SET price = price * 1.1, name = name || '*' WHERE id = %s",
+        "customers": "UPDATE customers SET email = 'changed' || id || '@example.com' "
+                     "WHERE id = %s",
+        "orders": "UPDATE orders SET status = 'shipped' WHERE id = %s",
+    }
+    deleted: set[int] = set()
+    started = time.monotonic()
+    for n in range(transactions):
+        table = rng.choice(("products", "customers", "orders", "orders"))
+        row = rng.randint(1, rows)
         with conn, conn.cursor() as cur:
-            for pid in rng.sample(ids, max(1, rows // 20)):
-                cur.execute(
-                    "UPDATE products SET price = price * 1.1, name = name || '*' WHERE id = %s",
-                    (pid,),
-                )
-                touched["products"].append(pid)
-            for cid in rng.sample(ids, max(1, rows // 40)):
-                cur.execute("UPDATE customers SET email = %s WHERE id = %s",
-                            (f"changed{cid}@example.com", cid))
-                touched["customers"].append(cid)
-            for oid in rng.sample(ids, max(1, rows // 40)):
-                cur.execute("UPDATE orders SET status = 'shipped' WHERE id = %s", (oid,))
-                touched["orders"].append(oid)
-    with conn, conn.cursor() as cur:
-        doomed = rng.sample(ids, max(1, rows // 10))
-        cur.execute("DELETE FROM orders WHERE id = ANY(%s) RETURNING id", (doomed,))
-        touched["orders"].extend(r[0] for r in cur.fetchall())
+            if table == "orders" and rng.random() < 0.3 and row not in deleted:
+                cur.execute("DELETE FROM orders WHERE id = %s", (row,))
+                deleted.add(row)
+            else:
+                cur.execute(statements[table], (row,))
+        touched[table].append(row)
+        pause = started + (n + 1) / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
     return touched
 
 
@@ -167,6 +174,9 @@ def run_demo(keep_running: bool, rows: int) -> int:
     try:
         if not wait_until(lambda: slot_active(dsn, settings.postgres.slot), 60):
             raise click.ClickException("capture did not start:\n" + procs[0].tail(30))
+        bootstrap, group = settings.kafka.bootstrap_servers, settings.worker.app_id
+        if not wait_until(lambda: group_stable(bootstrap, group), 60, 0.5):
+            raise click.ClickException("worker did not start:\n" + procs[1].tail(30))
         rng = random.Random(7)
         click.echo(f"capture and worker started (logs in {work}); inserting {rows} rows per table")
         _workload_inserts(conn, rows, rng)
@@ -174,8 +184,11 @@ def run_demo(keep_running: bool, rows: int) -> int:
             raise click.ClickException("inserts did not reach Elasticsearch in 120 s:\n"
                                        + "\n".join(p.tail(15) for p in procs))
         _warm_cache(cache, rows)
-        click.echo("index matches the tables; cache warmed; now updates and deletes")
-        touched = _workload_changes(conn, rows, rng)
+        time.sleep(settings.metrics.interval_s * 1.5)  # let every process write a snapshot
+        before = read_snapshots(work / "metrics")
+        click.echo(f"index matches the tables; cache warmed; now {CHANGES} small transactions "
+                   f"(updates, deletes) at {RATE:.0f}/s")
+        touched = _workload_changes(conn, rows, rng, CHANGES, RATE)
         stale = [f"customer:{i}" for i in touched["customers"]] + \
                 [f"product:{i}" for i in touched["products"]] + \
                 [f"order:{i}" for i in touched["orders"]]
@@ -193,7 +206,7 @@ def run_demo(keep_running: bool, rows: int) -> int:
         if not keep_running:
             for proc in procs:
                 proc.stop()
-    _summary(work / "metrics")
+    _summary(work / "metrics", before if ok else {})
     if keep_running:
         click.echo(f"still running (capture pid {procs[0].proc.pid}, worker pid "
                    f"{procs[1].proc.pid}); `cdc stack down` stops the servers")
@@ -205,19 +218,36 @@ def run_demo(keep_running: bool, rows: int) -> int:
     return 0 if ok else 1
 
 
-def _summary(metrics_dir: Path) -> None:
+def _latency(snaps: dict[str, Any], before: dict[str, Any], name: str) -> str:
+    def buckets(snapshots: dict[str, Any]) -> dict[str, int] | None:
+        for snap in snapshots.values():
+            if name in snap.get("latency_ms", {}):
+                return dict(snap["latency_ms"][name].get("buckets", {}))
+        return None
+
+    after = buckets(snaps)
+    if not after:
+        return "n/a"
+    count, (p50, p99) = quantiles_between(buckets(before), after)
+    if not count or p50 is None or p99 is None:
+        return "n/a"
+    return f"p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   (n={count})"
+
+
+def _summary(metrics_dir: Path, before: dict[str, Any]) -> None:
+    """Counts over the whole run; latencies over the steady phase (after the initial load)."""
     snaps = read_snapshots(metrics_dir)
-    latency: dict[str, Any] = {}
-    for snap in snaps.values():
-        latency.update(snap.get("latency_ms", {}))
-    search = latency.get('cdc_commit_to_sink_latency{sink="search"}', {})
-    cache = latency.get('cdc_commit_to_sink_latency{sink="cache"}', {})
-    click.echo("\nsummary")
-    click.echo(f"  events captured      {_counter(snaps, 'cdc_capture_events_total'):>8.0f}")
     indexed = _counter(snaps, 'cdc_sink_events_total{sink="search"}')
     invalidated = _counter(snaps, 'cdc_sink_events_total{sink="cache"}')
+    click.echo("\nsummary")
+    click.echo(f"  events captured      {_counter(snaps, 'cdc_capture_events_total'):>8.0f}")
     click.echo(f"  events indexed       {indexed:>8.0f}")
     click.echo(f"  events invalidated   {invalidated:>8.0f}")
     click.echo(f"  dead-lettered        {_counter(snaps, 'cdc_dead_letters_total'):>8.0f}")
-    click.echo(f"  commit->indexed      p50 {search.get('p50')} ms   p99 {search.get('p99')} ms")
-    click.echo(f"  commit->invalidated  p50 {cache.get('p50')} ms   p99 {cache.get('p99')} ms")
+    click.echo("  latency of the steady phase (histogram buckets are 10% wide):")
+    for label, name in (
+        ("commit->Kafka ack", "cdc_commit_to_kafka_latency"),
+        ("commit->indexed", 'cdc_commit_to_sink_latency{sink="search"}'),
+        ("commit->invalidated", 'cdc_commit_to_sink_latency{sink="cache"}'),
+    ):
+        click.echo(f"    {label:20} {_latency(snaps, before, name)}")

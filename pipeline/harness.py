@@ -84,6 +84,21 @@ def slot_active(dsn: str, slot: str) -> bool:
         conn.close()
 
 
+def group_stable(bootstrap_servers: str, group: str) -> bool:
+    """True once a consumer group has members with partitions assigned (workers ready)."""
+    from confluent_kafka import ConsumerGroupState, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    try:
+        description = admin.describe_consumer_groups([group])[group].result(timeout=5)
+    except KafkaException:
+        return False
+    return description.state == ConsumerGroupState.STABLE and any(
+        m.assignment and m.assignment.topic_partitions for m in description.members
+    )
+
+
 def table_rows(dsn: str, query: str) -> dict[str, Row]:
     """Rows by document id from a query returning (id text, row jsonb)."""
     conn = psycopg2.connect(dsn)

@@ -38,15 +38,35 @@ class LatencyHistogram:
         self.sum_ms += ms
 
     def quantile(self, q: float) -> float | None:
-        if not self.total:
-            return None
-        rank = q * self.total
-        seen = 0
-        for i, count in enumerate(self.counts):
-            seen += count
-            if seen >= rank and count:
-                return _BOUNDS_MS[min(i, len(_BOUNDS_MS) - 1)]
-        return _BOUNDS_MS[-1]
+        return quantile_of(dict(enumerate(self.counts)), q)
+
+    def sparse(self) -> dict[str, int]:
+        """Non-empty bucket counts by bucket index (for snapshots and their differences)."""
+        return {str(i): c for i, c in enumerate(self.counts) if c}
+
+
+def quantile_of(counts: dict[int, int], q: float) -> float | None:
+    """The q-quantile (bucket upper bound, ms) of bucket counts; None when empty."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i in sorted(counts):
+        seen += counts[i]
+        if seen >= rank and counts[i]:
+            return _BOUNDS_MS[min(i, len(_BOUNDS_MS) - 1)]
+    return _BOUNDS_MS[-1]
+
+
+def quantiles_between(
+    before: dict[str, int] | None, after: dict[str, int], qs: tuple[float, ...] = (0.5, 0.99)
+) -> tuple[int, list[float | None]]:
+    """Count and quantiles of what a histogram observed between two snapshots' ``buckets``."""
+    before = before or {}
+    diff = {int(i): c - before.get(i, 0) for i, c in after.items()}
+    diff = {i: c for i, c in diff.items() if c > 0}
+    return sum(diff.values()), [quantile_of(diff, q) for q in qs]
 
 
 class Metrics:
@@ -91,7 +111,12 @@ class Metrics:
             "counters": {fmt(n, lb): v for (n, lb), v in list(self.counters.items())},
             "gauges": {fmt(n, lb): v for (n, lb), v in list(self.gauges.items())},
             "latency_ms": {
-                fmt(n, lb): {"count": h.total, "p50": h.quantile(0.5), "p99": h.quantile(0.99)}
+                fmt(n, lb): {
+                    "count": h.total,
+                    "p50": h.quantile(0.5),
+                    "p99": h.quantile(0.99),
+                    "buckets": h.sparse(),
+                }
                 for (n, lb), h in list(self.histograms.items())
             },
         }

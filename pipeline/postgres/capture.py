@@ -63,7 +63,7 @@ class PostgresCapture:
         self.kafka = kafka
         self.metrics = metrics
         self.publisher = publisher or EventPublisher(kafka)
-        self.tracker = DeliveryTracker()
+        self.tracker = DeliveryTracker(on_complete=self._acknowledged)
         self.shapes: dict[int, TableShape] = {}
         self._txn: TransactionDelivery | None = None
         self._ctx: TransactionContext | None = None
@@ -115,7 +115,7 @@ class PostgresCapture:
             if self.tracker.in_flight == 0 and cur.wal_end:
                 self.tracker.idle(Lsn(cur.wal_end))
             self._feedback(cur)
-            select.select([cur], [], [], 0.05)
+            select.select([cur], [], [], 0.02)
         self._drain()
         self._feedback(cur, force=True)
 
@@ -148,6 +148,14 @@ class PostgresCapture:
             lag = 0.0
         self.metrics.set("cdc_replication_lag_seconds", lag)
 
+    def _acknowledged(self, txn: TransactionDelivery) -> None:
+        """A transaction Kafka fully acknowledged: commit-to-Kafka latency."""
+        if txn.commit_ts_us:
+            acked_ms = (txn.acked_at or time.time()) * 1000
+            self.metrics.observe_ms(
+                "cdc_commit_to_kafka_latency", max(0.0, acked_ms - txn.commit_ts_us / 1000)
+            )
+
     # -- messages --------------------------------------------------------------------------
     _last_commit_ts_us = 0
 
@@ -156,7 +164,7 @@ class PostgresCapture:
         if isinstance(msg, Insert | Update | Delete):
             self._change(msg, lsn)
         elif isinstance(msg, Begin):
-            self._txn = self.tracker.begin()
+            self._txn = self.tracker.begin(msg.commit_ts_us)
             self._ctx = TransactionContext(msg.xid, msg.commit_ts_us, self._last_commit)
             self._last_commit_ts_us = msg.commit_ts_us
         elif isinstance(msg, Commit):
