@@ -99,37 +99,13 @@ def status(ctx: click.Context) -> None:
         _fail(exc)
 
 
-@main.group()
-def stack() -> None:
-    """The local stack of real servers (PostgreSQL, Kafka, Redis, Elasticsearch)."""
+@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def stack(args: tuple[str, ...]) -> None:
+    """The local servers: up [SERVICE...] | down | status | env | start|stop SERVICE."""
+    from pipeline.stack.__main__ import main as stack_main
 
-
-@stack.command("up")
-def stack_up() -> None:
-    """Install (once) and start the servers on free loopback ports; print the settings."""
-    from pipeline import stack as local
-
-    info = local.up()
-    for name, value in local.env_vars(info).items():
-        click.echo(f"export {name}='{value}'")
-
-
-@stack.command("down")
-def stack_down() -> None:
-    """Stop every server the stack started."""
-    from pipeline import stack as local
-
-    local.down()
-    click.echo("stack stopped")
-
-
-@stack.command("status")
-def stack_status() -> None:
-    """Which servers run, on which ports."""
-    from pipeline import stack as local
-
-    for name, st in local.status().items():
-        click.echo(f"{name:14} {st}")
+    sys.exit(stack_main(list(args) or ["--help"]))
 
 
 @main.command()

@@ -21,7 +21,7 @@ from pipeline.stack import (
 
 
 def _print_info(info: StackInfo) -> None:
-    print(f"state_dir: {info.state_dir}")
+    print(f"# state_dir: {info.state_dir}")
     for key, value in env_vars(info).items():
         print(f"export {key}='{value}'")
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "up":
             t0 = time.monotonic()
             info = up(args.services or None)
-            print(f"stack up in {time.monotonic() - t0:.1f}s")
+            print(f"# stack up in {time.monotonic() - t0:.1f}s")
             _print_info(info)
             return 0
         if args.cmd == "down":
