@@ -47,7 +47,7 @@ class RawRecord:
 
 def dead_letter_headers(
     record: RawRecord, stage: str, error: BaseException, connector: str
-) -> list[tuple[str, bytes]]:
+) -> list[tuple[str, str | bytes | None]]:
     return [
         (H_TOPIC, record.topic.encode()),
         (H_PARTITION, str(record.partition).encode()),
