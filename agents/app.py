@@ -1,8 +1,11 @@
-"""The Faust app: one agent reads the raw CDC topics in batches and fans them out.
+"""The Faust app of one sink: an agent reads the raw CDC topics in batches and writes them.
 
-Run it with ``cdc worker`` (or ``faust -A agents.app worker``); settings come from the file in
-``CDC_CONFIG`` plus ``CDC_*`` environment overrides. Scale by starting more workers: the raw
-topics' partitions are shared among them, and each row's changes stay on one partition.
+Each configured sink runs as its own app, with its own consumer group (``<app_id>-<sink>``),
+so a slow or failing sink never stalls another. ``cdc worker`` starts one process per sink;
+``cdc worker --sink search`` (or ``CDC_WORKER_SINK=search faust -A agents.app worker``) runs
+one. Settings come from the file in ``CDC_CONFIG`` plus ``CDC_*`` environment overrides.
+Scale a sink by starting more of its workers: the raw topics' partitions are shared among
+them, and each row's changes stay on one partition.
 
 Faust's traps, and how this module avoids them:
 - An exception escaping an agent acks the events it was handling (they would be skipped).
@@ -27,14 +30,19 @@ import faust
 from pipeline.compose import build_processor, start_metrics
 from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
+from pipeline.sinks.registry import select_sink
 
 log = logging.getLogger(__name__)
 
 settings = load_settings()
-metrics, exporter = start_metrics(settings, f"worker-{settings.worker.app_id}")
+SINK = select_sink(settings, os.environ.get("CDC_WORKER_SINK"))
+GROUP = settings.group_id(SINK)
+metrics, exporter = start_metrics(settings, f"worker-{SINK}-{os.getpid()}")
+DATADIR = os.path.join(os.environ.get("CDC_WORKER_DATADIR", "/tmp/cdc-worker-data"), GROUP)
+os.makedirs(os.path.dirname(DATADIR), exist_ok=True)
 
 app = faust.App(
-    settings.worker.app_id,
+    GROUP,
     broker=f"kafka://{settings.kafka.bootstrap_servers}",
     store="memory://",
     key_serializer="raw",
@@ -47,11 +55,11 @@ app = faust.App(
     topic_allow_declare=False,
     topic_disable_leader=True,
     producer_acks=-1,
-    datadir=os.environ.get("CDC_WORKER_DATADIR", f"/tmp/{settings.worker.app_id}-data"),
+    datadir=DATADIR,
 )
 
 raw_topics = app.topic(*settings.raw_topics(), key_serializer="raw", value_serializer="raw")
-processor = build_processor(settings, metrics)
+processor = build_processor(settings, SINK, metrics)
 
 
 def to_record(event: Any) -> RawRecord:
@@ -83,7 +91,7 @@ async def process_until_done(records: list[RawRecord]) -> None:
 
 @app.agent(raw_topics, concurrency=1)
 async def fan_out(stream: Any) -> None:
-    """Raw topics -> every configured sink, dead letters to the dead-letter topic."""
+    """Raw topics -> this worker's sink; dead letters to the dead-letter topic."""
     within = max(settings.worker.batch_wait_ms, 1) / 1000
     manual = stream.noack()
     try:

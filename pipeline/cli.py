@@ -56,24 +56,32 @@ def capture(ctx: click.Context) -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--sink", default=None, help="Serve this sink only (default: one process each).")
 @click.argument("faust_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker(ctx: click.Context, faust_args: tuple[str, ...]) -> None:
-    """Run a Faust worker fanning the raw topics out to the sinks."""
+def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) -> None:
+    """Run the Faust workers that write the raw topics to the sinks."""
     from pipeline.kafka.publisher import ensure_topics
 
     try:
         settings = _settings(ctx)
+        if sink is None:
+            from pipeline.workers import run_all
+
+            sys.exit(run_all(settings, faust_args))
         ensure_topics(settings.kafka, settings.raw_topics())
         ensure_topics(settings.kafka, [settings.worker.dead_letter_topic])
+        os.environ["CDC_WORKER_SINK"] = sink
         from agents.app import app
     except CdcError as exc:
         _fail(exc)
         return
     level = logging.getLevelName(logging.getLogger().level).lower()
-    sys.argv = ["cdc-worker", "worker", "-l", level, "--without-web", *faust_args]
-    if settings.worker.web_port is not None:
-        sys.argv.remove("--without-web")
+    sys.argv = ["cdc-worker", "worker", "-l", level, *faust_args]
+    if settings.worker.web_port is None:
+        sys.argv.append("--without-web")
+    else:
+        sys.argv += ["--web-port", str(settings.worker.web_port)]
     app.main()
 
 
@@ -119,6 +127,136 @@ def demo(keep_running: bool, rows: int) -> None:
         sys.exit(run_demo(keep_running=keep_running, rows=rows))
     except CdcError as exc:
         _fail(exc)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: list, show, replay (to the raw topic or one sink), purge."""
+
+
+def _dlq_options(command):  # type: ignore[no-untyped-def]
+    """--topic and the filters shared by the dlq commands."""
+    for option in reversed([
+        click.option("--topic", default=None,
+                     help="Dead-letter topic (default: worker.dead_letter_topic)."),
+        click.option("--partition", type=int, default=None, help="Only this partition."),
+        click.option("--stage", default=None, help="Only this stage: decode, sink:search, ..."),
+        click.option("--error-class", default=None,
+                     help="Only this error class (full name or last part)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _dlq_run(ctx: click.Context, action):  # type: ignore[no-untyped-def]
+    try:
+        return action(_settings(ctx))
+    except CdcError as exc:
+        _fail(exc)
+
+
+@dlq.command("list")
+@_dlq_options
+@click.pass_context
+def dlq_list(ctx: click.Context, topic: str | None, partition: int | None, stage: str | None,
+             error_class: str | None) -> None:
+    """Counts by original topic, stage and error class, with first and last failure."""
+    from pipeline.dlq import LetterFilter, list_letters, render_groups
+
+    def action(settings):  # type: ignore[no-untyped-def]
+        name = topic or settings.worker.dead_letter_topic
+        flt = LetterFilter(partition, stage, error_class)
+        click.echo(render_groups(name, list_letters(settings, name, flt)))
+
+    _dlq_run(ctx, action)
+
+
+@dlq.command("show")
+@_dlq_options
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=None,
+              help="Start at this offset in every partition read.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def dlq_show(ctx: click.Context, topic: str | None, partition: int | None, stage: str | None,
+             error_class: str | None, limit: int, offset: int | None, as_json: bool) -> None:
+    """Each dead letter with its headers, key and value."""
+    from pipeline.dlq import LetterFilter, letter_json, render_letter, show_letters
+
+    def action(settings):  # type: ignore[no-untyped-def]
+        name = topic or settings.worker.dead_letter_topic
+        flt = LetterFilter(partition, stage, error_class)
+        letters = show_letters(settings, name, flt, offset, limit)
+        for letter in letters:
+            click.echo(json.dumps(letter_json(letter)) if as_json else render_letter(letter) + "\n")
+        if not letters and not as_json:
+            click.echo(f"{name}: no dead letters match")
+
+    _dlq_run(ctx, action)
+
+
+@dlq.command("replay")
+@_dlq_options
+@click.option("--to", "destination", default="raw", show_default=True,
+              help="raw (the original topic) or sink:<name> (e.g. sink:search).")
+@click.option("--limit", type=click.IntRange(min=0), default=None)
+@click.option("--offset", type=click.IntRange(min=0), default=None,
+              help="Start at this offset in every partition read.")
+@click.option("--again", is_flag=True, help="raw: replay letters already replayed too.")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
+@click.pass_context
+def dlq_replay(ctx: click.Context, topic: str | None, partition: int | None, stage: str | None,
+               error_class: str | None, destination: str, limit: int | None,
+               offset: int | None, again: bool, dry_run: bool) -> None:
+    """Send dead letters back: to their original topic (remembered, so done once) or a sink."""
+    from pipeline.dlq import LetterFilter, replay_raw, replay_to_sink
+
+    if destination != "raw" and not destination.startswith("sink:"):
+        raise click.BadParameter("raw or sink:<name>", param_hint="--to")
+
+    def action(settings):  # type: ignore[no-untyped-def]
+        name = topic or settings.worker.dead_letter_topic
+        flt = LetterFilter(partition, stage, error_class)
+        if destination == "raw":
+            report = replay_raw(settings, name, flt, offset, limit, again, dry_run)
+        else:
+            report = replay_to_sink(settings, name, destination.removeprefix("sink:"), flt,
+                                    offset, limit, dry_run)
+        click.echo(report.render())
+        if not report.ok:
+            sys.exit(1)
+
+    _dlq_run(ctx, action)
+
+
+@dlq.command("purge")
+@click.option("--topic", default=None,
+              help="Dead-letter topic (default: worker.dead_letter_topic).")
+@click.option("--up-to", type=click.IntRange(min=0), default=None,
+              help="Delete every dead letter before this offset.")
+@click.option("--partition", type=int, default=None, help="Only this partition.")
+@click.option("--all", "everything", is_flag=True, help="Delete every dead letter read now.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def dlq_purge(ctx: click.Context, topic: str | None, up_to: int | None, partition: int | None,
+              everything: bool, yes: bool) -> None:
+    """Delete dead letters before an offset (Kafka delete-records); asks first."""
+    from pipeline.dlq import purge, purge_plan, render_purge
+
+    if (up_to is None) == (not everything):
+        raise click.UsageError("give exactly one of --up-to OFFSET or --all")
+
+    def action(settings):  # type: ignore[no-untyped-def]
+        name = topic or settings.worker.dead_letter_topic
+        plan = purge_plan(settings, name, up_to, partition)
+        click.echo(render_purge(name, plan))
+        if not plan:
+            return
+        if not yes:
+            click.confirm(f"delete these records of {name}?", abort=True)
+        click.echo(render_purge(name, plan, purge(settings, name, plan)))
+
+    _dlq_run(ctx, action)
 
 
 if __name__ == "__main__":

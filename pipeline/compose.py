@@ -13,38 +13,49 @@ from pathlib import Path
 
 from pipeline.config import Settings
 from pipeline.deadletter import DeadLetterTopic
-from pipeline.errors import RetriableError
+from pipeline.errors import ConfigError, RetriableError
 from pipeline.metrics import Metrics, MetricsExporter
 from pipeline.processing import BatchProcessor
 from pipeline.sinks.base import MeasuredSink, RetryingSink, Sink
+from pipeline.sinks.registry import build_configured, sink_names
 
 log = logging.getLogger(__name__)
 
 
-def build_sinks(settings: Settings, metrics: Metrics) -> list[Sink]:
-    """One sink per configured section; each wrapped in metrics, then retry."""
-    sinks: list[Sink] = []
-    if settings.elasticsearch is not None:
+def build_sink(settings: Settings, name: str, metrics: Metrics) -> Sink:
+    """The named sink, wrapped in metrics, then retry (the only place wrappers are stacked)."""
+    sink: Sink
+    if name == "search" and settings.elasticsearch is not None:
         from pipeline.sinks.search import SearchIndexSink
 
-        sinks.append(SearchIndexSink(settings.elasticsearch))
-    if settings.redis is not None:
+        sink = SearchIndexSink(settings.elasticsearch)
+    elif name == "cache" and settings.redis is not None:
         from pipeline.sinks.cache import CacheInvalidationSink
 
-        sinks.append(CacheInvalidationSink(settings.redis))
+        sink = CacheInvalidationSink(settings.redis)
+    else:
+        built = build_configured(settings, only=name)
+        if name not in built:
+            raise ConfigError("worker sink", f"no sink named '{name}'; configured: "
+                                             f"{', '.join(sink_names(settings)) or 'none'}")
+        sink = built[name]
     w = settings.worker
-    return [
-        RetryingSink(MeasuredSink(s, metrics), w.retry_initial_ms / 1000, w.retry_max_ms / 1000,
-                     metrics)
-        for s in sinks
-    ]
+    return RetryingSink(MeasuredSink(sink, metrics), w.retry_initial_ms / 1000,
+                        w.retry_max_ms / 1000, metrics)
 
 
-def build_processor(settings: Settings, metrics: Metrics) -> BatchProcessor:
+def build_sinks(settings: Settings, metrics: Metrics) -> list[Sink]:
+    """Every configured sink (used by tools that write to several, e.g. dead-letter replay)."""
+    return [build_sink(settings, name, metrics) for name in sink_names(settings)]
+
+
+def build_processor(settings: Settings, sink: str, metrics: Metrics) -> BatchProcessor:
+    """The processing of one sink's worker: its own consumer group, its own dead letters."""
     dead_letters = DeadLetterTopic(
-        settings.kafka.bootstrap_servers, settings.worker.dead_letter_topic, settings.worker.app_id
+        settings.kafka.bootstrap_servers, settings.worker.dead_letter_topic,
+        settings.group_id(sink),
     )
-    return BatchProcessor(build_sinks(settings, metrics), dead_letters, metrics)
+    return BatchProcessor([build_sink(settings, sink, metrics)], dead_letters, metrics)
 
 
 def start_metrics(settings: Settings, process: str) -> tuple[Metrics, MetricsExporter]:

@@ -156,8 +156,14 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     elasticsearch: ElasticsearchSettings | None = None
     redis: RedisSettings | None = None
+    #: Further sinks by name: {type: webhook | 'module:Class', ...its settings}.
+    sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     metrics: MetricsSettings = MetricsSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def group_id(self, sink: str) -> str:
+        """Each sink consumes with its own consumer group, so a slow one stalls no other."""
+        return f"{self.worker.app_id}-{sink}"
 
     def raw_topics(self) -> tuple[str, ...]:
         if self.worker.topics:

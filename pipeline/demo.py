@@ -24,6 +24,7 @@ from pipeline.harness import (
 )
 from pipeline.metrics import quantiles_between, read_snapshots
 from pipeline.postgres.slot import ReplicationSlot
+from pipeline.sinks.registry import sink_names
 
 CHANGES = 500  # transactions in the steady phase, whose latency the summary reports
 RATE = 100.0  # their offered rate, transactions per second
@@ -174,8 +175,9 @@ def run_demo(keep_running: bool, rows: int) -> int:
     try:
         if not wait_until(lambda: slot_active(dsn, settings.postgres.slot), 60):
             raise click.ClickException("capture did not start:\n" + procs[0].tail(30))
-        bootstrap, group = settings.kafka.bootstrap_servers, settings.worker.app_id
-        if not wait_until(lambda: group_stable(bootstrap, group), 60, 0.5):
+        bootstrap = settings.kafka.bootstrap_servers
+        groups = [settings.group_id(name) for name in sink_names(settings)]
+        if not wait_until(lambda: all(group_stable(bootstrap, g) for g in groups), 60, 0.5):
             raise click.ClickException("worker did not start:\n" + procs[1].tail(30))
         rng = random.Random(7)
         click.echo(f"capture and worker started (logs in {work}); inserting {rows} rows per table")

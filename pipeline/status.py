@@ -11,6 +11,7 @@ from pipeline.config import Settings
 from pipeline.errors import RetriableError
 from pipeline.metrics import read_snapshots
 from pipeline.postgres.slot import connect
+from pipeline.sinks.registry import sink_names
 
 
 def slot_lag(settings: Settings) -> dict[str, Any] | None:
@@ -32,11 +33,11 @@ def slot_lag(settings: Settings) -> dict[str, Any] | None:
     return {"active": row[0], "confirmed_flush_lsn": row[1], "lag_bytes": int(row[2] or 0)}
 
 
-def consumer_lag(settings: Settings, timeout: float = 10.0) -> dict[str, int]:
-    """Records not yet committed by the worker group, per raw topic."""
+def consumer_lag(settings: Settings, group: str, timeout: float = 10.0) -> dict[str, int]:
+    """Records not yet committed by a worker group, per raw topic."""
     consumer = Consumer(
         {"bootstrap.servers": settings.kafka.bootstrap_servers,
-         "group.id": settings.worker.app_id, "enable.auto.commit": False}
+         "group.id": group, "enable.auto.commit": False}
     )
     lag: dict[str, int] = {}
     try:
@@ -67,8 +68,10 @@ def render_status(settings: Settings) -> str:
             f"slot {settings.postgres.slot}: {'active' if slot['active'] else 'inactive'}, "
             f"confirmed {slot['confirmed_flush_lsn']}, behind by {slot['lag_bytes']} bytes"
         )
-    for topic, behind in sorted(consumer_lag(settings).items()):
-        lines.append(f"consumer lag {topic}: {behind}")
+    for sink in sink_names(settings):
+        group = settings.group_id(sink)
+        for topic, behind in sorted(consumer_lag(settings, group).items()):
+            lines.append(f"consumer lag {group} {topic}: {behind}")
     if settings.metrics.snapshot_dir is not None:
         for name, snap in sorted(read_snapshots(settings.metrics.snapshot_dir).items()):
             age = time.time() - snap.get("time", 0)

@@ -1,0 +1,178 @@
+"""Durable deduplication: drop a change the sinks already applied, count what was dropped.
+
+The identity of a change is (source name, table, primary key, :class:`SourcePosition`). The
+seen-set keeps **one entry per row**, not one per change: the row's recent applied positions
+(newest last, at most ``positions_per_row``) and the source time of the newest. Because one
+row's positions strictly increase, that is enough to sort every event into a
+:class:`Verdict`:
+
+* ``NEW``: newer than anything applied for the row; process it.
+* ``DUPLICATE``: this exact change was applied (its position is kept); drop it (``dropped``).
+* ``STALE``: older than what the row holds but not a known duplicate: a late event, or a
+  replay older than the positions kept. Applying it cannot change what the sinks should hold
+  (and Elasticsearch, once its delete tombstone is gone after ``index.gc_deletes``, would
+  wrongly resurrect a deleted row), so under ``LatePolicy.APPLY_IF_NEWER`` drop it; under
+  ``DEAD_LETTER`` dead-letter it. It is counted as ``stale``, never as a duplicate.
+
+Row events behind a truncate of their table (kept as the row ``null``) are ``STALE`` too.
+
+Call :meth:`Deduplicator.remember` only after every sink confirmed the event (not for events a
+sink rejected): remembering earlier would make a crash between the two drop the retried
+event as a duplicate, and it would never reach the sinks. The at-least-once gap the other way
+(applied, crash, not remembered) is harmless: the sinks are idempotent.
+
+The store is any ``MutableMapping[str, str | bytes]`` the caller injects: in production a Faust
+table (changelog topic + rocksdict), so the seen-set survives a restart by construction; in
+tests a dict. Keys are ``source|schema.table|key-json`` (sorted columns; source names are
+Kafka topic prefixes and contain no ``|``); values ``<ts_ms>:<commit>.<lsn>,...`` in hex.
+
+Window: a row's entry is dropped by :meth:`Deduplicator.evict` once its newest applied change
+is older than ``window_ms`` of source time (default 24 h: far beyond any replay from a
+committed offset or a confirmed slot position, and an operator resetting offsets by a day is
+still covered). Memory is per row changed within the window, not per event: about 80 bytes of
+key and value per row (a ~35-byte key, a ~35-byte value with one position, ~20 more per
+kept position), so a million events touching a million rows need ~80 MB in RocksDB before
+compression, about 300 MB in a Python dict; a million updates of one hot row need ~200 bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from pipeline.events import ChangeEvent
+from pipeline.ordering import SourcePosition
+
+DEFAULT_WINDOW_MS = 24 * 60 * 60 * 1000
+
+
+class Verdict(Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class DedupSettings:
+    """``window_ms`` of source time; positions kept per row; entries examined per evict."""
+
+    window_ms: int = DEFAULT_WINDOW_MS
+    positions_per_row: int = 8
+    evict_batch: int = 1_000
+
+    def __post_init__(self) -> None:
+        if self.window_ms < 1 or self.positions_per_row < 1 or self.evict_batch < 1:
+            raise ValueError("window_ms, positions_per_row and evict_batch must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class RowRecord:
+    """What the store holds for one row: applied positions (ascending) and the source time
+    (ms) of the newest."""
+
+    ts_ms: int
+    positions: tuple[SourcePosition, ...]
+
+    def encode(self) -> str:
+        return f"{self.ts_ms}:" + ",".join(f"{c:x}.{lsn:x}" for c, lsn in self.positions)
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> RowRecord:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        ts, _, rest = text.partition(":")
+        positions = []
+        for part in rest.split(","):
+            commit, _, lsn = part.partition(".")
+            positions.append(SourcePosition(int(commit, 16), int(lsn, 16)))
+        return cls(int(ts), tuple(positions))
+
+
+def row_key(event: ChangeEvent) -> str:
+    """``source|schema.table|key-json``; a truncate (no key) is the table's row ``null``."""
+    key = orjson.dumps(event.key, option=orjson.OPT_SORT_KEYS).decode()
+    return f"{event.source.name}|{event.table_id}|{key}"
+
+
+class Deduplicator:
+    """The seen-set over an injected store. Counters: ``dropped`` (duplicates), ``stale``,
+    ``evicted``."""
+
+    def __init__(
+        self, store: MutableMapping[str, Any], settings: DedupSettings | None = None
+    ) -> None:
+        self.store = store
+        self.settings = settings or DedupSettings()
+        self.dropped = 0
+        self.stale = 0
+        self.evicted = 0
+        self._sweep: list[str] = []
+
+    def classify(self, event: ChangeEvent) -> Verdict:
+        """Sort one event (counts it: call once per event)."""
+        verdict = self._verdict(event)
+        if verdict is Verdict.DUPLICATE:
+            self.dropped += 1
+        elif verdict is Verdict.STALE:
+            self.stale += 1
+        return verdict
+
+    def is_duplicate(self, event: ChangeEvent) -> bool:
+        """True only for a change already applied (``classify`` is ``DUPLICATE``)."""
+        return self.classify(event) is Verdict.DUPLICATE
+
+    def remember(self, event: ChangeEvent) -> None:
+        """Record that every sink confirmed ``event``. Idempotent."""
+        key = row_key(event)
+        position = SourcePosition.of(event)
+        ts_ms = event.source.ts_us // 1000
+        raw = self.store.get(key)
+        if raw is None:
+            record = RowRecord(ts_ms, (position,))
+        else:
+            old = RowRecord.decode(raw)
+            if position in old.positions:
+                return
+            positions = list(old.positions)
+            bisect.insort(positions, position)
+            keep = tuple(positions[-self.settings.positions_per_row :])
+            record = RowRecord(max(ts_ms, old.ts_ms), keep)
+        self.store[key] = record.encode()
+
+    def evict(self, now_ms: int) -> int:
+        """Drop rows whose newest applied change is older than ``now_ms - window_ms``
+        (``now_ms``: wall time, comparable with source time). Examines at most
+        ``evict_batch`` rows per call, walking a snapshot of the keys taken when the previous
+        walk ended; returns how many it dropped."""
+        if not self._sweep:
+            self._sweep = list(self.store.keys())
+            self._sweep.reverse()  # pop() from the end walks in store order
+        cutoff = now_ms - self.settings.window_ms
+        dropped = 0
+        for _ in range(min(self.settings.evict_batch, len(self._sweep))):
+            key = self._sweep.pop()
+            raw = self.store.get(key)
+            if raw is not None and RowRecord.decode(raw).ts_ms < cutoff:
+                del self.store[key]
+                dropped += 1
+        self.evicted += dropped
+        return dropped
+
+    def _verdict(self, event: ChangeEvent) -> Verdict:
+        position = SourcePosition.of(event)
+        raw = self.store.get(row_key(event))
+        if raw is not None:
+            record = RowRecord.decode(raw)
+            if position in record.positions:
+                return Verdict.DUPLICATE
+            if position < record.positions[-1]:
+                return Verdict.STALE
+        if event.key is not None:
+            truncated = self.store.get(f"{event.source.name}|{event.table_id}|null")
+            if truncated is not None and position < RowRecord.decode(truncated).positions[-1]:
+                return Verdict.STALE
+        return Verdict.NEW

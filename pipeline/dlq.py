@@ -1,0 +1,650 @@
+"""Dead-letter tooling behind ``cdc dlq``: list, show, replay and purge dead letters.
+
+Reading never changes anything: a consumer with a private group id is assigned every
+partition of the dead-letter topic and reads up to the high watermarks captured at start,
+so a command always ends, even on an empty topic or while the worker adds letters.
+
+Replay idempotency. ``replay --to raw`` re-produces a dead letter's original key, value and
+non-error headers to its original topic and partition (per-row order is kept even for topics
+written with another partitioner), adding ``cdc.replayed.from=<dlq>:<partition>:<offset>``.
+What was replayed is remembered in Kafka, in the consumer group ``<app_id>-dlq-replay``: per
+dead-letter partition, the committed offset is the first letter not yet replayed, and the
+commit's metadata lists the letters after it that were (a filtered replay leaves gaps).
+A second replay skips what is marked, so only new (or still unreplayed) letters go out;
+``--again`` ignores the mark. The mark is committed only after Kafka acknowledged the
+records, so a crash in between replays them once more: harmless, since every sink is
+idempotent by version. ``replay --to sink:<name>`` writes directly to one sink and keeps no
+mark: the sink itself refuses anything not newer than what it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from pipeline.config import Settings
+from pipeline.deadletter import H_CLASS, H_OFFSET, H_PARTITION, H_STAGE, H_TIMESTAMP
+from pipeline.deadletter import H_TOPIC as H_ORIGIN_TOPIC
+from pipeline.errors import BadDataError, CdcError, RetriableError
+
+H_REPLAYED = "cdc.replayed.from"
+ERROR_HEADER_PREFIXES = ("__connect.errors.", "cdc.errors.", H_REPLAYED)
+MARK_PREFIX = "cdc-dlq-replay:v1:"
+#: Kafka refuses commit metadata above offset.metadata.max.bytes (4096 by default).
+MARK_MAX_CHARS = 4000
+PREVIEW_BYTES = 96
+MAX_VALUE_LINES = 80
+COMPACT_JSON_CHARS = 72
+READ_IDLE_TIMEOUT_S = 30.0
+
+Headers = tuple[tuple[str, bytes | None], ...]
+
+
+# ---------------------------------------------------------------- dead letters (pure)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One record of the dead-letter topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+    timestamp_ms: int = 0
+
+    def header(self, name: str) -> str | None:
+        for key, value in reversed(self.headers):  # the last one wins, as Connect does
+            if key == name:
+                return None if value is None else value.decode("utf-8", "backslashreplace")
+        return None
+
+    @property
+    def origin_topic(self) -> str | None:
+        return self.header(H_ORIGIN_TOPIC)
+
+    @property
+    def origin_partition(self) -> int | None:
+        return _int_or_none(self.header(H_PARTITION))
+
+    @property
+    def stage(self) -> str:
+        return self.header(H_STAGE) or "?"
+
+    @property
+    def error_class(self) -> str:
+        return self.header(H_CLASS) or "?"
+
+    @property
+    def failed_at(self) -> datetime | None:
+        """When it failed: the ``cdc.errors.timestamp`` header, else the record's timestamp."""
+        text = self.header(H_TIMESTAMP)
+        if text:
+            try:
+                parsed = datetime.fromisoformat(text)
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            except ValueError:
+                pass
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC) if self.timestamp_ms else None
+
+    def origin(self) -> tuple[str | None, ...]:
+        """The original record's coordinates: (topic, partition, offset) as in the headers."""
+        return (self.origin_topic, self.header(H_PARTITION), self.header(H_OFFSET))
+
+    def passthrough_headers(self) -> list[tuple[str, bytes | None]]:
+        """The original record's own headers, without the dead-letter context."""
+        return [(k, v) for k, v in self.headers if not k.startswith(ERROR_HEADER_PREFIXES)]
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return None if text is None else int(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class LetterFilter:
+    """Which dead letters a command acts on; None matches anything."""
+
+    partition: int | None = None
+    stage: str | None = None
+    error_class: str | None = None
+
+    def matches(self, letter: DeadLetter) -> bool:
+        if self.partition is not None and letter.partition != self.partition:
+            return False
+        if self.stage is not None and letter.stage != self.stage:
+            return False
+        if self.error_class is not None:
+            name = letter.error_class
+            # "SinkRejectedError" matches "pipeline.errors.SinkRejectedError"
+            if self.error_class != name and not name.endswith("." + self.error_class):
+                return False
+        return True
+
+
+@dataclass(slots=True)
+class LetterGroup:
+    """Dead letters sharing original topic, stage and error class."""
+
+    origin_topic: str
+    stage: str
+    error_class: str
+    count: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+
+    def add(self, letter: DeadLetter) -> None:
+        self.count += 1
+        at = letter.failed_at
+        if at is not None:
+            self.first = at if self.first is None else min(self.first, at)
+            self.last = at if self.last is None else max(self.last, at)
+
+
+def group_letters(letters: Iterable[DeadLetter]) -> list[LetterGroup]:
+    """Counts by (original topic, stage, error class), most numerous first."""
+    groups: dict[tuple[str, str, str], LetterGroup] = {}
+    for letter in letters:
+        key = (letter.origin_topic or "?", letter.stage, letter.error_class)
+        groups.setdefault(key, LetterGroup(*key)).add(letter)
+    return sorted(groups.values(),
+                  key=lambda g: (-g.count, g.origin_topic, g.stage, g.error_class))
+
+
+# ---------------------------------------------------------------- rendering (pure)
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal: control characters (and so escape sequences) escaped."""
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+
+
+def format_time(at: datetime | None) -> str:
+    return "-" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                 right: frozenset[int] = frozenset(), max_width: int = 60) -> str:
+    """Aligned columns with a rule under the header; numbers (``right``) right-aligned."""
+    def clip(cell: str) -> str:
+        cell = printable(cell).replace("\n", " ")
+        return cell if len(cell) <= max_width else cell[: max_width - 1] + "…"
+
+    cells = [[clip(c) for c in row] for row in [list(header), *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+
+    return "\n".join([line(cells[0]), line(["─" * w for w in widths]), *map(line, cells[1:])])
+
+
+def render_groups(topic: str, groups: Sequence[LetterGroup]) -> str:
+    total = sum(g.count for g in groups)
+    if not total:
+        return f"{topic}: no dead letters"
+    rows = [[g.origin_topic, g.stage, g.error_class, str(g.count), format_time(g.first),
+             format_time(g.last)] for g in groups]
+    table = render_table(["original topic", "stage", "error class", "count", "first failure",
+                          "last failure"], rows, right=frozenset({3}))
+    return f"{topic}: {total} dead letter{'s' * (total != 1)}\n\n{table}"
+
+
+def _json_or_none(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def preview(data: bytes | None) -> str:
+    """JSON pretty-printed; other bytes as escaped text, or hex when not UTF-8; truncated."""
+    if data is None:
+        return "(null)"
+    parsed = _json_or_none(data)
+    if parsed is not None or data.strip() == b"null":
+        compact = json.dumps(parsed, ensure_ascii=False)
+        if len(compact) <= COMPACT_JSON_CHARS:
+            return printable(compact)
+        lines = json.dumps(parsed, indent=2, ensure_ascii=False).splitlines()
+        if len(lines) > MAX_VALUE_LINES:
+            lines = [*lines[:MAX_VALUE_LINES], f"… ({len(lines) - MAX_VALUE_LINES} more lines)"]
+        return printable("\n".join(lines))
+    suffix = f" … ({len(data)} bytes)" if len(data) > PREVIEW_BYTES else ""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"hex {data[:PREVIEW_BYTES].hex(' ')}{suffix}"
+    shown = printable(text[:PREVIEW_BYTES]).replace("\n", "\\n")
+    return f'text "{shown}"{suffix if len(text) > PREVIEW_BYTES else ""}'
+
+
+def render_letter(letter: DeadLetter) -> str:
+    width = max((len(k) for k, _ in letter.headers), default=0)
+    out = [f"── {letter.topic}[{letter.partition}]@{letter.offset}  "
+           f"{letter.stage}  {letter.error_class}  {format_time(letter.failed_at)}"]
+    out += [f"  {printable(k).ljust(width)}  {printable(letter.header(k) or '(null)')}"
+            for k in dict(letter.headers)]
+    for name, data in (("key", letter.key), ("value", letter.value)):
+        body = preview(data).splitlines() or [""]
+        out.append(f"  {name:<5}  {body[0]}")
+        out += [f"         {line}" for line in body[1:]]
+    return "\n".join(out)
+
+
+def letter_json(letter: DeadLetter) -> dict[str, Any]:
+    """One dead letter as plain JSON; key/value parsed if JSON, else given as base64."""
+    doc: dict[str, Any] = {
+        "topic": letter.topic, "partition": letter.partition, "offset": letter.offset,
+        "failed_at": None if letter.failed_at is None else letter.failed_at.isoformat(),
+        "headers": {k: letter.header(k) for k in dict(letter.headers)},
+    }
+    for name, data in (("key", letter.key), ("value", letter.value)):
+        parsed = _json_or_none(data)
+        doc[name] = parsed
+        if parsed is None and data is not None and data.strip() != b"null":
+            doc[f"{name}_base64"] = base64.b64encode(data).decode()
+    return doc
+
+
+# ---------------------------------------------------------------- the replay mark (pure)
+
+
+@dataclass(slots=True)
+class ReplayMark:
+    """Per dead-letter partition: every offset below ``next_offset`` was replayed, and so
+    were the offsets in ``done`` (all at or above it)."""
+
+    next_offset: int = 0
+    done: set[int] = field(default_factory=set)
+
+    def replayed(self, offset: int) -> bool:
+        return offset < self.next_offset or offset in self.done
+
+    def add(self, offsets: Iterable[int], low_watermark: int = 0) -> None:
+        self.done.update(offsets)
+        self.next_offset = max(self.next_offset, low_watermark)
+        while self.next_offset in self.done:
+            self.next_offset += 1
+        self.done = {o for o in self.done if o > self.next_offset}
+
+    def metadata(self) -> str:
+        """The ``done`` set as ranges, e.g. ``cdc-dlq-replay:v1:12-15,18``."""
+        ranges: list[str] = []
+        for start, end in _runs(sorted(self.done)):
+            ranges.append(str(start) if start == end else f"{start}-{end}")
+        return MARK_PREFIX + ",".join(ranges)
+
+    @classmethod
+    def parse(cls, offset: int, metadata: str | None) -> ReplayMark:
+        done: set[int] = set()
+        if metadata and metadata.startswith(MARK_PREFIX):
+            for part in filter(None, metadata[len(MARK_PREFIX):].split(",")):
+                start, _, end = part.partition("-")
+                done.update(range(int(start), int(end or start) + 1))
+        return cls(max(offset, 0), {o for o in done if o >= offset})
+
+
+def _runs(offsets: Sequence[int]) -> Iterator[tuple[int, int]]:
+    start = prev = None
+    for o in offsets:
+        if prev is not None and o == prev + 1:
+            prev = o
+            continue
+        if start is not None and prev is not None:
+            yield start, prev
+        start = prev = o
+    if start is not None and prev is not None:
+        yield start, prev
+
+
+# ---------------------------------------------------------------- Kafka
+
+
+def _client_config(settings: Settings) -> dict[str, Any]:
+    """Bootstrap servers plus the security settings of ``kafka.producer`` (sasl., ssl.)."""
+    extra = {k: v for k, v in settings.kafka.producer_config().items()
+             if k.startswith(("security.", "sasl.", "ssl."))}
+    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **extra}
+
+
+class DeadLetterReader:
+    """Reads a dead-letter topic up to the high watermarks seen when it was opened."""
+
+    def __init__(self, settings: Settings, topic: str, group_id: str | None = None) -> None:
+        self.topic = topic
+        self.group_id = group_id or f"{settings.worker.app_id}-dlq-reader-{uuid.uuid4().hex[:8]}"
+        self.consumer = Consumer({**_client_config(settings), "group.id": self.group_id,
+                                  "enable.auto.commit": False, "enable.partition.eof": True,
+                                  "auto.offset.reset": "earliest"})
+        meta = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None:
+            self.consumer.close()
+            raise CdcError(f"dead-letter topic {topic} does not exist")
+        self.watermarks: dict[int, tuple[int, int]] = {
+            p: self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            for p in sorted(meta.partitions)
+        }
+
+    def __enter__(self) -> DeadLetterReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.consumer.close()
+
+    def read(self, starts: dict[int, int]) -> Iterator[DeadLetter]:
+        """Letters from ``starts[partition]`` (clamped to the low watermark) to the end."""
+        pending = {p: (max(starts[p], self.watermarks[p][0]), self.watermarks[p][1])
+                   for p in starts if p in self.watermarks}
+        pending = {p: r for p, r in pending.items() if r[0] < r[1]}
+        if not pending:
+            return
+        self.consumer.assign([TopicPartition(self.topic, p, s) for p, (s, _) in pending.items()])
+        idle_until = time.monotonic() + READ_IDLE_TIMEOUT_S
+        while pending:
+            messages = self.consumer.consume(500, 0.5)
+            if messages:
+                idle_until = time.monotonic() + READ_IDLE_TIMEOUT_S
+            elif time.monotonic() > idle_until:
+                raise RetriableError(f"reading {self.topic} stalled: {sorted(pending)} unread")
+            for msg in messages:
+                p = msg.partition()
+                if p not in pending:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.pop(p, None)
+                        continue
+                    raise RetriableError(f"reading {self.topic}: {err}")
+                letter = _letter(msg)
+                if letter.offset < pending[p][1]:
+                    yield letter
+                if letter.offset >= pending[p][1] - 1:
+                    pending.pop(p)
+
+
+def _letter(msg: Message) -> DeadLetter:
+    raw: Any = msg.headers() or ()  # a list of (name, bytes | None) from librdkafka
+    headers = tuple((k, v.encode() if isinstance(v, str) else v) for k, v in raw)
+    return DeadLetter(topic=msg.topic() or "", partition=msg.partition() or 0,
+                      offset=msg.offset() or 0, key=msg.key(), value=msg.value(),
+                      headers=headers, timestamp_ms=msg.timestamp()[1])
+
+
+def select(letters: Iterable[DeadLetter], flt: LetterFilter, limit: int | None) -> list[DeadLetter]:
+    chosen: list[DeadLetter] = []
+    for letter in letters:
+        if limit is not None and len(chosen) >= limit:
+            break
+        if flt.matches(letter):
+            chosen.append(letter)
+    return chosen
+
+
+def _starts(reader: DeadLetterReader, flt: LetterFilter, offset: int | None) -> dict[int, int]:
+    return {p: offset if offset is not None else low
+            for p, (low, _) in reader.watermarks.items()
+            if flt.partition is None or p == flt.partition}
+
+
+def list_letters(settings: Settings, topic: str, flt: LetterFilter) -> list[LetterGroup]:
+    with DeadLetterReader(settings, topic) as reader:
+        letters = reader.read(_starts(reader, flt, None))
+        return group_letters(letter for letter in letters if flt.matches(letter))
+
+
+def show_letters(settings: Settings, topic: str, flt: LetterFilter, offset: int | None,
+                 limit: int | None) -> list[DeadLetter]:
+    with DeadLetterReader(settings, topic) as reader:
+        return select(reader.read(_starts(reader, flt, offset)), flt, limit)
+
+
+# ---------------------------------------------------------------- replay
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What a replay did (or, on a dry run, would do)."""
+
+    dry_run: bool = False
+    sent: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    rejected: list[tuple[DeadLetter, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected
+
+    def render(self) -> str:
+        verb = "would replay" if self.dry_run else "replayed"
+        total = sum(self.sent.values())
+        out = [f"{verb} {total} dead letter{'s' * (total != 1)}"]
+        if self.sent:
+            rows = [[dest, str(n)] for dest, n in sorted(self.sent.items())]
+            out += ["", render_table(["destination", "count"], rows, right=frozenset({1}))]
+        if self.skipped:
+            out += ["", "skipped: " + ", ".join(f"{n} {why}" for why, n in self.skipped.items())]
+        for letter, reason in self.rejected:
+            out.append(f"rejected again: {letter.topic}[{letter.partition}]@{letter.offset}: "
+                       f"{printable(reason)}")
+        return "\n".join(out)
+
+
+def replay_group(settings: Settings) -> str:
+    return f"{settings.worker.app_id}-dlq-replay"
+
+
+def _load_marks(reader: DeadLetterReader) -> dict[int, ReplayMark]:
+    asked = [TopicPartition(reader.topic, p) for p in reader.watermarks]
+    committed = reader.consumer.committed(asked, timeout=10)
+    return {tp.partition: ReplayMark.parse(tp.offset, tp.metadata) for tp in committed}
+
+
+def replay_raw(settings: Settings, topic: str, flt: LetterFilter, offset: int | None = None,
+               limit: int | None = None, again: bool = False,
+               dry_run: bool = False) -> ReplayReport:
+    """Re-produce dead letters to their original topics; see the module docstring."""
+    report = ReplayReport(dry_run=dry_run)
+    with DeadLetterReader(settings, topic, replay_group(settings)) as reader:
+        marks = _load_marks(reader)
+        chosen: dict[tuple[str | None, ...], list[DeadLetter]] = {}
+        for letter in reader.read(_starts(reader, flt, offset)):
+            if not flt.matches(letter):
+                report.skipped["not matching the filters"] += 1
+            elif not again and marks[letter.partition].replayed(letter.offset):
+                report.skipped["already replayed (--again replays them anyway)"] += 1
+            elif letter.origin_topic is None:
+                report.skipped[f"without a {H_ORIGIN_TOPIC} header"] += 1
+            elif letter.origin() in chosen:
+                # Each sink's worker dead-letters a bad record on its own: one record, one
+                # re-produce (it reaches every sink again); all its letters count as replayed.
+                chosen[letter.origin()].append(letter)
+                report.skipped["copies of a record already chosen (sent once)"] += 1
+            elif limit is None or len(chosen) < limit:
+                chosen[letter.origin()] = [letter]
+        firsts = [twins[0] for twins in chosen.values()]
+        if dry_run:
+            report.sent.update(f"raw:{letter.origin_topic}" for letter in firsts)
+            return report
+        delivered, failure = _produce(settings, topic, firsts)
+        report.sent.update(f"raw:{letter.origin_topic}" for letter in delivered)
+        _commit_marks(reader, marks, [t for d in delivered for t in chosen[d.origin()]])
+    if failure:
+        raise RetriableError(f"{len(firsts) - len(delivered)} records were not acknowledged "
+                             f"(the others are marked as replayed): {failure}")
+    return report
+
+
+def _produce(settings: Settings, topic: str,
+             letters: Sequence[DeadLetter]) -> tuple[list[DeadLetter], str | None]:
+    """Produce with an idempotent acks=all producer; returns what Kafka acknowledged."""
+    if not letters:
+        return [], None
+    producer = Producer({**_client_config(settings), **settings.kafka.producer_config(),
+                         "enable.idempotence": True, "acks": "all", "linger.ms": 5})
+    partitions: dict[str, int] = {}
+    for name in {letter.origin_topic for letter in letters if letter.origin_topic}:
+        meta = producer.list_topics(name, timeout=10).topics.get(name)
+        if meta is None or meta.error is not None:
+            raise CdcError(f"original topic {name} does not exist: create it, then replay")
+        partitions[name] = len(meta.partitions)
+    delivered: list[DeadLetter] = []
+    failures: list[str] = []
+
+    def on_delivery(letter: DeadLetter) -> Callable[[Any, Any], None]:
+        def done(err: Any, _msg: Any) -> None:
+            (failures.append(str(err)) if err is not None else delivered.append(letter))
+        return done
+
+    for letter in letters:
+        origin = letter.origin_topic or ""
+        # The original partition keeps the row's order even for topics written by a
+        # producer with another partitioner (Debezium's murmur2 versus librdkafka's crc32).
+        p = letter.origin_partition
+        headers: list[tuple[str, str | bytes | None]] = [*letter.passthrough_headers(),
+                   (H_REPLAYED, f"{topic}:{letter.partition}:{letter.offset}".encode())]
+        kwargs: dict[str, Any] = {"partition": p} if p is not None and p < partitions[origin] \
+            else {}
+        while True:
+            try:
+                producer.produce(origin, letter.value, letter.key, headers=headers,
+                                 on_delivery=on_delivery(letter), **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.5)
+        producer.poll(0)
+    remaining = producer.flush(60)
+    if remaining:
+        failures.append(f"{remaining} still in flight after 60 s")
+    return delivered, (failures[0] if failures else None)
+
+
+def _commit_marks(reader: DeadLetterReader, marks: dict[int, ReplayMark],
+                  delivered: Sequence[DeadLetter]) -> None:
+    by_partition: dict[int, list[int]] = {}
+    for letter in delivered:
+        by_partition.setdefault(letter.partition, []).append(letter.offset)
+    offsets: list[TopicPartition] = []
+    for p, done in by_partition.items():
+        mark = marks[p]
+        mark.add(done, reader.watermarks[p][0])
+        metadata = mark.metadata()
+        if len(metadata) > MARK_MAX_CHARS:
+            raise CdcError(f"the replay mark of partition {p} grew too scattered to store; "
+                           f"replay the gaps (or purge) to compact it")
+        offsets.append(TopicPartition(reader.topic, p, mark.next_offset, metadata))
+    if offsets:
+        try:
+            reader.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            raise RetriableError(f"replayed, but could not record it in group "
+                                 f"{reader.group_id}: {exc}") from exc
+
+
+def replay_to_sink(settings: Settings, topic: str, sink_name: str, flt: LetterFilter,
+                   offset: int | None = None, limit: int | None = None,
+                   dry_run: bool = False) -> ReplayReport:
+    """Decode dead letters and write them to one configured sink (idempotent by version)."""
+    from pipeline.events import ChangeEvent, decode
+
+    report = ReplayReport(dry_run=dry_run)
+    with DeadLetterReader(settings, topic) as reader:
+        letters = select(reader.read(_starts(reader, flt, offset)), flt, limit)
+    events: list[tuple[DeadLetter, ChangeEvent]] = []
+    for letter in letters:
+        try:
+            event = decode(letter.key, letter.value)
+        except BadDataError as exc:
+            report.rejected.append((letter, f"still undecodable: {exc}"))
+            continue
+        if event is None:
+            report.skipped["tombstones"] += 1
+        else:
+            events.append((letter, event))
+    destination = f"sink:{sink_name}"
+    if dry_run:
+        report.sent[destination] += len(events)
+        return report
+    asyncio.run(_write_to_sink(settings, sink_name, events, report))
+    return report
+
+
+async def _write_to_sink(settings: Settings, sink_name: str, events: Sequence[tuple[Any, Any]],
+                         report: ReplayReport) -> None:
+    from pipeline.compose import build_sinks
+    from pipeline.metrics import Metrics
+
+    sinks = build_sinks(settings, Metrics("dlq"))
+    try:
+        sink = next((s for s in sinks if s.name == sink_name), None)
+        if sink is None:
+            names = ", ".join(f"sink:{s.name}" for s in sinks) or "none"
+            raise CdcError(f"no sink named {sink_name!r} is configured (configured: {names})")
+        for start in range(0, len(events), 500):
+            chunk = events[start:start + 500]
+            rejected = {r.index: r.error for r in await sink.write([e for _, e in chunk])}
+            for i, (letter, _) in enumerate(chunk):
+                if i in rejected:
+                    report.rejected.append((letter, str(rejected[i])))
+                else:
+                    report.sent[f"sink:{sink_name}"] += 1
+    finally:
+        for s in sinks:
+            await s.close()
+
+
+# ---------------------------------------------------------------- purge
+
+
+def purge_plan(settings: Settings, topic: str, up_to: int | None,
+               partition: int | None) -> dict[int, tuple[int, int]]:
+    """Per partition: (low watermark now, offset to delete before). ``up_to=None``: all."""
+    with DeadLetterReader(settings, topic) as reader:
+        plan = {p: (low, high if up_to is None else min(up_to, high))
+                for p, (low, high) in reader.watermarks.items()
+                if partition is None or p == partition}
+    return {p: (low, to) for p, (low, to) in plan.items() if to > low}
+
+
+def purge(settings: Settings, topic: str, plan: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """Delete records before the planned offsets; returns each partition's new low watermark."""
+    from confluent_kafka.admin import AdminClient
+
+    if not plan:
+        return {}
+    admin = AdminClient(_client_config(settings))
+    futures = admin.delete_records([TopicPartition(topic, p, to) for p, (_, to) in plan.items()],
+                                   request_timeout=30, operation_timeout=30)
+    try:
+        return {tp.partition: f.result().low_watermark for tp, f in futures.items()}
+    except KafkaException as exc:
+        raise RetriableError(f"could not delete records of {topic}: {exc}") from exc
+
+
+def render_purge(topic: str, plan: dict[int, tuple[int, int]],
+                 result: dict[int, int] | None = None) -> str:
+    if not plan:
+        return f"{topic}: nothing to delete"
+    rows = [[str(p), str(low), str(to), str(to - low) if result is None else str(result[p] - low)]
+            for p, (low, to) in sorted(plan.items())]
+    head = "delete" if result is None else "deleted"
+    return render_table(["partition", "first offset", "delete before", head], rows,
+                        right=frozenset({0, 1, 2, 3}))
