@@ -160,7 +160,7 @@ def _dlq_run(ctx: click.Context, action):  # type: ignore[no-untyped-def]
 @click.pass_context
 def dlq_list(ctx: click.Context, topic: str | None, partition: int | None, stage: str | None,
              error_class: str | None) -> None:
-    """Counts by original topic, stage and error class, with first and last failure."""
+    """Counts by original topic, stage and error class."""
     from pipeline.dlq import LetterFilter, list_letters, render_groups
 
     def action(settings):  # type: ignore[no-untyped-def]
@@ -199,7 +199,8 @@ def dlq_show(ctx: click.Context, topic: str | None, partition: int | None, stage
 @_dlq_options
 @click.option("--to", "destination", default="raw", show_default=True,
               help="raw (the original topic) or sink:<name> (e.g. sink:search).")
-@click.option("--limit", type=click.IntRange(min=0), default=None)
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="At most this many records.")
 @click.option("--offset", type=click.IntRange(min=0), default=None,
               help="Start at this offset in every partition read.")
 @click.option("--again", is_flag=True, help="raw: replay letters already replayed too.")
@@ -208,7 +209,7 @@ def dlq_show(ctx: click.Context, topic: str | None, partition: int | None, stage
 def dlq_replay(ctx: click.Context, topic: str | None, partition: int | None, stage: str | None,
                error_class: str | None, destination: str, limit: int | None,
                offset: int | None, again: bool, dry_run: bool) -> None:
-    """Send dead letters back: to their original topic (remembered, so done once) or a sink."""
+    """Send dead letters to their original topic (once) or to one sink."""
     from pipeline.dlq import LetterFilter, replay_raw, replay_to_sink
 
     if destination != "raw" and not destination.startswith("sink:"):
@@ -240,7 +241,7 @@ def dlq_replay(ctx: click.Context, topic: str | None, partition: int | None, sta
 @click.pass_context
 def dlq_purge(ctx: click.Context, topic: str | None, up_to: int | None, partition: int | None,
               everything: bool, yes: bool) -> None:
-    """Delete dead letters before an offset (Kafka delete-records); asks first."""
+    """Delete dead letters before an offset (asks first)."""
     from pipeline.dlq import purge, purge_plan, render_purge
 
     if (up_to is None) == (not everything):
