@@ -22,7 +22,7 @@ BUILTIN_TYPES = {"webhook": "pipeline.sinks.webhook:WebhookSink"}
 RESERVED = ("search", "cache")
 
 
-def resolve(name: str, type_name: Any) -> type:
+def resolve(name: str, type_name: Any) -> Any:
     """The sink class for an entry's ``type``; ConfigError naming the setting if unusable."""
     setting = f"sinks.{name}.type"
     if not isinstance(type_name, str) or not type_name:
@@ -38,7 +38,7 @@ def resolve(name: str, type_name: Any) -> type:
         raise ConfigError(setting, f"cannot import '{path}': {exc}") from exc
     if not hasattr(cls, "Settings") or not hasattr(cls, "write"):
         raise ConfigError(setting, f"'{path}' needs a Settings model and a write() method")
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def build_configured(settings: Settings, only: str | None = None) -> dict[str, Sink]:
