@@ -75,9 +75,7 @@ class _StepError(EvolutionError):
     def __init__(self, table: str, from_version: int, to_version: int, cause: str) -> None:
         self.from_version = from_version
         self.to_version = to_version
-        super().__init__(
-            f"{table} v{from_version} -> v{to_version}: {cause}", table=table
-        )
+        super().__init__(f"{table} v{from_version} -> v{to_version}: {cause}", table=table)
 
 
 class MissingUpcasterError(_StepError):
