@@ -23,8 +23,14 @@ An event behind the position already released is *late*; :class:`LatePolicy` dec
 
 Bounds: a partition that received nothing for ``idle_flush_ms`` (wall time, passed in) is
 flushed by :meth:`ReorderBuffer.flush_idle`, and a partition never holds more than
-``max_buffered`` events: the oldest leave early (counted as ``forced``). Both break the
-ordering guarantee only for events later than they were allowed to be; those become late.
+``max_buffered`` events: the oldest leave early (counted as ``forced``). Both move the
+released position ahead of the watermark, so an event arriving after them behind that
+position is late even if it was within the allowed lateness.
+
+Wiring, per partition: ``add`` each event, then ``release()``; send ``ready + late`` through
+``Deduplicator.classify`` (``NEW`` to the sinks, then ``remember`` once they confirmed;
+``DUPLICATE`` dropped; ``STALE`` dropped or dead-lettered per the policy); for each ``dead``
+entry, drop it if ``Deduplicator.is_duplicate``, else dead-letter it with its error.
 
 Items still in a buffer are not processed: the caller must not commit their Kafka offsets.
 When a partition is revoked, drop its buffer (:meth:`PartitionReorderer.discard`); the new
@@ -44,6 +50,7 @@ from pipeline.events import ChangeEvent
 from pipeline.postgres.lsn import Lsn
 
 T = TypeVar("T")
+P = TypeVar("P", bound=Hashable)
 
 
 class SourcePosition(NamedTuple):
@@ -234,33 +241,33 @@ class ReorderBuffer(Generic[T]):
         self._out.dead.append(DeadLetter(entry, LateEventError(message, late_ms=late_ms)))
 
 
-class PartitionReorderer(Generic[T]):
-    """One :class:`ReorderBuffer` per partition id (for example Faust's ``TP``), created on
-    first use, all with the same settings."""
+class PartitionReorderer(Generic[P, T]):
+    """One :class:`ReorderBuffer` per partition id ``P`` (for example Faust's ``TP``),
+    created on first use, all with the same settings; ``T`` is the caller's payload."""
 
     def __init__(self, settings: OrderingSettings | None = None) -> None:
         self.settings = settings or OrderingSettings()
-        self._buffers: dict[Hashable, ReorderBuffer[T]] = {}
+        self._buffers: dict[P, ReorderBuffer[T]] = {}
         self._retired = {"released": 0, "forced": 0, "flushed": 0, "late": 0}
 
-    def buffer(self, partition: Hashable) -> ReorderBuffer[T]:
+    def buffer(self, partition: P) -> ReorderBuffer[T]:
         found = self._buffers.get(partition)
         if found is None:
             found = self._buffers[partition] = ReorderBuffer(self.settings)
         return found
 
-    def add(self, partition: Hashable, event: ChangeEvent, item: T, now_ms: int) -> None:
+    def add(self, partition: P, event: ChangeEvent, item: T, now_ms: int) -> None:
         self.buffer(partition).add(event, item, now_ms)
 
-    def release(self, partition: Hashable) -> Release[T]:
+    def release(self, partition: P) -> Release[T]:
         return self.buffer(partition).release()
 
-    def flush_idle(self, now_ms: int) -> dict[Hashable, Release[T]]:
+    def flush_idle(self, now_ms: int) -> dict[P, Release[T]]:
         """Flush every idle partition; returns only the partitions that released something."""
         flushed = {p: b.flush_idle(now_ms) for p, b in self._buffers.items()}
         return {p: out for p, out in flushed.items() if out}
 
-    def discard(self, partition: Hashable) -> None:
+    def discard(self, partition: P) -> None:
         """Forget a revoked partition's buffer (its events will be read again by the new
         owner, since their offsets were never committed)."""
         gone = self._buffers.pop(partition, None)
