@@ -7,26 +7,37 @@ one. Settings come from the file in ``CDC_CONFIG`` plus ``CDC_*`` environment ov
 Scale a sink by starting more of its workers: the raw topics' partitions are shared among
 them, and each row's changes stay on one partition.
 
+The dedup seen-set is a Faust table (``<group>-dedup-changelog``): each row's entry is
+written to the changelog partition of the raw partition it came from, so whichever worker
+owns that partition after a restart or rebalance recovers the entries it needs.
+
 Faust's traps, and how this module avoids them:
 - An exception escaping an agent acks the events it was handling (they would be skipped).
   So nothing escapes: bad data goes to the dead-letter topic inside the processor, and any
-  other failure is retried here with backoff while the batch waits.
+  other failure is retried here with backoff while the records wait.
 - ``take``/``take_events`` ack their batch in a ``finally``, even when the body raised. So we
-  use ``stream.noack().noack_take`` and ack each event ourselves, in order, only after
-  ``process`` returned: offsets are committed only after the sinks confirmed. Should
-  anything escape anyway, the process exits at once without acking (redelivery, not loss).
+  use ``stream.noack().noack_take`` and ack records ourselves, per partition in offset order
+  (``pipeline.acks``), only once they are written, dead-lettered or dropped: offsets are
+  committed only after the sink confirmed. Records held by the reorder buffer hold back the
+  acks of their partition. Should anything escape anyway, the process exits at once
+  without acking (redelivery, not loss).
 - ``concurrency`` stays 1: more would let a finished batch commit past one still in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import os
+import time
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import faust
 
+from pipeline.acks import AckLedger
 from pipeline.compose import build_processor, start_metrics
 from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
@@ -44,7 +55,7 @@ os.makedirs(os.path.dirname(DATADIR), exist_ok=True)
 app = faust.App(
     GROUP,
     broker=f"kafka://{settings.kafka.bootstrap_servers}",
-    store="memory://",
+    store=settings.worker.store,
     key_serializer="raw",
     value_serializer="raw",
     consumer_auto_offset_reset="earliest",
@@ -54,12 +65,79 @@ app = faust.App(
     web_bind="127.0.0.1",
     topic_allow_declare=False,
     topic_disable_leader=True,
+    topic_partitions=settings.kafka.partitions,
     producer_acks=-1,
     datadir=DATADIR,
 )
 
 raw_topics = app.topic(*settings.raw_topics(), key_serializer="raw", value_serializer="raw")
-processor = build_processor(settings, SINK, metrics)
+
+_partition: contextvars.ContextVar[int | None] = contextvars.ContextVar("partition", default=None)
+
+
+class PartitionedTable(faust.Table):  # type: ignore[misc]
+    """A table written outside stream iteration, to an explicitly chosen partition."""
+
+    def partition_for_key(self, key: Any) -> int | None:
+        partition = _partition.get()
+        return partition if partition is not None else super().partition_for_key(key)
+
+
+@contextlib.contextmanager
+def in_partition(partition: int) -> Iterator[None]:
+    token = _partition.set(partition)
+    try:
+        yield
+    finally:
+        _partition.reset(token)
+
+
+class TableStore(MutableMapping[str, str]):
+    """The dedup store over the Faust table. A value remembers its partition
+    (``"<partition>|<entry>"``) so an eviction deletes it in the right changelog partition."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> str:
+        raw = self.table[key]
+        if raw is None:
+            raise KeyError(key)
+        return str(raw).split("|", 1)[1]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.table[key] = f"{_partition.get() or 0}|{value}"
+
+    def __delitem__(self, key: str) -> None:
+        raw = self.table[key]
+        if raw is None:
+            raise KeyError(key)
+        with in_partition(int(str(raw).split("|", 1)[0])):
+            del self.table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.table.keys()))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self.table.get(key)
+        return default if raw is None else str(raw).split("|", 1)[1]
+
+
+seen = app.tables.add(PartitionedTable(
+    app, name="dedup", default=None, beacon=app.tables.beacon,
+    partitions=settings.kafka.partitions,
+    schema=faust.Schema(key_type=str, value_type=str,
+                        key_serializer="json", value_serializer="json"),
+))
+processor = build_processor(
+    settings, SINK, metrics, dedup_store=TableStore(seen), partition_scope=in_partition
+)
+ledger: AckLedger[Any] = AckLedger()
+lock = asyncio.Lock()
+_stream: list[Any] = []  # the agent's no-ack stream, for acks made by the timers
 
 
 def to_record(event: Any) -> RawRecord:
@@ -75,30 +153,42 @@ def to_record(event: Any) -> RawRecord:
     )
 
 
-async def process_until_done(records: list[RawRecord]) -> None:
-    """Process one batch; on any failure wait and try the whole batch again (idempotent)."""
+async def drain_and_ack() -> None:
+    """Write what is ready (retrying until done), then ack every finished prefix."""
     delay = settings.worker.retry_initial_ms / 1000
     while True:
         try:
-            await processor.process(records)
-            return
+            finished = await processor.drain()
+            break
         except Exception as exc:  # noqa: BLE001 - nothing may escape an agent (see above)
             metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
-            log.exception("batch of %d failed, retrying in %.1fs: %s", len(records), delay, exc)
+            log.exception("writing to sink %s failed, retrying in %.1fs: %s", SINK, delay, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.worker.retry_max_ms / 1000)
+    for record in finished:
+        ledger.done((record.topic, record.partition), record.offset)
+    if _stream:
+        for event in ledger.ready():
+            await _stream[0].ack(event)
+    metrics.set("cdc_worker_unacked_records", ledger.waiting())
 
 
 @app.agent(raw_topics, concurrency=1)
-async def fan_out(stream: Any) -> None:
+async def consume(stream: Any) -> None:
     """Raw topics -> this worker's sink; dead letters to the dead-letter topic."""
     within = max(settings.worker.batch_wait_ms, 1) / 1000
     manual = stream.noack()
+    _stream[:] = [manual]
     try:
         async for events in manual.noack_take(settings.worker.batch_size, within=within):
-            await process_until_done([to_record(e) for e in events])
-            for event in events:
-                await manual.ack(event)
+            async with lock:
+                records = []
+                for event in events:
+                    record = to_record(event)
+                    ledger.track((record.topic, record.partition), record.offset, event)
+                    records.append(record)
+                processor.accept(records)
+                await drain_and_ack()
             metrics.inc("cdc_worker_batches_total")
     except asyncio.CancelledError:
         raise
@@ -106,3 +196,22 @@ async def fan_out(stream: Any) -> None:
         log.critical("agent failed outside batch processing; exiting without acking", exc_info=True)
         logging.shutdown()
         os._exit(70)
+
+
+@app.timer(interval=max(settings.worker.ordering.idle_flush_ms, 100) / 2000)
+async def flush_quiet_partitions() -> None:
+    """A quiet partition's buffered events must not wait for the next event forever."""
+    async with lock:
+        processor.flush_idle(int(time.time() * 1000))
+        if processor.pending:
+            await drain_and_ack()
+
+
+@app.timer(interval=settings.worker.dedup.evict_interval_s)
+async def evict_old_dedup_entries() -> None:
+    if processor.dedup is None:
+        return
+    async with lock:
+        evicted = processor.dedup.evict(int(time.time() * 1000))
+        if evicted:
+            metrics.inc("cdc_dedup_evicted_total", evicted)

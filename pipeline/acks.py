@@ -27,7 +27,8 @@ class AckLedger(Generic[T]):
 
     def done(self, tp: TopicPartition, offset: int) -> None:
         """The record is written, dead-lettered or dropped: nothing more will happen to it."""
-        entry = self._pending.get(tp, {}).get(offset)
+        pending = self._pending.get(tp)
+        entry = pending.get(offset) if pending is not None else None
         if entry is not None:
             entry[1] = True
 

@@ -71,6 +71,10 @@ def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) ->
             sys.exit(run_all(settings, faust_args))
         ensure_topics(settings.kafka, settings.raw_topics())
         ensure_topics(settings.kafka, [settings.worker.dead_letter_topic])
+        # The dedup table's changelog, co-partitioned with the raw topics (Faust would
+        # otherwise create it with its own partition count).
+        ensure_topics(settings.kafka, [f"{settings.group_id(sink)}-dedup-changelog"],
+                      config={"cleanup.policy": "compact"})
         os.environ["CDC_WORKER_SINK"] = sink
         from agents.app import app
     except CdcError as exc:

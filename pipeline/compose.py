@@ -9,12 +9,17 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, MutableMapping
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Settings
-from pipeline.deadletter import DeadLetterTopic
+from pipeline.deadletter import DeadLetterTopic, RawRecord
+from pipeline.dedup import Deduplicator, DedupSettings
 from pipeline.errors import ConfigError, RetriableError
 from pipeline.metrics import Metrics, MetricsExporter
+from pipeline.ordering import LatePolicy, OrderingSettings, PartitionReorderer
 from pipeline.processing import BatchProcessor
 from pipeline.sinks.base import MeasuredSink, RetryingSink, Sink
 from pipeline.sinks.registry import build_configured, sink_names
@@ -49,13 +54,47 @@ def build_sinks(settings: Settings, metrics: Metrics) -> list[Sink]:
     return [build_sink(settings, name, metrics) for name in sink_names(settings)]
 
 
-def build_processor(settings: Settings, sink: str, metrics: Metrics) -> BatchProcessor:
-    """The processing of one sink's worker: its own consumer group, its own dead letters."""
+def build_processor(
+    settings: Settings,
+    sink: str,
+    metrics: Metrics,
+    dedup_store: MutableMapping[str, Any] | None = None,
+    partition_scope: Callable[[int], AbstractContextManager[Any]] | None = None,
+) -> BatchProcessor:
+    """The processing of one sink's worker: its own consumer group, its own dead letters;
+    evolution, ordering and dedup as configured (dedup needs the worker's table)."""
     dead_letters = DeadLetterTopic(
         settings.kafka.bootstrap_servers, settings.worker.dead_letter_topic,
         settings.group_id(sink),
     )
-    return BatchProcessor([build_sink(settings, sink, metrics)], dead_letters, metrics)
+    evolution = None
+    if settings.evolution is not None:
+        from pipeline.evolution.stage import EvolutionStage
+
+        evolution = EvolutionStage.from_settings(
+            settings.evolution.schemas_dir, settings.evolution.upcasters
+        )
+        for missing in evolution.evolver.missing_steps():
+            log.warning("schema evolution: %s", missing)
+    o = settings.worker.ordering
+    late_policy = LatePolicy(o.late_policy)
+    reorderer: PartitionReorderer[tuple[str, int], RawRecord] | None = None
+    if o.enabled:
+        reorderer = PartitionReorderer(OrderingSettings(
+            allowed_lateness_ms=o.allowed_lateness_ms, idle_flush_ms=o.idle_flush_ms,
+            max_buffered=o.max_buffered, late_policy=late_policy,
+        ))
+    dedup = None
+    d = settings.worker.dedup
+    if d.enabled and dedup_store is not None:
+        dedup = Deduplicator(dedup_store, DedupSettings(
+            window_ms=d.window_ms, positions_per_row=d.positions_per_row,
+        ))
+    return BatchProcessor(
+        [build_sink(settings, sink, metrics)], dead_letters, metrics,
+        evolution=evolution, reorderer=reorderer, dedup=dedup, late_policy=late_policy,
+        partition_scope=partition_scope,
+    )
 
 
 def start_metrics(settings: Settings, process: str) -> tuple[Metrics, MetricsExporter]:

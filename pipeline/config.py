@@ -89,6 +89,36 @@ class KafkaSettings(_Section):
         return f"{self.topic_prefix}.{table_id}"
 
 
+class OrderingSection(_Section):
+    """Watermark ordering per partition (``pipeline.ordering``). Lateness is source time:
+    0 (the default) adds no delay and only sorts out events that arrive behind what was
+    already released (replays, a second producer); raise it to reorder such arrivals,
+    at the cost of that much latency."""
+
+    enabled: bool = True
+    allowed_lateness_ms: int = Field(default=0, ge=0)
+    idle_flush_ms: int = Field(default=1_000, ge=0)
+    max_buffered: int = Field(default=10_000, ge=1)
+    late_policy: Literal["apply_if_newer", "dead_letter"] = "apply_if_newer"
+
+
+class DedupSection(_Section):
+    """Durable deduplication (``pipeline.dedup``), in a Faust table with a changelog topic."""
+
+    enabled: bool = True
+    window_ms: int = Field(default=24 * 3600 * 1000, ge=1)
+    positions_per_row: int = Field(default=8, ge=1)
+    evict_interval_s: float = Field(default=60.0, gt=0)
+
+
+class EvolutionSettings(_Section):
+    """Schema evolution (``pipeline.evolution``): Avro schemas per table version, upcasters."""
+
+    schemas_dir: Path = Path("schemas")
+    #: "package.module[:attribute]" exposing an Upcasters registry; None = additive only.
+    upcasters: str | None = None
+
+
 class WorkerSettings(_Section):
     """The Faust worker that reads raw topics and fans out to the sinks."""
 
@@ -101,6 +131,11 @@ class WorkerSettings(_Section):
     retry_initial_ms: int = Field(default=100, ge=1)
     retry_max_ms: int = Field(default=5_000, ge=1)
     web_port: int | None = None
+    #: Faust table store for the dedup seen-set: memory:// (rebuilt from the changelog at
+    #: start) or rocksdb:// (persistent; needs the rocksdict package).
+    store: str = "memory://"
+    ordering: OrderingSection = OrderingSection()
+    dedup: DedupSection = DedupSection()
 
 
 class ElasticsearchSettings(_Section):
@@ -156,6 +191,7 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     elasticsearch: ElasticsearchSettings | None = None
     redis: RedisSettings | None = None
+    evolution: EvolutionSettings | None = None
     #: Further sinks by name: {type: webhook | 'module:Class', ...its settings}.
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     metrics: MetricsSettings = MetricsSettings()

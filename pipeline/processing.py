@@ -1,59 +1,190 @@
-"""The worker's processing step, independent of Faust: decode, fan out, dead-letter.
+"""The worker's processing of one sink, independent of Faust.
 
-``BatchProcessor.process`` returns only when every sink confirmed its part of the batch and
-every dead letter was acknowledged; the caller then lets the offsets be committed. A record
-that cannot be decoded, or that a sink rejects as bad data, goes to the dead-letter topic and
-the batch goes on; a transient failure is retried inside the sink wrapper while the batch
-(and so the partition) waits.
+    raw records ─▶ decode + evolve ─▶ reorder (watermark) ─▶ dedup ─▶ sink ─▶ remember
+                        │ bad data          │ late (policy)    │ duplicate: dropped
+                        ▼                   ▼                  ▼
+                                 dead-letter topic (acknowledged)
+
+``accept(records)`` does the pure part (decode, evolve, buffer for ordering) and never
+raises for bad data. ``drain()`` does the I/O: it writes what the ordering released to the
+sink, dead-letters what cannot be processed, remembers what the sink confirmed, and returns
+the records that are finished. If it raises (a sink's permanent failure), what it was
+writing stays pending and the next ``drain()`` tries it again: nothing is lost or reordered.
+A transient failure is retried inside the sink wrapper while the partition waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 from pipeline.deadletter import DeadLetterTopic, RawRecord
-from pipeline.errors import BadDataError
+from pipeline.dedup import Deduplicator, Verdict
+from pipeline.errors import BadDataError, RetriableError
 from pipeline.events import ChangeEvent, decode
 from pipeline.metrics import Metrics
+from pipeline.ordering import LatePolicy, PartitionReorderer, Release
 from pipeline.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 
+Item = tuple[RawRecord, ChangeEvent]
+Letter = tuple[RawRecord, str, BaseException]
+
+
+def _partition_of(record: RawRecord) -> tuple[str, int]:
+    return (record.topic, record.partition)
+
 
 class BatchProcessor:
-    def __init__(self, sinks: Sequence[Sink], dead_letters: DeadLetterTopic, metrics: Metrics):
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        dead_letters: DeadLetterTopic,
+        metrics: Metrics,
+        *,
+        evolution: Any = None,
+        reorderer: PartitionReorderer[tuple[str, int], RawRecord] | None = None,
+        dedup: Deduplicator | None = None,
+        late_policy: LatePolicy = LatePolicy.APPLY_IF_NEWER,
+        partition_scope: Callable[[int], AbstractContextManager[Any]] | None = None,
+    ) -> None:
         self.sinks = list(sinks)
         self.dead_letters = dead_letters
         self.metrics = metrics
+        self.evolution = evolution
+        self.reorderer = reorderer
+        self.dedup = dedup
+        self.late_policy = late_policy
+        # Dedup writes go to the changelog partition of the event's own partition.
+        self.partition_scope = partition_scope or (lambda _p: contextlib.nullcontext())
+        self._ready: list[Item] = []
+        self._letters: list[Letter] = []
+        self._done: list[RawRecord] = []
 
-    async def process(self, records: Sequence[RawRecord]) -> None:
-        letters: list[tuple[RawRecord, str, BaseException]] = []
-        events: list[ChangeEvent] = []
-        origins: list[RawRecord] = []
+    # -- the pure part ---------------------------------------------------------------------
+    def accept(self, records: Sequence[RawRecord], now_ms: int | None = None) -> None:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        touched: set[tuple[str, int]] = set()
+        for record, result in zip(records, self._decode(records), strict=True):
+            if isinstance(result, BadDataError):
+                self._letters.append((record, result.stage, result))
+            elif result is None:
+                self.metrics.inc("cdc_worker_tombstones_total")
+                self._done.append(record)
+            elif self.reorderer is None:
+                self._ready.append((record, result))
+            else:
+                self.reorderer.add(_partition_of(record), result, record, now_ms)
+                touched.add(_partition_of(record))
+        self.metrics.inc("cdc_worker_records_total", len(records))
+        if self.reorderer is not None:
+            for tp in touched:
+                self._collect(self.reorderer.release(tp))
+
+    def flush_idle(self, now_ms: int | None = None) -> None:
+        """Release quiet partitions' buffered events (a timer calls this)."""
+        if self.reorderer is None:
+            return
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        for release in self.reorderer.flush_idle(now_ms).values():
+            self._collect(release)
+
+    @property
+    def pending(self) -> int:
+        return len(self._ready) + len(self._letters)
+
+    def _decode(self, records: Sequence[RawRecord]) -> list[ChangeEvent | None | BadDataError]:
+        if self.evolution is not None:
+            return list(self.evolution.decode_batch(records))
+        out: list[ChangeEvent | None | BadDataError] = []
         for record in records:
             try:
-                event = decode(record.key, record.value)
+                out.append(decode(record.key, record.value))
             except BadDataError as exc:
-                letters.append((record, exc.stage, exc))
-                continue
-            if event is None:
-                self.metrics.inc("cdc_worker_tombstones_total")
-                continue
-            events.append(event)
-            origins.append(record)
-        self.metrics.inc("cdc_worker_records_total", len(records))
-        if events:
-            results = await asyncio.gather(*(sink.write(events) for sink in self.sinks))
-            for sink, rejected in zip(self.sinks, results, strict=True):
-                for rejection in rejected:
-                    letters.append((origins[rejection.index], f"sink:{sink.name}", rejection.error))
-        if letters:
-            for record, stage, error in letters:
-                log.warning(
-                    "dead-lettering %s[%d]@%d at %s: %s",
-                    record.topic, record.partition, record.offset, stage, error,
-                )
-                self.metrics.inc("cdc_dead_letters_total", stage=stage)
-            await self.dead_letters.send(letters)
+                out.append(exc)
+        return out
+
+    def _collect(self, release: Release[RawRecord]) -> None:
+        self._ready.extend((b.item, b.event) for b in release.ready)
+        self._ready.extend((b.item, b.event) for b in release.late)
+        for dead in release.dead:
+            # A replay after a capture restart is late but already applied: drop it.
+            event = dead.entry.event
+            if self.dedup is not None and self.dedup.is_duplicate(event):
+                self.metrics.inc("cdc_dedup_dropped_total")
+                self._done.append(dead.entry.item)
+            else:
+                self._letters.append((dead.entry.item, "ordering", dead.error))
+        if release.late:
+            self.metrics.inc("cdc_worker_late_total", len(release.late))
+
+    # -- the I/O part ----------------------------------------------------------------------
+    async def drain(self) -> list[RawRecord]:
+        """Write what is ready, dead-letter what failed; returns the finished records."""
+        if self._ready:
+            await self._write(self._ready)
+            self._ready = []
+        if self._letters:
+            await self._dead_letter(self._letters)
+            self._done.extend(record for record, _, _ in self._letters)
+            self._letters = []
+        done, self._done = self._done, []
+        return done
+
+    async def process(self, records: Sequence[RawRecord]) -> list[RawRecord]:
+        """accept + drain: one batch in, its finished records out."""
+        self.accept(records)
+        return await self.drain()
+
+    async def _write(self, ready: list[Item]) -> None:
+        batch: list[Item] = []
+        for record, event in ready:
+            verdict = self.dedup.classify(event) if self.dedup is not None else Verdict.NEW
+            if verdict is Verdict.NEW:
+                batch.append((record, event))
+            elif verdict is Verdict.DUPLICATE:
+                self.metrics.inc("cdc_dedup_dropped_total")
+                self._done.append(record)
+            elif self.late_policy is LatePolicy.DEAD_LETTER:
+                assert self.dedup is not None
+                self._letters.append((record, "ordering", self.dedup.stale_error(event)))
+            else:  # stale under apply-if-newer: the sink holds newer state already
+                self.metrics.inc("cdc_dedup_stale_total")
+                self._done.append(record)
+        if not batch:
+            return
+        events = [event for _, event in batch]
+        results = await asyncio.gather(*(sink.write(events) for sink in self.sinks))
+        rejected: set[int] = set()
+        for sink, rejections in zip(self.sinks, results, strict=True):
+            for rejection in rejections:
+                rejected.add(rejection.index)
+                self._letters.append((batch[rejection.index][0], f"sink:{sink.name}",
+                                      rejection.error))
+        for i, (record, event) in enumerate(batch):
+            if i not in rejected and self.dedup is not None and event.key is not None:
+                with self.partition_scope(record.partition):
+                    self.dedup.remember(event)
+            if i not in rejected:
+                self._done.append(record)
+
+    async def _dead_letter(self, letters: list[Letter]) -> None:
+        for record, stage, error in letters:
+            log.warning("dead-lettering %s[%d]@%d at %s: %s",
+                        record.topic, record.partition, record.offset, stage, error)
+            self.metrics.inc("cdc_dead_letters_total", stage=stage)
+        delay = 0.1
+        while True:  # Kafka down: wait, never drop a dead letter
+            try:
+                await self.dead_letters.send(letters)
+                return
+            except RetriableError as exc:
+                log.warning("dead-letter topic unavailable, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

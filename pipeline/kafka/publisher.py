@@ -72,8 +72,13 @@ class EventPublisher:
         return len(self._producer)
 
 
-def ensure_topics(settings: KafkaSettings, topics: Iterable[str], timeout: float = 30.0) -> None:
-    """Create missing raw topics with the configured partitions (keys keep per-row order)."""
+def ensure_topics(
+    settings: KafkaSettings,
+    topics: Iterable[str],
+    timeout: float = 30.0,
+    config: dict[str, str] | None = None,
+) -> None:
+    """Create missing topics with the configured partitions (keys keep per-row order)."""
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
@@ -86,7 +91,8 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str], timeout: float
         return
     futures = admin.create_topics(
         [
-            NewTopic(t, settings.partitions, settings.replication_factor, config=TOPIC_CONFIG)
+            NewTopic(t, settings.partitions, settings.replication_factor,
+                     config={**TOPIC_CONFIG, **(config or {})})
             for t in missing
         ]
     )
