@@ -80,7 +80,9 @@ def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) ->
     except CdcError as exc:
         _fail(exc)
         return
-    level = logging.getLevelName(logging.getLogger().level).lower()
+    level = {"WARNING": "warn", "CRITICAL": "crit"}.get(
+        logging.getLevelName(logging.getLogger().level), logging.getLevelName(
+            logging.getLogger().level)).lower()
     sys.argv = ["cdc-worker", "worker", "-l", level, *faust_args]
     if settings.worker.web_port is None:
         sys.argv.append("--without-web")
