@@ -36,6 +36,8 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import faust
+import orjson
+from confluent_kafka import Producer
 
 from pipeline.acks import AckLedger
 from pipeline.compose import build_processor, start_metrics
@@ -75,14 +77,6 @@ raw_topics = app.topic(*settings.raw_topics(), key_serializer="raw", value_seria
 _partition: contextvars.ContextVar[int | None] = contextvars.ContextVar("partition", default=None)
 
 
-class PartitionedTable(faust.Table):  # type: ignore[misc]
-    """A table written outside stream iteration, to an explicitly chosen partition."""
-
-    def partition_for_key(self, key: Any) -> int | None:
-        partition = _partition.get()
-        return partition if partition is not None else super().partition_for_key(key)
-
-
 @contextlib.contextmanager
 def in_partition(partition: int) -> Iterator[None]:
     token = _partition.set(partition)
@@ -93,47 +87,83 @@ def in_partition(partition: int) -> Iterator[None]:
 
 
 class TableStore(MutableMapping[str, str]):
-    """The dedup store over the Faust table. A value remembers its partition
-    (``"<partition>|<entry>"``) so an eviction deletes it in the right changelog partition."""
+    """The dedup store over the Faust table.
 
-    def __init__(self, table: Any) -> None:
+    Reads and the in-memory state are the Faust table's; its changelog is written here, in
+    batches with the C producer, to the raw partition's changelog partition: Faust's own
+    write path costs one aiokafka send per entry, which made dedup cut worker throughput
+    by two thirds. Faust still restores the table from the same changelog at start. A value
+    remembers its partition (``"<partition>|<entry>"``) so an eviction deletes it there.
+    ``flush()`` runs before offsets are acknowledged.
+    """
+
+    def __init__(self, table: Any, topic: str, bootstrap_servers: str) -> None:
         self.table = table
+        self.topic = topic
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap_servers, "enable.idempotence": True,
+            "acks": "all", "linger.ms": 5, "compression.type": "lz4",
+        })
+        self._failed: list[str] = []
+
+    def _write(self, partition: int, key: str, value: str | None) -> None:
+        payload = None if value is None else orjson.dumps(value)
+        while True:
+            try:
+                self._producer.produce(self.topic, payload, orjson.dumps(key),
+                                       partition=partition, on_delivery=self._delivered)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._failed.append(str(err))
+
+    async def flush(self) -> None:
+        """Wait until the changelog holds every entry written so far."""
+        if len(self._producer):
+            await asyncio.to_thread(self._producer.flush, 30.0)
+        if self._failed or len(self._producer):
+            failed, self._failed = self._failed, []
+            raise RuntimeError(f"dedup changelog {self.topic} not acknowledged: {failed[:1]}")
 
     def __getitem__(self, key: str) -> str:
-        raw = self.table[key]
+        raw = self.table.data.get(key)
         if raw is None:
             raise KeyError(key)
         return str(raw).split("|", 1)[1]
 
     def __setitem__(self, key: str, value: str) -> None:
-        self.table[key] = f"{_partition.get() or 0}|{value}"
+        partition = _partition.get() or 0
+        self.table.data[key] = f"{partition}|{value}"
+        self._write(partition, key, f"{partition}|{value}")
 
     def __delitem__(self, key: str) -> None:
-        raw = self.table[key]
+        raw = self.table.data.pop(key, None)
         if raw is None:
             raise KeyError(key)
-        with in_partition(int(str(raw).split("|", 1)[0])):
-            del self.table[key]
+        self._write(int(str(raw).split("|", 1)[0]), key, None)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self.table.keys()))
+        return iter(list(self.table.data.keys()))
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.table.data)
 
     def get(self, key: str, default: Any = None) -> Any:
-        raw = self.table.get(key)
+        raw = self.table.data.get(key)
         return default if raw is None else str(raw).split("|", 1)[1]
 
 
-seen = app.tables.add(PartitionedTable(
-    app, name="dedup", default=None, beacon=app.tables.beacon,
-    partitions=settings.kafka.partitions,
+seen = app.Table(
+    "dedup", default=None, partitions=settings.kafka.partitions,
     schema=faust.Schema(key_type=str, value_type=str,
                         key_serializer="json", value_serializer="json"),
-))
+)
+store = TableStore(seen, f"{GROUP}-dedup-changelog", settings.kafka.bootstrap_servers)
 processor = build_processor(
-    settings, SINK, metrics, dedup_store=TableStore(seen), partition_scope=in_partition
+    settings, SINK, metrics, dedup_store=store, partition_scope=in_partition
 )
 ledger: AckLedger[Any] = AckLedger()
 lock = asyncio.Lock()
@@ -159,6 +189,7 @@ async def drain_and_ack() -> None:
     while True:
         try:
             finished = await processor.drain()
+            await store.flush()
             break
         except Exception as exc:  # noqa: BLE001 - nothing may escape an agent (see above)
             metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
@@ -213,5 +244,6 @@ async def evict_old_dedup_entries() -> None:
         return
     async with lock:
         evicted = processor.dedup.evict(int(time.time() * 1000))
+        await store.flush()
         if evicted:
             metrics.inc("cdc_dedup_evicted_total", evicted)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ def test_duplicate_after_worker_restart_is_dropped(scenario: Scenario) -> None:
     sc.execute("INSERT INTO items VALUES (4, 'after restart', 4, 4)")
     assert sc.converged(60)
     assert wait_until(lambda: sc.counter("cdc_dedup_dropped_total") >= 8, 30)  # 4 per sink
+    assert wait_until(lambda: sc.counter(indexed) >= 5, 10)
+    time.sleep(2 * sc.settings.metrics.interval_s)  # let every snapshot catch up
     assert sc.counter(indexed) == 5  # only the new insert reached Elasticsearch
     assert sc.counter("cdc_dead_letters_total") == 0
 
