@@ -97,9 +97,12 @@ class Scenario:
     def converged(self, timeout: float = 60) -> bool:
         return wait_until(lambda: self.indexed() == self.expected(), timeout, 0.3)
 
-    def counter(self, name: str) -> float:
+    def counter(self, name: str, process: str = "") -> float:
+        """A counter summed over every process (or those whose name starts with ``process``,
+        e.g. ``worker-search``) and every label set."""
         return sum(
-            v for snap in read_snapshots(self.work / "metrics").values()
+            v for proc, snap in read_snapshots(self.work / "metrics").items()
+            if proc.startswith(process)
             for k, v in snap.get("counters", {}).items() if k == name or k.startswith(name + "{")
         )
 
