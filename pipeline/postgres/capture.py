@@ -22,10 +22,15 @@ from psycopg2.extras import LogicalReplicationConnection
 from pipeline.checkpoint import DeliveryTracker, TransactionDelivery
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.errors import RetriableError
-from pipeline.events import ChangeEvent, encode_key, encode_value
+from pipeline.events import encode_value
 from pipeline.kafka.publisher import EventPublisher, ensure_topics
 from pipeline.metrics import Metrics
-from pipeline.postgres.changes import ChangeBuilder, TableShape, TransactionContext
+from pipeline.postgres.changes import (
+    ChangeBuilder,
+    EnvelopeWriter,
+    TableShape,
+    TransactionContext,
+)
 from pipeline.postgres.lsn import Lsn
 from pipeline.postgres.pgoutput import (
     Begin,
@@ -65,6 +70,10 @@ class PostgresCapture:
         self.publisher = publisher or EventPublisher(kafka)
         self.tracker = DeliveryTracker(on_complete=self._acknowledged)
         self.shapes: dict[int, TableShape] = {}
+        self.topics: dict[int, str] = {}
+        self._counts: dict[tuple[int, str], int] = {}
+        self._now_ms = str(int(time.time() * 1000)).encode()
+        self._last_commit_ts_us = 0
         self._txn: TransactionDelivery | None = None
         self._ctx: TransactionContext | None = None
         self._last_commit: int | None = None
@@ -83,6 +92,7 @@ class PostgresCapture:
         # converters expect (UTC timestamps, ISO dates, exact floats, hex bytea).
         repl = connect(dsn, connection_factory=LogicalReplicationConnection, options=SESSION)
         self.builder = ChangeBuilder(self.kafka.topic_prefix, catalog.info.dbname)
+        self.writer = EnvelopeWriter(self.kafka.topic_prefix, catalog.info.dbname)
         try:
             cur = repl.cursor()
             cur.start_replication(
@@ -109,14 +119,17 @@ class PostgresCapture:
                 received += 1
                 if received % POLL_EVERY == 0:
                     self.publisher.poll(0)
+                    self._flush_counts()
                     self._feedback(cur)
                 continue
             self.publisher.poll(0)
+            self._flush_counts()
             if self.tracker.in_flight == 0 and cur.wal_end:
                 self.tracker.idle(Lsn(cur.wal_end))
             self._feedback(cur)
             select.select([cur], [], [], 0.02)
         self._drain()
+        self._flush_counts()
         self._feedback(cur, force=True)
 
     def _drain(self) -> None:
@@ -156,35 +169,45 @@ class PostgresCapture:
                 "cdc_commit_to_kafka_latency", max(0.0, acked_ms - txn.commit_ts_us / 1000)
             )
 
-    # -- messages --------------------------------------------------------------------------
-    _last_commit_ts_us = 0
-
+    # -- messages ---------------------------------------------------------------------------
     def _handle(self, payload: bytes, lsn: int, catalog: Any) -> None:
         msg = decode_message(payload)
-        if isinstance(msg, Insert | Update | Delete):
-            self._change(msg, lsn)
-        elif isinstance(msg, Begin):
-            self._txn = self.tracker.begin(msg.commit_ts_us)
-            self._ctx = TransactionContext(msg.xid, msg.commit_ts_us, self._last_commit)
-            self._last_commit_ts_us = msg.commit_ts_us
-        elif isinstance(msg, Commit):
-            assert self._txn is not None, "Commit without Begin"
-            self.tracker.commit(self._txn, msg.end_lsn)
-            self._last_commit = int(msg.commit_lsn)
-            self._txn = None
-            self._ctx = None
-            self.metrics.inc("cdc_capture_transactions_total")
-        elif isinstance(msg, Relation):
-            with catalog.cursor() as cur:
-                pk = primary_key_columns(cur, msg.oid)
-            self.shapes[msg.oid] = TableShape.from_relation(msg, pk)
-            columns = [c.name for c in msg.columns]
-            log.info("table %s.%s: columns %s", msg.namespace, msg.name, columns)
-        elif isinstance(msg, Truncate):
-            self._truncate(msg, lsn)
-        elif isinstance(msg, Message):
+        kind = type(msg)
+        if kind is Insert or kind is Update or kind is Delete:
+            self._change(msg, lsn)  # type: ignore[arg-type]
+        elif kind is Begin:
+            self._begin(msg)  # type: ignore[arg-type]
+        elif kind is Commit:
+            self._commit(msg)  # type: ignore[arg-type]
+        elif kind is Relation:
+            self._relation(msg, catalog)  # type: ignore[arg-type]
+        elif kind is Truncate:
+            self._truncate(msg, lsn)  # type: ignore[arg-type]
+        elif kind is Message:
             self.metrics.inc("cdc_capture_logical_messages_total")
         # Type and Origin carry nothing a raw topic needs.
+
+    def _begin(self, msg: Begin) -> None:
+        self._txn = self.tracker.begin(msg.commit_ts_us)
+        self._ctx = TransactionContext(msg.xid, msg.commit_ts_us, self._last_commit)
+        self.writer.begin(self._ctx)
+        self._last_commit_ts_us = msg.commit_ts_us
+
+    def _commit(self, msg: Commit) -> None:
+        assert self._txn is not None, "Commit without Begin"
+        self.tracker.commit(self._txn, msg.end_lsn)
+        self._last_commit = int(msg.commit_lsn)
+        self._txn = None
+        self._ctx = None
+        self.metrics.inc("cdc_capture_transactions_total")
+
+    def _relation(self, msg: Relation, catalog: Any) -> None:
+        with catalog.cursor() as cur:
+            pk = primary_key_columns(cur, msg.oid)
+        shape = self.shapes[msg.oid] = TableShape.from_relation(msg, pk)
+        self.topics[msg.oid] = self.kafka.raw_topic(shape.table_id)
+        columns = [c.name for c in msg.columns]
+        log.info("table %s.%s: columns %s", msg.namespace, msg.name, columns)
 
     def _shape(self, oid: int) -> TableShape:
         shape = self.shapes.get(oid)
@@ -194,23 +217,32 @@ class PostgresCapture:
 
     def _change(self, msg: Insert | Update | Delete, lsn: int) -> None:
         shape = self._shape(msg.relation_oid)
-        assert self._ctx is not None and self._txn is not None
-        now_ms = int(time.time() * 1000)
-        for event in self.builder.events(msg, shape, self._ctx, lsn, now_ms):
-            self._publish(shape, event)
+        txn = self._txn
+        assert txn is not None
+        topic = self.topics[msg.relation_oid]
+        publish = self.publisher.publish
+        counts = self._counts
+        for op, key, value in self.writer.encode(msg, shape, lsn, self._now_ms):
+            txn.pending += 1
+            publish(topic, key, value, txn)
+            if op == "d" and self.kafka.tombstones_on_delete:
+                txn.pending += 1
+                publish(topic, key, None, txn)
+            counted = (shape.oid, op)
+            counts[counted] = counts.get(counted, 0) + 1
 
     def _truncate(self, msg: Truncate, lsn: int) -> None:
-        assert self._ctx is not None
-        now_ms = int(time.time() * 1000)
+        assert self._ctx is not None and self._txn is not None
         for oid in msg.relation_oids:
             shape = self._shape(oid)
-            self._publish(shape, self.builder.truncate(shape, self._ctx, lsn, now_ms))
+            event = self.builder.truncate(shape, self._ctx, lsn, int(time.time() * 1000))
+            self.publisher.publish(self.topics[oid], None, encode_value(event),
+                                   self.tracker.sent(self._txn))
+            self.metrics.inc("cdc_capture_events_total", table=shape.table_id, op="t")
 
-    def _publish(self, shape: TableShape, event: ChangeEvent) -> None:
-        assert self._txn is not None
-        topic = self.kafka.raw_topic(shape.table_id)
-        key = encode_key(event)
-        self.publisher.publish(topic, key, encode_value(event), self.tracker.sent(self._txn))
-        if event.op == "d" and self.kafka.tombstones_on_delete:
-            self.publisher.publish(topic, key, None, self.tracker.sent(self._txn))
-        self.metrics.inc("cdc_capture_events_total", table=shape.table_id, op=event.op)
+    def _flush_counts(self) -> None:
+        """Per-event counts are kept in a plain dict on the hot path, moved to metrics here."""
+        for (oid, op), n in self._counts.items():
+            self.metrics.inc("cdc_capture_events_total", n, table=self.shapes[oid].table_id, op=op)
+        self._counts.clear()
+        self._now_ms = str(int(time.time() * 1000)).encode()
