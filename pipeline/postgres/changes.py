@@ -17,7 +17,11 @@ from pipeline.postgres.pgoutput import (
     TupleValue,
     Update,
 )
-from pipeline.postgres.values import converter_for
+from pipeline.postgres.values import _identity, converter_for
+
+
+def _or_none(convert: Callable[[str], Any]) -> Callable[[str], Any] | None:
+    return None if convert is _identity else convert
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +32,7 @@ class TableShape:
     schema: str
     table: str
     names: tuple[str, ...]
-    converters: tuple[Callable[[str], Any], ...]
+    converters: tuple[Callable[[str], Any] | None, ...]
     key_names: tuple[str, ...]
 
     @classmethod
@@ -40,7 +44,8 @@ class TableShape:
             schema=rel.namespace or "pg_catalog",
             table=rel.name,
             names=names,
-            converters=tuple(converter_for(c.type_oid) for c in rel.columns),
+            # None marks text passed through as is: the hot path skips the call.
+            converters=tuple(_or_none(converter_for(c.type_oid)) for c in rel.columns),
             key_names=key,
         )
 
@@ -57,6 +62,8 @@ class TableShape:
                 out[name] = None
             elif value is UNCHANGED_TOAST:
                 out[name] = UNAVAILABLE_VALUE
+            elif convert is None:
+                out[name] = value
             else:
                 out[name] = convert(value)  # type: ignore[arg-type]
         return out
