@@ -44,6 +44,9 @@ lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check pipeline agents tests
 	$(VENV)/bin/mypy pipeline agents
 
+bench: setup ## Benchmarks (see bench/README.md)
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean: ## Remove the virtualenv and the stack's state (downloads stay cached)
 	-$(VENV)/bin/cdc stack down
 	rm -rf $(VENV) .stack

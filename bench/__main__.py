@@ -1,0 +1,136 @@
+"""``python -m bench [parts...] [--duration S] [--quick]``: run benchmark parts, print a
+table, merge the figures into ``bench/results.json`` and rewrite ``bench/RESULTS.md``.
+
+Parts: capture, debezium, ceiling (one shared backlog, drained by each reader in turn, plus
+commit-to-Kafka latency at fixed loads), worker, e2e, memory. No part given = all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.common import Bench, log, machine
+
+PARTS = ("capture", "debezium", "ceiling", "worker", "e2e", "memory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("parts", nargs="*", metavar="part",
+                   help=f"any of {', '.join(PARTS)} (default: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="small backlogs and short runs (minutes, not tens of minutes)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds per fixed-load run (default 60, quick 15)")
+    p.add_argument("--backlog-rows", type=int, default=None,
+                   help="row changes in the capture backlog (default 2,000,000; quick 100,000)")
+    p.add_argument("--worker-events", type=int, default=None,
+                   help="events pre-filled for the worker part (default 300,000; quick 50,000)")
+    p.add_argument("--worker-no-dedup", action="store_true",
+                   help="worker part: also run faust and the bare loop with dedup off")
+    p.add_argument("--memory-events", type=int, default=None,
+                   help="events in the long memory run (default 1,000,000; quick 100,000)")
+    p.add_argument("--big-txn-rows", type=int, default=None,
+                   help="rows in the one big transaction (default 1,000,000; quick 100,000)")
+    p.add_argument("--rates", default="2000,5000", help="offered loads for latency, rows/s")
+    p.add_argument("--e2e-rate", type=int, default=1000, help="offered load for e2e, rows/s")
+    p.add_argument("--mix", default="70,20,10", help="insert,update,delete percentages")
+    p.add_argument("--txn-rows", type=int, default=50, help="rows per transaction")
+    p.add_argument("--row-bytes", type=int, default=200, help="approximate row size")
+    p.add_argument("--keep", action="store_true", help="keep slots, topics and the schema")
+    p.add_argument("--no-write", action="store_true", help="do not touch results.json/RESULTS.md")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    parts = list(dict.fromkeys(args.parts)) or list(PARTS)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        build_parser().error(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    q = args.quick
+    args.duration = args.duration or (15.0 if q else 60.0)
+    args.backlog_rows = args.backlog_rows or (100_000 if q else 2_000_000)
+    args.worker_events = args.worker_events or (50_000 if q else 300_000)
+    args.memory_events = args.memory_events or (100_000 if q else 1_000_000)
+    args.big_txn_rows = args.big_txn_rows or (100_000 if q else 1_000_000)
+    command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    work = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
+    bench = Bench(quick=q, duration=args.duration, work=work)
+    log(f"bench run {bench.uid}: parts {parts}, work folder {work}")
+    results: dict[str, Any] = {}
+    started = time.time()
+    mach = machine()
+
+    def save(section: dict[str, Any]) -> None:
+        """Store each section as soon as it is measured: a later failure loses nothing."""
+        results.update(section)
+        meta = {"command": command, "uid": bench.uid, "quick": q,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+                "minutes": round((time.time() - started) / 60, 1), "machine": mach,
+                "settings": {k: v for k, v in vars(args).items() if k not in ("parts", "keep")}}
+        if not args.no_write:
+            report.save(section, meta)
+
+    failed = False
+    try:
+        failed = run_parts(bench, parts, args, save)
+    finally:
+        if not args.keep:
+            bench.cleanup()
+    print(report.table(results))
+    if not args.no_write:
+        log(f"wrote {report.RESULTS_JSON} and {report.RESULTS_MD}")
+    return 1 if failed else 0
+
+
+def run_parts(bench: Bench, parts: list[str], args: argparse.Namespace,
+              save: Callable[[dict[str, Any]], None]) -> bool:
+    """Run the parts in order, saving each section; a failing section is logged and the
+    next one still runs. Returns True if any failed."""
+    failed = False
+    for name, measure in sections(bench, parts, args):
+        try:
+            save({name: measure()})
+        except Exception:  # noqa: BLE001 - report and go on with the other parts
+            log(f"section {name} failed:\n{traceback.format_exc()}")
+            failed = True
+    return failed
+
+
+def sections(bench: Bench, parts: list[str],
+             args: argparse.Namespace) -> list[tuple[str, Callable[[], Any]]]:
+    from bench import capture, memory, worker
+
+    out: list[tuple[str, Callable[[], Any]]] = []
+    readers = [r for p, r in (("capture", "ours"), ("debezium", "debezium")) if p in parts]
+    if "ceiling" in parts:
+        readers += ["raw", "decode"]
+    if readers:
+        out.append(("backlog", lambda: capture.backlog(bench, readers, args.backlog_rows, args)))
+    tools = [r for r in readers if r in ("ours", "debezium")]
+    rates = [int(r) for r in args.rates.split(",") if r]
+    if tools and rates:  # --rates "" skips the latency runs
+        out.append(("latency", lambda: capture.latency(bench, tools, rates, args.duration,
+                                                       args)))
+    if "worker" in parts:
+        out.append(("worker", lambda: worker.throughput(bench, args)))
+    if "e2e" in parts:
+        out.append(("e2e", lambda: worker.end_to_end(bench, args)))
+    if "memory" in parts:
+        out.append(("memory", lambda: memory.run(bench, args)))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The printed table, ``bench/results.json`` (latest figures per section, merged across runs)
+and ``bench/RESULTS.md`` rendered from it. Hand-written notes below the marker line in
+RESULTS.md are kept when it is rewritten."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.debezium import CONNECTOR_TUNING, DEBEZIUM_VERSION, KAFKA_VERSION, PRODUCER
+
+HERE = Path(__file__).resolve().parent
+RESULTS_JSON = HERE / "results.json"
+RESULTS_MD = HERE / "RESULTS.md"
+NOTES_MARKER = "<!-- notes: everything below this line is kept when the file is rewritten -->"
+
+
+def _f(x: Any, digits: int = 0) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float | int):
+        return f"{x:,.{digits}f}"
+    return str(x)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, value, note) rows for the table, from whichever sections are present."""
+    out: list[tuple[str, str, str]] = []
+    bk = results.get("backlog")
+    if bk:
+        r = bk["readers"]
+        n = bk["workload"]["rows"]
+        for name, label in (("ours", "capture (ours)"), ("debezium", "Debezium"),
+                            ("raw", "slot read+discard"), ("decode", "slot + our decoder")):
+            if name in r:
+                x = r[name]
+                extra = ""
+                if "cpu_ms_per_1k_rows" in x:
+                    extra = (f"{x['drain_s']} s drain, {x['cpu_ms_per_1k_rows']} CPU-ms/1k rows, "
+                             f"peak RSS {x['peak_rss_mb']} MB")
+                else:
+                    extra = f"{x['seconds']} s"
+                out.append((f"backlog {n:,} rows: {label}", f"{_f(x['rows_per_s'])} rows/s",
+                            extra))
+        if "ours" in r and "debezium" in r:
+            out.append(("throughput ours/Debezium",
+                        _ratio(r["ours"]["rows_per_s"], r["debezium"]["rows_per_s"]),
+                        "target >= 1.5x"))
+        if "ours" in r and "raw" in r:
+            out.append(("ours / raw slot ceiling",
+                        f"{100 * r['ours']['rows_per_s'] / r['raw']['rows_per_s']:.0f} %", ""))
+    for rate, tools in (results.get("latency") or {}).items():
+        for name, x in tools.items():
+            out.append((f"commit->Kafka @{int(rate):,}/s: {name}",
+                        f"p50 {_f(x['p50_ms'])} ms, p99 {_f(x['p99_ms'])} ms",
+                        f"{x['changes']:,} changes, CPU {x['cpu_pct']} %"
+                        + (f" ({x['warning']})" if "warning" in x else "")))
+        if "ours" in tools and "debezium" in tools:
+            out.append((f"p99 ours/Debezium @{int(rate):,}/s",
+                        _ratio(tools["ours"]["p99_ms"], tools["debezium"]["p99_ms"]),
+                        "lower is better; target < 1"))
+    w = results.get("worker")
+    if w:
+        for sink in ("search", "cache"):
+            x = w.get(sink)
+            if not x:
+                continue
+            for name in ("faust", "bare", "faust_no_dedup", "bare_no_dedup"):
+                y = x.get(name)
+                if not y:
+                    continue
+                out.append((f"worker {sink} sink, {name}", f"{_f(y['events_per_s'])} events/s",
+                            f"{y['events']:,} events in {y['seconds']} s, CPU {y.get('cpu_s')} s"))
+            out.append((f"faust overhead, {sink} (bare/faust)",
+                        _ratio(x["bare"]["events_per_s"], x["faust"]["events_per_s"]),
+                        "target <= 1.5x; worker target >= 20,000 events/s"))
+            if "faust_no_dedup" in x and "bare_no_dedup" in x:
+                out.append((f"faust overhead, {sink}, dedup off (bare/faust)",
+                            _ratio(x["bare_no_dedup"]["events_per_s"],
+                                   x["faust_no_dedup"]["events_per_s"]), ""))
+    e = results.get("e2e")
+    if e:
+        for sink, x in e.get("sinks", {}).items():
+            out.append((f"commit->{sink} @{e['offered_rows_per_s']:,}/s",
+                        f"p50 {_f(x['p50_ms'])} ms, p99 {_f(x['p99_ms'])} ms",
+                        f"{x['count']:,} events"))
+    m = results.get("memory")
+    if m:
+        for run in ("long", "big_txn"):
+            for proc, x in (m.get(run) or {}).get("rss", {}).items():
+                if x:
+                    out.append((f"memory {run}: {proc}", f"peak {x['hwm_mb']} MB",
+                                f"RSS {x['rss_mb_at_25pct']} MB at 25% -> {x['rss_mb_at_end']} MB "
+                                f"at end"))
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    data = rows(results)
+    if not data:
+        return "(no figures)"
+    w0 = max(len(r[0]) for r in data)
+    w1 = max(len(r[1]) for r in data)
+    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in data)
+
+
+def save(results: dict[str, Any], meta: dict[str, Any]) -> None:
+    stored: dict[str, Any] = {}
+    if RESULTS_JSON.exists():
+        stored = json.loads(RESULTS_JSON.read_text())
+    for section, figures in results.items():
+        stored[section] = {"result": figures, "meta": meta}
+    RESULTS_JSON.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    RESULTS_MD.write_text(render(stored))
+
+
+def render(stored: dict[str, Any]) -> str:
+    notes = ""
+    if RESULTS_MD.exists():
+        text = RESULTS_MD.read_text()
+        if NOTES_MARKER in text:
+            notes = text.split(NOTES_MARKER, 1)[1]
+    metas = [s["meta"] for s in stored.values()]
+    latest = max(metas, key=lambda m: m["started"])
+    mach = latest["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `python -m bench` (see `bench/README.md`); figures from the runs listed per",
+        "section. This machine is shared and noisy: read the **ratios measured in the same run**",
+        "(ours/Debezium, bare/faust, ours/ceiling) rather than the absolute numbers.",
+        "",
+        "## Machine and versions",
+        "",
+        f"- CPU: {mach['cpu']}, {mach['nproc']} CPUs visible (`nproc`), "
+        f"{mach['memory_gb']} GB RAM, kernel {mach['kernel']}",
+        "- Everything on this one machine: PostgreSQL, Kafka (1 broker), Elasticsearch, Redis,",
+        "  the tool under test, the workload generator. Load average at the start of the latest",
+        f"  run: {mach['loadavg_at_start']} (other people's tests run here too).",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(mach["versions"].items()))
+        + f", Kafka {KAFKA_VERSION} (KRaft), Debezium {DEBEZIUM_VERSION} on Kafka Connect "
+        f"{KAFKA_VERSION} standalone, Java 17.",
+        "",
+        "## Settings",
+        "",
+        "- Topics: 3 partitions, replication factor 1, `message.timestamp.type=LogAppendTime`",
+        "  (created by the bench for both tools).",
+        "- Producer, both tools (ours: `pipeline/kafka/publisher.py` defaults; Debezium: Connect",
+        "  worker `producer.*`): " + ", ".join(f"`{k}={v}`" for k, v in PRODUCER.items()) + ".",
+        "- Debezium connector: `plugin.name=pgoutput`, own slot and publication (created by the",
+        "  bench before the workload, `publication.autocreate.mode=filtered`), `tasks.max=1`,",
+        "  `snapshot.mode=never` for the backlog (stream from the slot's start) and `no_data` for",
+        "  latency runs, `decimal.handling.mode=string`, JsonConverter key/value with",
+        "  `schemas.enable=false`, `offset.flush.interval.ms=1000`, JVM `-Xmx1g -XX:+UseG1GC`;",
+        "  " + ", ".join(f"`{k}={v}`" for k, v in CONNECTOR_TUNING.items())
+        + " (defaults 500, 2048, 8192: with the default poll interval its p50 was ~500 ms).",
+        "- Workload: separate process, one connection; each transaction = one multi-row INSERT +",
+        "  one UPDATE + one DELETE on random live rows, mix and size below; table",
+        "  `(id bigint pk, name text, qty int, price numeric(12,2), payload text, updated_at",
+        "  timestamptz)`.",
+        "",
+    ]
+    for section, title in (("backlog", "Capture throughput: draining one backlog"),
+                           ("latency", "Commit-to-Kafka latency at fixed offered loads"),
+                           ("worker", "Worker throughput and faust overhead"),
+                           ("e2e", "End to end: commit -> indexed / invalidated"),
+                           ("memory", "Memory")):
+        if section not in stored:
+            continue
+        res, meta = stored[section]["result"], stored[section]["meta"]
+        s = meta["settings"]
+        lines += [f"## {title}", "",
+                  f"Run {meta['started']} ({'quick' if meta['quick'] else 'full'} mode), "
+                  f"reproduce with `{meta['command']}` (whole run took {meta['minutes']} min).",
+                  f"Workload: mix ins/upd/del {s['mix']} %, {s['txn_rows']} rows per transaction, "
+                  f"~{s['row_bytes']} bytes per row.", "", "| figure | value | detail |",
+                  "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in rows({section: res})]
+        lines += ["", "<details><summary>raw figures</summary>", "", "```json",
+                  json.dumps(res, indent=1)[:6000], "```", "</details>", ""]
+    lines += [f"_Rendered {time.strftime('%Y-%m-%d %H:%M:%S')}._", "", NOTES_MARKER]
+    return "\n".join(lines) + (notes if notes else "\n")
