@@ -107,17 +107,20 @@ def encode_key(event: ChangeEvent) -> bytes | None:
     return None if event.key is None else orjson.dumps(event.key)
 
 
+def envelope(event: ChangeEvent) -> dict[str, Any]:
+    """The record value as plain data (any wire format encodes this)."""
+    return {
+        "before": event.before,
+        "after": event.after,
+        "source": event.source.to_dict(),
+        "op": event.op,
+        "ts_ms": event.ts_ms,
+        "transaction": None,
+    }
+
+
 def encode_value(event: ChangeEvent) -> bytes:
-    return orjson.dumps(
-        {
-            "before": event.before,
-            "after": event.after,
-            "source": event.source.to_dict(),
-            "op": event.op,
-            "ts_ms": event.ts_ms,
-            "transaction": None,
-        }
-    )
+    return orjson.dumps(envelope(event))
 
 
 def _unwrap(doc: Any) -> Any:

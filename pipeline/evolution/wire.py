@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from pipeline.events import ChangeEvent
+from pipeline.events import ChangeEvent, envelope
 from pipeline.evolution.errors import WireEncodeError, WireFormatError
 from pipeline.evolution.schemas import SchemaSet, TableVersion
 
@@ -71,15 +71,7 @@ class AvroWireFormat:
         table = event.table_id
         if version is None:
             version = self.schema_set.current_version(table)
-        record = {
-            "before": event.before,
-            "after": event.after,
-            "source": event.source.to_dict(),
-            "op": event.op,
-            "ts_ms": event.ts_ms,
-            "transaction": None,
-        }
-        return self.encode(self.schema_set.schema_id(table, version), record)
+        return self.encode(self.schema_set.schema_id(table, version), envelope(event))
 
     def decode(self, payload: bytes) -> WireRecord:
         """Read one payload. Raises WireFormatError (bad header or body) or
