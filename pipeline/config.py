@@ -131,9 +131,10 @@ class WorkerSettings(_Section):
     retry_initial_ms: int = Field(default=100, ge=1)
     retry_max_ms: int = Field(default=5_000, ge=1)
     web_port: int | None = None
-    #: Faust table store for the dedup seen-set: memory:// (rebuilt from the changelog at
-    #: start) or rocksdb:// (persistent; needs the rocksdict package).
-    store: str = "memory://"
+    #: Faust table store for the dedup seen-set. Only memory:// (rebuilt from the changelog
+    #: at start) is supported: the worker writes the changelog itself, outside Faust's
+    #: per-partition RocksDB write path.
+    store: Literal["memory://"] = "memory://"
     ordering: OrderingSection = OrderingSection()
     dedup: DedupSection = DedupSection()
 
