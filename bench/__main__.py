@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     started = time.time()
     mach = machine()
+    mach["git"] = git_state()
 
     def save(section: dict[str, Any]) -> None:
         """Store each section as soon as it is measured: a later failure loses nothing."""
@@ -92,6 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         log(f"wrote {report.RESULTS_JSON} and {report.RESULTS_MD}")
     return 1 if failed else 0
+
+
+def git_state() -> str:
+    """The commit measured, and whether pipeline/ or agents/ had uncommitted changes."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        out = subprocess.run(["git", *a], capture_output=True, text=True, cwd=report.HERE.parent)
+        return out.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "pipeline", "agents")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if dirty else "")
 
 
 def run_parts(bench: Bench, parts: list[str], args: argparse.Namespace,

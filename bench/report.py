@@ -176,7 +176,9 @@ def render(stored: dict[str, Any]) -> str:
         res, meta = stored[section]["result"], stored[section]["meta"]
         s = meta["settings"]
         lines += [f"## {title}", "",
-                  f"Run {meta['started']} ({'quick' if meta['quick'] else 'full'} mode), "
+                  f"Run {meta['started']} ({'quick' if meta['quick'] else 'full'} mode"
+                  + (f", code at {meta['machine']['git']}" if meta["machine"].get("git") else "")
+                  + "), "
                   f"reproduce with `{meta['command']}` (whole run took {meta['minutes']} min).",
                   f"Workload: mix ins/upd/del {s['mix']} %, {s['txn_rows']} rows per transaction, "
                   f"~{s['row_bytes']} bytes per row.", "", "| figure | value | detail |",
