@@ -46,17 +46,29 @@ class EventPublisher:
         conf["client.id"] = client_id
         self._settings = settings
         self._producer = Producer(conf)
+        self._produce = self._producer.produce
 
     def publish(
         self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback
     ) -> None:
         """Queue one record; waits (serving callbacks) while the producer queue is full."""
+        try:
+            self._produce(topic, value, key, on_delivery=on_delivery)  # the common case
+        except BufferError:
+            self._wait_and_publish(topic, key, value, on_delivery)
+        except KafkaException as exc:
+            raise PermanentError(f"Kafka refused a record for '{topic}': {exc}") from exc
+
+    def _wait_and_publish(
+        self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback
+    ) -> None:
         while True:
+            self._producer.poll(0.05)
             try:
-                self._producer.produce(topic, value, key, on_delivery=on_delivery)
+                self._produce(topic, value, key, on_delivery=on_delivery)
                 return
             except BufferError:
-                self._producer.poll(0.05)
+                continue
             except KafkaException as exc:
                 raise PermanentError(f"Kafka refused a record for '{topic}': {exc}") from exc
 

@@ -221,6 +221,9 @@ def _timestamptz(text: str) -> str:
 
     The fraction is kept as sent (offsets are whole seconds, so only the rest shifts).
     """
+    if text[-3:] == "+00" and len(text) > 19 and text[4] == "-":
+        # Capture pins TimeZone=UTC: a 4-digit-year UTC value is only re-punctuated.
+        return f"{text[:10]}T{text[11:-3]}Z"
     if _passes_through(text):
         return text
     # The zone offset is the last sign; the date's dashes all come before it.
