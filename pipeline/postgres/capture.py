@@ -222,6 +222,13 @@ class PostgresCapture:
         topic = self.topics[msg.relation_oid]
         publish = self.publisher.publish
         counts = self._counts
+        if type(msg) is Insert:
+            key, value = self.writer.insert(msg, shape, lsn, self._now_ms)
+            txn.pending += 1
+            publish(topic, key, value, txn)
+            counted = (shape.oid, "c")
+            counts[counted] = counts.get(counted, 0) + 1
+            return
         for op, key, value in self.writer.encode(msg, shape, lsn, self._now_ms):
             txn.pending += 1
             publish(topic, key, value, txn)

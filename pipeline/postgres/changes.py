@@ -178,6 +178,14 @@ class EnvelopeWriter:
         return (self._head + orjson.dumps(f'[{self._last},"{text}"]') + mid + text.encode()
                 + b',"xmin":null}')
 
+    def insert(
+        self, msg: Insert, shape: TableShape, lsn: int, now_ms: bytes
+    ) -> tuple[bytes, bytes]:
+        """(key, value) of an insert: the most common message, without a generator."""
+        after = shape.row(msg.new)
+        return orjson.dumps(shape.key(after)), _value(
+            b"null", orjson.dumps(after), self._source(shape, lsn), b"c", now_ms)
+
     def encode(
         self, msg: Insert | Update | Delete, shape: TableShape, lsn: int, now_ms: bytes
     ) -> Iterator[tuple[str, bytes, bytes]]:

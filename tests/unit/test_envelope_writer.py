@@ -34,6 +34,8 @@ def _both(msg: object, txn: TransactionContext, lsn: int) -> None:
             for e in builder.events(msg, SHAPE, txn, lsn, 1234)]  # type: ignore[arg-type]
     fast = list(writer.encode(msg, SHAPE, lsn, b"1234"))  # type: ignore[arg-type]
     assert fast == slow
+    if isinstance(msg, Insert):
+        assert [("c", *writer.insert(msg, SHAPE, lsn, b"1234"))] == slow
 
 
 @given(st.integers(0, 2**31 - 1), texts, st.integers(1, 2**62), st.one_of(st.none(),
