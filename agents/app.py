@@ -36,13 +36,12 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import faust
-import orjson
-from confluent_kafka import Producer
 
 from pipeline.acks import AckLedger
 from pipeline.compose import build_processor, start_metrics
 from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
+from pipeline.kafka.changelog import ChangelogWriter
 from pipeline.sinks.registry import select_sink
 
 log = logging.getLogger(__name__)
@@ -99,34 +98,12 @@ class TableStore(MutableMapping[str, str]):
 
     def __init__(self, table: Any, topic: str, bootstrap_servers: str) -> None:
         self.table = table
-        self.topic = topic
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap_servers, "enable.idempotence": True,
-            "acks": "all", "linger.ms": 5, "compression.type": "lz4",
-        })
-        self._failed: list[str] = []
-
-    def _write(self, partition: int, key: str, value: str | None) -> None:
-        payload = None if value is None else orjson.dumps(value)
-        while True:
-            try:
-                self._producer.produce(self.topic, payload, orjson.dumps(key),
-                                       partition=partition, on_delivery=self._delivered)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
-
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._failed.append(str(err))
+        self.changelog = ChangelogWriter(topic, bootstrap_servers)
+        self._write = self.changelog.write
 
     async def flush(self) -> None:
         """Wait until the changelog holds every entry written so far."""
-        if len(self._producer):
-            await asyncio.to_thread(self._producer.flush, 30.0)
-        if self._failed or len(self._producer):
-            failed, self._failed = self._failed, []
-            raise RuntimeError(f"dedup changelog {self.topic} not acknowledged: {failed[:1]}")
+        await self.changelog.flush()
 
     def __getitem__(self, key: str) -> str:
         raw = self.table.data.get(key)
