@@ -76,6 +76,11 @@ def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) ->
         ensure_topics(settings.kafka, [f"{settings.group_id(sink)}-dedup-changelog"],
                       config={"cleanup.policy": "compact"})
         os.environ["CDC_WORKER_SINK"] = sink
+        if settings.worker.engine == "kafka":
+            from pipeline.compose import run_kafka_worker
+
+            run_kafka_worker(settings, sink)
+            return
         from agents.app import app
     except CdcError as exc:
         _fail(exc)

@@ -6,6 +6,7 @@ Every cross-cutting wrapper (retry, metrics) is stacked here, not spread through
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -144,3 +145,17 @@ def run_capture(settings: Settings) -> None:
 
 def snapshot_dir_default(state_dir: Path) -> Path:
     return state_dir / "metrics"
+
+
+def run_kafka_worker(settings: Settings, sink: str) -> None:
+    """One sink's worker on the ``kafka`` engine, until a signal."""
+    import asyncio
+
+    from pipeline.kafka.sink_worker import KafkaSinkWorker
+
+    metrics, exporter = start_metrics(settings, f"worker-{sink}-{os.getpid()}")
+    stop = stop_on_signals()
+    try:
+        asyncio.run(KafkaSinkWorker(settings, sink, metrics).run(stop))
+    finally:
+        exporter.stop()

@@ -135,6 +135,9 @@ class WorkerSettings(_Section):
     #: at start) is supported: the worker writes the changelog itself, outside Faust's
     #: per-partition RocksDB write path.
     store: Literal["memory://"] = "memory://"
+    #: faust: a Faust app per sink (the default). kafka: the same processing in a
+    #: confluent-kafka consume loop, several times faster (bench/RESULTS.md).
+    engine: Literal["faust", "kafka"] = "faust"
     ordering: OrderingSection = OrderingSection()
     dedup: DedupSection = DedupSection()
 

@@ -1,0 +1,201 @@
+"""The ``kafka`` worker engine: one sink's worker as a confluent-kafka consume loop.
+
+Same processing as the Faust agent (``BatchProcessor``: decode, evolve, reorder, dedup, sink,
+dead letters), same consumer group (``<app_id>-<sink>``), same dedup changelog; without
+Faust's per-event stream machinery, which caps a worker near 8k events/s on our benchmark
+machine (see bench/RESULTS.md). Choose it with ``worker.engine: kafka``.
+
+Offsets: committed per partition for the contiguous prefix of finished records
+(``pipeline.acks``), after the sink confirmed and the dedup changelog was flushed.
+Partitions are assigned with the range strategy, so partition N of every raw topic goes to
+the same worker (the dedup changelog is co-partitioned with them). On assignment the worker
+restores the dedup entries of its partitions from the changelog; on revocation it commits
+what is finished and forgets the rest, which the next owner reads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from pipeline.acks import AckLedger
+from pipeline.compose import build_processor
+from pipeline.config import Settings
+from pipeline.deadletter import RawRecord
+from pipeline.kafka.changelog import ChangelogWriter
+from pipeline.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class ChangelogStore(MutableMapping[str, str]):
+    """Dedup entries in a dict, each remembering its partition, mirrored to the changelog."""
+
+    def __init__(self, changelog: ChangelogWriter) -> None:
+        self.changelog = changelog
+        self.data: dict[str, tuple[int, str]] = {}
+        self.partition = 0  # set by the processor's partition scope before each write
+
+    def __getitem__(self, key: str) -> str:
+        return self.data[key][1]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        entry = self.data.get(key)
+        return default if entry is None else entry[1]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.data[key] = (self.partition, value)
+        self.changelog.write(self.partition, key, f"{self.partition}|{value}")
+
+    def __delitem__(self, key: str) -> None:
+        partition, _ = self.data.pop(key)
+        self.changelog.write(partition, key, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.data))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @contextlib.contextmanager
+    def scope(self, partition: int) -> Iterator[None]:
+        self.partition = partition
+        yield
+
+    def restore(self, partitions: set[int]) -> None:
+        # Values are "<partition>|<entry>", the same layout the Faust engine writes.
+        for key, raw in self.changelog.read(sorted(partitions)).items():
+            partition, _, value = raw.partition("|")
+            self.data[key] = (int(partition), value)
+
+    def forget(self, partitions: set[int]) -> None:
+        for key in [k for k, (p, _) in self.data.items() if p in partitions]:
+            del self.data[key]
+
+
+class KafkaSinkWorker:
+    def __init__(self, settings: Settings, sink: str, metrics: Metrics) -> None:
+        self.settings = settings
+        self.group = settings.group_id(sink)
+        self.metrics = metrics
+        self.store = ChangelogStore(ChangelogWriter(
+            f"{self.group}-dedup-changelog", settings.kafka.bootstrap_servers))
+        self.processor = build_processor(settings, sink, metrics, dedup_store=self.store,
+                                         partition_scope=self.store.scope)
+        self.ledger: AckLedger[tuple[str, int, int]] = AckLedger()
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": self.group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "partition.assignment.strategy": "range",
+            "fetch.max.bytes": 64 << 20,
+        })
+        self.assigned: set[tuple[str, int]] = set()
+
+    # -- rebalances (called from inside consume) -----------------------------------------
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        new = {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned |= new
+        self.store.restore({p for _, p in new})
+        log.info("assigned %s; restored %d dedup entries", sorted(new), len(self.store))
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._commit(synchronous=True)
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned -= gone
+        still = {p for _, p in self.assigned}
+        self.store.forget({p for _, p in gone} - still)
+        if self.processor.reorderer is not None:
+            for tp in gone:
+                self.processor.reorderer.discard(tp)
+        self.ledger = AckLedger()  # unfinished records are read again by the next owner
+        log.info("revoked %s", sorted(gone))
+
+    # -- the loop ------------------------------------------------------------------------
+    async def run(self, stop: threading.Event) -> None:
+        w = self.settings.worker
+        wait = max(w.batch_wait_ms, 1) / 1000
+        self.consumer.subscribe(list(self.settings.raw_topics()),
+                                on_assign=self._on_assign, on_revoke=self._on_revoke)
+        last_flush = last_evict = time.monotonic()
+        try:
+            while not stop.is_set():
+                messages = self.consumer.consume(w.batch_size, wait)
+                records = [self._record(m) for m in messages if m.error() is None]
+                for m in messages:
+                    if m.error() is not None:
+                        log.warning("consumer: %s", m.error())
+                if records:
+                    self.processor.accept(records)
+                now = time.monotonic()
+                if now - last_flush >= w.ordering.idle_flush_ms / 2000:
+                    self.processor.flush_idle()
+                    last_flush = now
+                dedup = self.processor.dedup
+                if dedup is not None and now - last_evict >= w.dedup.evict_interval_s:
+                    dedup.evict(int(time.time() * 1000))
+                    last_evict = now
+                if records or self.processor.pending:
+                    await self._drain()
+                    self.metrics.inc("cdc_worker_batches_total")
+        finally:
+            with contextlib.suppress(Exception):
+                await self._drain()
+                self._commit(synchronous=True)
+            self.consumer.close()
+            for sink in self.processor.sinks:
+                await sink.close()
+
+    def _record(self, message: Any) -> RawRecord:
+        record = RawRecord(
+            topic=message.topic(), partition=message.partition(), offset=message.offset(),
+            key=message.key(), value=message.value(),
+            timestamp_ms=message.timestamp()[1],
+            headers=tuple((k, bytes(v or b"")) for k, v in (message.headers() or ())),
+        )
+        self.ledger.track((record.topic, record.partition), record.offset,
+                          (record.topic, record.partition, record.offset))
+        return record
+
+    async def _drain(self) -> None:
+        """Write what is ready (retrying until done), then commit the finished prefix."""
+        delay = self.settings.worker.retry_initial_ms / 1000
+        while True:
+            try:
+                finished = await self.processor.drain()
+                await self.store.changelog.flush()
+                break
+            except Exception as exc:  # noqa: BLE001 - retry; never commit past unwritten work
+                self.metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
+                log.exception("writing failed, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.worker.retry_max_ms / 1000)
+        for record in finished:
+            self.ledger.done((record.topic, record.partition), record.offset)
+        self._commit(synchronous=False)
+        self.metrics.set("cdc_worker_unacked_records", self.ledger.waiting())
+
+    def _commit(self, synchronous: bool) -> None:
+        newest: dict[tuple[str, int], int] = {}
+        for topic, partition, offset in self.ledger.ready():
+            newest[(topic, partition)] = offset
+        if not newest:
+            return
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in newest.items()]
+        try:
+            if synchronous:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            # Not fatal: the records are written; a later commit covers them, and a
+            # crash before it only means they are read (and skipped by dedup) again.
+            log.warning("offset commit failed: %s", exc)
