@@ -181,7 +181,11 @@ def throughput(bench: Bench, args: Any) -> dict[str, Any]:
         log(f"worker: {sink} sink, bare confluent-kafka loop draining")
         bare = bare_drain(bench, sink, table, topic, records)
         log(f"  bare/{sink}: {bare['events_per_s']} events/s")
-        out[sink] = {"faust": faust, "bare": bare}
+        log(f"worker: {sink} sink, cdc worker with worker.engine=kafka draining")
+        kafka = faust_drain(bench, sink, table, topic, events, records,
+                            {"CDC_WORKER__ENGINE": "kafka"}, "wk")
+        log(f"  kafka-engine/{sink}: {kafka['events_per_s']} events/s")
+        out[sink] = {"faust": faust, "bare": bare, "kafka_engine": kafka}
         if getattr(args, "worker_no_dedup", False):
             # faust's own cost without the dedup table's changelog writes.
             off = {"CDC_WORKER__DEDUP__ENABLED": "false"}
