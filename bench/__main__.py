@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--big-txn-rows", type=int, default=None,
                    help="rows in the one big transaction (default 1,000,000; quick 100,000)")
     p.add_argument("--rates", default="2000,5000", help="offered loads for latency, rows/s")
+    p.add_argument("--no-backlog", action="store_true",
+                   help="skip the backlog drain (e.g. to re-measure latency only)")
     p.add_argument("--e2e-rate", type=int, default=1000, help="offered load for e2e, rows/s")
     p.add_argument("--mix", default="70,20,10", help="insert,update,delete percentages")
     p.add_argument("--txn-rows", type=int, default=50, help="rows per transaction")
@@ -129,7 +131,7 @@ def sections(bench: Bench, parts: list[str],
     readers = [r for p, r in (("capture", "ours"), ("debezium", "debezium")) if p in parts]
     if "ceiling" in parts:
         readers += ["raw", "decode"]
-    if readers:
+    if readers and not args.no_backlog:
         out.append(("backlog", lambda: capture.backlog(bench, readers, args.backlog_rows, args)))
     tools = [r for r in readers if r in ("ours", "debezium")]
     rates = [int(r) for r in args.rates.split(",") if r]
