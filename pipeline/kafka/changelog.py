@@ -9,6 +9,8 @@ producer; ``flush()`` waits for them and runs before offsets are committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import orjson
@@ -85,3 +87,61 @@ class ChangelogWriter:
         finally:
             consumer.close()
         return state
+
+
+class ChangelogStore(MutableMapping[str, str]):
+    """The dedup store: entries in a mapping (a dict, or a Faust table's data), mirrored to
+    the changelog. Stored values are ``"<partition>|<entry>"``, so an eviction or a revoked
+    partition knows where each entry lives; the processor sets the partition of each write
+    with ``scope``."""
+
+    def __init__(self, changelog: ChangelogWriter,
+                 data: MutableMapping[str, str] | None = None) -> None:
+        self.changelog = changelog
+        self.data: MutableMapping[str, str] = {} if data is None else data
+        self.partition = 0
+
+    @contextlib.contextmanager
+    def scope(self, partition: int) -> Iterator[None]:
+        self.partition = partition
+        yield
+
+    def __getitem__(self, key: str) -> str:
+        raw = self.data.get(key)
+        if raw is None:
+            raise KeyError(key)
+        return str(raw).split("|", 1)[1]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raw = self.data.get(key)
+        return default if raw is None else str(raw).split("|", 1)[1]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        raw = f"{self.partition}|{value}"
+        self.data[key] = raw
+        self.changelog.write(self.partition, key, raw)
+
+    def __delitem__(self, key: str) -> None:
+        raw = self.data.pop(key, None)
+        if raw is None:
+            raise KeyError(key)
+        self.changelog.write(int(str(raw).split("|", 1)[0]), key, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.data.keys()))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    async def flush(self) -> None:
+        await self.changelog.flush()
+
+    def restore(self, partitions: set[int]) -> None:
+        """Load the entries of some partitions from the changelog (on assignment)."""
+        self.data.update(self.changelog.read(sorted(partitions)))
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the entries of partitions this worker no longer owns."""
+        for key, raw in list(self.data.items()):
+            if int(str(raw).split("|", 1)[0]) in partitions:
+                del self.data[key]

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -29,55 +28,10 @@ from pipeline.acks import AckLedger
 from pipeline.compose import build_processor
 from pipeline.config import Settings
 from pipeline.deadletter import RawRecord
-from pipeline.kafka.changelog import ChangelogWriter
+from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-class ChangelogStore(MutableMapping[str, str]):
-    """Dedup entries in a dict, each remembering its partition, mirrored to the changelog."""
-
-    def __init__(self, changelog: ChangelogWriter) -> None:
-        self.changelog = changelog
-        self.data: dict[str, tuple[int, str]] = {}
-        self.partition = 0  # set by the processor's partition scope before each write
-
-    def __getitem__(self, key: str) -> str:
-        return self.data[key][1]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        entry = self.data.get(key)
-        return default if entry is None else entry[1]
-
-    def __setitem__(self, key: str, value: str) -> None:
-        self.data[key] = (self.partition, value)
-        self.changelog.write(self.partition, key, f"{self.partition}|{value}")
-
-    def __delitem__(self, key: str) -> None:
-        partition, _ = self.data.pop(key)
-        self.changelog.write(partition, key, None)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self.data))
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    @contextlib.contextmanager
-    def scope(self, partition: int) -> Iterator[None]:
-        self.partition = partition
-        yield
-
-    def restore(self, partitions: set[int]) -> None:
-        # Values are "<partition>|<entry>", the same layout the Faust engine writes.
-        for key, raw in self.changelog.read(sorted(partitions)).items():
-            partition, _, value = raw.partition("|")
-            self.data[key] = (int(partition), value)
-
-    def forget(self, partitions: set[int]) -> None:
-        for key in [k for k, (p, _) in self.data.items() if p in partitions]:
-            del self.data[key]
 
 
 class KafkaSinkWorker:
@@ -171,7 +125,7 @@ class KafkaSinkWorker:
         while True:
             try:
                 finished = await self.processor.drain()
-                await self.store.changelog.flush()
+                await self.store.flush()
                 break
             except Exception as exc:  # noqa: BLE001 - retry; never commit past unwritten work
                 self.metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
