@@ -22,7 +22,7 @@ from psycopg2.extras import LogicalReplicationConnection
 from pipeline.checkpoint import DeliveryTracker, TransactionDelivery
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.errors import RetriableError
-from pipeline.events import encode_value
+from pipeline.events import UNAVAILABLE_VALUE, encode_value
 from pipeline.kafka.publisher import EventPublisher, ensure_topics
 from pipeline.metrics import Metrics
 from pipeline.postgres.changes import (
@@ -38,10 +38,13 @@ from pipeline.postgres.pgoutput import (
     Delete,
     Insert,
     Message,
+    PgoutputDecodeError,
     Relation,
     Truncate,
     Update,
     decode_message,
+    insert_relation_oid,
+    insert_row,
 )
 from pipeline.postgres.slot import ReplicationSlot, connect, primary_key_columns, translate
 
@@ -171,6 +174,17 @@ class PostgresCapture:
 
     # -- messages ---------------------------------------------------------------------------
     def _handle(self, payload: bytes, lsn: int, catalog: Any) -> None:
+        oid = insert_relation_oid(payload)
+        if oid is not None and self._txn is not None:
+            shape = self.shapes.get(oid)
+            if shape is not None:
+                try:
+                    row = insert_row(payload, shape.names, shape.converters, UNAVAILABLE_VALUE)
+                except PgoutputDecodeError:
+                    pass  # anything unusual: the full decoder below says what
+                else:
+                    self._created(row, shape, lsn)
+                    return
         msg = decode_message(payload)
         kind = type(msg)
         if kind is Insert or kind is Update or kind is Delete:
@@ -223,11 +237,7 @@ class PostgresCapture:
         publish = self.publisher.publish
         counts = self._counts
         if type(msg) is Insert:
-            key, value = self.writer.insert(msg, shape, lsn, self._now_ms)
-            txn.pending += 1
-            publish(topic, key, value, txn)
-            counted = (shape.oid, "c")
-            counts[counted] = counts.get(counted, 0) + 1
+            self._created(shape.row(msg.new), shape, lsn)
             return
         for op, key, value in self.writer.encode(msg, shape, lsn, self._now_ms):
             txn.pending += 1
@@ -237,6 +247,15 @@ class PostgresCapture:
                 publish(topic, key, None, txn)
             counted = (shape.oid, op)
             counts[counted] = counts.get(counted, 0) + 1
+
+    def _created(self, after: dict[str, Any], shape: TableShape, lsn: int) -> None:
+        txn = self._txn
+        assert txn is not None
+        key, value = self.writer.created(after, shape, lsn, self._now_ms)
+        txn.pending += 1
+        self.publisher.publish(self.topics[shape.oid], key, value, txn)
+        counted = (shape.oid, "c")
+        self._counts[counted] = self._counts.get(counted, 0) + 1
 
     def _truncate(self, msg: Truncate, lsn: int) -> None:
         assert self._ctx is not None and self._txn is not None

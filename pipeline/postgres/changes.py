@@ -182,7 +182,12 @@ class EnvelopeWriter:
         self, msg: Insert, shape: TableShape, lsn: int, now_ms: bytes
     ) -> tuple[bytes, bytes]:
         """(key, value) of an insert: the most common message, without a generator."""
-        after = shape.row(msg.new)
+        return self.created(shape.row(msg.new), shape, lsn, now_ms)
+
+    def created(
+        self, after: Row, shape: TableShape, lsn: int, now_ms: bytes
+    ) -> tuple[bytes, bytes]:
+        """(key, value) of an insert whose row is already built (``pgoutput.insert_row``)."""
         return orjson.dumps(shape.key(after)), _value(
             b"null", orjson.dumps(after), self._source(shape, lsn), b"c", now_ms)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TypeAlias, final
+from typing import Any, Final, TypeAlias, final
 
 from pipeline.postgres.lsn import Lsn
 
@@ -519,3 +519,60 @@ class RelationCache:
 
     def __len__(self) -> int:
         return len(self._relations)
+
+
+# -- the capture hot path --------------------------------------------------------------------
+def insert_relation_oid(buf: bytes) -> int | None:
+    """The relation of an Insert message (None if ``buf`` is not one)."""
+    if len(buf) < 6 or buf[0] != 0x49:  # 'I'
+        return None
+    return int(_U32.unpack_from(buf, 1)[0])
+
+
+def insert_row(
+    buf: bytes,
+    names: tuple[str, ...],
+    converters: tuple[Callable[[str], Any] | None, ...],
+    unchanged: Any,
+) -> dict[str, Any]:
+    """An Insert's new tuple straight into ``{column: converted value}``, without the
+    intermediate message objects (the most frequent message of a capture).
+
+    A converter of None keeps the text; an unchanged TOAST value becomes ``unchanged``.
+    Raises PgoutputDecodeError on anything this fast path does not expect (binary values, a
+    column count that differs from ``names``, truncation): the caller then decodes the
+    message with :func:`decode_message`, which reports the problem precisely.
+    """
+    try:
+        if buf[5] != _TUPLE_NEW:
+            raise PgoutputDecodeError("not a new tuple")
+        (ncols,) = _I16.unpack_from(buf, 6)
+        if ncols != len(names):
+            raise PgoutputDecodeError("column count differs from the relation")
+        off = 8
+        row: dict[str, Any] = {}
+        unpack_len = _I32.unpack_from
+        for i in range(ncols):
+            kind = buf[off]
+            off += 1
+            if kind == _KIND_TEXT:
+                (length,) = unpack_len(buf, off)
+                off += 4
+                end = off + length
+                if end > len(buf) or length < 0:
+                    raise PgoutputDecodeError("truncated")
+                text = buf[off:end].decode()
+                off = end
+                convert = converters[i]
+                row[names[i]] = text if convert is None else convert(text)
+            elif kind == _KIND_NULL:
+                row[names[i]] = None
+            elif kind == _KIND_TOAST:
+                row[names[i]] = unchanged
+            else:
+                raise PgoutputDecodeError("binary or unknown column kind")
+        if off != len(buf):
+            raise PgoutputDecodeError("trailing bytes")
+        return row
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise PgoutputDecodeError(str(exc)) from None

@@ -51,3 +51,47 @@ def test_insert_update_delete_bytes_match(
     _both(Update(SHAPE.oid, (str(key + 1), None, None, None), "K", new), txn, lsn)  # key moved
     _both(Update(SHAPE.oid, new, "O", (str(key), UNCHANGED_TOAST, "1", "f")), txn, lsn)
     _both(Delete(SHAPE.oid, (str(key), None, None, None), "K"), txn, lsn)
+
+
+def _insert_payload(values: list[str | None | object]) -> bytes:
+    """An Insert message as PostgreSQL writes it (text format)."""
+    import struct
+
+    parts = [b"I", struct.pack("!I", SHAPE.oid), b"N", struct.pack("!h", len(values))]
+    for value in values:
+        if value is None:
+            parts.append(b"n")
+        elif value is UNCHANGED_TOAST:
+            parts.append(b"u")
+        else:
+            data = str(value).encode()
+            parts.append(b"t" + struct.pack("!i", len(data)) + data)
+    return b"".join(parts)
+
+
+@given(st.integers(-(2**31), 2**31 - 1), texts, st.sampled_from(["0", "12.50", "-1e-3", None]),
+       st.sampled_from(["t", "f", None]))
+def test_insert_fast_path_equals_the_decoder(
+    key: int, note: str | None, total: str | None, paid: str | None
+) -> None:
+    from pipeline.events import UNAVAILABLE_VALUE
+    from pipeline.postgres.pgoutput import decode_message, insert_relation_oid, insert_row
+
+    payload = _insert_payload([str(key), note, total, paid])
+    assert insert_relation_oid(payload) == SHAPE.oid
+    fast = insert_row(payload, SHAPE.names, SHAPE.converters, UNAVAILABLE_VALUE)
+    msg = decode_message(payload)
+    assert fast == SHAPE.row(msg.new)  # type: ignore[union-attr]
+
+
+def test_insert_fast_path_refuses_what_it_does_not_expect() -> None:
+    import pytest
+
+    from pipeline.postgres.pgoutput import PgoutputDecodeError, insert_relation_oid, insert_row
+
+    good = _insert_payload(["1", "a", "2", "t"])
+    for bad in (good[:-1], good + b"x", _insert_payload(["1", "a", "2"]),
+                good.replace(b"N", b"K", 1)):
+        with pytest.raises(PgoutputDecodeError):
+            insert_row(bad, SHAPE.names, SHAPE.converters, None)
+    assert insert_relation_oid(b"U" + good[1:]) is None
