@@ -36,6 +36,17 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class CaptureTarget:
+    """A bench table with its publication, slot and raw topic, all named for one run."""
+
+    table: str
+    publication: str
+    slot: str
+    prefix: str
+    topic: str
+
+
 @dataclass
 class Bench:
     """One benchmark run: stack connection settings, a unique id and a work folder."""
@@ -103,6 +114,21 @@ class Bench:
         fut[name].result(30)
         self.topics.append(name)
         return name
+
+    def capture_target(self, tag: str, table_name: str | None = None) -> CaptureTarget:
+        """Create ``<schema>.<table_name or tag>`` and what our capture needs to stream it."""
+        from bench.workload import create_table
+
+        table = f"{self.schema}.{table_name or tag}"
+        create_table(self.dsn, table)
+        prefix = self.name(tag)
+        return CaptureTarget(
+            table=table,
+            publication=self.publication(self.name(f"pub_{tag}"), table),
+            slot=self.slot(self.name(f"slot_{tag}")),
+            prefix=prefix,
+            topic=self.topic(f"{prefix}.{table}"),
+        )
 
     def cleanup(self) -> None:
         """Drop this run's slots (a leftover slot retains WAL), publications, schema, topics."""

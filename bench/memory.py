@@ -20,17 +20,13 @@ from psycopg2 import sql
 from bench.capture import Ours
 from bench.common import Bench, RssSampler, log, wait_topic, workload, workload_result
 from bench.worker import SINKS, SinkWorker, _counter, worker_env
-from bench.workload import create_table
 from pipeline.harness import group_stable, wait_until
 
 
 def long_run(bench: Bench, events: int, args: Any) -> dict[str, Any]:
-    table = f"{bench.schema}.mem"
-    create_table(bench.dsn, table)
-    pub = bench.publication(bench.name("pub_mem"), table)
-    slot = bench.slot(bench.name("slot_mem"))
-    prefix = bench.name("mem")
-    topic = bench.topic(f"{prefix}.{table}")
+    target = bench.capture_target("mem")
+    table, pub, slot = target.table, target.publication, target.slot
+    prefix, topic = target.prefix, target.topic
     work = bench.work / "mem"
     env = worker_env(bench, table, topic, "mem", work)
     app_id = env["CDC_WORKER__APP_ID"]
@@ -61,12 +57,9 @@ def long_run(bench: Bench, events: int, args: Any) -> dict[str, Any]:
 
 
 def big_transaction(bench: Bench, rows: int) -> dict[str, Any]:
-    table = f"{bench.schema}.bigtxn"
-    create_table(bench.dsn, table)
-    pub = bench.publication(bench.name("pub_big"), table)
-    slot = bench.slot(bench.name("slot_big"))
-    prefix = bench.name("big")
-    topic = bench.topic(f"{prefix}.{table}")
+    target = bench.capture_target("big", "bigtxn")
+    table, pub, slot = target.table, target.publication, target.slot
+    prefix, topic = target.prefix, target.topic
     work = bench.work / "big"
     cap = Ours(bench, table, slot, pub, prefix, work)
     sampler = RssSampler({"capture": cap.pid}, 0.5).start()

@@ -36,7 +36,6 @@ from bench.common import (
     workload,
     workload_result,
 )
-from bench.workload import create_table
 from pipeline.harness import group_stable, wait_until
 from pipeline.metrics import quantiles_between, read_snapshots
 
@@ -101,12 +100,9 @@ class SinkWorker:
 def prefill(bench: Bench, events: int, args: Any) -> tuple[str, str, int, int]:
     """A raw topic holding ``events`` row changes written by our capture.
     Returns (table, topic, change events, records incl. tombstones)."""
-    table = f"{bench.schema}.wk"
-    create_table(bench.dsn, table)
-    pub = bench.publication(bench.name("pub_wk"), table)
-    slot = bench.slot(bench.name("slot_wk"))
-    prefix = bench.name("wk")
-    topic = bench.topic(f"{prefix}.{table}")
+    target = bench.capture_target("wk")
+    table, pub, slot = target.table, target.publication, target.slot
+    prefix, topic = target.prefix, target.topic
     log(f"worker: pre-filling {topic} with {events} events")
     wl = workload_result(workload(bench, table, "--rows", str(events), "--txn-rows",
                                   str(args.txn_rows), "--mix", args.mix,
@@ -200,12 +196,9 @@ def throughput(bench: Bench, args: Any) -> dict[str, Any]:
 
 
 def end_to_end(bench: Bench, args: Any) -> dict[str, Any]:
-    table = f"{bench.schema}.e2e"
-    create_table(bench.dsn, table)
-    pub = bench.publication(bench.name("pub_e2e"), table)
-    slot = bench.slot(bench.name("slot_e2e"))
-    prefix = bench.name("e2e")
-    topic = bench.topic(f"{prefix}.{table}")
+    target = bench.capture_target("e2e")
+    table, pub, slot = target.table, target.publication, target.slot
+    prefix, topic = target.prefix, target.topic
     work = bench.work / "e2e"
     env = worker_env(bench, table, topic, "e2e", work)
     app_id = env["CDC_WORKER__APP_ID"]

@@ -13,11 +13,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.errors import PermanentError
 from pipeline.postgres.lsn import Lsn
 
 
-class DeliveryFailed(Exception):
-    """Kafka refused an event for good; nothing after it may be confirmed."""
+class DeliveryFailed(PermanentError):
+    """Kafka refused an event for good; nothing after it may be confirmed. Capture stops
+    with this message (the slot keeps everything from the last confirmed position)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Kafka refused a change event, capture stops without confirming "
+                         f"past it: {reason}")
 
 
 class TransactionDelivery:
