@@ -1,10 +1,12 @@
 """Worker throughput with evolution, dedup and ordering on versus off; dedup memory.
 
     python -m bench.semantics [--events 100000] [--rows-for-memory 1000000]
+                              [--engine faust|kafka|both]
 
 1. Throughput: a raw topic is filled with N change events (distinct rows, JSON), then a real
-   ``cdc worker --sink cache`` process (Faust, Redis UNLINK: a cheap sink, so the figure
-   shows the processing cost rather than Elasticsearch's) drains it from the start, once
+   ``cdc worker --sink cache`` process (each ``worker.engine``; Redis UNLINK: a cheap sink,
+   so the figure shows the processing cost rather than Elasticsearch's) drains it from the
+   start, once
    with evolution (an additive v1 -> v2 step on every event), ordering and dedup (Faust
    table with its changelog) on, once with all three off. Events/s = N / drain time,
    measured from the consumer group's committed offsets.
@@ -78,7 +80,7 @@ def _drain(env: dict[str, str], events: int, work: Path, label: str) -> float:
     return events / elapsed
 
 
-def throughput(events: int) -> dict[str, float]:
+def throughput(events: int, engine: str = "faust") -> dict[str, float]:
     info = stack.load() or stack.up()
     run = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix="bench-semantics-"))
@@ -91,6 +93,7 @@ def throughput(events: int) -> dict[str, float]:
         "CDC_WORKER__BATCH_SIZE": "2000",
         "CDC_WORKER_DATADIR": str(work / "data"),
         "CDC_LOG_LEVEL": "WARNING",
+        "CDC_WORKER__ENGINE": engine,
         "CDC_ELASTICSEARCH__URL": "",  # cache sink only
     }
     base.pop("CDC_ELASTICSEARCH__URL")
@@ -140,16 +143,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.semantics")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rows-for-memory", type=int, default=1_000_000)
+    parser.add_argument("--engine", choices=["faust", "kafka", "both"], default="both",
+                        help="worker.engine to measure (default: both, one after the other)")
     args = parser.parse_args()
     mem = memory(args.rows_for_memory)
     print(f"dedup seen-set: {mem['rows']:,} rows -> {mem['bytes_per_entry_rss']:.0f} B/entry "
           f"RSS ({mem['mb_per_million']:.0f} MB per million distinct rows); "
           f"key {mem['key_bytes']:.0f} B + value {mem['value_bytes']:.0f} B of text")
-    rates = throughput(args.events)
-    print(f"worker (cache sink), {args.events:,} events: off {rates['off']:,.0f} ev/s, "
-          f"on (evolution+ordering+dedup) {rates['on']:,.0f} ev/s, "
-          f"on/off {rates['on'] / rates['off']:.2f}")
-    print(orjson.dumps({"memory": mem, "throughput": rates, "pid": os.getpid()}).decode())
+    engines = ["faust", "kafka"] if args.engine == "both" else [args.engine]
+    out = {}
+    for engine in engines:
+        rates = out[engine] = throughput(args.events, engine)
+        print(f"worker.engine={engine} (cache sink), {args.events:,} events: "
+              f"off {rates['off']:,.0f} ev/s, on (evolution+ordering+dedup) "
+              f"{rates['on']:,.0f} ev/s, on/off {rates['on'] / rates['off']:.2f}")
+    print(orjson.dumps({"memory": mem, "throughput": out, "pid": os.getpid()}).decode())
 
 
 if __name__ == "__main__":

@@ -117,9 +117,10 @@ class Deduplicator:
         self.evicted = 0
         self._sweep: list[str] = []
 
-    def classify(self, event: ChangeEvent) -> Verdict:
-        """Sort one event (counts it: call once per event)."""
-        verdict = self._verdict(event)
+    def classify(self, event: ChangeEvent, key: str | None = None) -> Verdict:
+        """Sort one event (counts it: call once per event). ``key``: its :func:`row_key`,
+        when the caller has it already."""
+        verdict = self._verdict(event, row_key(event) if key is None else key)
         if verdict is Verdict.DUPLICATE:
             self.dropped += 1
         elif verdict is Verdict.STALE:
@@ -142,9 +143,11 @@ class Deduplicator:
             late_ms=late_ms,
         )
 
-    def remember(self, event: ChangeEvent) -> None:
-        """Record that every sink confirmed ``event``. Idempotent."""
-        key = row_key(event)
+    def remember(self, event: ChangeEvent, key: str | None = None) -> None:
+        """Record that every sink confirmed ``event``. Idempotent. ``key``: its
+        :func:`row_key`, when the caller has it already."""
+        if key is None:
+            key = row_key(event)
         position = SourcePosition.of(event)
         ts_ms = event.source.ts_us // 1000
         raw = self.store.get(key)
@@ -179,9 +182,9 @@ class Deduplicator:
         self.evicted += dropped
         return dropped
 
-    def _verdict(self, event: ChangeEvent) -> Verdict:
+    def _verdict(self, event: ChangeEvent, key: str) -> Verdict:
         position = SourcePosition.of(event)
-        raw = self.store.get(row_key(event))
+        raw = self.store.get(key)
         if raw is not None:
             record = RowRecord.decode(raw)
             if position in record.positions:

@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from pipeline.deadletter import DeadLetterTopic, RawRecord
-from pipeline.dedup import Deduplicator, Verdict
+from pipeline.dedup import Deduplicator, Verdict, row_key
 from pipeline.errors import BadDataError, RetriableError
 from pipeline.events import ChangeEvent, decode
 from pipeline.metrics import Metrics
@@ -143,17 +143,24 @@ class BatchProcessor:
         return await self.drain()
 
     async def _write(self, ready: list[Item]) -> None:
+        dedup = self.dedup
         batch: list[Item] = []
+        keys: list[str | None] = []  # each event's dedup row key, computed once
         for record, event in ready:
-            verdict = self.dedup.classify(event) if self.dedup is not None else Verdict.NEW
+            verdict = Verdict.NEW
+            key = None
+            if dedup is not None:
+                key = row_key(event)
+                verdict = dedup.classify(event, key)
             if verdict is Verdict.NEW:
                 batch.append((record, event))
+                keys.append(key)
             elif verdict is Verdict.DUPLICATE:
                 self.metrics.inc("cdc_dedup_dropped_total")
                 self._done.append(record)
             elif self.late_policy is LatePolicy.DEAD_LETTER:
-                assert self.dedup is not None
-                self._letters.append((record, "ordering", self.dedup.stale_error(event)))
+                assert dedup is not None
+                self._letters.append((record, "ordering", dedup.stale_error(event)))
             else:  # stale under apply-if-newer: the sink holds newer state already
                 self.metrics.inc("cdc_dedup_stale_total")
                 self._done.append(record)
@@ -167,12 +174,19 @@ class BatchProcessor:
                 rejected.add(rejection.index)
                 self._letters.append((batch[rejection.index][0], f"sink:{sink.name}",
                                       rejection.error))
-        for i, (record, event) in enumerate(batch):
-            if i not in rejected and self.dedup is not None and event.key is not None:
-                with self.partition_scope(record.partition):
-                    self.dedup.remember(event)
-            if i not in rejected:
-                self._done.append(record)
+        confirmed = [i for i in range(len(batch)) if i not in rejected]
+        if dedup is not None:
+            # Remember per partition (one scope each; a row lives in one partition, so
+            # its changes keep their order).
+            by_partition: dict[int, list[int]] = {}
+            for i in confirmed:
+                if batch[i][1].key is not None:
+                    by_partition.setdefault(batch[i][0].partition, []).append(i)
+            for partition, indexes in by_partition.items():
+                with self.partition_scope(partition):
+                    for i in indexes:
+                        dedup.remember(batch[i][1], keys[i])
+        self._done.extend(batch[i][0] for i in confirmed)
 
     async def _dead_letter(self, letters: list[Letter]) -> None:
         for record, stage, error in letters:

@@ -34,13 +34,18 @@ the current version on ``before`` and ``after``, and returns a new event. The ru
   with the key values and null elsewhere. Key columns must keep their names across versions.
 * Truncates, tables absent from the schema set, and images already in the current shape come
   back as they are (the same objects: no copy on the common path).
+
+Speed: what to do with an image depends only on its table, its column names (in order) and
+the explicit version, so the evolver works it out once per such shape and keeps the plan (at
+most ``MAX_PLANS`` per table). An image already current is returned as is; a chain of
+additive steps without upcasters collapses into one precomputed copy (columns taken from the
+image, defaults filled in); only chains with upcasters run step by step.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
 from typing import Any
 
 from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row
@@ -53,6 +58,9 @@ from pipeline.evolution.errors import (
 from pipeline.evolution.schemas import SchemaSet, TableVersion
 
 Upcaster = Callable[[Row], Row]
+
+#: Plans kept per table (one per distinct image shape); past this the cache starts over.
+MAX_PLANS = 256
 
 
 class Upcasters:
@@ -105,6 +113,8 @@ class _Table:
         self.needs_code = {
             tv.version: schema_set.upcaster_needed(table, tv.version) for tv in self.versions[:-1]
         }
+        #: (explicit version or None, image column names) -> how to evolve such an image.
+        self.plans: dict[tuple[int | None, tuple[str, ...]], RowPlan] = {}
 
     def version(self, number: int) -> TableVersion:
         return self.versions[number - 1]
@@ -157,7 +167,9 @@ class Evolver:
         after = None if event.after is None else self.evolve_row(info.name, event.after, version)
         if before is event.before and after is event.after:
             return event
-        return replace(event, before=before, after=after)
+        # The constructor, not dataclasses.replace: this runs once per event.
+        return ChangeEvent(event.op, event.key, before, after, event.source, event.ts_ms,
+                           event.extra)
 
     def detect_version(self, table: str, row: Row) -> int:
         """The schema version a JSON row image was written with (see the module docstring)."""
@@ -179,14 +191,38 @@ class Evolver:
     def evolve_row(self, table: str, row: Row, version: int | None = None) -> Row:
         """One row image of ``table`` brought to the current version."""
         info = self._tables[table]
+        shape = (version, tuple(row))
+        plan = info.plans.get(shape)
+        if plan is None:
+            plan = self._plan(info, row, version)
+            if len(info.plans) >= MAX_PLANS:
+                info.plans.clear()
+            info.plans[shape] = plan
+        return plan(row)
+
+    def _plan(self, info: _Table, row: Row, version: int | None) -> RowPlan:
+        """How to evolve images of ``row``'s shape (raises for an unknown shape)."""
         if version is None:
-            version = self.detect_version(table, row)
+            version = self.detect_version(info.name, row)
         current = info.current
         if version == current.version and row.keys() == current.field_set:
-            return row
+            return _identity
+        steps = range(version, current.version)
+        if any(self.upcasters.get(info.name, s) or info.needs_code[s] for s in steps):
+            return _StepByStep(self, info, version)
+        # Additive only: run the chain once on markers to learn where each output comes from.
+        out = _conform({name: _Column(name) for name in row}, info.version(version),
+                       info.defaults_of(version))
+        for step in steps:
+            out = _conform(out, info.version(step + 1), info.defaults_of(step + 1))
+        return _Copy([(name, value.name if isinstance(value, _Column) else None, value)
+                      for name, value in out.items()])
+
+    def _chain(self, info: _Table, row: Row, version: int) -> Row:
+        """The general path: conform, then each step with its upcaster (or additive)."""
         unavailable = _unavailable(row)
         out = _conform(row, info.version(version), info.defaults_of(version))
-        for step in range(version, current.version):
+        for step in range(version, info.current.version):
             out = self._step(info, step, out, unavailable)
             unavailable = _unavailable(out)
         return out
@@ -220,6 +256,51 @@ class Evolver:
             for column in unavailable & row.keys():
                 row[column] = UNAVAILABLE_VALUE
         return _conform(row, info.version(target), info.defaults_of(target))
+
+
+RowPlan = Callable[[Row], Row]
+
+
+def _identity(row: Row) -> Row:
+    return row
+
+
+class _Column:
+    """A marker for "the image's column ``name``" while a plan is worked out."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Copy:
+    """An additive chain as one copy: per output field, the image column it comes from, or
+    (None) its default, deep-copied only when mutable."""
+
+    def __init__(self, fields: list[tuple[str, str | None, Any]]) -> None:
+        self.fields = fields
+
+    def __call__(self, row: Row) -> Row:
+        out: Row = {}
+        for name, column, default in self.fields:
+            if column is not None:
+                out[name] = row[column]
+            elif isinstance(default, (dict, list)):
+                out[name] = copy.deepcopy(default)
+            else:
+                out[name] = default
+        return out
+
+
+class _StepByStep:
+    """A chain with an upcaster (or a step that needs one): run it step by step."""
+
+    def __init__(self, evolver: Evolver, info: _Table, version: int) -> None:
+        self.evolver, self.info, self.version = evolver, info, version
+
+    def __call__(self, row: Row) -> Row:
+        return self.evolver._chain(self.info, row, self.version)
 
 
 def _conform(row: Row, tv: TableVersion, defaults: Mapping[str, Any]) -> Row:
