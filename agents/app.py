@@ -36,7 +36,7 @@ from typing import Any
 import faust
 
 from pipeline.acks import AckLedger
-from pipeline.compose import build_processor, start_metrics
+from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
@@ -48,7 +48,7 @@ settings = load_settings()
 SINK = select_sink(settings, os.environ.get("CDC_WORKER_SINK"))
 GROUP = settings.group_id(SINK)
 metrics, exporter = start_metrics(settings, f"worker-{SINK}-{os.getpid()}")
-DATADIR = os.path.join(os.environ.get("CDC_WORKER_DATADIR", "/tmp/cdc-worker-data"), GROUP)
+DATADIR = str(worker_data_dir(GROUP))
 os.makedirs(os.path.dirname(DATADIR), exist_ok=True)
 
 app = faust.App(

@@ -55,6 +55,12 @@ def build_sinks(settings: Settings, metrics: Metrics) -> list[Sink]:
     return [build_sink(settings, name, metrics) for name in sink_names(settings)]
 
 
+def worker_data_dir(group: str) -> Path:
+    """A sink worker's local folder (Faust's datadir, the rocksdb:// seen-set):
+    ``$CDC_WORKER_DATADIR/<group>``."""
+    return Path(os.environ.get("CDC_WORKER_DATADIR", "/tmp/cdc-worker-data")) / group
+
+
 def build_processor(
     settings: Settings,
     sink: str,

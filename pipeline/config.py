@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -131,15 +139,25 @@ class WorkerSettings(_Section):
     retry_initial_ms: int = Field(default=100, ge=1)
     retry_max_ms: int = Field(default=5_000, ge=1)
     web_port: int | None = None
-    #: Faust table store for the dedup seen-set. Only memory:// (rebuilt from the changelog
-    #: at start) is supported: the worker writes the changelog itself, outside Faust's
-    #: per-partition RocksDB write path.
-    store: Literal["memory://"] = "memory://"
+    #: Where the dedup seen-set lives (``pipeline.seenstore``): memory:// (a dict, grows
+    #: with the rows changed within the dedup window) or rocksdb:// (RocksDB on local disk
+    #: under CDC_WORKER_DATADIR, memory bounded; engine kafka only). Both are filled from
+    #: the changelog topic at start.
+    store: Literal["memory://", "rocksdb://"] = "memory://"
     #: faust: a Faust app per sink (the default). kafka: the same processing in a
     #: confluent-kafka consume loop, several times faster (bench/RESULTS.md).
     engine: Literal["faust", "kafka"] = "faust"
     ordering: OrderingSection = OrderingSection()
     dedup: DedupSection = DedupSection()
+
+    @model_validator(mode="after")
+    def _store_fits_engine(self) -> WorkerSettings:
+        if self.store == "rocksdb://" and self.engine != "kafka":
+            raise ValueError(
+                "worker.store rocksdb:// needs worker.engine kafka (the Faust engine keeps "
+                "the seen-set in its memory:// table)"
+            )
+        return self
 
 
 class ElasticsearchSettings(_Section):

@@ -116,6 +116,7 @@ class Deduplicator:
         self.stale = 0
         self.evicted = 0
         self._sweep: list[str] = []
+        self._cursor: str | None = None  # where a store that can scan left off
 
     def classify(self, event: ChangeEvent, key: str | None = None) -> Verdict:
         """Sort one event (counts it: call once per event). ``key``: its :func:`row_key`,
@@ -168,13 +169,19 @@ class Deduplicator:
         (``now_ms``: wall time, comparable with source time). Examines at most
         ``evict_batch`` rows per call, walking a snapshot of the keys taken when the previous
         walk ended; returns how many it dropped."""
-        if not self._sweep:
-            self._sweep = list(self.store.keys())
-            self._sweep.reverse()  # pop() from the end walks in store order
         cutoff = now_ms - self.settings.window_ms
+        batch = self.settings.evict_batch
+        scan = getattr(self.store, "scan", None)
+        keys = None if scan is None else scan(self._cursor, batch)
+        if keys is not None:  # a store that walks in key order: no snapshot of every key
+            self._cursor = keys[-1] if len(keys) == batch else None
+        else:
+            if not self._sweep:
+                self._sweep = list(self.store.keys())
+                self._sweep.reverse()  # pop() from the end walks in store order
+            keys = [self._sweep.pop() for _ in range(min(batch, len(self._sweep)))]
         dropped = 0
-        for _ in range(min(self.settings.evict_batch, len(self._sweep))):
-            key = self._sweep.pop()
+        for key in keys:
             raw = self.store.get(key)
             if raw is not None and RowRecord.decode(raw).ts_ms < cutoff:
                 del self.store[key]

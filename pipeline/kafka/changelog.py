@@ -53,11 +53,13 @@ class ChangelogWriter:
             failed, self._failed = self._failed, []
             raise RetriableError(f"changelog {self.topic} not acknowledged: {failed[:1]}")
 
-    def read(self, partitions: list[int], timeout: float = 30.0) -> dict[str, str]:
-        """The latest value of every live key in some changelog partitions."""
+    def read(self, partitions: list[int], timeout: float = 30.0,
+             into: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
+        """The latest value of every live key in some changelog partitions, written into
+        ``into`` as it is read (a new dict when None)."""
         consumer = Consumer({"bootstrap.servers": self.bootstrap_servers,
                              "group.id": f"{self.topic}-restore", "enable.auto.commit": False})
-        state: dict[str, str] = {}
+        state: MutableMapping[str, str] = {} if into is None else into
         try:
             ends: dict[int, int] = {}
             for p in partitions:
@@ -137,11 +139,19 @@ class ChangelogStore(MutableMapping[str, str]):
         await self.changelog.flush()
 
     def restore(self, partitions: set[int]) -> None:
-        """Load the entries of some partitions from the changelog (on assignment)."""
-        self.data.update(self.changelog.read(sorted(partitions)))
+        """Load the entries of some partitions from the changelog (on assignment), straight
+        into the store (a disk store never holds them all in memory)."""
+        self.changelog.read(sorted(partitions), into=self.data)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the entries of partitions this worker no longer owns."""
-        for key, raw in list(self.data.items()):
-            if int(str(raw).split("|", 1)[0]) in partitions:
-                del self.data[key]
+        gone = [key for key, raw in self.data.items()
+                if int(str(raw).split("|", 1)[0]) in partitions]
+        for key in gone:
+            del self.data[key]
+
+    def scan(self, after: str | None, limit: int) -> list[str] | None:
+        """Keys in order past ``after`` when the underlying store can walk that way (a disk
+        store), else None (the caller snapshots the keys instead)."""
+        scan = getattr(self.data, "scan", None)
+        return None if scan is None else list(scan(after, limit))

@@ -25,11 +25,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.acks import AckLedger
-from pipeline.compose import build_processor
+from pipeline.compose import build_processor, worker_data_dir
 from pipeline.config import Settings
 from pipeline.deadletter import RawRecord
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.metrics import Metrics
+from pipeline.seenstore import open_seen_store
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ class KafkaSinkWorker:
         self.settings = settings
         self.group = settings.group_id(sink)
         self.metrics = metrics
+        self.seen = open_seen_store(settings.worker.store, worker_data_dir(self.group))
         self.store = ChangelogStore(ChangelogWriter(
-            f"{self.group}-dedup-changelog", settings.kafka.bootstrap_servers))
+            f"{self.group}-dedup-changelog", settings.kafka.bootstrap_servers), self.seen)
         self.processor = build_processor(settings, sink, metrics, dedup_store=self.store,
                                          partition_scope=self.store.scope)
         self.ledger: AckLedger[tuple[str, int, int]] = AckLedger()
@@ -107,6 +109,9 @@ class KafkaSinkWorker:
             self.consumer.close()
             for sink in self.processor.sinks:
                 await sink.close()
+            close = getattr(self.seen, "close", None)
+            if close is not None:
+                close()
 
     def _record(self, message: Any) -> RawRecord:
         record = RawRecord(

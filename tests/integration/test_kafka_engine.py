@@ -35,3 +35,17 @@ def test_elasticsearch_outage_delays_but_loses_nothing(kafka_engine: Scenario) -
 
 def test_duplicate_after_worker_restart_is_dropped(kafka_engine: Scenario) -> None:
     semantics.test_duplicate_after_worker_restart_is_dropped(kafka_engine)
+
+
+def test_duplicate_after_worker_restart_is_dropped_with_rocksdb_store(
+    kafka_engine: Scenario,
+) -> None:
+    """The seen-set on disk (worker.store rocksdb://) is refilled from the changelog after a
+    restart, like the in-memory one."""
+    kafka_engine.env["CDC_WORKER__STORE"] = "rocksdb://"
+    semantics.test_duplicate_after_worker_restart_is_dropped(kafka_engine)
+
+
+def test_changes_reach_the_index_with_rocksdb_store(kafka_engine: Scenario) -> None:
+    kafka_engine.env["CDC_WORKER__STORE"] = "rocksdb://"
+    e2e.test_changes_reach_the_index_and_invalidate_the_cache(kafka_engine)

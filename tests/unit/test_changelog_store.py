@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from pathlib import Path
+
+import pytest
+
 from pipeline.kafka.changelog import ChangelogStore
+from pipeline.seenstore import open_seen_store
 
 
 class FakeChangelog:
@@ -12,8 +18,9 @@ class FakeChangelog:
     def write(self, partition: int, key: str, value: str | None) -> None:
         self.writes.append((partition, key, value))
 
-    def read(self, partitions: list[int]) -> dict[str, str]:
-        state: dict[str, str] = {}
+    def read(self, partitions: list[int],
+             into: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
+        state: MutableMapping[str, str] = {} if into is None else into
         for partition, key, value in self.writes:
             if partition in partitions:
                 if value is None:
@@ -38,7 +45,8 @@ def test_writes_go_to_the_partition_of_their_scope() -> None:
     assert list(store) == ["row-b"]
 
 
-def test_restore_and_forget_by_partition() -> None:
+@pytest.mark.parametrize("spec", ["memory://", "rocksdb://"])
+def test_restore_and_forget_by_partition(spec: str, tmp_path: Path) -> None:
     log = FakeChangelog()
     writer = ChangelogStore(log)  # type: ignore[arg-type]
     for partition, key in ((0, "a"), (1, "b"), (1, "c")):
@@ -46,7 +54,8 @@ def test_restore_and_forget_by_partition() -> None:
             writer[key] = f"v{key}"
     del writer["c"]
 
-    fresh = ChangelogStore(log)  # type: ignore[arg-type]  # a restarted worker
+    # a restarted worker, restoring into the configured store
+    fresh = ChangelogStore(log, open_seen_store(spec, tmp_path))  # type: ignore[arg-type]
     fresh.restore({1})
     assert dict(fresh.items()) == {"b": "vb"}  # partition 1 only; the deleted entry stays gone
     fresh.restore({0})
