@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker part: also run faust and the bare loop with dedup off")
     p.add_argument("--memory-events", type=int, default=None,
                    help="events in the long memory run (default 1,000,000; quick 100,000)")
+    p.add_argument("--memory-workers", default="faust:memory://,kafka:rocksdb://",
+                   help="worker configurations in the long memory run, engine:store, comma "
+                        "separated; each runs one worker per sink at the same time")
     p.add_argument("--big-txn-rows", type=int, default=None,
                    help="rows in the one big transaction (default 1,000,000; quick 100,000)")
     p.add_argument("--rates", default="2000,5000", help="offered loads for latency, rows/s")

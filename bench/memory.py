@@ -1,10 +1,12 @@
 """Memory: RSS of ``cdc capture`` and ``cdc worker`` over a long run, and of capture while it
 streams one very large transaction.
 
-Long run: capture and one faust worker per sink (search, cache) running; the workload writes
-N row changes at full speed; the run ends when the workers have read every record. VmRSS and
-VmHWM of the three processes are sampled from /proc/<pid>/status every second: flat means
-RSS at the end ~ RSS at 25 % of the run. Big transaction: one
+Long run: capture and, per worker configuration (``--memory-workers``, engine:store; by
+default the Faust engine with the memory:// seen-set and the kafka engine with rocksdb://),
+one worker per sink (search, cache), all running at once on their own consumer groups; the
+workload writes N row changes at full speed; the run ends when every worker has read every
+record. VmRSS and VmHWM of each process are sampled from /proc/<pid>/status every second:
+flat means RSS at the end ~ RSS at 25 % of the run. Big transaction: one
 ``INSERT ... SELECT generate_series(1, N)`` (a single transaction of N rows, ~200-byte rows),
 streamed by a fresh capture; its peak RSS (VmHWM).
 """
@@ -28,30 +30,39 @@ def long_run(bench: Bench, events: int, args: Any) -> dict[str, Any]:
     table, pub, slot = target.table, target.publication, target.slot
     prefix, topic = target.prefix, target.topic
     work = bench.work / "mem"
-    env = worker_env(bench, table, topic, "mem", work)
-    app_id = env["CDC_WORKER__APP_ID"]
     cap = Ours(bench, table, slot, pub, prefix, work)
-    procs = [SinkWorker(sink, env, work) for sink in SINKS]
-    pids = {"capture": cap.pid, **{f"worker-{p.sink}": p.pid for p in procs}}
+    procs: dict[str, SinkWorker] = {}
+    groups = []
+    for n, config in enumerate(c for c in args.memory_workers.split(",") if c):
+        engine, _, store = config.partition(":")
+        label = f"{engine}-{store.split(':')[0]}"
+        folder = work / label
+        env = {**worker_env(bench, table, topic, f"mem{n}", folder),
+               "CDC_WORKER__ENGINE": engine, "CDC_WORKER__STORE": store or "memory://"}
+        for sink in SINKS:
+            procs[f"worker-{sink} ({label})"] = SinkWorker(sink, env, folder)
+            groups.append(f"{env['CDC_WORKER__APP_ID']}-{sink}")
+    pids = {"capture": cap.pid, **{name: p.pid for name, p in procs.items()}}
     sampler = RssSampler(pids, 1.0).start()
     started = time.monotonic()
     try:
-        for sink in SINKS:
-            wait_until(partial(group_stable, bench.bootstrap, f"{app_id}-{sink}"), 120, 0.5)
+        for group in groups:
+            wait_until(partial(group_stable, bench.bootstrap, group), 120, 0.5)
         log(f"memory: long run, {events} row changes through capture and worker")
         wl = workload_result(workload(bench, table, "--rows", str(events), "--txn-rows",
                                       str(args.txn_rows), "--mix", args.mix,
                                       "--row-bytes", str(args.row_bytes)))
         records = wl["rows"] + wl["ops"]["delete"]
         done = wait_until(lambda: all(_counter(p.snapshot(), "cdc_worker_records_total")
-                                      >= records for p in procs), 3600, 1.0)
+                                      >= records for p in procs.values()), 3600, 1.0)
     finally:
         sampler.stop()
-        for p in procs:
+        for p in procs.values():
             p.stop()
         cap.stop()
         bench.drop_slot(slot)
     return {"events": wl["rows"], "records": records, "complete": done,
+            "workers": args.memory_workers,
             "minutes": round((time.monotonic() - started) / 60, 1),
             "rss": {name: sampler.summary(name) for name in pids}}
 

@@ -42,6 +42,11 @@ class RocksSeenStore(MutableMapping[str, str]):
         options.set_max_write_buffer_number(2)
         table = BlockBasedOptions()
         table.set_block_cache(Cache(CACHE_MB << 20))
+        # Index and filter blocks inside the cache (else they grow with the data, outside
+        # any bound); a bloom filter so looking up a row never seen reads no data block.
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        table.set_bloom_filter(10, False)
         options.set_block_based_table_factory(table)
         self.path = path
         self._db = Rdict(str(path), options)

@@ -52,7 +52,10 @@ class KafkaSinkWorker:
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "partition.assignment.strategy": "range",
-            "fetch.max.bytes": 64 << 20,
+            # Prefetch is bounded (librdkafka's defaults let a worker slower than its topic
+            # queue 64 MB ahead): 16 MB is still dozens of batches.
+            "fetch.max.bytes": 16 << 20,
+            "queued.max.messages.kbytes": 16 << 10,
         })
         self.assigned: set[tuple[str, int]] = set()
 
