@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -34,6 +34,13 @@ class TableShape:
     names: tuple[str, ...]
     converters: tuple[Callable[[str], Any] | None, ...]
     key_names: tuple[str, ...]
+    #: ``{"<column>":`` for a one-column key (its JSON is written without a dict), else None.
+    _key_prefix: bytes | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        prefix = (b"{" + orjson.dumps(self.key_names[0]) + b":"
+                  if len(self.key_names) == 1 else None)
+        object.__setattr__(self, "_key_prefix", prefix)
 
     @classmethod
     def from_relation(cls, rel: Relation, primary_key: tuple[str, ...]) -> TableShape:
@@ -70,6 +77,12 @@ class TableShape:
 
     def key(self, row: Row) -> Row:
         return {name: row.get(name) for name in self.key_names}
+
+    def key_json(self, row: Row) -> bytes:
+        """``orjson.dumps(self.key(row))``, without the dict for a one-column key."""
+        if self._key_prefix is not None:
+            return self._key_prefix + orjson.dumps(row.get(self.key_names[0])) + b"}"
+        return orjson.dumps({name: row.get(name) for name in self.key_names})
 
 
 @dataclass(slots=True)
@@ -149,34 +162,52 @@ class EnvelopeWriter:
     def __init__(self, server_name: str, db: str) -> None:
         self._name = orjson.dumps(server_name)
         self._db = orjson.dumps(db)
-        self._head = b""
-        self._last = "null"
+        # Per transaction: the source block up to the LSN inside ``sequence`` (the sequence
+        # is a JSON string holding an array, so its quotes are escaped).
+        self._pre = b""
         self._mids: dict[int, bytes] = {}
         self._xid = 0
+        self._tails: dict[bytes, bytes] = {}
+        self._tails_ms = b""
 
     def begin(self, txn: TransactionContext) -> None:
         """Start a transaction: encode what all its events share."""
-        self._head = (
+        last = (b"null" if txn.last_commit_lsn is None
+                else b'\\"' + str(txn.last_commit_lsn).encode() + b'\\"')
+        self._pre = (
             b'{"version":"cdc-pipeline","connector":"postgresql","name":' + self._name
             + b',"ts_ms":' + str(txn.commit_ts_us // 1000).encode()
             + b',"ts_us":' + str(txn.commit_ts_us).encode()
-            + b',"snapshot":"false","db":' + self._db + b',"sequence":'
+            + b',"snapshot":"false","db":' + self._db + b',"sequence":"[' + last + b',\\"'
         )
-        self._last = "null" if txn.last_commit_lsn is None else f'"{txn.last_commit_lsn}"'
         self._xid = txn.xid
         self._mids = {}
 
-    def _source(self, shape: TableShape, lsn: int) -> bytes:
+    def _mid(self, shape: TableShape) -> bytes:
+        """From the end of the LSN in ``sequence`` to the ``lsn`` field's value."""
         mid = self._mids.get(shape.oid)
         if mid is None:
             mid = self._mids[shape.oid] = (
-                b',"schema":' + orjson.dumps(shape.schema) + b',"table":'
+                b'\\"]","schema":' + orjson.dumps(shape.schema) + b',"table":'
                 + orjson.dumps(shape.table) + b',"txId":' + str(self._xid).encode()
                 + b',"lsn":'
             )
-        text = str(lsn)
-        return (self._head + orjson.dumps(f'[{self._last},"{text}"]') + mid + text.encode()
-                + b',"xmin":null}')
+        return mid
+
+    def _tail(self, op: bytes, now_ms: bytes) -> bytes:
+        """After the ``lsn`` value: the end of the source block, op, ts_ms, transaction."""
+        if now_ms != self._tails_ms:
+            self._tails = {}
+            self._tails_ms = now_ms
+        tail = self._tails.get(op)
+        if tail is None:
+            tail = self._tails[op] = (b',"xmin":null},"op":"' + op + b'","ts_ms":' + now_ms
+                                      + b',"transaction":null}')
+        return tail
+
+    def _source(self, shape: TableShape, lsn: int) -> bytes:
+        text = str(lsn).encode()
+        return b"".join((self._pre, text, self._mid(shape), text, b',"xmin":null}'))
 
     def insert(
         self, msg: Insert, shape: TableShape, lsn: int, now_ms: bytes
@@ -188,8 +219,10 @@ class EnvelopeWriter:
         self, after: Row, shape: TableShape, lsn: int, now_ms: bytes
     ) -> tuple[bytes, bytes]:
         """(key, value) of an insert whose row is already built (``pgoutput.insert_row``)."""
-        return orjson.dumps(shape.key(after)), _value(
-            b"null", orjson.dumps(after), self._source(shape, lsn), b"c", now_ms)
+        text = str(lsn).encode()
+        return shape.key_json(after), b"".join((
+            b'{"before":null,"after":', orjson.dumps(after), b',"source":', self._pre, text,
+            self._mid(shape), text, self._tail(b"c", now_ms)))
 
     def encode(
         self, msg: Insert | Update | Delete, shape: TableShape, lsn: int, now_ms: bytes
@@ -197,29 +230,28 @@ class EnvelopeWriter:
         """(op, key bytes, value bytes) for each event of one message; ``now_ms`` is the
         processing time already encoded (it changes rarely, so the caller caches it)."""
         source = self._source(shape, lsn)
+        key_json = shape.key_json
         if isinstance(msg, Insert):
-            after = shape.row(msg.new)
-            yield "c", orjson.dumps(shape.key(after)), _value(b"null", orjson.dumps(after),
-                                                              source, b"c", now_ms)
+            yield "c", *self.created(shape.row(msg.new), shape, lsn, now_ms)
         elif isinstance(msg, Update):
             after = shape.row(msg.new)
-            new_key = shape.key(after)
+            new_key = key_json(after)
             after_b = orjson.dumps(after)
             if msg.old is None:
-                yield "u", orjson.dumps(new_key), _value(b"null", after_b, source, b"u", now_ms)
+                yield "u", new_key, _value(b"null", after_b, source, b"u", now_ms)
                 return
             before = shape.row(msg.old)
             before_b = orjson.dumps(before)
-            old_key = shape.key(before)
+            old_key = key_json(before)
             if old_key != new_key:
-                yield "d", orjson.dumps(old_key), _value(before_b, b"null", source, b"d", now_ms)
-                yield "c", orjson.dumps(new_key), _value(b"null", after_b, source, b"c", now_ms)
+                yield "d", old_key, _value(before_b, b"null", source, b"d", now_ms)
+                yield "c", new_key, _value(b"null", after_b, source, b"c", now_ms)
             else:
-                yield "u", orjson.dumps(new_key), _value(before_b, after_b, source, b"u", now_ms)
+                yield "u", new_key, _value(before_b, after_b, source, b"u", now_ms)
         else:
             before = shape.row(msg.old)
-            yield "d", orjson.dumps(shape.key(before)), _value(
-                orjson.dumps(before), b"null", source, b"d", now_ms)
+            yield "d", key_json(before), _value(orjson.dumps(before), b"null", source, b"d",
+                                                now_ms)
 
 
 def _value(before: bytes, after: bytes, source: bytes, op: bytes, now_ms: bytes) -> bytes:

@@ -140,7 +140,9 @@ class SearchIndexSink:
             raise SinkUnavailableError(f"could not delete index {index}: {response.text[:200]}")
 
     async def _bulk(self, body: bytes) -> list[dict[str, Any]]:
-        response = await self._request("POST", "/_bulk", content=body)
+        # Only what the outcome needs: Elasticsearch writes (and we parse) far less.
+        response = await self._request(
+            "POST", "/_bulk?filter_path=items.*.status,items.*.error", content=body)
         return list(response.get("items", []))
 
     async def _request(self, method: str, path: str, content: bytes) -> dict[str, Any]:
