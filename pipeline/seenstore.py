@@ -24,8 +24,8 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 
 #: RocksDB write buffers (two of them) and the block cache, in MB: the store's memory.
-MEMTABLE_MB = 16
-CACHE_MB = 32
+MEMTABLE_MB = 8
+CACHE_MB = 16
 
 
 class RocksSeenStore(MutableMapping[str, str]):
