@@ -1,7 +1,7 @@
 """Worker throughput with evolution, dedup and ordering on versus off; dedup memory.
 
     python -m bench.semantics [--events 100000] [--rows-for-memory 1000000]
-                              [--engine faust|kafka|both]
+                              [--engine faust|kafka|both] [--store memory://|rocksdb://]
 
 1. Throughput: a raw topic is filled with N change events (distinct rows, JSON), then a real
    ``cdc worker --sink cache`` process (each ``worker.engine``; Redis UNLINK: a cheap sink,
@@ -80,7 +80,7 @@ def _drain(env: dict[str, str], events: int, work: Path, label: str) -> float:
     return events / elapsed
 
 
-def throughput(events: int, engine: str = "faust") -> dict[str, float]:
+def throughput(events: int, engine: str = "faust", store: str = "memory://") -> dict[str, float]:
     info = stack.load() or stack.up()
     run = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix="bench-semantics-"))
@@ -94,6 +94,7 @@ def throughput(events: int, engine: str = "faust") -> dict[str, float]:
         "CDC_WORKER_DATADIR": str(work / "data"),
         "CDC_LOG_LEVEL": "WARNING",
         "CDC_WORKER__ENGINE": engine,
+        "CDC_WORKER__STORE": store,
         "CDC_ELASTICSEARCH__URL": "",  # cache sink only
     }
     base.pop("CDC_ELASTICSEARCH__URL")
@@ -145,6 +146,8 @@ def main() -> None:
     parser.add_argument("--rows-for-memory", type=int, default=1_000_000)
     parser.add_argument("--engine", choices=["faust", "kafka", "both"], default="both",
                         help="worker.engine to measure (default: both, one after the other)")
+    parser.add_argument("--store", choices=["memory://", "rocksdb://"], default="memory://",
+                        help="worker.store for the kafka engine (Faust: always memory://)")
     args = parser.parse_args()
     mem = memory(args.rows_for_memory)
     print(f"dedup seen-set: {mem['rows']:,} rows -> {mem['bytes_per_entry_rss']:.0f} B/entry "
@@ -153,8 +156,10 @@ def main() -> None:
     engines = ["faust", "kafka"] if args.engine == "both" else [args.engine]
     out = {}
     for engine in engines:
-        rates = out[engine] = throughput(args.events, engine)
-        print(f"worker.engine={engine} (cache sink), {args.events:,} events: "
+        store = args.store if engine == "kafka" else "memory://"
+        rates = out[engine] = throughput(args.events, engine, store)
+        print(f"worker.engine={engine}, worker.store={store} (cache sink), "
+              f"{args.events:,} events: "
               f"off {rates['off']:,.0f} ev/s, on (evolution+ordering+dedup) "
               f"{rates['on']:,.0f} ev/s, on/off {rates['on'] / rates['off']:.2f}")
     print(orjson.dumps({"memory": mem, "throughput": out, "pid": os.getpid()}).decode())
