@@ -35,7 +35,12 @@ class RocksSeenStore(MutableMapping[str, str]):
         from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteOptions
 
         shutil.rmtree(path, ignore_errors=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                "worker.store", f"rocksdb:// needs a writable CDC_WORKER_DATADIR: {exc}"
+            ) from exc
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_write_buffer_size(MEMTABLE_MB << 20)
@@ -49,7 +54,13 @@ class RocksSeenStore(MutableMapping[str, str]):
         table.set_bloom_filter(10, False)
         options.set_block_based_table_factory(table)
         self.path = path
-        self._db = Rdict(str(path), options)
+        try:
+            self._db = Rdict(str(path), options)
+        except Exception as exc:  # rocksdict raises plain exceptions for I/O problems
+            raise ConfigError(
+                "worker.store", f"rocksdb:// cannot open {path} (set CDC_WORKER_DATADIR to a "
+                f"writable local folder): {exc}"
+            ) from exc
         write = WriteOptions()
         # The changelog is the durable copy (a property at run time; the stubs say method).
         write.disable_wal = True  # type: ignore[method-assign,assignment]

@@ -95,3 +95,17 @@ def test_insert_fast_path_refuses_what_it_does_not_expect() -> None:
         with pytest.raises(PgoutputDecodeError):
             insert_row(bad, SHAPE.names, SHAPE.converters, None)
     assert insert_relation_oid(b"U" + good[1:]) is None
+
+
+@given(st.integers(-(2**63), 2**63 - 1), st.one_of(st.none(), st.text(max_size=8)))
+def test_key_json_is_the_key_dict_encoded(key: int, other: str | None) -> None:
+    import orjson
+
+    from pipeline.postgres.changes import TableShape
+
+    row = {"id": key, "note": other, "total": "1.00"}
+    one = TableShape.from_relation(REL, ("id",))
+    two = TableShape.from_relation(REL, ("id", "note"))
+    for shape in (one, two):
+        assert shape.key_json(row) == orjson.dumps(shape.key(row))
+    assert one.key_json({}) == b'{"id":null}'

@@ -98,3 +98,10 @@ def test_rocksdb_store_needs_the_kafka_engine() -> None:
         load_settings(None, env)
     settings = load_settings(None, {**env, "CDC_WORKER__ENGINE": "kafka"})
     assert settings.worker.store == "rocksdb://"
+
+
+def test_unwritable_data_folder_is_a_configuration_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="CDC_WORKER_DATADIR"):
+        open_seen_store("rocksdb://", blocker / "worker")
