@@ -35,6 +35,7 @@ from typing import Any
 
 import faust
 
+from agents.guard import ContinuityGuard
 from pipeline.acks import AckLedger
 from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
@@ -86,6 +87,9 @@ processor = build_processor(
     settings, SINK, metrics, dedup_store=store, partition_scope=store.scope
 )
 ledger: AckLedger[Any] = AckLedger()
+guard = ContinuityGuard(
+    app, GROUP, settings.raw_topics(), settings.kafka.bootstrap_servers, metrics
+)
 lock = asyncio.Lock()
 _stream: list[Any] = []  # the agent's no-ack stream, for acks made by the timers
 
@@ -120,6 +124,7 @@ async def drain_and_ack() -> None:
         ledger.done((record.topic, record.partition), record.offset)
     if _stream:
         for event in ledger.ready():
+            guard.approve(event)
             await _stream[0].ack(event)
     metrics.set("cdc_worker_unacked_records", ledger.waiting())
 
@@ -132,14 +137,19 @@ async def consume(stream: Any) -> None:
     _stream[:] = [manual]
     try:
         async for events in manual.noack_take(settings.worker.batch_size, within=within):
+            await guard.assignment_known()
             async with lock:
                 records = []
                 for event in events:
+                    message = event.message
+                    if not guard.admit(message.topic, message.partition, message.offset):
+                        continue  # past a gap: re-read below, it comes again in its turn
                     record = to_record(event)
                     ledger.track((record.topic, record.partition), record.offset, event)
                     records.append(record)
                 processor.accept(records)
                 await drain_and_ack()
+                await guard.reread(idle=False)
             metrics.inc("cdc_worker_batches_total")
     except asyncio.CancelledError:
         raise
@@ -156,6 +166,13 @@ async def flush_quiet_partitions() -> None:
         processor.flush_idle(int(time.time() * 1000))
         if processor.pending:
             await drain_and_ack()
+
+
+@app.timer(interval=1.0)
+async def reread_skipped_records() -> None:
+    """A record the consumer skipped with nothing after it shows only as a stall."""
+    async with lock:
+        await guard.reread(idle=ledger.waiting() == 0)
 
 
 @app.timer(interval=settings.worker.dedup.evict_interval_s)

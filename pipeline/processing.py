@@ -28,7 +28,7 @@ from pipeline.dedup import Deduplicator, Verdict, row_key
 from pipeline.errors import BadDataError, RetriableError
 from pipeline.events import ChangeEvent, decode
 from pipeline.metrics import Metrics
-from pipeline.ordering import LatePolicy, PartitionReorderer, Release
+from pipeline.ordering import LatePolicy, PartitionReorderer, Release, SourcePosition
 from pipeline.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,22 @@ class BatchProcessor:
         dedup = self.dedup
         batch: list[Item] = []
         keys: list[str | None] = []  # each event's dedup row key, computed once
+        # Positions taken in this batch per row: a replay can sit in the same batch as its
+        # original (a restart before the commit re-reads both), and the store learns of the
+        # original only once the sinks confirm it.
+        taken: dict[str, set[SourcePosition]] = {}
         for record, event in ready:
             verdict = Verdict.NEW
             key = None
             if dedup is not None:
                 key = row_key(event)
                 verdict = dedup.classify(event, key)
+                if verdict is Verdict.NEW:
+                    position = SourcePosition.of(event)
+                    positions = taken.setdefault(key, set())
+                    if position in positions:
+                        verdict = Verdict.DUPLICATE
+                    positions.add(position)
             if verdict is Verdict.NEW:
                 batch.append((record, event))
                 keys.append(key)

@@ -150,3 +150,21 @@ def test_sink_failure_propagates_and_nothing_dead_lettered() -> None:
     with pytest.raises(SinkUnavailableError):
         asyncio.run(processor.process([_create(10, 1), _record(11, {"id": 2}, None, raw=b"x")]))
     assert dead.calls == []
+
+
+def test_a_replay_in_the_same_batch_as_its_original_is_dropped() -> None:
+    """A restart before the commit re-reads an original and its replay together; the store
+    learns of the original only after the sinks confirm it, so the batch itself must tell."""
+    from pipeline.dedup import Deduplicator
+
+    search = RecordingSink("search")
+    dead, metrics = RecordingDeadLetters(), Metrics("worker")
+    processor = BatchProcessor([search], dead, metrics,  # type: ignore[arg-type]
+                               dedup=Deduplicator({}))
+    original, other = _create(10, 1), _create(11, 2)
+    replay = RawRecord(topic=original.topic, partition=original.partition, offset=12,
+                       key=original.key, value=original.value)
+    done = asyncio.run(processor.process([original, other, replay]))
+    assert [e.key for e in search.batches[0]] == [{"id": 1}, {"id": 2}]
+    assert metrics.total("cdc_dedup_dropped_total") == 1
+    assert sorted(r.offset for r in done) == [10, 11, 12]

@@ -1,0 +1,141 @@
+"""Guards around Faust's consumer: gated acknowledgements and offset continuity.
+
+faust-streaming can skip a record around a rebalance or restart (and acknowledge it for the
+agent), or drop one behind its read offset; its next commit then moves past a record no sink
+saw. :class:`ContinuityGuard` puts :mod:`pipeline.continuity` between Faust and the agent:
+
+- only acknowledgements the agent approved reach Faust's consumer (:meth:`approve`);
+- on assignment it learns where the group left off, sorts every delivered record
+  (take / repeat / hold) and, when a gap or a stall shows, asks Kafka where the next record
+  really is and seeks Faust back to the missing offset (:meth:`reread`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from faust.types import TP
+
+from pipeline.continuity import Admission, OffsetContinuity
+from pipeline.errors import RetriableError
+from pipeline.kafka.offsets import committed_offsets, first_offset_at
+from pipeline.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+
+
+class ContinuityGuard:
+    def __init__(self, app: Any, group: str, topics: Iterable[str], bootstrap_servers: str,
+                 metrics: Metrics, stall_s: float = 2.0) -> None:
+        self.app = app
+        self.group = group
+        self.topics = frozenset(topics)
+        self.bootstrap_servers = bootstrap_servers
+        self.metrics = metrics
+        self.continuity: OffsetContinuity[Partition] = OffsetContinuity(stall_s=stall_s)
+        self._approved: set[tuple[str, int, int]] = set()
+        self._gated: Any = None
+        # Set once the current assignment's positions are known; records delivered before
+        # then wait for it (Faust resumes streams before its assignment signal finishes).
+        self._assignment_known = asyncio.Event()
+        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    # -- acknowledgements -----------------------------------------------------------------
+    def _gate(self) -> None:
+        """Wrap the consumer's ``ack`` once: Faust's own acks of records the agent never
+        finished stop here."""
+        consumer = self.app.consumer
+        if self._gated is consumer:
+            return
+        original: Callable[[Any], bool] = consumer.ack
+        approved, topics, metrics = self._approved, self.topics, self.metrics
+
+        def ack(message: Any) -> bool:
+            if message.topic not in topics:
+                return original(message)
+            key = (message.topic, message.partition, message.offset)
+            if key not in approved:
+                metrics.inc("cdc_worker_acks_blocked_total")
+                return False
+            approved.discard(key)
+            return original(message)
+
+        consumer.ack = ack
+        self._gated = consumer
+
+    def approve(self, event: Any) -> None:
+        """The agent finished ``event``: its acknowledgement may pass."""
+        message = event.message
+        self._approved.add((message.topic, message.partition, message.offset))
+
+    # -- admission ------------------------------------------------------------------------
+    def admit(self, topic: str, partition: int, offset: int) -> bool:
+        """True to process the record now; False to hold it back (it comes again)."""
+        self._gate()
+        verdict = self.continuity.admit((topic, partition), offset, time.monotonic())
+        if verdict is Admission.HELD:
+            self.metrics.inc("cdc_worker_held_total")
+            return False
+        return True
+
+    async def assignment_known(self) -> None:
+        """Wait until the positions of the current assignment are known."""
+        await self._assignment_known.wait()
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
+        mine = [(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics]
+        positions: dict[Partition, int | None] = {}
+        for attempt in range(3):
+            try:
+                positions = dict(await asyncio.to_thread(
+                    committed_offsets, self.bootstrap_servers, self.group, mine, 10.0, True))
+                break
+            except RetriableError as exc:
+                log.warning("where the group left off is unknown (attempt %d): %s",
+                            attempt + 1, exc)
+        now = time.monotonic()
+        for tp in mine:  # unknown: the first record delivered sets the position
+            self.continuity.assigned(tp, positions.get(tp), now)
+        self._assignment_known.set()
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
+        self._assignment_known.clear()
+        for tp in revoked:
+            self.continuity.revoked((tp.topic, tp.partition))
+
+    # -- re-reading -----------------------------------------------------------------------
+    def _highwater(self, tp: Partition) -> int | None:
+        try:
+            end = self.app.consumer.highwater(TP(*tp))
+        except Exception:  # noqa: BLE001 - not fetched yet, or not assigned any more
+            return None
+        return end if isinstance(end, int) and end >= 0 else None
+
+    async def reread(self, idle: bool) -> None:
+        """Seek back every partition with a gap (or, when the agent is ``idle``, a stall)."""
+        now = time.monotonic()
+        ends = self._highwater if idle else (lambda _tp: None)
+        for tp, start in self.continuity.due(now, ends):
+            try:
+                first = await asyncio.to_thread(
+                    first_offset_at, self.bootstrap_servers, tp, start)
+            except RetriableError as exc:  # asked again on the next call
+                log.warning("%s[%d]: cannot check offset %d yet: %s", *tp, start, exc)
+                continue
+            if self.continuity.skip_to(tp, first):
+                log.info("%s[%d]: the log has no record in [%d, %d) (compaction or "
+                         "transaction markers); moving on", *tp, start, first)
+                self.metrics.inc("cdc_worker_log_gaps_total")
+            else:
+                log.warning("%s[%d]: offset %d was not delivered by the consumer; "
+                            "re-reading from it", *tp, start)
+                self.metrics.inc("cdc_worker_rereads_total")
+            await self.app.consumer.seek(TP(*tp), self.continuity.expected(tp))
+            self.continuity.rereading(tp, time.monotonic())

@@ -1,0 +1,74 @@
+"""Two questions a worker asks Kafka about positions: where its group left off in some
+partitions, and where the next record at or after an offset really is."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from pipeline.errors import RetriableError
+
+Partition = tuple[str, int]
+
+
+def committed_offsets(bootstrap_servers: str, group: str, partitions: Iterable[Partition],
+                      timeout: float = 10.0, earliest: bool = False
+                      ) -> dict[Partition, int | None]:
+    """The group's committed offset (the next to read) per partition. Where it has none:
+    the log's start with ``earliest`` (``auto.offset.reset=earliest``), else None."""
+    asked = [TopicPartition(topic, p) for topic, p in partitions]
+    if not asked:
+        return {}
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        answer = consumer.committed(asked, timeout=timeout)
+        out: dict[Partition, int | None] = {}
+        for tp in answer:
+            if tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = tp.offset
+            elif earliest:  # no commit yet: the group starts at the log's start
+                low, _ = consumer.get_watermark_offsets(tp, timeout=timeout)
+                out[(tp.topic, tp.partition)] = low
+            else:
+                out[(tp.topic, tp.partition)] = None
+    except KafkaException as exc:
+        raise RetriableError(f"Kafka did not say where group {group} left off: {exc}") from exc
+    finally:
+        consumer.close()
+    return out
+
+
+def first_offset_at(bootstrap_servers: str, partition: Partition, offset: int,
+                    timeout: float = 10.0) -> int:
+    """The offset of the first record at or after ``offset`` in the log (as an
+    ``read_uncommitted`` consumer sees it), or the log's end when none is there."""
+    topic, p = partition
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap_servers, "group.id": f"cdc-continuity-{topic}",
+        "enable.auto.commit": False, "enable.partition.eof": True,
+        "isolation.level": "read_uncommitted",
+    })
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        if offset >= high:
+            return high
+        consumer.assign([TopicPartition(topic, p, max(offset, low))])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is None:
+                return int(msg.offset() or 0)
+            if err.code() == KafkaError._PARTITION_EOF:
+                return max(high, int(msg.offset() or 0))
+            raise RetriableError(f"reading {topic}[{p}] at {offset}: {err}")
+    except KafkaException as exc:
+        raise RetriableError(f"reading {topic}[{p}] at {offset}: {exc}") from exc
+    finally:
+        consumer.close()
+    raise RetriableError(f"reading {topic}[{p}] at {offset}: no answer in {timeout:.0f}s")

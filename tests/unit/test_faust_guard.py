@@ -1,0 +1,124 @@
+"""The Faust glue of offset continuity, over a fake app and consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+import agents.guard as guard_module
+from agents.guard import ContinuityGuard
+from pipeline.metrics import Metrics
+
+
+class _Signal:
+    def __init__(self) -> None:
+        self.receivers: list[Any] = []
+
+    def connect(self, fn: Any) -> None:
+        self.receivers.append(fn)
+
+    async def send(self, arg: Any) -> None:
+        for fn in self.receivers:
+            await fn(None, arg)
+
+
+@dataclass
+class _Message:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class _Event:
+    message: _Message
+
+
+@dataclass
+class _Consumer:
+    acked: list[int] = field(default_factory=list)
+    seeks: list[tuple[Any, int]] = field(default_factory=list)
+    ends: dict[Any, int] = field(default_factory=dict)
+
+    def ack(self, message: _Message) -> bool:
+        self.acked.append(message.offset)
+        return True
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tuple(tp), offset))
+
+    def highwater(self, tp: Any) -> int:
+        return self.ends[tuple(tp)]
+
+
+@dataclass
+class _App:
+    consumer: _Consumer = field(default_factory=_Consumer)
+    on_partitions_assigned: _Signal = field(default_factory=_Signal)
+    on_partitions_revoked: _Signal = field(default_factory=_Signal)
+
+
+@dataclass(frozen=True)
+class _TP:
+    topic: str
+    partition: int
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch) -> _App:
+    monkeypatch.setattr(guard_module, "committed_offsets",
+                        lambda _bs, _g, tps, *_a: {tp: 10 for tp in tps})
+    return _App()
+
+
+def _guard(app: _App) -> ContinuityGuard:
+    g = ContinuityGuard(app, "g", ["raw"], "bs", Metrics("test"), stall_s=0.01)
+    asyncio.run(app.on_partitions_assigned.send({_TP("raw", 0), _TP("other", 0)}))
+    return g
+
+
+def test_acks_pass_only_when_the_agent_approved_them(app: _App) -> None:
+    g = _guard(app)
+    assert g.admit("raw", 0, 10)
+    skipped = _Message("raw", 0, 11)
+    assert app.consumer.ack(skipped) is False  # Faust acking a record it skipped
+    g.approve(_Event(_Message("raw", 0, 10)))
+    assert app.consumer.ack(_Message("raw", 0, 10)) is True
+    assert app.consumer.ack(_Message("other", 0, 3)) is True  # not a guarded topic
+    assert app.consumer.acked == [10, 3]
+
+
+def test_a_gap_seeks_back_to_the_missing_offset(app: _App, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    monkeypatch.setattr(guard_module, "first_offset_at", lambda _bs, _tp, start, *_a: start)
+    g = _guard(app)
+    assert g.admit("raw", 0, 10)
+    assert not g.admit("raw", 0, 12)  # 11 was skipped
+    asyncio.run(g.reread(idle=False))
+    assert app.consumer.seeks == [(("raw", 0), 11)]
+    assert g.metrics.total("cdc_worker_rereads_total") == 1
+
+
+def test_a_gap_kafka_confirms_moves_on_and_seeks_to_the_next_record(
+        app: _App, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard_module, "first_offset_at", lambda *_a: 12)
+    g = _guard(app)
+    assert not g.admit("raw", 0, 12)  # 10 and 11: compacted away
+    asyncio.run(g.reread(idle=False))
+    assert app.consumer.seeks == [(("raw", 0), 12)]
+    assert g.admit("raw", 0, 12)
+
+
+def test_an_idle_stall_short_of_the_end_is_reread(app: _App, monkeypatch: pytest.MonkeyPatch
+                                                  ) -> None:
+    monkeypatch.setattr(guard_module, "first_offset_at", lambda _bs, _tp, start, *_a: start)
+    g = _guard(app)
+    app.consumer.ends[("raw", 0)] = 11  # offset 10 was fetched; it never reached the agent
+    asyncio.run(asyncio.sleep(0.02))
+    asyncio.run(g.reread(idle=False))
+    assert app.consumer.seeks == []  # busy: a stall is not judged
+    asyncio.run(g.reread(idle=True))
+    assert app.consumer.seeks == [(("raw", 0), 10)]
