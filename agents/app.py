@@ -23,6 +23,10 @@ Faust's traps, and how this module avoids them:
   acks of their partition. Should anything escape anyway, the process exits at once
   without acking (redelivery, not loss).
 - ``concurrency`` stays 1: more would let a finished batch commit past one still in flight.
+- Around a restart or rebalance Faust can skip a record (and ack it for us), or drop one
+  behind its read offset; its next commit would then pass it. ``agents.guard`` lets only
+  our own acks through and checks every partition's offsets are taken without a hole the
+  log does not have, seeking back where one was skipped (``pipeline.continuity``).
 """
 
 from __future__ import annotations
@@ -129,6 +133,17 @@ async def drain_and_ack() -> None:
     metrics.set("cdc_worker_unacked_records", ledger.waiting())
 
 
+async def process(events: list[Any]) -> None:
+    """One batch: write what is ready, then ack every finished prefix (under ``lock``)."""
+    records = []
+    for event in events:
+        record = to_record(event)
+        ledger.track((record.topic, record.partition), record.offset, event)
+        records.append(record)
+    processor.accept(records)
+    await drain_and_ack()
+
+
 @app.agent(raw_topics, concurrency=1)
 async def consume(stream: Any) -> None:
     """Raw topics -> this worker's sink; dead letters to the dead-letter topic."""
@@ -139,17 +154,11 @@ async def consume(stream: Any) -> None:
         async for events in manual.noack_take(settings.worker.batch_size, within=within):
             await guard.assignment_known()
             async with lock:
-                records = []
-                for event in events:
-                    message = event.message
-                    if not guard.admit(message.topic, message.partition, message.offset):
-                        continue  # past a gap: re-read below, it comes again in its turn
-                    record = to_record(event)
-                    ledger.track((record.topic, record.partition), record.offset, event)
-                    records.append(record)
-                processor.accept(records)
-                await drain_and_ack()
-                await guard.reread(idle=False)
+                # Past a gap an event is held; settle() releases it or re-reads it.
+                await process([event for event in events if guard.admit(event)])
+                released = await guard.settle(idle=False)
+                if released:
+                    await process(released)
             metrics.inc("cdc_worker_batches_total")
     except asyncio.CancelledError:
         raise
@@ -169,10 +178,12 @@ async def flush_quiet_partitions() -> None:
 
 
 @app.timer(interval=1.0)
-async def reread_skipped_records() -> None:
+async def settle_stalled_partitions() -> None:
     """A record the consumer skipped with nothing after it shows only as a stall."""
     async with lock:
-        await guard.reread(idle=ledger.waiting() == 0)
+        released = await guard.settle(idle=ledger.waiting() == 0)
+        if released:
+            await process(released)
 
 
 @app.timer(interval=settings.worker.dedup.evict_interval_s)

@@ -22,7 +22,7 @@ from faust.types import TP
 
 from pipeline.continuity import Admission, OffsetContinuity
 from pipeline.errors import RetriableError
-from pipeline.kafka.offsets import committed_offsets, first_offset_at
+from pipeline.kafka.offsets import committed_offsets, log_offsets
 from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class ContinuityGuard:
         self.topics = frozenset(topics)
         self.bootstrap_servers = bootstrap_servers
         self.metrics = metrics
-        self.continuity: OffsetContinuity[Partition] = OffsetContinuity(stall_s=stall_s)
+        self.continuity: OffsetContinuity[Partition, Any] = OffsetContinuity(stall_s=stall_s)
         self._approved: set[tuple[str, int, int]] = set()
         self._gated: Any = None
         # Set once the current assignment's positions are known; records delivered before
@@ -76,10 +76,13 @@ class ContinuityGuard:
         self._approved.add((message.topic, message.partition, message.offset))
 
     # -- admission ------------------------------------------------------------------------
-    def admit(self, topic: str, partition: int, offset: int) -> bool:
-        """True to process the record now; False to hold it back (it comes again)."""
+    def admit(self, event: Any) -> bool:
+        """True to process the event now; False when it is held back (past a gap: it is
+        released by :meth:`settle`, or comes again after a re-read)."""
         self._gate()
-        verdict = self.continuity.admit((topic, partition), offset, time.monotonic())
+        message = event.message
+        verdict = self.continuity.admit(
+            (message.topic, message.partition), message.offset, event, time.monotonic())
         if verdict is Admission.HELD:
             self.metrics.inc("cdc_worker_held_total")
             return False
@@ -110,7 +113,7 @@ class ContinuityGuard:
         for tp in revoked:
             self.continuity.revoked((tp.topic, tp.partition))
 
-    # -- re-reading -----------------------------------------------------------------------
+    # -- settling gaps --------------------------------------------------------------------
     def _highwater(self, tp: Partition) -> int | None:
         try:
             end = self.app.consumer.highwater(TP(*tp))
@@ -118,24 +121,28 @@ class ContinuityGuard:
             return None
         return end if isinstance(end, int) and end >= 0 else None
 
-    async def reread(self, idle: bool) -> None:
-        """Seek back every partition with a gap (or, when the agent is ``idle``, a stall)."""
-        now = time.monotonic()
+    async def settle(self, idle: bool) -> list[Any]:
+        """Settle every partition with a gap (or, when the agent is ``idle``, a stall)
+        against the log; returns the held events to process now, in offset order per
+        partition, and seeks Faust back where it skipped a record."""
         ends = self._highwater if idle else (lambda _tp: None)
-        for tp, start in self.continuity.due(now, ends):
+        release: list[Any] = []
+        for tp, start, until in self.continuity.due(time.monotonic(), ends):
             try:
-                first = await asyncio.to_thread(
-                    first_offset_at, self.bootstrap_servers, tp, start)
+                held_in_log = await asyncio.to_thread(
+                    log_offsets, self.bootstrap_servers, tp, start, until)
             except RetriableError as exc:  # asked again on the next call
-                log.warning("%s[%d]: cannot check offset %d yet: %s", *tp, start, exc)
+                log.warning("%s[%d]: cannot check offsets %d..%d yet: %s",
+                            *tp, start, until, exc)
                 continue
-            if self.continuity.skip_to(tp, first):
-                log.info("%s[%d]: the log has no record in [%d, %d) (compaction or "
-                         "transaction markers); moving on", *tp, start, first)
-                self.metrics.inc("cdc_worker_log_gaps_total")
-            else:
-                log.warning("%s[%d]: offset %d was not delivered by the consumer; "
-                            "re-reading from it", *tp, start)
-                self.metrics.inc("cdc_worker_rereads_total")
-            await self.app.consumer.seek(TP(*tp), self.continuity.expected(tp))
-            self.continuity.rereading(tp, time.monotonic())
+            settled = self.continuity.settle(tp, start, until, held_in_log, time.monotonic())
+            release.extend(settled.release)
+            if settled.seek_to is None:
+                if until + 1 - start > len(held_in_log):
+                    self.metrics.inc("cdc_worker_log_gaps_total")
+                continue
+            log.warning("%s[%d]: offset %d was not delivered by the consumer; re-reading "
+                        "from it", *tp, settled.seek_to)
+            self.metrics.inc("cdc_worker_rereads_total")
+            await self.app.consumer.seek(TP(*tp), settled.seek_to)
+        return release

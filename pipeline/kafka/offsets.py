@@ -41,34 +41,42 @@ def committed_offsets(bootstrap_servers: str, group: str, partitions: Iterable[P
     return out
 
 
-def first_offset_at(bootstrap_servers: str, partition: Partition, offset: int,
-                    timeout: float = 10.0) -> int:
-    """The offset of the first record at or after ``offset`` in the log (as an
-    ``read_uncommitted`` consumer sees it), or the log's end when none is there."""
+def log_offsets(bootstrap_servers: str, partition: Partition, start: int, until: int,
+                timeout: float = 10.0) -> list[int]:
+    """The offsets of the records the log holds in ``[start, until]``, as a
+    ``read_uncommitted`` consumer sees them (transaction markers and compacted keys leave
+    holes)."""
     topic, p = partition
     consumer = Consumer({
         "bootstrap.servers": bootstrap_servers, "group.id": f"cdc-continuity-{topic}",
         "enable.auto.commit": False, "enable.partition.eof": True,
-        "isolation.level": "read_uncommitted",
+        "isolation.level": "read_uncommitted", "fetch.max.bytes": 8 * 1024 * 1024,
     })
+    found: list[int] = []
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-        if offset >= high:
-            return high
-        consumer.assign([TopicPartition(topic, p, max(offset, low))])
+        first, last = max(start, low), min(until, high - 1)
+        if first > last:
+            return found
+        consumer.assign([TopicPartition(topic, p, first)])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
             err = msg.error()
-            if err is None:
-                return int(msg.offset() or 0)
-            if err.code() == KafkaError._PARTITION_EOF:
-                return max(high, int(msg.offset() or 0))
-            raise RetriableError(f"reading {topic}[{p}] at {offset}: {err}")
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return found
+                raise RetriableError(f"reading {topic}[{p}] from {start}: {err}")
+            offset = int(msg.offset() or 0)
+            if offset > last:
+                return found
+            found.append(offset)
+            if offset == last:
+                return found
     except KafkaException as exc:
-        raise RetriableError(f"reading {topic}[{p}] at {offset}: {exc}") from exc
+        raise RetriableError(f"reading {topic}[{p}] from {start}: {exc}") from exc
     finally:
         consumer.close()
-    raise RetriableError(f"reading {topic}[{p}] at {offset}: no answer in {timeout:.0f}s")
+    raise RetriableError(f"reading {topic}[{p}] from {start}: no answer in {timeout:.0f}s")

@@ -9,93 +9,127 @@ from hypothesis import strategies as st
 from pipeline.continuity import Admission, OffsetContinuity
 
 TP = ("raw", 0)
+Continuity = OffsetContinuity[tuple[str, int], str]
 
 
-def _assigned(next_offset: int | None = 5) -> OffsetContinuity[tuple[str, int]]:
-    c: OffsetContinuity[tuple[str, int]] = OffsetContinuity(stall_s=5, reread_timeout_s=10)
+def _assigned(next_offset: int | None = 5, max_held: int = 10_000) -> Continuity:
+    c: Continuity = OffsetContinuity(stall_s=5, reread_timeout_s=10, max_held=max_held)
     c.assigned(TP, next_offset, now=0.0)
     return c
 
 
+def _admit(c: Continuity, *offsets: int, now: float = 1.0) -> list[Admission]:
+    return [c.admit(TP, o, f"r{o}", now) for o in offsets]
+
+
 def test_records_in_order_are_taken() -> None:
     c = _assigned(5)
-    assert [c.admit(TP, o, 1.0) for o in (5, 6, 7)] == [Admission.TAKE] * 3
+    assert _admit(c, 5, 6, 7) == [Admission.TAKE] * 3
     assert c.expected(TP) == 8
 
 
-def test_a_record_past_a_gap_is_held_and_the_partition_is_due_from_the_gap() -> None:
+def test_a_record_past_a_gap_is_held_and_due_up_to_the_last_held() -> None:
     c = _assigned(5)
-    assert c.admit(TP, 5, 1.0) is Admission.TAKE
-    assert c.admit(TP, 7, 1.0) is Admission.HELD  # 6 never came
-    assert c.admit(TP, 8, 1.0) is Admission.HELD
-    assert c.due(1.0, lambda _tp: None) == [(TP, 6)]
-    assert c.held == 2
+    assert _admit(c, 5, 7, 8) == [Admission.TAKE, Admission.HELD, Admission.HELD]
+    assert c.due(1.0, lambda _tp: None) == [(TP, 6, 8)]
 
 
-def test_the_first_record_after_assignment_may_be_the_one_missing() -> None:
+def test_a_record_the_framework_skipped_is_reread_and_what_came_before_it_released() -> None:
     c = _assigned(5)
-    assert c.admit(TP, 6, 1.0) is Admission.HELD
-    assert c.due(1.0, lambda _tp: None) == [(TP, 5)]
+    _admit(c, 5, 7, 8)  # 6 never came
+    settled = c.settle(TP, 6, 8, [6, 7, 8], now=2.0)
+    assert settled.release == []
+    assert settled.seek_to == 6
+    assert c.expected(TP) == 6
+    assert c.due(3.0, lambda _tp: None) == []  # re-read in flight
+    assert _admit(c, 6, 7, 8) == [Admission.TAKE] * 3
 
 
-def test_a_reread_in_flight_is_not_due_again_until_it_times_out() -> None:
+def test_a_hole_in_the_log_itself_releases_the_held_records_without_a_seek() -> None:
     c = _assigned(5)
-    c.admit(TP, 7, 1.0)
-    c.rereading(TP, 1.0)
-    c.admit(TP, 8, 2.0)  # stale, queued before the seek
+    _admit(c, 5, 7, 9)  # 6 and 8: transaction markers
+    settled = c.settle(TP, 6, 9, [7, 9], now=2.0)
+    assert settled.release == ["r7", "r9"]
+    assert settled.seek_to is None
+    assert c.expected(TP) == 10
+    assert _admit(c, 10) == [Admission.TAKE]
+
+
+def test_held_records_before_the_first_skipped_one_are_released() -> None:
+    c = _assigned(5)
+    _admit(c, 7, 9)  # 5, 6 compacted away; 8 skipped by the framework
+    settled = c.settle(TP, 5, 9, [7, 8, 9], now=2.0)
+    assert settled.release == ["r7"]
+    assert settled.seek_to == 8
+    assert c.expected(TP) == 8
+
+
+def test_records_held_beyond_the_bound_come_again_by_the_reread() -> None:
+    c = _assigned(5, max_held=1)
+    _admit(c, 7, 8)  # 8 not kept
+    settled = c.settle(TP, 5, 7, [7, 8], now=2.0)
+    assert settled.release == ["r7"]
+    assert c.expected(TP) == 8
+    assert c.due(2.0, lambda _tp: None) == []  # nothing held: no gap left to settle
+    assert _admit(c, 8) == [Admission.TAKE]
+
+
+def test_a_reread_that_brings_nothing_is_settled_again_after_the_timeout() -> None:
+    c = _assigned(5)
+    _admit(c, 7)
+    c.settle(TP, 5, 7, [5, 7], now=1.0)
+    _admit(c, 7, now=2.0)  # stale, queued before the seek
     assert c.due(2.0, lambda _tp: None) == []
-    assert c.due(11.5, lambda _tp: None) == [(TP, 5)]  # nothing came: ask again
-
-
-def test_the_reread_brings_the_missing_record_and_the_rest_follow() -> None:
-    c = _assigned(5)
-    c.admit(TP, 7, 1.0)
-    c.rereading(TP, 1.0)
-    assert [c.admit(TP, o, 2.0) for o in (5, 6, 7)] == [Admission.TAKE] * 3
-    assert c.due(2.0, lambda _tp: None) == []
+    assert c.due(11.5, lambda _tp: None) == [(TP, 5, 7)]
 
 
 def test_repeats_after_a_seek_are_reported_as_repeats() -> None:
     c = _assigned(5)
-    for o in (5, 6, 7):
-        c.admit(TP, o, 1.0)
-    assert c.admit(TP, 6, 1.0) is Admission.REPEAT
+    _admit(c, 5, 6, 7)
+    assert _admit(c, 6) == [Admission.REPEAT]
     assert c.expected(TP) == 8
-
-
-def test_a_gap_in_the_log_itself_is_skipped_once_kafka_confirms_it() -> None:
-    c = _assigned(5)
-    c.admit(TP, 9, 1.0)  # 5..8 compacted away
-    assert c.skip_to(TP, 9)
-    assert not c.skip_to(TP, 7)  # never backwards
-    assert c.admit(TP, 9, 2.0) is Admission.TAKE
 
 
 def test_a_stall_short_of_the_fetched_end_is_due_only_after_stall_s() -> None:
     c = _assigned(5)
-    c.admit(TP, 5, 1.0)
-    end = {TP: 7}.get  # offset 6 was fetched but never delivered, and nothing follows
+    _admit(c, 5)
+    end = {TP: 7}.get  # 6 was fetched but never delivered, and nothing follows
     assert c.due(3.0, end) == []
-    assert c.due(6.5, end) == [(TP, 6)]
+    assert c.due(6.5, end) == [(TP, 6, 6)]
     assert c.due(6.5, lambda _tp: 6) == []  # caught up: no stall
+    assert c.settle(TP, 6, 6, [6], now=6.5).seek_to == 6
 
 
-def test_records_of_a_partition_not_assigned_here_are_held() -> None:
+def test_a_stall_over_a_trailing_marker_moves_past_it() -> None:
+    c = _assigned(5)
+    _admit(c, 5)
+    settled = c.settle(TP, 6, 6, [], now=7.0)  # offset 6: a commit marker
+    assert (settled.release, settled.seek_to) == ([], None)
+    assert c.expected(TP) == 7
+
+
+def test_settling_a_partition_that_moved_on_does_nothing() -> None:
+    c = _assigned(5)
+    _admit(c, 7)
+    c.revoked(TP)
+    assert c.settle(TP, 5, 7, [5, 6, 7], now=2.0).seek_to is None
+
+
+def test_records_of_a_partition_not_assigned_here_are_held_and_never_due() -> None:
     c = _assigned(5)
     c.revoked(TP)
-    assert c.admit(TP, 5, 1.0) is Admission.HELD
+    assert _admit(c, 5) == [Admission.HELD]
     assert c.due(1.0, lambda _tp: 100) == []
 
 
 def test_a_group_without_a_commit_starts_at_the_first_record() -> None:
     c = _assigned(None)
-    assert c.admit(TP, 42, 1.0) is Admission.TAKE
-    assert c.expected(TP) == 43
+    assert _admit(c, 42) == [Admission.TAKE]
 
 
 def test_reassignment_without_revocation_keeps_the_position() -> None:
     c = _assigned(5)
-    c.admit(TP, 5, 1.0)
+    _admit(c, 5)
     c.assigned(TP, 3, 2.0)
     assert c.expected(TP) == 6
 
@@ -105,27 +139,30 @@ def test_settings_are_checked() -> None:
         OffsetContinuity(stall_s=0)
 
 
-@given(st.lists(st.booleans(), min_size=1, max_size=60))
-def test_whatever_is_skipped_the_taken_offsets_are_contiguous(skips: list[bool]) -> None:
-    """A consumer that skips records at random, and re-reads when the guard says so, still
-    hands the agent every offset exactly once, in order."""
-    total = len(skips)
+@given(st.lists(st.sampled_from(["record", "marker", "skipped"]), min_size=1, max_size=60))
+def test_every_record_of_the_log_is_taken_once_in_order(log: list[str]) -> None:
+    """A log with holes (markers) and a consumer that skips records at random: with the
+    guard settling against the log, the agent processes every record once, in order."""
+    in_log = [o for o, kind in enumerate(log) if kind != "marker"]
+    skip = {o for o, kind in enumerate(log) if kind == "skipped"}
+    end = len(log)
     c = _assigned(0)
-    taken: list[int] = []
+    processed: list[int] = []
     position, now = 0, 0.0
-    skip = list(skips)
-    for _ in range(10 * total + 10):
-        if position < total:
-            deliver = not (skip[position] if position < len(skip) else False)
-            if position < len(skip):
-                skip[position] = False  # a re-read delivers it
-            if deliver and c.admit(TP, position, now) is Admission.TAKE:
-                taken.append(position)
-            position += 1
+    for _ in range(20 * end + 20):
         now += 1.0
-        for _tp, start in c.due(now, lambda _tp: total):
-            c.rereading(_tp, now)
-            position = start
-        if len(taken) == total:
+        if position < end:
+            offset, position = position, position + 1
+            delivered = offset in in_log and offset not in skip
+            if delivered and c.admit(TP, offset, f"r{offset}", now) is Admission.TAKE:
+                processed.append(offset)
+            skip.discard(offset)  # a re-read delivers it
+        for tp, start, until in c.due(now, lambda _tp: end):
+            settled = c.settle(tp, start, until,
+                               [o for o in in_log if start <= o <= until], now)
+            processed.extend(int(r[1:]) for r in settled.release)
+            if settled.seek_to is not None:
+                position = settled.seek_to
+        if c.expected(TP) == end and position >= end:
             break
-    assert taken == list(range(total))
+    assert processed == in_log

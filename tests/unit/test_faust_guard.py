@@ -80,45 +80,67 @@ def _guard(app: _App) -> ContinuityGuard:
     return g
 
 
+def _ev(offset: int, topic: str = "raw") -> _Event:
+    return _Event(_Message(topic, 0, offset))
+
+
 def test_acks_pass_only_when_the_agent_approved_them(app: _App) -> None:
     g = _guard(app)
-    assert g.admit("raw", 0, 10)
-    skipped = _Message("raw", 0, 11)
-    assert app.consumer.ack(skipped) is False  # Faust acking a record it skipped
-    g.approve(_Event(_Message("raw", 0, 10)))
+    assert g.admit(_ev(10))
+    assert app.consumer.ack(_Message("raw", 0, 11)) is False  # Faust acking one it skipped
+    g.approve(_ev(10))
     assert app.consumer.ack(_Message("raw", 0, 10)) is True
     assert app.consumer.ack(_Message("other", 0, 3)) is True  # not a guarded topic
     assert app.consumer.acked == [10, 3]
+    assert g.metrics.total("cdc_worker_acks_blocked_total") == 1
 
 
-def test_a_gap_seeks_back_to_the_missing_offset(app: _App, monkeypatch: pytest.MonkeyPatch
-                                                ) -> None:
-    monkeypatch.setattr(guard_module, "first_offset_at", lambda _bs, _tp, start, *_a: start)
+def test_records_wait_for_the_assignment_positions(app: _App) -> None:
+    g = ContinuityGuard(app, "g", ["raw"], "bs", Metrics("test"))
+    assert not g.admit(_ev(10))  # delivered before the assignment is known: held
+
+    async def later() -> None:
+        waiting = asyncio.ensure_future(g.assignment_known())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        await app.on_partitions_assigned.send({_TP("raw", 0)})
+        await asyncio.wait_for(waiting, 1)
+
+    asyncio.run(later())
+    assert g.admit(_ev(10))
+
+
+def test_a_skipped_record_seeks_back_to_it(app: _App, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard_module, "log_offsets",
+                        lambda _bs, _tp, start, until, *_a: list(range(start, until + 1)))
     g = _guard(app)
-    assert g.admit("raw", 0, 10)
-    assert not g.admit("raw", 0, 12)  # 11 was skipped
-    asyncio.run(g.reread(idle=False))
+    assert g.admit(_ev(10))
+    assert not g.admit(_ev(12))  # 11 was skipped
+    assert asyncio.run(g.settle(idle=False)) == []
     assert app.consumer.seeks == [(("raw", 0), 11)]
     assert g.metrics.total("cdc_worker_rereads_total") == 1
 
 
-def test_a_gap_kafka_confirms_moves_on_and_seeks_to_the_next_record(
+def test_a_hole_in_the_log_releases_the_held_record_without_a_seek(
         app: _App, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(guard_module, "first_offset_at", lambda *_a: 12)
+    monkeypatch.setattr(guard_module, "log_offsets", lambda *_a: [12])  # 10, 11: markers
     g = _guard(app)
-    assert not g.admit("raw", 0, 12)  # 10 and 11: compacted away
-    asyncio.run(g.reread(idle=False))
-    assert app.consumer.seeks == [(("raw", 0), 12)]
-    assert g.admit("raw", 0, 12)
+    held = _ev(12)
+    assert not g.admit(held)
+    assert asyncio.run(g.settle(idle=False)) == [held]
+    assert app.consumer.seeks == []
+    assert g.metrics.total("cdc_worker_log_gaps_total") == 1
+    assert g.admit(_ev(13))
 
 
 def test_an_idle_stall_short_of_the_end_is_reread(app: _App, monkeypatch: pytest.MonkeyPatch
                                                   ) -> None:
-    monkeypatch.setattr(guard_module, "first_offset_at", lambda _bs, _tp, start, *_a: start)
+    monkeypatch.setattr(guard_module, "log_offsets",
+                        lambda _bs, _tp, start, until, *_a: list(range(start, until + 1)))
     g = _guard(app)
     app.consumer.ends[("raw", 0)] = 11  # offset 10 was fetched; it never reached the agent
     asyncio.run(asyncio.sleep(0.02))
-    asyncio.run(g.reread(idle=False))
+    asyncio.run(g.settle(idle=False))
     assert app.consumer.seeks == []  # busy: a stall is not judged
-    asyncio.run(g.reread(idle=True))
+    asyncio.run(g.settle(idle=True))
     assert app.consumer.seeks == [(("raw", 0), 10)]
