@@ -44,8 +44,21 @@ class ContinuityGuard:
         # Set once the current assignment's positions are known; records delivered before
         # then wait for it (Faust resumes streams before its assignment signal finishes).
         self._assignment_known = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_partitions_revoked.connect(self._on_revoked)
+        # Faust waits, at the start of a rebalance, until every record it handed out is
+        # acknowledged; held records never would be. So they are let go of first (the new
+        # assignment re-reads from the committed offsets). Faust calls this hook from its
+        # consumer thread, as early as it can.
+        started = app.on_rebalance_start
+
+        def on_rebalance_start() -> None:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.continuity.drop_held)
+            started()
+
+        app.on_rebalance_start = on_rebalance_start
 
     # -- acknowledgements -----------------------------------------------------------------
     def _gate(self) -> None:
@@ -93,6 +106,7 @@ class ContinuityGuard:
         await self._assignment_known.wait()
 
     async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
+        self._loop = asyncio.get_running_loop()
         mine = [(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics]
         positions: dict[Partition, int | None] = {}
         for attempt in range(3):

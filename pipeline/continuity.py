@@ -151,5 +151,12 @@ class OffsetContinuity(Generic[TP, T]):
             part.reread_until = now + self.reread_timeout_s
         return Settled(release, seek_to)
 
+    def drop_held(self) -> None:
+        """Let go of every held record (a rebalance starts: the framework waits for the
+        records it handed out, and the new assignment re-reads from the committed offsets)."""
+        for part in self._parts.values():
+            part.held.clear()
+            part.gap = False
+
     def partitions(self) -> Iterable[TP]:
         return self._parts.keys()

@@ -59,6 +59,10 @@ class _App:
     consumer: _Consumer = field(default_factory=_Consumer)
     on_partitions_assigned: _Signal = field(default_factory=_Signal)
     on_partitions_revoked: _Signal = field(default_factory=_Signal)
+    rebalances: int = 0
+
+    def on_rebalance_start(self) -> None:
+        self.rebalances += 1
 
 
 @dataclass(frozen=True)
@@ -144,3 +148,17 @@ def test_an_idle_stall_short_of_the_end_is_reread(app: _App, monkeypatch: pytest
     assert app.consumer.seeks == []  # busy: a stall is not judged
     asyncio.run(g.settle(idle=True))
     assert app.consumer.seeks == [(("raw", 0), 10)]
+
+
+def test_held_records_are_let_go_of_when_a_rebalance_starts(app: _App) -> None:
+    g = ContinuityGuard(app, "g", ["raw"], "bs", Metrics("test"))
+
+    async def run() -> None:
+        await app.on_partitions_assigned.send({_TP("raw", 0)})
+        assert not g.admit(_ev(12))  # held: Faust's rebalance would wait for it forever
+        app.on_rebalance_start()  # as Faust's consumer thread calls it
+        await asyncio.sleep(0)
+        assert g.continuity.due(0.0, lambda _tp: None) == []
+
+    asyncio.run(run())
+    assert app.rebalances == 1
