@@ -184,6 +184,8 @@ async def settle_stalled_partitions() -> None:
         released = await guard.settle(idle=ledger.waiting() == 0)
         if released:
             await process(released)
+    for topic, lag in guard.lag_by_topic().items():
+        metrics.set("cdc_worker_consumer_lag_records", lag, topic=topic)
 
 
 @app.timer(interval=settings.worker.dedup.evict_interval_s)

@@ -135,6 +135,15 @@ class ContinuityGuard:
             return None
         return end if isinstance(end, int) and end >= 0 else None
 
+    def lag_by_topic(self) -> dict[str, int]:
+        """Records in the log (as last fetched) not yet taken, per topic."""
+        lag: dict[str, int] = {}
+        for tp in list(self.continuity.partitions()):
+            end, taken = self._highwater(tp), self.continuity.expected(tp)
+            if end is not None and taken is not None:
+                lag[tp[0]] = lag.get(tp[0], 0) + max(0, end - taken)
+        return lag
+
     async def settle(self, idle: bool) -> list[Any]:
         """Settle every partition with a gap (or, when the agent is ``idle``, a stall)
         against the log; returns the held events to process now, in offset order per

@@ -84,7 +84,7 @@ class KafkaSinkWorker:
         wait = max(w.batch_wait_ms, 1) / 1000
         self.consumer.subscribe(list(self.settings.raw_topics()),
                                 on_assign=self._on_assign, on_revoke=self._on_revoke)
-        last_flush = last_evict = time.monotonic()
+        last_flush = last_evict = last_lag = time.monotonic()
         try:
             while not stop.is_set():
                 messages = self.consumer.consume(w.batch_size, wait)
@@ -98,6 +98,9 @@ class KafkaSinkWorker:
                 if now - last_flush >= w.ordering.idle_flush_ms / 2000:
                     self.processor.flush_idle()
                     last_flush = now
+                if now - last_lag >= 1.0:
+                    self._report_lag()
+                    last_lag = now
                 dedup = self.processor.dedup
                 if dedup is not None and now - last_evict >= w.dedup.evict_interval_s:
                     dedup.evict(int(time.time() * 1000))
@@ -115,6 +118,24 @@ class KafkaSinkWorker:
             close = getattr(self.seen, "close", None)
             if close is not None:
                 close()
+
+    def _report_lag(self) -> None:
+        """Records in the log (as last fetched) not yet consumed, per topic."""
+        if not self.assigned:
+            return
+        lag: dict[str, int] = {}
+        try:
+            positions = self.consumer.position(
+                [TopicPartition(t, p) for t, p in sorted(self.assigned)])
+            for tp in positions:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if tp.offset >= 0 and high >= 0:
+                    lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - tp.offset)
+        except KafkaException as exc:
+            log.debug("consumer lag unknown: %s", exc)
+            return
+        for topic, records in lag.items():
+            self.metrics.set("cdc_worker_consumer_lag_records", records, topic=topic)
 
     def _record(self, message: Any) -> RawRecord:
         record = RawRecord(

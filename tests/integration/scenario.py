@@ -106,6 +106,15 @@ class Scenario:
             for k, v in snap.get("counters", {}).items() if k == name or k.startswith(name + "{")
         )
 
+    def gauges(self, name: str, process: str = "") -> list[float]:
+        """Every value of a gauge, over the processes whose name starts with ``process``
+        and every label set."""
+        return [
+            v for proc, snap in read_snapshots(self.work / "metrics").items()
+            if proc.startswith(process)
+            for k, v in snap.get("gauges", {}).items() if k == name or k.startswith(name + "{")
+        ]
+
     def read_topic(self, topic: str, timeout: float = 10) -> list[Any]:
         """Every record of a topic, from the beginning."""
         consumer = Consumer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,

@@ -70,6 +70,9 @@ def test_changes_reach_the_index_and_invalidate_the_cache(scenario: Scenario) ->
     assert wait_until(lambda: sc.redis.exists("item:1", "item:2", "item:3") == 0, 10)
     assert sc.redis.exists("item-name:green apple") == 0
     assert sc.redis.exists("item-name:plum") == 0
+    # Caught up: every worker reports its consumer lag, and it is zero.
+    lags = lambda: sc.gauges("cdc_worker_consumer_lag_records", "worker-")  # noqa: E731
+    assert wait_until(lambda: len(lags()) >= 2 and not any(lags()), 15), lags()
 
 
 def test_unchanged_toast_value_is_never_overwritten(scenario: Scenario) -> None:
