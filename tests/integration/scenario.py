@@ -8,9 +8,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg2
 import redis
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from psycopg2 import sql
 
 from pipeline import stack
@@ -145,6 +147,28 @@ class Scenario:
     def close(self) -> None:
         for proc in self.processes.values():
             proc.stop()
-        with contextlib.suppress(Exception):  # best-effort cleanup
+        # Best-effort cleanup, so that a stack kept running across many test runs does not
+        # fill up with their indices, topics and schemas.
+        with contextlib.suppress(Exception):
             ReplicationSlot(self.settings.postgres).drop()
+        with contextlib.suppress(Exception):
+            listed = httpx.get(f"{self.es_url}/_cat/indices/*{self.uid}*",
+                               params={"h": "index", "format": "json"}, timeout=10).json()
+            names = [row["index"] for row in listed]
+            if names:  # by name: Elasticsearch refuses wildcard deletes
+                httpx.delete(f"{self.es_url}/{','.join(names)}", timeout=30)
+        with contextlib.suppress(Exception):
+            admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap_servers})
+            topics = [t for t in admin.list_topics(timeout=10).topics if self.uid in t]
+            if topics:
+                for future in admin.delete_topics(topics).values():
+                    future.result(30)
+        with contextlib.suppress(Exception):
+            conn = self.connect()
+            with conn, conn.cursor() as cur:
+                cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(self.schema)))
+                cur.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                    sql.Identifier(self.settings.postgres.publication)))
+            conn.close()
         self.redis.close()
