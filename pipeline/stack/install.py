@@ -77,6 +77,46 @@ def apt_install(packages: Sequence[str], present: Path) -> None:
             raise StackError(f"apt installed {packages} but {present} is still missing")
 
 
+def apt_tool(package: str, binary: str) -> Path:
+    """A binary out of a Debian package, unpacked into the cache without installing the
+    package (no maintainer scripts, no service started): e.g. ``promtool`` from
+    ``prometheus``. Downloads with ``apt-get download``; runs ``apt-get update`` once if
+    the package lists are missing."""
+    folder = cache_dir() / "apt-tools" / package
+    tool = folder / "bin" / binary
+    if tool.exists():
+        return tool
+    with file_lock(folder.with_suffix(".lock")):
+        if tool.exists():
+            return tool
+        download = folder / "download"
+        if download.exists():
+            shutil.rmtree(download)
+        download.mkdir(parents=True)
+        cmd = ["apt-get", "download", "-o", "DPkg::Lock::Timeout=300", package]
+        try:
+            run(cmd, cwd=download, timeout=900)
+        except StackError:
+            run(["apt-get", "update", "-o", "DPkg::Lock::Timeout=300"], timeout=900)
+            run(cmd, cwd=download, timeout=900)
+        debs = sorted(download.glob("*.deb"))
+        if not debs:
+            raise StackError(f"apt-get download {package} left no .deb in {download}")
+        unpacked = download / "root"
+        run(["dpkg-deb", "-x", str(debs[-1]), str(unpacked)], timeout=300)
+        found = [p for p in (unpacked / "usr" / "bin" / binary, unpacked / "bin" / binary)
+                 if p.exists()]
+        if not found:
+            raise StackError(f"package {package} has no {binary}")
+        tool.parent.mkdir(parents=True, exist_ok=True)
+        staged = tool.with_suffix(".part")
+        shutil.copy2(found[0], staged)
+        staged.chmod(staged.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        staged.rename(tool)
+        shutil.rmtree(download, ignore_errors=True)
+    return tool
+
+
 def _mvn() -> str:
     mvn = shutil.which("mvn")
     if mvn is None:
