@@ -155,10 +155,16 @@ async def consume(stream: Any) -> None:
             await guard.assignment_known()
             async with lock:
                 # Past a gap an event is held; settle() releases it or re-reads it.
-                await process([event for event in events if guard.admit(event)])
+                admitted = [event for event in events if guard.admit(event)]
+                # Faust waits at a revocation for every event it handed out; the held ones
+                # must not stay referenced here (the guard lets go of them).
+                del events
+                await process(admitted)
+                del admitted
                 released = await guard.settle(idle=False)
                 if released:
                     await process(released)
+                del released
             metrics.inc("cdc_worker_batches_total")
     except asyncio.CancelledError:
         raise

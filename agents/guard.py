@@ -41,6 +41,7 @@ class ContinuityGuard:
         self.continuity: OffsetContinuity[Partition, Any] = OffsetContinuity(stall_s=stall_s)
         self._approved: set[tuple[str, int, int]] = set()
         self._gated: Any = None
+        self._confirmed_gaps: set[Partition] = set()
         # Set once the current assignment's positions are known; records delivered before
         # then wait for it (Faust resumes streams before its assignment signal finishes).
         self._assignment_known = asyncio.Event()
@@ -81,7 +82,39 @@ class ContinuityGuard:
             return original(message)
 
         consumer.ack = ack
+        # Faust takes every hole it notices between two delivered offsets as done and its
+        # commit moves over it: after a skip or one of our seeks that is a record no sink saw.
+        # Only holes settle() confirmed to be the log's own may be recorded.
+        add_gap = consumer._add_gap
+        confirmed = self._confirmed_gaps
+
+        async def _add_gap(tp: Any, offset_from: int, offset_to: int) -> None:
+            if tp.topic not in topics or (tp.topic, tp.partition) in confirmed:
+                await add_gap(tp, offset_from, offset_to)
+
+        consumer._add_gap = _add_gap
         self._gated = consumer
+
+    async def _record_log_gaps(self, tp: Partition, start: int, until: int,
+                               in_log: list[int]) -> None:
+        """Tell Faust about holes the log itself has in ``[start, until]``, so its commit
+        can move over them."""
+        present = set(in_log)
+        missing = [o for o in range(start, until + 1) if o not in present]
+        if not missing:
+            return
+        ranges: list[tuple[int, int]] = []
+        for offset in missing:
+            if ranges and ranges[-1][1] == offset - 1:
+                ranges[-1] = (ranges[-1][0], offset)
+            else:
+                ranges.append((offset, offset))
+        self._confirmed_gaps.add(tp)
+        try:
+            for first, last in ranges:
+                await self.app.consumer._add_gap(TP(*tp), first, last)
+        finally:
+            self._confirmed_gaps.discard(tp)
 
     def approve(self, event: Any) -> None:
         """The agent finished ``event``: its acknowledgement may pass."""
@@ -107,9 +140,10 @@ class ContinuityGuard:
 
     async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
         self._loop = asyncio.get_running_loop()
+        self._gate()  # before anything of the new assignment is delivered
         mine = [(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics]
         positions: dict[Partition, int | None] = {}
-        for attempt in range(3):
+        for attempt in range(6):
             try:
                 positions = dict(await asyncio.to_thread(
                     committed_offsets, self.bootstrap_servers, self.group, mine, 10.0, True))
@@ -117,8 +151,11 @@ class ContinuityGuard:
             except RetriableError as exc:
                 log.warning("where the group left off is unknown (attempt %d): %s",
                             attempt + 1, exc)
+                await asyncio.sleep(min(2 ** attempt, 8))
+        else:  # guessing from the first record delivered could skip one: restart instead
+            raise RetriableError("where the group left off stayed unknown; restarting")
         now = time.monotonic()
-        for tp in mine:  # unknown: the first record delivered sets the position
+        for tp in mine:
             self.continuity.assigned(tp, positions.get(tp), now)
         self._assignment_known.set()
 
@@ -160,6 +197,9 @@ class ContinuityGuard:
                 continue
             settled = self.continuity.settle(tp, start, until, held_in_log, time.monotonic())
             release.extend(settled.release)
+            last_settled = until if settled.seek_to is None else settled.seek_to - 1
+            if last_settled >= start:
+                await self._record_log_gaps(tp, start, last_settled, held_in_log)
             if settled.seek_to is None:
                 if until + 1 - start > len(held_in_log):
                     self.metrics.inc("cdc_worker_log_gaps_total")
@@ -167,5 +207,6 @@ class ContinuityGuard:
             log.warning("%s[%d]: offset %d was not delivered by the consumer; re-reading "
                         "from it", *tp, settled.seek_to)
             self.metrics.inc("cdc_worker_rereads_total")
-            await self.app.consumer.seek(TP(*tp), settled.seek_to)
+            # On the consumer's own thread; it also resets Faust's read offset.
+            await self.app.consumer.seek_wait({TP(*tp): settled.seek_to})
         return release

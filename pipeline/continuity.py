@@ -22,8 +22,8 @@ of an exactly-once producer) and compacted keys. So a gap is settled against the
 there): if the log holds nothing the framework did not deliver, the held records are
 released in order and no seek is needed; otherwise the partition is re-read from the first
 missing record (the caller seeks) and the held records after it come again in their turn.
-A partition whose fetched end is past the expected offset while nothing arrives for
-``stall_s`` (with the worker idle) is looked at the same way: it catches a skipped record
+A partition whose fetched end stays past the expected offset for ``stall_s`` while nothing
+arrives (the worker idle at each look) is looked at the same way: it catches a skipped record
 that no later record reveals.
 """
 
@@ -51,6 +51,7 @@ class _Partition(Generic[T]):
     held: dict[int, T] = field(default_factory=dict)  # offset -> record, past a gap
     gap: bool = False
     reread_until: float = 0.0  # a re-read is in flight until then
+    behind_since: float | None = None  # first seen short of the fetched end, while idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,7 @@ class OffsetContinuity(Generic[TP, T]):
             part.last_take = now
             part.gap = False
             part.reread_until = 0.0
+            part.behind_since = None
             part.held.pop(offset, None)
             return Admission.TAKE
         if offset < part.next:
@@ -121,7 +123,13 @@ class OffsetContinuity(Generic[TP, T]):
                 out.append((tp, part.next, max(part.held)))
                 continue
             end = highwater(tp)
-            if end is not None and end > part.next and now - part.last_take >= self.stall_s:
+            if end is None or end <= part.next:
+                part.behind_since = None
+                continue
+            if part.behind_since is None:  # a burst just fetched looks the same at first
+                part.behind_since = now
+            elif (now - part.behind_since >= self.stall_s
+                  and now - part.last_take >= self.stall_s):
                 out.append((tp, part.next, end - 1))
         return out
 
@@ -141,6 +149,7 @@ class OffsetContinuity(Generic[TP, T]):
             release.append(item)
         part.gap = False
         part.last_take = now
+        part.behind_since = None
         if seek_to is None:
             part.next = max(part.next, until + 1)
             part.held = {o: i for o, i in part.held.items() if o > until}

@@ -21,8 +21,11 @@ def committed_offsets(bootstrap_servers: str, group: str, partitions: Iterable[P
     asked = [TopicPartition(topic, p) for topic, p in partitions]
     if not asked:
         return {}
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group,
-                         "enable.auto.commit": False})
+    try:
+        consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group,
+                             "enable.auto.commit": False})
+    except KafkaException as exc:
+        raise RetriableError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
     try:
         answer = consumer.committed(asked, timeout=timeout)
         out: dict[Partition, int | None] = {}
@@ -47,11 +50,14 @@ def log_offsets(bootstrap_servers: str, partition: Partition, start: int, until:
     ``read_uncommitted`` consumer sees them (transaction markers and compacted keys leave
     holes)."""
     topic, p = partition
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap_servers, "group.id": f"cdc-continuity-{topic}",
-        "enable.auto.commit": False, "enable.partition.eof": True,
-        "isolation.level": "read_uncommitted", "fetch.max.bytes": 8 * 1024 * 1024,
-    })
+    try:
+        consumer = Consumer({
+            "bootstrap.servers": bootstrap_servers, "group.id": f"cdc-continuity-{topic}",
+            "enable.auto.commit": False, "enable.partition.eof": True,
+            "isolation.level": "read_uncommitted", "fetch.max.bytes": 8 * 1024 * 1024,
+        })
+    except KafkaException as exc:
+        raise RetriableError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
     found: list[int] = []
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)

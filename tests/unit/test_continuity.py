@@ -94,10 +94,20 @@ def test_a_stall_short_of_the_fetched_end_is_due_only_after_stall_s() -> None:
     c = _assigned(5)
     _admit(c, 5)
     end = {TP: 7}.get  # 6 was fetched but never delivered, and nothing follows
-    assert c.due(3.0, end) == []
-    assert c.due(6.5, end) == [(TP, 6, 6)]
-    assert c.due(6.5, lambda _tp: 6) == []  # caught up: no stall
-    assert c.settle(TP, 6, 6, [6], now=6.5).seek_to == 6
+    assert c.due(3.0, end) == []  # first seen behind
+    assert c.due(6.5, end) == []  # behind for 3.5 s only
+    assert c.due(8.5, end) == [(TP, 6, 6)]
+    assert c.settle(TP, 6, 6, [6], now=8.5).seek_to == 6
+
+
+def test_a_burst_taken_in_time_is_no_stall() -> None:
+    c = _assigned(5)
+    _admit(c, 5)
+    end = {TP: 9}.get
+    assert c.due(10.0, end) == []  # fetched, not delivered yet
+    _admit(c, 6, 7, 8, now=10.2)
+    assert c.due(16.0, end) == []  # caught up
+    assert c.due(30.0, {TP: 10}.get) == []  # behind again: the clock starts anew
 
 
 def test_a_stall_over_a_trailing_marker_moves_past_it() -> None:

@@ -47,8 +47,13 @@ class _Consumer:
         self.acked.append(message.offset)
         return True
 
-    async def seek(self, tp: Any, offset: int) -> None:
-        self.seeks.append((tuple(tp), offset))
+    gaps: list[tuple[Any, int, int]] = field(default_factory=list)
+
+    async def seek_wait(self, partitions: dict[Any, int]) -> None:
+        self.seeks.extend((tuple(tp), offset) for tp, offset in partitions.items())
+
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        self.gaps.append(((tp.topic, tp.partition), offset_from, offset_to))
 
     def highwater(self, tp: Any) -> int:
         return self.ends[tuple(tp)]
@@ -134,7 +139,15 @@ def test_a_hole_in_the_log_releases_the_held_record_without_a_seek(
     assert asyncio.run(g.settle(idle=False)) == [held]
     assert app.consumer.seeks == []
     assert g.metrics.total("cdc_worker_log_gaps_total") == 1
+    assert app.consumer.gaps == [(("raw", 0), 10, 11)]  # Faust may commit over these
     assert g.admit(_ev(13))
+
+
+def test_faust_may_not_record_holes_of_its_own_on_guarded_topics(app: _App) -> None:
+    _guard(app)
+    asyncio.run(app.consumer._add_gap(_TP("raw", 0), 11, 20))  # as _drain_messages does
+    asyncio.run(app.consumer._add_gap(_TP("other", 0), 3, 4))
+    assert app.consumer.gaps == [(("other", 0), 3, 4)]
 
 
 def test_an_idle_stall_short_of_the_end_is_reread(app: _App, monkeypatch: pytest.MonkeyPatch
@@ -146,6 +159,8 @@ def test_an_idle_stall_short_of_the_end_is_reread(app: _App, monkeypatch: pytest
     asyncio.run(asyncio.sleep(0.02))
     asyncio.run(g.settle(idle=False))
     assert app.consumer.seeks == []  # busy: a stall is not judged
+    asyncio.run(g.settle(idle=True))  # first seen behind
+    asyncio.run(asyncio.sleep(0.02))
     asyncio.run(g.settle(idle=True))
     assert app.consumer.seeks == [(("raw", 0), 10)]
 
