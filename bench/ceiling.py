@@ -3,7 +3,7 @@
 ``python -m bench.ceiling --dsn D --slot S --publication P --changes N --mode raw|decode``
 reads the slot with psycopg2's LogicalReplicationConnection (``decode=False``), counts row
 changes (pgoutput I/U/D messages) and discards them; ``decode`` also runs our decoder
-(``pipeline.postgres.pgoutput.decode_message``) on every message. Feedback every 0.5 s.
+(``pipeline.sources.postgres.pgoutput.decode_message``) on every message. Feedback every 0.5 s.
 Times from the first message to the N-th change; prints one JSON line.
 """
 
@@ -17,8 +17,8 @@ import time
 
 from psycopg2.extras import LogicalReplicationConnection
 
-from pipeline.postgres.pgoutput import decode_message
-from pipeline.postgres.slot import connect
+from pipeline.sources.postgres.pgoutput import decode_message
+from pipeline.sources.postgres.slot import connect
 
 CHANGE_TAGS = frozenset(b"IUD")
 

@@ -30,11 +30,11 @@ import orjson
 from confluent_kafka import Producer
 
 from pipeline import stack
+from pipeline.capture.publisher import ensure_topics
 from pipeline.config import load_settings
 from pipeline.dedup import Deduplicator
 from pipeline.events import ChangeEvent, SourceInfo, encode_key, encode_value
 from pipeline.harness import PipelineProcess, group_stable, wait_until
-from pipeline.kafka.publisher import ensure_topics
 from pipeline.status import consumer_lag
 
 TABLE = "bench.items"

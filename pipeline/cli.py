@@ -61,7 +61,7 @@ def capture(ctx: click.Context) -> None:
 @click.pass_context
 def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) -> None:
     """Run the Faust workers that write the raw topics to the sinks."""
-    from pipeline.kafka.publisher import ensure_topics
+    from pipeline.capture.publisher import ensure_topics
 
     try:
         settings = _settings(ctx)

@@ -127,7 +127,7 @@ def stop_on_signals() -> threading.Event:
 
 def run_capture(settings: Settings) -> None:
     """Capture until a signal; reconnects with backoff after transient failures."""
-    from pipeline.postgres.capture import PostgresCapture
+    from pipeline.sources.postgres.source import PostgresCapture
 
     metrics, exporter = start_metrics(settings, "capture")
     stop = stop_on_signals()

@@ -23,8 +23,8 @@ from pipeline.harness import (
     wait_until,
 )
 from pipeline.metrics import quantiles_between, read_snapshots
-from pipeline.postgres.slot import ReplicationSlot
 from pipeline.sinks.registry import sink_names
+from pipeline.sources.postgres.slot import ReplicationSlot
 
 CHANGES = 500  # transactions in the steady phase, whose latency the summary reports
 RATE = 100.0  # their offered rate, transactions per second

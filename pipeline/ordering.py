@@ -47,7 +47,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 from pipeline.errors import BadDataError
 from pipeline.events import ChangeEvent
-from pipeline.postgres.lsn import Lsn
+from pipeline.positions import Lsn
 
 T = TypeVar("T")
 P = TypeVar("P", bound=Hashable)

@@ -10,8 +10,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pipeline.config import Settings
 from pipeline.errors import RetriableError
 from pipeline.metrics import read_snapshots
-from pipeline.postgres.slot import connect
 from pipeline.sinks.registry import sink_names
+from pipeline.sources.postgres.slot import connect
 
 
 def slot_lag(settings: Settings) -> dict[str, Any] | None:

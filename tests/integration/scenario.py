@@ -26,7 +26,7 @@ from pipeline.harness import (
     wait_until,
 )
 from pipeline.metrics import read_snapshots
-from pipeline.postgres.slot import ReplicationSlot
+from pipeline.sources.postgres.slot import ReplicationSlot
 
 COLUMNS = ("id", "name", "qty", "price")
 

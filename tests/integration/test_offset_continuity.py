@@ -8,10 +8,10 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
+from pipeline.capture.publisher import ensure_topics
 from pipeline.config import load_settings
 from pipeline.harness import wait_until
 from pipeline.kafka.offsets import committed_offsets, log_offsets
-from pipeline.kafka.publisher import ensure_topics
 from tests.integration.scenario import Scenario
 
 pytestmark = pytest.mark.integration

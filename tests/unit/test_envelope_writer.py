@@ -6,14 +6,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.events import encode_key, encode_value
-from pipeline.postgres.changes import (
+from pipeline.sources.postgres.envelope import (
     ChangeBuilder,
     EnvelopeWriter,
     TableShape,
     TransactionContext,
 )
-from pipeline.postgres.pgoutput import UNCHANGED_TOAST, Column, Delete, Insert, Relation, Update
-from pipeline.postgres.values import BUILTIN_TYPE_OIDS
+from pipeline.sources.postgres.pgoutput import (
+    UNCHANGED_TOAST,
+    Column,
+    Delete,
+    Insert,
+    Relation,
+    Update,
+)
+from pipeline.sources.postgres.values import BUILTIN_TYPE_OIDS
 
 REL = Relation(
     oid=16400, namespace="sales", name='or"ders', replica_identity="d",
@@ -75,7 +82,7 @@ def test_insert_fast_path_equals_the_decoder(
     key: int, note: str | None, total: str | None, paid: str | None
 ) -> None:
     from pipeline.events import UNAVAILABLE_VALUE
-    from pipeline.postgres.pgoutput import decode_message, insert_relation_oid, insert_row
+    from pipeline.sources.postgres.pgoutput import decode_message, insert_relation_oid, insert_row
 
     payload = _insert_payload([str(key), note, total, paid])
     assert insert_relation_oid(payload) == SHAPE.oid
@@ -87,7 +94,11 @@ def test_insert_fast_path_equals_the_decoder(
 def test_insert_fast_path_refuses_what_it_does_not_expect() -> None:
     import pytest
 
-    from pipeline.postgres.pgoutput import PgoutputDecodeError, insert_relation_oid, insert_row
+    from pipeline.sources.postgres.pgoutput import (
+        PgoutputDecodeError,
+        insert_relation_oid,
+        insert_row,
+    )
 
     good = _insert_payload(["1", "a", "2", "t"])
     for bad in (good[:-1], good + b"x", _insert_payload(["1", "a", "2"]),
@@ -101,7 +112,7 @@ def test_insert_fast_path_refuses_what_it_does_not_expect() -> None:
 def test_key_json_is_the_key_dict_encoded(key: int, other: str | None) -> None:
     import orjson
 
-    from pipeline.postgres.changes import TableShape
+    from pipeline.sources.postgres.envelope import TableShape
 
     row = {"id": key, "note": other, "total": "1.00"}
     one = TableShape.from_relation(REL, ("id",))

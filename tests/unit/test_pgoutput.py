@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.postgres import values as v
-from pipeline.postgres.lsn import Lsn
-from pipeline.postgres.pgoutput import (
+from pipeline.positions import Lsn
+from pipeline.sources.postgres import values as v
+from pipeline.sources.postgres.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
     Column,
@@ -44,7 +44,7 @@ from pipeline.postgres.pgoutput import (
     Update,
     decode_message,
 )
-from pipeline.postgres.values import converter_for
+from pipeline.sources.postgres.values import converter_for
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "pgoutput" / "pgoutput_v1.json"
 NUMERIC_10_2 = (10 << 16 | 2) + 4  # atttypmod of numeric(10,2): VARHDRSZ + precision/scale

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.postgres import values as v
-from pipeline.postgres.values import ArraySyntaxError, convert, converter_for, parse_array
+from pipeline.sources.postgres import values as v
+from pipeline.sources.postgres.values import ArraySyntaxError, convert, converter_for, parse_array
 
 
 @pytest.mark.parametrize(

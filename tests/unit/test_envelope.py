@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 
 from pipeline.events import UNAVAILABLE_VALUE, decode, encode_key, encode_value
-from pipeline.postgres.changes import ChangeBuilder, TableShape, TransactionContext
-from pipeline.postgres.pgoutput import UNCHANGED_TOAST, Column, Delete, Insert, Relation, Update
+from pipeline.sources.postgres.envelope import ChangeBuilder, TableShape, TransactionContext
+from pipeline.sources.postgres.pgoutput import (
+    UNCHANGED_TOAST,
+    Column,
+    Delete,
+    Insert,
+    Relation,
+    Update,
+)
 
 INT4, TEXT, BOOL = 23, 25, 16
 

@@ -3,7 +3,7 @@
 Events are published as soon as they are decoded, so a transaction of any size streams
 through the producer's bounded queue. The slot's confirmed flush LSN moves to a transaction's
 end only after Kafka acknowledged every event of it and of all earlier transactions
-(see ``pipeline.checkpoint``). After a crash the server resends everything past that point:
+(see ``pipeline.capture.delivery``). After a crash the server resends everything past that point:
 nothing committed is lost, and what Kafka already had arrives again (sinks are idempotent).
 """
 
@@ -19,20 +19,20 @@ from typing import Any
 import psycopg2
 from psycopg2.extras import LogicalReplicationConnection
 
-from pipeline.checkpoint import DeliveryTracker, TransactionDelivery
+from pipeline.capture.delivery import DeliveryTracker, TransactionDelivery
+from pipeline.capture.publisher import EventPublisher, ensure_topics
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.errors import RetriableError
 from pipeline.events import UNAVAILABLE_VALUE, encode_value
-from pipeline.kafka.publisher import EventPublisher, ensure_topics
 from pipeline.metrics import Metrics
-from pipeline.postgres.changes import (
+from pipeline.positions import Lsn
+from pipeline.sources.postgres.envelope import (
     ChangeBuilder,
     EnvelopeWriter,
     TableShape,
     TransactionContext,
 )
-from pipeline.postgres.lsn import Lsn
-from pipeline.postgres.pgoutput import (
+from pipeline.sources.postgres.pgoutput import (
     Begin,
     Commit,
     Delete,
@@ -46,7 +46,7 @@ from pipeline.postgres.pgoutput import (
     insert_relation_oid,
     insert_row,
 )
-from pipeline.postgres.slot import ReplicationSlot, connect, primary_key_columns, translate
+from pipeline.sources.postgres.slot import ReplicationSlot, connect, primary_key_columns, translate
 
 log = logging.getLogger(__name__)
 

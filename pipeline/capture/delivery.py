@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.errors import PermanentError
-from pipeline.postgres.lsn import Lsn
+from pipeline.positions import Lsn
 
 
 class DeliveryFailed(PermanentError):

@@ -10,7 +10,7 @@ carries a transaction id except ``Begin``.
 Tuple values stay exactly as the server sent them: ``str`` for the text format (the default),
 ``bytes`` for the binary format (option ``binary 'true'``), ``None`` for SQL NULL and
 :data:`UNCHANGED_TOAST` for a TOASTed value the update did not touch (the server does not
-send it again). Turning text into typed values is :mod:`pipeline.postgres.values`' job.
+send it again). Turning text into typed values is :mod:`pipeline.sources.postgres.values`' job.
 
 :class:`RelationCache` keeps the ``Relation`` and ``Type`` messages a stream has sent so that
 row messages, which only carry a relation OID, can be interpreted.
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, final
 
-from pipeline.postgres.lsn import Lsn
+from pipeline.positions import Lsn
 
 __all__ = [
     "UNCHANGED_TOAST",

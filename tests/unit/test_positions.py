@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.postgres.lsn import Lsn
+from pipeline.positions import Lsn
 
 U64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.checkpoint import DeliveryFailed, DeliveryTracker, TransactionDelivery
-from pipeline.postgres.lsn import Lsn
+from pipeline.capture.delivery import DeliveryFailed, DeliveryTracker, TransactionDelivery
+from pipeline.positions import Lsn
 
 
 def _txn(tracker: DeliveryTracker, events: int, end: int | None) -> list[TransactionDelivery]:

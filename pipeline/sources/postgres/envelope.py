@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row, SourceInfo
-from pipeline.postgres.pgoutput import (
+from pipeline.sources.postgres.pgoutput import (
     UNCHANGED_TOAST,
     Delete,
     Insert,
@@ -17,7 +17,7 @@ from pipeline.postgres.pgoutput import (
     TupleValue,
     Update,
 )
-from pipeline.postgres.values import _identity, converter_for
+from pipeline.sources.postgres.values import _identity, converter_for
 
 
 def _or_none(convert: Callable[[str], Any]) -> Callable[[str], Any] | None:

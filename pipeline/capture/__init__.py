@@ -1,0 +1,1 @@
+"""The capture core: one loop that every change source plugs into."""

@@ -1,0 +1,1 @@
+"""Change sources: one package per way of capturing changes."""
