@@ -1,6 +1,6 @@
 """Durable deduplication: drop a change the sinks already applied, count what was dropped.
 
-The identity of a change is (source name, table, primary key, :class:`SourcePosition`). The
+The identity of a change is (source name, table, primary key, :class:`ChangePosition`). The
 seen-set keeps **one entry per row**, not one per change: the row's recent applied positions
 (newest last, at most ``positions_per_row``) and the source time of the newest. Because one
 row's positions strictly increase, that is enough to sort every event into a
@@ -25,7 +25,8 @@ event as a duplicate, and it would never reach the sinks. The at-least-once gap 
 The store is any ``MutableMapping[str, str | bytes]`` the caller injects: in production a Faust
 table (changelog topic + rocksdict), so the seen-set survives a restart by construction; in
 tests a dict. Keys are ``source|schema.table|key-json`` (sorted columns; source names are
-Kafka topic prefixes and contain no ``|``); values ``<ts_ms>:<commit>.<lsn>,...`` in hex.
+Kafka topic prefixes and contain no ``|``); values ``<ts_ms>:<commit>.<lsn>,...`` in hex
+(commit empty when unknown).
 
 Window: a row's entry is dropped by :meth:`Deduplicator.evict` once its newest applied change
 is older than ``window_ms`` of source time (default 24 h: far beyond any replay from a
@@ -51,7 +52,8 @@ from typing import Any
 import orjson
 
 from pipeline.events import ChangeEvent
-from pipeline.ordering import LateEventError, SourcePosition
+from pipeline.ordering import LateEventError
+from pipeline.positions import ChangePosition
 
 DEFAULT_WINDOW_MS = 24 * 60 * 60 * 1000
 
@@ -81,20 +83,16 @@ class RowRecord:
     (ms) of the newest."""
 
     ts_ms: int
-    positions: tuple[SourcePosition, ...]
+    positions: tuple[ChangePosition, ...]
 
     def encode(self) -> str:
-        return f"{self.ts_ms}:" + ",".join(f"{c:x}.{lsn:x}" for c, lsn in self.positions)
+        return f"{self.ts_ms}:" + ",".join(p.encode() for p in self.positions)
 
     @classmethod
     def decode(cls, raw: str | bytes) -> RowRecord:
         text = raw.decode() if isinstance(raw, bytes) else raw
         ts, _, rest = text.partition(":")
-        positions = []
-        for part in rest.split(","):
-            commit, _, lsn = part.partition(".")
-            positions.append(SourcePosition(int(commit, 16), int(lsn, 16)))
-        return cls(int(ts), tuple(positions))
+        return cls(int(ts), tuple(ChangePosition.decode(part) for part in rest.split(",")))
 
 
 def row_key(event: ChangeEvent) -> str:
@@ -139,7 +137,7 @@ class Deduplicator:
         held = f"position {newest.positions[-1]}" if newest else "a truncate of the table"
         late_ms = max(0, newest.ts_ms - event.source.ts_ms) if newest else 0
         return LateEventError(
-            f"stale: {event.table_id} position {SourcePosition.of(event)} is older than "
+            f"stale: {event.table_id} position {ChangePosition.of(event)} is older than "
             f"{held} already applied for this row",
             late_ms=late_ms,
         )
@@ -149,7 +147,7 @@ class Deduplicator:
         :func:`row_key`, when the caller has it already."""
         if key is None:
             key = row_key(event)
-        position = SourcePosition.of(event)
+        position = ChangePosition.of(event)
         ts_ms = event.source.ts_us // 1000
         raw = self.store.get(key)
         if raw is None:
@@ -190,7 +188,7 @@ class Deduplicator:
         return dropped
 
     def _verdict(self, event: ChangeEvent, key: str) -> Verdict:
-        position = SourcePosition.of(event)
+        position = ChangePosition.of(event)
         raw = self.store.get(key)
         if raw is not None:
             record = RowRecord.decode(raw)

@@ -91,11 +91,13 @@ class ChangeEvent:
     @property
     def version(self) -> int:
         """A number that grows with every change of one row, used by sinks to refuse stale
-        writes. For PostgreSQL it is the change's LSN: two transactions that touch the same
-        row are serialised by its row lock, so the later change always has the higher LSN."""
-        if self.source.lsn is not None:
-            return self.source.lsn
-        return self.source.ts_us
+        writes: the change's LSN (two transactions that touch the same row are serialised by
+        its row lock, so the later change always has the higher LSN). Never a timestamp: two
+        changes of one row within one microsecond would collide."""
+        lsn = self.source.lsn
+        if lsn is None:  # decode refuses such events; an event built in code must set it
+            raise ValueError(f"change event of {self.table_id} has no source.lsn")
+        return lsn
 
     @property
     def row(self) -> Row | None:
@@ -203,6 +205,11 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
         source=_source_from_dict(doc.get("source")),
         ts_ms=int(doc.get("ts_ms") or 0),
     )
+    if event.source.lsn is None:
+        raise EventDecodeError(
+            "'source.lsn' is missing: the workers order, deduplicate and version changes by "
+            "their source position, never by time (this pipeline reads PostgreSQL changes)"
+        )
     if op in ("c", "u", "r") and event.after is None:
         raise EventDecodeError(f"op '{op}' needs an 'after' image")
     if op == "d" and event.before is None and event.key is None:

@@ -3,7 +3,7 @@
 One capture process writes a partition in commit order, but replays and a second producer can
 deliver events twice or out of order. A :class:`ReorderBuffer` (one per partition;
 :class:`PartitionReorderer` keeps one per partition id) holds events in a heap by
-:class:`SourcePosition` and releases them in that order once the partition's *watermark* has
+:class:`ChangePosition` and releases them in that order once the partition's *watermark* has
 passed them: the watermark is the newest source time seen on the partition minus the allowed
 lateness.
 
@@ -47,36 +47,10 @@ from typing import Generic, NamedTuple, TypeVar
 
 from pipeline.errors import BadDataError
 from pipeline.events import ChangeEvent
-from pipeline.positions import Lsn
+from pipeline.positions import ChangePosition
 
 T = TypeVar("T")
 P = TypeVar("P", bound=Hashable)
-
-
-class SourcePosition(NamedTuple):
-    """Where a change sits in the source's commit order; tuples order correctly.
-
-    ``commit_lsn`` is the LSN of the commit before this change's transaction (Debezium's
-    ``sequence[0]``; it grows with commit order), ``lsn`` the change's own LSN (it grows
-    within a transaction). One row's changes have strictly increasing positions. A
-    primary-key change yields a delete and a create that share one position.
-    """
-
-    commit_lsn: int
-    lsn: int
-
-    @classmethod
-    def of(cls, event: ChangeEvent) -> SourcePosition:
-        # Without an LSN (a non-PostgreSQL source) the sinks' version is the source time;
-        # use the same number so ordering, dedup and the sinks agree.
-        return cls(event.source.commit_lsn or 0, event.version)
-
-    def __str__(self) -> str:
-        return f"{_lsn_text(self.commit_lsn)}+{_lsn_text(self.lsn)}"
-
-
-def _lsn_text(value: int) -> str:
-    return str(Lsn(value)) if 0 <= value < 1 << 64 else str(value)
 
 
 class LatePolicy(Enum):
@@ -154,10 +128,10 @@ class ReorderBuffer(Generic[T]):
 
     def __init__(self, settings: OrderingSettings | None = None) -> None:
         self.settings = settings or OrderingSettings()
-        self._heap: list[tuple[SourcePosition, int, Buffered[T]]] = []
+        self._heap: list[tuple[ChangePosition, int, Buffered[T]]] = []
         self._seq = 0  # ties (a primary-key change) leave in arrival order
         self._newest_ts_us: int | None = None
-        self._released_at: SourcePosition | None = None
+        self._released_at: ChangePosition | None = None
         self._last_add_ms: int | None = None
         self._out: Release[T] = Release()
         self.released = 0
@@ -177,7 +151,7 @@ class ReorderBuffer(Generic[T]):
         return self._newest_ts_us - self.settings.allowed_lateness_ms * 1000
 
     @property
-    def released_position(self) -> SourcePosition | None:
+    def released_position(self) -> ChangePosition | None:
         """The position of the last event released in order; anything behind it is late."""
         return self._released_at
 
@@ -187,7 +161,7 @@ class ReorderBuffer(Generic[T]):
         ts_us = event.source.ts_us
         if self._newest_ts_us is None or ts_us > self._newest_ts_us:
             self._newest_ts_us = ts_us
-        position = SourcePosition.of(event)
+        position = ChangePosition.of(event)
         entry = Buffered(event, item)
         if self._released_at is not None and position < self._released_at:
             self._late(entry, position)
@@ -226,7 +200,7 @@ class ReorderBuffer(Generic[T]):
         out, self._out = self._out, Release()
         return out
 
-    def _late(self, entry: Buffered[T], position: SourcePosition) -> None:
+    def _late(self, entry: Buffered[T], position: ChangePosition) -> None:
         self.late += 1
         if self.settings.late_policy is LatePolicy.APPLY_IF_NEWER:
             self._out.late.append(entry)

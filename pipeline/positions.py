@@ -1,14 +1,28 @@
-"""Log sequence numbers (LSNs): positions in PostgreSQL's write-ahead log.
+"""Typed source positions: where a change sits in its source's commit order.
 
-PostgreSQL shows an LSN as two hexadecimal halves, ``"16/B374D848"`` (high 32 bits, a slash,
-low 32 bits); on the wire and in arithmetic it is one unsigned 64-bit integer. :class:`Lsn`
-holds the integer, orders naturally, and parses/prints the text form.
+Two kinds of position live here:
+
+* :class:`Lsn`, a PostgreSQL WAL position. PostgreSQL shows it as two hexadecimal halves,
+  ``"16/B374D848"`` (high 32 bits, a slash, low 32 bits); on the wire and in arithmetic it is
+  one unsigned 64-bit integer. It is what a replication slot confirms.
+* :class:`ChangePosition`, the position of one change event as the workers see it:
+  ``(commit, lsn)`` from the envelope's ``source.sequence`` and ``source.lsn``. Ordering,
+  deduplication and the search index's version all use it, never a wall-clock time (two
+  changes of one row in the same microsecond would collide and one would be dropped).
+
+The commit part may be unknown: Debezium writes ``sequence: [null, lsn]`` for the first
+transaction after a restart. Unknown is not zero. One row's changes follow commit order by
+their own LSN (a second transaction cannot change the row before the first commits, it waits
+on the row lock), so where either commit is unknown two positions compare by LSN alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from pipeline.events import ChangeEvent
 
 _MAX = (1 << 64) - 1
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -50,3 +64,77 @@ def _is_hex_half(part: str) -> bool:
 
 
 Lsn.ZERO = Lsn(0)
+
+
+class ChangePosition:
+    """``(commit, lsn)`` of one change; ``commit`` (the previous commit's end LSN, Debezium's
+    ``sequence[0]``) may be None (unknown).
+
+    Ordered by ``(commit, lsn)`` when both commits are known, else by ``lsn`` alone; equal when
+    the LSNs are equal and the commits are equal or either is unknown (a replay of a change
+    after a restart may have lost its commit, it is still the same change). A primary-key
+    change yields a delete and a create that share one position (they are different rows).
+    """
+
+    __slots__ = ("commit", "lsn")
+
+    def __init__(self, commit: int | None, lsn: int) -> None:
+        self.commit = commit
+        self.lsn = lsn
+
+    @classmethod
+    def of(cls, event: ChangeEvent) -> ChangePosition:
+        """The position of a decoded event (``decode`` guarantees it has an LSN)."""
+        lsn = event.source.lsn
+        if lsn is None:  # decode refuses such events; an event built in code must set it
+            raise ValueError(f"change event of {event.table_id} has no source.lsn")
+        return cls(event.source.commit_lsn, lsn)
+
+    def _key(self, other: ChangePosition) -> tuple[tuple[int, int], tuple[int, int]]:
+        if self.commit is None or other.commit is None:
+            return (0, self.lsn), (0, other.lsn)
+        return (self.commit, self.lsn), (other.commit, other.lsn)
+
+    def __lt__(self, other: ChangePosition) -> bool:
+        mine, theirs = self._key(other)
+        return mine < theirs
+
+    def __le__(self, other: ChangePosition) -> bool:
+        mine, theirs = self._key(other)
+        return mine <= theirs
+
+    def __gt__(self, other: ChangePosition) -> bool:
+        return other < self
+
+    def __ge__(self, other: ChangePosition) -> bool:
+        return other <= self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChangePosition):
+            return NotImplemented
+        mine, theirs = self._key(other)
+        return mine == theirs
+
+    def __hash__(self) -> int:
+        return hash(self.lsn)  # equal positions share the LSN
+
+    def __repr__(self) -> str:
+        return f"ChangePosition({self.commit!r}, {self.lsn!r})"
+
+    def __str__(self) -> str:
+        commit = "?" if self.commit is None else _lsn_text(self.commit)
+        return f"{commit}+{_lsn_text(self.lsn)}"
+
+    def encode(self) -> str:
+        """``<commit hex>.<lsn hex>``, commit empty when unknown (dedup's stored form)."""
+        commit = "" if self.commit is None else f"{self.commit:x}"
+        return f"{commit}.{self.lsn:x}"
+
+    @classmethod
+    def decode(cls, text: str) -> ChangePosition:
+        commit, _, lsn = text.partition(".")
+        return cls(int(commit, 16) if commit else None, int(lsn, 16))
+
+
+def _lsn_text(value: int) -> str:
+    return str(Lsn(value)) if 0 <= value <= _MAX else str(value)

@@ -28,7 +28,8 @@ from pipeline.dedup import Deduplicator, Verdict, row_key
 from pipeline.errors import BadDataError, RetriableError
 from pipeline.events import ChangeEvent, decode
 from pipeline.metrics import Metrics
-from pipeline.ordering import LatePolicy, PartitionReorderer, Release, SourcePosition
+from pipeline.ordering import LatePolicy, PartitionReorderer, Release
+from pipeline.positions import ChangePosition
 from pipeline.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class BatchProcessor:
         self._ready: list[Item] = []
         self._letters: list[Letter] = []
         self._done: list[RawRecord] = []
+        self._stale_log = StaleLog()
 
     # -- the pure part ---------------------------------------------------------------------
     def accept(self, records: Sequence[RawRecord], now_ms: int | None = None) -> None:
@@ -149,7 +151,7 @@ class BatchProcessor:
         # Positions taken in this batch per row: a replay can sit in the same batch as its
         # original (a restart before the commit re-reads both), and the store learns of the
         # original only once the sinks confirm it.
-        taken: dict[str, set[SourcePosition]] = {}
+        taken: dict[str, set[ChangePosition]] = {}
         for record, event in ready:
             verdict = Verdict.NEW
             key = None
@@ -157,7 +159,7 @@ class BatchProcessor:
                 key = row_key(event)
                 verdict = dedup.classify(event, key)
                 if verdict is Verdict.NEW:
-                    position = SourcePosition.of(event)
+                    position = ChangePosition.of(event)
                     positions = taken.setdefault(key, set())
                     if position in positions:
                         verdict = Verdict.DUPLICATE
@@ -173,6 +175,7 @@ class BatchProcessor:
                 self._letters.append((record, "ordering", dedup.stale_error(event)))
             else:  # stale under apply-if-newer: the sink holds newer state already
                 self.metrics.inc("cdc_dedup_stale_total")
+                self._stale_log.note(event)
                 self._done.append(record)
         if not batch:
             return
@@ -212,3 +215,26 @@ class BatchProcessor:
                 log.warning("dead-letter topic unavailable, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+class StaleLog:
+    """Says in the log that changes were dropped as stale (behind what a row already holds):
+    the first at once, then at most one line per ``every_s`` with the count since."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self._since = 0
+        self._last = float("-inf")
+
+    def note(self, event: ChangeEvent) -> None:
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        log.warning(
+            "dropped %d change(s) as stale (older than what the row already holds), latest: "
+            "%s key %s at position %s; counted in cdc_dedup_stale_total",
+            self._since, event.table_id, event.key, ChangePosition.of(event),
+        )
+        self._since = 0
+        self._last = now

@@ -18,11 +18,11 @@ from pipeline.dedup import Deduplicator, DedupSettings, Verdict
 from pipeline.events import ChangeEvent, SourceInfo
 from pipeline.ordering import (
     Buffered,
+    ChangePosition,
     LatePolicy,
     OrderingSettings,
     PartitionReorderer,
     Release,
-    SourcePosition,
 )
 
 LATENESS_MS = 200
@@ -211,7 +211,7 @@ def test_released_in_source_order_and_never_more_buffered_than_allowed(
             allowed_lateness_ms=LATENESS_MS, max_buffered=max_buffered, late_policy=policy
         )
     )
-    ready: dict[int, list[SourcePosition]] = {}
+    ready: dict[int, list[ChangePosition]] = {}
     came_out: list[int] = []
     for n, (now_ms, _, event) in enumerate(arrival):
         partition = partition_of(event)
@@ -221,10 +221,10 @@ def test_released_in_source_order_and_never_more_buffered_than_allowed(
         if data.draw(st.booleans(), label="timer fires"):
             outs += reorderer.flush_idle(now_ms + data.draw(st.integers(0, 5_000))).items()
         for p, out in outs:
-            ready.setdefault(p, []).extend(SourcePosition.of(e.event) for e in out.ready)
+            ready.setdefault(p, []).extend(ChangePosition.of(e.event) for e in out.ready)
             came_out += [e.item for e in out.ready + out.late] + [d.entry.item for d in out.dead]
     for p, out in reorderer.flush_idle(FOREVER_MS).items():
-        ready.setdefault(p, []).extend(SourcePosition.of(e.event) for e in out.ready)
+        ready.setdefault(p, []).extend(ChangePosition.of(e.event) for e in out.ready)
         came_out += [e.item for e in out.ready + out.late] + [d.entry.item for d in out.dead]
     for positions in ready.values():
         assert positions == sorted(positions)

@@ -180,4 +180,18 @@ def test_stale_error_says_what_the_row_already_holds() -> None:
     error = dedup.stale_error(change(0x200, ts_ms=4_000))
     assert isinstance(error, BadDataError) and error.stage == "ordering"
     assert error.late_ms == 1_000
-    assert "0/0+0/200" in str(error) and "older than position 0/0+0/300" in str(error)
+    assert "?+0/200" in str(error) and "older than position ?+0/300" in str(error)
+
+
+def test_a_change_after_a_capture_restart_is_new_not_stale() -> None:
+    # Item 0 of the stream-fidelity issue: after a restart the first transaction carries
+    # sequence [null, lsn]. Ordering by (commit or 0, lsn) made it older than everything the
+    # row had seen, and dedup dropped it: the index kept the old price.
+    dedup = Deduplicator({})
+    dedup.remember(change(0x600, commit=0x500))
+    assert dedup.classify(change(0x700)) is Verdict.NEW  # commit unknown, LSN newer
+    assert dedup.classify(change(0x600)) is Verdict.DUPLICATE  # the same change replayed
+    assert dedup.classify(change(0x580)) is Verdict.STALE
+    dedup.remember(change(0x700))
+    assert dedup.classify(change(0x800, commit=0x750)) is Verdict.NEW
+    assert dedup.classify(change(0x700, commit=0x650)) is Verdict.DUPLICATE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -182,10 +183,25 @@ def test_roundtrip_property(op, key, before, after, ts_us, lsn, commit_lsn, tx_i
     assert decode(encode_key(event), encode_value(event)) == event
 
 
-def test_version_uses_lsn_and_falls_back_to_commit_time() -> None:
+def test_version_is_the_lsn_never_a_time() -> None:
     assert _event().version == 0x16B374D848
     no_lsn = SourceInfo(connector="x", name="x", db="x", schema="s", table="t", ts_us=42)
-    assert _event(source=no_lsn).version == 42
+    with pytest.raises(ValueError, match="no source.lsn"):
+        _ = _event(source=no_lsn).version
+
+
+def test_an_event_without_a_source_position_is_bad_data() -> None:
+    source = {k: v for k, v in DEBEZIUM_SOURCE.items() if k != "lsn"}
+    value = {"before": None, "after": {"id": 1}, "source": source, "op": "c"}
+    with pytest.raises(EventDecodeError, match="source.lsn"):
+        decode(b'{"id": 1}', orjson.dumps(value))
+
+
+def test_a_null_commit_after_a_restart_is_unknown_not_zero() -> None:
+    source = {**DEBEZIUM_SOURCE, "sequence": '[null,"500"]', "lsn": 500}
+    value = {"before": None, "after": {"id": 1}, "source": source, "op": "u"}
+    event = decode(b'{"id": 1}', orjson.dumps(value))
+    assert event is not None and event.source.commit_lsn is None
 
 
 def test_later_lsn_means_higher_version() -> None:

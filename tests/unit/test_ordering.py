@@ -16,8 +16,8 @@ from pipeline.ordering import (
     OrderingSettings,
     PartitionReorderer,
     ReorderBuffer,
-    SourcePosition,
 )
+from pipeline.positions import ChangePosition
 
 LATENESS_MS = 100
 
@@ -140,13 +140,32 @@ def test_full_buffer_releases_the_oldest_early() -> None:
     assert items(buf.release().late) == ["15"]
 
 
-def test_without_lsn_the_source_time_is_the_position() -> None:
-    event = ChangeEvent(
-        op="c", key={"id": 1}, before=None, after={"id": 1},
-        source=SourceInfo(connector="mysql", name="s", db="d", schema="", table="t", ts_us=77),
+def test_an_unknown_commit_is_not_zero() -> None:
+    # Debezium (and our capture before it resumed the slot's last commit) writes
+    # sequence [null, lsn] after a restart: such a change must not sort before the row's
+    # earlier changes, or dedup drops it as stale.
+    before_restart = ChangePosition(0x500, 0x600)
+    after_restart = ChangePosition(None, 0x700)
+    assert before_restart < after_restart and not after_restart < before_restart
+    assert ChangePosition(None, 0x600) == before_restart  # a replay of the same change
+    assert ChangePosition(0x600, 0x650) > before_restart > ChangePosition(0x400, 0x650)
+    assert str(ChangePosition(0x16_0000_0000, 0x16_B374_D848)) == "16/0+16/B374D848"
+    assert str(after_restart) == "?+0/700"
+    for position in (before_restart, after_restart):
+        assert ChangePosition.decode(position.encode()) == position
+
+
+def test_reorder_releases_an_unknown_commit_after_the_rows_earlier_changes() -> None:
+    buf: ReorderBuffer[str] = ReorderBuffer(OrderingSettings(allowed_lateness_ms=0))
+    first = change(0x600, ts_ms=1_000, commit=0x500)
+    restarted = ChangeEvent(
+        op="u", key={"id": 1}, before=None, after={"id": 1, "v": 2},
+        source=SourceInfo(connector="postgresql", name="s", db="d", schema="public",
+                          table="t", ts_us=2_000_000, lsn=0x700, commit_lsn=None),
     )
-    assert SourcePosition.of(event) == SourcePosition(0, 77)
-    assert str(SourcePosition(0x16_0000_0000, 0x16_B374_D848)) == "16/0+16/B374D848"
+    buf.add(restarted, "restarted", now_ms=0)
+    buf.add(first, "first", now_ms=0)
+    assert items(buf.release().ready) == ["first", "restarted"]
 
 
 def test_partitions_are_independent() -> None:

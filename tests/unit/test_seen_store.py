@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import load_settings
 from pipeline.dedup import Deduplicator, DedupSettings, RowRecord
 from pipeline.errors import ConfigError
-from pipeline.ordering import SourcePosition
+from pipeline.positions import ChangePosition
 from pipeline.seenstore import RocksSeenStore, open_seen_store
 
 
@@ -54,7 +54,7 @@ def test_eviction_over_a_scanning_store(store: RocksSeenStore) -> None:
     dedup = Deduplicator(store, DedupSettings(window_ms=1_000, evict_batch=7))
     for i in range(30):
         ts = 0 if i % 2 else 10_000  # odd rows old, even rows recent
-        store[f"src|t.x|{{\"id\":{i}}}"] = RowRecord(ts, (SourcePosition(1, i + 10),)).encode()
+        store[f"src|t.x|{{\"id\":{i}}}"] = RowRecord(ts, (ChangePosition(1, i + 10),)).encode()
     dropped = 0
     for _ in range(6):  # 30 keys, 7 per call: every key seen at least once
         dropped += dedup.evict(now_ms=10_500)
