@@ -44,13 +44,16 @@ def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
 
 
 @main.command()
+@click.option("--reset-position", is_flag=True,
+              help="Forget the position kept in Kafka (after the slot was lost) and start "
+                   "where the slot is; backfill with a snapshot afterwards.")
 @click.pass_context
-def capture(ctx: click.Context) -> None:
+def capture(ctx: click.Context, reset_position: bool) -> None:
     """Stream PostgreSQL changes into the raw topics until stopped (SIGTERM/Ctrl-C)."""
     from pipeline.compose import run_capture
 
     try:
-        run_capture(_settings(ctx))
+        run_capture(_settings(ctx), reset_position)
     except CdcError as exc:
         _fail(exc)
 

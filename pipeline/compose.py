@@ -9,21 +9,23 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, MutableMapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Settings
 from pipeline.deadletter import DeadLetterTopic, RawRecord
 from pipeline.dedup import Deduplicator, DedupSettings
-from pipeline.errors import ConfigError, RetriableError
+from pipeline.errors import ConfigError
 from pipeline.metrics import Metrics, MetricsExporter
 from pipeline.ordering import LatePolicy, OrderingSettings, PartitionReorderer
 from pipeline.processing import BatchProcessor
 from pipeline.sinks.base import MeasuredSink, RetryingSink, Sink
 from pipeline.sinks.registry import build_configured, sink_names
+
+if TYPE_CHECKING:
+    from pipeline.capture.loop import CaptureLoop
 
 log = logging.getLogger(__name__)
 
@@ -125,26 +127,29 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def run_capture(settings: Settings) -> None:
-    """Capture until a signal; reconnects with backoff after transient failures."""
-    from pipeline.sources.postgres.source import PostgresCapture
+def build_capture(settings: Settings, metrics: Metrics,
+                  reset_position: bool = False) -> CaptureLoop:
+    """The configured source in the one capture loop. ``reset_position``: forget the
+    source's position kept in Kafka first (after a lost slot)."""
+    from pipeline.capture.loop import CaptureLoop
+    from pipeline.capture.publisher import EventPublisher
+    from pipeline.sources.postgres.source import PostgresSource
 
+    source = PostgresSource(settings.postgres, settings.kafka, metrics)
+    if reset_position:
+        source.offsets.forget()
+        log.warning("forgot the saved position of slot %s: capture starts where the slot is "
+                    "(a new slot: the current end of the WAL)", settings.postgres.slot)
+    return CaptureLoop(source, EventPublisher(settings.kafka), settings.kafka, metrics)
+
+
+def run_capture(settings: Settings, reset_position: bool = False) -> None:
+    """Capture until a signal; reconnects with backoff after transient failures.
+    ``reset_position``: forget the position kept in Kafka first (after a lost slot)."""
     metrics, exporter = start_metrics(settings, "capture")
     stop = stop_on_signals()
-    delay = 0.5
     try:
-        while not stop.is_set():
-            capture = PostgresCapture(settings.postgres, settings.kafka, metrics)
-            started = time.monotonic()
-            try:
-                capture.run(stop)
-            except RetriableError as exc:
-                metrics.inc("cdc_capture_errors_total", kind="retriable")
-                if time.monotonic() - started > 30:
-                    delay = 0.5
-                log.warning("capture interrupted, resuming from the slot in %.1fs: %s", delay, exc)
-                stop.wait(delay)
-                delay = min(delay * 2, 30.0)
+        build_capture(settings, metrics, reset_position).run(stop)
     finally:
         exporter.stop()
 

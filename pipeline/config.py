@@ -53,8 +53,32 @@ class PostgresSettings(_Section):
     tables: tuple[str, ...] = Field(min_length=1)
     #: How often (s) the confirmed position is reported to the server when nothing happens.
     status_interval_s: float = Field(default=1.0, gt=0)
+    #: Debezium's heartbeat.interval.ms (in s): a record on ``__debezium-heartbeat.<prefix>``
+    #: this often, and the action query run, so an idle slot keeps moving. None: off.
+    heartbeat_interval_s: float | None = Field(default=None, gt=0)
+    #: Debezium's heartbeat.action.query: SQL run at each heartbeat (e.g. an UPDATE of a
+    #: captured heartbeat table), so WAL flows through the slot even when nothing else writes.
+    heartbeat_action_query: str | None = None
+    #: Logical decoding messages (pg_logical_emit_message) whose prefix matches one of these
+    #: regular expressions are published to ``<prefix>.message`` (empty: all).
+    message_prefix_include: tuple[str, ...] = ()
+    #: ... unless it matches one of these (Debezium's message.prefix.exclude.list).
+    message_prefix_exclude: tuple[str, ...] = ()
+    #: Debezium's provide.transaction.metadata: each event's ``transaction`` block, and
+    #: BEGIN/END records with event counts on ``<prefix>.transaction``.
+    transaction_metadata: bool = False
 
     _tables = field_validator("tables")(_check_table_ids)
+
+    @field_validator("message_prefix_include", "message_prefix_exclude")
+    @classmethod
+    def _patterns(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"'{pattern}' is not a regular expression: {exc}") from exc
+        return patterns
 
     @field_validator("slot", "publication")
     @classmethod
@@ -74,6 +98,9 @@ class KafkaSettings(_Section):
     replication_factor: int = Field(default=1, ge=1)
     #: Debezium's default: a delete is followed by a null-value record for log compaction.
     tombstones_on_delete: bool = True
+    #: Compacted topic where capture keeps each source's last confirmed position (as Kafka
+    #: Connect's offsets topic), so a lost replication slot is noticed, not silently re-made.
+    offsets_topic: str = "cdc-capture-offsets"
     #: Extra librdkafka producer settings, e.g. {"linger.ms": 10}. Values of keys that name a
     #: password or secret (sasl.password, ssl.key.password) are kept as secrets.
     producer: dict[str, Any] = Field(default_factory=dict)

@@ -1,10 +1,11 @@
 """Which source positions may be confirmed: only those Kafka has acknowledged in full.
 
-Capture publishes each event as soon as it is decoded (so a transaction of any size streams
-through a bounded producer queue) and registers it with the transaction it belongs to. The
-slot's confirmed position advances to a transaction's end LSN only when every event of that
-transaction, and of every earlier one, has been acknowledged by Kafka. Acknowledgements may
-arrive out of order across partitions; confirmation never does.
+Capture publishes each record as soon as the source hands it over (so a transaction of any
+size streams through a bounded producer queue) and registers it with the unit it belongs to
+(a source transaction: the records up to a :class:`~pipeline.capture.source.Checkpoint`). The
+confirmed position advances to a unit's position only when every record of that unit, and of
+every earlier one, has been acknowledged by Kafka. Acknowledgements may arrive out of order
+across partitions; confirmation never does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.errors import PermanentError
-from pipeline.positions import Lsn
 
 
 class DeliveryFailed(PermanentError):
@@ -27,14 +27,15 @@ class DeliveryFailed(PermanentError):
 
 
 class TransactionDelivery:
-    """One source transaction's outstanding events. Used as the producer's delivery callback."""
+    """One source transaction's outstanding records. Used as the producer's delivery
+    callback. ``end_lsn`` is the position (any ordered value) to confirm once it is done."""
 
     __slots__ = ("pending", "end_lsn", "error", "commit_ts_us", "acked_at")
 
     def __init__(self, commit_ts_us: int = 0) -> None:
         self.commit_ts_us = commit_ts_us
         self.pending = 0
-        self.end_lsn: Lsn | None = None  # set at commit; None while the transaction is open
+        self.end_lsn: Any = None  # set at commit; None while the transaction is open
         self.error: str | None = None
         self.acked_at = 0.0  # when Kafka acknowledged the last event (Unix seconds)
 
@@ -60,7 +61,7 @@ class DeliveryTracker:
 
     def __init__(self, on_complete: Callable[[TransactionDelivery], None] | None = None) -> None:
         self._open: deque[TransactionDelivery] = deque()
-        self._confirmable: Lsn | None = None
+        self._confirmable: Any = None
         self._on_complete = on_complete
 
     def begin(self, commit_ts_us: int = 0) -> TransactionDelivery:
@@ -75,15 +76,21 @@ class DeliveryTracker:
         return txn
 
     @staticmethod
-    def commit(txn: TransactionDelivery, end_lsn: Lsn) -> None:
+    def commit(txn: TransactionDelivery, end_lsn: Any) -> None:
         txn.end_lsn = end_lsn
+
+    def abandon_open(self) -> None:
+        """Forget the unit still open at the end (a source session ended inside a
+        transaction: its records come again from the source after reconnecting)."""
+        if self._open and self._open[-1].end_lsn is None:
+            self._open.pop()
 
     @property
     def in_flight(self) -> int:
         """Transactions not yet fully acknowledged (including an open one)."""
         return len(self._open)
 
-    def confirmable(self) -> Lsn | None:
+    def confirmable(self) -> Any:
         """Advance over the acknowledged prefix; the position that may be confirmed, if any.
 
         Raises DeliveryFailed if Kafka refused an event of the prefix.
@@ -100,9 +107,3 @@ class DeliveryTracker:
             assert head.end_lsn is not None
             self._confirmable = head.end_lsn
         return self._confirmable
-
-    def idle(self, server_position: Lsn) -> None:
-        """Nothing is in flight: everything the server sent up to here is handled, so the
-        position may move on even when no published table changed (keeps WAL from piling up)."""
-        if not self._open and (self._confirmable is None or server_position > self._confirmable):
-            self._confirmable = server_position

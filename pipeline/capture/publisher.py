@@ -47,30 +47,47 @@ class EventPublisher:
         self._settings = settings
         self._producer = Producer(conf)
         self._produce = self._producer.produce
+        #: Called about every 50 ms while publish() waits for Kafka (backpressure), so the
+        #: source can keep its own connection alive.
+        self.while_waiting: Callable[[], None] = lambda: None
 
     def publish(
-        self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback
+        self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback,
+        partition: int = -1,
     ) -> None:
-        """Queue one record; waits (serving callbacks) while the producer queue is full."""
+        """Queue one record (``partition`` -1: the key chooses); waits, serving callbacks
+        and ``while_waiting``, while the producer queue is full."""
         try:
-            self._produce(topic, value, key, on_delivery=on_delivery)  # the common case
+            self._produce(topic, value, key, partition, on_delivery=on_delivery)
         except BufferError:
-            self._wait_and_publish(topic, key, value, on_delivery)
+            self._wait_and_publish(topic, key, value, on_delivery, partition)
         except KafkaException as exc:
             raise PermanentError(f"Kafka refused a record for '{topic}': {exc}") from exc
 
     def _wait_and_publish(
-        self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback
+        self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback,
+        partition: int,
     ) -> None:
         while True:
             self._producer.poll(0.05)
+            self.while_waiting()
             try:
-                self._produce(topic, value, key, on_delivery=on_delivery)
+                self._produce(topic, value, key, partition, on_delivery=on_delivery)
                 return
             except BufferError:
                 continue
             except KafkaException as exc:
                 raise PermanentError(f"Kafka refused a record for '{topic}': {exc}") from exc
+
+    def partitions(self, topic: str, timeout: float = 30.0) -> int:
+        """How many partitions ``topic`` has (for a record written to every partition)."""
+        try:
+            meta = self._producer.list_topics(topic, timeout=timeout).topics.get(topic)
+        except KafkaException as exc:
+            raise RetriableError(f"Kafka did not describe topic '{topic}': {exc}") from exc
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise RetriableError(f"Kafka does not know topic '{topic}' yet")
+        return len(meta.partitions)
 
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery callbacks; returns how many ran."""
@@ -89,8 +106,10 @@ def ensure_topics(
     topics: Iterable[str],
     timeout: float = 30.0,
     config: dict[str, str] | None = None,
+    partitions: int | None = None,
 ) -> None:
-    """Create missing topics with the configured partitions (keys keep per-row order)."""
+    """Create missing topics with ``partitions`` (default: the configured number; keys keep
+    per-row order)."""
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
@@ -103,7 +122,7 @@ def ensure_topics(
         return
     futures = admin.create_topics(
         [
-            NewTopic(t, settings.partitions, settings.replication_factor,
+            NewTopic(t, partitions or settings.partitions, settings.replication_factor,
                      config={**TOPIC_CONFIG, **(config or {})})
             for t in missing
         ]
@@ -111,7 +130,8 @@ def ensure_topics(
     for topic, future in futures.items():
         try:
             future.result(timeout)
-            log.info("created topic %s with %d partitions", topic, settings.partitions)
+            log.info("created topic %s with %d partitions", topic,
+                     partitions or settings.partitions)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise PermanentError(f"could not create topic '{topic}': {exc}") from exc

@@ -88,32 +88,6 @@ def test_confirmable_is_remembered() -> None:
     assert tracker.confirmable() == Lsn(100)
 
 
-def test_idle_advances_when_nothing_in_flight() -> None:
-    tracker = DeliveryTracker()
-    tracker.idle(Lsn(500))
-    assert tracker.confirmable() == Lsn(500)
-    tracker.idle(Lsn(400))  # never backwards
-    assert tracker.confirmable() == Lsn(500)
-
-
-def test_idle_ignored_while_something_in_flight() -> None:
-    tracker = DeliveryTracker()
-    acks = _txn(tracker, 1, end=100)
-    tracker.idle(Lsn(500))
-    assert tracker.confirmable() is None
-    acks[0](None)
-    assert tracker.confirmable() == Lsn(100)
-    tracker.idle(Lsn(500))
-    assert tracker.confirmable() == Lsn(500)
-
-
-def test_idle_ignored_with_open_transaction() -> None:
-    tracker = DeliveryTracker()
-    _txn(tracker, 0, end=None)
-    tracker.idle(Lsn(500))
-    assert tracker.confirmable() is None
-
-
 def test_delivery_error_raises_and_blocks_confirmation() -> None:
     tracker = DeliveryTracker()
     t1 = _txn(tracker, 1, end=100)

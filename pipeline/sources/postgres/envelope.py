@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from pipeline.sources.postgres.pgoutput import (
     UNCHANGED_TOAST,
     Delete,
     Insert,
+    Message,
     Relation,
     TupleValue,
     Update,
@@ -43,13 +45,16 @@ class TableShape:
         object.__setattr__(self, "_key_prefix", prefix)
 
     @classmethod
-    def from_relation(cls, rel: Relation, primary_key: tuple[str, ...]) -> TableShape:
+    def from_relation(cls, rel: Relation, primary_key: tuple[str, ...], *,
+                      schema: str | None = None, table: str | None = None) -> TableShape:
+        """``schema``/``table``: the name to publish under when it is not the relation's own
+        (a partition published as its partitioned root)."""
         names = tuple(c.name for c in rel.columns)
         key = primary_key or tuple(c.name for c in rel.columns if c.is_key)
         return cls(
             oid=rel.oid,
-            schema=rel.namespace or "pg_catalog",
-            table=rel.name,
+            schema=schema or rel.namespace or "pg_catalog",
+            table=table or rel.name,
             names=names,
             # None marks text passed through as is: the hot path skips the call.
             converters=tuple(_or_none(converter_for(c.type_oid)) for c in rel.columns),
@@ -148,6 +153,28 @@ class ChangeBuilder:
         self, shape: TableShape, txn: TransactionContext, lsn: int, now_ms: int
     ) -> ChangeEvent:
         return ChangeEvent("t", None, None, None, self.source(shape, txn, lsn), now_ms)
+
+    def message(
+        self, msg: Message, txn: TransactionContext | None, lsn: int,
+        last_commit_lsn: int | None, now_ms: int,
+    ) -> tuple[bytes, bytes]:
+        """(key, value) of a logical decoding message, as Debezium writes it: ``op: m``, key
+        ``{"prefix"}``, the content base64 in ``message``; no table. A non-transactional
+        message has no transaction (``txId`` null)."""
+        last = txn.last_commit_lsn if txn is not None else last_commit_lsn
+        source = SourceInfo(
+            connector="postgresql", name=self.server_name, db=self.db, schema="", table="",
+            ts_us=txn.commit_ts_us if txn is not None else now_ms * 1000,
+            tx_id=txn.xid if txn is not None else None, lsn=lsn, commit_lsn=last,
+        )
+        value = {
+            "op": "m",
+            "ts_ms": now_ms,
+            "source": source.to_dict(),
+            "message": {"prefix": msg.prefix,
+                        "content": base64.b64encode(msg.content).decode()},
+        }
+        return orjson.dumps({"prefix": msg.prefix}), orjson.dumps(value)
 
 
 class EnvelopeWriter:

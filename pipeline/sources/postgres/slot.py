@@ -10,6 +10,7 @@ from psycopg2 import sql
 
 from pipeline.config import PostgresSettings
 from pipeline.errors import RetriableError, SourceSetupError
+from pipeline.positions import Lsn
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,15 @@ class ReplicationSlot:
     def __init__(self, settings: PostgresSettings) -> None:
         self.settings = settings
 
-    def prepare(self) -> None:
+    def prepare(self, saved_position: str | None = None) -> None:
         """Verify the server can be captured and create what is missing.
 
-        Raises SourceSetupError with the fix when wal_level, rights or tables are wrong.
+        ``saved_position``: the last position capture confirmed through this slot, as kept
+        outside it (Kafka). Then the slot must exist: a new one would start at the current
+        end of the WAL and silently skip every change in between.
+
+        Raises SourceSetupError with the fix when wal_level, rights, tables or the slot are
+        wrong.
         """
         conn = connect(self.settings.dsn.get_secret_value())
         conn.autocommit = True
@@ -52,7 +58,7 @@ class ReplicationSlot:
                 self._check_server(cur)
                 self._check_tables(cur)
                 self._ensure_publication(cur)
-                self._ensure_slot(cur)
+                self._ensure_slot(cur, saved_position)
         except psycopg2.Error as exc:
             raise translate(exc, "preparing the replication slot") from exc
         finally:
@@ -88,6 +94,11 @@ class ReplicationSlot:
             if row is None:
                 raise SourceSetupError(f"postgres.tables names '{table_id}', which does not exist")
             identity, has_pk = row
+            if identity == "n":
+                raise SourceSetupError(
+                    f"table '{table_id}' has REPLICA IDENTITY NOTHING, so its deletes carry no "
+                    "key: ALTER TABLE ... REPLICA IDENTITY DEFAULT (or FULL)"
+                )
             if not has_pk and identity != "i":
                 raise SourceSetupError(
                     f"table '{table_id}' has no primary key, so its changes cannot be keyed: "
@@ -104,7 +115,9 @@ class ReplicationSlot:
         cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
         if cur.fetchone() is None:
             cur.execute(
-                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                # Changes of a partitioned table's partitions arrive under the table's name.
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {} "
+                        "WITH (publish_via_partition_root = true)").format(
                     sql.Identifier(name), _table_list(self.settings.tables)
                 )
             )
@@ -119,11 +132,28 @@ class ReplicationSlot:
             )
             log.info("added %s to publication %s", ", ".join(missing), name)
 
-    def _ensure_slot(self, cur: Any) -> None:
+    def _ensure_slot(self, cur: Any, saved_position: str | None) -> None:
+        slot = self.settings.slot
         cur.execute(
-            "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (self.settings.slot,)
+            "SELECT plugin, wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)
         )
         row = cur.fetchone()
+        if row is None and saved_position is not None:
+            raise SourceSetupError(
+                f"replication slot '{slot}' is gone, but capture had confirmed changes up to "
+                f"{saved_position} through it (kept in Kafka): a new slot would start at the "
+                "current end of the WAL and silently skip every change since. Remedy: run "
+                "`cdc capture --reset-position` to start a new slot from now, then backfill "
+                "the tables with a snapshot"
+            )
+        if row is not None and row[1] == "lost":
+            raise SourceSetupError(
+                f"replication slot '{slot}' was invalidated (max_slot_wal_keep_size): the WAL "
+                "it needed is removed and changes are lost to it. Remedy: drop the slot "
+                f"(SELECT pg_drop_replication_slot('{slot}')), run `cdc capture "
+                "--reset-position`, then backfill the tables with a snapshot; raise "
+                "max_slot_wal_keep_size to avoid it"
+            )
         if row is None:
             cur.execute(
                 "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.settings.slot,)
@@ -134,6 +164,20 @@ class ReplicationSlot:
                 f"slot '{self.settings.slot}' uses plugin '{row[0]}', not pgoutput: "
                 "choose another postgres.slot or drop that slot"
             )
+
+    def confirmed_position(self) -> Lsn | None:
+        """The slot's confirmed flush position (where streaming resumes), or None."""
+        conn = connect(self.settings.dsn.get_secret_value())
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+                            "WHERE slot_name = %s", (self.settings.slot,))
+                row = cur.fetchone()
+        except psycopg2.Error as exc:
+            raise translate(exc, "reading the replication slot's position") from exc
+        finally:
+            conn.close()
+        return Lsn.parse(row[0]) if row is not None and row[0] else None
 
     def drop(self) -> None:
         """Remove the slot and publication (used by tests and `cdc reset`)."""

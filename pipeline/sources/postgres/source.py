@@ -1,28 +1,34 @@
-"""PostgreSQL capture: logical replication (pgoutput) -> Kafka raw topics.
+"""PostgreSQL logical replication (pgoutput) as a :class:`~pipeline.capture.source.ChangeSource`.
 
-Events are published as soon as they are decoded, so a transaction of any size streams
-through the producer's bounded queue. The slot's confirmed flush LSN moves to a transaction's
-end only after Kafka acknowledged every event of it and of all earlier transactions
-(see ``pipeline.capture.delivery``). After a crash the server resends everything past that point:
-nothing committed is lost, and what Kafka already had arrives again (sinks are idempotent).
+Events are encoded as soon as they are decoded and handed to the capture loop, so a
+transaction of any size streams through the producer's bounded queue. Each transaction ends
+with a checkpoint at its end LSN: the loop confirms it to the slot only after Kafka
+acknowledged every record of it and of all earlier transactions. After a crash the server
+resends everything past that point: nothing committed is lost, and what Kafka already had
+arrives again (the sinks are idempotent).
+
+Only the tables listed in ``postgres.tables`` are published, whatever the publication holds
+(it may be shared with another tool, or be ``FOR ALL TABLES``); a leaf partition's changes
+are published under its listed partitioned root.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import select
-import threading
 import time
 from typing import Any
 
+import orjson
 import psycopg2
 from psycopg2.extras import LogicalReplicationConnection
 
-from pipeline.capture.delivery import DeliveryTracker, TransactionDelivery
-from pipeline.capture.publisher import EventPublisher, ensure_topics
+from pipeline.capture.offsets import OffsetStore
+from pipeline.capture.source import ANY_PARTITION, EVERY_PARTITION, Checkpoint, Item
 from pipeline.config import KafkaSettings, PostgresSettings
-from pipeline.errors import RetriableError
+from pipeline.errors import RetriableError, SourceSetupError
 from pipeline.events import UNAVAILABLE_VALUE, encode_value
 from pipeline.metrics import Metrics
 from pipeline.positions import Lsn
@@ -46,136 +52,213 @@ from pipeline.sources.postgres.pgoutput import (
     insert_relation_oid,
     insert_row,
 )
-from pipeline.sources.postgres.slot import ReplicationSlot, connect, primary_key_columns, translate
+from pipeline.sources.postgres.slot import (
+    ReplicationSlot,
+    connect,
+    primary_key_columns,
+    translate,
+)
+from pipeline.sources.postgres.transactions import TransactionMetadata
 
 log = logging.getLogger(__name__)
 
-POLL_EVERY = 512
+#: The decoding session, not the writer, formats the values: pin the formats the
+#: converters expect (UTC timestamps, ISO dates, exact floats, hex bytea).
 SESSION = (
     "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 "
     "-c extra_float_digits=3 -c bytea_output=hex"
-)  # serve producer callbacks every N replication messages
+)
+#: Seconds between saves of the confirmed position to the offsets topic.
+SAVE_EVERY_S = 1.0
 
 
-class PostgresCapture:
-    """Streams one replication slot into raw topics until ``stop`` is set."""
+class PostgresSource:
+    """One replication slot as a change source."""
 
-    def __init__(
-        self,
-        pg: PostgresSettings,
-        kafka: KafkaSettings,
-        metrics: Metrics,
-        publisher: EventPublisher | None = None,
-    ) -> None:
+    def __init__(self, pg: PostgresSettings, kafka: KafkaSettings, metrics: Metrics) -> None:
         self.pg = pg
         self.kafka = kafka
         self.metrics = metrics
-        self.publisher = publisher or EventPublisher(kafka)
-        self.tracker = DeliveryTracker(on_complete=self._acknowledged)
+        self.name = f"postgres slot {pg.slot}"
+        self.listed = frozenset(pg.tables)
+        self.offsets = OffsetStore(kafka, {"source": "postgres", "slot": pg.slot})
+        self._include = [re.compile(p) for p in pg.message_prefix_include]
+        self._exclude = [re.compile(p) for p in pg.message_prefix_exclude]
         self.shapes: dict[int, TableShape] = {}
         self.topics: dict[int, str] = {}
+        self.ignored: set[int] = set()  # relations in the publication but not listed
         self._counts: dict[tuple[int, str], int] = {}
-        self._now_ms = str(int(time.time() * 1000)).encode()
-        self._last_commit_ts_us = 0
-        self._txn: TransactionDelivery | None = None
-        self._ctx: TransactionContext | None = None
-        self._last_commit: int | None = None
-        self._confirmed: Lsn | None = None
-        self._last_feedback = 0.0
+        self._cur: Any = None
+        self._repl: Any = None
+        self._catalog: Any = None
+        self._reset_stream_state()
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
-        """Prepare slot and topics, then stream. Raises RetriableError on connection loss."""
-        ReplicationSlot(self.pg).prepare()
-        ensure_topics(self.kafka, [self.kafka.raw_topic(t) for t in self.pg.tables])
+    def _reset_stream_state(self) -> None:
+        self._out: list[Item] = []
+        self._now_ms = str(int(time.time() * 1000)).encode()
+        self._ctx: TransactionContext | None = None
+        self._txn_meta: TransactionMetadata | None = None
+        self._last_commit: int | None = None
+        self._last_commit_ts_us = 0
+        self._confirmed: Lsn | None = None
+        self._checkpointed = 0  # highest position handed out as a checkpoint
+        self._last_feedback = 0.0
+        self._last_saved = 0.0
+        self._next_heartbeat = 0.0
+
+    # -- ChangeSource --------------------------------------------------------------------
+    def open(self) -> list[str]:
+        self._reset_stream_state()
+        slot = ReplicationSlot(self.pg)
+        saved = self.offsets.load()
+        slot.prepare(saved_position=None if saved is None else saved.get("lsn"))
+        resumed = slot.confirmed_position()
+        # Our sequence[0] is the previous commit's end LSN; the slot's confirmed position is
+        # the end of the last transaction confirmed before the restart (or a later idle
+        # position): never unknown, and never before a change already published.
+        self._last_commit = int(resumed) if resumed is not None else None
         dsn = self.pg.dsn.get_secret_value()
-        catalog = connect(dsn)
-        catalog.autocommit = True
-        # The decoding session, not the writer, formats the values: pin the formats the
-        # converters expect (UTC timestamps, ISO dates, exact floats, hex bytea).
-        repl = connect(dsn, connection_factory=LogicalReplicationConnection, options=SESSION)
-        self.builder = ChangeBuilder(self.kafka.topic_prefix, catalog.info.dbname)
-        self.writer = EnvelopeWriter(self.kafka.topic_prefix, catalog.info.dbname)
+        self._catalog = connect(dsn)
+        self._catalog.autocommit = True
+        self._repl = connect(dsn, connection_factory=LogicalReplicationConnection,
+                             options=SESSION)
+        db = self._catalog.info.dbname
+        self.builder = ChangeBuilder(self.kafka.topic_prefix, db)
+        self.writer = EnvelopeWriter(self.kafka.topic_prefix, db)
+        self._txn_topic = f"{self.kafka.topic_prefix}.transaction"
+        self._message_topic = f"{self.kafka.topic_prefix}.message"
+        self._heartbeat_topic = f"__debezium-heartbeat.{self.kafka.topic_prefix}"
         try:
-            cur = repl.cursor()
+            cur = self._repl.cursor()
             cur.start_replication(
                 slot_name=self.pg.slot,
                 decode=False,
-                options={"proto_version": "1", "publication_names": self.pg.publication},
+                options={"proto_version": "1", "publication_names": self.pg.publication,
+                         "messages": "true"},
             )
-            log.info("streaming slot %s (publication %s)", self.pg.slot, self.pg.publication)
-            self._stream(cur, catalog, stop)
+        except psycopg2.Error as exc:
+            raise translate(exc, "starting replication from the slot") from exc
+        self._cur = cur
+        log.info("streaming slot %s (publication %s) from %s", self.pg.slot,
+                 self.pg.publication, resumed)
+        topics = [self.kafka.raw_topic(t) for t in self.pg.tables]
+        topics.append(self._message_topic)
+        if self.pg.transaction_metadata:
+            topics.append(self._txn_topic)
+        if self.pg.heartbeat_interval_s is not None:
+            topics.append(self._heartbeat_topic)
+        return topics
+
+    def read(self, max_items: int) -> list[Item]:
+        cur = self._cur
+        out = self._out = []
+        handled = 0
+        try:
+            while handled < max_items:
+                msg = cur.read_message()
+                if msg is None:
+                    break
+                self._handle(msg.payload, msg.data_start)
+                handled += 1
+            if handled < max_items:  # caught up with the server
+                self._idle(cur, out)
+            else:
+                self._flush_counts()
+                self._feedback()
         except psycopg2.Error as exc:
             raise translate(exc, "streaming from the replication slot") from exc
-        finally:
-            self._drain()
-            for conn in (repl, catalog):
+        return out
+
+    def confirm(self, position: Lsn) -> None:
+        self._confirmed = position
+        self.metrics.set("cdc_capture_confirmed_lsn", int(position))
+        if time.monotonic() - self._last_feedback >= 0.05:  # at most ~20 a second
+            self._feedback(force=True)
+        now = time.monotonic()
+        if now - self._last_saved >= SAVE_EVERY_S:
+            self._save_position()
+            self._last_saved = now
+
+    def keepalive(self) -> None:
+        try:
+            self._feedback()
+        except psycopg2.Error as exc:
+            raise translate(exc, "keeping the replication connection alive") from exc
+
+    def close(self) -> None:
+        self._flush_counts()
+        if self._confirmed is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._feedback(force=True)
+            self._save_position()
+        self.offsets.flush()
+        for conn in (self._repl, self._catalog):
+            if conn is not None:
                 with contextlib.suppress(psycopg2.Error):
                     conn.close()
+        self._repl = self._catalog = self._cur = None
 
-    def _stream(self, cur: Any, catalog: Any, stop: threading.Event) -> None:
-        received = 0
-        while not stop.is_set():
-            msg = cur.read_message()
-            if msg is not None:
-                self._handle(msg.payload, msg.data_start, catalog)
-                received += 1
-                if received % POLL_EVERY == 0:
-                    self.publisher.poll(0)
-                    self._flush_counts()
-                    self._feedback(cur)
-                continue
-            self.publisher.poll(0)
-            self._flush_counts()
-            if self.tracker.in_flight == 0 and cur.wal_end:
-                self.tracker.idle(Lsn(cur.wal_end))
-            self._feedback(cur)
-            select.select([cur], [], [], 0.02)
-        self._drain()
+    # -- positions and liveness ----------------------------------------------------------
+    def _idle(self, cur: Any, out: list[Item]) -> None:
+        """Nothing more to read right now: move on to the server's position when between
+        transactions (keeps WAL from piling up while other tables change), report, wait."""
+        if self._ctx is None and cur.wal_end and cur.wal_end > self._checkpointed:
+            self._checkpointed = cur.wal_end
+            out.append(Checkpoint(Lsn(cur.wal_end)))
         self._flush_counts()
-        self._feedback(cur, force=True)
+        self._heartbeat(out)
+        self._feedback()
+        if not out:
+            select.select([cur], [], [], 0.02)
 
-    def _drain(self) -> None:
-        """Give Kafka a bounded time to acknowledge what is queued (confirmation follows)."""
-        remaining = self.publisher.flush(10.0)
-        if remaining:
-            log.warning("%d events not yet acknowledged by Kafka at shutdown", remaining)
-
-    def _feedback(self, cur: Any, force: bool = False) -> None:
-        confirmable = self.tracker.confirmable()
+    def _feedback(self, force: bool = False) -> None:
         now = time.monotonic()
-        advanced = confirmable is not None and confirmable != self._confirmed
-        if not (force or advanced or now - self._last_feedback >= self.pg.status_interval_s):
+        if not force and now - self._last_feedback < self.pg.status_interval_s:
             return
-        if advanced and not force and now - self._last_feedback < 0.05:
-            return  # at most ~20 status messages a second under load
-        if confirmable is not None:
-            cur.send_feedback(
-                write_lsn=int(confirmable), flush_lsn=int(confirmable), apply_lsn=int(confirmable)
-            )
-            self._confirmed = confirmable
-            self.metrics.set("cdc_capture_confirmed_lsn", int(confirmable))
+        confirmed = self._confirmed
+        if confirmed is not None:
+            lsn = int(confirmed)
+            self._cur.send_feedback(write_lsn=lsn, flush_lsn=lsn, apply_lsn=lsn)
         else:
-            cur.send_feedback()
+            self._cur.send_feedback()
         self._last_feedback = now
-        if self._ctx is not None or self.tracker.in_flight:
-            lag = max(0.0, time.time() - (self._last_commit_ts_us / 1e6))
-        else:
-            lag = 0.0
+        busy = self._ctx is not None or (confirmed is not None and
+                                         int(confirmed) < self._checkpointed)
+        lag = max(0.0, time.time() - self._last_commit_ts_us / 1e6) if busy else 0.0
         self.metrics.set("cdc_replication_lag_seconds", lag)
 
-    def _acknowledged(self, txn: TransactionDelivery) -> None:
-        """A transaction Kafka fully acknowledged: commit-to-Kafka latency."""
-        if txn.commit_ts_us:
-            acked_ms = (txn.acked_at or time.time()) * 1000
-            self.metrics.observe_ms(
-                "cdc_commit_to_kafka_latency", max(0.0, acked_ms - txn.commit_ts_us / 1000)
-            )
+    def _save_position(self) -> None:
+        if self._confirmed is None:
+            return
+        last = self._last_commit
+        self.offsets.save({"lsn": str(self._confirmed),
+                           "last_commit_lsn": None if last is None else str(Lsn(last))})
 
-    # -- messages ---------------------------------------------------------------------------
-    def _handle(self, payload: bytes, lsn: int, catalog: Any) -> None:
+    def _heartbeat(self, out: list[Item]) -> None:
+        every = self.pg.heartbeat_interval_s
+        if every is None:
+            return
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + every
+        query = self.pg.heartbeat_action_query
+        if query:
+            try:
+                with self._catalog.cursor() as cur:
+                    cur.execute(query)
+            except psycopg2.Error as exc:
+                raise SourceSetupError(
+                    f"postgres.heartbeat_action_query failed: {exc}".strip()) from exc
+        key = orjson.dumps({"serverName": self.kafka.topic_prefix})
+        value = orjson.dumps({"ts_ms": int(time.time() * 1000)})
+        out.append((self._heartbeat_topic, key, value, ANY_PARTITION))
+        self.metrics.inc("cdc_capture_heartbeats_total")
+
+    # -- messages ------------------------------------------------------------------------
+    def _handle(self, payload: bytes, lsn: int) -> None:
         oid = insert_relation_oid(payload)
-        if oid is not None and self._txn is not None:
+        if oid is not None and self._ctx is not None:
             shape = self.shapes.get(oid)
             if shape is not None:
                 try:
@@ -185,6 +268,8 @@ class PostgresCapture:
                 else:
                     self._created(row, shape, lsn)
                     return
+            elif oid in self.ignored:
+                return
         msg = decode_message(payload)
         kind = type(msg)
         if kind is Insert or kind is Update or kind is Delete:
@@ -194,81 +279,132 @@ class PostgresCapture:
         elif kind is Commit:
             self._commit(msg)  # type: ignore[arg-type]
         elif kind is Relation:
-            self._relation(msg, catalog)  # type: ignore[arg-type]
+            self._relation(msg)  # type: ignore[arg-type]
         elif kind is Truncate:
             self._truncate(msg, lsn)  # type: ignore[arg-type]
         elif kind is Message:
-            self.metrics.inc("cdc_capture_logical_messages_total")
+            self._message(msg, lsn)  # type: ignore[arg-type]
         # Type and Origin carry nothing a raw topic needs.
 
     def _begin(self, msg: Begin) -> None:
-        self._txn = self.tracker.begin(msg.commit_ts_us)
         self._ctx = TransactionContext(msg.xid, msg.commit_ts_us, self._last_commit)
         self.writer.begin(self._ctx)
         self._last_commit_ts_us = msg.commit_ts_us
+        if self.pg.transaction_metadata:
+            self._txn_meta = TransactionMetadata(
+                f"{msg.xid}:{int(msg.final_lsn)}", msg.commit_ts_us)
+            self._txn_meta.begin(self._out, self._txn_topic)
 
     def _commit(self, msg: Commit) -> None:
-        assert self._txn is not None, "Commit without Begin"
-        self.tracker.commit(self._txn, msg.end_lsn)
-        self._last_commit = int(msg.commit_lsn)
-        self._txn = None
+        assert self._ctx is not None, "Commit without Begin"
+        if self._txn_meta is not None:
+            self._txn_meta.end(self._out, self._txn_topic)
+            self._txn_meta = None
+        end = int(msg.end_lsn)
+        self._out.append(Checkpoint(msg.end_lsn, msg.commit_ts_us))
+        self._checkpointed = max(self._checkpointed, end)
+        self._last_commit = end  # the next transaction's sequence[0], as Debezium's
         self._ctx = None
         self.metrics.inc("cdc_capture_transactions_total")
 
-    def _relation(self, msg: Relation, catalog: Any) -> None:
-        with catalog.cursor() as cur:
+    def _relation(self, msg: Relation) -> None:
+        table_id = f"{msg.namespace or 'pg_catalog'}.{msg.name}"
+        if table_id not in self.listed:
+            root = self._listed_root(msg.oid)
+            if root is None:
+                self.ignored.add(msg.oid)
+                self.shapes.pop(msg.oid, None)
+                log.info("not capturing %s: it is in publication %s but not in "
+                         "postgres.tables", table_id, self.pg.publication)
+                return
+            log.info("capturing partition %s as its listed root %s", table_id, root)
+            schema, name = root.split(".", 1)
+        else:
+            schema, name = msg.namespace or "pg_catalog", msg.name
+        self.ignored.discard(msg.oid)
+        with self._catalog.cursor() as cur:
             pk = primary_key_columns(cur, msg.oid)
-        shape = self.shapes[msg.oid] = TableShape.from_relation(msg, pk)
+        shape = TableShape.from_relation(msg, pk, schema=schema, table=name)
+        self.shapes[msg.oid] = shape
         self.topics[msg.oid] = self.kafka.raw_topic(shape.table_id)
-        columns = [c.name for c in msg.columns]
-        log.info("table %s.%s: columns %s", msg.namespace, msg.name, columns)
+        log.info("table %s: columns %s", shape.table_id, [c.name for c in msg.columns])
 
-    def _shape(self, oid: int) -> TableShape:
+    def _listed_root(self, oid: int) -> str | None:
+        """The listed partitioned table ``oid`` is a partition of, if any."""
+        with self._catalog.cursor() as cur:
+            cur.execute(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = pg_partition_root(%s::oid)", (oid,))
+            row = cur.fetchone()
+        return row[0] if row is not None and row[0] in self.listed else None
+
+    def _shape(self, oid: int) -> TableShape | None:
         shape = self.shapes.get(oid)
-        if shape is None:
+        if shape is None and oid not in self.ignored:
             raise RetriableError(f"change for relation {oid} arrived before its Relation message")
         return shape
 
     def _change(self, msg: Insert | Update | Delete, lsn: int) -> None:
         shape = self._shape(msg.relation_oid)
-        txn = self._txn
-        assert txn is not None
-        topic = self.topics[msg.relation_oid]
-        publish = self.publisher.publish
-        counts = self._counts
+        if shape is None:
+            return
         if type(msg) is Insert:
             self._created(shape.row(msg.new), shape, lsn)
             return
+        topic = self.topics[msg.relation_oid]
+        out = self._out
+        counts = self._counts
+        meta = self._txn_meta
         for op, key, value in self.writer.encode(msg, shape, lsn, self._now_ms):
-            txn.pending += 1
-            publish(topic, key, value, txn)
+            if meta is not None:
+                value = meta.stamp(value, shape.table_id)
+            out.append((topic, key, value, ANY_PARTITION))
             if op == "d" and self.kafka.tombstones_on_delete:
-                txn.pending += 1
-                publish(topic, key, None, txn)
+                out.append((topic, key, None, ANY_PARTITION))
             counted = (shape.oid, op)
             counts[counted] = counts.get(counted, 0) + 1
 
     def _created(self, after: dict[str, Any], shape: TableShape, lsn: int) -> None:
-        txn = self._txn
-        assert txn is not None
         key, value = self.writer.created(after, shape, lsn, self._now_ms)
-        txn.pending += 1
-        self.publisher.publish(self.topics[shape.oid], key, value, txn)
+        if self._txn_meta is not None:
+            value = self._txn_meta.stamp(value, shape.table_id)
+        self._out.append((self.topics[shape.oid], key, value, ANY_PARTITION))
         counted = (shape.oid, "c")
         self._counts[counted] = self._counts.get(counted, 0) + 1
 
     def _truncate(self, msg: Truncate, lsn: int) -> None:
-        assert self._ctx is not None and self._txn is not None
+        """One copy per partition: every worker sees the truncate in order with its own
+        partition's rows, so no row written before it survives on any partition."""
+        assert self._ctx is not None
         for oid in msg.relation_oids:
             shape = self._shape(oid)
+            if shape is None:
+                continue
             event = self.builder.truncate(shape, self._ctx, lsn, int(time.time() * 1000))
-            self.publisher.publish(self.topics[oid], None, encode_value(event),
-                                   self.tracker.sent(self._txn))
+            value = encode_value(event)
+            if self._txn_meta is not None:
+                value = self._txn_meta.stamp(value, shape.table_id)
+            self._out.append((self.topics[oid], None, value, EVERY_PARTITION))
             self.metrics.inc("cdc_capture_events_total", table=shape.table_id, op="t")
+
+    def _message(self, msg: Message, lsn: int) -> None:
+        """A pg_logical_emit_message payload, published as Debezium does (``op: m``)."""
+        if (self._include and not any(p.search(msg.prefix) for p in self._include)) or \
+                any(p.search(msg.prefix) for p in self._exclude):
+            self.metrics.inc("cdc_capture_logical_messages_total", outcome="filtered")
+            return
+        ctx = self._ctx if msg.transactional else None
+        key, value = self.builder.message(msg, ctx, lsn, self._last_commit,
+                                          int(time.time() * 1000))
+        self._out.append((self._message_topic, key, value, ANY_PARTITION))
+        self.metrics.inc("cdc_capture_logical_messages_total", outcome="published")
 
     def _flush_counts(self) -> None:
         """Per-event counts are kept in a plain dict on the hot path, moved to metrics here."""
         for (oid, op), n in self._counts.items():
-            self.metrics.inc("cdc_capture_events_total", n, table=self.shapes[oid].table_id, op=op)
+            shape = self.shapes.get(oid)
+            if shape is not None:
+                self.metrics.inc("cdc_capture_events_total", n, table=shape.table_id, op=op)
         self._counts.clear()
         self._now_ms = str(int(time.time() * 1000)).encode()

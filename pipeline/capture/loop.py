@@ -1,0 +1,142 @@
+"""The one capture loop every source runs in: read -> publish -> track -> confirm.
+
+Per session (``open`` .. ``close`` of the source):
+
+* every record the source hands over is published at once (the producer's queue is bounded:
+  when Kafka is slow, publishing waits and asks the source to keep its connection alive);
+* every record is registered with the unit it belongs to (records up to a ``Checkpoint``);
+* the source is told to ``confirm`` the highest checkpoint whose every earlier record Kafka
+  acknowledged, never beyond, and never backwards.
+
+A ``RetriableError`` (the database or Kafka went away) ends the session; the loop waits with
+the one :class:`~pipeline.retry.Backoff` and opens a new one, which starts after the last
+confirmed position: what Kafka had not acknowledged is read and published again (at least
+once; the sinks are idempotent). Anything else (a setup problem, a refused record) stops
+capture with its message: retrying could not help.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from pipeline.capture.delivery import DeliveryTracker, TransactionDelivery
+from pipeline.capture.publisher import EventPublisher, ensure_topics
+from pipeline.capture.source import EVERY_PARTITION, ChangeSource, Checkpoint
+from pipeline.config import KafkaSettings
+from pipeline.errors import RetriableError
+from pipeline.metrics import Metrics
+from pipeline.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+#: Items asked of the source per read; delivery callbacks are served between reads.
+READ_BATCH = 512
+#: How long a session's end waits for Kafka to acknowledge what is queued.
+DRAIN_S = 10.0
+
+
+class CaptureLoop:
+    """Runs one source until ``stop`` is set; reconnects after transient failures."""
+
+    def __init__(
+        self,
+        source: ChangeSource,
+        publisher: EventPublisher,
+        kafka: KafkaSettings,
+        metrics: Metrics,
+        backoff: Backoff | None = None,
+        create_topics: bool = True,
+    ) -> None:
+        self.source = source
+        self.publisher = publisher
+        self.kafka = kafka
+        self.metrics = metrics
+        self.backoff = backoff or Backoff()
+        self.create_topics = create_topics
+        self.confirmed: Any = None  # the highest position confirmed to the source
+        self._partitions: dict[str, int] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        """Sessions until ``stop``; raises only what retrying cannot fix."""
+        while not stop.is_set():
+            self.backoff.started()
+            try:
+                self.session(stop)
+            except RetriableError as exc:
+                self.metrics.inc("cdc_capture_errors_total", kind="retriable")
+                delay = self.backoff.next_delay()
+                log.warning("%s interrupted, resuming after the last confirmed position in "
+                            "%.1fs: %s", self.source.name, delay, exc)
+                stop.wait(delay)
+
+    def session(self, stop: threading.Event) -> None:
+        """One open .. close of the source: stream until ``stop`` or an error."""
+        tracker = DeliveryTracker(on_complete=self._acknowledged)
+        try:
+            topics = self.source.open()
+            if self.create_topics:
+                ensure_topics(self.kafka, topics)
+            self.publisher.while_waiting = self.source.keepalive
+            self._stream(tracker, stop)
+        finally:
+            self.publisher.while_waiting = lambda: None
+            tracker.abandon_open()
+            try:
+                self._drain(tracker)
+            finally:
+                self.source.close()
+
+    def _stream(self, tracker: DeliveryTracker, stop: threading.Event) -> None:
+        publish = self.publisher.publish
+        sent = tracker.sent
+        unit = tracker.begin()
+        while not stop.is_set():
+            for item in self.source.read(READ_BATCH):
+                if type(item) is tuple:
+                    topic, key, value, partition = item
+                    if partition == EVERY_PARTITION:
+                        for p in range(self._partition_count(topic)):
+                            publish(topic, key, value, sent(unit), p)
+                    else:
+                        publish(topic, key, value, sent(unit), partition)
+                else:
+                    assert isinstance(item, Checkpoint)
+                    unit.commit_ts_us = item.commit_ts_us
+                    tracker.commit(unit, item.position)
+                    unit = tracker.begin()
+            self.publisher.poll(0)
+            self._confirm(tracker)
+
+    def _partition_count(self, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            count = self._partitions[topic] = self.publisher.partitions(topic)
+        return count
+
+    def _confirm(self, tracker: DeliveryTracker) -> None:
+        position = tracker.confirmable()  # raises DeliveryFailed if Kafka refused a record
+        if position is not None and (self.confirmed is None or position > self.confirmed):
+            self.source.confirm(position)
+            self.confirmed = position
+
+    def _drain(self, tracker: DeliveryTracker) -> None:
+        """Give Kafka a bounded time to acknowledge what is queued, then confirm it."""
+        remaining = self.publisher.flush(DRAIN_S)
+        if remaining:
+            log.warning("%d records not yet acknowledged by Kafka when %s stopped; they are "
+                        "read again from the source", remaining, self.source.name)
+        try:
+            self._confirm(tracker)
+        except RetriableError as exc:
+            log.warning("could not confirm the last position of %s: %s", self.source.name, exc)
+
+    def _acknowledged(self, txn: TransactionDelivery) -> None:
+        """A unit Kafka fully acknowledged: commit-to-Kafka latency."""
+        if txn.commit_ts_us:
+            acked_ms = (txn.acked_at or time.time()) * 1000
+            self.metrics.observe_ms(
+                "cdc_commit_to_kafka_latency", max(0.0, acked_ms - txn.commit_ts_us / 1000)
+            )

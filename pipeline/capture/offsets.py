@@ -1,0 +1,102 @@
+"""Source positions kept in Kafka, in a compacted topic, as Kafka Connect keeps its offsets.
+
+The replication slot is where PostgreSQL keeps our position, but a slot can disappear (dropped
+by hand, invalidated by ``max_slot_wal_keep_size``). Capture would then create a new slot at
+the current end of the WAL and silently skip everything in between. Keeping the last
+confirmed position here as well lets capture notice that and stop with the remedy instead.
+One record per source, keyed by the source's identity; the newest record wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from pipeline.capture.publisher import ensure_topics
+from pipeline.config import KafkaSettings
+from pipeline.errors import RetriableError
+
+log = logging.getLogger(__name__)
+
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+class OffsetStore:
+    """``load``/``save`` the JSON position of one source in ``kafka.offsets_topic``."""
+
+    def __init__(self, kafka: KafkaSettings, identity: dict[str, str]) -> None:
+        self.kafka = kafka
+        self.topic = kafka.offsets_topic
+        self.key = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)
+        self._producer: Producer | None = None
+
+    def load(self, timeout: float = 30.0) -> dict[str, Any] | None:
+        """The newest position saved for this source, or None."""
+        kafka = self.kafka
+        ensure_topics(kafka, [self.topic], config=COMPACTED, partitions=1)
+        consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers,
+                             "group.id": "cdc-offsets-reader", "enable.auto.commit": False,
+                             "enable.partition.eof": True})
+        try:
+            meta = consumer.list_topics(self.topic, timeout=timeout).topics[self.topic]
+            parts = [TopicPartition(self.topic, p, 0) for p in meta.partitions]
+            ends = {}
+            for tp in parts:
+                low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+                if high > low:
+                    ends[tp.partition] = high
+            if not ends:
+                return None
+            consumer.assign([TopicPartition(self.topic, p, 0) for p in ends])
+            found: dict[str, Any] | None = None
+            waiting = set(ends)
+            while waiting:
+                msg = consumer.poll(timeout)
+                if msg is None:
+                    raise RetriableError(f"reading '{self.topic}' timed out")
+                error = msg.error()
+                partition = msg.partition() or 0
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        waiting.discard(partition)
+                        continue
+                    raise RetriableError(f"reading '{self.topic}': {error}")
+                if msg.key() == self.key:
+                    value = msg.value()
+                    found = None if value is None else orjson.loads(value)
+                if (msg.offset() or 0) + 1 >= ends[partition]:
+                    waiting.discard(partition)
+            return found
+        except KafkaException as exc:
+            raise RetriableError(f"reading '{self.topic}': {exc}") from exc
+        finally:
+            consumer.close()
+
+    def save(self, position: dict[str, Any]) -> None:
+        """Queue the newest position (delivery is checked at the next ``save``/``flush``)."""
+        if self._producer is None:
+            self._producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers,
+                                       "enable.idempotence": True, "acks": "all",
+                                       "linger.ms": 50})
+        self._producer.produce(self.topic, orjson.dumps(position), self.key,
+                               on_delivery=_report)
+        self._producer.poll(0)
+
+    def forget(self) -> None:
+        """Remove this source's position (a tombstone), e.g. after a deliberate reset."""
+        if self._producer is None:
+            self._producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers})
+        self._producer.produce(self.topic, None, self.key)
+        self.flush()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout)
+
+
+def _report(err: Any, _msg: Any) -> None:
+    if err is not None:
+        log.warning("could not save the capture position to Kafka: %s", err)
