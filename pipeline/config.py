@@ -53,6 +53,9 @@ class PostgresSettings(_Section):
     tables: tuple[str, ...] = Field(min_length=1)
     #: How often (s) the confirmed position is reported to the server when nothing happens.
     status_interval_s: float = Field(default=1.0, gt=0)
+    #: Debezium's ``decimal.handling.mode`` for ``numeric`` and ``money``: ``string`` (exact
+    #: text), ``double`` (a JSON number) or ``precise`` (base64 of the unscaled value's bytes).
+    decimal_handling_mode: Literal["string", "double", "precise"] = "string"
 
     _tables = field_validator("tables")(_check_table_ids)
 

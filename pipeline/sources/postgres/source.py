@@ -47,6 +47,8 @@ from pipeline.sources.postgres.pgoutput import (
     insert_row,
 )
 from pipeline.sources.postgres.slot import ReplicationSlot, connect, primary_key_columns, translate
+from pipeline.sources.postgres.types import TypeResolver
+from pipeline.sources.postgres.unconverted import UnconvertedValues
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class PostgresCapture:
         self.shapes: dict[int, TableShape] = {}
         self.topics: dict[int, str] = {}
         self._counts: dict[tuple[int, str], int] = {}
+        self.types = TypeResolver()
+        self.unconverted = UnconvertedValues()
         self._now_ms = str(int(time.time() * 1000)).encode()
         self._last_commit_ts_us = 0
         self._txn: TransactionDelivery | None = None
@@ -218,7 +222,9 @@ class PostgresCapture:
     def _relation(self, msg: Relation, catalog: Any) -> None:
         with catalog.cursor() as cur:
             pk = primary_key_columns(cur, msg.oid)
-        shape = self.shapes[msg.oid] = TableShape.from_relation(msg, pk)
+            types = [self.types.resolve(cur, c.type_oid) for c in msg.columns]
+        shape = self.shapes[msg.oid] = TableShape.from_relation(
+            msg, pk, types, self.pg.decimal_handling_mode, self.unconverted)
         self.topics[msg.oid] = self.kafka.raw_topic(shape.table_id)
         columns = [c.name for c in msg.columns]
         log.info("table %s.%s: columns %s", msg.namespace, msg.name, columns)
@@ -271,4 +277,6 @@ class PostgresCapture:
         for (oid, op), n in self._counts.items():
             self.metrics.inc("cdc_capture_events_total", n, table=self.shapes[oid].table_id, op=op)
         self._counts.clear()
+        for type_name, n in self.unconverted.drain().items():
+            self.metrics.inc("cdc_capture_unconverted_values_total", n, type=type_name)
         self._now_ms = str(int(time.time() * 1000)).encode()
