@@ -264,3 +264,11 @@ def test_resolved_types_choose_their_converters() -> None:
     bits = PgType("array", v.BIT_ARRAY_OID, "_bit", element=PgType.builtin(v.BIT_OID))
     assert converter_for_type(bits, 1)("{1}") == [True]
     assert converter_for_type(PgType("text", 70005, "point3d"))("(1,2,3)") == "(1,2,3)"
+
+
+def test_unicode_spaces_belong_to_array_elements() -> None:
+    # PostgreSQL quotes array elements only for ASCII white space: '{ }' with a no-break
+    # space is a one-element array (found by tests/property/test_values_from_postgres.py).
+    assert convert(v.TEXT_ARRAY_OID, "{\xa0}") == ["\xa0"]
+    assert convert(v.TEXT_ARRAY_OID, "{a\u2003,\u3000b}") == ["a\u2003", "\u3000b"]
+    assert convert(v.TEXT_ARRAY_OID, '{"x",\xa0y}') == ["x", "\xa0y"]

@@ -335,12 +335,15 @@ _ARRAY_TOKEN: Final = re.compile(
     | (?P<close>\})
     | (?P<comma>,)
     | "(?P<quoted>(?:[^"\\]|\\.)*)"
-    | (?P<bare>(?:[^{},"\\\s]|\\.)(?:[^{},"\\]|\\.)*)
-    | (?P<space>\s+)
+    | (?P<bare>(?:[^{},"\\ \t\n\r\v\f]|\\.)(?:[^{},"\\]|\\.)*)
+    | (?P<space>[ \t\n\r\v\f]+)
     """,
     re.VERBOSE | re.DOTALL,
 )
 _BACKSLASH_ESCAPE: Final = re.compile(r"\\(.)", re.DOTALL)
+# Only ASCII white space separates elements (array_in's array_isspace): PostgreSQL does not
+# quote a no-break space or other Unicode spaces, so they belong to the element.
+_ARRAY_SPACE: Final = " \t\n\r\v\f"
 # Arrays whose lower bound is not 1 are prefixed with their bounds: "[0:1]={5,6}".
 _DIMENSIONS: Final = re.compile(r"^(?:\[-?\d+:-?\d+\])+=")
 
@@ -356,9 +359,9 @@ def parse_array(text: str, element: Converter = _identity) -> list[Any]:
     # Fast path: one dimension, nothing quoted or escaped (most int/numeric/uuid arrays).
     if body.startswith("{") and body.endswith("}") and not any(c in body[1:-1] for c in '{}"\\'):
         inner = body[1:-1]
-        if not inner.strip():
+        if not inner.strip(_ARRAY_SPACE):
             return []
-        return [_bare_element(item.strip(), element) for item in inner.split(",")]
+        return [_bare_element(item.strip(_ARRAY_SPACE), element) for item in inner.split(",")]
     return _parse_nested(text, body, element)
 
 
@@ -421,7 +424,7 @@ def _token_value(match: re.Match[str], element: Converter) -> Any:
     quoted = match.group("quoted")
     if quoted is not None:
         return element(_BACKSLASH_ESCAPE.sub(r"\1", quoted))
-    bare = match.group("bare").rstrip()
+    bare = match.group("bare").rstrip(_ARRAY_SPACE)
     if len(bare) == 4 and bare.upper() == "NULL":
         return None
     return element(_BACKSLASH_ESCAPE.sub(r"\1", bare))
