@@ -67,6 +67,9 @@ class PostgresSettings(_Section):
     #: Debezium's provide.transaction.metadata: each event's ``transaction`` block, and
     #: BEGIN/END records with event counts on ``<prefix>.transaction``.
     transaction_metadata: bool = False
+    #: Debezium's ``decimal.handling.mode`` for ``numeric`` and ``money``: ``string`` (exact
+    #: text), ``double`` (a JSON number) or ``precise`` (base64 of the unscaled value's bytes).
+    decimal_handling_mode: Literal["string", "double", "precise"] = "string"
 
     _tables = field_validator("tables")(_check_table_ids)
 

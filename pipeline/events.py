@@ -20,6 +20,14 @@ from pipeline.errors import EventDecodeError
 #: Same text as Debezium's default ``unavailable.value.placeholder``; sinks must never
 #: store it over a real value.
 UNAVAILABLE_VALUE = "__debezium_unavailable_value"
+#: The placeholder of a binary (``bytea``) column: Debezium sends the placeholder's bytes,
+#: which JSON carries in base64.
+UNAVAILABLE_BINARY = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="
+
+
+def is_unavailable(value: Any) -> bool:
+    """True for either placeholder of a value PostgreSQL did not send."""
+    return value in (UNAVAILABLE_VALUE, UNAVAILABLE_BINARY)
 
 OPS = frozenset({"c", "u", "d", "r", "t"})
 

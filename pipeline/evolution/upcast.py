@@ -48,7 +48,7 @@ import copy
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row
+from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row, is_unavailable
 from pipeline.evolution.errors import (
     MissingUpcasterError,
     UnknownSchemaVersionError,
@@ -315,7 +315,7 @@ def _conform(row: Row, tv: TableVersion, defaults: Mapping[str, Any]) -> Row:
 
 
 def _unavailable(row: Row) -> frozenset[str]:
-    return frozenset(k for k, v in row.items() if isinstance(v, str) and v == UNAVAILABLE_VALUE)
+    return frozenset(k for k, v in row.items() if isinstance(v, str) and is_unavailable(v))
 
 
 def _is_key_only(row: Row, key: Row) -> bool:

@@ -18,7 +18,7 @@ from redis import exceptions as redis_errors
 
 from pipeline.config import RedisSettings
 from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableError
-from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row
+from pipeline.events import ChangeEvent, Row, is_unavailable
 from pipeline.sinks.base import Rejection
 
 UNLINK_CHUNK = 1000
@@ -42,7 +42,7 @@ class KeyTemplate:
         values = {}
         for field in self.fields:
             value = row.get(field)
-            if value is None or value == UNAVAILABLE_VALUE:
+            if value is None or is_unavailable(value):
                 return None
             values[field] = value
         return self.template.format(**values)

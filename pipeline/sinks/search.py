@@ -22,7 +22,7 @@ import orjson
 
 from pipeline.config import ElasticsearchSettings
 from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableError
-from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row
+from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row, is_unavailable
 from pipeline.sinks.base import Rejection
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def document_id(key: Row) -> str:
 
 
 def _missing_columns(doc: Row) -> list[str]:
-    return [name for name, value in doc.items() if value == UNAVAILABLE_VALUE]
+    return [name for name, value in doc.items() if is_unavailable(value)]
 
 
 class SearchIndexSink:
@@ -77,7 +77,7 @@ class SearchIndexSink:
                 continue  # an older change of the same row later in the batch: stale
             if doc is not None and previous is not None and previous[2] is not None:
                 for column in _missing_columns(doc):
-                    if previous[2].get(column, UNAVAILABLE_VALUE) != UNAVAILABLE_VALUE:
+                    if not is_unavailable(previous[2].get(column, UNAVAILABLE_VALUE)):
                         doc[column] = previous[2][column]
             latest[slot] = (i, event, doc)
         await self._flush(latest, batch, rejected)

@@ -191,3 +191,40 @@ def test_built_events_survive_the_wire() -> None:
     msg = Update(PRODUCTS.oid, ("7", None, None, None), "K", ("8", "S", UNCHANGED_TOAST, "t"))
     for event in _events(msg):
         assert decode(encode_key(event), encode_value(event)) == event
+
+
+# --- values no converter can stop ----------------------------------------------------------
+
+NUMERIC, BYTEA, JSONB = 1700, 17, 3802
+PRICES = Relation(
+    oid=16402, namespace="inventory", name="prices", replica_identity="d",
+    columns=(
+        Column(is_key=True, name="id", type_oid=INT4, type_modifier=-1),
+        Column(is_key=False, name="price", type_oid=NUMERIC, type_modifier=(10 << 16 | 2) + 4),
+        Column(is_key=False, name="photo", type_oid=BYTEA, type_modifier=-1),
+        Column(is_key=False, name="attrs", type_oid=JSONB, type_modifier=-1),
+    ),
+)  # fmt: skip
+
+
+def test_a_value_the_converter_refuses_is_published_as_text_and_counted(caplog) -> None:
+    # NaN has no decimal.handling.mode=precise form; Debezium stops the connector here.
+    precise = TableShape.from_relation(PRICES, ("id",), decimal_mode="precise")
+    row = precise.row(("1", "NaN", None, '{"huge": 1e400}'))
+    assert row == {"id": 1, "price": "NaN", "photo": None, "attrs": '{"huge": 1e400}'}
+    precise.row(("2", "Infinity", None, None))
+    assert precise.row(("3", "1.50", None, None))["price"] == "AJY="  # 150 = 0x0096
+    assert precise.unconverted.drain() == {"numeric": 2}
+    assert precise.unconverted.drain() == {}
+    # Logged once per (table, column), however many values.
+    logged = [r.getMessage().split(":")[0] for r in caplog.records]
+    assert logged == ["inventory.prices.price (numeric)"]
+
+
+def test_unchanged_toast_bytea_gets_debeziums_binary_placeholder() -> None:
+    s = TableShape.from_relation(PRICES, ("id",))
+    (event,) = _events(Update(PRICES.oid, None, None, ("1", "2.00", UNCHANGED_TOAST,
+                                                       UNCHANGED_TOAST)), s)
+    # base64 of the bytes of "__debezium_unavailable_value", as Debezium's JSON carries bytes
+    assert event.after["photo"] == "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="
+    assert event.after["attrs"] == UNAVAILABLE_VALUE  # text-like columns: the plain string

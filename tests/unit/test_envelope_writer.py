@@ -120,3 +120,16 @@ def test_key_json_is_the_key_dict_encoded(key: int, other: str | None) -> None:
     for shape in (one, two):
         assert shape.key_json(row) == orjson.dumps(shape.key(row))
     assert one.key_json({}) == b'{"id":null}'
+
+
+def test_insert_fast_path_leaves_a_refused_value_to_the_general_path() -> None:
+    import pytest
+
+    from pipeline.sources.postgres.pgoutput import PgoutputDecodeError, decode_message, insert_row
+
+    precise = TableShape.from_relation(REL, ("id",), decimal_mode="precise")
+    payload = _insert_payload(["1", "a", "NaN", "t"])
+    with pytest.raises(PgoutputDecodeError, match="converter"):
+        insert_row(payload, precise.names, precise.converters, None)
+    msg = decode_message(payload)
+    assert precise.row(msg.new)["total"] == "NaN"  # type: ignore[union-attr]

@@ -337,8 +337,9 @@ ALLTYPES_ROW_1 = {
     "c_time": "23:59:59.5",
     "c_timetz": "12:00:00+05:30",
     "c_uuid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-    "c_json": {"b": 1, "a": [True, None, 2.5]},
-    "c_jsonb": {"k": "v", "n": [1, 2]},
+    # JSON as its exact text: json as written, jsonb as PostgreSQL normalised it.
+    "c_json": '{"b": 1, "a": [true, null, 2.5]}',
+    "c_jsonb": '{"k": "v", "n": [1, 2]}',
     "c_bytea": "3q2+7wD/",  # base64 of de ad be ef 00 ff
     "c_int4_arr": [1, 2, 3],
     "c_int8_arr": [[1, 2], [3, 4]],
@@ -349,7 +350,7 @@ ALLTYPES_ROW_1 = {
     "c_bool_arr": [True, False, None],
     "c_float8_arr": [1.5, "NaN", "Infinity", "-Infinity"],
     "c_uuid_arr": ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "00000000-0000-0000-0000-000000000000"],
-    "c_jsonb_arr": [{"a": 1}, [1, "x"], None],
+    "c_jsonb_arr": ['{"a": 1}', '[1, "x"]', None],
     "c_tstz_arr": ["2024-01-02T03:04:05Z", "infinity"],
     "c_date_arr": ["2024-01-01", "infinity"],
 }  # fmt: skip
@@ -362,7 +363,7 @@ ALLTYPES_ROW_2 = {
     "c_tstz_local": "1900-01-01T00:00:00Z",  # sent with a local-mean-time offset
     "c_date": "0001-01-01 BC", "c_time": "00:00:00", "c_timetz": "00:00:00-03",
     "c_uuid": "ffffffff-ffff-ffff-ffff-ffffffffffff",
-    "c_json": [], "c_jsonb": "just a string", "c_bytea": "",
+    "c_json": "[]", "c_jsonb": '"just a string"', "c_bytea": "",
     "c_int4_arr": [[[1, 2]], [[3, 4]]], "c_int8_arr": [5, 6], "c_text_arr": [],
     "c_varchar_arr": ["", None], "c_numeric_arr": [], "c_bool_arr": [],
     "c_float8_arr": ["-Infinity", 0.0, -1.25e-10], "c_uuid_arr": [], "c_jsonb_arr": [],

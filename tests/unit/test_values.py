@@ -48,9 +48,13 @@ from pipeline.sources.postgres.values import ArraySyntaxError, convert, converte
         (v.TIMETZ_OID, "12:00:00+05:30", "12:00:00+05:30"),
         (v.UUID_OID, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
          "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
-        (v.JSON_OID, '{"b": 1, "a": [true, null, 2.5]}', {"b": 1, "a": [True, None, 2.5]}),
-        (v.JSONB_OID, '"just a string"', "just a string"),
-        (v.JSONB_OID, "[]", []),
+        # JSON as its exact text (Debezium's io.debezium.data.Json): nothing is lost.
+        (v.JSON_OID, '{"b": 1, "a": [true, null, 2.5]}', '{"b": 1, "a": [true, null, 2.5]}'),
+        (v.JSON_OID, '{"a": 1, "a": 2}', '{"a": 1, "a": 2}'),  # duplicate keys of json
+        (v.JSONB_OID, '{"huge": 1e400}', '{"huge": 1e400}'),  # beyond a double
+        (v.JSONB_OID, '{"n": 0.10000000000000000000001}', '{"n": 0.10000000000000000000001}'),
+        (v.JSONB_OID, '"just a string"', '"just a string"'),
+        (v.JSONB_OID, "[]", "[]"),
         (v.BYTEA_OID, "\\xdeadbeef00ff", base64.b64encode(b"\xde\xad\xbe\xef\x00\xff").decode()),
         (v.BYTEA_OID, "\\x", ""),
         (99999, "anything {at} all", "anything {at} all"),  # unknown OID: text unchanged
@@ -150,7 +154,7 @@ class TestArrays:
             (v.UUID_ARRAY_OID, "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
              ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]),
             (v.JSONB_ARRAY_OID, r'{"{\"a\": 1}","[1, \"x\"]",NULL,null}',
-             [{"a": 1}, [1, "x"], None, None]),
+             ['{"a": 1}', '[1, "x"]', None, None]),
             (v.TIMESTAMPTZ_ARRAY_OID, '{"2024-01-02 08:34:05+05:30",infinity}',
              ["2024-01-02T03:04:05Z", "infinity"]),
             (v.DATE_ARRAY_OID, "{2024-01-01,infinity}", ["2024-01-01", "infinity"]),
@@ -206,3 +210,65 @@ def test_two_dimensional_text_array_roundtrip(rows: list[list[str | None]]) -> N
 def test_int8_array_roundtrip(items: list[int | None]) -> None:
     text = "{" + ",".join("NULL" if x is None else str(x) for x in items) + "}"
     assert convert(v.INT8_ARRAY_OID, text) == items
+
+
+# --- types the catalog resolves (domains, enums, hstore), bit(1) ---------------------------
+
+
+def test_bit1_is_a_boolean_and_longer_bit_strings_stay_text() -> None:
+    assert converter_for(v.BIT_OID, 1)("1") is True
+    assert converter_for(v.BIT_OID, 1)("0") is False
+    assert converter_for(v.BIT_ARRAY_OID, 1)("{1,0,NULL}") == [True, False, None]
+    assert converter_for(v.BIT_OID, 8)("10100101") == "10100101"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('"a"=>"1", "b"=>NULL', {"a": "1", "b": None}),
+        ("", {}),
+        ('"say \\"hi\\""=>"back\\\\slash", "=>"=>", "', {'say "hi"': "back\\slash", "=>": ", "}),
+        ('"\U0001f418"=>""', {"\U0001f418": ""}),
+    ],
+)
+def test_hstore_is_a_json_object_text(text: str, expected: dict[str, Any]) -> None:
+    out = v.hstore_json(text)
+    assert isinstance(out, str)
+    assert orjson.loads(out) == expected
+
+
+def test_malformed_hstore_raises() -> None:
+    with pytest.raises(ValueError, match="malformed hstore"):
+        v.hstore_json('"a"=>"1" "b"')
+
+
+def test_resolved_types_choose_their_converters() -> None:
+    from pipeline.sources.postgres.types import PgType
+    from pipeline.sources.postgres.values import converter_for_type
+
+    int_domain = PgType("builtin", v.INT4_OID, "positive_int")
+    tstz_domain = PgType("builtin", v.TIMESTAMPTZ_OID, "event_time")
+    flag_domain = PgType("builtin", v.BIT_OID, "flag", typmod=1)
+    enum = PgType("enum", 70001, "mood")
+    hstore = PgType("hstore", 70002, "hstore")
+    assert converter_for_type(int_domain)("42") == 42
+    assert converter_for_type(tstz_domain)("2024-01-02 03:04:05+01") == "2024-01-02T02:04:05Z"
+    assert converter_for_type(flag_domain)("1") is True
+    assert converter_for_type(enum)("happy") == "happy"
+    assert converter_for_type(PgType("array", 70003, "_mood", element=enum))(
+        '{happy,"very sad",NULL}') == ["happy", "very sad", None]
+    assert converter_for_type(PgType("array", 70004, "_positive_int", element=int_domain))(
+        "{1,2}") == [1, 2]
+    assert orjson.loads(converter_for_type(hstore)('"k"=>"v"')) == {"k": "v"}
+    # The column's modifier applies to an array's elements (numeric(10,2)[], bit(1)[]).
+    bits = PgType("array", v.BIT_ARRAY_OID, "_bit", element=PgType.builtin(v.BIT_OID))
+    assert converter_for_type(bits, 1)("{1}") == [True]
+    assert converter_for_type(PgType("text", 70005, "point3d"))("(1,2,3)") == "(1,2,3)"
+
+
+def test_unicode_spaces_belong_to_array_elements() -> None:
+    # PostgreSQL quotes array elements only for ASCII white space: '{ }' with a no-break
+    # space is a one-element array (found by tests/property/test_values_from_postgres.py).
+    assert convert(v.TEXT_ARRAY_OID, "{\xa0}") == ["\xa0"]
+    assert convert(v.TEXT_ARRAY_OID, "{a\u2003,\u3000b}") == ["a\u2003", "\u3000b"]
+    assert convert(v.TEXT_ARRAY_OID, '{"x",\xa0y}') == ["x", "\xa0y"]

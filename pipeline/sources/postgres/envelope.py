@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row, SourceInfo
+from pipeline.events import UNAVAILABLE_BINARY, UNAVAILABLE_VALUE, ChangeEvent, Row, SourceInfo
+from pipeline.sources.postgres.decimals import DecimalMode
 from pipeline.sources.postgres.pgoutput import (
     UNCHANGED_TOAST,
     Delete,
@@ -19,7 +20,16 @@ from pipeline.sources.postgres.pgoutput import (
     TupleValue,
     Update,
 )
-from pipeline.sources.postgres.values import _identity, converter_for
+from pipeline.sources.postgres.types import PgType
+from pipeline.sources.postgres.unconverted import UnconvertedValues
+from pipeline.sources.postgres.values import (
+    BUILTIN_TYPE_OIDS,
+    BYTEA_OID,
+    _identity,
+    converter_for_type,
+)
+
+_BUILTIN_NAMES = {oid: name for name, oid in BUILTIN_TYPE_OIDS.items()}
 
 
 def _or_none(convert: Callable[[str], Any]) -> Callable[[str], Any] | None:
@@ -36,6 +46,12 @@ class TableShape:
     names: tuple[str, ...]
     converters: tuple[Callable[[str], Any] | None, ...]
     key_names: tuple[str, ...]
+    #: Each column's type name (metric label of values a converter refused).
+    type_names: tuple[str, ...] = ()
+    #: Columns whose unchanged-TOAST placeholder is binary (``bytea``: base64 of its bytes).
+    binary_columns: frozenset[str] = frozenset()
+    #: Where values a converter refused are counted (the capture drains it into metrics).
+    unconverted: UnconvertedValues = field(default_factory=UnconvertedValues, compare=False)
     #: ``{"<column>":`` for a one-column key (its JSON is written without a dict), else None.
     _key_prefix: bytes | None = field(init=False, repr=False, compare=False)
 
@@ -45,20 +61,44 @@ class TableShape:
         object.__setattr__(self, "_key_prefix", prefix)
 
     @classmethod
-    def from_relation(cls, rel: Relation, primary_key: tuple[str, ...], *,
-                      schema: str | None = None, table: str | None = None) -> TableShape:
-        """``schema``/``table``: the name to publish under when it is not the relation's own
-        (a partition published as its partitioned root)."""
+    def from_relation(
+        cls,
+        rel: Relation,
+        primary_key: tuple[str, ...],
+        types: Sequence[PgType] | None = None,
+        decimal_mode: DecimalMode = "string",
+        unconverted: UnconvertedValues | None = None,
+        *,
+        schema: str | None = None,
+        table: str | None = None,
+    ) -> TableShape:
+        """The shape of ``rel``; ``types`` are its columns' types as the catalog resolved
+        them (:class:`~pipeline.sources.postgres.types.TypeResolver`), by default each
+        column's OID taken as a built-in type. ``schema``/``table``: the name to publish
+        under when it is not the relation's own (a partition published as its root)."""
         names = tuple(c.name for c in rel.columns)
         key = primary_key or tuple(c.name for c in rel.columns if c.is_key)
+        if types is None:
+            types = [PgType.builtin(c.type_oid, _BUILTIN_NAMES.get(c.type_oid))
+                     for c in rel.columns]
+        converters = tuple(
+            # None marks text passed through as is: the hot path skips the call.
+            _or_none(converter_for_type(t, c.type_modifier, decimal_mode))
+            for c, t in zip(rel.columns, types, strict=True)
+        )
         return cls(
             oid=rel.oid,
             schema=schema or rel.namespace or "pg_catalog",
             table=table or rel.name,
             names=names,
-            # None marks text passed through as is: the hot path skips the call.
-            converters=tuple(_or_none(converter_for(c.type_oid)) for c in rel.columns),
+            converters=converters,
             key_names=key,
+            type_names=tuple(t.name for t in types),
+            binary_columns=frozenset(
+                c.name for c, t in zip(rel.columns, types, strict=True)
+                if t.kind == "builtin" and t.oid == BYTEA_OID
+            ),
+            unconverted=unconverted if unconverted is not None else UnconvertedValues(),
         )
 
     @property
@@ -67,18 +107,30 @@ class TableShape:
 
     def row(self, values: tuple[TupleValue, ...]) -> Row:
         """Column name -> JSON-friendly value; an unchanged TOAST value becomes the
-        placeholder, never None, so a sink can tell it from a real NULL."""
+        placeholder, never None, so a sink can tell it from a real NULL. A value its
+        converter refuses stays PostgreSQL's text and is counted in ``unconverted``."""
         out: Row = {}
         for name, convert, value in zip(self.names, self.converters, values, strict=False):
             if value is None:
                 out[name] = None
             elif value is UNCHANGED_TOAST:
-                out[name] = UNAVAILABLE_VALUE
+                out[name] = (UNAVAILABLE_BINARY if name in self.binary_columns
+                             else UNAVAILABLE_VALUE)
             elif convert is None:
                 out[name] = value
             else:
-                out[name] = convert(value)  # type: ignore[arg-type]
+                try:
+                    out[name] = convert(value)  # type: ignore[arg-type]
+                except Exception as exc:  # noqa: BLE001 (a gap in a converter: see unconverted)
+                    out[name] = self._unconverted(name, value, exc)
         return out
+
+    def _unconverted(self, name: str, value: Any, exc: Exception) -> Any:
+        if not isinstance(value, str):
+            raise exc  # binary-format values are not converted here
+        i = self.names.index(name)
+        type_name = self.type_names[i] if i < len(self.type_names) else "unknown"
+        return self.unconverted.record(self.table_id, name, type_name, value, exc)
 
     def key(self, row: Row) -> Row:
         return {name: row.get(name) for name in self.key_names}

@@ -540,8 +540,10 @@ def insert_row(
 
     A converter of None keeps the text; an unchanged TOAST value becomes ``unchanged``.
     Raises PgoutputDecodeError on anything this fast path does not expect (binary values, a
-    column count that differs from ``names``, truncation): the caller then decodes the
-    message with :func:`decode_message`, which reports the problem precisely.
+    column count that differs from ``names``, truncation, a converter that raised): the
+    caller then decodes the message with :func:`decode_message`, which reports the problem
+    precisely, and builds the row on the general path, which publishes a value its converter
+    refuses as text.
     """
     try:
         if buf[5] != _TUPLE_NEW:
@@ -574,5 +576,9 @@ def insert_row(
         if off != len(buf):
             raise PgoutputDecodeError("trailing bytes")
         return row
+    except PgoutputDecodeError:
+        raise
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise PgoutputDecodeError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 (a converter refused a value: leave it to the slow path)
+        raise PgoutputDecodeError(f"a converter raised {type(exc).__name__}: {exc}") from None

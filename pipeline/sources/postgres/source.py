@@ -59,6 +59,8 @@ from pipeline.sources.postgres.slot import (
     translate,
 )
 from pipeline.sources.postgres.transactions import TransactionMetadata
+from pipeline.sources.postgres.types import TypeResolver
+from pipeline.sources.postgres.unconverted import UnconvertedValues
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ class PostgresSource:
         self.topics: dict[int, str] = {}
         self.ignored: set[int] = set()  # relations in the publication but not listed
         self._counts: dict[tuple[int, str], int] = {}
+        self.types = TypeResolver()
+        self.unconverted = UnconvertedValues()
         self._cur: Any = None
         self._repl: Any = None
         self._catalog: Any = None
@@ -324,7 +328,10 @@ class PostgresSource:
         self.ignored.discard(msg.oid)
         with self._catalog.cursor() as cur:
             pk = primary_key_columns(cur, msg.oid)
-        shape = TableShape.from_relation(msg, pk, schema=schema, table=name)
+            types = [self.types.resolve(cur, c.type_oid) for c in msg.columns]
+        shape = TableShape.from_relation(
+            msg, pk, types, self.pg.decimal_handling_mode, self.unconverted,
+            schema=schema, table=name)
         self.shapes[msg.oid] = shape
         self.topics[msg.oid] = self.kafka.raw_topic(shape.table_id)
         log.info("table %s: columns %s", shape.table_id, [c.name for c in msg.columns])
@@ -407,4 +414,6 @@ class PostgresSource:
             if shape is not None:
                 self.metrics.inc("cdc_capture_events_total", n, table=shape.table_id, op=op)
         self._counts.clear()
+        for type_name, n in self.unconverted.drain().items():
+            self.metrics.inc("cdc_capture_unconverted_values_total", n, type=type_name)
         self._now_ms = str(int(time.time() * 1000)).encode()

@@ -10,20 +10,32 @@ The mapping follows Debezium's choices where it has one:
 int2, int4, int8, oid                   ``int``
 float4, float8                          ``float``; ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
                                         stay strings (JSON has no such numbers)
-numeric                                 ``str`` exactly as sent (decimal.handling.mode=string)
-bool                                    ``True`` / ``False``
+numeric, money                          by decimal.handling.mode (:mod:`.decimals`); by default
+                                        ``str``: numeric exactly as sent, money as ``"1234.56"``
+bool, bit(1)                            ``True`` / ``False``
 text, varchar, bpchar, name, "char"     ``str`` (bpchar keeps its blank padding)
 timestamp                               ``"YYYY-MM-DDTHH:MM:SS[.ffffff]"`` (no zone)
 timestamptz                             same, converted to UTC, with a ``"Z"`` suffix
 date, time, timetz, uuid                ``str`` as sent
-json, jsonb                             the parsed value (``orjson.loads``)
+json, jsonb                             ``str``: the exact JSON text (io.debezium.data.Json)
+hstore                                  ``str``: a JSON object of the pairs (hstore.handling.mode
+                                        =json), e.g. ``{"a":"1","b":null}``
 bytea                                   base64 ``str`` (binary.handling.mode=base64)
-arrays of the above                     (nested) ``list``; the element conversion applies
-anything else                           ``str`` as sent
+enums, domains                          the label; a domain as its base type
+arrays of any of these                  (nested) ``list``; the element conversion applies
+anything else                           ``str`` as sent (bit(n>1), interval, composite, range...)
 ======================================  ===================================================
 
 Dates and times that Python's ``datetime`` cannot hold (``infinity``, ``-infinity``, BC years,
 years past 9999) are passed through as PostgreSQL's text.
+
+JSON values stay text because no parser holds every JSON PostgreSQL accepts: numbers of any
+size and precision (``1e400``), duplicate keys and key order of ``json``.
+
+Converters for user-defined types (domains, enums, hstore) need the catalog:
+:func:`converter_for_type` takes what :class:`pipeline.sources.postgres.types.TypeResolver`
+found. A converter raises ``ValueError`` (or another exception) only on text it has no form
+for; the capture then publishes the text (:mod:`.unconverted`).
 
 The text depends on the settings of the session that *decodes* (the replication connection):
 this module expects ``DateStyle`` ISO (the default), ``bytea_output`` hex (the default;
@@ -41,6 +53,9 @@ from typing import Any, Final
 
 import orjson
 
+from pipeline.sources.postgres.decimals import DecimalMode, money_converter, numeric_converter
+from pipeline.sources.postgres.types import PgType
+
 __all__ = [
     "ARRAY_ELEMENT_OIDS",
     "BUILTIN_TYPE_OIDS",
@@ -48,6 +63,8 @@ __all__ = [
     "Converter",
     "convert",
     "converter_for",
+    "converter_for_type",
+    "hstore_json",
     "parse_array",
 ]
 
@@ -67,6 +84,7 @@ OID_OID: Final = 26
 JSON_OID: Final = 114
 FLOAT4_OID: Final = 700
 FLOAT8_OID: Final = 701
+MONEY_OID: Final = 790
 BPCHAR_OID: Final = 1042
 VARCHAR_OID: Final = 1043
 DATE_OID: Final = 1082
@@ -74,11 +92,13 @@ TIME_OID: Final = 1083
 TIMESTAMP_OID: Final = 1114
 TIMESTAMPTZ_OID: Final = 1184
 TIMETZ_OID: Final = 1266
+BIT_OID: Final = 1560
 NUMERIC_OID: Final = 1700
 UUID_OID: Final = 2950
 JSONB_OID: Final = 3802
 
 JSON_ARRAY_OID: Final = 199
+MONEY_ARRAY_OID: Final = 791
 BOOL_ARRAY_OID: Final = 1000
 BYTEA_ARRAY_OID: Final = 1001
 CHAR_ARRAY_OID: Final = 1002
@@ -98,12 +118,15 @@ TIME_ARRAY_OID: Final = 1183
 TIMESTAMPTZ_ARRAY_OID: Final = 1185
 NUMERIC_ARRAY_OID: Final = 1231
 TIMETZ_ARRAY_OID: Final = 1270
+BIT_ARRAY_OID: Final = 1561
 UUID_ARRAY_OID: Final = 2951
 JSONB_ARRAY_OID: Final = 3807
 
 #: Array type OID -> element type OID, for every array type converted element-wise.
 ARRAY_ELEMENT_OIDS: Final[dict[int, int]] = {
     JSON_ARRAY_OID: JSON_OID,
+    MONEY_ARRAY_OID: MONEY_OID,
+    BIT_ARRAY_OID: BIT_OID,
     BOOL_ARRAY_OID: BOOL_OID,
     BYTEA_ARRAY_OID: BYTEA_OID,
     CHAR_ARRAY_OID: CHAR_OID,
@@ -153,6 +176,8 @@ BUILTIN_TYPE_OIDS: Final[dict[str, int]] = {
     "numeric": NUMERIC_OID,
     "uuid": UUID_OID,
     "jsonb": JSONB_OID,
+    "money": MONEY_OID,
+    "bit": BIT_OID,
 }
 
 
@@ -181,8 +206,33 @@ def _bool(text: str) -> bool:
     return text == "t"
 
 
-def _json(text: str) -> Any:
-    return orjson.loads(text)
+def _bit1(text: str) -> bool:
+    """``bit(1)``: Debezium's BOOLEAN."""
+    if text not in ("0", "1"):
+        raise ValueError(f"not a bit(1) value: {text!r}")
+    return text == "1"
+
+
+# One hstore pair: a quoted key (keys are always quoted on output), then a quoted value or NULL.
+_HSTORE_PAIR: Final = re.compile(
+    r'\s*"((?:[^"\\]|\\.)*)"\s*=>\s*(?:"((?:[^"\\]|\\.)*)"|(NULL))\s*(?:,|$)', re.DOTALL
+)
+
+
+def hstore_json(text: str) -> str:
+    """``"a"=>"1", "b"=>NULL`` -> ``{"a":"1","b":null}`` (a JSON object as text, like
+    Debezium's hstore.handling.mode=json)."""
+    pairs: dict[str, str | None] = {}
+    pos = 0
+    while pos < len(text):
+        match = _HSTORE_PAIR.match(text, pos)
+        if match is None or match.end() == pos:
+            raise ValueError(f"malformed hstore text at offset {pos}")
+        key, value, null = match.group(1, 2, 3)
+        pairs[_BACKSLASH_ESCAPE.sub(r"\1", key)] = (
+            None if null else _BACKSLASH_ESCAPE.sub(r"\1", value))
+        pos = match.end()
+    return orjson.dumps(pairs).decode()
 
 
 def _bytea(text: str) -> str:
@@ -268,9 +318,11 @@ _SCALAR_CONVERTERS: Final[dict[int, Converter]] = {
     TIME_OID: _identity,
     TIMETZ_OID: _identity,
     UUID_OID: _identity,
-    JSON_OID: _json,
-    JSONB_OID: _json,
+    JSON_OID: _identity,
+    JSONB_OID: _identity,
     BYTEA_OID: _bytea,
+    MONEY_OID: money_converter("string"),
+    BIT_OID: _identity,  # bit(1) is a boolean, known from the column's type modifier
 }
 
 # --- arrays -----------------------------------------------------------------------------------
@@ -283,12 +335,15 @@ _ARRAY_TOKEN: Final = re.compile(
     | (?P<close>\})
     | (?P<comma>,)
     | "(?P<quoted>(?:[^"\\]|\\.)*)"
-    | (?P<bare>(?:[^{},"\\\s]|\\.)(?:[^{},"\\]|\\.)*)
-    | (?P<space>\s+)
+    | (?P<bare>(?:[^{},"\\ \t\n\r\v\f]|\\.)(?:[^{},"\\]|\\.)*)
+    | (?P<space>[ \t\n\r\v\f]+)
     """,
     re.VERBOSE | re.DOTALL,
 )
 _BACKSLASH_ESCAPE: Final = re.compile(r"\\(.)", re.DOTALL)
+# Only ASCII white space separates elements (array_in's array_isspace): PostgreSQL does not
+# quote a no-break space or other Unicode spaces, so they belong to the element.
+_ARRAY_SPACE: Final = " \t\n\r\v\f"
 # Arrays whose lower bound is not 1 are prefixed with their bounds: "[0:1]={5,6}".
 _DIMENSIONS: Final = re.compile(r"^(?:\[-?\d+:-?\d+\])+=")
 
@@ -304,9 +359,9 @@ def parse_array(text: str, element: Converter = _identity) -> list[Any]:
     # Fast path: one dimension, nothing quoted or escaped (most int/numeric/uuid arrays).
     if body.startswith("{") and body.endswith("}") and not any(c in body[1:-1] for c in '{}"\\'):
         inner = body[1:-1]
-        if not inner.strip():
+        if not inner.strip(_ARRAY_SPACE):
             return []
-        return [_bare_element(item.strip(), element) for item in inner.split(",")]
+        return [_bare_element(item.strip(_ARRAY_SPACE), element) for item in inner.split(",")]
     return _parse_nested(text, body, element)
 
 
@@ -369,7 +424,7 @@ def _token_value(match: re.Match[str], element: Converter) -> Any:
     quoted = match.group("quoted")
     if quoted is not None:
         return element(_BACKSLASH_ESCAPE.sub(r"\1", quoted))
-    bare = match.group("bare").rstrip()
+    bare = match.group("bare").rstrip(_ARRAY_SPACE)
     if len(bare) == 4 and bare.upper() == "NULL":
         return None
     return element(_BACKSLASH_ESCAPE.sub(r"\1", bare))
@@ -384,21 +439,46 @@ def _array_converter(element: Converter) -> Converter:
 
 # --- public lookup ------------------------------------------------------------------------------
 
-_CONVERTERS: Final[dict[int, Converter]] = {
-    **_SCALAR_CONVERTERS,
-    **{
-        array_oid: _array_converter(_SCALAR_CONVERTERS[element_oid])
-        for array_oid, element_oid in ARRAY_ELEMENT_OIDS.items()
-    },
-}
+
+def _scalar(type_oid: int, typmod: int, decimal_mode: DecimalMode) -> Converter:
+    if type_oid == NUMERIC_OID:
+        return numeric_converter(decimal_mode, typmod) or _identity
+    if type_oid == MONEY_OID:
+        return money_converter(decimal_mode)
+    if type_oid == BIT_OID and typmod == 1:
+        return _bit1
+    return _SCALAR_CONVERTERS.get(type_oid, _identity)
 
 
-def converter_for(type_oid: int) -> Converter:
-    """The converter for ``type_oid``; unknown types get one that returns the text unchanged.
+def converter_for(
+    type_oid: int, typmod: int = -1, decimal_mode: DecimalMode = "string"
+) -> Converter:
+    """The converter for a built-in ``type_oid`` with type modifier ``typmod`` (a column's
+    ``atttypmod``; for an array, its element's); unknown types get one that returns the text
+    unchanged.
 
     Look it up once per column (e.g. when a Relation message arrives) and reuse it per row.
     """
-    return _CONVERTERS.get(type_oid, _identity)
+    element = ARRAY_ELEMENT_OIDS.get(type_oid)
+    if element is not None:
+        return _array_converter(_scalar(element, typmod, decimal_mode))
+    return _scalar(type_oid, typmod, decimal_mode)
+
+
+def converter_for_type(
+    pg_type: PgType, typmod: int = -1, decimal_mode: DecimalMode = "string"
+) -> Converter:
+    """The converter for a column of the resolved type ``pg_type`` (see
+    :class:`~pipeline.sources.postgres.types.TypeResolver`); ``typmod`` is the column's."""
+    if pg_type.typmod != -1:
+        typmod = pg_type.typmod  # a domain's modifier (the column's is -1)
+    if pg_type.kind == "builtin":
+        return converter_for(pg_type.oid, typmod, decimal_mode)
+    if pg_type.kind == "hstore":
+        return hstore_json
+    if pg_type.kind == "array" and pg_type.element is not None:
+        return _array_converter(converter_for_type(pg_type.element, typmod, decimal_mode))
+    return _identity  # an enum's label; the text of composite, range and other types
 
 
 def convert(type_oid: int, text: str | None) -> Any:
@@ -408,4 +488,4 @@ def convert(type_oid: int, text: str | None) -> Any:
     """
     if text is None:
         return None
-    return _CONVERTERS.get(type_oid, _identity)(text)
+    return converter_for(type_oid)(text)
