@@ -7,6 +7,8 @@
     ├── RetriableError          infrastructure is down or slow (I/O, timeouts, 5xx, 429).
     │   └── SinkUnavailableError    a sink could not confirm a batch; retried with backoff while
     │                               the partition waits. Never sent to the dead-letter topic.
+    ├── NotARowChange           a record that is valid but no row change (a logical decoding
+    │                           message): skipped and counted, never dead-lettered
     └── BadDataError            one event cannot be processed: it goes to the dead-letter topic
         ├── EventDecodeError    the raw record is not a change event we can read
         └── SinkRejectedError   a sink refused the event as bad data (mapping error, bad template)
@@ -45,6 +47,15 @@ class RetriableError(CdcError):
 
 class SinkUnavailableError(RetriableError):
     """A sink could not confirm a batch (down, timeout, overloaded)."""
+
+
+class NotARowChange(CdcError):
+    """A valid record that carries no row change (``op: m``, a logical decoding message):
+    a worker skips it. ``kind`` names it for the skip counter."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(f"not a row change: {kind}")
 
 
 class BadDataError(CdcError):

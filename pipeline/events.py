@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.errors import EventDecodeError
+from pipeline.errors import EventDecodeError, NotARowChange
 
 #: What stands in for a value PostgreSQL did not send (an unchanged TOASTed column).
 #: Same text as Debezium's default ``unavailable.value.placeholder``; sinks must never
@@ -187,7 +187,9 @@ def _source_from_dict(src: Any) -> SourceInfo:
 def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
     """Read one raw-topic record. Returns None for a tombstone (null value).
 
-    Raises EventDecodeError, with the reason, for anything that is not a change event.
+    Raises NotARowChange for a valid record that is no row change (a logical decoding
+    message, ``op: m``), EventDecodeError, with the reason, for anything else that is not a
+    change event.
     """
     if value is None:
         return None
@@ -199,6 +201,8 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
     if not isinstance(doc, dict):
         raise EventDecodeError(f"value must be a JSON object, got {type(doc).__name__}")
     op = doc.get("op")
+    if op == "m":
+        raise NotARowChange("message")
     if op not in OPS:
         raise EventDecodeError(f"'op' must be one of c, u, d, r, t; got {op!r}")
     if key_doc is not None and not isinstance(key_doc, dict):

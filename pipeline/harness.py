@@ -30,7 +30,7 @@ class PipelineProcess:
         log.parent.mkdir(parents=True, exist_ok=True)
         self._out = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", command],
+            [sys.executable, "-m", "pipeline.cli", *command.split()],
             env={**os.environ, **env},
             stdout=self._out,
             stderr=subprocess.STDOUT,

@@ -25,7 +25,7 @@ from typing import Any
 
 from pipeline.deadletter import DeadLetterTopic, RawRecord
 from pipeline.dedup import Deduplicator, Verdict, row_key
-from pipeline.errors import BadDataError, RetriableError
+from pipeline.errors import BadDataError, NotARowChange, RetriableError
 from pipeline.events import ChangeEvent, decode
 from pipeline.metrics import Metrics
 from pipeline.ordering import LatePolicy, PartitionReorderer, Release
@@ -35,6 +35,8 @@ from pipeline.sinks.base import Sink
 log = logging.getLogger(__name__)
 
 Item = tuple[RawRecord, ChangeEvent]
+#: What decoding one record gives: an event, None (a tombstone), or why it is not one.
+Decoded = ChangeEvent | None | BadDataError | NotARowChange
 Letter = tuple[RawRecord, str, BaseException]
 
 
@@ -76,6 +78,9 @@ class BatchProcessor:
         for record, result in zip(records, self._decode(records), strict=True):
             if isinstance(result, BadDataError):
                 self._letters.append((record, result.stage, result))
+            elif isinstance(result, NotARowChange):
+                self.metrics.inc("cdc_worker_skipped_total", kind=result.kind)
+                self._done.append(record)
             elif result is None:
                 self.metrics.inc("cdc_worker_tombstones_total")
                 self._done.append(record)
@@ -101,14 +106,14 @@ class BatchProcessor:
     def pending(self) -> int:
         return len(self._ready) + len(self._letters)
 
-    def _decode(self, records: Sequence[RawRecord]) -> list[ChangeEvent | None | BadDataError]:
+    def _decode(self, records: Sequence[RawRecord]) -> list[Decoded]:
         if self.evolution is not None:
             return list(self.evolution.decode_batch(records))
-        out: list[ChangeEvent | None | BadDataError] = []
+        out: list[Decoded] = []
         for record in records:
             try:
                 out.append(decode(record.key, record.value))
-            except BadDataError as exc:
+            except (BadDataError, NotARowChange) as exc:
                 out.append(exc)
         return out
 

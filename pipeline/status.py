@@ -11,7 +11,7 @@ from pipeline.config import Settings
 from pipeline.errors import RetriableError
 from pipeline.metrics import read_snapshots
 from pipeline.sinks.registry import sink_names
-from pipeline.sources.postgres.slot import connect
+from pipeline.sources.postgres.slot import RETAINED_WAL_SQL, connect
 
 
 def slot_lag(settings: Settings) -> dict[str, Any] | None:
@@ -19,18 +19,14 @@ def slot_lag(settings: Settings) -> dict[str, Any] | None:
     conn = connect(settings.postgres.dsn.get_secret_value())
     try:
         with conn.cursor() as cur:
-            cur.execute(
-                "SELECT active, confirmed_flush_lsn::text, "
-                " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
-                "FROM pg_replication_slots WHERE slot_name = %s",
-                (settings.postgres.slot,),
-            )
+            cur.execute(RETAINED_WAL_SQL, (settings.postgres.slot,))
             row = cur.fetchone()
     finally:
         conn.close()
     if row is None:
         return None
-    return {"active": row[0], "confirmed_flush_lsn": row[1], "lag_bytes": int(row[2] or 0)}
+    return {"active": row[0], "confirmed_flush_lsn": row[1], "lag_bytes": int(row[2] or 0),
+            "retained_wal_bytes": int(row[3] or 0), "wal_status": row[4]}
 
 
 def consumer_lag(settings: Settings, group: str, timeout: float = 10.0) -> dict[str, int]:
@@ -66,7 +62,9 @@ def render_status(settings: Settings) -> str:
     else:
         lines.append(
             f"slot {settings.postgres.slot}: {'active' if slot['active'] else 'inactive'}, "
-            f"confirmed {slot['confirmed_flush_lsn']}, behind by {slot['lag_bytes']} bytes"
+            f"confirmed {slot['confirmed_flush_lsn']}, behind by {slot['lag_bytes']} bytes, "
+            f"retains {slot['retained_wal_bytes']} bytes of WAL (wal_status "
+            f"{slot['wal_status']})"
         )
     for sink in sink_names(settings):
         group = settings.group_id(sink)

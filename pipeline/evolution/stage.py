@@ -16,7 +16,7 @@ from typing import Protocol
 
 import orjson
 
-from pipeline.errors import BadDataError, EventDecodeError
+from pipeline.errors import BadDataError, EventDecodeError, NotARowChange
 from pipeline.events import ChangeEvent, decode
 from pipeline.evolution.loader import load_upcasters
 from pipeline.evolution.schemas import SchemaSet
@@ -54,12 +54,14 @@ class EvolutionStage:
         event = decode(key, value)
         return None if event is None else self.evolver.evolve(event)
 
-    def decode_batch(self, records: Sequence[KeyValue]) -> list[ChangeEvent | None | BadDataError]:
-        out: list[ChangeEvent | None | BadDataError] = []
+    def decode_batch(
+        self, records: Sequence[KeyValue]
+    ) -> list[ChangeEvent | None | BadDataError | NotARowChange]:
+        out: list[ChangeEvent | None | BadDataError | NotARowChange] = []
         for record in records:
             try:
                 out.append(self.decode(record.key, record.value))
-            except BadDataError as exc:
+            except (BadDataError, NotARowChange) as exc:
                 out.append(exc)
         return out
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import psycopg2
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from psycopg2 import sql
 
@@ -127,8 +127,11 @@ class Scenario:
             if meta is None or meta.error is not None:
                 return []
             parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
-            ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout)[1]
-                    for p in parts}
+            try:
+                ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout)[1]
+                        for p in parts}
+            except KafkaException:  # a topic just created: no leader yet
+                return []
             consumer.assign(parts)
             records: list[Any] = []
             want = sum(ends.values())
@@ -143,6 +146,10 @@ class Scenario:
             return records
         finally:
             consumer.close()
+
+    def read_topic_names(self) -> list[str]:
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap_servers})
+        return list(admin.list_topics(timeout=10).topics)
 
     def close(self) -> None:
         for proc in self.processes.values():

@@ -247,3 +247,12 @@ def test_decode_errors(key: bytes | None, value: bytes, mentions: str) -> None:
         decode(key, value)
     assert mentions in str(info.value)
     assert info.value.stage == "decode"
+
+
+def test_a_logical_decoding_message_is_skipped_not_bad_data() -> None:
+    from pipeline.errors import NotARowChange
+
+    value = {"op": "m", "ts_ms": 1, "source": DEBEZIUM_SOURCE,
+             "message": {"prefix": "p", "content": "aGk="}}
+    with pytest.raises(NotARowChange):
+        decode(b'{"prefix": "p"}', orjson.dumps(value))

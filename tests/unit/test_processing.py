@@ -107,6 +107,17 @@ def test_tombstones_are_skipped() -> None:
     assert metrics.total("cdc_worker_tombstones_total") == 1
 
 
+def test_logical_decoding_messages_are_skipped_and_counted_not_dead_lettered() -> None:
+    sink = RecordingSink("search")
+    message = _record(11, {"prefix": "audit"}, {"op": "m", "ts_ms": 1, "source": SOURCE,
+                                                 "message": {"prefix": "audit",
+                                                             "content": "aGk="}})
+    dead, metrics = _run([sink], [_create(10, 1), message])
+    assert [e.key for e in sink.batches[0]] == [{"id": 1}]
+    assert dead.calls == []
+    assert metrics.total("cdc_worker_skipped_total") == 1
+
+
 def test_only_tombstones_write_nothing() -> None:
     sink = RecordingSink("search")
     dead, _ = _run([sink], [_record(1, {"id": 1}, None)])

@@ -14,6 +14,14 @@ from pipeline.positions import Lsn
 
 log = logging.getLogger(__name__)
 
+#: The slot's position, how far it is behind, and how much WAL it keeps on disk.
+RETAINED_WAL_SQL = (
+    "SELECT active, confirmed_flush_lsn::text, "
+    " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
+    " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, wal_status "
+    "FROM pg_replication_slots WHERE slot_name = %s"
+)
+
 
 def translate(exc: psycopg2.Error, doing: str) -> Exception:
     """Map a driver error to the error tree: rights and auth are permanent, I/O retriable."""

@@ -53,6 +53,7 @@ from pipeline.sources.postgres.pgoutput import (
     insert_row,
 )
 from pipeline.sources.postgres.slot import (
+    RETAINED_WAL_SQL,
     ReplicationSlot,
     connect,
     primary_key_columns,
@@ -72,6 +73,8 @@ SESSION = (
 )
 #: Seconds between saves of the confirmed position to the offsets topic.
 SAVE_EVERY_S = 1.0
+#: Seconds between measurements of the WAL the slot retains.
+SLOT_MEASURE_S = 10.0
 
 
 class PostgresSource:
@@ -109,6 +112,7 @@ class PostgresSource:
         self._last_feedback = 0.0
         self._last_saved = 0.0
         self._next_heartbeat = 0.0
+        self._next_measure = 0.0
 
     # -- ChangeSource --------------------------------------------------------------------
     def open(self) -> list[str]:
@@ -211,6 +215,7 @@ class PostgresSource:
             out.append(Checkpoint(Lsn(cur.wal_end)))
         self._flush_counts()
         self._heartbeat(out)
+        self._measure_slot()
         self._feedback()
         if not out:
             select.select([cur], [], [], 0.02)
@@ -237,6 +242,19 @@ class PostgresSource:
         last = self._last_commit
         self.offsets.save({"lsn": str(self._confirmed),
                            "last_commit_lsn": None if last is None else str(Lsn(last))})
+
+    def _measure_slot(self) -> None:
+        """How much WAL the slot keeps on disk (a metric), every ``SLOT_MEASURE_S``."""
+        now = time.monotonic()
+        if now < self._next_measure:
+            return
+        self._next_measure = now + SLOT_MEASURE_S
+        with self._catalog.cursor() as cur:
+            cur.execute(RETAINED_WAL_SQL, (self.pg.slot,))
+            row = cur.fetchone()
+        if row is not None:
+            self.metrics.set("cdc_capture_slot_retained_wal_bytes", int(row[3] or 0))
+            self.metrics.set("cdc_capture_slot_lag_bytes", int(row[2] or 0))
 
     def _heartbeat(self, out: list[Item]) -> None:
         every = self.pg.heartbeat_interval_s

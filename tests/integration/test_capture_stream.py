@@ -1,0 +1,202 @@
+"""What capture publishes, read back from Kafka: real PostgreSQL, real Kafka, `cdc capture`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import psycopg2
+import pytest
+
+from pipeline.harness import PipelineProcess, wait_until
+from tests.integration.scenario import Scenario
+
+pytestmark = pytest.mark.integration
+
+
+def _values(sc: Scenario, topic: str, want: int, timeout: float = 60) -> list[dict[str, Any]]:
+    """The non-null values of ``topic`` once it holds at least ``want`` of them."""
+    found: list[dict[str, Any]] = []
+
+    def enough() -> bool:
+        nonlocal found
+        found = [orjson.loads(m.value()) for m in sc.read_topic(topic) if m.value() is not None]
+        return len(found) >= want
+
+    wait_until(enough, timeout, 0.5)
+    return found
+
+
+def _exited(proc: PipelineProcess, timeout: float) -> bool:
+    return wait_until(lambda: not proc.alive(), timeout)
+
+
+def test_restart_resumes_the_last_commit_so_workers_keep_every_change(
+    scenario: Scenario,
+) -> None:
+    """Item 0: after a restart the first transaction used to carry sequence [null, lsn]; the
+    worker ordered it before everything it had seen of the row and dropped it as stale."""
+    sc = scenario
+    sc.start("capture")
+    sc.start("worker")
+    sc.execute("INSERT INTO items VALUES (1, 'apple', 3, 11.00)")
+    assert sc.converged(90), sc.processes["worker"].tail()
+    sc.processes["capture"].stop()
+    sc.start("capture")
+    sc.execute("UPDATE items SET price = 12.00 WHERE id = 1")
+    assert sc.converged(60), sc.processes["worker"].tail()
+    assert sc.indexed()["1"]["price"] == "12.00"
+    events = _values(sc, sc.topic, 2)
+    sequences = [orjson.loads(e["source"]["sequence"]) for e in events]
+    assert all(s[0] is not None for s in sequences), sequences
+    # sequence[0] is the previous commit's end LSN: the update's is at or past the insert's
+    assert int(sequences[-1][0]) > int(sequences[0][1])
+    assert sc.counter("cdc_dedup_stale_total") == 0
+
+
+def test_only_listed_tables_are_published_even_from_a_wider_publication(
+    scenario: Scenario,
+) -> None:
+    """Item 3: a publication FOR TABLES IN SCHEMA also holds tables the user did not list;
+    a listed partitioned table arrives under its own name."""
+    sc = scenario
+    schema = sc.schema
+    sc.execute(f"CREATE TABLE {schema}.secrets (id int PRIMARY KEY, pin text)")
+    sc.execute(f"CREATE TABLE {schema}.events (id int, day date, PRIMARY KEY (id, day)) "
+               "PARTITION BY RANGE (day)")
+    sc.execute(f"CREATE TABLE {schema}.events_2026 PARTITION OF {schema}.events "
+               "FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+    publication = sc.settings.postgres.publication
+    sc.execute(f"CREATE PUBLICATION {publication} FOR TABLES IN SCHEMA {schema}")
+    sc.env["CDC_POSTGRES__TABLES"] = f"[{sc.table_id}, {schema}.events]"
+    sc.start("capture")
+    sc.execute(f"INSERT INTO {schema}.secrets VALUES (1, '1234')")
+    sc.execute("INSERT INTO items VALUES (1, 'apple', 3, 1.25)")
+    sc.execute(f"INSERT INTO {schema}.events VALUES (7, '2026-06-01')")
+    events_topic = sc.settings.kafka.raw_topic(f"{schema}.events")
+    assert _values(sc, events_topic, 1)[0]["source"]["table"] == "events"
+    assert len(_values(sc, sc.topic, 1)) == 1
+    topics = [t for t in sc.read_topic_names() if sc.uid in t]
+    assert not [t for t in topics if "secrets" in t], topics
+    everything = [v for t in topics if t.startswith(sc.settings.kafka.topic_prefix + ".")
+                  for v in _values(sc, t, 0, timeout=1)]
+    assert not [v for v in everything if "1234" in orjson.dumps(v).decode()]
+
+
+def test_a_listed_table_without_a_usable_key_is_refused_at_start(scenario: Scenario) -> None:
+    sc = scenario
+    sc.execute(f"CREATE TABLE {sc.schema}.nokey (id int, v text)")
+    sc.env["CDC_POSTGRES__TABLES"] = f"[{sc.schema}.nokey]"
+    proc = PipelineProcess("capture", sc.env, sc.work / "capture-nokey.log")
+    assert _exited(proc, 60)
+    assert "no primary key" in proc.tail()
+    assert proc.proc.returncode != 0
+
+
+def test_an_unconvertible_jsonb_value_does_not_stop_capture(scenario: Scenario) -> None:
+    """Item 1: {"huge": 1e400} used to make capture exit for good."""
+    sc = scenario
+    sc.execute(f"CREATE TABLE {sc.schema}.j (id int PRIMARY KEY, doc jsonb, raw json)")
+    sc.env["CDC_POSTGRES__TABLES"] = f"[{sc.schema}.j]"
+    sc.start("capture")
+    sc.execute(f"INSERT INTO {sc.schema}.j VALUES (1, '{{\"huge\": 1e400}}', "
+               "'{\"a\": 1, \"a\": 2, \"n\": 1.000000000000000000001}')")
+    sc.execute(f"INSERT INTO {sc.schema}.j VALUES (2, '[]', 'null')")
+    events = _values(sc, sc.settings.kafka.raw_topic(f"{sc.schema}.j"), 2)
+    assert sc.processes["capture"].alive()
+    first = events[0]["after"]
+    assert first["doc"] == '{"huge": 1' + "0" * 400 + "}"  # jsonb prints numerics in full
+    assert first["raw"] == '{"a": 1, "a": 2, "n": 1.000000000000000000001}'
+
+
+def test_truncate_is_written_to_every_partition(scenario: Scenario) -> None:
+    """Item 2 (capture side): each worker sees the truncate in order with its own rows."""
+    sc = scenario
+    sc.start("capture")
+    sc.execute("INSERT INTO items VALUES (1, 'a', 1, 1)")
+    sc.execute("TRUNCATE items")
+    sc.execute("INSERT INTO items VALUES (2, 'b', 2, 2)")
+    _values(sc, sc.topic, 2 + sc.settings.kafka.partitions)
+    truncates = [m for m in sc.read_topic(sc.topic)
+                 if m.value() is not None and orjson.loads(m.value())["op"] == "t"]
+    assert sorted(m.partition() for m in truncates) == list(range(sc.settings.kafka.partitions))
+
+
+def test_logical_messages_and_transaction_metadata(scenario: Scenario) -> None:
+    """Items 7 and 8: messages as Debezium publishes them (with prefix filters), and
+    BEGIN/END records with per-table counts and each event's transaction block."""
+    sc = scenario
+    sc.env["CDC_POSTGRES__TRANSACTION_METADATA"] = "true"
+    sc.env["CDC_POSTGRES__MESSAGE_PREFIX_EXCLUDE"] = '["^noise"]'
+    sc.start("capture")
+    conn = sc.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute(f"INSERT INTO {sc.table_id} VALUES (1, 'a', 1, 1), (2, 'b', 2, 2)")
+        cur.execute("SELECT pg_logical_emit_message(true, 'audit', 'inside')")
+        cur.execute("SELECT pg_logical_emit_message(true, 'noise', 'dropped')")
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_logical_emit_message(false, 'audit', convert_to('outside', "
+                    "'UTF8'))")
+    conn.close()
+    prefix = sc.settings.kafka.topic_prefix
+    messages = _values(sc, f"{prefix}.message", 2)
+    assert sorted(m["message"]["content"] for m in messages) == ["aW5zaWRl", "b3V0c2lkZQ=="]
+    assert {m["op"] for m in messages} == {"m"}
+    assert {m["message"]["prefix"] for m in messages} == {"audit"}
+    txns = _values(sc, f"{prefix}.transaction", 2)
+    begin, end = txns[0], txns[-1]
+    assert (begin["status"], end["status"]) == ("BEGIN", "END")
+    assert end["event_count"] == 2
+    assert end["data_collections"] == [{"data_collection": sc.table_id, "event_count": 2}]
+    rows = _values(sc, sc.topic, 2)
+    assert sorted(r["transaction"]["total_order"] for r in rows) == [1, 2]
+    assert {r["transaction"]["id"] for r in rows} == {end["id"]}
+
+
+def test_heartbeats_keep_the_slot_moving_and_status_shows_retained_wal(
+    scenario: Scenario,
+) -> None:
+    """Item 9: with only other tables writing, heartbeats and the action query move the
+    slot; the WAL the slot retains is a metric and in `cdc status`."""
+    sc = scenario
+    sc.execute(f"CREATE TABLE {sc.schema}.beat (id int PRIMARY KEY, at timestamptz)")
+    sc.execute(f"INSERT INTO {sc.schema}.beat VALUES (1, now())")
+    sc.env["CDC_POSTGRES__HEARTBEAT_INTERVAL_S"] = "0.5"
+    sc.env["CDC_POSTGRES__HEARTBEAT_ACTION_QUERY"] = (
+        f"UPDATE {sc.schema}.beat SET at = now() WHERE id = 1")
+    sc.start("capture")
+    topic = f"__debezium-heartbeat.{sc.settings.kafka.topic_prefix}"
+    beats = _values(sc, topic, 3)
+    assert all("ts_ms" in b for b in beats)
+    assert wait_until(lambda: sc.gauges("cdc_capture_slot_retained_wal_bytes"), 30)
+    from pipeline.config import load_settings
+    from pipeline.status import render_status
+
+    text = render_status(load_settings(None, sc.env))
+    assert "retains" in text and "bytes of WAL" in text
+
+
+def test_a_lost_slot_stops_capture_with_the_remedy(scenario: Scenario) -> None:
+    """Item 9: the confirmed position is kept in Kafka too, so a dropped slot is noticed
+    instead of silently re-created at the end of the WAL."""
+    sc = scenario
+    sc.start("capture")
+    sc.execute("INSERT INTO items VALUES (1, 'a', 1, 1)")
+    _values(sc, sc.topic, 1)
+    time.sleep(2.5)  # the position is saved about once a second
+    sc.processes["capture"].stop()
+    slot = sc.settings.postgres.slot
+    conn = psycopg2.connect(sc.dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    conn.close()
+    proc = PipelineProcess("capture", sc.env, sc.work / "capture-lost.log")
+    assert _exited(proc, 60), proc.tail()
+    assert "--reset-position" in proc.tail() and "is gone" in proc.tail()
+    reset = PipelineProcess("capture --reset-position", sc.env, sc.work / "capture-reset.log")
+    sc.processes["capture-reset"] = reset
+    from pipeline.harness import slot_active
+
+    assert wait_until(lambda: slot_active(sc.dsn, slot), 60), reset.tail()
