@@ -13,6 +13,7 @@ document; if neither has it, the column is left out: the placeholder is never st
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -28,13 +29,30 @@ from pipeline.sinks.base import Rejection
 log = logging.getLogger(__name__)
 
 
+#: Starts every id made by hashing; a key whose plain id starts with it is hashed too, so
+#: plain and hashed ids can never meet.
+HASHED_ID_PREFIX = "#sha256:"
+#: Elasticsearch refuses an ``_id`` longer than this (in UTF-8 bytes), or an empty one.
+MAX_ID_BYTES = 512
+
+
 def document_id(key: Row) -> str:
     """The document id for a primary key: the value itself for a one-column key, else a
-    JSON array of the values in key order (unambiguous, unlike joining with a separator)."""
+    JSON array of the values in key order (unambiguous, unlike joining with a separator).
+
+    An id Elasticsearch would refuse (empty, over 512 bytes), or one that starts with
+    ``HASHED_ID_PREFIX``, becomes that prefix and the SHA-256 of the plain id instead: still
+    one id per key, and the key itself stays readable in the document's columns.
+    """
     if len(key) == 1:
         (value,) = key.values()
-        return str(value)
-    return orjson.dumps(list(key.values())).decode()
+        plain = str(value)
+    else:
+        plain = orjson.dumps(list(key.values())).decode()
+    encoded = plain.encode()
+    if not encoded or len(encoded) > MAX_ID_BYTES or plain.startswith(HASHED_ID_PREFIX):
+        return HASHED_ID_PREFIX + hashlib.sha256(encoded).hexdigest()
+    return plain
 
 
 def _missing_columns(doc: Row) -> list[str]:

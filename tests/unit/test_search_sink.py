@@ -4,6 +4,7 @@ document ids, 409 = already applied, bad data vs unavailable, unchanged TOAST co
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from pipeline.config import ElasticsearchSettings
 from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableError
 from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, SourceInfo
-from pipeline.sinks.search import SearchIndexSink, document_id
+from pipeline.sinks.search import HASHED_ID_PREFIX, SearchIndexSink, document_id
 
 INDEX = "cdc.public.products"
 
@@ -130,6 +131,18 @@ def test_document_id_single_and_composite() -> None:
     # composite keys: a JSON array in key order, unambiguous
     assert document_id({"order_id": 7, "line": 2}) == "[7,2]"
     assert document_id({"a": "x,y", "b": "z"}) != document_id({"a": "x", "b": "y,z"})
+
+
+def test_document_id_for_keys_elasticsearch_would_refuse() -> None:
+    # An empty or over-long (> 512 bytes) id is refused by Elasticsearch: such keys, and keys
+    # that look like the result, get a hashed id of fixed length instead.
+    empty = document_id({"sku": ""})
+    assert empty == HASHED_ID_PREFIX + hashlib.sha256(b"").hexdigest()
+    long_key = "é" * 300  # 600 bytes
+    assert document_id({"sku": long_key}) == (
+        HASHED_ID_PREFIX + hashlib.sha256(long_key.encode()).hexdigest())
+    assert document_id({"sku": "é" * 256}) == "é" * 256  # exactly 512 bytes: kept
+    assert document_id({"sku": empty}) not in (empty, "")
 
 
 # --- actions -----------------------------------------------------------------------------
