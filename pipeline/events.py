@@ -33,6 +33,10 @@ OPS = frozenset({"c", "u", "d", "r", "t"})
 
 Row = dict[str, Any]
 
+#: Key of ``ChangeEvent.extra``: column name -> its Kafka Connect field schema, present when
+#: the record carried its schema (Debezium's JsonConverter with ``schemas.enable=true``).
+COLUMN_TYPES = "column_types"
+
 
 @dataclass(frozen=True, slots=True)
 class SourceInfo:
@@ -140,6 +144,18 @@ def _unwrap(doc: Any) -> Any:
     return doc
 
 
+def _column_types(doc: Any) -> dict[str, dict[str, Any]]:
+    """The row columns' schemas from a ``{"schema", "payload"}`` record, else nothing."""
+    schema = doc.get("schema") if isinstance(doc, dict) and "payload" in doc else None
+    if not isinstance(schema, dict):
+        return {}
+    for image in schema.get("fields") or []:
+        if isinstance(image, dict) and image.get("field") in ("after", "before"):
+            columns = image.get("fields") or []
+            return {c["field"]: c for c in columns if isinstance(c, dict) and "field" in c}
+    return {}
+
+
 def _optional_row(value: Any, name: str) -> Row | None:
     if value is None or isinstance(value, dict):
         return value
@@ -194,7 +210,8 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
     if value is None:
         return None
     try:
-        doc = _unwrap(orjson.loads(value))
+        record = orjson.loads(value)
+        doc = _unwrap(record)
         key_doc = _unwrap(orjson.loads(key)) if key else None
     except orjson.JSONDecodeError as exc:
         raise EventDecodeError(f"not valid JSON: {exc}") from exc
@@ -216,6 +233,7 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
         after=_optional_row(doc.get("after"), "after"),
         source=_source_from_dict(doc.get("source")),
         ts_ms=int(doc.get("ts_ms") or 0),
+        extra={COLUMN_TYPES: types} if (types := _column_types(record)) else {},
     )
     if event.source.lsn is None:
         raise EventDecodeError(

@@ -13,6 +13,7 @@ document; if neither has it, the column is left out: the placeholder is never st
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -22,19 +23,40 @@ import orjson
 
 from pipeline.config import ElasticsearchSettings
 from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableError
-from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, Row, is_unavailable
+from pipeline.events import COLUMN_TYPES, UNAVAILABLE_VALUE, ChangeEvent, Row, is_unavailable
+from pipeline.sinks import search_mapping
 from pipeline.sinks.base import Rejection
+from pipeline.sinks.search_versions import IndexVersions
 
 log = logging.getLogger(__name__)
 
 
+#: Starts every id made by hashing; a key whose plain id starts with it is hashed too, so
+#: plain and hashed ids can never meet.
+HASHED_ID_PREFIX = "#sha256:"
+#: How many type changes one flush may migrate before a refused document is dead-lettered.
+MAX_MIGRATIONS_PER_FLUSH = 3
+#: Elasticsearch refuses an ``_id`` longer than this (in UTF-8 bytes), or an empty one.
+MAX_ID_BYTES = 512
+
+
 def document_id(key: Row) -> str:
     """The document id for a primary key: the value itself for a one-column key, else a
-    JSON array of the values in key order (unambiguous, unlike joining with a separator)."""
+    JSON array of the values in key order (unambiguous, unlike joining with a separator).
+
+    An id Elasticsearch would refuse (empty, over 512 bytes), or one that starts with
+    ``HASHED_ID_PREFIX``, becomes that prefix and the SHA-256 of the plain id instead: still
+    one id per key, and the key itself stays readable in the document's columns.
+    """
     if len(key) == 1:
         (value,) = key.values()
-        return str(value)
-    return orjson.dumps(list(key.values())).decode()
+        plain = str(value)
+    else:
+        plain = orjson.dumps(list(key.values())).decode()
+    encoded = plain.encode()
+    if not encoded or len(encoded) > MAX_ID_BYTES or plain.startswith(HASHED_ID_PREFIX):
+        return HASHED_ID_PREFIX + hashlib.sha256(encoded).hexdigest()
+    return plain
 
 
 def _missing_columns(doc: Row) -> list[str]:
@@ -54,6 +76,7 @@ class SearchIndexSink:
         self.client = client or httpx.AsyncClient(
             base_url=settings.url.rstrip("/"), timeout=settings.timeout_s, auth=auth
         )
+        self.versions = IndexVersions(self._send)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -88,32 +111,86 @@ class SearchIndexSink:
         latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]],
         batch: Sequence[ChangeEvent],
         rejected: list[Rejection],
+        migrations_left: int = MAX_MIGRATIONS_PER_FLUSH,
     ) -> None:
         if not latest:
             return
         await self._fill_unchanged_toast(latest)
+        aliases = await self._map_new_fields(latest)
         lines: list[bytes] = []
-        order: list[int] = []
-        for (index, doc_id), (i, event, doc) in latest.items():
+        order: list[tuple[int, tuple[str, str]]] = []
+        for slot, (i, event, doc) in latest.items():
+            index, doc_id = slot
             meta = {"_index": index, "_id": doc_id, "version": event.version,
                     "version_type": "external"}
             if doc is None:
                 lines.append(orjson.dumps({"delete": meta}))
             else:
+                if index in aliases:  # never let a write auto-create an unmapped index
+                    meta["require_alias"] = True
                 lines.append(orjson.dumps({"index": meta}))
                 lines.append(orjson.dumps(doc))
-            order.append(i)
+            order.append((i, slot))
         items = await self._bulk(b"\n".join(lines) + b"\n")
-        for i, item in zip(order, items, strict=True):
+        conflicts: dict[tuple[str, str], list[tuple[int, tuple[str, str], str]]] = {}
+        for (i, slot), item in zip(order, items, strict=True):
             (action, result), = item.items()
             status = int(result.get("status", 500))
             if status < 300 or status == 409 or (action == "delete" and status == 404):
                 continue  # applied, or stale (a newer version is stored), or already gone
             error = result.get("error") or {}
             reason = f"{error.get('type', status)}: {error.get('reason', '')}"
-            if status == 429 or status >= 500:
+            if status == 429 or status >= 500 or error.get("type") == "cluster_block_exception":
+                # cluster_block: the index is read-only while it moves to a new version
                 raise SinkUnavailableError(f"Elasticsearch could not apply a write: {reason}")
+            if status == 404 and error.get("type") == "index_not_found_exception":
+                self.versions.forget(slot[0])  # deleted under us (a truncate): create it again
+                raise SinkUnavailableError(f"index {slot[0]} is gone: {reason}")
+            field = search_mapping.conflicting_field(error) if status == 400 else None
+            if field is not None and migrations_left > 0:
+                conflicts.setdefault((slot[0], field), []).append((i, slot, reason))
+                continue
             rejected.append(Rejection(i, SinkRejectedError(reason, sink=self.name)))
+        for (index, field), refused in conflicts.items():
+            docs = [latest[slot][2] or {} for _, slot, _ in refused]
+            values = [v for doc in docs for v in search_mapping.field_values(doc, field)]
+            if await self.versions.migrate(index, field, values):
+                await self._flush({slot: latest[slot] for _, slot, _ in refused}, batch,
+                                  rejected, migrations_left - 1)
+            else:
+                rejected.extend(
+                    Rejection(i, SinkRejectedError(
+                        f"{reason} (no wider mapping takes it)", sink=self.name))
+                    for i, _, reason in refused)
+
+    async def _map_new_fields(
+        self, latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]]
+    ) -> set[str]:
+        """Create missing indices, and map columns they have not seen from the columns'
+        types (when events carry them) or values. Returns the indices that are aliases."""
+        columns: dict[str, dict[str, list[Any]]] = {}
+        types: dict[str, dict[str, dict[str, Any]]] = {}
+        for (index, _), (_, event, doc) in latest.items():
+            values = columns.setdefault(index, {})
+            if doc is not None:
+                for column, value in doc.items():
+                    values.setdefault(column, []).append(value)
+                types.setdefault(index, {}).update(event.extra.get(COLUMN_TYPES) or {})
+        aliases = set()
+        for index, values in columns.items():
+            state = await self.versions.ensure(index)
+            if state.alias:
+                aliases.add(index)
+            fields = {}
+            for column in values.keys() - state.mapped:
+                known = types.get(index, {}).get(column)
+                decided = (search_mapping.mapping_for_type(known) if known else None) or (
+                    search_mapping.mapping_for_values(values[column]))
+                if decided is not None:
+                    fields[column] = decided
+            if fields:
+                await self.versions.put_fields(index, fields)
+        return aliases
 
     async def _fill_unchanged_toast(
         self, latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]]
@@ -135,9 +212,7 @@ class SearchIndexSink:
 
     async def _drop_index(self, index: str) -> None:
         """A truncated table: its index goes, and is created again by the next write."""
-        response = await self._send("DELETE", f"/{index}")
-        if response.status_code not in (200, 404):
-            raise SinkUnavailableError(f"could not delete index {index}: {response.text[:200]}")
+        await self.versions.drop(index)
 
     async def _bulk(self, body: bytes) -> list[dict[str, Any]]:
         # Only what the outcome needs: Elasticsearch writes (and we parse) far less.

@@ -4,6 +4,7 @@ document ids, 409 = already applied, bad data vs unavailable, unchanged TOAST co
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -14,13 +15,15 @@ import pytest
 from pipeline.config import ElasticsearchSettings
 from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableError
 from pipeline.events import UNAVAILABLE_VALUE, ChangeEvent, SourceInfo
-from pipeline.sinks.search import SearchIndexSink, document_id
+from pipeline.sinks.search import HASHED_ID_PREFIX, SearchIndexSink, document_id
 
 INDEX = "cdc.public.products"
 
 
 class FakeElasticsearch:
-    """Just enough of Elasticsearch: _bulk with external versions, _mget, DELETE /index.
+    """Just enough of Elasticsearch: indices with mappings and aliases, _bulk with external
+    versions and ``require_alias``, _mget, DELETE /index (refused for an alias, as the real
+    one does). Documents are kept per concrete index.
 
     ``item_hook(action, meta, source)`` may return a bulk item result to force a failure.
     """
@@ -28,6 +31,8 @@ class FakeElasticsearch:
     def __init__(self) -> None:
         self.docs: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
         self.versions: dict[tuple[str, str], int] = {}  # includes delete tombstones
+        self.mappings: dict[str, dict[str, Any]] = {}  # concrete index -> mappings
+        self.aliases: dict[str, str] = {}  # alias -> concrete index
         self.requests: list[httpx.Request] = []
         self.bulk_actions: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
         self.item_hook: Callable[[str, dict, dict | None], dict | None] | None = None
@@ -36,21 +41,51 @@ class FakeElasticsearch:
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
 
+    def concrete(self, name: str) -> str:
+        return self.aliases.get(name, name)
+
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if self.status_override is not None:
             return httpx.Response(self.status_override, json={"error": "overloaded"})
         path = request.url.path
+        parts = path.strip("/").split("/")
         if request.method == "POST" and path == "/_bulk":
             return httpx.Response(200, json=self._bulk(request.content))
         if request.method == "POST" and path == "/_mget":
             return httpx.Response(200, json=self._mget(json.loads(request.content)))
-        if request.method == "DELETE":
-            index = path.strip("/")
-            if index not in self.docs:
+        if request.method == "GET" and parts[0] == "_alias":
+            found = {c: {"aliases": {a: {}}} for a, c in self.aliases.items() if a == parts[1]}
+            return httpx.Response(200 if found else 404, json=found or {"status": 404})
+        if request.method == "GET" and parts[1:] == ["_mapping"]:
+            index = self.concrete(parts[0])
+            if index not in self.mappings:
                 return httpx.Response(404, json={"error": {"type": "index_not_found_exception"}})
-            del self.docs[index]
-            self.versions = {k: v for k, v in self.versions.items() if k[0] != index}
+            return httpx.Response(200, json={index: {"mappings": self.mappings[index]}})
+        if request.method == "PUT" and parts[1:] == ["_mapping"]:
+            properties = self.mappings[self.concrete(parts[0])].setdefault("properties", {})
+            properties.update(json.loads(request.content)["properties"])
+            return httpx.Response(200, json={"acknowledged": True})
+        if request.method == "PUT" and len(parts) == 1:
+            if parts[0] in self.mappings:
+                return httpx.Response(400, json={"error": {
+                    "type": "resource_already_exists_exception"}})
+            body = json.loads(request.content)
+            self.mappings[parts[0]] = dict(body.get("mappings") or {})
+            self.aliases.update({alias: parts[0] for alias in body.get("aliases") or {}})
+            return httpx.Response(200, json={"acknowledged": True})
+        if request.method == "DELETE" and len(parts) == 1:
+            if any(name in self.aliases for name in parts[0].split(",")):
+                return httpx.Response(400, json={"error": {
+                    "type": "illegal_argument_exception", "reason": "matches an alias"}})
+            gone = [name for name in parts[0].split(",") if name in self.mappings]
+            if not gone:
+                return httpx.Response(404, json={"error": {"type": "index_not_found_exception"}})
+            for index in gone:
+                self.mappings.pop(index)
+                self.docs.pop(index, None)
+                self.aliases = {a: c for a, c in self.aliases.items() if c != index}
+                self.versions = {k: v for k, v in self.versions.items() if k[0] != index}
             return httpx.Response(200, json={"acknowledged": True})
         return httpx.Response(400, json={"error": f"unexpected {request.method} {path}"})
 
@@ -74,7 +109,11 @@ class FakeElasticsearch:
 
     def _apply(self, action: str, meta: dict, source: dict | None) -> dict[str, Any]:
         assert meta["version_type"] == "external"
-        index, doc_id, version = meta["_index"], meta["_id"], meta["version"]
+        index, doc_id, version = self.concrete(meta["_index"]), meta["_id"], meta["version"]
+        if meta.get("require_alias") and meta["_index"] not in self.aliases:
+            return {"status": 404, "error": {"type": "index_not_found_exception",
+                                             "reason": "[require_alias] request flag is [true]"}}
+        self.mappings.setdefault(index, {})  # auto-create, as a write to a missing index does
         stored = self.versions.get((index, doc_id))
         if stored is not None and stored >= version:
             return {
@@ -93,7 +132,7 @@ class FakeElasticsearch:
     def _mget(self, body: dict) -> dict[str, Any]:
         out = []
         for ref in body["docs"]:
-            found = self.docs.get(ref["_index"], {}).get(ref["_id"])
+            found = self.docs.get(self.concrete(ref["_index"]), {}).get(ref["_id"])
             if found is None:
                 out.append({"_index": ref["_index"], "_id": ref["_id"], "found": False})
             else:
@@ -102,7 +141,7 @@ class FakeElasticsearch:
         return {"docs": out}
 
     def source(self, doc_id: str, index: str = INDEX) -> dict[str, Any] | None:
-        found = self.docs.get(index, {}).get(doc_id)
+        found = self.docs.get(self.concrete(index), {}).get(doc_id)
         return None if found is None else found[1]
 
 
@@ -132,6 +171,18 @@ def test_document_id_single_and_composite() -> None:
     assert document_id({"a": "x,y", "b": "z"}) != document_id({"a": "x", "b": "y,z"})
 
 
+def test_document_id_for_keys_elasticsearch_would_refuse() -> None:
+    # An empty or over-long (> 512 bytes) id is refused by Elasticsearch: such keys, and keys
+    # that look like the result, get a hashed id of fixed length instead.
+    empty = document_id({"sku": ""})
+    assert empty == HASHED_ID_PREFIX + hashlib.sha256(b"").hexdigest()
+    long_key = "é" * 300  # 600 bytes
+    assert document_id({"sku": long_key}) == (
+        HASHED_ID_PREFIX + hashlib.sha256(long_key.encode()).hexdigest())
+    assert document_id({"sku": "é" * 256}) == "é" * 256  # exactly 512 bytes: kept
+    assert document_id({"sku": empty}) not in (empty, "")
+
+
 # --- actions -----------------------------------------------------------------------------
 
 def test_index_action_uses_external_version_and_key_id() -> None:
@@ -140,7 +191,8 @@ def test_index_action_uses_external_version_and_key_id() -> None:
     assert _write(_sink(es), [_event("c", {"id": 42}, row, lsn=1000)]) == []
     ((action, meta, source),) = es.bulk_actions
     assert action == "index"
-    assert meta == {"_index": INDEX, "_id": "42", "version": 1000, "version_type": "external"}
+    assert meta == {"_index": INDEX, "_id": "42", "version": 1000, "version_type": "external",
+                    "require_alias": True}
     assert source == row
     bulk = next(r for r in es.requests if r.url.path == "/_bulk")
     assert bulk.headers["content-type"] == "application/x-ndjson"
@@ -372,7 +424,7 @@ def test_truncate_deletes_the_index_and_later_writes_recreate_it() -> None:
     truncate = _event("t", None, lsn=50)  # type: ignore[arg-type]
     batch = [truncate, _event("c", {"id": 3}, {"id": 3}, lsn=60)]
     assert _write(sink, batch) == []
-    assert any(r.method == "DELETE" and r.url.path == f"/{INDEX}" for r in es.requests)
+    assert any(r.method == "DELETE" and r.url.path == f"/{INDEX}_v1" for r in es.requests)
     assert es.source("1") is None and es.source("2") is None
     assert es.source("3") == {"id": 3}
 
@@ -381,8 +433,9 @@ def test_writes_before_truncate_in_the_batch_are_flushed_first() -> None:
     es = FakeElasticsearch()
     batch = [_event("c", {"id": 1}, {"id": 1}, lsn=10), _event("t", None, lsn=50)]  # type: ignore[arg-type]
     _write(_sink(es), batch)
-    kinds = [(r.method, r.url.path) for r in es.requests]
-    assert kinds == [("POST", "/_bulk"), ("DELETE", f"/{INDEX}")]
+    kinds = [(r.method, r.url.path) for r in es.requests if r.url.path == "/_bulk"
+             or r.method == "DELETE"]
+    assert kinds == [("POST", "/_bulk"), ("DELETE", f"/{INDEX}_v1")]
     assert es.source("1") is None
 
 
