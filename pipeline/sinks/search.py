@@ -26,6 +26,7 @@ from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableEr
 from pipeline.events import COLUMN_TYPES, UNAVAILABLE_VALUE, ChangeEvent, Row, is_unavailable
 from pipeline.sinks import search_mapping
 from pipeline.sinks.base import Rejection
+from pipeline.sinks.search_truncates import TruncatePositions
 from pipeline.sinks.search_versions import IndexVersions
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class SearchIndexSink:
             base_url=settings.url.rstrip("/"), timeout=settings.timeout_s, auth=auth
         )
         self.versions = IndexVersions(self._send)
+        self.truncates = TruncatePositions(
+            self._send, f"{settings.index_prefix}cdc-truncates".lower())
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -84,16 +87,21 @@ class SearchIndexSink:
     async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
         rejected: list[Rejection] = []
         latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]] = {}
+        index_for = self.settings.index_for
+        await self.truncates.refresh({index_for(e.table_id) for e in batch})
         for i, event in enumerate(batch):
+            index = index_for(event.table_id)
             if event.op == "t":
                 await self._flush(latest, batch, rejected)
                 latest.clear()
-                await self._drop_index(self.settings.index_for(event.table_id))
+                await self.truncates.truncate(index, event.version)
                 continue
             if event.key is None:
                 rejected.append(Rejection(i, SinkRejectedError("event has no key", sink=self.name)))
                 continue
-            slot = (self.settings.index_for(event.table_id), document_id(event.key))
+            if event.version < self.truncates.position(index):
+                continue  # written before a truncate of its table: must not come back
+            slot = (index, document_id(event.key))
             doc = dict(event.after) if event.after is not None else None
             previous = latest.get(slot)
             if previous is not None and previous[1].version > event.version:
@@ -209,10 +217,6 @@ class SearchIndexSink:
                     doc[column] = stored[column]
                 else:
                     del doc[column]  # unknown: leave it out rather than store the placeholder
-
-    async def _drop_index(self, index: str) -> None:
-        """A truncated table: its index goes, and is created again by the next write."""
-        await self.versions.drop(index)
 
     async def _bulk(self, body: bytes) -> list[dict[str, Any]]:
         # Only what the outcome needs: Elasticsearch writes (and we parse) far less.

@@ -37,6 +37,7 @@ class FakeElasticsearch:
         self.bulk_actions: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
         self.item_hook: Callable[[str, dict, dict | None], dict | None] | None = None
         self.status_override: int | None = None
+        self.registry: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}  # truncates
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -52,6 +53,30 @@ class FakeElasticsearch:
         parts = path.strip("/").split("/")
         if request.method == "POST" and path == "/_bulk":
             return httpx.Response(200, json=self._bulk(request.content))
+        if request.method == "POST" and parts[-1] == "_mget" and len(parts) == 2:
+            docs = self.registry.get(parts[0])
+            if docs is None:
+                return httpx.Response(404, json={"error": {"type": "index_not_found_exception"}})
+            ids = json.loads(request.content)["ids"]
+            return httpx.Response(200, json={"docs": [
+                {"_id": i, "found": True, "_source": docs[i][1]} if i in docs
+                else {"_id": i, "found": False} for i in ids]})
+        if request.method == "PUT" and len(parts) == 3 and parts[1] == "_doc":
+            version = int(request.url.params["version"])
+            docs = self.registry.setdefault(parts[0], {})
+            if parts[2] in docs and docs[parts[2]][0] >= version:
+                return httpx.Response(409, json={"error": {"type": "version_conflict"}})
+            docs[parts[2]] = (version, json.loads(request.content))
+            return httpx.Response(201, json={"result": "created"})
+        if request.method == "POST" and parts[1:] == ["_refresh"]:
+            found = self.concrete(parts[0]) in self.mappings
+            return httpx.Response(200 if found else 404, json={})
+        if request.method == "POST" and parts[1:] == ["_search"]:
+            index = self.concrete(parts[0])
+            hits = [{"_index": index, "_id": i} for i in self.docs.get(index, {})]
+            return httpx.Response(200, json={"_scroll_id": "s1", "hits": {"hits": hits}})
+        if path == "/_search/scroll":
+            return httpx.Response(200, json={"_scroll_id": "s1", "hits": {"hits": []}})
         if request.method == "POST" and path == "/_mget":
             return httpx.Response(200, json=self._mget(json.loads(request.content)))
         if request.method == "GET" and parts[0] == "_alias":
@@ -416,26 +441,34 @@ def test_null_is_not_a_placeholder() -> None:
 
 # --- truncate ----------------------------------------------------------------------------
 
-def test_truncate_deletes_the_index_and_later_writes_recreate_it() -> None:
+def test_truncate_deletes_older_documents_and_keeps_newer_ones() -> None:
     es = FakeElasticsearch()
     sink = _sink(es)
     _write(sink, [_event("c", {"id": 1}, {"id": 1}, lsn=10),
-                  _event("c", {"id": 2}, {"id": 2}, lsn=11)])
+                  _event("c", {"id": 2}, {"id": 2}, lsn=70)])  # another worker, after it
     truncate = _event("t", None, lsn=50)  # type: ignore[arg-type]
     batch = [truncate, _event("c", {"id": 3}, {"id": 3}, lsn=60)]
     assert _write(sink, batch) == []
-    assert any(r.method == "DELETE" and r.url.path == f"/{INDEX}_v1" for r in es.requests)
-    assert es.source("1") is None and es.source("2") is None
-    assert es.source("3") == {"id": 3}
+    assert es.source("1") is None
+    assert es.source("2") == {"id": 2} and es.source("3") == {"id": 3}
+
+
+def test_a_change_older_than_a_truncate_seen_by_another_worker_is_dropped() -> None:
+    es = FakeElasticsearch()
+    _write(_sink(es), [_event("t", None, lsn=50)])  # type: ignore[arg-type]
+    late = _sink(es)  # a second worker: learns the position from Elasticsearch
+    assert _write(late, [_event("c", {"id": 1}, {"id": 1}, lsn=40),
+                         _event("c", {"id": 2}, {"id": 2}, lsn=60)]) == []
+    assert es.source("1") is None and es.source("2") == {"id": 2}
 
 
 def test_writes_before_truncate_in_the_batch_are_flushed_first() -> None:
     es = FakeElasticsearch()
     batch = [_event("c", {"id": 1}, {"id": 1}, lsn=10), _event("t", None, lsn=50)]  # type: ignore[arg-type]
     _write(_sink(es), batch)
-    kinds = [(r.method, r.url.path) for r in es.requests if r.url.path == "/_bulk"
-             or r.method == "DELETE"]
-    assert kinds == [("POST", "/_bulk"), ("DELETE", f"/{INDEX}_v1")]
+    bulks = [json.loads(r.content.splitlines()[0]) for r in es.requests
+             if r.url.path == "/_bulk"]
+    assert [next(iter(b)) for b in bulks] == ["index", "delete"]  # written, then truncated
     assert es.source("1") is None
 
 
