@@ -94,6 +94,7 @@ class DebeziumConnect:
         publication: str,
         topic_prefix: str,
         snapshot_mode: str = "no_data",
+        extra: dict[str, str] | None = None,
     ) -> None:
         lib, plugins = install()
         self.work = work
@@ -133,6 +134,7 @@ class DebeziumConnect:
             # half a second waiting for a fuller batch (measured: p50 ~500 ms at 2,000 rows/s);
             # bigger batches and queue as Debezium's docs suggest for throughput.
             **CONNECTOR_TUNING,
+            **(extra or {}),
         }
         self.worker_file = work / "worker.properties"
         self.connector_file = work / "connector.properties"
