@@ -243,6 +243,11 @@ def _read(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes | N
         c.close()
 
 
+def _short_table(table: str) -> str:
+    """``compat_<uid>.x`` -> ``x``: the schema changes with every run."""
+    return table.split(".", 1)[1] if table.startswith("compat_") else table
+
+
 def _cell(s: Any) -> str:
     return str(s).replace("|", "\\|").replace("\n", "\\n")
 
@@ -253,13 +258,22 @@ def report(comparison: compat_diff.Comparison, notes: list[str], seconds: float,
     lines = [f"Debezium {DEBEZIUM_VERSION} (Kafka Connect {KAFKA_VERSION}) vs ours; hstore "
              f"{'covered' if hstore else 'not available'}; run took {seconds:.0f} s.", ""]
     lines += [f"- note: {n}" for n in notes]
-    lines += ["", "| table | op | Debezium | ours |", "|---|---|---|---|"]
-    for (table, op), (a, b) in sorted(comparison.counts.items()):
-        mark = "" if a == b else " **≠**"
-        lines.append(f"| {_cell(table)} | {op} | {a} | {b}{mark} |")
-    lines += ["", "| table | field | Debezium | ours | records |", "|---|---|---|---|---|"]
+    ops = sorted({op for _, op in comparison.counts},
+                 key=lambda o: ("cutdmBEGINEND".find(o) % 99, o))
+    lines += ["", "Records per table and op (Debezium/ours where they differ):", "",
+              "| table | " + " | ".join(ops) + " |", "|---" * (len(ops) + 1) + "|"]
+    for table in sorted({t for t, _ in comparison.counts}):
+        cells = []
+        for op in ops:
+            a, b = comparison.counts.get((table, op), [0, 0])
+            cells.append(("" if a == 0 else str(a)) if a == b else f"**{a}/{b}**")
+        lines.append(f"| {_short_table(table)} | " + " | ".join(cells) + " |")
+    lines += ["", "Differences (columns: before and after images together; envelope fields "
+              "once for all the tables they occur in):", "",
+              "| table | field | Debezium | ours | records |", "|---|---|---|---|---|"]
     for table, path, x, y, n in compat_diff.collapse(comparison):
-        lines.append(f"| {_cell(table)} | {_cell(path)} | `{_cell(x)}` | `{_cell(y)}` | {n} |")
+        lines.append(f"| {_cell(_short_table(table))} | {_cell(path)} | `{_cell(x)}` | "
+                     f"`{_cell(y)}` | {n} |")
     lines += ["", comparison.summary()]
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,8 +95,13 @@ class Comparison:
         return {(t, f) for t, f, _, _ in self.differences}
 
     def summary(self) -> str:
-        return (f"{len(self.differences)} differences in {len(self.fields())} fields "
-                f"({self.pairs} record pairs compared)")
+        """"N differences in M fields": rows and distinct (table, field) of the table
+        ``collapse`` shows; the raw count of distinct values follows in brackets."""
+        rows = collapse(self)
+        fields = {(t, f) for t, f, *_ in rows}
+        return (f"{len(rows)} differences in {len(fields)} fields ({self.pairs} record pairs "
+                f"compared; {len(self.differences)} distinct raw differences in "
+                f"{len(self.fields())} table fields)")
 
 
 def compare(debezium: list[Record], ours: list[Record],
@@ -148,7 +154,8 @@ def _short(s: str) -> str:
 def _record_differences(a: Record, b: Record,
                         prefixes: tuple[str, str]) -> list[tuple[str, str, str]]:
     diffs: list[tuple[str, str, str]] = []
-    if a.partition != b.partition:
+    # A record without a key (a truncate) goes to any partition, in both tools, by design.
+    if a.partition != b.partition and a.raw_key is not None:
         diffs.append(("(partition)", str(a.partition), str(b.partition)))
     if a.raw_key != b.raw_key:
         diffs.append(("(key)", _raw(a.raw_key), _raw(b.raw_key)))
@@ -202,22 +209,50 @@ def _walk(path: str, a: Any, b: Any, diffs: list[tuple[str, str, str]]) -> None:
         diffs.append((path or "(value)", ta, tb))
 
 
+def display_field(path: str) -> tuple[bool, str]:
+    """(is a column, field as shown): ``before.x``/``after.x`` become the column ``x``
+    (both row images are compared, their differences are shown together) and array
+    indices become ``[]``; anything else is an envelope field."""
+    for image in ("before.", "after."):
+        if path.startswith(image):
+            return True, re.sub(r"\[\d+\]", "[]", path[len(image):])
+    return False, path
+
+
 def collapse(comparison: Comparison, max_values: int = 3,
-             ) -> list[tuple[str, str, str, str, int]]:
+             ) -> list[tuple[str, str, str, str, str]]:
     """The difference table for people: rows (table, field, Debezium, ours, records).
-    A field with more than ``max_values`` distinct differences (an LSN per row, say) is
-    one row: its most frequent difference as an example, the number of distinct values and
-    the total count."""
-    per_field: dict[tuple[str, str], list[tuple[str, str, int]]] = defaultdict(list)
+
+    Columns are shown per table; an envelope difference (``source.*``, ``transaction``, ...)
+    once, for every table it occurs in. A field with more than ``max_values`` distinct
+    differences (an LSN per transaction, say) is one row: its most frequent difference as
+    an example, and the count of distinct values next to the records."""
+    merged: Counter[tuple[str, str, str, str]] = Counter()
+    tables_of: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    all_tables = {t for t, _ in comparison.counts}
     for (table, path, x, y), n in comparison.differences.items():
-        per_field[(table, path)].append((x, y, n))
+        column, shown = display_field(path)
+        merged[(table if column else "", shown, x, y)] += n
+        tables_of[(shown, x, y)].add(table)
+    per_field: dict[tuple[str, str], list[tuple[str, str, int]]] = defaultdict(list)
+    for (table, shown, x, y), n in merged.items():
+        per_field[(table, shown)].append((x, y, n))
     rows = []
-    for (table, path), items in sorted(per_field.items()):
+    for (table, shown), items in sorted(per_field.items()):
         items.sort(key=lambda i: (-i[2], i[0], i[1]))
+        label = table or _tables_label({t for x, y, _ in items
+                                        for t in tables_of[(shown, x, y)]}, all_tables)
         if len(items) > max_values:
             x, y, _ = items[0]
-            rows.append((table, path, f"{x} (e.g.; {len(items)} distinct)", y,
-                         sum(i[2] for i in items)))
+            rows.append((label, shown, x, y,
+                         f"{sum(i[2] for i in items)} ({len(items)} distinct, e.g.)"))
         else:
-            rows += [(table, path, x, y, n) for x, y, n in items]
+            rows += [(label, shown, x, y, str(n)) for x, y, n in items]
     return rows
+
+
+def _tables_label(tables: set[str], all_tables: set[str]) -> str:
+    if tables >= {t for t in all_tables if "." in t}:
+        extra = sorted(t for t in tables if "." not in t)
+        return "every table" + (f", {', '.join(extra)}" if extra else "")
+    return ", ".join(sorted(t.split(".", 1)[-1] for t in tables))
