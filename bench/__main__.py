@@ -3,6 +3,10 @@ table, merge the figures into ``bench/results.json`` and rewrite ``bench/RESULTS
 
 Parts: capture, debezium, ceiling (one shared backlog, drained by each reader in turn, plus
 commit-to-Kafka latency at fixed loads), worker, e2e, memory. No part given = all of them.
+
+``python -m bench compat [--json out.json]`` is separate: Debezium and our capture over the
+same WAL of every PostgreSQL type, and the table of where their events differ
+(``python -m bench compat --help``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compat"]:  # a report, not a benchmark part: its own options and output
+        from bench import compat
+
+        return compat.main(argv[1:])
     args = build_parser().parse_args(argv)
     parts = list(dict.fromkeys(args.parts)) or list(PARTS)
     unknown = [p for p in parts if p not in PARTS]
@@ -69,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args.worker_events = args.worker_events or (50_000 if q else 300_000)
     args.memory_events = args.memory_events or (100_000 if q else 1_000_000)
     args.big_txn_rows = args.big_txn_rows or (100_000 if q else 1_000_000)
-    command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench " + shlex.join(argv)
     work = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
     bench = Bench(quick=q, duration=args.duration, work=work)
     log(f"bench run {bench.uid}: parts {parts}, work folder {work}")

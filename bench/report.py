@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.debezium import CONNECTOR_TUNING, DEBEZIUM_VERSION, KAFKA_VERSION, PRODUCER
+from pipeline.stack.kafka import VERSION as BROKER_VERSION
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results.json"
@@ -148,7 +149,7 @@ def render(stored: dict[str, Any]) -> str:
         "  the tool under test, the workload generator. Load average at the start of the latest",
         f"  run: {mach['loadavg_at_start']} (other people's tests run here too).",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(mach["versions"].items()))
-        + f", Kafka {KAFKA_VERSION} (KRaft), Debezium {DEBEZIUM_VERSION} on Kafka Connect "
+        + f", Kafka {BROKER_VERSION} (KRaft), Debezium {DEBEZIUM_VERSION} on Kafka Connect "
         f"{KAFKA_VERSION} standalone, Java 17.",
         "",
         "## Settings",
@@ -159,8 +160,8 @@ def render(stored: dict[str, Any]) -> str:
         "  worker `producer.*`): " + ", ".join(f"`{k}={v}`" for k, v in PRODUCER.items()) + ".",
         "- Debezium connector: `plugin.name=pgoutput`, own slot and publication (created by the",
         "  bench before the workload, `publication.autocreate.mode=filtered`), `tasks.max=1`,",
-        "  `snapshot.mode=never` for the backlog (stream from the slot's start) and `no_data` for",
-        "  latency runs, `decimal.handling.mode=string`, JsonConverter key/value with",
+        "  `snapshot.mode=no_data` (on the backlog's existing slot it streams from the slot's",
+        "  start), `decimal.handling.mode=string`, JsonConverter key/value with",
         "  `schemas.enable=false`, `offset.flush.interval.ms=1000`, JVM `-Xmx1g -XX:+UseG1GC`;",
         "  " + ", ".join(f"`{k}={v}`" for k, v in CONNECTOR_TUNING.items())
         + " (defaults 500, 2048, 8192: with the default poll interval its p50 was ~500 ms).",
