@@ -32,12 +32,14 @@ def _exited(proc: PipelineProcess, timeout: float) -> bool:
     return wait_until(lambda: not proc.alive(), timeout)
 
 
+@pytest.mark.parametrize("engine", ["faust", "kafka"])
 def test_restart_resumes_the_last_commit_so_workers_keep_every_change(
-    scenario: Scenario,
+    scenario: Scenario, engine: str
 ) -> None:
     """Item 0: after a restart the first transaction used to carry sequence [null, lsn]; the
     worker ordered it before everything it had seen of the row and dropped it as stale."""
     sc = scenario
+    sc.env["CDC_WORKER__ENGINE"] = engine
     sc.start("capture")
     sc.start("worker")
     sc.execute("INSERT INTO items VALUES (1, 'apple', 3, 11.00)")
