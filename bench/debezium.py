@@ -37,7 +37,7 @@ JAVA = "/usr/lib/jvm/java-17-openjdk-amd64/bin/java"
 HEAP = "-Xmx1g"
 
 #: The producer settings a fair user would choose: the same as ours
-#: (pipeline/kafka/publisher.py PRODUCER_DEFAULTS), in Java client names.
+#: (pipeline/capture/publisher.py PRODUCER_DEFAULTS), in Java client names.
 PRODUCER = {
     "acks": "all",
     "enable.idempotence": "true",

@@ -156,7 +156,7 @@ def render(stored: dict[str, Any]) -> str:
         "",
         "- Topics: 3 partitions, replication factor 1, `message.timestamp.type=LogAppendTime`",
         "  (created by the bench for both tools).",
-        "- Producer, both tools (ours: `pipeline/kafka/publisher.py` defaults; Debezium: Connect",
+        "- Producer, both tools (ours: `pipeline/capture/publisher.py` defaults; Debezium: Connect",
         "  worker `producer.*`): " + ", ".join(f"`{k}={v}`" for k, v in PRODUCER.items()) + ".",
         "- Debezium connector: `plugin.name=pgoutput`, own slot and publication (created by the",
         "  bench before the workload, `publication.autocreate.mode=filtered`), `tasks.max=1`,",
