@@ -26,7 +26,7 @@ from typing import Any
 from pipeline.deadletter import DeadLetterTopic, RawRecord
 from pipeline.dedup import Deduplicator, Verdict, row_key
 from pipeline.errors import BadDataError, NotARowChange, RetriableError
-from pipeline.events import ChangeEvent, decode
+from pipeline.events import ChangeEvent, decode, unreadable
 from pipeline.metrics import Metrics
 from pipeline.ordering import LatePolicy, PartitionReorderer, Release
 from pipeline.positions import ChangePosition
@@ -115,6 +115,8 @@ class BatchProcessor:
                 out.append(decode(record.key, record.value))
             except (BadDataError, NotARowChange) as exc:
                 out.append(exc)
+            except Exception as exc:  # noqa: BLE001 - see unreadable()
+                out.append(unreadable(exc))
         return out
 
     def _collect(self, release: Release[RawRecord]) -> None:
