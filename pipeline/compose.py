@@ -102,7 +102,7 @@ def build_processor(
     return BatchProcessor(
         [build_sink(settings, sink, metrics)], dead_letters, metrics,
         evolution=evolution, reorderer=reorderer, dedup=dedup, late_policy=late_policy,
-        partition_scope=partition_scope,
+        partition_scope=partition_scope, topic_tables=settings.topic_tables(),
     )
 
 

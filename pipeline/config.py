@@ -44,6 +44,17 @@ def _check_table_ids(tables: Any) -> Any:
     return tables
 
 
+#: What Elasticsearch allows in an index name (lower case, none of \\/*?"<>|,#: or space,
+#: not starting with -_+); a name is also a URL path segment, so this keeps it one.
+_INDEX_RE = re.compile(r"^[a-z0-9.][a-z0-9._+$-]*$")
+
+
+def _check_index_name(name: str) -> None:
+    if not _INDEX_RE.match(name) or name in (".", "..") or len(name.encode()) > 255:
+        raise ValueError(f"'{name}' is not an Elasticsearch index name (lower-case letters, "
+                         f"digits and . _ - + $, not starting with _ - +)")
+
+
 class PostgresSettings(_Section):
     """The PostgreSQL source (logical replication with pgoutput)."""
 
@@ -161,7 +172,8 @@ class WorkerSettings(_Section):
     """The Faust worker that reads raw topics and fans out to the sinks."""
 
     app_id: str = "cdc-worker"
-    #: Raw topics to read; empty means one per table in ``postgres.tables``.
+    #: Raw topics to read; empty means one per table in ``postgres.tables``. Each ends in
+    #: ``<schema>.<table>``: the table its records must be of.
     topics: tuple[str, ...] = ()
     dead_letter_topic: str = "cdc.dead-letter"
     batch_size: int = Field(default=500, ge=1, le=50_000)
@@ -179,6 +191,15 @@ class WorkerSettings(_Section):
     engine: Literal["faust", "kafka"] = "faust"
     ordering: OrderingSection = OrderingSection()
     dedup: DedupSection = DedupSection()
+
+    @field_validator("topics")
+    @classmethod
+    def _topics_name_tables(cls, topics: tuple[str, ...]) -> tuple[str, ...]:
+        for topic in topics:
+            if not re.fullmatch(r"(.+\.)?[^.]+\.[^.]+", topic):
+                raise ValueError(f"'{topic}' does not end in <schema>.<table>, the table its "
+                                 f"records must be of")
+        return topics
 
     @model_validator(mode="after")
     def _store_fits_engine(self) -> WorkerSettings:
@@ -202,6 +223,19 @@ class ElasticsearchSettings(_Section):
     timeout_s: float = Field(default=10.0, gt=0)
 
     _indices = field_validator("indices")(_check_table_ids)
+
+    @field_validator("indices")
+    @classmethod
+    def _index_names(cls, indices: dict[str, str]) -> dict[str, str]:
+        for name in indices.values():
+            _check_index_name(name)
+        return indices
+
+    @field_validator("index_prefix")
+    @classmethod
+    def _index_prefix(cls, prefix: str) -> str:
+        _check_index_name(prefix.lower() + "x")
+        return prefix
 
     def index_for(self, table_id: str) -> str:
         return self.indices.get(table_id) or f"{self.index_prefix}{table_id}".lower()
@@ -257,6 +291,15 @@ class Settings(_Section):
         if self.worker.topics:
             return self.worker.topics
         return tuple(self.kafka.raw_topic(t) for t in self.postgres.tables)
+
+    def topic_tables(self) -> dict[str, str]:
+        """Raw topic -> the table (``schema.table``) its records must be of. A record's own
+        ``source.schema``/``table`` never decides where it is written: it must agree with
+        its topic's. A topic not of a listed table (``worker.topics``, e.g. Debezium's
+        ``<prefix>.<schema>.<table>``) carries the table its last two parts name."""
+        listed = {self.kafka.raw_topic(t): t for t in self.postgres.tables}
+        return {topic: listed.get(topic) or ".".join(topic.split(".")[-2:])
+                for topic in self.raw_topics()}
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain data, secrets shown as '**********'."""

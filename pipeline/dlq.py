@@ -564,7 +564,9 @@ def replay_to_sink(settings: Settings, topic: str, sink_name: str, flt: LetterFi
                    dry_run: bool = False) -> ReplayReport:
     """Decode dead letters and write them to one configured sink (idempotent by version)."""
     from pipeline.events import ChangeEvent, decode
+    from pipeline.processing import foreign_table
 
+    topic_tables = settings.topic_tables()
     report = ReplayReport(dry_run=dry_run)
     with DeadLetterReader(settings, topic) as reader:
         letters = select(reader.read(_starts(reader, flt, offset)), flt, limit)
@@ -577,6 +579,11 @@ def replay_to_sink(settings: Settings, topic: str, sink_name: str, flt: LetterFi
             continue
         if event is None:
             report.skipped["tombstones"] += 1
+            continue
+        # Straight into a sink, as the worker would: only into the table of its topic.
+        foreign = foreign_table(topic_tables, letter.origin_topic or "", event)
+        if foreign is not None:
+            report.rejected.append((letter, f"still undecodable: {foreign}"))
         else:
             events.append((letter, event))
     destination = f"sink:{sink_name}"

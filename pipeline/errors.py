@@ -11,6 +11,7 @@
     │                           message): skipped and counted, never dead-lettered
     └── BadDataError            one event cannot be processed: it goes to the dead-letter topic
         ├── EventDecodeError    the raw record is not a change event we can read
+        │   └── ForeignTableError   it names another table than its topic carries
         └── SinkRejectedError   a sink refused the event as bad data (mapping error, bad template)
 
 Third-party exceptions are translated into this tree where the library is called, with
@@ -68,6 +69,11 @@ class EventDecodeError(BadDataError):
     """A raw record is not a readable change event."""
 
     stage = "decode"
+
+
+class ForeignTableError(EventDecodeError):
+    """A record's ``source.schema``/``table`` is not the table its topic carries (from the
+    configuration): it may not write to, create or truncate another table's data."""
 
 
 class SinkRejectedError(BadDataError):

@@ -9,12 +9,15 @@ reads our raw topics, and our workers read Debezium's (with or without the schem
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from pipeline.errors import EventDecodeError, NotARowChange
+
+log = logging.getLogger(__name__)
 
 #: What stands in for a value PostgreSQL did not send (an unchanged TOASTed column).
 #: Same text as Debezium's default ``unavailable.value.placeholder``; sinks must never
@@ -145,15 +148,59 @@ def _unwrap(doc: Any) -> Any:
 
 
 def _column_types(doc: Any) -> dict[str, dict[str, Any]]:
-    """The row columns' schemas from a ``{"schema", "payload"}`` record, else nothing."""
+    """The row columns' schemas from a ``{"schema", "payload"}`` record, else nothing.
+    Each must say its ``field`` and ``type`` as strings (arrays their ``items`` likewise):
+    the search sink decides its mapping from them."""
     schema = doc.get("schema") if isinstance(doc, dict) and "payload" in doc else None
     if not isinstance(schema, dict):
         return {}
-    for image in schema.get("fields") or []:
+    images = schema.get("fields")
+    if not isinstance(images, list):
+        return {}
+    for image in images:
         if isinstance(image, dict) and image.get("field") in ("after", "before"):
-            columns = image.get("fields") or []
-            return {c["field"]: c for c in columns if isinstance(c, dict) and "field" in c}
+            where = f"schema.fields[{image['field']}].fields"
+            columns = image.get("fields")
+            if not isinstance(columns, list):
+                raise _bad(where, "must be a list of column schemas", columns)
+            types = {}
+            for i, column in enumerate(columns):
+                if not isinstance(column, dict) or not isinstance(column.get("field"), str):
+                    raise _bad(f"{where}[{i}]", "must be an object naming its 'field'", column)
+                _check_column_type(column, f"{where}[{i}]")
+                types[column["field"]] = column
+            return types
     return {}
+
+
+def _check_column_type(column: dict[str, Any], where: str) -> None:
+    for _ in range(MAX_SCHEMA_DEPTH):
+        if not isinstance(column.get("type"), str):
+            raise _bad(f"{where}.type", "must be a string", column.get("type"))
+        items = column.get("items")
+        if items is None:
+            return
+        if not isinstance(items, dict):
+            raise _bad(f"{where}.items", "must be a column schema", items)
+        column, where = items, f"{where}.items"
+    raise EventDecodeError(f"'{where}' nests arrays deeper than {MAX_SCHEMA_DEPTH}")
+
+
+#: Positions (LSNs) must fit an Elasticsearch external version (a signed 64-bit integer);
+#: PostgreSQL reaches 2^63 only after writing 8 EiB of WAL.
+MAX_POSITION = 2**63 - 1
+#: Times are milliseconds since 1970 up to the end of year 9999 (what a datetime can hold).
+MAX_TS_MS = 253_402_300_799_999
+#: A record key (the primary-key columns as JSON) longer than this is refused: PostgreSQL
+#: keeps index entries under ~2.7 kB, so a longer key is not a row's, and every stage (the
+#: dedup changelog, Redis keys) would carry it.
+MAX_KEY_BYTES = 64 * 1024
+#: How deep a column's Kafka Connect schema may nest arrays (``items``).
+MAX_SCHEMA_DEPTH = 16
+
+
+def _bad(name: str, problem: str, value: Any) -> EventDecodeError:
+    return EventDecodeError(f"'{name}' {problem}, got {_short(value, 80)}")
 
 
 def _optional_row(value: Any, name: str) -> Row | None:
@@ -162,77 +209,165 @@ def _optional_row(value: Any, name: str) -> Row | None:
     raise EventDecodeError(f"'{name}' must be an object or null, got {type(value).__name__}")
 
 
-def _optional_int(value: Any) -> int | None:
+def _optional_int(value: Any, name: str, high: int, low: int = 0) -> int | None:
+    """An integer field: null, or a JSON whole number within [low, high] (never a bool, a
+    fraction or a string: those are not what any writer of the envelope sends)."""
     if value is None:
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
+    if type(value) is not int or not low <= value <= high:
+        raise _bad(name, f"must be a whole number from {low} to {high} or null", value)
+    return value
+
+
+def _optional_str(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _bad(name, "must be a string or null", value)
+
+
+def _name(value: Any, name: str) -> str:
+    if isinstance(value, str) and value:
+        return value
+    raise _bad(name, "must be a non-empty string", value)
+
+
+def _sequence_commit(sequence: Any) -> int | None:
+    """The commit position in Debezium's ``sequence``: the text of a JSON array
+    ``[last commit LSN, this LSN]``, each a decimal string (or null: unknown)."""
+    name = "source.sequence"
+    if sequence is None:
         return None
+    if not isinstance(sequence, str) or len(sequence) > 100:
+        raise _bad(name, "must be the text of a JSON array [commit, lsn] or null", sequence)
+    try:
+        parts = orjson.loads(sequence)
+    except orjson.JSONDecodeError:
+        raise _bad(name, "must be the text of a JSON array [commit, lsn]", sequence) from None
+    if not isinstance(parts, list) or len(parts) != 2:
+        raise _bad(name, "must be the text of a JSON array [commit, lsn]", sequence)
+    positions = []
+    for part in parts:
+        if isinstance(part, str) and part.isascii() and part.isdigit():
+            part = int(part)
+        positions.append(_optional_int(part, name, MAX_POSITION))
+    return positions[0]
+
+
+def _times_us(block: dict[str, Any], name: str) -> int:
+    """``ts_us`` if present, else ``ts_ms`` in microseconds, else 0."""
+    ts_ms = _optional_int(block.get("ts_ms"), f"{name}ts_ms", MAX_TS_MS)
+    ts_us = _optional_int(block.get("ts_us"), f"{name}ts_us", MAX_TS_MS * 1000 + 999)
+    _optional_int(block.get("ts_ns"), f"{name}ts_ns", MAX_TS_MS * 1_000_000 + 999_999)
+    if ts_us is not None:
+        return ts_us
+    return (ts_ms or 0) * 1000
 
 
 def _source_from_dict(src: Any) -> SourceInfo:
     if not isinstance(src, dict):
         raise EventDecodeError("'source' block is missing or not an object")
-    try:
-        ts_us = src.get("ts_us")
-        if ts_us is None:
-            ts_us = int(src.get("ts_ms") or 0) * 1000
-        commit_lsn = None
-        sequence = src.get("sequence")
-        if isinstance(sequence, str) and sequence.startswith("["):
-            parts = orjson.loads(sequence)
-            if parts and parts[0] is not None:
-                commit_lsn = int(parts[0])
-        return SourceInfo(
-            connector=str(src.get("connector") or ""),
-            name=str(src.get("name") or ""),
-            db=str(src.get("db") or ""),
-            schema=str(src.get("schema") or ""),
-            table=str(src["table"]),
-            ts_us=int(ts_us),
-            tx_id=_optional_int(src.get("txId")),
-            lsn=_optional_int(src.get("lsn")),
-            commit_lsn=commit_lsn,
-            snapshot=str(src.get("snapshot") or "false"),
-        )
-    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-        raise EventDecodeError(f"'source' block is malformed: {exc}") from exc
+    _optional_str(src.get("version"), "source.version")
+    _optional_int(src.get("xmin"), "source.xmin", MAX_POSITION)
+    snapshot = src.get("snapshot")
+    if isinstance(snapshot, bool):  # Debezium before 1.0 wrote a boolean
+        snapshot = str(snapshot).lower()
+    return SourceInfo(
+        connector=_optional_str(src.get("connector"), "source.connector") or "",
+        name=_optional_str(src.get("name"), "source.name") or "",
+        db=_optional_str(src.get("db"), "source.db") or "",
+        schema=_name(src.get("schema"), "source.schema"),
+        table=_name(src.get("table"), "source.table"),
+        ts_us=_times_us(src, "source."),
+        tx_id=_optional_int(src.get("txId"), "source.txId", MAX_POSITION),
+        lsn=_optional_int(src.get("lsn"), "source.lsn", MAX_POSITION),
+        commit_lsn=_sequence_commit(src.get("sequence")),
+        snapshot=_optional_str(snapshot, "source.snapshot") or "false",
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: 1, 1.0 and true are three different values."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict | list):
+        return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+            b, option=orjson.OPT_SORT_KEYS)
+    return bool(a == b)
+
+
+def _check_key(key: Row, image: Row | None, image_name: str) -> None:
+    """The key names the row the image is of: every key column the image holds (not as the
+    unchanged-TOAST placeholder) has the key's value. For ``after`` every key column must be
+    there: a full image always has them."""
+    if not key:
+        raise EventDecodeError("key {} names no primary-key column: it is no row's key")
+    if image is None:
+        return
+    for column, value in key.items():
+        if column not in image:
+            if image_name == "after":
+                raise EventDecodeError(
+                    f"key column '{column}' is missing from '{image_name}': the key and the "
+                    f"row image must name the same row")
+            continue
+        held = image[column]
+        if not is_unavailable(held) and not _same(value, held):
+            raise _bad(f"{image_name}.{column}",
+                       f"disagrees with the key's value {_short(value)}: the key and the row "
+                       f"image must name the same row", held)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
     """Read one raw-topic record. Returns None for a tombstone (null value).
 
     Raises NotARowChange for a valid record that is no row change (a logical decoding
-    message, ``op: m``), EventDecodeError, with the reason, for anything else that is not a
-    change event.
+    message, ``op: m``), EventDecodeError, with the reason and the field it concerns, for
+    anything else that is not a change event. Every field a stage reads is checked here:
+    a record that passes cannot make a later stage raise.
     """
     if value is None:
         return None
     try:
         record = orjson.loads(value)
-        doc = _unwrap(record)
+    except orjson.JSONDecodeError as exc:
+        raise EventDecodeError(f"value is not valid JSON: {exc}") from exc
+    try:
         key_doc = _unwrap(orjson.loads(key)) if key else None
     except orjson.JSONDecodeError as exc:
-        raise EventDecodeError(f"not valid JSON: {exc}") from exc
+        raise EventDecodeError(f"key is not valid JSON: {exc}") from exc
+    doc = _unwrap(record)
     if not isinstance(doc, dict):
         raise EventDecodeError(f"value must be a JSON object, got {type(doc).__name__}")
     op = doc.get("op")
     if op == "m":
         raise NotARowChange("message")
-    if op not in OPS:
-        raise EventDecodeError(f"'op' must be one of c, u, d, r, t; got {op!r}")
+    if not isinstance(op, str) or op not in OPS:
+        raise _bad("op", "must be one of c, u, d, r, t", op)
     if key_doc is not None and not isinstance(key_doc, dict):
         raise EventDecodeError(f"key must be a JSON object, got {type(key_doc).__name__}")
-    if key_doc is None and op != "t":
+    if op == "t":
+        key_doc = None  # a truncate is of the table, not of a row: any key is ignored
+    elif key_doc is None:
         raise EventDecodeError(f"op '{op}' needs a record key with the primary-key columns")
+    elif key is not None and len(key) > MAX_KEY_BYTES:
+        raise EventDecodeError(
+            f"key is {len(key)} bytes, more than {MAX_KEY_BYTES}: no primary key is that long")
+    transaction = doc.get("transaction")
+    if transaction is not None and not isinstance(transaction, dict):
+        raise _bad("transaction", "must be an object or null", transaction)
+    ts_us = _times_us(doc, "")
     event = ChangeEvent(
         op=op,
         key=key_doc,
         before=_optional_row(doc.get("before"), "before"),
         after=_optional_row(doc.get("after"), "after"),
         source=_source_from_dict(doc.get("source")),
-        ts_ms=int(doc.get("ts_ms") or 0),
+        ts_ms=ts_us // 1000,
         extra={COLUMN_TYPES: types} if (types := _column_types(record)) else {},
     )
     if event.source.lsn is None:
@@ -244,4 +379,21 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
         raise EventDecodeError(f"op '{op}' needs an 'after' image")
     if op == "d" and event.before is None and event.key is None:
         raise EventDecodeError("op 'd' needs a 'before' image or a key")
+    if key_doc is not None:
+        if op == "d":
+            _check_key(key_doc, event.before, "before")
+        else:
+            _check_key(key_doc, event.after, "after")
     return event
+
+
+def unreadable(exc: Exception) -> EventDecodeError:
+    """Decoding is a pure function of a record's bytes, which anyone who can write to a raw
+    topic chooses: whatever it raises that decode did not foresee is still that record's
+    bad data (dead-lettered, logged with its traceback as a decoder bug), never a reason to
+    stop the worker and with it every other record."""
+    log.error("decoding a record raised %s: dead-lettering it", type(exc).__name__,
+              exc_info=exc)
+    error = EventDecodeError(f"unreadable record ({type(exc).__name__}: {exc})")
+    error.__cause__ = exc
+    return error

@@ -5,11 +5,12 @@
                         ▼                   ▼                  ▼
                                  dead-letter topic (acknowledged)
 
-``accept(records)`` does the pure part (decode, evolve, buffer for ordering) and never
-raises for bad data. ``drain()`` does the I/O: it writes what the ordering released to the
-sink, dead-letters what cannot be processed, remembers what the sink confirmed, and returns
-the records that are finished. If it raises (a sink's permanent failure), what it was
-writing stays pending and the next ``drain()`` tries it again: nothing is lost or reordered.
+``accept(records)`` does the pure part (decode, evolve, check that each event is of its
+topic's table, buffer for ordering) and never raises for bad data. ``drain()`` does the I/O:
+it writes what the ordering released to the sink, dead-letters what cannot be processed,
+remembers what the sink confirmed, and returns the records that are finished. If it raises
+(a sink's permanent failure), what it was writing stays pending and the next ``drain()``
+tries it again: nothing is lost or reordered.
 A transient failure is retried inside the sink wrapper while the partition waits.
 """
 
@@ -19,14 +20,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from pipeline.deadletter import DeadLetterTopic, RawRecord
 from pipeline.dedup import Deduplicator, Verdict, row_key
-from pipeline.errors import BadDataError, NotARowChange, RetriableError
-from pipeline.events import ChangeEvent, decode
+from pipeline.errors import BadDataError, ForeignTableError, NotARowChange, RetriableError
+from pipeline.events import ChangeEvent, decode, unreadable
 from pipeline.metrics import Metrics
 from pipeline.ordering import LatePolicy, PartitionReorderer, Release
 from pipeline.positions import ChangePosition
@@ -56,6 +57,7 @@ class BatchProcessor:
         dedup: Deduplicator | None = None,
         late_policy: LatePolicy = LatePolicy.APPLY_IF_NEWER,
         partition_scope: Callable[[int], AbstractContextManager[Any]] | None = None,
+        topic_tables: Mapping[str, str] | None = None,
     ) -> None:
         self.sinks = list(sinks)
         self.dead_letters = dead_letters
@@ -66,6 +68,8 @@ class BatchProcessor:
         self.late_policy = late_policy
         # Dedup writes go to the changelog partition of the event's own partition.
         self.partition_scope = partition_scope or (lambda _p: contextlib.nullcontext())
+        # Raw topic -> the table its records must be of (None: no check, tests only).
+        self.topic_tables = topic_tables
         self._ready: list[Item] = []
         self._letters: list[Letter] = []
         self._done: list[RawRecord] = []
@@ -107,6 +111,16 @@ class BatchProcessor:
         return len(self._ready) + len(self._letters)
 
     def _decode(self, records: Sequence[RawRecord]) -> list[Decoded]:
+        decoded = self._decode_records(records)
+        if self.topic_tables is not None:
+            for i, (record, result) in enumerate(zip(records, decoded, strict=True)):
+                if isinstance(result, ChangeEvent):
+                    error = foreign_table(self.topic_tables, record.topic, result)
+                    if error is not None:
+                        decoded[i] = error
+        return decoded
+
+    def _decode_records(self, records: Sequence[RawRecord]) -> list[Decoded]:
         if self.evolution is not None:
             return list(self.evolution.decode_batch(records))
         out: list[Decoded] = []
@@ -115,6 +129,8 @@ class BatchProcessor:
                 out.append(decode(record.key, record.value))
             except (BadDataError, NotARowChange) as exc:
                 out.append(exc)
+            except Exception as exc:  # noqa: BLE001 - see unreadable()
+                out.append(unreadable(exc))
         return out
 
     def _collect(self, release: Release[RawRecord]) -> None:
@@ -220,6 +236,22 @@ class BatchProcessor:
                 log.warning("dead-letter topic unavailable, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def foreign_table(
+    topic_tables: Mapping[str, str], topic: str, event: ChangeEvent
+) -> ForeignTableError | None:
+    """Why ``event``, read from ``topic``, may not be applied: its source names another table
+    than the topic carries. Sinks derive every index, key and truncate from the event's
+    table, so this is what keeps a record from creating, writing or deleting another
+    table's data. None when it agrees."""
+    expected = topic_tables.get(topic)
+    if event.table_id == expected:
+        return None
+    shown = event.table_id if len(event.table_id) <= 200 else event.table_id[:197] + "..."
+    return ForeignTableError(
+        f"'source.schema'/'source.table' name {shown!r}, but topic {topic} carries "
+        f"{expected or 'no configured table'}: a record cannot write to another table")
 
 
 class StaleLog:

@@ -17,7 +17,7 @@ from typing import Protocol
 import orjson
 
 from pipeline.errors import BadDataError, EventDecodeError, NotARowChange
-from pipeline.events import ChangeEvent, decode
+from pipeline.events import ChangeEvent, decode, unreadable
 from pipeline.evolution.loader import load_upcasters
 from pipeline.evolution.schemas import SchemaSet
 from pipeline.evolution.upcast import Evolver, Upcasters
@@ -63,6 +63,8 @@ class EvolutionStage:
                 out.append(self.decode(record.key, record.value))
             except (BadDataError, NotARowChange) as exc:
                 out.append(exc)
+            except Exception as exc:  # noqa: BLE001 - see pipeline.events.unreadable
+                out.append(unreadable(exc))
         return out
 
     def _decode_avro(self, key: bytes | None, value: bytes) -> ChangeEvent:

@@ -30,6 +30,7 @@ import httpx
 import orjson
 
 from pipeline.errors import SinkUnavailableError
+from pipeline.sinks.search_versions import segment
 
 Send = Callable[..., Awaitable[httpx.Response]]
 
@@ -58,7 +59,7 @@ class TruncatePositions:
         stale = sorted(i for i in set(indices) if now - self._read_at.get(i, -1e9) >= REFRESH_S)
         if not stale:
             return
-        response = await self._send("POST", f"/{self.registry}/_mget",
+        response = await self._send("POST", f"/{segment(self.registry)}/_mget",
                                     orjson.dumps({"ids": stale}))
         if response.status_code == 404:  # no truncate recorded yet anywhere
             docs: list[dict[str, Any]] = []
@@ -78,11 +79,11 @@ class TruncatePositions:
     async def truncate(self, index: str, position: int) -> None:
         """Apply a truncate of ``index`` at ``position`` (idempotent)."""
         await self._record(index, position)
-        refreshed = await self._send("POST", f"/{index}/_refresh")
+        refreshed = await self._send("POST", f"/{segment(index)}/_refresh")
         if refreshed.status_code == 404:
             return  # nothing was ever written
         body = {"size": _PAGE, "sort": ["_doc"], "_source": False}
-        page = await self._json("POST", f"/{index}/_search?scroll=1m", body)
+        page = await self._json("POST", f"/{segment(index)}/_search?scroll=1m", body)
         scroll_id = page.get("_scroll_id")
         try:
             while hits := page.get("hits", {}).get("hits", []):
@@ -97,7 +98,8 @@ class TruncatePositions:
 
     async def _record(self, index: str, position: int) -> None:
         response = await self._send(
-            "PUT", f"/{self.registry}/_doc/{index}?version={position}&version_type=external",
+            "PUT", f"/{segment(self.registry)}/_doc/{segment(index)}"
+                   f"?version={position}&version_type=external",
             orjson.dumps({"position": position}))
         if response.status_code >= 300 and response.status_code != 409:  # 409: newer kept
             raise SinkUnavailableError(f"could not record a truncate of {index}: "

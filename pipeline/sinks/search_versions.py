@@ -19,6 +19,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -29,6 +30,13 @@ from pipeline.sinks import search_mapping as mapping
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, str, bytes | None], Awaitable[httpx.Response]]
+
+
+def segment(name: str) -> str:
+    """An index name as one URL path segment. Configured names are valid index names
+    already (``pipeline.config``); escaping keeps any other name from reaching another
+    API (``/``, ``?``, ``#``) or several indices (``,``)."""
+    return quote(name, safe="")
 
 _COPY_PAGE = 500
 
@@ -57,7 +65,7 @@ class IndexVersions:
         found = await self._current(name)
         if found is None:
             body = {"mappings": mapping.INDEX_MAPPINGS, "aliases": {name: {}}}
-            response = await self._send("PUT", f"/{name}_v1", orjson.dumps(body))
+            response = await self._send("PUT", f"/{segment(name + '_v1')}", orjson.dumps(body))
             if response.status_code >= 300 and "resource_already_exists" not in response.text:
                 raise SinkUnavailableError(
                     f"could not create index {name}_v1: {response.text[:300]}")
@@ -77,7 +85,7 @@ class IndexVersions:
         """Map new top-level fields before documents bring them. A refusal means another
         writer mapped one first; the documents then meet that mapping (and may migrate)."""
         response = await self._send(
-            "PUT", f"/{name}/_mapping", orjson.dumps({"properties": fields}))
+            "PUT", f"/{segment(name)}/_mapping", orjson.dumps({"properties": fields}))
         if response.status_code >= 500 or response.status_code == 429:
             raise SinkUnavailableError(f"could not map fields of {name}: {response.text[:300]}")
         if response.status_code >= 300:
@@ -86,9 +94,9 @@ class IndexVersions:
 
     async def drop(self, name: str) -> None:
         """Delete every version behind ``name`` (a truncated table)."""
-        response = await self._send("GET", f"/_alias/{name}", None)
+        response = await self._send("GET", f"/_alias/{segment(name)}", None)
         concrete = sorted(orjson.loads(response.content)) if response.status_code == 200 else []
-        target = ",".join(concrete) or name
+        target = ",".join(segment(c) for c in concrete) or segment(name)
         response = await self._send("DELETE", f"/{target}", None)
         self.forget(name)
         if response.status_code not in (200, 404):
@@ -109,7 +117,8 @@ class IndexVersions:
         log.warning("index %s: field %s changed type; moving %s -> %s with %s",
                     name, path, old, new, widened)
         new_mappings = mapping.with_field(mappings, path, widened)
-        created = await self._send("PUT", f"/{new}", orjson.dumps({"mappings": new_mappings}))
+        created = await self._send("PUT", f"/{segment(new)}",
+                                   orjson.dumps({"mappings": new_mappings}))
         if created.status_code >= 300 and "resource_already_exists" not in created.text:
             raise SinkUnavailableError(f"could not create index {new}: {created.text[:300]}")
         await self._block_writes(old, True)
@@ -127,7 +136,7 @@ class IndexVersions:
 
     async def _current(self, name: str) -> tuple[str, dict[str, Any]] | None:
         """The concrete index behind ``name`` and its mappings; None if there is none."""
-        response = await self._send("GET", f"/{name}/_mapping", None)
+        response = await self._send("GET", f"/{segment(name)}/_mapping", None)
         if response.status_code == 404:
             return None
         if response.status_code >= 300:
@@ -138,7 +147,7 @@ class IndexVersions:
 
     async def _block_writes(self, index: str, blocked: bool) -> None:
         body = orjson.dumps({"index.blocks.write": blocked})
-        response = await self._send("PUT", f"/{index}/_settings", body)
+        response = await self._send("PUT", f"/{segment(index)}/_settings", body)
         if response.status_code >= 300:
             raise SinkUnavailableError(
                 f"could not {'block' if blocked else 'unblock'} writes to {index}: "
@@ -148,7 +157,8 @@ class IndexVersions:
         """Every document of ``old`` into ``new`` with its version (what ``_reindex`` with
         ``version_type: external`` does; not every distribution has the reindex module)."""
         body = {"size": _COPY_PAGE, "sort": ["_doc"], "version": True}
-        response = await self._send("POST", f"/{old}/_search?scroll=2m", orjson.dumps(body))
+        response = await self._send("POST", f"/{segment(old)}/_search?scroll=2m",
+                                    orjson.dumps(body))
         page = self._json(response, f"read {old}")
         scroll_id = page.get("_scroll_id")
         try:

@@ -10,7 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.errors import EventDecodeError
-from pipeline.events import ChangeEvent, SourceInfo, decode, encode_key, encode_value
+from pipeline.events import (
+    MAX_POSITION,
+    MAX_TS_MS,
+    ChangeEvent,
+    SourceInfo,
+    decode,
+    encode_key,
+    encode_value,
+)
 
 # --- a hand-written Debezium PostgreSQL connector record ----------------------------------
 
@@ -167,13 +175,14 @@ rows = st.dictionaries(st.text(min_size=1, max_size=8), json_scalars, max_size=5
                         max_size=3),
     before=st.one_of(st.none(), rows),
     after=rows,
-    ts_us=st.integers(0, 2**60),
-    lsn=st.integers(1, 2**63),
-    commit_lsn=st.one_of(st.none(), st.integers(1, 2**63)),
+    ts_us=st.integers(0, MAX_TS_MS * 1000),
+    lsn=st.integers(1, MAX_POSITION),
+    commit_lsn=st.one_of(st.none(), st.integers(1, MAX_POSITION)),
     tx_id=st.one_of(st.none(), st.integers(0, 2**32)),
     snapshot=st.sampled_from(["false", "true", "last"]),
 )
 def test_roundtrip_property(op, key, before, after, ts_us, lsn, commit_lsn, tx_id, snapshot):
+    after = {**after, **key}  # a row image holds its key's columns
     if op == "d":
         before, after = after, None
     src = SourceInfo(connector="postgresql", name="srv", db="db", schema="public", table="t",

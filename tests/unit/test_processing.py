@@ -179,3 +179,38 @@ def test_a_replay_in_the_same_batch_as_its_original_is_dropped() -> None:
     assert [e.key for e in search.batches[0]] == [{"id": 1}, {"id": 2}]
     assert metrics.total("cdc_dedup_dropped_total") == 1
     assert sorted(r.offset for r in done) == [10, 11, 12]
+
+
+def test_a_record_whose_top_level_time_is_not_a_number_is_dead_lettered() -> None:
+    """Issue 9, item 2: ``ts_ms: "abc"`` raised ValueError out of decode and killed the
+    worker (which restarted forever on the same record)."""
+    search = RecordingSink("search")
+    bad = json.loads(_create(10, 1).value or b"")
+    bad["ts_ms"] = "abc"
+    records = [_record(10, {"id": 1}, bad), _create(11, 2)]
+    dead, _ = _run([search], records)
+    assert [e.key for e in search.batches[0]] == [{"id": 2}]
+    ((record, stage, error),) = dead.letters
+    assert (record.offset, stage) == (10, "decode")
+    assert "'ts_ms' must be a whole number" in str(error)
+
+
+def test_whatever_decode_raises_is_that_records_bad_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception decode did not foresee is still the record's fault: dead-lettered, and
+    the batch goes on."""
+    import pipeline.processing
+
+    real = pipeline.processing.decode
+
+    def fragile(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
+        if key == b'{"id": 1}':
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(key, value)
+
+    monkeypatch.setattr(pipeline.processing, "decode", fragile)
+    search = RecordingSink("search")
+    dead, _ = _run([search], [_create(10, 1), _create(11, 2)])
+    assert [e.key for e in search.batches[0]] == [{"id": 2}]
+    ((_, stage, error),) = dead.letters
+    assert stage == "decode" and isinstance(error, EventDecodeError)
+    assert "RecursionError" in str(error)
