@@ -12,6 +12,8 @@
     └── BadDataError            one event cannot be processed: it goes to the dead-letter topic
         ├── EventDecodeError    the raw record is not a change event we can read
         └── SinkRejectedError   a sink refused the event as bad data (mapping error, bad template)
+                                (also: an exception a sink did not expect, for the event
+                                that raises it alone; see ``RetryingSink``)
 
 Third-party exceptions are translated into this tree where the library is called, with
 ``raise ... from exc``, so the stages above never see a driver's own exception types.
