@@ -65,7 +65,7 @@ def refusal(response: httpx.Response) -> tuple[str, str]:
         return str(error.get("type", response.status_code)), shorten(str(error.get("reason", "")))
     if isinstance(error, str):
         return str(response.status_code), shorten(error)
-    return str(response.status_code), shorten(response.text)
+    return str(response.status_code), shorten(response.text) or response.reason_phrase
 
 
 def raise_for_status(response: httpx.Response, what: str) -> None:
