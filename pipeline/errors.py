@@ -13,6 +13,8 @@
         ├── EventDecodeError    the raw record is not a change event we can read
         │   └── ForeignTableError   it names another table than its topic carries
         └── SinkRejectedError   a sink refused the event as bad data (mapping error, bad template)
+                                (also: an exception a sink did not expect, for the event
+                                that raises it alone; see ``RetryingSink``)
 
 Third-party exceptions are translated into this tree where the library is called, with
 ``raise ... from exc``, so the stages above never see a driver's own exception types.

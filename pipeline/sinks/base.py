@@ -4,6 +4,8 @@ A sink writes a batch of change events and is idempotent by contract: writing th
 batch twice, or an older event after a newer one, leaves the same state. It returns the
 events it rejects as bad data (they go to the dead-letter topic) and raises
 ``RetriableError`` when it cannot confirm the batch at all (the batch is then retried).
+Whatever else it raises is taken as bad data somewhere in the batch (see ``RetryingSink``),
+except ``PermanentError`` and ``ConfigError``: the environment refuses us, the data is fine.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipeline.errors import BadDataError, RetriableError
+from pipeline.errors import (
+    BadDataError,
+    ConfigError,
+    PermanentError,
+    RetriableError,
+    SinkRejectedError,
+)
 from pipeline.events import ChangeEvent
 from pipeline.metrics import Metrics
 
@@ -42,9 +50,18 @@ class Sink(Protocol):
 
 
 class RetryingSink:
-    """Retries a sink's transient failures with capped exponential backoff and jitter.
+    """Retries a sink's transient failures with capped exponential backoff and jitter, and
+    isolates the events a sink cannot write, so neither stops the partition for good.
 
-    The batch (and so the partition) waits: transient failures are never dead-lettered.
+    - ``RetriableError`` (and ``OSError``/``TimeoutError`` a sink left untranslated): the
+      batch (and so the partition) waits and is retried; transient failures are never
+      dead-lettered.
+    - ``PermanentError``, ``ConfigError``: raised on; an operator has to act.
+    - Anything else (a ``BadDataError``, or an exception the sink did not expect): something
+      in the batch cannot be written. The batch is split in halves, each written (and
+      retried) on its own, until the events that still raise are alone; those are rejected
+      with the exception as the reason and the rest is written. Sinks are idempotent, so
+      writing part of a batch again is harmless.
     """
 
     def __init__(self, inner: Sink, initial_s: float, max_s: float, metrics: Metrics) -> None:
@@ -60,7 +77,9 @@ class RetryingSink:
         while True:
             try:
                 return await self.inner.write(batch)
-            except RetriableError as exc:
+            except (PermanentError, ConfigError):
+                raise
+            except (RetriableError, OSError, TimeoutError) as exc:
                 attempt += 1
                 self.metrics.inc("cdc_sink_retries_total", sink=self.name)
                 log.warning(
@@ -69,6 +88,26 @@ class RetryingSink:
                 )
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, self.max_s)
+            except Exception as exc:  # noqa: BLE001 - about the data: find the events
+                return await self._isolate(batch, exc)
+
+    async def _isolate(self, batch: Sequence[ChangeEvent], exc: Exception) -> list[Rejection]:
+        """Write the halves of a batch that raised ``exc``; reject an event that raises alone."""
+        if not batch:
+            raise exc  # nothing to blame it on
+        if len(batch) == 1:
+            self.metrics.inc("cdc_sink_rejected_total", sink=self.name)
+            if isinstance(exc, BadDataError):
+                return [Rejection(0, exc)]
+            log.warning("sink %s raised %s for one event; rejecting it as bad data",
+                        self.name, type(exc).__name__, exc_info=exc)
+            error = SinkRejectedError(f"{type(exc).__name__}: {exc}", sink=self.name)
+            error.__cause__ = exc
+            return [Rejection(0, error)]
+        mid = len(batch) // 2
+        first = await self.write(batch[:mid])
+        second = await self.write(batch[mid:])
+        return first + [Rejection(r.index + mid, r.error) for r in second]
 
     async def close(self) -> None:
         await self.inner.close()

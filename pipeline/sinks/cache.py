@@ -4,6 +4,10 @@ Key templates are configured per table (``product:{id}``, ``sku:{sku}``) and fil
 row's before and after images, so a key that moved with the row (a changed ``sku``) goes
 too. Unlinking is idempotent, which makes replays harmless. A truncate unlinks every key
 matching the table's templates (``product:*``) with SCAN, never KEYS.
+
+Redis refusing us (credentials, ACL rights) is permanent; a Redis that is down, loading,
+read-only (a failover), out of memory or busy is unavailable and retried. Nothing Redis
+answers to UNLINK depends on the rows, so no Redis error dead-letters an event.
 """
 
 from __future__ import annotations
@@ -102,10 +106,18 @@ class CacheInvalidationSink:
                 keys |= await self._unlink_matching(pattern)
             if self.settings.channel and keys:
                 await self.client.publish(self.settings.channel, orjson.dumps(sorted(keys)))
-        except redis_errors.AuthenticationError as exc:
-            raise PermanentError(f"Redis refused the credentials in redis.url: {exc}") from exc
-        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        except (redis_errors.AuthenticationError, redis_errors.AuthorizationError,
+                redis_errors.NoPermissionError) as exc:
+            raise PermanentError(f"Redis refused the credentials or ACL rights of redis.url "
+                                 f"(UNLINK, SCAN, PUBLISH are needed): {exc}") from exc
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError,
+                redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError,
+                redis_errors.TryAgainError, redis_errors.ClusterDownError) as exc:
             raise SinkUnavailableError(f"Redis unavailable: {exc!r}") from exc
+        except redis_errors.ResponseError as exc:
+            if str(exc).startswith("BUSY"):  # a long script runs: wait for it
+                raise SinkUnavailableError(f"Redis busy: {exc!r}") from exc
+            raise PermanentError(f"Redis refused a command: {exc}") from exc
         return rejected
 
     async def _unlink(self, keys: Iterable[str]) -> None:

@@ -9,10 +9,16 @@ late create from resurrecting the row (for ``index.gc_deletes``, 60 s by default
 An unchanged TOAST column arrives as a placeholder. Before indexing, such a column is
 filled from the newest image of the same row earlier in the batch, else from the stored
 document; if neither has it, the column is left out: the placeholder is never stored.
+
+What Elasticsearch answers is classified in ``search_errors``. A document it refuses is
+dead-lettered with its reason, whether the refusal comes per document or for the whole
+``_bulk`` (then the request is split until the refusing document is alone); documents it
+throttles (429) are sent again; an outage raises ``SinkUnavailableError``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -24,8 +30,9 @@ import orjson
 from pipeline.config import ElasticsearchSettings
 from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableError
 from pipeline.events import COLUMN_TYPES, UNAVAILABLE_VALUE, ChangeEvent, Row, is_unavailable
-from pipeline.sinks import search_mapping
+from pipeline.sinks import search_errors, search_mapping
 from pipeline.sinks.base import Rejection
+from pipeline.sinks.search_errors import ElasticsearchRefused, Outcome
 from pipeline.sinks.search_truncates import TruncatePositions
 from pipeline.sinks.search_versions import IndexVersions
 
@@ -39,6 +46,12 @@ HASHED_ID_PREFIX = "#sha256:"
 MAX_MIGRATIONS_PER_FLUSH = 3
 #: Elasticsearch refuses an ``_id`` longer than this (in UTF-8 bytes), or an empty one.
 MAX_ID_BYTES = 512
+#: Pauses before sending documents Elasticsearch throttled (429) again; after the last, the
+#: batch is given back as unavailable (and retried with the sink's backoff).
+THROTTLE_DELAYS_S = (0.1, 0.3, 1.0, 3.0)
+
+Slot = tuple[str, str]  # (index, document id)
+Latest = dict[Slot, tuple[int, ChangeEvent, Row | None]]
 
 
 def document_id(key: Row) -> str:
@@ -77,6 +90,7 @@ class SearchIndexSink:
         self.client = client or httpx.AsyncClient(
             base_url=settings.url.rstrip("/"), timeout=settings.timeout_s, auth=auth
         )
+        self.throttle_delays_s: Sequence[float] = THROTTLE_DELAYS_S
         self.versions = IndexVersions(self._send)
         self.truncates = TruncatePositions(
             self._send, f"{settings.index_prefix}cdc-truncates".lower())
@@ -86,7 +100,7 @@ class SearchIndexSink:
 
     async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
         rejected: list[Rejection] = []
-        latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]] = {}
+        latest: Latest = {}
         index_for = self.settings.index_for
         await self.truncates.refresh({index_for(e.table_id) for e in batch})
         for i, event in enumerate(batch):
@@ -116,49 +130,54 @@ class SearchIndexSink:
 
     async def _flush(
         self,
-        latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]],
+        latest: Latest,
         batch: Sequence[ChangeEvent],
         rejected: list[Rejection],
         migrations_left: int = MAX_MIGRATIONS_PER_FLUSH,
+        throttled_before: int = 0,
     ) -> None:
         if not latest:
             return
         await self._fill_unchanged_toast(latest)
         aliases = await self._map_new_fields(latest)
-        lines: list[bytes] = []
-        order: list[tuple[int, tuple[str, str]]] = []
-        for slot, (i, event, doc) in latest.items():
-            index, doc_id = slot
+        actions: list[tuple[str, list[bytes]]] = []
+        for (index, doc_id), (_, event, doc) in latest.items():
             meta = {"_index": index, "_id": doc_id, "version": event.version,
                     "version_type": "external"}
             if doc is None:
-                lines.append(orjson.dumps({"delete": meta}))
+                actions.append(("delete", [orjson.dumps({"delete": meta})]))
             else:
                 if index in aliases:  # never let a write auto-create an unmapped index
                     meta["require_alias"] = True
-                lines.append(orjson.dumps({"index": meta}))
-                lines.append(orjson.dumps(doc))
-            order.append((i, slot))
-        items = await self._bulk(b"\n".join(lines) + b"\n")
-        conflicts: dict[tuple[str, str], list[tuple[int, tuple[str, str], str]]] = {}
-        for (i, slot), item in zip(order, items, strict=True):
+                actions.append(("index", [orjson.dumps({"index": meta}), orjson.dumps(doc)]))
+        items = await self._bulk_items(actions)
+        conflicts: dict[tuple[str, str], list[tuple[int, Slot, str]]] = {}
+        throttled: Latest = {}
+        for slot, item in zip(latest, items, strict=True):
+            i = latest[slot][0]
             (action, result), = item.items()
-            status = int(result.get("status", 500))
-            if status < 300 or status == 409 or (action == "delete" and status == 404):
-                continue  # applied, or stale (a newer version is stored), or already gone
+            outcome = search_errors.item_outcome(action, result)
+            if outcome is Outcome.APPLIED:
+                continue
             error = result.get("error") or {}
-            reason = f"{error.get('type', status)}: {error.get('reason', '')}"
-            if status == 429 or status >= 500 or error.get("type") == "cluster_block_exception":
-                # cluster_block: the index is read-only while it moves to a new version
+            reason = search_errors.shorten(
+                f"{error.get('type', result.get('status'))}: {error.get('reason', '')}")
+            if outcome is Outcome.THROTTLED:
+                throttled[slot] = latest[slot]
+            elif outcome is Outcome.UNAVAILABLE:
                 raise SinkUnavailableError(f"Elasticsearch could not apply a write: {reason}")
-            if status == 404 and error.get("type") == "index_not_found_exception":
+            elif outcome is Outcome.INDEX_GONE:
                 self.versions.forget(slot[0])  # deleted under us (a truncate): create it again
                 raise SinkUnavailableError(f"index {slot[0]} is gone: {reason}")
-            field = search_mapping.conflicting_field(error) if status == 400 else None
-            if field is not None and migrations_left > 0:
+            elif outcome is Outcome.FORBIDDEN:
+                raise PermanentError(f"Elasticsearch refused a write to {slot[0]} "
+                                     f"(rights of elasticsearch.username): {reason}")
+            elif (result.get("status") == 400 and migrations_left > 0
+                  and not result.get("request_refused")  # an action, not a value
+                  and (field := search_mapping.conflicting_field(error)) is not None):
                 conflicts.setdefault((slot[0], field), []).append((i, slot, reason))
-                continue
-            rejected.append(Rejection(i, SinkRejectedError(reason, sink=self.name)))
+            else:
+                rejected.append(Rejection(i, SinkRejectedError(reason, sink=self.name)))
         for (index, field), refused in conflicts.items():
             docs = [latest[slot][2] or {} for _, slot, _ in refused]
             values = [v for doc in docs for v in search_mapping.field_values(doc, field)]
@@ -170,9 +189,38 @@ class SearchIndexSink:
                     Rejection(i, SinkRejectedError(
                         f"{reason} (no wider mapping takes it)", sink=self.name))
                     for i, _, reason in refused)
+        if throttled:
+            if throttled_before >= len(self.throttle_delays_s):
+                raise SinkUnavailableError(
+                    f"Elasticsearch kept throttling {len(throttled)} document(s) (429)")
+            await asyncio.sleep(self.throttle_delays_s[throttled_before])
+            await self._flush(throttled, batch, rejected, migrations_left, throttled_before + 1)
+
+    async def _bulk_items(self, actions: list[tuple[str, list[bytes]]]) -> list[dict[str, Any]]:
+        """One ``_bulk`` item result per action. A request Elasticsearch refuses as a whole
+        (400: one document's action is invalid, say an id over 512 bytes or a negative
+        version; 413: too large) is split in halves until the refusing action is alone; its
+        refusal is then its result, so only that document is dead-lettered."""
+        body = b"\n".join(line for _, lines in actions for line in lines) + b"\n"
+        try:
+            items = await self._bulk(body)
+        except ElasticsearchRefused as exc:
+            if len(actions) == 1:
+                error = {"type": exc.kind, "reason": f"{exc.reason} (HTTP {exc.status} for "
+                                                     "the whole _bulk)"}
+                return [{actions[0][0]: {"status": exc.status, "error": error,
+                                         "request_refused": True}}]
+            log.info("Elasticsearch refused a _bulk of %d documents (%s); splitting it",
+                     len(actions), exc)
+            mid = len(actions) // 2
+            return await self._bulk_items(actions[:mid]) + await self._bulk_items(actions[mid:])
+        if len(items) != len(actions):
+            raise SinkUnavailableError(
+                f"Elasticsearch answered {len(items)} results for {len(actions)} documents")
+        return items
 
     async def _map_new_fields(
-        self, latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]]
+        self, latest: Latest
     ) -> set[str]:
         """Create missing indices, and map columns they have not seen from the columns'
         types (when events carry them) or values. Returns the indices that are aliases."""
@@ -201,7 +249,7 @@ class SearchIndexSink:
         return aliases
 
     async def _fill_unchanged_toast(
-        self, latest: dict[tuple[str, str], tuple[int, ChangeEvent, Row | None]]
+        self, latest: Latest
     ) -> None:
         wanted = [slot for slot, (_, _, doc) in latest.items() if doc and _missing_columns(doc)]
         if not wanted:
@@ -220,17 +268,14 @@ class SearchIndexSink:
 
     async def _bulk(self, body: bytes) -> list[dict[str, Any]]:
         # Only what the outcome needs: Elasticsearch writes (and we parse) far less.
-        response = await self._request(
+        response = await self._send(
             "POST", "/_bulk?filter_path=items.*.status,items.*.error", content=body)
-        return list(response.get("items", []))
+        search_errors.raise_for_status(response, "_bulk")
+        return list(orjson.loads(response.content).get("items", []))
 
     async def _request(self, method: str, path: str, content: bytes) -> dict[str, Any]:
         response = await self._send(method, path, content)
-        if response.status_code >= 300:
-            raise SinkUnavailableError(
-                f"Elasticsearch {method} {path} answered {response.status_code}: "
-                f"{response.text[:300]}"
-            )
+        search_errors.raise_for_status(response, f"{method} {path}")
         return dict(orjson.loads(response.content))
 
     async def _send(self, method: str, path: str, content: bytes | None = None) -> httpx.Response:
@@ -241,7 +286,8 @@ class SearchIndexSink:
             )
         except httpx.HTTPError as exc:
             raise SinkUnavailableError(f"Elasticsearch unreachable: {exc!r}") from exc
-        if response.status_code in (401, 403):
+        if response.status_code in (401, 403) and (
+                search_errors.refusal(response)[0] != "cluster_block_exception"):
             raise PermanentError(
                 f"Elasticsearch refused the credentials (elasticsearch.username/password): "
                 f"{response.text[:200]}"

@@ -26,6 +26,7 @@ import orjson
 
 from pipeline.errors import SinkUnavailableError
 from pipeline.sinks import search_mapping as mapping
+from pipeline.sinks.search_errors import raise_for_status
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,10 @@ class IndexVersions:
         if found is None:
             body = {"mappings": mapping.INDEX_MAPPINGS, "aliases": {name: {}}}
             response = await self._send("PUT", f"/{segment(name + '_v1')}", orjson.dumps(body))
-            if response.status_code >= 300 and "resource_already_exists" not in response.text:
-                raise SinkUnavailableError(
-                    f"could not create index {name}_v1: {response.text[:300]}")
+            if "resource_already_exists" not in response.text:
+                # 400 for a name Elasticsearch refuses (a table named "my items"): bad data
+                # of that table's rows, not an outage; elasticsearch.indices can rename it
+                raise_for_status(response, f"creating index {name}_v1")
             found = await self._current(name)
             if found is None:
                 raise SinkUnavailableError(f"index {name} vanished right after its creation")

@@ -8,9 +8,10 @@ Body: ``{"events": [{"key": {...}, "value": <Debezium envelope>}, ...]}``. Heade
                       replayed, carries the same key, so the receiver can drop repeats
 
 A receiver verifies the signature over the timestamp and the raw body (and may refuse old
-timestamps). 2xx confirms the batch; 429, 5xx and transport errors are retried with backoff;
-another 4xx is bad data: the batch is retried event by event so only the events the
-receiver refuses go to the dead-letter topic.
+timestamps). 2xx confirms the batch; 408, 429, 5xx, redirects and transport errors are
+retried with backoff; 401 (the receiver wants other credentials: ``secret``, ``headers``) is
+permanent; another 4xx is bad data: the batch is retried event by event so only the events
+the receiver refuses go to the dead-letter topic, with the receiver's answer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from pipeline.errors import SinkRejectedError, SinkUnavailableError
+from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableError
 from pipeline.events import ChangeEvent, encode_value
 from pipeline.sinks.base import Rejection
 
@@ -69,20 +70,20 @@ class WebhookSink:
     async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
         if not batch:
             return []
-        status = await self._post(batch)
-        if status < 300:
+        response = await self._post(batch)
+        if response.status_code < 300:
             return []
         if len(batch) == 1:
             return [Rejection(0, SinkRejectedError(
-                f"webhook {self.settings.url} refused the event with HTTP {status}",
-                sink=self.name))]
+                f"webhook {self.settings.url} refused the event with HTTP "
+                f"{response.status_code}: {response.text[:300]}", sink=self.name))]
         rejected: list[Rejection] = []
         for i, event in enumerate(batch):  # find the events the receiver refuses
             for rejection in await self.write([event]):
                 rejected.append(Rejection(i, rejection.error))
         return rejected
 
-    async def _post(self, batch: Sequence[ChangeEvent]) -> int:
+    async def _post(self, batch: Sequence[ChangeEvent]) -> httpx.Response:
         body = b'{"events":[' + b",".join(
             b'{"key":' + orjson.dumps(e.key) + b',"value":' + encode_value(e) + b"}"
             for e in batch
@@ -101,13 +102,17 @@ class WebhookSink:
             response = await self.client.post(self.settings.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise SinkUnavailableError(f"webhook {self.settings.url} unreachable: {exc!r}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
+        if response.status_code in (408, 429) or response.status_code >= 500:
             raise SinkUnavailableError(
                 f"webhook {self.settings.url} answered {response.status_code}"
             )
+        if response.status_code == 401:
+            raise PermanentError(
+                f"webhook {self.settings.url} wants other credentials (HTTP 401): check the "
+                f"sink's secret and headers: {response.text[:200]}")
         if 300 <= response.status_code < 400:
             raise SinkUnavailableError(
                 f"webhook {self.settings.url} redirected ({response.status_code}); "
                 "configure the final URL"
             )
-        return response.status_code
+        return response

@@ -269,7 +269,11 @@ def test_no_channel_no_publish() -> None:
 @pytest.mark.parametrize(
     "error",
     [redis_errors.ConnectionError("Connection refused"), redis_errors.TimeoutError("timeout"),
-     ConnectionResetError("reset")],
+     ConnectionResetError("reset"),
+     redis_errors.BusyLoadingError("Redis is loading the dataset in memory"),
+     redis_errors.ReadOnlyError("You can't write against a read only replica."),
+     redis_errors.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+     redis_errors.ResponseError("BUSY Redis is busy running a script")],
 )
 def test_redis_down_is_unavailable(error: BaseException) -> None:
     sink = _sink(FakeRedis(fail=error))
@@ -283,10 +287,33 @@ def test_redis_down_during_truncate_is_unavailable() -> None:
         asyncio.run(sink.write([_event("t", None, None)]))
 
 
-def test_bad_password_is_permanent() -> None:
-    sink = _sink(FakeRedis(fail=redis_errors.AuthenticationError("invalid password")))
+@pytest.mark.parametrize("error", [
+    redis_errors.AuthenticationError("invalid password"),
+    redis_errors.NoPermissionError("this user has no permissions to run the 'unlink' command"),
+    redis_errors.ResponseError("ERR unknown command 'UNLINK'"),
+])
+def test_redis_refusing_us_is_permanent_never_bad_data(error: BaseException) -> None:
+    # Nothing Redis answers to UNLINK depends on the rows: no good row may be dead-lettered.
+    sink = _sink(FakeRedis(fail=error))
     with pytest.raises(PermanentError):
         asyncio.run(sink.write([_event("u", None, {"id": 1, "sku": "A"})]))
+
+
+def test_a_template_that_fails_on_one_row_rejects_that_row_only() -> None:
+    # "{id:05d}" cannot format a text id: an exception the sink does not expect; the retrying
+    # wrapper isolates the row instead of retrying the batch forever.
+    from pipeline.metrics import Metrics
+    from pipeline.sinks.base import RetryingSink
+
+    redis = FakeRedis()
+    sink = RetryingSink(_sink(redis, keys={"public.products": ("product:{id:05d}",)}),
+                        initial_s=0.01, max_s=0.01, metrics=Metrics("t"))
+    batch = [_event("u", None, {"id": 1}), _event("u", None, {"id": "x"}),
+             _event("u", None, {"id": 3})]
+    rejected = asyncio.run(sink.write(batch))
+    assert [r.index for r in rejected] == [1]
+    assert "ValueError" in str(rejected[0].error)
+    assert sorted(redis.unlinked) == ["product:00001", "product:00003"]
 
 
 def test_many_keys_are_chunked() -> None:

@@ -26,6 +26,8 @@ class FakeElasticsearch:
     one does). Documents are kept per concrete index.
 
     ``item_hook(action, meta, source)`` may return a bulk item result to force a failure.
+    Like the real one, a ``_bulk`` is refused as a whole (400) when one action has an id over
+    512 bytes or a version outside 0..2^63-1, and (413) when over ``max_body_bytes``.
     """
 
     def __init__(self) -> None:
@@ -37,6 +39,7 @@ class FakeElasticsearch:
         self.bulk_actions: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
         self.item_hook: Callable[[str, dict, dict | None], dict | None] | None = None
         self.status_override: int | None = None
+        self.max_body_bytes: int | None = None
         self.registry: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}  # truncates
 
     def transport(self) -> httpx.MockTransport:
@@ -52,7 +55,8 @@ class FakeElasticsearch:
         path = request.url.path
         parts = path.strip("/").split("/")
         if request.method == "POST" and path == "/_bulk":
-            return httpx.Response(200, json=self._bulk(request.content))
+            refused = self._refuse_bulk(request.content)
+            return refused or httpx.Response(200, json=self._bulk(request.content))
         if request.method == "POST" and parts[-1] == "_mget" and len(parts) == 2:
             docs = self.registry.get(parts[0])
             if docs is None:
@@ -92,6 +96,10 @@ class FakeElasticsearch:
             properties.update(json.loads(request.content)["properties"])
             return httpx.Response(200, json={"acknowledged": True})
         if request.method == "PUT" and len(parts) == 1:
+            if " " in parts[0]:
+                return httpx.Response(400, json={"error": {
+                    "type": "invalid_index_name_exception",
+                    "reason": f"Invalid index name [{parts[0]}], must not contain ' '"}})
             if parts[0] in self.mappings:
                 return httpx.Response(400, json={"error": {
                     "type": "resource_already_exists_exception"}})
@@ -113,6 +121,26 @@ class FakeElasticsearch:
                 self.versions = {k: v for k, v in self.versions.items() if k[0] != index}
             return httpx.Response(200, json={"acknowledged": True})
         return httpx.Response(400, json={"error": f"unexpected {request.method} {path}"})
+
+    def _refuse_bulk(self, body: bytes) -> httpx.Response | None:
+        if self.max_body_bytes is not None and len(body) > self.max_body_bytes:
+            return httpx.Response(413, text="")  # the real one answers 413 with no body
+        lines = [json.loads(line) for line in body.splitlines() if line]
+        i = 0
+        while i < len(lines):
+            ((action, meta),) = lines[i].items()
+            i += 2 if action == "index" else 1
+            problem = None
+            if len(meta["_id"].encode()) > 512:
+                problem = f"id [{meta['_id']}] is too long, must be no longer than 512 bytes"
+            elif not 0 <= meta["version"] < 2 ** 63:
+                problem = f"illegal version value [{meta['version']}] for version type [EXTERNAL]"
+            if problem is not None:
+                error = {"type": "action_request_validation_exception",
+                         "reason": f"Validation Failed: 1: {problem};"}
+                return httpx.Response(400, json={"error": {"root_cause": [error], **error},
+                                                 "status": 400})
+        return None
 
     def _bulk(self, body: bytes) -> dict[str, Any]:
         assert body.endswith(b"\n"), "a _bulk body must end with a newline"
@@ -179,7 +207,9 @@ def _event(op: str, key: dict, after: dict | None = None, before: dict | None = 
 
 def _sink(es: FakeElasticsearch, **settings: Any) -> SearchIndexSink:
     client = httpx.AsyncClient(base_url="http://es.test:9200", transport=es.transport())
-    return SearchIndexSink(ElasticsearchSettings(**settings), client=client)
+    sink = SearchIndexSink(ElasticsearchSettings(**settings), client=client)
+    sink.throttle_delays_s = (0.0, 0.0, 0.0)
+    return sink
 
 
 def _write(sink: SearchIndexSink, batch: list[ChangeEvent]):
@@ -366,7 +396,7 @@ def test_item_5xx_is_unavailable() -> None:
         _write(_sink(es), [_event("c", {"id": 1}, {"id": 1}, lsn=10)])
 
 
-@pytest.mark.parametrize("status", [429, 502, 503])
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
 def test_whole_response_error_is_unavailable(status: int) -> None:
     es = FakeElasticsearch()
     es.status_override = status
@@ -383,6 +413,16 @@ def test_transport_error_is_unavailable() -> None:
     sink = SearchIndexSink(ElasticsearchSettings(), client=client)
     with pytest.raises(SinkUnavailableError):
         _write(sink, [_event("c", {"id": 1}, {"id": 1}, lsn=10)])
+
+
+def test_timeout_is_unavailable() -> None:
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    client = httpx.AsyncClient(base_url="http://es.test:9200", transport=httpx.MockTransport(slow))
+    with pytest.raises(SinkUnavailableError):
+        _write(SearchIndexSink(ElasticsearchSettings(), client=client),
+               [_event("c", {"id": 1}, {"id": 1}, lsn=10)])
 
 
 def test_bad_credentials_are_permanent() -> None:
@@ -475,3 +515,171 @@ def test_writes_before_truncate_in_the_batch_are_flushed_first() -> None:
 def test_truncate_of_missing_index_is_fine() -> None:
     es = FakeElasticsearch()
     assert _write(_sink(es), [_event("t", None, lsn=50)]) == []  # type: ignore[arg-type]
+
+
+# --- what Elasticsearch refuses, per document and for a whole _bulk ------------------------
+
+def _items(n: int, bad: dict[int, int] | None = None) -> list[ChangeEvent]:
+    """Creates of ids 0..n-1, each with lsn 100+i unless ``bad`` gives another."""
+    return [_event("c", {"id": i}, {"id": i, "name": f"row {i}"},
+                   lsn=(bad or {}).get(i, 100 + i)) for i in range(n)]
+
+
+def _bulk_requests(es: FakeElasticsearch) -> list[httpx.Request]:
+    return [r for r in es.requests if r.url.path == "/_bulk"]
+
+
+@pytest.mark.parametrize("lsn", [2 ** 63, 2 ** 64 - 1])  # legal in PostgreSQL
+def test_a_document_refused_for_the_whole_bulk_is_isolated(lsn: int) -> None:
+    # Elasticsearch refuses the whole _bulk (HTTP 400) for one invalid action: it used to be
+    # retried forever as "unavailable"; now the bad document is found and rejected alone.
+    es = FakeElasticsearch()
+    rejected = _write(_sink(es), _items(8, bad={5: lsn}))
+    assert [r.index for r in rejected] == [5]
+    error = rejected[0].error
+    assert isinstance(error, SinkRejectedError) and error.sink == "search"
+    assert "action_request_validation_exception" in str(error)
+    assert f"illegal version value [{lsn}]" in str(error)
+    assert sorted(int(i) for i in es.docs[es.concrete(INDEX)]) == [0, 1, 2, 3, 4, 6, 7]
+    assert len(_bulk_requests(es)) <= 1 + 2 * 3  # split in halves, not one request per row
+
+
+def test_an_id_elasticsearch_refuses_is_rejected_not_retried(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # document_id never makes such an id; should one get through, only its row is refused.
+    from pipeline.sinks import search
+
+    monkeypatch.setattr(search, "document_id", lambda key: str(key["id"]))
+    es = FakeElasticsearch()
+    batch = _items(3) + [_event("c", {"id": "k" * 600}, {"id": "k" * 600}, lsn=500)]
+    rejected = _write(_sink(es), batch)
+    assert [r.index for r in rejected] == [3]
+    assert "is too long, must be no longer than 512 bytes" in str(rejected[0].error)
+    assert es.source("0") is not None and es.source("2") is not None
+
+
+def test_too_large_bulk_is_split_and_every_document_indexed() -> None:
+    es = FakeElasticsearch()
+    es.max_body_bytes = 400  # about three documents per request
+    assert _write(_sink(es), _items(10)) == []
+    assert len(es.docs[es.concrete(INDEX)]) == 10
+    assert len(_bulk_requests(es)[0].content) > 400  # the first was too large: split
+
+
+def test_one_document_too_large_on_its_own_is_rejected() -> None:
+    es = FakeElasticsearch()
+    es.max_body_bytes = 400
+    batch = _items(3) + [_event("c", {"id": 9}, {"id": 9, "name": "x" * 1000}, lsn=900)]
+    rejected = _write(_sink(es), batch)
+    assert [r.index for r in rejected] == [3]
+    assert "413: Request Entity Too Large" in str(rejected[0].error)
+    assert len(es.docs[es.concrete(INDEX)]) == 3
+
+
+@pytest.mark.parametrize("error", [
+    {"type": "illegal_argument_exception", "reason": "Limit of total fields [1000] exceeded"},
+    {"type": "document_parsing_exception",
+     "reason": "[1:2] failed to parse: field name cannot be an empty string"},
+    {"type": "document_parsing_exception",
+     "reason": "[1:8] failed to parse field [_id] of type [_id] in document with id '1'"},
+])
+def test_item_refusal_other_than_a_type_change_is_rejected_with_the_reason(
+        error: dict[str, str]) -> None:
+    es = FakeElasticsearch()
+    es.item_hook = lambda action, meta, source: (
+        {"status": 400, "error": error} if meta["_id"] == "1" else None)
+    rejected = _write(_sink(es), _items(3))
+    assert [r.index for r in rejected] == [1]
+    assert error["reason"] in str(rejected[0].error)
+    assert sorted(es.mappings) == [f"{INDEX}_v1"]  # no index version migration for it
+    assert es.source("0") is not None and es.source("2") is not None
+
+
+def test_item_409_stale_write_is_success() -> None:
+    es = FakeElasticsearch()
+    es.item_hook = lambda action, meta, source: {
+        "status": 409, "error": {"type": "version_conflict_engine_exception",
+                                 "reason": "current version [900] is higher or equal"}}
+    assert _write(_sink(es), _items(2)) == []
+
+
+def test_throttled_items_alone_are_sent_again() -> None:
+    es = FakeElasticsearch()
+    throttled: set[str] = set()
+
+    def hook(action: str, meta: dict, source: dict | None) -> dict | None:
+        if meta["_id"] in ("1", "3") and meta["_id"] not in throttled:
+            throttled.add(meta["_id"])
+            return {"status": 429, "error": {"type": "es_rejected_execution_exception",
+                                             "reason": "rejected execution (queue capacity)"}}
+        return None
+
+    es.item_hook = hook
+    assert _write(_sink(es), _items(4)) == []
+    assert sorted(int(i) for i in es.docs[es.concrete(INDEX)]) == [0, 1, 2, 3]
+    assert [m["_id"] for _, m, _ in es.bulk_actions] == ["0", "1", "2", "3", "1", "3"]
+
+
+def test_items_throttled_every_time_make_the_batch_unavailable() -> None:
+    es = FakeElasticsearch()
+    es.item_hook = lambda action, meta, source: {"status": 429, "error": {
+        "type": "es_rejected_execution_exception", "reason": "queue full"}}
+    sink = _sink(es)
+    with pytest.raises(SinkUnavailableError):
+        _write(sink, _items(2))
+    assert len(_bulk_requests(es)) == 1 + len(sink.throttle_delays_s)
+
+
+def test_item_refused_for_rights_is_permanent_but_a_write_block_is_not() -> None:
+    es = FakeElasticsearch()
+    es.item_hook = lambda action, meta, source: {"status": 403, "error": {
+        "type": "security_exception", "reason": "action [indices:data/write/bulk[s]] is "
+                                                "unauthorized for user [cdc]"}}
+    with pytest.raises(PermanentError):
+        _write(_sink(es), _items(1))
+    es.item_hook = lambda action, meta, source: {"status": 403, "error": {
+        "type": "cluster_block_exception",
+        "reason": "index [x] blocked by: [FORBIDDEN/8/index write (api)]"}}
+    with pytest.raises(SinkUnavailableError):
+        _write(_sink(es), _items(1))
+
+
+def test_a_value_the_sink_cannot_encode_is_isolated_by_the_retrying_wrapper() -> None:
+    # An exception the sink does not expect (orjson cannot write an integer over 64 bits)
+    # is bad data of one event: the wrapper bisects, the other rows are indexed.
+    from pipeline.metrics import Metrics
+    from pipeline.sinks.base import RetryingSink
+
+    es = FakeElasticsearch()
+    sink = RetryingSink(_sink(es), initial_s=0.01, max_s=0.01, metrics=Metrics("t"))
+    rejected = asyncio.run(sink.write(_items(4, bad={2: 2 ** 64})))
+    assert [r.index for r in rejected] == [2]
+    assert isinstance(rejected[0].error, SinkRejectedError)
+    assert sorted(int(i) for i in es.docs[es.concrete(INDEX)]) == [0, 1, 3]
+
+
+def test_whole_request_refused_outside_bulk_is_bad_data_not_an_outage() -> None:
+    es = FakeElasticsearch()
+    sink = _sink(es)
+    _write(sink, [_event("c", {"id": 1}, {"id": 1, "body": "text"}, lsn=10)])
+    es.status_override = 400  # the _mget filling an unchanged TOAST column is refused
+    with pytest.raises(SinkRejectedError):
+        _write(sink, [_event("u", {"id": 1}, {"id": 1, "body": UNAVAILABLE_VALUE}, lsn=20)])
+
+
+def test_a_table_whose_name_is_no_index_name_has_its_rows_rejected() -> None:
+    # PostgreSQL allows "my items"; Elasticsearch refuses the index name (400): that table's
+    # rows are dead-lettered with the reason (elasticsearch.indices can map it), the others
+    # are written; it used to be retried forever.
+    from pipeline.metrics import Metrics
+    from pipeline.sinks.base import RetryingSink
+
+    es = FakeElasticsearch()
+    sink = RetryingSink(_sink(es), initial_s=0.01, max_s=0.01, metrics=Metrics("t"))
+    batch = [_event("c", {"id": 1}, {"id": 1}, lsn=10),
+             _event("c", {"id": 2}, {"id": 2}, lsn=11, table="my items"),
+             _event("c", {"id": 3}, {"id": 3}, lsn=12)]
+    rejected = asyncio.run(sink.write(batch))
+    assert [r.index for r in rejected] == [1]
+    assert "invalid_index_name_exception" in str(rejected[0].error)
+    assert es.source("1") is not None and es.source("3") is not None

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.errors import (
     BadDataError,
+    ConfigError,
     PermanentError,
     RetriableError,
     SinkRejectedError,
@@ -84,18 +85,91 @@ def test_backoff_grows_and_is_capped(sleeps: list[float]) -> None:
         assert delay * 0.5 - 1e-9 <= slept <= delay + 1e-9  # jitter within [d/2, d]
 
 
-@pytest.mark.parametrize(
-    "error",
-    [BadDataError("bad"), SinkRejectedError("bad", sink="fake"), PermanentError("auth"),
-     ValueError("bug")],
-)
-def test_non_retriable_errors_propagate_at_once(sleeps: list[float], error: Exception) -> None:
+@pytest.mark.parametrize("error", [PermanentError("auth"), ConfigError("redis.url", "bad")])
+def test_environment_errors_propagate_at_once(sleeps: list[float], error: Exception) -> None:
     inner = ScriptedSink([error])
     sink = RetryingSink(inner, initial_s=0.1, max_s=1.0, metrics=Metrics("t"))
     with pytest.raises(type(error)):
-        asyncio.run(sink.write([_event(1)]))
-    assert len(inner.calls) == 1
+        asyncio.run(sink.write([_event(1), _event(2)]))
+    assert len(inner.calls) == 1  # not retried, not split: the data is not to blame
     assert sleeps == []
+
+
+class PickySink:
+    """Raises ``error`` for any batch holding one of the ``bad`` ids; remembers what it wrote."""
+
+    name = "picky"
+
+    def __init__(self, bad: set[int], error: Exception) -> None:
+        self.bad = bad
+        self.error = error
+        self.written: list[int] = []
+        self.calls = 0
+
+    async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
+        self.calls += 1
+        if any(e.key["id"] in self.bad for e in batch):  # type: ignore[index]
+            raise self.error
+        self.written.extend(e.key["id"] for e in batch)  # type: ignore[index]
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("error", [ValueError("unexpected"), KeyError("price"),
+                                   BadDataError("bad"), SinkRejectedError("bad", sink="picky")])
+def test_a_raising_event_is_isolated_and_rejected(sleeps: list[float], error: Exception) -> None:
+    # Neither retried forever nor blamed on the whole batch: the good events are written.
+    inner = PickySink(bad={3}, error=error)
+    metrics = Metrics("t")
+    sink = RetryingSink(inner, initial_s=0.1, max_s=1.0, metrics=metrics)
+    rejected = asyncio.run(sink.write([_event(i) for i in range(8)]))
+    assert [r.index for r in rejected] == [3]
+    assert isinstance(rejected[0].error, BadDataError)
+    assert str(error) in str(rejected[0].error)
+    if not isinstance(error, BadDataError):
+        assert type(error).__name__ in str(rejected[0].error)
+        assert rejected[0].error.__cause__ is error
+    assert sorted(inner.written) == [0, 1, 2, 4, 5, 6, 7]
+    assert inner.calls <= 1 + 2 * 3  # a bisection: a few writes per level, not one per event
+    assert sleeps == []
+    assert metrics.total("cdc_sink_rejected_total") == 1
+
+
+def test_every_event_raising_ends_with_every_event_rejected(sleeps: list[float]) -> None:
+    inner = PickySink(bad=set(range(5)), error=ValueError("bug"))
+    rejected = asyncio.run(RetryingSink(inner, 0.1, 1.0, Metrics("t")).write(
+        [_event(i) for i in range(5)]))
+    assert [r.index for r in rejected] == [0, 1, 2, 3, 4]
+    assert inner.written == []
+
+
+def test_outage_while_isolating_is_retried_not_rejected(sleeps: list[float]) -> None:
+    inner = PickySink(bad={0}, error=ValueError("bad row"))
+    outages = {(2, 3): 2}  # the half without the bad row meets an outage, twice
+    write = inner.write
+
+    async def flaky_write(batch: Sequence[ChangeEvent]) -> list[Rejection]:
+        ids = tuple(e.key["id"] for e in batch)  # type: ignore[index]
+        if outages.get(ids):
+            outages[ids] -= 1
+            raise SinkUnavailableError("down")
+        return await write(batch)
+
+    inner.write = flaky_write  # type: ignore[method-assign]
+    sink = RetryingSink(inner, initial_s=0.1, max_s=1.0, metrics=Metrics("t"))
+    rejected = asyncio.run(sink.write([_event(0), _event(1), _event(2), _event(3)]))
+    assert [r.index for r in rejected] == [0]
+    assert sorted(inner.written) == [1, 2, 3]
+    assert len(sleeps) == 2
+
+
+def test_untranslated_io_errors_are_retried(sleeps: list[float]) -> None:
+    inner = ScriptedSink([ConnectionResetError("reset"), TimeoutError()])
+    sink = RetryingSink(inner, initial_s=0.1, max_s=1.0, metrics=Metrics("t"))
+    assert asyncio.run(sink.write([_event(1), _event(2)])) == []
+    assert len(inner.calls) == 3 and all(len(c) == 2 for c in inner.calls)
 
 
 def test_rejections_pass_through(sleeps: list[float]) -> None:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from pipeline.config import load_settings
-from pipeline.errors import ConfigError, SinkRejectedError, SinkUnavailableError
+from pipeline.errors import ConfigError, PermanentError, SinkRejectedError, SinkUnavailableError
 from pipeline.events import ChangeEvent, SourceInfo
 from pipeline.sinks.registry import build_configured, select_sink, sink_names
 from pipeline.sinks.webhook import WebhookSettings, WebhookSink
@@ -75,10 +75,22 @@ def test_refused_batch_is_split_to_find_the_bad_events() -> None:
     assert "422" in str(rejected[0].error)
 
 
-@pytest.mark.parametrize("status", [429, 500, 503, 302])
+@pytest.mark.parametrize("status", [408, 429, 500, 503, 302])
 def test_overload_errors_and_redirects_are_retriable(status: int) -> None:
     with pytest.raises(SinkUnavailableError):
         asyncio.run(_sink(lambda r: httpx.Response(status)).write([_event(1)]))
+
+
+def test_refusal_carries_the_receivers_answer() -> None:
+    sink = _sink(lambda r: httpx.Response(400, text="field 'sku' is required"))
+    (rejection,) = asyncio.run(sink.write([_event(1)]))
+    assert "HTTP 400: field 'sku' is required" in str(rejection.error)
+
+
+def test_unauthorized_is_permanent_not_bad_data() -> None:
+    # A wrong secret must not send every (good) event to the dead-letter topic.
+    with pytest.raises(PermanentError):
+        asyncio.run(_sink(lambda r: httpx.Response(401)).write([_event(1), _event(2)]))
 
 
 def test_transport_error_is_retriable() -> None:
