@@ -75,6 +75,12 @@ class PostgresSettings(_Section):
     message_prefix_include: tuple[str, ...] = ()
     #: ... unless it matches one of these (Debezium's message.prefix.exclude.list).
     message_prefix_exclude: tuple[str, ...] = ()
+    #: When to read the existing rows (op r) before streaming: ``initial`` when capture
+    #: creates the slot, ``never``, ``initial_only`` (snapshot, then stop), ``when_needed``
+    #: (also when the slot was lost or invalidated, instead of stopping).
+    snapshot_mode: Literal["initial", "never", "initial_only", "when_needed"] = "initial"
+    #: Rows per snapshot chunk (keyset pagination on the primary key).
+    snapshot_chunk_size: int = Field(default=2048, ge=1)
     #: Debezium's provide.transaction.metadata: each event's ``transaction`` block, and
     #: BEGIN/END records with event counts on ``<prefix>.transaction``.
     transaction_metadata: bool = False

@@ -4,6 +4,7 @@
     ├── ConfigError             a setting is missing or wrong; names the setting. Fatal at start.
     ├── PermanentError          the environment refuses us (rights, wal_level, auth). Fatal.
     │   └── SourceSetupError    the source database cannot be captured as configured
+    ├── SourceExhausted         a source has nothing more to give (snapshot_mode initial_only)
     ├── RetriableError          infrastructure is down or slow (I/O, timeouts, 5xx, 429).
     │   └── SinkUnavailableError    a sink could not confirm a batch; retried with backoff while
     │                               the partition waits. Never sent to the dead-letter topic.
@@ -42,6 +43,11 @@ class PermanentError(CdcError):
 
 class SourceSetupError(PermanentError):
     """The source database is not set up for capture (wal_level, rights, missing table)."""
+
+
+class SourceExhausted(CdcError):
+    """A source has nothing more to give (a snapshot-only capture finished): capture ends
+    cleanly after confirming what it published."""
 
 
 class RetriableError(CdcError):

@@ -32,6 +32,9 @@ def is_unavailable(value: Any) -> bool:
     """True for either placeholder of a value PostgreSQL did not send."""
     return value in (UNAVAILABLE_VALUE, UNAVAILABLE_BINARY)
 
+#: The index version of every snapshot read (``op: r``): below any streamed change.
+SNAPSHOT_VERSION = 0
+
 OPS = frozenset({"c", "u", "d", "r", "t"})
 
 Row = dict[str, Any]
@@ -112,6 +115,10 @@ class ChangeEvent:
         lsn = self.source.lsn
         if lsn is None:  # decode refuses such events; an event built in code must set it
             raise ValueError(f"change event of {self.table_id} has no source.lsn")
+        if self.op == "r":
+            # A snapshot read ranks below every streamed change of its row (see
+            # pipeline.positions.ChangePosition): the lowest version there is.
+            return SNAPSHOT_VERSION
         return lsn
 
     @property

@@ -68,19 +68,23 @@ Lsn.ZERO = Lsn(0)
 
 class ChangePosition:
     """``(commit, lsn)`` of one change; ``commit`` (the previous commit's end LSN, Debezium's
-    ``sequence[0]``) may be None (unknown).
+    ``sequence[0]``) may be None (unknown). ``snapshot``: a snapshot read (``op: r``).
 
-    Ordered by ``(commit, lsn)`` when both commits are known, else by ``lsn`` alone; equal when
-    the LSNs are equal and the commits are equal or either is unknown (a replay of a change
-    after a restart may have lost its commit, it is still the same change). A primary-key
-    change yields a delete and a create that share one position (they are different rows).
+    A snapshot read ranks below every streamed change: it is the row as of the snapshot's
+    consistent point, and a transaction open across that point commits after it although its
+    changes carry lower LSNs. Otherwise ordered by ``(commit, lsn)`` when both commits are
+    known, else by ``lsn`` alone; equal when the LSNs are equal and the commits are equal or
+    either is unknown (a replay of a change after a restart may have lost its commit, it is
+    still the same change). A primary-key change yields a delete and a create that share
+    one position (they are different rows).
     """
 
-    __slots__ = ("commit", "lsn")
+    __slots__ = ("commit", "lsn", "snapshot")
 
-    def __init__(self, commit: int | None, lsn: int) -> None:
+    def __init__(self, commit: int | None, lsn: int, snapshot: bool = False) -> None:
         self.commit = commit
         self.lsn = lsn
+        self.snapshot = snapshot
 
     @classmethod
     def of(cls, event: ChangeEvent) -> ChangePosition:
@@ -88,12 +92,13 @@ class ChangePosition:
         lsn = event.source.lsn
         if lsn is None:  # decode refuses such events; an event built in code must set it
             raise ValueError(f"change event of {event.table_id} has no source.lsn")
-        return cls(event.source.commit_lsn, lsn)
+        return cls(event.source.commit_lsn, lsn, event.op == "r")
 
-    def _key(self, other: ChangePosition) -> tuple[tuple[int, int], tuple[int, int]]:
+    def _key(self, other: ChangePosition) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        mine, theirs = int(not self.snapshot), int(not other.snapshot)
         if self.commit is None or other.commit is None:
-            return (0, self.lsn), (0, other.lsn)
-        return (self.commit, self.lsn), (other.commit, other.lsn)
+            return (mine, 0, self.lsn), (theirs, 0, other.lsn)
+        return (mine, self.commit, self.lsn), (theirs, other.commit, other.lsn)
 
     def __lt__(self, other: ChangePosition) -> bool:
         mine, theirs = self._key(other)
@@ -116,24 +121,28 @@ class ChangePosition:
         return mine == theirs
 
     def __hash__(self) -> int:
-        return hash(self.lsn)  # equal positions share the LSN
+        return hash((self.snapshot, self.lsn))  # equal positions share both
 
     def __repr__(self) -> str:
-        return f"ChangePosition({self.commit!r}, {self.lsn!r})"
+        flag = ", snapshot=True" if self.snapshot else ""
+        return f"ChangePosition({self.commit!r}, {self.lsn!r}{flag})"
 
     def __str__(self) -> str:
         commit = "?" if self.commit is None else _lsn_text(self.commit)
-        return f"{commit}+{_lsn_text(self.lsn)}"
+        text = f"{commit}+{_lsn_text(self.lsn)}"
+        return f"snapshot@{text}" if self.snapshot else text
 
     def encode(self) -> str:
-        """``<commit hex>.<lsn hex>``, commit empty when unknown (dedup's stored form)."""
+        """``[r]<commit hex>.<lsn hex>``, commit empty when unknown, ``r`` for a snapshot
+        read (dedup's stored form)."""
         commit = "" if self.commit is None else f"{self.commit:x}"
-        return f"{commit}.{self.lsn:x}"
+        return f"{'r' if self.snapshot else ''}{commit}.{self.lsn:x}"
 
     @classmethod
     def decode(cls, text: str) -> ChangePosition:
-        commit, _, lsn = text.partition(".")
-        return cls(int(commit, 16) if commit else None, int(lsn, 16))
+        snapshot = text.startswith("r")
+        commit, _, lsn = text[snapshot:].partition(".")
+        return cls(int(commit, 16) if commit else None, int(lsn, 16), snapshot)
 
 
 def _lsn_text(value: int) -> str:

@@ -26,7 +26,7 @@ from pipeline.capture.delivery import DeliveryTracker, TransactionDelivery
 from pipeline.capture.publisher import EventPublisher, ensure_topics
 from pipeline.capture.source import EVERY_PARTITION, ChangeSource, Checkpoint
 from pipeline.config import KafkaSettings
-from pipeline.errors import RetriableError
+from pipeline.errors import RetriableError, SourceExhausted
 from pipeline.metrics import Metrics
 from pipeline.retry import Backoff
 
@@ -65,6 +65,9 @@ class CaptureLoop:
             self.backoff.started()
             try:
                 self.session(stop)
+            except SourceExhausted as done:
+                log.info("%s: %s", self.source.name, done)
+                return
             except RetriableError as exc:
                 self.metrics.inc("cdc_capture_errors_total", kind="retriable")
                 delay = self.backoff.next_delay()
@@ -118,7 +121,12 @@ class CaptureLoop:
 
     def _confirm(self, tracker: DeliveryTracker) -> None:
         position = tracker.confirmable()  # raises DeliveryFailed if Kafka refused a record
-        if position is not None and (self.confirmed is None or position > self.confirmed):
+        if position is None:
+            return
+        # Positions of one kind are ordered; a new kind (a snapshot's chunks, then the
+        # stream's LSNs) starts a new order.
+        if (self.confirmed is None or type(position) is not type(self.confirmed)
+                or position > self.confirmed):
             self.source.confirm(position)
             self.confirmed = position
 

@@ -113,7 +113,7 @@ class SearchIndexSink:
             if event.key is None:
                 rejected.append(Rejection(i, SinkRejectedError("event has no key", sink=self.name)))
                 continue
-            if event.version < self.truncates.position(index):
+            if (event.source.lsn or 0) < self.truncates.position(index):
                 continue  # written before a truncate of its table: must not come back
             slot = (index, document_id(event.key))
             doc = dict(event.after) if event.after is not None else None

@@ -203,3 +203,14 @@ def test_discarding_a_partition_keeps_totals_monotonic() -> None:
 def test_settings_refuse_nonsense(settings: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         OrderingSettings(**settings)
+
+
+def test_a_snapshot_read_ranks_below_every_streamed_change() -> None:
+    # A transaction open across the snapshot's consistent point commits after it, with
+    # changes whose LSNs are lower than the point: they must still win over the snapshot.
+    read = ChangePosition(None, 0x9000, snapshot=True)
+    streamed_before_point = ChangePosition(0x100, 0x200)
+    assert read < streamed_before_point and read < ChangePosition(None, 0x10)
+    assert read != ChangePosition(None, 0x9000)  # the same LSN streamed is another change
+    assert ChangePosition.decode(read.encode()) == read and read.encode().startswith("r")
+    assert ChangePosition(None, 0x8000, snapshot=True) < read

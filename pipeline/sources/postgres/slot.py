@@ -49,12 +49,17 @@ class ReplicationSlot:
     def __init__(self, settings: PostgresSettings) -> None:
         self.settings = settings
 
-    def prepare(self, saved_position: str | None = None) -> None:
-        """Verify the server can be captured and create what is missing.
+    def prepare(self, saved_position: str | None = None, create_slot: bool = True,
+                when_lost_start_over: bool = False) -> bool:
+        """Verify the server can be captured and create what is missing; True if the slot
+        exists now.
 
         ``saved_position``: the last position capture confirmed through this slot, as kept
         outside it (Kafka). Then the slot must exist: a new one would start at the current
-        end of the WAL and silently skip every change in between.
+        end of the WAL and silently skip every change in between, unless
+        ``when_lost_start_over`` (``snapshot_mode: when_needed``: the caller snapshots again).
+        ``create_slot``: create a missing slot here (else the caller creates it, exporting a
+        snapshot).
 
         Raises SourceSetupError with the fix when wal_level, rights, tables or the slot are
         wrong.
@@ -66,7 +71,8 @@ class ReplicationSlot:
                 self._check_server(cur)
                 self._check_tables(cur)
                 self._ensure_publication(cur)
-                self._ensure_slot(cur, saved_position)
+                return self._ensure_slot(cur, saved_position, create_slot,
+                                         when_lost_start_over)
         except psycopg2.Error as exc:
             raise translate(exc, "preparing the replication slot") from exc
         finally:
@@ -140,19 +146,29 @@ class ReplicationSlot:
             )
             log.info("added %s to publication %s", ", ".join(missing), name)
 
-    def _ensure_slot(self, cur: Any, saved_position: str | None) -> None:
+    def _ensure_slot(self, cur: Any, saved_position: str | None, create: bool,
+                     start_over: bool) -> bool:
         slot = self.settings.slot
         cur.execute(
             "SELECT plugin, wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)
         )
         row = cur.fetchone()
-        if row is None and saved_position is not None:
+        if start_over and row is not None and row[1] == "lost":
+            log.warning("slot %s was invalidated: dropping it to start over with a snapshot "
+                        "(snapshot_mode when_needed)", slot)
+            cur.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            row = None
+        if row is None and saved_position is not None and start_over:
+            log.warning("slot %s is gone (capture had confirmed up to %s): starting over with "
+                        "a snapshot (snapshot_mode when_needed)", slot, saved_position)
+        elif row is None and saved_position is not None:
             raise SourceSetupError(
                 f"replication slot '{slot}' is gone, but capture had confirmed changes up to "
                 f"{saved_position} through it (kept in Kafka): a new slot would start at the "
                 "current end of the WAL and silently skip every change since. Remedy: run "
                 "`cdc capture --reset-position` to start a new slot from now, then backfill "
-                "the tables with a snapshot"
+                "the tables with a snapshot (or set postgres.snapshot_mode: when_needed to "
+                "snapshot again automatically)"
             )
         if row is not None and row[1] == "lost":
             raise SourceSetupError(
@@ -163,6 +179,8 @@ class ReplicationSlot:
                 "max_slot_wal_keep_size to avoid it"
             )
         if row is None:
+            if not create:
+                return False
             cur.execute(
                 "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (self.settings.slot,)
             )
@@ -172,6 +190,7 @@ class ReplicationSlot:
                 f"slot '{self.settings.slot}' uses plugin '{row[0]}', not pgoutput: "
                 "choose another postgres.slot or drop that slot"
             )
+        return True
 
     def confirmed_position(self) -> Lsn | None:
         """The slot's confirmed flush position (where streaming resumes), or None."""

@@ -23,12 +23,13 @@ from typing import Any
 
 import orjson
 import psycopg2
+from psycopg2 import sql
 from psycopg2.extras import LogicalReplicationConnection
 
 from pipeline.capture.offsets import OffsetStore
 from pipeline.capture.source import ANY_PARTITION, EVERY_PARTITION, Checkpoint, Item
 from pipeline.config import KafkaSettings, PostgresSettings
-from pipeline.errors import RetriableError, SourceSetupError
+from pipeline.errors import RetriableError, SourceExhausted, SourceSetupError
 from pipeline.events import UNAVAILABLE_VALUE, encode_value
 from pipeline.metrics import Metrics
 from pipeline.positions import Lsn
@@ -59,6 +60,7 @@ from pipeline.sources.postgres.slot import (
     primary_key_columns,
     translate,
 )
+from pipeline.sources.postgres.snapshot import SnapshotPosition, TableSnapshot
 from pipeline.sources.postgres.transactions import TransactionMetadata
 from pipeline.sources.postgres.types import TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
@@ -87,6 +89,10 @@ class PostgresSource:
         self.name = f"postgres slot {pg.slot}"
         self.listed = frozenset(pg.tables)
         self.offsets = OffsetStore(kafka, {"source": "postgres", "slot": pg.slot})
+        self.snapshot_offsets = OffsetStore(kafka, {"source": "postgres-snapshot",
+                                                    "slot": pg.slot})
+        self._snapshot: TableSnapshot | None = None
+        self._resumed: Lsn | None = None
         self._include = [re.compile(p) for p in pg.message_prefix_include]
         self._exclude = [re.compile(p) for p in pg.message_prefix_exclude]
         self.shapes: dict[int, TableShape] = {}
@@ -119,23 +125,63 @@ class PostgresSource:
         self._reset_stream_state()
         slot = ReplicationSlot(self.pg)
         saved = self.offsets.load()
-        slot.prepare(saved_position=None if saved is None else saved.get("lsn"))
+        mode = self.pg.snapshot_mode
+        exists = slot.prepare(saved_position=None if saved is None else saved.get("lsn"),
+                              create_slot=mode == "never",
+                              when_lost_start_over=mode == "when_needed")
+        dsn = self.pg.dsn.get_secret_value()
+        self._repl = connect(dsn, connection_factory=LogicalReplicationConnection,
+                             options=SESSION)
+        self._snapshot = None
+        if not exists:
+            self._snapshot = self._snapshot_new_slot()
+        else:
+            progress = self.snapshot_offsets.load()
+            if progress is not None and not progress.get("complete"):
+                self._snapshot = TableSnapshot(self.pg, self.kafka, SESSION,
+                                               Lsn.parse(progress["lsn"]), None, progress,
+                                               self.unconverted)
         resumed = slot.confirmed_position()
         # Our sequence[0] is the previous commit's end LSN; the slot's confirmed position is
         # the end of the last transaction confirmed before the restart (or a later idle
         # position): never unknown, and never before a change already published.
         self._last_commit = int(resumed) if resumed is not None else None
-        dsn = self.pg.dsn.get_secret_value()
         self._catalog = connect(dsn)
         self._catalog.autocommit = True
-        self._repl = connect(dsn, connection_factory=LogicalReplicationConnection,
-                             options=SESSION)
         db = self._catalog.info.dbname
         self.builder = ChangeBuilder(self.kafka.topic_prefix, db)
         self.writer = EnvelopeWriter(self.kafka.topic_prefix, db)
         self._txn_topic = f"{self.kafka.topic_prefix}.transaction"
         self._message_topic = f"{self.kafka.topic_prefix}.message"
         self._heartbeat_topic = f"__debezium-heartbeat.{self.kafka.topic_prefix}"
+        self._resumed = resumed
+        if self._snapshot is None:
+            self._start_streaming()
+        topics = [self.kafka.raw_topic(t) for t in self.pg.tables]
+        topics.append(self._message_topic)
+        if self.pg.transaction_metadata:
+            topics.append(self._txn_topic)
+        if self.pg.heartbeat_interval_s is not None:
+            topics.append(self._heartbeat_topic)
+        return topics
+
+    def _snapshot_new_slot(self) -> TableSnapshot:
+        """Create the slot exporting its snapshot, and start reading the tables in it."""
+        try:
+            with self._repl.cursor() as cur:
+                cur.execute(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput "
+                                    "EXPORT_SNAPSHOT").format(sql.Identifier(self.pg.slot)))
+                _name, consistent, exported, _plugin = cur.fetchone()
+        except psycopg2.Error as exc:
+            raise translate(exc, "creating the replication slot") from exc
+        log.info("created replication slot %s at %s with snapshot %s", self.pg.slot,
+                 consistent, exported)
+        # The snapshot stays valid until the next command on the replication connection:
+        # the reader imports it first, streaming starts only after the snapshot's last row.
+        return TableSnapshot(self.pg, self.kafka, SESSION, Lsn.parse(consistent), exported,
+                             None, self.unconverted)
+
+    def _start_streaming(self) -> None:
         try:
             cur = self._repl.cursor()
             cur.start_replication(
@@ -148,16 +194,18 @@ class PostgresSource:
             raise translate(exc, "starting replication from the slot") from exc
         self._cur = cur
         log.info("streaming slot %s (publication %s) from %s", self.pg.slot,
-                 self.pg.publication, resumed)
-        topics = [self.kafka.raw_topic(t) for t in self.pg.tables]
-        topics.append(self._message_topic)
-        if self.pg.transaction_metadata:
-            topics.append(self._txn_topic)
-        if self.pg.heartbeat_interval_s is not None:
-            topics.append(self._heartbeat_topic)
-        return topics
+                 self.pg.publication, self._resumed)
 
     def read(self, max_items: int) -> list[Item]:
+        snapshot = self._snapshot
+        if snapshot is not None:
+            if snapshot.finished:  # its completion was handed out: stream (or stop)
+                self._snapshot = None
+                if self.pg.snapshot_mode == "initial_only":
+                    raise SourceExhausted("snapshot complete (snapshot_mode initial_only)")
+                self._start_streaming()
+            else:
+                return snapshot.read()
         cur = self._cur
         out = self._out = []
         handled = 0
@@ -177,7 +225,10 @@ class PostgresSource:
             raise translate(exc, "streaming from the replication slot") from exc
         return out
 
-    def confirm(self, position: Lsn) -> None:
+    def confirm(self, position: Lsn | SnapshotPosition) -> None:
+        if isinstance(position, SnapshotPosition):
+            self.snapshot_offsets.save(position.progress)
+            return
         self._confirmed = position
         self.metrics.set("cdc_capture_confirmed_lsn", int(position))
         if time.monotonic() - self._last_feedback >= 0.05:  # at most ~20 a second
@@ -188,12 +239,17 @@ class PostgresSource:
             self._last_saved = now
 
     def keepalive(self) -> None:
+        if self._cur is None:
+            return  # snapshotting: the replication connection is not streaming yet
         try:
             self._feedback()
         except psycopg2.Error as exc:
             raise translate(exc, "keeping the replication connection alive") from exc
 
     def close(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.close()
+        self.snapshot_offsets.flush()
         self._flush_counts()
         if self._confirmed is not None:
             with contextlib.suppress(psycopg2.Error):

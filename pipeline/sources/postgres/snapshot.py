@@ -1,0 +1,232 @@
+"""The initial snapshot: every row that exists when capture starts, as ``op: r`` events.
+
+When capture creates its slot, it asks for an *exported snapshot*
+(``CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT``): a view of the database exactly at the
+slot's consistent point. The tables are read inside it, in primary-key chunks (keyset
+pagination, never OFFSET; nothing holds a table in memory), and only then does streaming start,
+at that same point: no change is lost and none is applied twice at the seam.
+
+Progress (tables done, the key reached) is confirmed like any position: only after Kafka
+acknowledged the chunk, and kept in Kafka (the offsets topic), so a capture moved to another
+host resumes. An exported snapshot does not survive a crash, so a snapshot that died part-way
+reads its remaining chunks outside it. That is still exact, because streaming has not started:
+the slot still holds every change since the consistent point, and streams them after the
+snapshot's last record on the same partitions. A row read later than the consistent point is
+overwritten by the changes that made it so; a row deleted meanwhile is never read.
+
+Snapshot events rank below every streamed change of their row (``ChangePosition``), so a
+transaction that was open across the consistent point, whose changes carry lower LSNs but
+commit after it, still wins over the snapshot's older image.
+
+WAL is retained by the slot from the consistent point while the snapshot runs: about the
+snapshot's duration times the write rate. Snapshot big tables with ``snapshot_chunk_size``
+large enough (reads are bounded by Kafka's speed, not by the chunk size) and watch
+``cdc_capture_slot_retained_wal_bytes``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from pipeline.capture.source import ANY_PARTITION, Checkpoint, Item
+from pipeline.config import KafkaSettings, PostgresSettings
+from pipeline.events import ChangeEvent, SourceInfo, encode_key, encode_value
+from pipeline.positions import Lsn
+from pipeline.sources.postgres.envelope import TableShape
+from pipeline.sources.postgres.pgoutput import Column, Relation
+from pipeline.sources.postgres.slot import connect, primary_key_columns, translate
+from pipeline.sources.postgres.types import TypeResolver
+from pipeline.sources.postgres.unconverted import UnconvertedValues
+
+log = logging.getLogger(__name__)
+
+_COLUMNS_SQL = (
+    "SELECT a.attname, a.atttypid, a.atttypmod FROM pg_attribute a "
+    "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY a.attnum"
+)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SnapshotPosition:
+    """How far the snapshot got: ``chunks`` read (orders positions) and the progress to save."""
+
+    chunks: int
+    progress: dict[str, Any] = field(compare=False)
+
+
+@dataclass
+class _Held:
+    """The last row read, held back until the next one tells its ``snapshot`` marker."""
+
+    event: ChangeEvent
+    topic: str
+    first_overall: bool
+    first_in_table: bool
+    last_in_table: bool = False
+
+
+class TableSnapshot:
+    """Reads the listed tables chunk by chunk; one chunk per ``read``."""
+
+    def __init__(self, pg: PostgresSettings, kafka: KafkaSettings, session: str,
+                 consistent: Lsn, exported: str | None, progress: dict[str, Any] | None,
+                 unconverted: UnconvertedValues) -> None:
+        self.pg = pg
+        self.kafka = kafka
+        self.consistent = consistent
+        self.unconverted = unconverted
+        progress = progress or {}
+        self.done: list[str] = list(progress.get("done", []))
+        self.table: str | None = progress.get("table")
+        self.after: list[str | None] | None = progress.get("after")
+        self.chunks = int(progress.get("chunks", 0))
+        self.rows = int(progress.get("rows", 0))
+        self.ts_us = int(progress.get("ts_us") or time.time() * 1_000_000)
+        self._held: _Held | None = None
+        self._first = not self.done and self.table is None
+        self._shape: TableShape | None = None
+        self._types = TypeResolver()
+        self.conn = connect(pg.dsn.get_secret_value(), options=session)
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                if exported is not None:
+                    cur.execute("SET TRANSACTION SNAPSHOT %s", (exported,))
+                cur.execute("SELECT current_database()")
+                (self.db,) = cur.fetchone()
+        except psycopg2.Error as exc:
+            raise translate(exc, "starting the snapshot") from exc
+        where = "inside the exported snapshot" if exported else "resuming after a restart"
+        log.info("snapshot of %s at %s (%s; %d tables done)", ", ".join(pg.tables),
+                 consistent, where, len(self.done))
+
+    @property
+    def finished(self) -> bool:
+        return self._next_table() is None and self._held is None
+
+    def read(self) -> list[Item]:
+        """The next chunk's records and a checkpoint after them (the last call also releases
+        the held last row and marks the snapshot complete)."""
+        out: list[Item] = []
+        table = self._next_table()
+        if table is None:
+            if self._held is not None:
+                self._emit(out, last=True)
+            out.append(Checkpoint(SnapshotPosition(self.chunks + 1, self._progress(True))))
+            self.close()
+            log.info("snapshot complete: %d rows", self.rows)
+            return out
+        try:
+            rows = self._chunk(table)
+        except psycopg2.Error as exc:
+            raise translate(exc, f"reading {table} for the snapshot") from exc
+        shape = self._shape
+        assert shape is not None
+        topic = self.kafka.raw_topic(table)
+        for i, values in enumerate(rows):
+            if self._held is not None:
+                self._emit(out)
+            after = shape.row(tuple(values))
+            source = SourceInfo(
+                connector="postgresql", name=self.kafka.topic_prefix, db=self.db,
+                schema=shape.schema, table=shape.table, ts_us=self.ts_us,
+                lsn=int(self.consistent), commit_lsn=None, snapshot="true")
+            event = ChangeEvent("r", shape.key(after), None, after, source,
+                                int(time.time() * 1000))
+            self._held = _Held(event, topic, self._first, self.after is None and i == 0)
+            self._first = False
+        self.rows += len(rows)
+        if len(rows) < self.pg.snapshot_chunk_size:
+            if self._held is not None and self._held.topic == topic:
+                self._held.last_in_table = True
+            self.done.append(table)
+            self.table, self.after, self._shape = None, None, None
+        else:
+            self.table = table
+            self.after = [rows[-1][shape.names.index(k)] for k in shape.key_names]
+        self.chunks += 1
+        out.append(Checkpoint(SnapshotPosition(self.chunks, self._progress(False))))
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg2.Error):
+            self.conn.close()
+
+    def _next_table(self) -> str | None:
+        if self.table is not None:
+            return self.table
+        return next((t for t in self.pg.tables if t not in self.done), None)
+
+    def _progress(self, complete: bool) -> dict[str, Any]:
+        return {"lsn": str(self.consistent), "complete": complete, "done": self.done,
+                "table": self.table, "after": self.after, "chunks": self.chunks,
+                "rows": self.rows, "ts_us": self.ts_us}
+
+    def _emit(self, out: list[Item], last: bool = False) -> None:
+        held = self._held
+        assert held is not None
+        if held.first_overall:
+            marker = "first"
+        elif last:
+            marker = "last"
+        elif held.first_in_table:
+            marker = "first_in_data_collection"
+        elif held.last_in_table:
+            marker = "last_in_data_collection"
+        else:
+            marker = "true"
+        event = held.event
+        source = SourceInfo(**{**_fields(event.source), "snapshot": marker})
+        event = ChangeEvent(event.op, event.key, None, event.after, source, event.ts_ms)
+        out.append((held.topic, encode_key(event), encode_value(event), ANY_PARTITION))
+        self._held = None
+
+    def _chunk(self, table: str) -> list[list[str | None]]:
+        schema, name = table.split(".", 1)
+        with self.conn.cursor() as cur:
+            if self._shape is None:
+                self._shape = self._describe(cur, schema, name)
+            shape = self._shape
+            columns = sql.SQL(", ").join(sql.Identifier(n) for n in shape.names)
+            key = sql.SQL(", ").join(sql.Identifier(k) for k in shape.key_names)
+            query = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier(schema, name))
+            params: list[Any] = []
+            if self.after is not None:
+                marks = sql.SQL(", ").join(sql.Placeholder() * len(shape.key_names))
+                query += sql.SQL(" WHERE ({}) > ({})").format(key, marks)
+                params = list(self.after)
+            query += sql.SQL(" ORDER BY {} LIMIT {}").format(
+                key, sql.Literal(self.pg.snapshot_chunk_size))
+            cur.execute(query, params)
+            return [list(r) for r in cur.fetchall()]
+
+    def _describe(self, cur: Any, schema: str, name: str) -> TableShape:
+        """The table's shape from the catalog, its values read as PostgreSQL's text."""
+        relation = sql.Identifier(schema, name).as_string(cur)
+        cur.execute(_COLUMNS_SQL, (relation,))
+        columns = cur.fetchall()
+        cur.execute("SELECT %s::regclass::oid", (relation,))
+        (oid,) = cur.fetchone()
+        # Every column as the text its type's output function prints, as pgoutput sends it.
+        raw = psycopg2.extensions.new_type(tuple({c[1] for c in columns}), "CDC_RAW_TEXT",
+                                           lambda value, _cur: value)
+        psycopg2.extensions.register_type(raw, self.conn)
+        pk = primary_key_columns(cur, oid)
+        rel = Relation(oid, schema, name, "d",
+                       tuple(Column(n in pk, n, t, m) for n, t, m in columns))
+        types = [self._types.resolve(cur, c[1]) for c in columns]
+        return TableShape.from_relation(rel, pk, types, self.pg.decimal_handling_mode,
+                                        self.unconverted, schema=schema, table=name)
+
+
+def _fields(source: SourceInfo) -> dict[str, Any]:
+    return {name: getattr(source, name) for name in SourceInfo.__dataclass_fields__}
