@@ -44,6 +44,7 @@ from pipeline.acks import AckLedger
 from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
+from pipeline.errors import EXIT_PERMANENT, PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.sinks.registry import select_sink
 
@@ -119,6 +120,8 @@ async def drain_and_ack() -> None:
             finished = await processor.drain()
             await store.flush()
             break
+        except PermanentError:
+            raise  # the agent exits the process without acking (see consume)
         except Exception as exc:  # noqa: BLE001 - nothing may escape an agent (see above)
             metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
             log.exception("writing to sink %s failed, retrying in %.1fs: %s", SINK, delay, exc)
@@ -168,6 +171,10 @@ async def consume(stream: Any) -> None:
             metrics.inc("cdc_worker_batches_total")
     except asyncio.CancelledError:
         raise
+    except PermanentError as exc:  # refused credentials: restarting could not help
+        log.critical("worker for sink %s stops: %s", SINK, exc)
+        logging.shutdown()
+        os._exit(EXIT_PERMANENT)
     except BaseException:  # noqa: BLE001 - see the module docstring: exit rather than ack
         log.critical("agent failed outside batch processing; exiting without acking", exc_info=True)
         logging.shutdown()

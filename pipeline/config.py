@@ -294,6 +294,15 @@ class MetricsSettings(_Section):
     interval_s: float = Field(default=1.0, gt=0)
 
 
+class ErrorSettings(_Section):
+    """How long outages are retried (Kafka Connect's ``errors.retry.timeout``)."""
+
+    #: Seconds an outage (PostgreSQL or Kafka unreachable for capture, a sink unavailable
+    #: for a worker) is retried before the process exits non-zero (3) with the last error.
+    #: None (the default): retried for ever. Refused credentials never are.
+    retry_timeout_s: float | None = Field(default=None, gt=0)
+
+
 class Settings(_Section):
     """Everything the pipeline reads, composed from the sections above."""
 
@@ -306,6 +315,7 @@ class Settings(_Section):
     #: Further sinks by name: {type: webhook | 'module:Class', ...its settings}.
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     metrics: MetricsSettings = MetricsSettings()
+    errors: ErrorSettings = ErrorSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def group_id(self, sink: str) -> str:
