@@ -126,3 +126,17 @@ def test_exit_codes_tell_a_supervisor_not_to_restart() -> None:
     assert exit_code(SourceSetupError("refused")) == EXIT_PERMANENT
     assert exit_code(PermanentError("refused")) == EXIT_PERMANENT
     assert exit_code(RetriableError("down")) == 1
+
+
+def test_kafka_refusing_credentials_is_permanent_and_an_outage_retriable() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from pipeline.capture.publisher import kafka_failure
+
+    refused = kafka_failure(KafkaException(KafkaError(KafkaError.SASL_AUTHENTICATION_FAILED)),
+                            "Kafka at k:9092")
+    assert isinstance(refused, PermanentError) and "refused the credentials" in str(refused)
+    denied = kafka_failure(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), "consuming")
+    assert isinstance(denied, PermanentError)
+    down = kafka_failure(KafkaException(KafkaError(KafkaError._TRANSPORT)), "Kafka at k:9092")
+    assert type(down) is RetriableError
