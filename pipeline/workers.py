@@ -89,6 +89,7 @@ class _Child:
         self.started = time.monotonic()
         self.restart_at = None
         self.proc = subprocess.Popen(self.command, env=self.env)
+        log.info("started the worker for sink %s (pid %d)", self.sink, self.proc.pid)
 
     def check(self, stop: threading.Event) -> int | None:
         """Restart the child when it died and its backoff passed (never once ``stop`` is

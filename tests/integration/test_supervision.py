@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 from functools import partial
 from pathlib import Path
 
@@ -72,3 +73,25 @@ def test_children_serve_own_metrics_and_die_with_a_sigkilled_supervisor(
         for c in children:
             if _alive(c):
                 os.kill(c, signal.SIGKILL)
+
+
+def test_sigterm_stops_the_supervisor_promptly_and_starts_no_child(scenario: Scenario) -> None:
+    """It used to take ~20 s, sleeping in a restart backoff and starting one more child."""
+    sc = scenario
+    sc.env["CDC_SINKS__AUDIT__TYPE"] = "webhook"
+    sc.env["CDC_SINKS__AUDIT__URL"] = "http://127.0.0.1:1/hook"
+    supervisor = sc.start("worker")
+    assert wait_until(lambda: len(_children(supervisor.proc.pid)) == 3, 60), supervisor.tail()
+    time.sleep(5)  # the children are up and joined their groups
+    crashed = _children(supervisor.proc.pid)[0]
+    os.kill(crashed, signal.SIGKILL)  # a crash: the supervisor enters its restart backoff
+    assert wait_until(lambda: "restarting in" in supervisor.tail(200), 10), supervisor.tail()
+    before = set(_children(supervisor.proc.pid))
+    started = time.monotonic()
+    os.kill(supervisor.proc.pid, signal.SIGTERM)
+    supervisor.proc.wait(40)
+    took = time.monotonic() - started
+    assert took < 15, (took, supervisor.tail())
+    assert not any(_alive(c) for c in before)
+    # The three first starts, and no restart of the crashed one after the SIGTERM.
+    assert supervisor.tail(2000).count("started the worker for sink") == 3, supervisor.tail()
