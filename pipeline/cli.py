@@ -67,7 +67,8 @@ def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) ->
     from pipeline.capture.publisher import ensure_topics
     from pipeline.workers import die_with_supervisor
 
-    die_with_supervisor()
+    if sink is not None:
+        die_with_supervisor()  # a child of `cdc worker`: never outlive it
     try:
         settings = _settings(ctx)
         if sink is None:
