@@ -104,6 +104,8 @@ class CacheInvalidationSink:
                 await self.client.publish(self.settings.channel, orjson.dumps(sorted(keys)))
         except redis_errors.AuthenticationError as exc:
             raise PermanentError(f"Redis refused the credentials in redis.url: {exc}") from exc
+        except redis_errors.NoPermissionError as exc:  # an ACL user without UNLINK/PUBLISH
+            raise PermanentError(f"Redis refused a command to the redis.url user: {exc}") from exc
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
             raise SinkUnavailableError(f"Redis unavailable: {exc!r}") from exc
         return rejected
