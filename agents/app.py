@@ -35,7 +35,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -112,6 +112,14 @@ def to_record(event: Any) -> RawRecord:
     )
 
 
+def stop_for_good(exc: PermanentError) -> NoReturn:
+    """Exit at once, acking nothing (redelivery, not loss), with the code a supervisor does
+    not restart: the agent and the timers both drain, so both end here."""
+    log.critical("worker for sink %s stops: %s", SINK, exc)
+    logging.shutdown()
+    os._exit(EXIT_PERMANENT)
+
+
 async def drain_and_ack() -> None:
     """Write what is ready (retrying until done), then ack every finished prefix."""
     delay = settings.worker.retry_initial_ms / 1000
@@ -120,8 +128,8 @@ async def drain_and_ack() -> None:
             finished = await processor.drain()
             await store.flush()
             break
-        except PermanentError:
-            raise  # the agent exits the process without acking (see consume)
+        except PermanentError as exc:  # refused credentials: restarting could not help
+            stop_for_good(exc)
         except Exception as exc:  # noqa: BLE001 - nothing may escape an agent (see above)
             metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
             log.exception("writing to sink %s failed, retrying in %.1fs: %s", SINK, delay, exc)
@@ -171,10 +179,6 @@ async def consume(stream: Any) -> None:
             metrics.inc("cdc_worker_batches_total")
     except asyncio.CancelledError:
         raise
-    except PermanentError as exc:  # refused credentials: restarting could not help
-        log.critical("worker for sink %s stops: %s", SINK, exc)
-        logging.shutdown()
-        os._exit(EXIT_PERMANENT)
     except BaseException:  # noqa: BLE001 - see the module docstring: exit rather than ack
         log.critical("agent failed outside batch processing; exiting without acking", exc_info=True)
         logging.shutdown()
