@@ -35,7 +35,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -44,6 +44,7 @@ from pipeline.acks import AckLedger
 from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
+from pipeline.errors import EXIT_PERMANENT, PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.sinks.registry import select_sink
 
@@ -111,6 +112,14 @@ def to_record(event: Any) -> RawRecord:
     )
 
 
+def stop_for_good(exc: PermanentError) -> NoReturn:
+    """Exit at once, acking nothing (redelivery, not loss), with the code a supervisor does
+    not restart: the agent and the timers both drain, so both end here."""
+    log.critical("worker for sink %s stops: %s", SINK, exc)
+    logging.shutdown()
+    os._exit(EXIT_PERMANENT)
+
+
 async def drain_and_ack() -> None:
     """Write what is ready (retrying until done), then ack every finished prefix."""
     delay = settings.worker.retry_initial_ms / 1000
@@ -119,6 +128,8 @@ async def drain_and_ack() -> None:
             finished = await processor.drain()
             await store.flush()
             break
+        except PermanentError as exc:  # refused credentials: restarting could not help
+            stop_for_good(exc)
         except Exception as exc:  # noqa: BLE001 - nothing may escape an agent (see above)
             metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
             log.exception("writing to sink %s failed, retrying in %.1fs: %s", SINK, delay, exc)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import CdcError, ConfigError
+from pipeline.errors import CdcError, exit_code
 
 
 def _settings(ctx: click.Context):  # type: ignore[no-untyped-def]
@@ -21,7 +21,7 @@ def _settings(ctx: click.Context):  # type: ignore[no-untyped-def]
 
 def _fail(exc: Exception) -> None:
     click.echo(f"error: {exc}", err=True)
-    sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    sys.exit(exit_code(exc))
 
 
 @click.group()
@@ -65,7 +65,10 @@ def capture(ctx: click.Context, reset_position: bool) -> None:
 def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) -> None:
     """Run the Faust workers that write the raw topics to the sinks."""
     from pipeline.capture.publisher import ensure_topics
+    from pipeline.workers import die_with_supervisor
 
+    if sink is not None:
+        die_with_supervisor()  # a child of `cdc worker`: never outlive it
     try:
         settings = _settings(ctx)
         if sink is None:

@@ -22,6 +22,7 @@ from pipeline.metrics import Metrics, MetricsExporter
 from pipeline.ordering import LatePolicy, OrderingSettings, PartitionReorderer
 from pipeline.processing import BatchProcessor
 from pipeline.sinks.base import MeasuredSink, RetryingSink, Sink
+from pipeline.sinks.outage import OutageLimit
 from pipeline.sinks.registry import build_configured, sink_names
 
 if TYPE_CHECKING:
@@ -48,8 +49,10 @@ def build_sink(settings: Settings, name: str, metrics: Metrics) -> Sink:
                                              f"{', '.join(sink_names(settings)) or 'none'}")
         sink = built[name]
     w = settings.worker
-    return RetryingSink(MeasuredSink(sink, metrics), w.retry_initial_ms / 1000,
-                        w.retry_max_ms / 1000, metrics)
+    measured: Sink = MeasuredSink(sink, metrics)
+    if settings.errors.retry_timeout_s is not None:
+        measured = OutageLimit(measured, settings.errors.retry_timeout_s)
+    return RetryingSink(measured, w.retry_initial_ms / 1000, w.retry_max_ms / 1000, metrics)
 
 
 def build_sinks(settings: Settings, metrics: Metrics) -> list[Sink]:
@@ -140,7 +143,8 @@ def build_capture(settings: Settings, metrics: Metrics,
         source.offsets.forget()
         log.warning("forgot the saved position of slot %s: capture starts where the slot is "
                     "(a new slot: the current end of the WAL)", settings.postgres.slot)
-    return CaptureLoop(source, EventPublisher(settings.kafka), settings.kafka, metrics)
+    return CaptureLoop(source, EventPublisher(settings.kafka), settings.kafka, metrics,
+                       retry_timeout_s=settings.errors.retry_timeout_s)
 
 
 def run_capture(settings: Settings, reset_position: bool = False) -> None:

@@ -4,7 +4,9 @@ Each component reads only its own small frozen section; ``None`` for an optional
 means that part is off. An environment variable ``CDC_<SECTION>__<FIELD>`` (double
 underscore between levels) overrides the file, e.g. ``CDC_KAFKA__BOOTSTRAP_SERVERS``.
 Values in the environment are read as YAML scalars, so ``CDC_KAFKA__PARTITIONS=6`` is an int.
-Secrets (DSNs, passwords) are ``SecretStr``: printing a setting never shows them.
+Secrets (DSNs, passwords, header values) are ``SecretStr``: printing a setting never shows
+them. Credentials written into a URL (``http://user:password@host``) are moved out of it into
+the section's ``username``/``password`` as it is read, so a URL can be printed and logged.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -31,6 +34,56 @@ from pipeline.errors import ConfigError
 _TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 _SECRET_KEY = re.compile(r"password|secret|sasl\.oauthbearer\.config", re.IGNORECASE)
+#: Keys whose values are hidden in the entries of ``sinks`` whatever the sink's own model says.
+_SECRET_ENTRY_KEY = re.compile(
+    r"password|passwd|secret|token|credential|authorization|api[_-]?key|headers|dsn",
+    re.IGNORECASE)
+HIDDEN = "**********"
+
+
+def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without its ``user:password@`` part, and that user and password (decoded)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    bare = urlunsplit(parts._replace(netloc=hostport))
+    return bare, unquote(user) or None, unquote(password) if colon else None
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` fit for a log line: any credentials in it removed."""
+    return split_userinfo(url)[0]
+
+
+def credentials_out_of_url(data: Any, section: str) -> Any:
+    """A ``model_validator(mode="before")`` step: ``user:password@`` in ``url`` moves to
+    ``username``/``password``, so the URL never holds a secret."""
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return data
+    bare, user, password = split_userinfo(data["url"])
+    if user is None and password is None:
+        return data
+    if data.get("username") is not None or data.get("password") is not None:
+        raise ValueError(f"{section}: give credentials either in the url or as "
+                         "username/password, not both")
+    return {**data, "url": bare, "username": user, "password": password}
+
+
+def _hide_entry_secrets(value: Any, key: str = "") -> Any:
+    """Plain data with the values of secret-looking keys hidden and URLs without userinfo."""
+    if isinstance(value, dict):
+        if _SECRET_ENTRY_KEY.search(key):
+            return {k: HIDDEN for k in value}
+        return {k: _hide_entry_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_hide_entry_secrets(v, key) for v in value]
+    if value is not None and _SECRET_ENTRY_KEY.search(key):
+        return HIDDEN
+    if isinstance(value, str) and "://" in value:
+        return without_userinfo(value)
+    return value
 
 
 class _Section(BaseModel):
@@ -220,6 +273,7 @@ class WorkerSettings(_Section):
 class ElasticsearchSettings(_Section):
     """The search-index sink: one index per table unless ``indices`` maps it elsewhere."""
 
+    #: Credentials written into it (``http://user:password@host``) move to username/password.
     url: str = "http://127.0.0.1:9200"
     username: str | None = None
     password: SecretStr | None = None
@@ -242,6 +296,11 @@ class ElasticsearchSettings(_Section):
     def _index_prefix(cls, prefix: str) -> str:
         _check_index_name(prefix.lower() + "x")
         return prefix
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_credentials(cls, data: Any) -> Any:
+        return credentials_out_of_url(data, "elasticsearch")
 
     def index_for(self, table_id: str) -> str:
         return self.indices.get(table_id) or f"{self.index_prefix}{table_id}".lower()
@@ -275,6 +334,15 @@ class MetricsSettings(_Section):
     interval_s: float = Field(default=1.0, gt=0)
 
 
+class ErrorSettings(_Section):
+    """How long outages are retried (Kafka Connect's ``errors.retry.timeout``)."""
+
+    #: Seconds an outage (PostgreSQL or Kafka unreachable for capture, a sink unavailable
+    #: for a worker) is retried before the process exits non-zero (3) with the last error.
+    #: None (the default): retried for ever. Refused credentials never are.
+    retry_timeout_s: float | None = Field(default=None, gt=0)
+
+
 class Settings(_Section):
     """Everything the pipeline reads, composed from the sections above."""
 
@@ -287,6 +355,7 @@ class Settings(_Section):
     #: Further sinks by name: {type: webhook | 'module:Class', ...its settings}.
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     metrics: MetricsSettings = MetricsSettings()
+    errors: ErrorSettings = ErrorSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     def group_id(self, sink: str) -> str:
@@ -308,8 +377,27 @@ class Settings(_Section):
                 for topic in self.raw_topics()}
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as plain data, secrets shown as '**********'."""
-        return self.model_dump(mode="json")
+        """The settings as plain data, secrets shown as '**********'.
+
+        A ``sinks`` entry is shown as its sink's settings model reads it (its secrets are
+        secret types), and on top of that every value under a secret-looking key is hidden
+        and every URL loses its userinfo, for sinks whose models are less careful.
+        """
+        data = self.model_dump(mode="json")
+        data["sinks"] = {name: _hide_entry_secrets(self._sink_entry(name))
+                         for name in self.sinks}
+        return data
+
+    def _sink_entry(self, name: str) -> dict[str, Any]:
+        from pipeline.sinks.registry import resolve
+
+        entry = dict(self.sinks[name])
+        type_name = entry.pop("type", None)
+        try:
+            model = resolve(name, type_name).Settings.model_validate(entry)
+        except Exception:  # noqa: BLE001 - unusable entry: still shown, by key only
+            return {"type": type_name, **entry}
+        return {"type": type_name, **model.model_dump(mode="json")}
 
 
 ENV_PREFIX = "CDC_"

@@ -46,6 +46,8 @@ PREVIEW_BYTES = 96
 MAX_VALUE_LINES = 80
 COMPACT_JSON_CHARS = 72
 READ_IDLE_TIMEOUT_S = 30.0
+#: Deeper JSON is shown as text: rendering it recursively could exhaust the stack.
+MAX_JSON_DEPTH = 100
 
 Headers = tuple[tuple[str, bytes | None], ...]
 
@@ -206,12 +208,31 @@ def render_groups(topic: str, groups: Sequence[LetterGroup]) -> str:
 
 
 def _json_or_none(data: bytes | None) -> Any:
+    """``data`` parsed as JSON, or None when it is not JSON or nests deeper than
+    ``MAX_JSON_DEPTH`` (printing it would exhaust Python's recursion limit; such a value is
+    shown as text instead)."""
     if data is None:
         return None
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        parsed = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
+    return parsed if _nesting_within(parsed, MAX_JSON_DEPTH) else None
+
+
+def _nesting_within(value: Any, limit: int) -> bool:
+    """Whether lists and objects in ``value`` nest at most ``limit`` deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return False
+                stack.append((child, depth + 1))
+    return True
 
 
 def preview(data: bytes | None) -> str:

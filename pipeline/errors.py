@@ -23,6 +23,12 @@ Third-party exceptions are translated into this tree where the library is called
 
 from __future__ import annotations
 
+#: Process exit codes. A supervisor (``cdc worker``, systemd's ``RestartPreventExitStatus``,
+#: a Kubernetes alert) should restart after 1 (a crash) but not after these: the same
+#: settings or credentials would fail again.
+EXIT_CONFIG = 2
+EXIT_PERMANENT = 3
+
 
 class CdcError(Exception):
     """Base of every error the pipeline raises on purpose."""
@@ -92,3 +98,12 @@ class SinkRejectedError(BadDataError):
     def __init__(self, message: str, *, sink: str) -> None:
         self.sink = sink
         super().__init__(message)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code a process stopped by ``exc`` reports (see ``EXIT_*``)."""
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, PermanentError):
+        return EXIT_PERMANENT
+    return 1

@@ -11,8 +11,9 @@ Per session (``open`` .. ``close`` of the source):
 A ``RetriableError`` (the database or Kafka went away) ends the session; the loop waits with
 the one :class:`~pipeline.retry.Backoff` and opens a new one, which starts after the last
 confirmed position: what Kafka had not acknowledged is read and published again (at least
-once; the sinks are idempotent). Anything else (a setup problem, a refused record) stops
-capture with its message: retrying could not help.
+once; the sinks are idempotent). With ``retry_timeout_s`` an outage (no session reaching its
+first read) lasting longer becomes a ``PermanentError``. Anything else (a setup problem, a
+refused record) stops capture with its message: retrying could not help.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline.capture.delivery import DeliveryTracker, TransactionDelivery
 from pipeline.capture.publisher import EventPublisher, ensure_topics
 from pipeline.capture.source import EVERY_PARTITION, ChangeSource, Checkpoint
 from pipeline.config import KafkaSettings
-from pipeline.errors import RetriableError, SourceExhausted
+from pipeline.errors import PermanentError, RetriableError, SourceExhausted
 from pipeline.metrics import Metrics
 from pipeline.retry import Backoff
 
@@ -49,6 +50,7 @@ class CaptureLoop:
         metrics: Metrics,
         backoff: Backoff | None = None,
         create_topics: bool = True,
+        retry_timeout_s: float | None = None,
     ) -> None:
         self.source = source
         self.publisher = publisher
@@ -56,6 +58,8 @@ class CaptureLoop:
         self.metrics = metrics
         self.backoff = backoff or Backoff()
         self.create_topics = create_topics
+        self.retry_timeout_s = retry_timeout_s
+        self._outage_since: float | None = None  # first failure since the last good session
         self.confirmed: Any = None  # the highest position confirmed to the source
         self._partitions: dict[str, int] = {}
 
@@ -70,10 +74,20 @@ class CaptureLoop:
                 return
             except RetriableError as exc:
                 self.metrics.inc("cdc_capture_errors_total", kind="retriable")
+                self._give_up_after_timeout(exc)
                 delay = self.backoff.next_delay()
                 log.warning("%s interrupted, resuming after the last confirmed position in "
                             "%.1fs: %s", self.source.name, delay, exc)
                 stop.wait(delay)
+
+    def _give_up_after_timeout(self, exc: RetriableError) -> None:
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+        if self.retry_timeout_s is not None and now - self._outage_since >= self.retry_timeout_s:
+            raise PermanentError(
+                f"{self.source.name}: gave up after {now - self._outage_since:.0f}s of retrying "
+                f"(errors.retry_timeout_s = {self.retry_timeout_s:g}): {exc}") from exc
 
     def session(self, stop: threading.Event) -> None:
         """One open .. close of the source: stream until ``stop`` or an error."""
@@ -97,7 +111,9 @@ class CaptureLoop:
         sent = tracker.sent
         unit = tracker.begin()
         while not stop.is_set():
-            for item in self.source.read(READ_BATCH):
+            items = self.source.read(READ_BATCH)
+            self._outage_since = None  # connected and reading: any outage is over
+            for item in items:
                 if type(item) is tuple:
                     topic, key, value, partition = item
                     if partition == EVERY_PARTITION:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from pipeline.capture.publisher import ensure_topics
+from pipeline.capture.publisher import ensure_topics, kafka_failure
 from pipeline.config import KafkaSettings
 from pipeline.errors import RetriableError
 
@@ -63,7 +63,7 @@ class OffsetStore:
                     if error.code() == KafkaError._PARTITION_EOF:
                         waiting.discard(partition)
                         continue
-                    raise RetriableError(f"reading '{self.topic}': {error}")
+                    raise kafka_failure(error, f"reading '{self.topic}'")
                 if msg.key() == self.key:
                     value = msg.value()
                     found = None if value is None else orjson.loads(value)
@@ -71,7 +71,7 @@ class OffsetStore:
                     waiting.discard(partition)
             return found
         except KafkaException as exc:
-            raise RetriableError(f"reading '{self.topic}': {exc}") from exc
+            raise kafka_failure(exc, f"reading '{self.topic}'") from exc
         finally:
             consumer.close()
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.config import KafkaSettings
@@ -32,6 +32,25 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "queue.buffering.max.kbytes": 65_536,
     "message.max.bytes": 16 * 1024 * 1024,
 }
+
+#: Kafka's answers that mean "these credentials or rights are refused": permanent errors.
+AUTH_ERRORS = frozenset({
+    KafkaError._AUTHENTICATION,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+})
+
+
+def kafka_failure(exc: KafkaException | KafkaError, doing: str) -> PermanentError | RetriableError:
+    """A Kafka client error in the tree: refused credentials or rights are permanent."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
+    if isinstance(error, KafkaError) and error.code() in AUTH_ERRORS:
+        return PermanentError(f"{doing}: Kafka refused the credentials or rights: {error}")
+    return RetriableError(f"{doing}: {error}")
+
 
 TOPIC_CONFIG = {"max.message.bytes": str(16 * 1024 * 1024)}
 
@@ -114,9 +133,7 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
-        raise RetriableError(
-            f"Kafka at {settings.bootstrap_servers} did not answer: {exc}"
-        ) from exc
+        raise kafka_failure(exc, f"Kafka at {settings.bootstrap_servers}") from exc
     missing = [t for t in topics if t not in existing]
     if not missing:
         return

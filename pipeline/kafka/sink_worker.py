@@ -25,9 +25,11 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.acks import AckLedger
+from pipeline.capture.publisher import AUTH_ERRORS, kafka_failure
 from pipeline.compose import build_processor, worker_data_dir
 from pipeline.config import Settings
 from pipeline.deadletter import RawRecord
+from pipeline.errors import PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.metrics import Metrics
 from pipeline.seenstore import open_seen_store
@@ -90,8 +92,11 @@ class KafkaSinkWorker:
                 messages = self.consumer.consume(w.batch_size, wait)
                 records = [self._record(m) for m in messages if m.error() is None]
                 for m in messages:
-                    if m.error() is not None:
-                        log.warning("consumer: %s", m.error())
+                    error = m.error()
+                    if error is not None:
+                        if error.code() in AUTH_ERRORS:
+                            raise kafka_failure(error, "consuming the raw topics")
+                        log.warning("consumer: %s", error)
                 if records:
                     self.processor.accept(records)
                 now = time.monotonic()
@@ -156,6 +161,8 @@ class KafkaSinkWorker:
                 finished = await self.processor.drain()
                 await self.store.flush()
                 break
+            except PermanentError:
+                raise  # refused credentials, an outage past errors.retry_timeout_s: stop
             except Exception as exc:  # noqa: BLE001 - retry; never commit past unwritten work
                 self.metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
                 log.exception("writing failed, retrying in %.1fs: %s", delay, exc)

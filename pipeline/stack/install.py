@@ -176,7 +176,12 @@ def maven_libs(folder: Path, dependencies: Sequence[str]) -> Path:
 
 def maven_artifact(coordinate: str, dest_dir: Path) -> Path:
     """Download one artifact ("group:artifact:version:type[:classifier]") from Maven
-    Central into ``dest_dir`` (skipped when already there); returns the file path."""
+    Central into ``dest_dir`` (skipped when already there); returns the file path.
+
+    Safe when several processes ask at once (two ``cdc stack up`` on an empty cache): one
+    downloads under a lock, into a private folder, and the file appears under its name only
+    once complete, so nobody unpacks half a download.
+    """
     parts = coordinate.split(":")
     g, a, v, t = parts[:4]
     classifier = f"-{parts[4]}" if len(parts) > 4 else ""
@@ -184,20 +189,32 @@ def maven_artifact(coordinate: str, dest_dir: Path) -> Path:
     if target.exists():
         return target
     dest_dir.mkdir(parents=True, exist_ok=True)
-    run(
-        [
-            _mvn(),
-            "-B",
-            "-q",
-            f"{DEPENDENCY_PLUGIN}:copy",
-            f"-Dartifact={coordinate}",
-            f"-DoutputDirectory={dest_dir}",
-        ],
-        timeout=1200,
-        cwd=dest_dir,
-    )
-    if not target.exists():
-        raise StackError(f"maven did not produce {target}")
+    with file_lock(dest_dir / f".{target.name}.lock"):
+        if target.exists():
+            return target
+        staging = dest_dir / f".{target.name}.partial"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        try:
+            run(
+                [
+                    _mvn(),
+                    "-B",
+                    "-q",
+                    f"{DEPENDENCY_PLUGIN}:copy",
+                    f"-Dartifact={coordinate}",
+                    f"-DoutputDirectory={staging}",
+                ],
+                timeout=1200,
+                cwd=staging,
+            )
+            downloaded = staging / target.name
+            if not downloaded.exists():
+                raise StackError(f"maven did not produce {target}")
+            downloaded.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
+from pipeline.errors import EXIT_PERMANENT
 from tests.integration.scenario import Scenario
 
 pytestmark = pytest.mark.integration
@@ -25,7 +27,7 @@ def test_role_without_replication_rights_is_named(scenario: Scenario) -> None:
     scenario.execute(f"CREATE ROLE {role} LOGIN")
     dsn = scenario.dsn.replace("user=postgres", f"user={role}")
     result = _capture({**scenario.env, "CDC_POSTGRES__DSN": dsn})
-    assert result.returncode == 1
+    assert result.returncode == EXIT_PERMANENT
     assert "neither REPLICATION nor SUPERUSER" in result.stderr
     assert "ALTER ROLE" in result.stderr
 
@@ -33,13 +35,13 @@ def test_role_without_replication_rights_is_named(scenario: Scenario) -> None:
 def test_table_without_primary_key_is_named(scenario: Scenario) -> None:
     scenario.execute(f"CREATE TABLE {scenario.schema}.nokey (a int, b text)")
     result = _capture({**scenario.env, "CDC_POSTGRES__TABLES": f"[{scenario.schema}.nokey]"})
-    assert result.returncode == 1
+    assert result.returncode == EXIT_PERMANENT
     assert f"table '{scenario.schema}.nokey' has no primary key" in result.stderr
 
 
 def test_missing_table_is_named(scenario: Scenario) -> None:
     result = _capture({**scenario.env, "CDC_POSTGRES__TABLES": f"[{scenario.schema}.nope]"})
-    assert result.returncode == 1
+    assert result.returncode == EXIT_PERMANENT
     assert f"'{scenario.schema}.nope', which does not exist" in result.stderr
 
 
@@ -47,3 +49,34 @@ def test_bad_setting_is_named_with_its_problem(scenario: Scenario) -> None:
     result = _capture({**scenario.env, "CDC_KAFKA__PARTITIONS": "0"})
     assert result.returncode == 2
     assert "configuration error in 'kafka.partitions'" in result.stderr
+
+
+def test_a_wrong_role_is_refused_not_retried(scenario: Scenario) -> None:
+    """Issue 9 item 6: a refused login used to be "PostgreSQL is unreachable", retried for
+    ever, so systemd or Kubernetes never saw a failure."""
+    dsn = scenario.dsn.replace("user=postgres", f"user=nobody_{scenario.uid}")
+    started = time.monotonic()
+    result = _capture({**scenario.env, "CDC_POSTGRES__DSN": dsn})
+    assert result.returncode == EXIT_PERMANENT, result.stderr
+    assert time.monotonic() - started < 30
+    assert "PostgreSQL refused the login" in result.stderr
+    assert f'role "nobody_{scenario.uid}" does not exist' in result.stderr
+    assert "unreachable" not in result.stderr
+
+
+def test_a_missing_database_is_refused_not_retried(scenario: Scenario) -> None:
+    dsn = scenario.dsn.replace("dbname=cdc", f"dbname=nodb_{scenario.uid}")
+    result = _capture({**scenario.env, "CDC_POSTGRES__DSN": dsn})
+    assert result.returncode == EXIT_PERMANENT, result.stderr
+    assert f'database "nodb_{scenario.uid}" does not exist' in result.stderr
+
+
+def test_an_outage_is_retried_only_as_long_as_errors_retry_timeout_s(scenario: Scenario) -> None:
+    """Nothing listens on port 1: an outage, retried until the bound, then exit 3."""
+    dsn = " ".join(p for p in scenario.dsn.split() if not p.startswith("port=")) + " port=1"
+    started = time.monotonic()
+    result = _capture({**scenario.env, "CDC_POSTGRES__DSN": dsn,
+                       "CDC_ERRORS__RETRY_TIMEOUT_S": "3"})
+    assert result.returncode == EXIT_PERMANENT, result.stderr
+    assert 3 <= time.monotonic() - started < 30
+    assert "gave up after" in result.stderr and "unreachable" in result.stderr

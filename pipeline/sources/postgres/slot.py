@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import psycopg2
@@ -23,15 +24,35 @@ RETAINED_WAL_SQL = (
 )
 
 
+#: What libpq says when a login is refused. A refused connection attempt carries no SQLSTATE
+#: in psycopg2 (no result to read it from), so the server's FATAL text is all there is.
+_LOGIN_REFUSED = re.compile(
+    r"authentication failed|no pg_hba\.conf entry|role \".*\" does not exist"
+    r"|is not permitted to log in|no password supplied|password authentication"
+    r"|database \".*\" does not exist|SCRAM authentication requires", re.IGNORECASE)
+_NO_PRIVILEGE = re.compile(r"permission denied|must be superuser or (have )?replication",
+                           re.IGNORECASE)
+#: What psycopg2 and libpq say when the connection went away under a running statement or
+#: COPY (server stopped or restarted, network cut): InterfaceError or plain DatabaseError.
+_CONNECTION_LOST = re.compile(
+    r"no COPY in progress|connection already closed|server closed the connection"
+    r"|terminating connection|connection to server .* lost|could not (receive|send) data"
+    r"|SSL connection has been closed|SSL SYSCALL error|the database system is "
+    r"(shutting down|starting up|in recovery mode)|cursor already closed", re.IGNORECASE)
+
+
 def translate(exc: psycopg2.Error, doing: str) -> Exception:
-    """Map a driver error to the error tree: rights and auth are permanent, I/O retriable."""
+    """Map a driver error to the error tree: rights and auth are permanent, a lost or
+    refused connection retriable, anything else a setup problem."""
     code = getattr(exc, "pgcode", None) or ""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if code.startswith("28") or "authentication failed" in text or "no pg_hba.conf" in text:
+    whole = str(exc)
+    if code.startswith(("28", "3D")) or _LOGIN_REFUSED.search(whole):
         return SourceSetupError(f"{doing}: PostgreSQL refused the login: {text}")
-    if code == "42501":
+    if code == "42501" or _NO_PRIVILEGE.search(whole):
         return SourceSetupError(f"{doing}: the role lacks a privilege: {text}")
-    if isinstance(exc, psycopg2.OperationalError):
+    lost = isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+    if lost or code.startswith(("08", "57P")) or _CONNECTION_LOST.search(whole):
         return RetriableError(f"{doing}: PostgreSQL is unreachable: {text}")
     return SourceSetupError(f"{doing}: {text}")
 

@@ -232,7 +232,10 @@ class PostgresSource:
         self._confirmed = position
         self.metrics.set("cdc_capture_confirmed_lsn", int(position))
         if time.monotonic() - self._last_feedback >= 0.05:  # at most ~20 a second
-            self._feedback(force=True)
+            try:
+                self._feedback(force=True)
+            except psycopg2.Error as exc:
+                raise translate(exc, "confirming a position to the slot") from exc
         now = time.monotonic()
         if now - self._last_saved >= SAVE_EVERY_S:
             self._save_position()
@@ -326,6 +329,9 @@ class PostgresSource:
                 with self._catalog.cursor() as cur:
                     cur.execute(query)
             except psycopg2.Error as exc:
+                error = translate(exc, "running postgres.heartbeat_action_query")
+                if isinstance(error, RetriableError):  # the server went away meanwhile
+                    raise error from exc
                 raise SourceSetupError(
                     f"postgres.heartbeat_action_query failed: {exc}".strip()) from exc
         key = orjson.dumps({"serverName": self.kafka.topic_prefix})
