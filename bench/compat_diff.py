@@ -2,8 +2,10 @@
 logic, no I/O; ``bench/compat.py`` reads the topics and prints the result).
 
 Records are paired by (table, key, op, ordinal): the n-th record with that key and op in
-one tool's topic is paired with the n-th in the other's. Values are compared leaf by leaf
-with their JSON text kept exact (``1.0`` is not ``1``, ``1e400`` is not rounded), except:
+one tool's topic is paired with the n-th in the other's (transaction BEGIN/END records by
+op and ordinal alone: each tool makes the transaction id its own way). Values are compared
+leaf by leaf with their JSON text kept exact (``1.0`` is not ``1``, ``1e400`` is not
+rounded), except:
 
 * the envelope's own ``ts_ms``/``ts_us``/``ts_ns`` are processing times: only whether they
   are there and are numbers is compared;
@@ -129,7 +131,10 @@ def _by_identity(records: list[Record]) -> dict[tuple[str, str, str, int], Recor
     seen: Counter[tuple[str, str, str]] = Counter()
     out = {}
     for r in records:
-        base = (r.table, _canonical(r.key), r.op)
+        # A transaction's id (its key) is made differently by each tool: BEGIN and END
+        # records are paired by their order, so their fields are compared too.
+        key = "" if r.table == "transaction" else _canonical(r.key)
+        base = (r.table, key, r.op)
         out[(*base, seen[base])] = r
         seen[base] += 1
     return out
