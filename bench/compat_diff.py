@@ -3,7 +3,7 @@ logic, no I/O; ``bench/compat.py`` reads the topics and prints the result).
 
 Records are paired by (table, key, op, ordinal): the n-th record with that key and op in
 one tool's topic is paired with the n-th in the other's (transaction BEGIN/END records by
-op and ordinal alone: each tool makes the transaction id its own way). Values are compared
+their xid alone: the LSN in a transaction id is each tool's own choice). Values are compared
 leaf by leaf with their JSON text kept exact (``1.0`` is not ``1``, ``1e400`` is not
 rounded), except:
 
@@ -131,13 +131,18 @@ def _by_identity(records: list[Record]) -> dict[tuple[str, str, str, int], Recor
     seen: Counter[tuple[str, str, str]] = Counter()
     out = {}
     for r in records:
-        # A transaction's id (its key) is made differently by each tool: BEGIN and END
-        # records are paired by their order, so their fields are compared too.
-        key = "" if r.table == "transaction" else _canonical(r.key)
+        key = _transaction_xid(r) if r.table == "transaction" else _canonical(r.key)
         base = (r.table, key, r.op)
         out[(*base, seen[base])] = r
         seen[base] += 1
     return out
+
+
+def _transaction_xid(r: Record) -> str:
+    """A transaction record's PostgreSQL xid: the part of its id (``<xid>:<LSN>``) both
+    tools agree on; the LSN part is chosen differently by each."""
+    tx_id = r.key.get("id") if isinstance(r.key, dict) else None
+    return str(tx_id).split(":", 1)[0] if tx_id is not None else _canonical(r.key)
 
 
 def _canonical(key: Any) -> str:
