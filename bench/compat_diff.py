@@ -11,7 +11,9 @@ rounded), except:
   are there and are numbers is compared;
 * ``source.name`` is the topic prefix, different by construction: it is compared with each
   tool's prefix replaced by ``<prefix>``;
-* ``source.sequence`` is a JSON array inside a string: its elements are compared one by one.
+* ``source.sequence`` is a JSON array inside a string: its elements are compared one by one;
+* a transaction's ``data_collections`` are compared sorted by name (Debezium's order is that
+  of a Java hash map).
 
 A difference is (table, field path, Debezium's text, ours); identical ones are grouped and
 counted. The Kafka partition and the key's bytes are compared too (fields ``(partition)``
@@ -195,6 +197,10 @@ def _normalise(value: dict[str, Any], prefix: str) -> dict[str, Any]:
             with contextlib.suppress(ValueError):
                 source["sequence"] = parse(seq.encode())
         value["source"] = source
+    collections = value.get("data_collections")
+    if isinstance(collections, list) and all(isinstance(c, dict) for c in collections):
+        value["data_collections"] = sorted(collections, key=lambda c: text(c.get(
+            "data_collection")))
     return value
 
 

@@ -86,3 +86,13 @@ def test_transaction_records_pair_by_xid_whatever_the_lsn_in_their_id() -> None:
     assert out.pairs == 2
     assert out.differences[("transaction", "event_count", "3", "2")] == 1
     assert ("transaction", "id", '"8:200"', '"8:250"') in out.differences
+
+
+def test_data_collections_are_compared_in_name_order() -> None:
+    def end(*names: str) -> Any:
+        value = {"status": "END", "id": "7:1", "event_count": len(names), "ts_ms": 1,
+                 "data_collections": [{"data_collection": n, "event_count": 1}
+                                      for n in names]}
+        return record("transaction", 0, b'{"id": "7:1"}', json.dumps(value).encode())
+
+    assert not compare([end("s.b", "s.a")], [end("s.a", "s.b")], ("p", "p")).differences
