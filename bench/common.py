@@ -65,6 +65,8 @@ class Bench:
         self.slots: list[str] = []
         self.publications: list[str] = []
         self.topics: list[str] = []
+        #: Elasticsearch indices to delete by name (wildcard deletes are refused by default)
+        self.indices: list[str] = []
         self.work.mkdir(parents=True, exist_ok=True)
 
     def name(self, kind: str) -> str:
@@ -153,7 +155,13 @@ class Bench:
                         fut.result(30)
         with contextlib.suppress(Exception):
             import httpx
-            httpx.delete(f"{self.env['CDC_ELASTICSEARCH__URL']}/b{self.uid}*", timeout=30)
+            url = self.env["CDC_ELASTICSEARCH__URL"]
+            listed = httpx.get(f"{url}/_cat/indices/b{self.uid}*",
+                               params={"h": "index", "format": "json"}, timeout=10).json()
+            names = sorted({*self.indices, *(row["index"] for row in listed)})
+            if names:  # by name: Elasticsearch refuses wildcard deletes by default
+                httpx.delete(f"{url}/{','.join(names)}", params={"ignore_unavailable": "true"},
+                             timeout=30)
 
 
 def run_json(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> Any:

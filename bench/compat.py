@@ -9,7 +9,9 @@ whole and compared (``bench/compat_diff.py``): record counts per table and op, t
 field-by-field table of differences with identical differences grouped.
 
 It is a report: the exit status is 0 whatever differs (1 only if a tool could not be run).
-``--json out.json`` writes the full, uncollapsed difference list.
+``--json out.json`` writes the full, uncollapsed difference list. ``--worker`` then runs
+our search worker on Debezium's topics and compares the index with the tables
+(``bench/compat_worker.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ DEBEZIUM_SETTINGS = {
     "provide.transaction.metadata": "true",
 }
 TOOLS = ("debezium", "ours")
+#: Debezium settings that have an equivalent in our capture, and the variable carrying it:
+#: passed along so that both tools are compared like for like (``--ours-env`` overrides).
+EQUIVALENT_ENV = {
+    "provide.transaction.metadata": "CDC_POSTGRES__TRANSACTION_METADATA",
+    "decimal.handling.mode": "CDC_POSTGRES__DECIMAL_HANDLING_MODE",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra environment for our capture (repeatable)")
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds each tool may take to deliver the end marker")
+    p.add_argument("--worker", action="store_true",
+                   help="then run our `cdc worker --sink search` on Debezium's topics and "
+                        "compare the index with the tables (bench/compat_worker.py)")
     p.add_argument("--keep", action="store_true", help="keep slots, topics and the schema")
     return p
 
@@ -71,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.schema = f"compat_{bench.uid}"
     log(f"compat run {bench.uid}: schema {bench.schema}, work folder {work}")
     debezium_settings = {**DEBEZIUM_SETTINGS, **_pairs(args.debezium_set)}
-    ours_env = _pairs(args.ours_env)
+    ours_env = {**equivalent_env(debezium_settings), **_pairs(args.ours_env)}
     try:
         tables, hstore_schema = compat_workload.create(
             bench.dsn, bench.schema, huge_json_numbers=not args.no_huge_json_numbers)
@@ -92,11 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         comparison = compat_diff.compare(records["debezium"], records["ours"],
                                          (bench.name("deb"), bench.name("our")))
         seconds = time.time() - started
-        print(report(comparison, notes, seconds, hstore_schema is not None))
+        print(report(comparison, notes, seconds, hstore_schema is not None, ours_env))
+        worker = None
+        if args.worker:
+            from bench import compat_worker
+
+            worker = compat_worker.run(bench, bench.schema, tables, bench.name("deb"),
+                                       args.timeout)
+            print(compat_worker.report(worker))
         if args.json:
-            args.json.write_text(json.dumps(
-                _json(comparison, notes, started, seconds, debezium_settings, ours_env),
-                indent=1, ensure_ascii=False) + "\n")
+            out = _json(comparison, notes, started, seconds, debezium_settings, ours_env)
+            if worker is not None:
+                out["worker"] = compat_worker.as_json(worker)
+            args.json.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
             log(f"wrote {args.json}")
     except ToolFailed as exc:
         log(str(exc))
@@ -128,6 +147,12 @@ def _pairs(items: list[str]) -> dict[str, str]:
             raise SystemExit(f"expected KEY=VALUE, got {item!r}")
         out[key] = value
     return out
+
+
+def equivalent_env(debezium_settings: dict[str, str]) -> dict[str, str]:
+    """Our capture's variables for the Debezium settings it also has."""
+    return {env: debezium_settings[key] for key, env in EQUIVALENT_ENV.items()
+            if key in debezium_settings}
 
 
 def _publication(bench: Bench, name: str, ids: list[str]) -> None:
@@ -253,9 +278,11 @@ def _cell(s: Any) -> str:
 
 
 def report(comparison: compat_diff.Comparison, notes: list[str], seconds: float,
-           hstore: bool) -> str:
+           hstore: bool, ours_env: dict[str, str] | None = None) -> str:
     """Markdown: record counts per table and op, the collapsed difference table, summary."""
-    lines = [f"Debezium {DEBEZIUM_VERSION} (Kafka Connect {KAFKA_VERSION}) vs ours; hstore "
+    env = " ".join(f"{k}={v}" for k, v in (ours_env or {}).items())
+    lines = [f"Debezium {DEBEZIUM_VERSION} (Kafka Connect {KAFKA_VERSION}) vs ours"
+             f"{f' ({env})' if env else ''}; hstore "
              f"{'covered' if hstore else 'not available'}; run took {seconds:.0f} s.", ""]
     lines += [f"- note: {n}" for n in notes]
     ops = sorted({op for _, op in comparison.counts},

@@ -2,14 +2,18 @@
 logic, no I/O; ``bench/compat.py`` reads the topics and prints the result).
 
 Records are paired by (table, key, op, ordinal): the n-th record with that key and op in
-one tool's topic is paired with the n-th in the other's. Values are compared leaf by leaf
-with their JSON text kept exact (``1.0`` is not ``1``, ``1e400`` is not rounded), except:
+one tool's topic is paired with the n-th in the other's (transaction BEGIN/END records by
+their xid alone: the LSN in a transaction id is each tool's own choice). Values are compared
+leaf by leaf with their JSON text kept exact (``1.0`` is not ``1``, ``1e400`` is not
+rounded), except:
 
 * the envelope's own ``ts_ms``/``ts_us``/``ts_ns`` are processing times: only whether they
   are there and are numbers is compared;
 * ``source.name`` is the topic prefix, different by construction: it is compared with each
   tool's prefix replaced by ``<prefix>``;
-* ``source.sequence`` is a JSON array inside a string: its elements are compared one by one.
+* ``source.sequence`` is a JSON array inside a string: its elements are compared one by one;
+* a transaction's ``data_collections`` are compared sorted by name (Debezium's order is that
+  of a Java hash map).
 
 A difference is (table, field path, Debezium's text, ours); identical ones are grouped and
 counted. The Kafka partition and the key's bytes are compared too (fields ``(partition)``
@@ -129,10 +133,18 @@ def _by_identity(records: list[Record]) -> dict[tuple[str, str, str, int], Recor
     seen: Counter[tuple[str, str, str]] = Counter()
     out = {}
     for r in records:
-        base = (r.table, _canonical(r.key), r.op)
+        key = _transaction_xid(r) if r.table == "transaction" else _canonical(r.key)
+        base = (r.table, key, r.op)
         out[(*base, seen[base])] = r
         seen[base] += 1
     return out
+
+
+def _transaction_xid(r: Record) -> str:
+    """A transaction record's PostgreSQL xid: the part of its id (``<xid>:<LSN>``) both
+    tools agree on; the LSN part is chosen differently by each."""
+    tx_id = r.key.get("id") if isinstance(r.key, dict) else None
+    return str(tx_id).split(":", 1)[0] if tx_id is not None else _canonical(r.key)
 
 
 def _canonical(key: Any) -> str:
@@ -185,6 +197,10 @@ def _normalise(value: dict[str, Any], prefix: str) -> dict[str, Any]:
             with contextlib.suppress(ValueError):
                 source["sequence"] = parse(seq.encode())
         value["source"] = source
+    collections = value.get("data_collections")
+    if isinstance(collections, list) and all(isinstance(c, dict) for c in collections):
+        value["data_collections"] = sorted(collections, key=lambda c: text(c.get(
+            "data_collection")))
     return value
 
 

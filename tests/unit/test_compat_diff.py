@@ -73,3 +73,26 @@ def test_collapse_merges_images_and_many_values() -> None:
     rows = collapse(compare(a, b, ("p", "p")))
     assert (T, "b", "true", '"1"', "10") in rows  # before and after of 5 records
     assert ("every table", "source.sequence[0]", '"0"', '"1"', "5 (5 distinct, e.g.)") in rows
+
+
+def test_transaction_records_pair_by_xid_whatever_the_lsn_in_their_id() -> None:
+    def tx(tx_id: str, count: int) -> Any:
+        value = {"status": "END", "id": tx_id, "event_count": count, "ts_ms": 1}
+        return record("transaction", 0, json.dumps({"id": tx_id}).encode(),
+                      json.dumps(value).encode())
+
+    out = compare([tx("7:100", 3), tx("8:200", 1)], [tx("8:250", 1), tx("7:150", 2)],
+                  ("p", "p"))
+    assert out.pairs == 2
+    assert out.differences[("transaction", "event_count", "3", "2")] == 1
+    assert ("transaction", "id", '"8:200"', '"8:250"') in out.differences
+
+
+def test_data_collections_are_compared_in_name_order() -> None:
+    def end(*names: str) -> Any:
+        value = {"status": "END", "id": "7:1", "event_count": len(names), "ts_ms": 1,
+                 "data_collections": [{"data_collection": n, "event_count": 1}
+                                      for n in names]}
+        return record("transaction", 0, b'{"id": "7:1"}', json.dumps(value).encode())
+
+    assert not compare([end("s.b", "s.a")], [end("s.a", "s.b")], ("p", "p")).differences
