@@ -319,10 +319,9 @@ def _runs(offsets: Sequence[int]) -> Iterator[tuple[int, int]]:
 
 
 def _client_config(settings: Settings) -> dict[str, Any]:
-    """Bootstrap servers plus the security settings of ``kafka.producer`` (sasl., ssl.)."""
-    extra = {k: v for k, v in settings.kafka.producer_config().items()
-             if k.startswith(("security.", "sasl.", "ssl."))}
-    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **extra}
+    from pipeline.kafka.client import client_config
+
+    return client_config(settings.kafka)
 
 
 class DeadLetterReader:
