@@ -9,7 +9,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.errors import RetriableError
-from pipeline.kafka.client import client_config, raise_if_refused
+from pipeline.kafka.client import client_config, list_topics, raise_if_refused
 from pipeline.metrics import read_snapshots
 from pipeline.sinks.registry import sink_names
 from pipeline.sources.postgres.slot import RETAINED_WAL_SQL, connect
@@ -36,7 +36,7 @@ def consumer_lag(settings: Settings, group: str, timeout: float = 10.0) -> dict[
                                       {"group.id": group, "enable.auto.commit": False}))
     lag: dict[str, int] = {}
     try:
-        metadata = consumer.list_topics(timeout=timeout)
+        metadata = list_topics(consumer, timeout)
         partitions = [
             TopicPartition(topic, p)
             for topic in settings.raw_topics() if topic in metadata.topics

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from pipeline.capture.publisher import ensure_topics
 from pipeline.config import KafkaSettings
 from pipeline.errors import RetriableError
-from pipeline.kafka.client import client_config, raise_if_refused
+from pipeline.kafka.client import client_config, list_topics, raise_if_refused
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class OffsetStore:
             "group.id": "cdc-offsets-reader", "enable.auto.commit": False,
             "enable.partition.eof": True}))
         try:
-            meta = consumer.list_topics(self.topic, timeout=timeout).topics[self.topic]
+            meta = list_topics(consumer, timeout, self.topic).topics[self.topic]
             parts = [TopicPartition(self.topic, p, 0) for p in meta.partitions]
             ends = {}
             for tp in parts:

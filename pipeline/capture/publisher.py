@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.config import KafkaSettings
 from pipeline.errors import PermanentError, RetriableError
-from pipeline.kafka.client import client_config, raise_if_refused
+from pipeline.kafka.client import client_config, list_topics
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,8 @@ class EventPublisher:
     def partitions(self, topic: str, timeout: float = 30.0) -> int:
         """How many partitions ``topic`` has (for a record written to every partition)."""
         try:
-            meta = self._producer.list_topics(topic, timeout=timeout).topics.get(topic)
+            meta = list_topics(self._producer, timeout, topic).topics.get(topic)
         except KafkaException as exc:
-            raise_if_refused(self._producer, exc)
             raise RetriableError(f"Kafka did not describe topic '{topic}': {exc}") from exc
         if meta is None or meta.error is not None or not meta.partitions:
             raise RetriableError(f"Kafka does not know topic '{topic}' yet")
@@ -111,9 +110,8 @@ def ensure_topics(
     per-row order)."""
     admin = AdminClient(client_config(settings))
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        existing = set(list_topics(admin, timeout).topics)
     except KafkaException as exc:
-        raise_if_refused(admin, exc)
         raise RetriableError(
             f"Kafka at {settings.bootstrap_servers} did not answer: {exc}"
         ) from exc

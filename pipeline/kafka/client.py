@@ -11,6 +11,7 @@ flushing or a metadata request timing out would otherwise look like an outage.
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -68,6 +69,10 @@ class _Polled(Protocol):
     def poll(self, timeout: float = ...) -> Any: ...
 
 
+class _Described(_Polled, Protocol):
+    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+
+
 def raise_if_refused(client: _Polled, exc: KafkaException | None = None) -> None:
     """After a request of ``client`` failed (a metadata or offsets request times out when
     the broker refuses us), serve its error callbacks: a refusal raises KafkaAuthError
@@ -76,6 +81,21 @@ def raise_if_refused(client: _Polled, exc: KafkaException | None = None) -> None
         client.poll(0)
     except KafkaAuthError as refused:
         raise refused from exc
+
+
+def list_topics(client: _Described, timeout: float, topic: str | None = None) -> Any:
+    """``client.list_topics`` asked in one-second slices until ``timeout``, checking for a
+    refusal between them: a wrong password surfaces in about a second, not at the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        step = max(min(1.0, deadline - time.monotonic()), 0.1)
+        try:
+            return client.list_topics(topic, timeout=step)
+        except KafkaException as exc:
+            raise_if_refused(client, exc)
+            if time.monotonic() >= deadline:
+                raise
 
 
 def ssl_context(client: KafkaClientSettings) -> ssl.SSLContext | None:
