@@ -46,6 +46,7 @@ from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
 from pipeline.errors import EXIT_PERMANENT, PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
+from pipeline.kafka.client import faust_credentials
 from pipeline.sinks.registry import select_sink
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ os.makedirs(os.path.dirname(DATADIR), exist_ok=True)
 app = faust.App(
     GROUP,
     broker=f"kafka://{settings.kafka.bootstrap_servers}",
+    broker_credentials=faust_credentials(settings.kafka.client),
     store=settings.worker.store,
     key_serializer="raw",
     value_serializer="raw",
@@ -86,14 +88,14 @@ seen = app.Table(
 # itself, in batches with the C producer (Faust's own write path, one aiokafka send per
 # entry, cut throughput to 0.29 of dedup off).
 store = ChangelogStore(
-    ChangelogWriter(f"{GROUP}-dedup-changelog", settings.kafka.bootstrap_servers), seen.data
+    ChangelogWriter(f"{GROUP}-dedup-changelog", settings.kafka), seen.data
 )
 processor = build_processor(
     settings, SINK, metrics, dedup_store=store, partition_scope=store.scope
 )
 ledger: AckLedger[Any] = AckLedger()
 guard = ContinuityGuard(
-    app, GROUP, settings.raw_topics(), settings.kafka.bootstrap_servers, metrics
+    app, GROUP, settings.raw_topics(), settings.kafka, metrics
 )
 lock = asyncio.Lock()
 _stream: list[Any] = []  # the agent's no-ack stream, for acks made by the timers

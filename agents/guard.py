@@ -20,6 +20,7 @@ from typing import Any
 
 from faust.types import TP
 
+from pipeline.config import KafkaSettings
 from pipeline.continuity import Admission, OffsetContinuity
 from pipeline.errors import RetriableError
 from pipeline.kafka.offsets import committed_offsets, log_offsets
@@ -31,12 +32,12 @@ Partition = tuple[str, int]
 
 
 class ContinuityGuard:
-    def __init__(self, app: Any, group: str, topics: Iterable[str], bootstrap_servers: str,
+    def __init__(self, app: Any, group: str, topics: Iterable[str], kafka: KafkaSettings,
                  metrics: Metrics, stall_s: float = 2.0) -> None:
         self.app = app
         self.group = group
         self.topics = frozenset(topics)
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = kafka
         self.metrics = metrics
         self.continuity: OffsetContinuity[Partition, Any] = OffsetContinuity(stall_s=stall_s)
         self._approved: set[tuple[str, int, int]] = set()
@@ -146,7 +147,7 @@ class ContinuityGuard:
         for attempt in range(6):
             try:
                 positions = dict(await asyncio.to_thread(
-                    committed_offsets, self.bootstrap_servers, self.group, mine, 10.0, True))
+                    committed_offsets, self.kafka, self.group, mine, 10.0, True))
                 break
             except RetriableError as exc:
                 log.warning("where the group left off is unknown (attempt %d): %s",
@@ -190,7 +191,7 @@ class ContinuityGuard:
         for tp, start, until in self.continuity.due(time.monotonic(), ends):
             try:
                 held_in_log = await asyncio.to_thread(
-                    log_offsets, self.bootstrap_servers, tp, start, until)
+                    log_offsets, self.kafka, tp, start, until)
             except RetriableError as exc:  # asked again on the next call
                 log.warning("%s[%d]: cannot check offsets %d..%d yet: %s",
                             *tp, start, until, exc)

@@ -68,8 +68,7 @@ def _drain(env: dict[str, str], events: int, work: Path, label: str) -> float:
     group = settings.group_id("cache")
     proc = PipelineProcess("worker", env, work / f"worker-{label}.log")
     try:
-        bootstrap = settings.kafka.bootstrap_servers
-        assert wait_until(lambda: group_stable(bootstrap, group), 90), proc.tail()
+        assert wait_until(lambda: group_stable(settings.kafka, group), 90), proc.tail()
         started = time.monotonic()
         done = wait_until(lambda: sum(consumer_lag(settings, group).values()) == 0,
                           600, 0.1)

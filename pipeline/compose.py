@@ -76,7 +76,7 @@ def build_processor(
     """The processing of one sink's worker: its own consumer group, its own dead letters;
     evolution, ordering and dedup as configured (dedup needs the worker's table)."""
     dead_letters = DeadLetterTopic(
-        settings.kafka.bootstrap_servers, settings.worker.dead_letter_topic,
+        settings.kafka, settings.worker.dead_letter_topic,
         settings.group_id(sink),
     )
     evolution = None

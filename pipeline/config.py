@@ -161,10 +161,76 @@ class PostgresSettings(_Section):
         return value
 
 
+#: librdkafka security keys once accepted under ``kafka.producer`` -> their ``kafka.client``
+#: setting. They secured only the capture producer and ``cdc dlq``; now every client needs them.
+_MOVED_TO_CLIENT = {
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_username",
+    "sasl.password": "sasl_password",
+    "ssl.ca.location": "ssl_ca_location",
+    "ssl.certificate.location": "ssl_certificate_location",
+    "ssl.key.location": "ssl_key_location",
+    "ssl.key.password": "ssl_key_password",
+    "ssl.endpoint.identification.algorithm": "ssl_check_hostname",
+}
+
+
+class KafkaClientSettings(_Section):
+    """How every Kafka client connects (capture, offsets, topic admin, both worker engines,
+    the dedup changelog, dead letters, ``cdc dlq``, ``cdc status``): one set of security
+    settings, turned into librdkafka and aiokafka (Faust) settings by ``pipeline.kafka.client``.
+    """
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    #: CA certificate(s) (PEM) the brokers' certificates are checked against; None: the
+    #: system's trust store.
+    ssl_ca_location: Path | None = None
+    #: Client certificate and key (PEM) when the brokers ask for one (mutual TLS).
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    #: Check that a broker's certificate names the host it was reached at.
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaClientSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        ssl = self.security_protocol in ("SSL", "SASL_SSL")
+        if sasl:
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name} is required with security_protocol "
+                                     f"{self.security_protocol}")
+        elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
+            raise ValueError(f"sasl_* settings need security_protocol SASL_PLAINTEXT or "
+                             f"SASL_SSL (it is {self.security_protocol})")
+        paths = {"ssl_ca_location": self.ssl_ca_location,
+                 "ssl_certificate_location": self.ssl_certificate_location,
+                 "ssl_key_location": self.ssl_key_location}
+        for name, path in paths.items():
+            if path is None:
+                continue
+            if not ssl:
+                raise ValueError(f"{name} needs security_protocol SSL or SASL_SSL "
+                                 f"(it is {self.security_protocol})")
+            if not path.is_file():
+                raise ValueError(f"{name} '{path}' does not exist")
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError("ssl_certificate_location and ssl_key_location go together")
+        return self
+
+
 class KafkaSettings(_Section):
     """The Kafka cluster holding raw CDC topics ``<topic_prefix>.<schema>.<table>``."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    #: Security (SASL, TLS) of every client of this cluster.
+    client: KafkaClientSettings = KafkaClientSettings()
     topic_prefix: str = "cdc"
     #: Partitions of raw topics the pipeline creates; rows are spread by primary key.
     partitions: int = Field(default=3, ge=1)
@@ -174,13 +240,22 @@ class KafkaSettings(_Section):
     #: Compacted topic where capture keeps each source's last confirmed position (as Kafka
     #: Connect's offsets topic), so a lost replication slot is noticed, not silently re-made.
     offsets_topic: str = "cdc-capture-offsets"
-    #: Extra librdkafka producer settings, e.g. {"linger.ms": 10}. Values of keys that name a
-    #: password or secret (sasl.password, ssl.key.password) are kept as secrets.
+    #: Extra librdkafka settings of the capture producer, e.g. {"linger.ms": 10}; security
+    #: settings belong in ``client``. Values of keys naming a secret are kept as secrets.
     producer: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("producer")
     @classmethod
     def _hide_secrets(cls, producer: dict[str, Any]) -> dict[str, Any]:
+        for key in producer:
+            if key.startswith(("security.", "sasl.", "ssl.")):
+                moved = _MOVED_TO_CLIENT.get(key)
+                raise ValueError(
+                    f"'{key}' moved to kafka.client.{moved}, which every Kafka client uses"
+                    if moved else
+                    f"'{key}' is not supported: security settings live in kafka.client "
+                    f"(security_protocol, sasl_*, ssl_*), which every client, Faust's "
+                    f"included, can use")
         return {
             k: SecretStr(str(v)) if _SECRET_KEY.search(k) and not isinstance(v, SecretStr) else v
             for k, v in producer.items()

@@ -20,7 +20,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from pipeline.config import KafkaSettings
 from pipeline.errors import RetriableError
+from pipeline.kafka.client import client_config
 
 H_TOPIC = "__connect.errors.topic"
 H_PARTITION = "__connect.errors.partition"
@@ -64,18 +66,15 @@ def dead_letter_headers(
 class DeadLetterTopic:
     """Produces dead letters and waits for Kafka's acknowledgement before returning."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, connector: str) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, connector: str) -> None:
         self.topic = topic
         self.connector = connector
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap_servers,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 0,
-                "message.max.bytes": 16 * 1024 * 1024,
-            }
-        )
+        self._producer = Producer(client_config(kafka, {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 0,
+            "message.max.bytes": 16 * 1024 * 1024,
+        }))
 
     async def send(self, letters: list[tuple[RawRecord, str, BaseException]]) -> None:
         """Write dead letters; raises RetriableError unless Kafka acknowledged them all."""

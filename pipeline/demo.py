@@ -175,9 +175,8 @@ def run_demo(keep_running: bool, rows: int) -> int:
     try:
         if not wait_until(lambda: slot_active(dsn, settings.postgres.slot), 60):
             raise click.ClickException("capture did not start:\n" + procs[0].tail(30))
-        bootstrap = settings.kafka.bootstrap_servers
         groups = [settings.group_id(name) for name in sink_names(settings)]
-        if not wait_until(lambda: all(group_stable(bootstrap, g) for g in groups), 60, 0.5):
+        if not wait_until(lambda: all(group_stable(settings.kafka, g) for g in groups), 60, 0.5):
             raise click.ClickException("worker did not start:\n" + procs[1].tail(30))
         rng = random.Random(7)
         click.echo(f"capture and worker started (logs in {work}); inserting {rows} rows per table")

@@ -36,6 +36,7 @@ from pipeline.config import Settings
 from pipeline.deadletter import H_CLASS, H_OFFSET, H_PARTITION, H_STAGE, H_TIMESTAMP
 from pipeline.deadletter import H_TOPIC as H_ORIGIN_TOPIC
 from pipeline.errors import BadDataError, CdcError, RetriableError
+from pipeline.kafka.client import client_config, list_topics
 
 H_REPLAYED = "cdc.replayed.from"
 ERROR_HEADER_PREFIXES = ("__connect.errors.", "cdc.errors.", H_REPLAYED)
@@ -340,10 +341,7 @@ def _runs(offsets: Sequence[int]) -> Iterator[tuple[int, int]]:
 
 
 def _client_config(settings: Settings) -> dict[str, Any]:
-    """Bootstrap servers plus the security settings of ``kafka.producer`` (sasl., ssl.)."""
-    extra = {k: v for k, v in settings.kafka.producer_config().items()
-             if k.startswith(("security.", "sasl.", "ssl."))}
-    return {"bootstrap.servers": settings.kafka.bootstrap_servers, **extra}
+    return client_config(settings.kafka)
 
 
 class DeadLetterReader:
@@ -355,7 +353,7 @@ class DeadLetterReader:
         self.consumer = Consumer({**_client_config(settings), "group.id": self.group_id,
                                   "enable.auto.commit": False, "enable.partition.eof": True,
                                   "auto.offset.reset": "earliest"})
-        meta = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
+        meta = list_topics(self.consumer, 10, topic).topics.get(topic)
         if meta is None or meta.error is not None:
             self.consumer.close()
             raise CdcError(f"dead-letter topic {topic} does not exist")
@@ -523,7 +521,7 @@ def _produce(settings: Settings, topic: str,
                          "enable.idempotence": True, "acks": "all", "linger.ms": 5})
     partitions: dict[str, int] = {}
     for name in {letter.origin_topic for letter in letters if letter.origin_topic}:
-        meta = producer.list_topics(name, timeout=10).topics.get(name)
+        meta = list_topics(producer, 10, name).topics.get(name)
         if meta is None or meta.error is not None:
             raise CdcError(f"original topic {name} does not exist: create it, then replay")
         partitions[name] = len(meta.partitions)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import psycopg2
 
+from pipeline.config import KafkaSettings
 from pipeline.events import Row
 
 
@@ -84,12 +85,14 @@ def slot_active(dsn: str, slot: str) -> bool:
         conn.close()
 
 
-def group_stable(bootstrap_servers: str, group: str) -> bool:
+def group_stable(kafka: KafkaSettings, group: str) -> bool:
     """True once a consumer group has members with partitions assigned (workers ready)."""
     from confluent_kafka import ConsumerGroupState, KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    from pipeline.kafka.client import client_config
+
+    admin = AdminClient(client_config(kafka))
     try:
         description = admin.describe_consumer_groups([group])[group].result(timeout=5)
     except KafkaException:

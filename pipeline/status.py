@@ -9,6 +9,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.errors import RetriableError
+from pipeline.kafka.client import client_config, list_topics, raise_if_refused
 from pipeline.metrics import read_snapshots
 from pipeline.sinks.registry import sink_names
 from pipeline.sources.postgres.slot import RETAINED_WAL_SQL, connect
@@ -31,13 +32,11 @@ def slot_lag(settings: Settings) -> dict[str, Any] | None:
 
 def consumer_lag(settings: Settings, group: str, timeout: float = 10.0) -> dict[str, int]:
     """Records not yet committed by a worker group, per raw topic."""
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka.bootstrap_servers,
-         "group.id": group, "enable.auto.commit": False}
-    )
+    consumer = Consumer(client_config(settings.kafka,
+                                      {"group.id": group, "enable.auto.commit": False}))
     lag: dict[str, int] = {}
     try:
-        metadata = consumer.list_topics(timeout=timeout)
+        metadata = list_topics(consumer, timeout)
         partitions = [
             TopicPartition(topic, p)
             for topic in settings.raw_topics() if topic in metadata.topics
@@ -48,6 +47,7 @@ def consumer_lag(settings: Settings, group: str, timeout: float = 10.0) -> dict[
             done = tp.offset if tp.offset >= 0 else 0
             lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - done)
     except KafkaException as exc:
+        raise_if_refused(consumer, exc)
         raise RetriableError(f"Kafka did not answer: {exc}") from exc
     finally:
         consumer.close()

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from pipeline.capture.publisher import ensure_topics, kafka_failure
 from pipeline.config import KafkaSettings
 from pipeline.errors import RetriableError
+from pipeline.kafka.client import client_config, list_topics, raise_if_refused
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,11 @@ class OffsetStore:
         """The newest position saved for this source, or None."""
         kafka = self.kafka
         ensure_topics(kafka, [self.topic], config=COMPACTED, partitions=1)
-        consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers,
-                             "group.id": "cdc-offsets-reader", "enable.auto.commit": False,
-                             "enable.partition.eof": True})
+        consumer = Consumer(client_config(kafka, {
+            "group.id": "cdc-offsets-reader", "enable.auto.commit": False,
+            "enable.partition.eof": True}))
         try:
-            meta = consumer.list_topics(self.topic, timeout=timeout).topics[self.topic]
+            meta = list_topics(consumer, timeout, self.topic).topics[self.topic]
             parts = [TopicPartition(self.topic, p, 0) for p in meta.partitions]
             ends = {}
             for tp in parts:
@@ -56,6 +57,7 @@ class OffsetStore:
             while waiting:
                 msg = consumer.poll(timeout)
                 if msg is None:
+                    raise_if_refused(consumer)
                     raise RetriableError(f"reading '{self.topic}' timed out")
                 error = msg.error()
                 partition = msg.partition() or 0
@@ -71,6 +73,7 @@ class OffsetStore:
                     waiting.discard(partition)
             return found
         except KafkaException as exc:
+            raise_if_refused(consumer, exc)
             raise kafka_failure(exc, f"reading '{self.topic}'") from exc
         finally:
             consumer.close()
@@ -78,9 +81,8 @@ class OffsetStore:
     def save(self, position: dict[str, Any]) -> None:
         """Queue the newest position (delivery is checked at the next ``save``/``flush``)."""
         if self._producer is None:
-            self._producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers,
-                                       "enable.idempotence": True, "acks": "all",
-                                       "linger.ms": 50})
+            self._producer = Producer(client_config(self.kafka, {
+                "enable.idempotence": True, "acks": "all", "linger.ms": 50}))
         self._producer.produce(self.topic, orjson.dumps(position), self.key,
                                on_delivery=_report)
         self._producer.poll(0)
@@ -88,7 +90,7 @@ class OffsetStore:
     def forget(self) -> None:
         """Remove this source's position (a tombstone), e.g. after a deliberate reset."""
         if self._producer is None:
-            self._producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers})
+            self._producer = Producer(client_config(self.kafka))
         self._producer.produce(self.topic, None, self.key)
         self.flush()
 

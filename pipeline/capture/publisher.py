@@ -11,6 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.config import KafkaSettings
 from pipeline.errors import PermanentError, RetriableError
+from pipeline.kafka.client import client_config, list_topics
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,9 @@ class EventPublisher:
     """Hands encoded events to Kafka; acknowledgements arrive through delivery callbacks."""
 
     def __init__(self, settings: KafkaSettings, client_id: str = "cdc-capture") -> None:
-        conf = dict(PRODUCER_DEFAULTS)
-        conf.update(settings.producer_config())
-        conf["bootstrap.servers"] = settings.bootstrap_servers
-        conf["client.id"] = client_id
         self._settings = settings
-        self._producer = Producer(conf)
+        self._producer = Producer(client_config(settings, {
+            **PRODUCER_DEFAULTS, **settings.producer_config(), "client.id": client_id}))
         self._produce = self._producer.produce
         #: Called about every 50 ms while publish() waits for Kafka (backpressure), so the
         #: source can keep its own connection alive.
@@ -101,7 +99,7 @@ class EventPublisher:
     def partitions(self, topic: str, timeout: float = 30.0) -> int:
         """How many partitions ``topic`` has (for a record written to every partition)."""
         try:
-            meta = self._producer.list_topics(topic, timeout=timeout).topics.get(topic)
+            meta = list_topics(self._producer, timeout, topic).topics.get(topic)
         except KafkaException as exc:
             raise RetriableError(f"Kafka did not describe topic '{topic}': {exc}") from exc
         if meta is None or meta.error is not None or not meta.partitions:
@@ -129,9 +127,9 @@ def ensure_topics(
 ) -> None:
     """Create missing topics with ``partitions`` (default: the configured number; keys keep
     per-row order)."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient(client_config(settings))
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        existing = set(list_topics(admin, timeout).topics)
     except KafkaException as exc:
         raise kafka_failure(exc, f"Kafka at {settings.bootstrap_servers}") from exc
     missing = [t for t in topics if t not in existing]

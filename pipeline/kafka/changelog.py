@@ -17,17 +17,19 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import Producer as KafkaProducer
 
+from pipeline.config import KafkaSettings
 from pipeline.errors import RetriableError
+from pipeline.kafka.client import client_config, raise_if_refused
 
 
 class ChangelogWriter:
-    def __init__(self, topic: str, bootstrap_servers: str) -> None:
+    def __init__(self, topic: str, kafka: KafkaSettings) -> None:
         self.topic = topic
-        self.bootstrap_servers = bootstrap_servers
-        self._producer = KafkaProducer({
-            "bootstrap.servers": bootstrap_servers, "enable.idempotence": True,
-            "acks": "all", "linger.ms": 5, "compression.type": "lz4",
-        })
+        self.kafka = kafka
+        self._producer = KafkaProducer(client_config(kafka, {
+            "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+            "compression.type": "lz4",
+        }))
         self._failed: list[str] = []
 
     def write(self, partition: int, key: str, value: str | None) -> None:
@@ -57,8 +59,8 @@ class ChangelogWriter:
              into: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
         """The latest value of every live key in some changelog partitions, written into
         ``into`` as it is read (a new dict when None)."""
-        consumer = Consumer({"bootstrap.servers": self.bootstrap_servers,
-                             "group.id": f"{self.topic}-restore", "enable.auto.commit": False})
+        consumer = Consumer(client_config(self.kafka, {
+            "group.id": f"{self.topic}-restore", "enable.auto.commit": False}))
         state: MutableMapping[str, str] = {} if into is None else into
         try:
             ends: dict[int, int] = {}
@@ -85,6 +87,7 @@ class ChangelogWriter:
                 if offset + 1 >= ends.get(partition, 0):
                     ends.pop(partition, None)
         except KafkaException as exc:
+            raise_if_refused(consumer, exc)
             raise RetriableError(f"reading changelog {self.topic}: {exc}") from exc
         finally:
             consumer.close()

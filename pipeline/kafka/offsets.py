@@ -8,12 +8,14 @@ from collections.abc import Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline.config import KafkaSettings
 from pipeline.errors import RetriableError
+from pipeline.kafka.client import client_config, raise_if_refused
 
 Partition = tuple[str, int]
 
 
-def committed_offsets(bootstrap_servers: str, group: str, partitions: Iterable[Partition],
+def committed_offsets(kafka: KafkaSettings, group: str, partitions: Iterable[Partition],
                       timeout: float = 10.0, earliest: bool = False
                       ) -> dict[Partition, int | None]:
     """The group's committed offset (the next to read) per partition. Where it has none:
@@ -22,10 +24,11 @@ def committed_offsets(bootstrap_servers: str, group: str, partitions: Iterable[P
     if not asked:
         return {}
     try:
-        consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group,
-                             "enable.auto.commit": False})
+        consumer = Consumer(client_config(kafka, {"group.id": group,
+                                                  "enable.auto.commit": False}))
     except KafkaException as exc:
-        raise RetriableError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+        raise RetriableError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}"
+                             ) from exc
     try:
         answer = consumer.committed(asked, timeout=timeout)
         out: dict[Partition, int | None] = {}
@@ -38,26 +41,28 @@ def committed_offsets(bootstrap_servers: str, group: str, partitions: Iterable[P
             else:
                 out[(tp.topic, tp.partition)] = None
     except KafkaException as exc:
+        raise_if_refused(consumer, exc)
         raise RetriableError(f"Kafka did not say where group {group} left off: {exc}") from exc
     finally:
         consumer.close()
     return out
 
 
-def log_offsets(bootstrap_servers: str, partition: Partition, start: int, until: int,
+def log_offsets(kafka: KafkaSettings, partition: Partition, start: int, until: int,
                 timeout: float = 10.0) -> list[int]:
     """The offsets of the records the log holds in ``[start, until]``, as a
     ``read_uncommitted`` consumer sees them (transaction markers and compacted keys leave
     holes)."""
     topic, p = partition
     try:
-        consumer = Consumer({
-            "bootstrap.servers": bootstrap_servers, "group.id": f"cdc-continuity-{topic}",
+        consumer = Consumer(client_config(kafka, {
+            "group.id": f"cdc-continuity-{topic}",
             "enable.auto.commit": False, "enable.partition.eof": True,
             "isolation.level": "read_uncommitted", "fetch.max.bytes": 8 * 1024 * 1024,
-        })
+        }))
     except KafkaException as exc:
-        raise RetriableError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
+        raise RetriableError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}"
+                             ) from exc
     found: list[int] = []
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
@@ -82,6 +87,7 @@ def log_offsets(bootstrap_servers: str, partition: Partition, start: int, until:
             if offset == last:
                 return found
     except KafkaException as exc:
+        raise_if_refused(consumer, exc)
         raise RetriableError(f"reading {topic}[{p}] from {start}: {exc}") from exc
     finally:
         consumer.close()

@@ -31,6 +31,7 @@ from pipeline.config import Settings
 from pipeline.deadletter import RawRecord
 from pipeline.errors import PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
+from pipeline.kafka.client import client_config
 from pipeline.metrics import Metrics
 from pipeline.seenstore import open_seen_store
 
@@ -44,12 +45,11 @@ class KafkaSinkWorker:
         self.metrics = metrics
         self.seen = open_seen_store(settings.worker.store, worker_data_dir(self.group))
         self.store = ChangelogStore(ChangelogWriter(
-            f"{self.group}-dedup-changelog", settings.kafka.bootstrap_servers), self.seen)
+            f"{self.group}-dedup-changelog", settings.kafka), self.seen)
         self.processor = build_processor(settings, sink, metrics, dedup_store=self.store,
                                          partition_scope=self.store.scope)
         self.ledger: AckLedger[tuple[str, int, int]] = AckLedger()
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+        self.consumer = Consumer(client_config(settings.kafka, {
             "group.id": self.group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -58,7 +58,7 @@ class KafkaSinkWorker:
             # queue 64 MB ahead): 16 MB is still dozens of batches.
             "fetch.max.bytes": 16 << 20,
             "queued.max.messages.kbytes": 16 << 10,
-        })
+        }))
         self.assigned: set[tuple[str, int]] = set()
 
     # -- rebalances (called from inside consume) -----------------------------------------

@@ -25,6 +25,7 @@ from pipeline.harness import (
     table_rows,
     wait_until,
 )
+from pipeline.kafka.client import client_config
 from pipeline.metrics import read_snapshots
 from pipeline.sources.postgres.slot import ReplicationSlot
 
@@ -119,9 +120,8 @@ class Scenario:
 
     def read_topic(self, topic: str, timeout: float = 10) -> list[Any]:
         """Every record of a topic, from the beginning."""
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
-                             "group.id": f"reader-{uuid.uuid4().hex[:6]}",
-                             "enable.auto.commit": False})
+        consumer = Consumer(client_config(self.settings.kafka, {
+            "group.id": f"reader-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}))
         try:
             meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
             if meta is None or meta.error is not None:
@@ -148,7 +148,7 @@ class Scenario:
             consumer.close()
 
     def read_topic_names(self) -> list[str]:
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap_servers})
+        admin = AdminClient(client_config(self.settings.kafka))
         return list(admin.list_topics(timeout=10).topics)
 
     def close(self) -> None:
@@ -165,7 +165,7 @@ class Scenario:
             if names:  # by name: Elasticsearch refuses wildcard deletes
                 httpx.delete(f"{self.es_url}/{','.join(names)}", timeout=30)
         with contextlib.suppress(Exception):
-            admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap_servers})
+            admin = AdminClient(client_config(self.settings.kafka))
             topics = [t for t in admin.list_topics(timeout=10).topics if self.uid in t]
             if topics:
                 for future in admin.delete_topics(topics).values():

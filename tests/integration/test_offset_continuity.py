@@ -34,12 +34,12 @@ def test_log_offsets_show_the_holes_of_transaction_markers(scenario: Scenario) -
             producer.produce(topic, b"v", b"k", partition=0)
         producer.commit_transaction(30)
     # offsets 0..2, a marker at 3, 4..5, a marker at 6
-    assert log_offsets(bootstrap, (topic, 0), 0, 6) == [0, 1, 2, 4, 5]
-    assert log_offsets(bootstrap, (topic, 0), 3, 3) == []
-    assert log_offsets(bootstrap, (topic, 0), 5, 100) == [5]
-    assert committed_offsets(bootstrap, f"fresh-{scenario.uid}", [(topic, 0)]) == {
+    assert log_offsets(scenario.settings.kafka, (topic, 0), 0, 6) == [0, 1, 2, 4, 5]
+    assert log_offsets(scenario.settings.kafka, (topic, 0), 3, 3) == []
+    assert log_offsets(scenario.settings.kafka, (topic, 0), 5, 100) == [5]
+    assert committed_offsets(scenario.settings.kafka, f"fresh-{scenario.uid}", [(topic, 0)]) == {
         (topic, 0): None}
-    assert committed_offsets(bootstrap, f"fresh-{scenario.uid}", [(topic, 0)],
+    assert committed_offsets(scenario.settings.kafka, f"fresh-{scenario.uid}", [(topic, 0)],
                              earliest=True) == {(topic, 0): 0}
 
 

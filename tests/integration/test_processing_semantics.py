@@ -16,9 +16,8 @@ pytestmark = pytest.mark.integration
 
 
 def _wait_ready(sc: Scenario, sinks: tuple[str, ...] = ("search", "cache")) -> None:
-    bootstrap = sc.settings.kafka.bootstrap_servers
     groups = [sc.settings.group_id(s) for s in sinks]
-    assert wait_until(lambda: all(group_stable(bootstrap, g) for g in groups), 60)
+    assert wait_until(lambda: all(group_stable(sc.settings.kafka, g) for g in groups), 60)
 
 
 def test_duplicate_after_worker_restart_is_dropped(scenario: Scenario) -> None:

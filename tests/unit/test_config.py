@@ -202,9 +202,11 @@ def test_secrets_from_env_redacted(tmp_path: Path) -> None:
     assert "env-Secret-4" not in repr(s)
 
 
-def test_kafka_producer_password_redacted(tmp_path: Path) -> None:
+def test_kafka_client_password_redacted(tmp_path: Path) -> None:
     text = MINIMAL + (
-        "kafka:\n  producer:\n    sasl.username: cdc\n    sasl.password: kafka-Secret-5\n"
+        "kafka:\n  client:\n    security_protocol: SASL_PLAINTEXT\n"
+        "    sasl_mechanism: SCRAM-SHA-256\n    sasl_username: cdc\n"
+        "    sasl_password: kafka-Secret-5\n"
     )
     s = load_settings(_write(tmp_path, text), {})
     assert "kafka-Secret-5" not in repr(s.redacted())

@@ -10,6 +10,7 @@ import pytest
 
 import agents.guard as guard_module
 from agents.guard import ContinuityGuard
+from pipeline.config import KafkaSettings
 from pipeline.metrics import Metrics
 
 
@@ -84,7 +85,7 @@ def app(monkeypatch: pytest.MonkeyPatch) -> _App:
 
 
 def _guard(app: _App) -> ContinuityGuard:
-    g = ContinuityGuard(app, "g", ["raw"], "bs", Metrics("test"), stall_s=0.01)
+    g = ContinuityGuard(app, "g", ["raw"], KafkaSettings(), Metrics("test"), stall_s=0.01)
     asyncio.run(app.on_partitions_assigned.send({_TP("raw", 0), _TP("other", 0)}))
     return g
 
@@ -105,7 +106,7 @@ def test_acks_pass_only_when_the_agent_approved_them(app: _App) -> None:
 
 
 def test_records_wait_for_the_assignment_positions(app: _App) -> None:
-    g = ContinuityGuard(app, "g", ["raw"], "bs", Metrics("test"))
+    g = ContinuityGuard(app, "g", ["raw"], KafkaSettings(), Metrics("test"))
     assert not g.admit(_ev(10))  # delivered before the assignment is known: held
 
     async def later() -> None:
@@ -166,7 +167,7 @@ def test_an_idle_stall_short_of_the_end_is_reread(app: _App, monkeypatch: pytest
 
 
 def test_held_records_are_let_go_of_when_a_rebalance_starts(app: _App) -> None:
-    g = ContinuityGuard(app, "g", ["raw"], "bs", Metrics("test"))
+    g = ContinuityGuard(app, "g", ["raw"], KafkaSettings(), Metrics("test"))
 
     async def run() -> None:
         await app.on_partitions_assigned.send({_TP("raw", 0)})

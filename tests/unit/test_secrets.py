@@ -25,7 +25,8 @@ postgres:
   dsn: host=127.0.0.1 user=postgres password=pgPl4nted dbname=cdc
   tables: [public.items]
 kafka:
-  producer: {sasl.password: saslPl4nted, linger.ms: 5}
+  producer: {linger.ms: 5}
+  client: {security_protocol: SASL_PLAINTEXT, sasl_mechanism: SCRAM-SHA-256, sasl_username: cdc, sasl_password: saslPl4nted}
 elasticsearch:
   url: http://elastic:esUrlPl4nted@127.0.0.1:9200
 redis:

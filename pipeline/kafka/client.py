@@ -1,0 +1,128 @@
+"""Every Kafka client is built from here: ``kafka.client`` (security) plus
+``kafka.bootstrap_servers`` as librdkafka settings (confluent-kafka) or as Faust/aiokafka
+credentials, so no client can connect to a secured cluster without them.
+
+A broker that refuses the credentials (a wrong password, an unknown user, a failed TLS
+handshake) is a :class:`KafkaAuthError`, raised instead of waiting: librdkafka retries
+such connections forever and reports them only through its error callback, so a producer
+flushing or a metadata request timing out would otherwise look like an outage.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException
+
+from pipeline.config import KafkaClientSettings, KafkaSettings
+from pipeline.errors import PermanentError
+
+#: librdkafka errors that mean the broker refused who we are, not that it is down.
+_REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL}
+
+
+class KafkaAuthError(PermanentError):
+    """The Kafka cluster refused the client's credentials or its TLS handshake."""
+
+
+def _raise_if_refused(error: KafkaError) -> None:
+    # librdkafka's error_cb: an exception raised here leaves the poll()/flush()/consume()
+    # that served it, so a refused client stops at its next call instead of retrying.
+    if error.code() in _REFUSED:
+        raise KafkaAuthError(
+            f"Kafka refused the connection (check kafka.client): {error.str()}")
+
+
+def security_config(client: KafkaClientSettings) -> dict[str, Any]:
+    """librdkafka's security.protocol, sasl.* and ssl.* settings, secrets revealed."""
+    conf: dict[str, Any] = {"security.protocol": client.security_protocol}
+    if client.sasl_mechanism is not None:
+        conf["sasl.mechanism"] = client.sasl_mechanism
+    if client.sasl_username is not None:
+        conf["sasl.username"] = client.sasl_username
+    if client.sasl_password is not None:
+        conf["sasl.password"] = client.sasl_password.get_secret_value()
+    if client.security_protocol in ("SSL", "SASL_SSL"):
+        conf["ssl.endpoint.identification.algorithm"] = (
+            "https" if client.ssl_check_hostname else "none")
+        paths = {"ssl.ca.location": client.ssl_ca_location,
+                 "ssl.certificate.location": client.ssl_certificate_location,
+                 "ssl.key.location": client.ssl_key_location}
+        conf.update({key: str(path) for key, path in paths.items() if path is not None})
+        if client.ssl_key_password is not None:
+            conf["ssl.key.password"] = client.ssl_key_password.get_secret_value()
+    return conf
+
+
+def client_config(kafka: KafkaSettings, extra: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Settings for a confluent-kafka Producer, Consumer or AdminClient of ``kafka``:
+    bootstrap servers, security, the refusal check, then the client's own ``extra``."""
+    return {"bootstrap.servers": kafka.bootstrap_servers, **security_config(kafka.client),
+            "error_cb": _raise_if_refused, **(extra or {})}
+
+
+class _Polled(Protocol):
+    def poll(self, timeout: float = ...) -> Any: ...
+
+
+class _Described(_Polled, Protocol):
+    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+
+
+def raise_if_refused(client: _Polled, exc: KafkaException | None = None) -> None:
+    """After a request of ``client`` failed (a metadata or offsets request times out when
+    the broker refuses us), serve its error callbacks: a refusal raises KafkaAuthError
+    (chained to ``exc``). Polls a consumer too, so call it only when giving up on it."""
+    try:
+        client.poll(0)
+    except KafkaAuthError as refused:
+        raise refused from exc
+
+
+def list_topics(client: _Described, timeout: float, topic: str | None = None) -> Any:
+    """``client.list_topics`` asked in one-second slices until ``timeout``, checking for a
+    refusal between them: a wrong password surfaces in about a second, not at the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        step = max(min(1.0, deadline - time.monotonic()), 0.1)
+        try:
+            return client.list_topics(topic, timeout=step)
+        except KafkaException as exc:
+            raise_if_refused(client, exc)
+            if time.monotonic() >= deadline:
+                raise
+
+
+def ssl_context(client: KafkaClientSettings) -> ssl.SSLContext | None:
+    """The TLS context aiokafka needs for SSL and SASL_SSL (None for plaintext)."""
+    if client.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(
+        cafile=None if client.ssl_ca_location is None else str(client.ssl_ca_location))
+    context.check_hostname = client.ssl_check_hostname
+    if client.ssl_certificate_location is not None and client.ssl_key_location is not None:
+        password = client.ssl_key_password
+        context.load_cert_chain(str(client.ssl_certificate_location),
+                                str(client.ssl_key_location),
+                                None if password is None else password.get_secret_value())
+    return context
+
+
+def faust_credentials(client: KafkaClientSettings) -> Any:
+    """``faust.App(broker_credentials=...)`` for these settings; None for PLAINTEXT."""
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    context = ssl_context(client)
+    if client.security_protocol.startswith("SASL_"):
+        assert client.sasl_password is not None  # checked by KafkaClientSettings
+        return SASLCredentials(username=client.sasl_username,
+                               password=client.sasl_password.get_secret_value(),
+                               mechanism=client.sasl_mechanism, ssl_context=context)
+    if context is not None:
+        return SSLCredentials(context)
+    return None
