@@ -94,9 +94,11 @@ class OffsetStore:
         self._producer.produce(self.topic, None, self.key)
         self.flush()
 
-    def flush(self, timeout: float = 10.0) -> None:
-        if self._producer is not None:
-            self._producer.flush(timeout)
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for what was saved; returns how many saves Kafka has not acknowledged."""
+        if self._producer is None:
+            return 0
+        return int(self._producer.flush(timeout))
 
 
 def _report(err: Any, _msg: Any) -> None:

@@ -138,9 +138,12 @@ class PostgresSource:
         else:
             progress = self.snapshot_offsets.load()
             if progress is not None and not progress.get("complete"):
-                self._snapshot = TableSnapshot(self.pg, self.kafka, SESSION,
-                                               Lsn.parse(progress["lsn"]), None, progress,
-                                               self.unconverted)
+                # Streaming has not started, so the slot is still at its consistent point.
+                point = progress.get("lsn")
+                consistent = Lsn.parse(point) if point else slot.confirmed_position()
+                assert consistent is not None
+                self._snapshot = TableSnapshot(self.pg, self.kafka, SESSION, consistent,
+                                               None, progress, self.unconverted)
         resumed = slot.confirmed_position()
         # Our sequence[0] is the previous commit's end LSN; the slot's confirmed position is
         # the end of the last transaction confirmed before the restart (or a later idle
@@ -166,7 +169,14 @@ class PostgresSource:
         return topics
 
     def _snapshot_new_slot(self) -> TableSnapshot:
-        """Create the slot exporting its snapshot, and start reading the tables in it."""
+        """Create the slot exporting its snapshot, and start reading the tables in it.
+
+        A snapshot is recorded as pending in Kafka *before* the slot exists: a crash right
+        after creating the slot must not leave a slot whose existing rows were never read
+        (the next start would only stream)."""
+        self.snapshot_offsets.save({"lsn": None, "complete": False, "done": []})
+        if self.snapshot_offsets.flush():
+            raise RetriableError("could not record the pending snapshot in Kafka")
         try:
             with self._repl.cursor() as cur:
                 cur.execute(sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput "
