@@ -26,7 +26,11 @@ postgres:
   tables: [public.items]
 kafka:
   producer: {linger.ms: 5}
-  client: {security_protocol: SASL_PLAINTEXT, sasl_mechanism: SCRAM-SHA-256, sasl_username: cdc, sasl_password: saslPl4nted}
+  client:
+    security_protocol: SASL_PLAINTEXT
+    sasl_mechanism: SCRAM-SHA-256
+    sasl_username: cdc
+    sasl_password: saslPl4nted
 elasticsearch:
   url: http://elastic:esUrlPl4nted@127.0.0.1:9200
 redis:
