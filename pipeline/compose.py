@@ -140,7 +140,7 @@ def build_capture(settings: Settings, metrics: Metrics,
 
     source = PostgresSource(settings.postgres, settings.kafka, metrics)
     if reset_position:
-        source.offsets.forget()
+        source.forget_positions()
         log.warning("forgot the saved position of slot %s: capture starts where the slot is "
                     "(a new slot: the current end of the WAL)", settings.postgres.slot)
     return CaptureLoop(source, EventPublisher(settings.kafka), settings.kafka, metrics,

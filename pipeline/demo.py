@@ -142,6 +142,16 @@ def _counter(snapshots: dict[str, Any], name: str) -> float:
     )
 
 
+def _drop_slot(slot: ReplicationSlot, settings: Any) -> None:
+    """Drop the demo's slot on purpose, and what Kafka keeps about it (else the next run's
+    capture would stop: a slot it had confirmed positions through is gone)."""
+    from pipeline.metrics import Metrics
+    from pipeline.sources.postgres.source import PostgresSource
+
+    slot.drop()
+    PostgresSource(settings.postgres, settings.kafka, Metrics("demo")).forget_positions()
+
+
 def run_demo(keep_running: bool, rows: int) -> int:
     was_running = stack.load() is not None
     click.echo("starting the local stack (first run installs it; later runs reuse it)...")
@@ -161,7 +171,7 @@ def run_demo(keep_running: bool, rows: int) -> int:
     settings = load_settings(CONFIG, env)
     dsn = settings.postgres.dsn.get_secret_value()
     slot = ReplicationSlot(settings.postgres)
-    slot.drop()
+    _drop_slot(slot, settings)
     conn = psycopg2.connect(dsn)
     with conn, conn.cursor() as cur:
         cur.execute(SCHEMA)
@@ -213,7 +223,7 @@ def run_demo(keep_running: bool, rows: int) -> int:
                    f"{procs[1].proc.pid}); `cdc stack down` stops the servers")
         click.echo("\n".join(f"export {k}='{v}'" for k, v in env.items()))
     else:
-        slot.drop()
+        _drop_slot(slot, settings)
         if not was_running:
             stack.down()
     return 0 if ok else 1

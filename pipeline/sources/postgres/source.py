@@ -120,6 +120,12 @@ class PostgresSource:
         self._next_heartbeat = 0.0
         self._next_measure = 0.0
 
+    def forget_positions(self) -> None:
+        """Forget what is kept in Kafka about this slot (its confirmed position, snapshot
+        progress): for a slot dropped on purpose, so that its absence is no alarm."""
+        self.offsets.forget()
+        self.snapshot_offsets.forget()
+
     # -- ChangeSource --------------------------------------------------------------------
     def open(self) -> list[str]:
         self._reset_stream_state()
