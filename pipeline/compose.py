@@ -27,6 +27,7 @@ from pipeline.sinks.registry import build_configured, sink_names
 
 if TYPE_CHECKING:
     from pipeline.capture.loop import CaptureLoop
+    from pipeline.capture.source import ChangeSource
 
 log = logging.getLogger(__name__)
 
@@ -130,19 +131,25 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def build_source(settings: Settings, metrics: Metrics) -> ChangeSource:
+    """The source ``capture.source`` names (the one branch each capture strategy adds)."""
+    from pipeline.sources.postgres.source import PostgresSource
+
+    return PostgresSource(settings.postgres, settings.kafka, metrics)
+
+
 def build_capture(settings: Settings, metrics: Metrics,
                   reset_position: bool = False) -> CaptureLoop:
     """The configured source in the one capture loop. ``reset_position``: forget the
     source's position kept in Kafka first (after a lost slot)."""
     from pipeline.capture.loop import CaptureLoop
     from pipeline.capture.publisher import EventPublisher
-    from pipeline.sources.postgres.source import PostgresSource
 
-    source = PostgresSource(settings.postgres, settings.kafka, metrics)
+    source = build_source(settings, metrics)
     if reset_position:
         source.forget_positions()
-        log.warning("forgot the saved position of slot %s: capture starts where the slot is "
-                    "(a new slot: the current end of the WAL)", settings.postgres.slot)
+        log.warning("forgot the saved position of %s: capture starts where the source is "
+                    "(a new slot: the current end of the WAL)", source.name)
     return CaptureLoop(source, EventPublisher(settings.kafka), settings.kafka, metrics,
                        retry_timeout_s=settings.errors.retry_timeout_s)
 

@@ -409,6 +409,14 @@ class MetricsSettings(_Section):
     interval_s: float = Field(default=1.0, gt=0)
 
 
+class CaptureSettings(_Section):
+    """Which capture strategy ``cdc capture`` runs (each is a source on the one capture loop)."""
+
+    #: ``logical``: PostgreSQL logical replication (pgoutput), the default and the most
+    #: complete. Each further strategy adds its name here and a section of its own.
+    source: Literal["logical"] = "logical"
+
+
 class ErrorSettings(_Section):
     """How long outages are retried (Kafka Connect's ``errors.retry.timeout``)."""
 
@@ -423,6 +431,7 @@ class Settings(_Section):
 
     postgres: PostgresSettings
     kafka: KafkaSettings = KafkaSettings()
+    capture: CaptureSettings = CaptureSettings()
     worker: WorkerSettings = WorkerSettings()
     elasticsearch: ElasticsearchSettings | None = None
     redis: RedisSettings | None = None

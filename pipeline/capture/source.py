@@ -76,3 +76,8 @@ class ChangeSource(Protocol):
     def close(self) -> None:
         """Release connections; called after every ``open``, also on errors."""
         ...
+
+    def forget_positions(self) -> None:
+        """Forget every position this source keeps in Kafka (``cdc capture
+        --reset-position``): the next ``open`` starts as if for the first time."""
+        ...
