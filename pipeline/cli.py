@@ -147,6 +147,117 @@ def demo(keep_running: bool, rows: int) -> None:
 
 
 @main.group()
+def snapshot() -> None:
+    """Incremental backfills of existing rows while the stream goes on: start, status,
+    pause, resume, stop (sent to the running capture through the WAL)."""
+
+
+@snapshot.command("start")
+@click.argument("tables", nargs=-1, required=True)
+@click.option("--where", default=None,
+              help="Only rows matching this SQL condition (Debezium's additional-conditions).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Rows per chunk (default: postgres.snapshot_chunk_size).")
+@click.option("--follow", is_flag=True, help="Then show progress until it is done.")
+@click.pass_context
+def snapshot_start(ctx: click.Context, tables: tuple[str, ...], where: str | None,
+                   chunk_size: int | None, follow: bool) -> None:
+    """Backfill TABLES (schema.table ...): every row, read in key-ordered chunks, reaches
+    the raw topics as op r, in order with the stream; nothing is written to your tables."""
+    from pipeline.sources.postgres import backfill_control as control
+    from pipeline.sources.postgres.signals import Signal
+
+    try:
+        settings = _settings(ctx)
+        control.check_start(settings, tables, where)
+        conditions = dict.fromkeys(tables, where) if where else {}
+        signal_id = control.send(settings, Signal("execute-snapshot", tables, conditions,
+                                                  chunk_size))
+        click.echo(f"backfill of {', '.join(tables)} requested (signal {signal_id}); capture "
+                   "starts it in order with the stream")
+        if follow:
+            _follow(settings)
+        else:
+            click.echo("progress: cdc snapshot status --follow")
+    except CdcError as exc:
+        _fail(exc)
+
+
+def _follow(settings) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from pipeline.sources.postgres import backfill_control as control
+
+    drawn = 0
+    tty = sys.stdout.isatty()
+    last = ""
+    while True:
+        state = control.load_state(settings)
+        text = control.render(state)
+        if text != last:
+            if tty and drawn:
+                click.echo(f"\x1b[{drawn}F\x1b[J", nl=False)
+            click.echo(text)
+            drawn, last = text.count("\n") + 1, text
+        if not control.running(state):
+            return
+        time.sleep(1.0)
+
+
+@snapshot.command("status")
+@click.option("--follow", is_flag=True, help="Redraw every second until no backfill runs.")
+@click.option("--json", "as_json", is_flag=True, help="The state as JSON.")
+@click.pass_context
+def snapshot_status(ctx: click.Context, follow: bool, as_json: bool) -> None:
+    """Each backfill's progress: rows, percent, rows/s, ETA (or how it ended)."""
+    from pipeline.sources.postgres import backfill_control as control
+
+    try:
+        settings = _settings(ctx)
+        if as_json:
+            click.echo(json.dumps(control.load_state(settings), indent=2))
+        elif follow:
+            _follow(settings)
+        else:
+            click.echo(control.render(control.load_state(settings)))
+    except CdcError as exc:
+        _fail(exc)
+
+
+def _snapshot_signal(ctx: click.Context, kind: str, tables: tuple[str, ...]) -> None:
+    from pipeline.sources.postgres import backfill_control as control
+    from pipeline.sources.postgres.signals import Signal
+
+    try:
+        signal_id = control.send(_settings(ctx), Signal(kind, tables))
+        click.echo(f"{kind} sent (signal {signal_id})")
+    except CdcError as exc:
+        _fail(exc)
+
+
+@snapshot.command("pause")
+@click.pass_context
+def snapshot_pause(ctx: click.Context) -> None:
+    """Pause every backfill (the stream goes on; resume continues at the next chunk)."""
+    _snapshot_signal(ctx, "pause-snapshot", ())
+
+
+@snapshot.command("resume")
+@click.pass_context
+def snapshot_resume(ctx: click.Context) -> None:
+    """Resume paused backfills."""
+    _snapshot_signal(ctx, "resume-snapshot", ())
+
+
+@snapshot.command("stop")
+@click.argument("tables", nargs=-1)
+@click.pass_context
+def snapshot_stop(ctx: click.Context, tables: tuple[str, ...]) -> None:
+    """Stop the backfill of TABLES (all when none given); rows already sent stay."""
+    _snapshot_signal(ctx, "stop-snapshot", tables)
+
+
+@main.group()
 def dlq() -> None:
     """Dead letters: list, show, replay (to the raw topic or one sink), purge."""
 

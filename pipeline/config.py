@@ -132,8 +132,14 @@ class PostgresSettings(_Section):
     #: creates the slot, ``never``, ``initial_only`` (snapshot, then stop), ``when_needed``
     #: (also when the slot was lost or invalidated, instead of stopping).
     snapshot_mode: Literal["initial", "never", "initial_only", "when_needed"] = "initial"
-    #: Rows per snapshot chunk (keyset pagination on the primary key).
+    #: Rows per snapshot chunk (keyset pagination on the primary key); also the default
+    #: chunk of an incremental backfill (``cdc snapshot start --chunk-size``).
     snapshot_chunk_size: int = Field(default=2048, ge=1)
+    #: Debezium's signal.data.collection: a table ``(id text, type text, data text)`` whose
+    #: inserted rows are signals (``execute-snapshot`` ...), for applications that ask for a
+    #: backfill from SQL. Added to the publication. None: signals come only as logical
+    #: decoding messages (what ``cdc snapshot`` sends; no table needed).
+    signal_table: str | None = None
     #: Debezium's provide.transaction.metadata: each event's ``transaction`` block, and
     #: BEGIN/END records with event counts on ``<prefix>.transaction``.
     transaction_metadata: bool = False
@@ -142,6 +148,13 @@ class PostgresSettings(_Section):
     decimal_handling_mode: Literal["string", "double", "precise"] = "string"
 
     _tables = field_validator("tables")(_check_table_ids)
+
+    @field_validator("signal_table")
+    @classmethod
+    def _signal_table(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_table_ids([value])
+        return value
 
     @field_validator("message_prefix_include", "message_prefix_exclude")
     @classmethod

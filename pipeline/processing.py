@@ -74,6 +74,8 @@ class BatchProcessor:
         self._letters: list[Letter] = []
         self._done: list[RawRecord] = []
         self._stale_log = StaleLog()
+        self._stale_reads_ok = bool(self.sinks) and all(
+            getattr(s, "takes_stale_reads", False) for s in self.sinks)
 
     # -- the pure part ---------------------------------------------------------------------
     def accept(self, records: Sequence[RawRecord], now_ms: int | None = None) -> None:
@@ -185,13 +187,16 @@ class BatchProcessor:
                     if position in positions:
                         verdict = Verdict.DUPLICATE
                     positions.add(position)
+            if verdict is Verdict.STALE and event.op == "r" and self._stale_reads_ok:
+                verdict = Verdict.NEW  # the sink refuses it by version, fills absent columns
             if verdict is Verdict.NEW:
                 batch.append((record, event))
                 keys.append(key)
             elif verdict is Verdict.DUPLICATE:
                 self.metrics.inc("cdc_dedup_dropped_total")
                 self._done.append(record)
-            elif self.late_policy is LatePolicy.DEAD_LETTER:
+            elif self.late_policy is LatePolicy.DEAD_LETTER and event.op != "r":
+                # (a snapshot read older than its row is expected, never an error)
                 assert dedup is not None
                 self._letters.append((record, "ordering", dedup.stale_error(event)))
             else:  # stale under apply-if-newer: the sink holds newer state already

@@ -40,6 +40,11 @@ class Rejection:
 
 
 class Sink(Protocol):
+    """A sink may also set ``takes_stale_reads = True``: it refuses stale writes itself (by
+    version) and uses a snapshot read older than the row it holds (``op: r``) to fill
+    columns it never had (the search index). Other sinks never see a read older than their
+    row."""
+
     name: str
 
     async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
@@ -67,6 +72,7 @@ class RetryingSink:
     def __init__(self, inner: Sink, initial_s: float, max_s: float, metrics: Metrics) -> None:
         self.inner = inner
         self.name = inner.name
+        self.takes_stale_reads = getattr(inner, "takes_stale_reads", False)
         self.initial_s = initial_s
         self.max_s = max_s
         self.metrics = metrics
@@ -119,6 +125,7 @@ class MeasuredSink:
     def __init__(self, inner: Sink, metrics: Metrics) -> None:
         self.inner = inner
         self.name = inner.name
+        self.takes_stale_reads = getattr(inner, "takes_stale_reads", False)
         self.metrics = metrics
 
     async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:

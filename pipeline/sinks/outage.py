@@ -22,6 +22,7 @@ class OutageLimit:
     def __init__(self, inner: Sink, timeout_s: float) -> None:
         self.inner = inner
         self.name = inner.name
+        self.takes_stale_reads = getattr(inner, "takes_stale_reads", False)
         self.timeout_s = timeout_s
         self._since: float | None = None  # first failure since the last confirmed batch
 

@@ -81,6 +81,8 @@ class SearchIndexSink:
     """Writes change events to one index per table with ``_bulk``."""
 
     name = "search"
+    #: Versioned writes refuse a stale read; its columns fill what the document never had.
+    takes_stale_reads = True
 
     def __init__(self, settings: ElasticsearchSettings, client: httpx.AsyncClient | None = None):
         self.settings = settings
@@ -119,7 +121,13 @@ class SearchIndexSink:
             doc = dict(event.after) if event.after is not None else None
             previous = latest.get(slot)
             if previous is not None and previous[1].version > event.version:
-                continue  # an older change of the same row later in the batch: stale
+                # An older change of the same row later in the batch: stale. A snapshot
+                # read still fills the columns the newer change did not carry.
+                if event.op == "r" and doc is not None and previous[2] is not None:
+                    for column in _missing_columns(previous[2]):
+                        if column in doc and not is_unavailable(doc[column]):
+                            previous[2][column] = doc[column]
+                continue
             if doc is not None and previous is not None and previous[2] is not None:
                 for column in _missing_columns(doc):
                     if not is_unavailable(previous[2].get(column, UNAVAILABLE_VALUE)):
@@ -153,11 +161,14 @@ class SearchIndexSink:
         items = await self._bulk_items(actions)
         conflicts: dict[tuple[str, str], list[tuple[int, Slot, str]]] = {}
         throttled: Latest = {}
+        reads_refused: dict[Slot, Row] = {}
         for slot, item in zip(latest, items, strict=True):
             i = latest[slot][0]
             (action, result), = item.items()
             outcome = search_errors.item_outcome(action, result)
             if outcome is Outcome.APPLIED:
+                if result.get("status") == 409 and latest[slot][1].op == "r":
+                    reads_refused[slot] = latest[slot][2] or {}
                 continue
             error = result.get("error") or {}
             reason = search_errors.shorten(
@@ -178,6 +189,8 @@ class SearchIndexSink:
                 conflicts.setdefault((slot[0], field), []).append((i, slot, reason))
             else:
                 rejected.append(Rejection(i, SinkRejectedError(reason, sink=self.name)))
+        if reads_refused:
+            await self._fill_from_reads(reads_refused)
         for (index, field), refused in conflicts.items():
             docs = [latest[slot][2] or {} for _, slot, _ in refused]
             values = [v for doc in docs for v in search_mapping.field_values(doc, field)]
@@ -195,6 +208,36 @@ class SearchIndexSink:
                     f"Elasticsearch kept throttling {len(throttled)} document(s) (429)")
             await asyncio.sleep(self.throttle_delays_s[throttled_before])
             await self._flush(throttled, batch, rejected, migrations_left, throttled_before + 1)
+
+    async def _fill_from_reads(self, reads: dict[Slot, Row]) -> None:
+        """A snapshot read older than the stored document (409) still carries every column.
+        Columns the document never had (an update whose unchanged TOAST values PostgreSQL did
+        not send, for a row first written by it) are filled from it: no later change touched
+        them, or it would have sent them. Each fill is conditional on the document not having
+        changed since it was read (``if_seq_no``); one that did is left to its newer write."""
+        slots = list(reads)
+        body = {"docs": [{"_index": index, "_id": doc_id} for index, doc_id in slots]}
+        response = await self._request("POST", "/_mget", content=orjson.dumps(body))
+        lines: list[bytes] = []
+        for slot, found in zip(slots, response.get("docs", []), strict=False):
+            stored = found.get("_source") if found.get("found") else None
+            if stored is None:
+                continue  # deleted meanwhile
+            absent = {k: v for k, v in reads[slot].items() if k not in stored}
+            if not absent:
+                continue
+            meta = {"_index": found["_index"], "_id": slot[1], "if_seq_no": found["_seq_no"],
+                    "if_primary_term": found["_primary_term"]}
+            lines += [orjson.dumps({"update": meta}), orjson.dumps({"doc": absent})]
+        if not lines:
+            return
+        for item in await self._bulk(b"\n".join(lines) + b"\n"):
+            (_, result), = item.items()
+            status = int(result.get("status", 500))
+            if status in (429,) or status >= 500:
+                raise SinkUnavailableError(f"filling columns from snapshot reads: {result}")
+            if status >= 300 and status not in (404, 409):  # gone, or changed meanwhile
+                log.warning("could not fill absent columns from a snapshot read: %s", result)
 
     async def _bulk_items(self, actions: list[tuple[str, list[bytes]]]) -> list[dict[str, Any]]:
         """One ``_bulk`` item result per action. A request Elasticsearch refuses as a whole

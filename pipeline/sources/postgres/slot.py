@@ -91,6 +91,7 @@ class ReplicationSlot:
             with conn.cursor() as cur:
                 self._check_server(cur)
                 self._check_tables(cur)
+                self._check_signal_table(cur)
                 self._ensure_publication(cur)
                 return self._ensure_slot(cur, saved_position, create_slot,
                                          when_lost_start_over)
@@ -140,8 +141,32 @@ class ReplicationSlot:
                     "add a primary key or set REPLICA IDENTITY USING INDEX <unique index>"
                 )
 
+    def _check_signal_table(self, cur: Any) -> None:
+        table_id = self.settings.signal_table
+        if table_id is None:
+            return
+        schema, table = table_id.split(".", 1)
+        cur.execute(
+            "SELECT array_agg(a.attname::text) FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+            (schema, table))
+        columns = set(cur.fetchone()[0] or ())
+        if not {"id", "type", "data"} <= columns:
+            raise SourceSetupError(
+                f"postgres.signal_table names '{table_id}', which "
+                f"{'lacks the columns id, type, data' if columns else 'does not exist'}: "
+                f"CREATE TABLE {table_id} (id varchar(42) PRIMARY KEY, type varchar(32) NOT NULL, "
+                "data varchar(2048))")
+
+    def _published(self) -> list[str]:
+        """The listed tables, and the signal table (its inserts are signals)."""
+        signals = self.settings.signal_table
+        return [*self.settings.tables, *([signals] if signals else [])]
+
     def _ensure_publication(self, cur: Any) -> None:
         name = self.settings.publication
+        tables = self._published()
         cur.execute(
             "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
             (name,),
@@ -153,12 +178,12 @@ class ReplicationSlot:
                 # Changes of a partitioned table's partitions arrive under the table's name.
                 sql.SQL("CREATE PUBLICATION {} FOR TABLE {} "
                         "WITH (publish_via_partition_root = true)").format(
-                    sql.Identifier(name), _table_list(self.settings.tables)
+                    sql.Identifier(name), _table_list(tables)
                 )
             )
-            log.info("created publication %s for %s", name, ", ".join(self.settings.tables))
+            log.info("created publication %s for %s", name, ", ".join(tables))
             return
-        missing = [t for t in self.settings.tables if t not in present]
+        missing = [t for t in tables if t not in present]
         if missing:
             cur.execute(
                 sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(

@@ -33,27 +33,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
-import psycopg2.extensions
-from psycopg2 import sql
 
 from pipeline.capture.source import ANY_PARTITION, Checkpoint, Item
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.events import ChangeEvent, SourceInfo, encode_key, encode_value
 from pipeline.positions import Lsn
-from pipeline.sources.postgres.envelope import TableShape
-from pipeline.sources.postgres.pgoutput import Column, Relation
-from pipeline.sources.postgres.slot import connect, primary_key_columns, translate
+from pipeline.sources.postgres.chunks import TableReader
+from pipeline.sources.postgres.slot import connect, translate
 from pipeline.sources.postgres.types import TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
 
 log = logging.getLogger(__name__)
-
-_COLUMNS_SQL = (
-    "SELECT a.attname, a.atttypid, a.atttypmod FROM pg_attribute a "
-    "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
-    "ORDER BY a.attnum"
-)
-
 
 @dataclass(frozen=True, slots=True, order=True)
 class SnapshotPosition:
@@ -93,7 +83,7 @@ class TableSnapshot:
         self.ts_us = int(progress.get("ts_us") or time.time() * 1_000_000)
         self._held: _Held | None = None
         self._first = not self.done and self.table is None
-        self._shape: TableShape | None = None
+        self._reader: TableReader | None = None
         self._types = TypeResolver()
         self.conn = connect(pg.dsn.get_secret_value(), options=session)
         try:
@@ -126,11 +116,14 @@ class TableSnapshot:
             log.info("snapshot complete: %d rows", self.rows)
             return out
         try:
-            rows = self._chunk(table)
+            if self._reader is None:
+                self._reader = TableReader(self.conn, table, self.pg, self._types,
+                                           self.unconverted)
+            reader = self._reader
+            rows = reader.chunk(self.after, self.pg.snapshot_chunk_size)
         except psycopg2.Error as exc:
             raise translate(exc, f"reading {table} for the snapshot") from exc
-        shape = self._shape
-        assert shape is not None
+        shape = reader.shape
         topic = self.kafka.raw_topic(table)
         for i, values in enumerate(rows):
             if self._held is not None:
@@ -149,10 +142,10 @@ class TableSnapshot:
             if self._held is not None and self._held.topic == topic:
                 self._held.last_in_table = True
             self.done.append(table)
-            self.table, self.after, self._shape = None, None, None
+            self.table, self.after, self._reader = None, None, None
         else:
             self.table = table
-            self.after = [rows[-1][shape.names.index(k)] for k in shape.key_names]
+            self.after = reader.key_of(rows[-1])
         self.chunks += 1
         out.append(Checkpoint(SnapshotPosition(self.chunks, self._progress(False))))
         return out
@@ -189,43 +182,6 @@ class TableSnapshot:
         event = ChangeEvent(event.op, event.key, None, event.after, source, event.ts_ms)
         out.append((held.topic, encode_key(event), encode_value(event), ANY_PARTITION))
         self._held = None
-
-    def _chunk(self, table: str) -> list[list[str | None]]:
-        schema, name = table.split(".", 1)
-        with self.conn.cursor() as cur:
-            if self._shape is None:
-                self._shape = self._describe(cur, schema, name)
-            shape = self._shape
-            columns = sql.SQL(", ").join(sql.Identifier(n) for n in shape.names)
-            key = sql.SQL(", ").join(sql.Identifier(k) for k in shape.key_names)
-            query = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier(schema, name))
-            params: list[Any] = []
-            if self.after is not None:
-                marks = sql.SQL(", ").join(sql.Placeholder() * len(shape.key_names))
-                query += sql.SQL(" WHERE ({}) > ({})").format(key, marks)
-                params = list(self.after)
-            query += sql.SQL(" ORDER BY {} LIMIT {}").format(
-                key, sql.Literal(self.pg.snapshot_chunk_size))
-            cur.execute(query, params)
-            return [list(r) for r in cur.fetchall()]
-
-    def _describe(self, cur: Any, schema: str, name: str) -> TableShape:
-        """The table's shape from the catalog, its values read as PostgreSQL's text."""
-        relation = sql.Identifier(schema, name).as_string(cur)
-        cur.execute(_COLUMNS_SQL, (relation,))
-        columns = cur.fetchall()
-        cur.execute("SELECT %s::regclass::oid", (relation,))
-        (oid,) = cur.fetchone()
-        # Every column as the text its type's output function prints, as pgoutput sends it.
-        raw = psycopg2.extensions.new_type(tuple({c[1] for c in columns}), "CDC_RAW_TEXT",
-                                           lambda value, _cur: value)
-        psycopg2.extensions.register_type(raw, self.conn)
-        pk = primary_key_columns(cur, oid)
-        rel = Relation(oid, schema, name, "d",
-                       tuple(Column(n in pk, n, t, m) for n, t, m in columns))
-        types = [self._types.resolve(cur, c[1]) for c in columns]
-        return TableShape.from_relation(rel, pk, types, self.pg.decimal_handling_mode,
-                                        self.unconverted, schema=schema, table=name)
 
 
 def _fields(source: SourceInfo) -> dict[str, Any]:

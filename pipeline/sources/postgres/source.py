@@ -33,6 +33,7 @@ from pipeline.errors import RetriableError, SourceExhausted, SourceSetupError
 from pipeline.events import UNAVAILABLE_VALUE, encode_value
 from pipeline.metrics import Metrics
 from pipeline.positions import Lsn
+from pipeline.sources.postgres.backfill import Backfills
 from pipeline.sources.postgres.envelope import (
     ChangeBuilder,
     EnvelopeWriter,
@@ -53,6 +54,14 @@ from pipeline.sources.postgres.pgoutput import (
     insert_relation_oid,
     insert_row,
 )
+from pipeline.sources.postgres.signals import (
+    INTERNAL_PREFIXES,
+    SIGNAL_PREFIX,
+    WATERMARK_PREFIX,
+    SignalError,
+    from_message,
+)
+from pipeline.sources.postgres.signals import parse as parse_signal
 from pipeline.sources.postgres.slot import (
     RETAINED_WAL_SQL,
     ReplicationSlot,
@@ -101,6 +110,9 @@ class PostgresSource:
         self._counts: dict[tuple[int, str], int] = {}
         self.types = TypeResolver()
         self.unconverted = UnconvertedValues()
+        self.backfills = Backfills(pg, kafka, metrics, SESSION, self.unconverted)
+        self._signal_oid: int | None = None  # postgres.signal_table's relation
+        self._signal_columns: list[str] = []
         self._cur: Any = None
         self._repl: Any = None
         self._catalog: Any = None
@@ -125,6 +137,7 @@ class PostgresSource:
         progress): for a slot dropped on purpose, so that its absence is no alarm."""
         self.offsets.forget()
         self.snapshot_offsets.forget()
+        self.backfills.forget()
 
     # -- ChangeSource --------------------------------------------------------------------
     def open(self) -> list[str]:
@@ -164,6 +177,7 @@ class PostgresSource:
         self._message_topic = f"{self.kafka.topic_prefix}.message"
         self._heartbeat_topic = f"__debezium-heartbeat.{self.kafka.topic_prefix}"
         self._resumed = resumed
+        self.backfills.open(db)
         if self._snapshot is None:
             self._start_streaming()
         topics = [self.kafka.raw_topic(t) for t in self.pg.tables]
@@ -225,6 +239,8 @@ class PostgresSource:
         cur = self._cur
         out = self._out = []
         handled = 0
+        if self.backfills.wants_chunk:
+            self.backfills.read_chunk(self._checkpointed)
         try:
             while handled < max_items:
                 msg = cur.read_message()
@@ -247,6 +263,7 @@ class PostgresSource:
             return
         self._confirmed = position
         self.metrics.set("cdc_capture_confirmed_lsn", int(position))
+        self.backfills.confirmed(int(position))
         if time.monotonic() - self._last_feedback >= 0.05:  # at most ~20 a second
             try:
                 self._feedback(force=True)
@@ -269,6 +286,7 @@ class PostgresSource:
         if self._snapshot is not None:
             self._snapshot.close()
         self.snapshot_offsets.flush()
+        self.backfills.close()
         self._flush_counts()
         if self._confirmed is not None:
             with contextlib.suppress(psycopg2.Error):
@@ -409,6 +427,10 @@ class PostgresSource:
 
     def _relation(self, msg: Relation) -> None:
         table_id = f"{msg.namespace or 'pg_catalog'}.{msg.name}"
+        if table_id == self.pg.signal_table:
+            self._signal_oid = msg.oid
+            self._signal_columns = [c.name for c in msg.columns]
+            return
         if table_id not in self.listed:
             root = self._listed_root(msg.oid)
             if root is None:
@@ -449,6 +471,10 @@ class PostgresSource:
         return shape
 
     def _change(self, msg: Insert | Update | Delete, lsn: int) -> None:
+        if msg.relation_oid == self._signal_oid:
+            if type(msg) is Insert:
+                self._signal_row(msg, lsn)
+            return
         shape = self._shape(msg.relation_oid)
         if shape is None:
             return
@@ -459,7 +485,10 @@ class PostgresSource:
         out = self._out
         counts = self._counts
         meta = self._txn_meta
+        window = self.backfills.window
         for op, key, value in self.writer.encode(msg, shape, lsn, self._now_ms):
+            if window is not None and window.table == shape.table_id:
+                value = self.backfills.changed(key, op, value)  # type: ignore[assignment]
             if meta is not None:
                 value = meta.stamp(value, shape.table_id)
             out.append((topic, key, value, ANY_PARTITION))
@@ -470,6 +499,9 @@ class PostgresSource:
 
     def _created(self, after: dict[str, Any], shape: TableShape, lsn: int) -> None:
         key, value = self.writer.created(after, shape, lsn, self._now_ms)
+        window = self.backfills.window
+        if window is not None and window.table == shape.table_id:
+            self.backfills.changed(key, "c", value)
         if self._txn_meta is not None:
             value = self._txn_meta.stamp(value, shape.table_id)
         self._out.append((self.topics[shape.oid], key, value, ANY_PARTITION))
@@ -484,6 +516,7 @@ class PostgresSource:
             shape = self._shape(oid)
             if shape is None:
                 continue
+            self.backfills.truncated(shape.table_id)
             event = self.builder.truncate(shape, self._ctx, lsn, int(time.time() * 1000))
             value = encode_value(event)
             if self._txn_meta is not None:
@@ -492,7 +525,11 @@ class PostgresSource:
             self.metrics.inc("cdc_capture_events_total", table=shape.table_id, op="t")
 
     def _message(self, msg: Message, lsn: int) -> None:
-        """A pg_logical_emit_message payload, published as Debezium does (``op: m``)."""
+        """A pg_logical_emit_message payload, published as Debezium does (``op: m``); our
+        own (signals, backfill watermarks) are acted on instead."""
+        if msg.prefix in INTERNAL_PREFIXES:
+            self._internal_message(msg, lsn)
+            return
         if (self._include and not any(p.search(msg.prefix) for p in self._include)) or \
                 any(p.search(msg.prefix) for p in self._exclude):
             self.metrics.inc("cdc_capture_logical_messages_total", outcome="filtered")
@@ -502,6 +539,38 @@ class PostgresSource:
                                           int(time.time() * 1000))
         self._out.append((self._message_topic, key, value, ANY_PARTITION))
         self.metrics.inc("cdc_capture_logical_messages_total", outcome="published")
+
+    def _internal_message(self, msg: Message, lsn: int) -> None:
+        if msg.prefix == WATERMARK_PREFIX:
+            rows = self.backfills.watermark(msg.content, lsn, int(time.time() * 1000))
+            if rows:
+                self._out.extend(rows)
+                if self._ctx is None and lsn > self._checkpointed:
+                    self._checkpointed = lsn
+                    self._out.append(Checkpoint(Lsn(lsn)))
+        elif msg.prefix == SIGNAL_PREFIX:
+            try:
+                signal = from_message(msg.content)
+            except SignalError as exc:
+                log.error("signal message at %s ignored: %s", Lsn(lsn), exc)
+                self.metrics.inc("cdc_capture_signals_total", type="?", outcome="refused")
+                return
+            self.backfills.signal(signal, lsn, self.listed)
+
+    def _signal_row(self, msg: Insert, lsn: int) -> None:
+        """A row inserted into ``postgres.signal_table`` (Debezium's id, type, data)."""
+        row = dict(zip(self._signal_columns, msg.new, strict=False))
+        values = {k: v.decode() if isinstance(v, bytes) else v for k, v in row.items()}
+        try:
+            signal = parse_signal(str(values.get("type")), values.get("data"),
+                                  str(values.get("id") or ""))
+        except SignalError as exc:
+            log.error("signal row %s in %s ignored: %s", values.get("id"),
+                      self.pg.signal_table, exc)
+            self.metrics.inc("cdc_capture_signals_total", type=str(values.get("type")),
+                             outcome="refused")
+            return
+        self.backfills.signal(signal, lsn, self.listed)
 
     def _flush_counts(self) -> None:
         """Per-event counts are kept in a plain dict on the hot path, moved to metrics here."""

@@ -1,0 +1,416 @@
+"""Incremental backfills: a table's existing rows read in chunks while the stream goes on.
+
+Netflix DBLog's watermark algorithm, as Debezium's incremental snapshots use it. For each
+chunk, between two reads of the replication stream:
+
+1. a *low watermark* is written to the WAL (``pg_logical_emit_message``, nothing is written to
+   any table), the chunk is read (keyset order, a read-only transaction of its own), and a
+   *high watermark* follows it;
+2. the stream goes on; every change of the chunk's table that arrives before the high
+   watermark removes its key from the chunk: the log's version is at least as new as the row
+   read (the window opens when the chunk is read, at the stream position capture has reached,
+   which is at or before the low watermark: wider than DBLog's window, never narrower, so a
+   transaction that wrote its commit record before the low watermark but was not yet visible
+   to the chunk's read is still seen);
+3. at the high watermark, the chunk's remaining rows are published as ``op: r`` events
+   (``source.snapshot: incremental``), in order with the stream.
+
+Every row is therefore either the version the chunk read, published before any later change
+of it, or dropped in favour of a change the log carries. Snapshot reads rank below every
+streamed change in the sinks (``ChangePosition``), so a chunk row never overwrites a change.
+
+An update whose large (TOAST) values were unchanged arrives without them. Inside the window,
+its missing values are filled from the newest version capture holds (an earlier change in the
+window, else the chunk's read row, which has the same unchanged value): the chunk row it
+replaces would otherwise have been the only carrier of those values.
+
+Progress (table, the last key read, rows) is saved in Kafka (the offsets topic) once
+everything published before it was acknowledged: a restarted capture resumes from the last
+finished chunk. A backfill never stops capture: a table it cannot read (dropped, a filter
+PostgreSQL refuses) is marked failed, with the error, in ``cdc snapshot status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import psycopg2
+from psycopg2 import sql
+
+from pipeline.capture.offsets import OffsetStore
+from pipeline.capture.source import ANY_PARTITION, Item
+from pipeline.config import KafkaSettings, PostgresSettings
+from pipeline.errors import RetriableError, SourceSetupError
+from pipeline.events import (
+    UNAVAILABLE_BINARY,
+    UNAVAILABLE_VALUE,
+    ChangeEvent,
+    Row,
+    SourceInfo,
+    encode_key,
+    encode_value,
+    is_unavailable,
+)
+from pipeline.metrics import Metrics
+from pipeline.sources.postgres.chunks import ChunkKey, TableReader
+from pipeline.sources.postgres.envelope import TableShape
+from pipeline.sources.postgres.signals import WATERMARK_PREFIX, Signal
+from pipeline.sources.postgres.slot import connect, translate
+from pipeline.sources.postgres.types import TypeResolver
+from pipeline.sources.postgres.unconverted import UnconvertedValues
+
+log = logging.getLogger(__name__)
+
+#: Signal ids remembered, so a signal streamed again after a restart is not acted on twice.
+APPLIED_KEPT = 64
+_PLACEHOLDERS = (UNAVAILABLE_VALUE.encode(), UNAVAILABLE_BINARY.encode())
+
+
+def state_store(kafka: KafkaSettings, slot: str) -> OffsetStore:
+    """Where a slot's backfills are kept (read by ``cdc snapshot status`` too)."""
+    return OffsetStore(kafka, {"source": "postgres-backfill", "slot": slot})
+
+
+@dataclass
+class TableBackfill:
+    """One table's backfill: where it is and how it went."""
+
+    table: str
+    chunk_size: int
+    where: str | None = None
+    after: ChunkKey | None = None
+    rows: int = 0
+    chunks: int = 0
+    estimate: int | None = None
+    state: str = "running"  # running | done | stopped | failed
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TableBackfill:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+
+@dataclass
+class _Window:
+    """One chunk between its watermarks."""
+
+    mark: str
+    table: str
+    shape: TableShape
+    rows: dict[bytes, Row]  # every row read, by key
+    pending: set[bytes]  # keys still to publish at the high watermark
+    last_key: ChunkKey | None
+    read: int
+    #: The newest value seen in the window per chunk key (None: deleted), to fill a later
+    #: update's unchanged TOAST values.
+    latest: dict[bytes, bytes | None] = field(default_factory=dict)
+
+
+class Backfills:
+    """The backfills of one slot: requested by signals, read chunk by chunk, saved in Kafka."""
+
+    def __init__(self, pg: PostgresSettings, kafka: KafkaSettings, metrics: Metrics,
+                 session: str, unconverted: UnconvertedValues) -> None:
+        self.pg = pg
+        self.kafka = kafka
+        self.metrics = metrics
+        self.session = session
+        self.unconverted = unconverted
+        self.store = state_store(kafka, pg.slot)
+        self.tables: list[TableBackfill] = []
+        self.paused = False
+        self.applied: list[str] = []  # ids of the latest signals acted on
+        self.window: _Window | None = None
+        #: States to save once the stream position they were taken at is confirmed.
+        self._pending: list[tuple[int, dict[str, Any], bool]] = []
+        self._conn: Any = None
+        self._readers: dict[str, TableReader] = {}
+        self._types = TypeResolver()
+        self.db = ""
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def open(self, db: str) -> None:
+        """Load the saved state (after a restart: resume from the last finished chunk)."""
+        self.db = db
+        self.window = None
+        self._pending.clear()
+        saved = self.store.load() or {}
+        self.paused = bool(saved.get("paused", False))
+        self.applied = list(saved.get("applied", []))
+        self.tables = [TableBackfill.from_json(t) for t in saved.get("tables", [])]
+        running = [t.table for t in self.tables if not t.finished]
+        if running:
+            log.info("resuming the backfill of %s%s", ", ".join(running),
+                     " (paused)" if self.paused else "")
+
+    def close(self) -> None:
+        self.store.flush()
+        self._readers.clear()
+        if self._conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                self._conn.close()
+        self._conn = None
+        self.window = None
+
+    def forget(self) -> None:
+        self.store.forget()
+
+    @property
+    def wants_chunk(self) -> bool:
+        """A chunk should be read now (work to do, not paused, no chunk in flight)."""
+        return self.window is None and not self.paused and any(
+            not t.finished for t in self.tables)
+
+    # -- signals -------------------------------------------------------------------------
+    def signal(self, signal: Signal, lsn: int, listed: frozenset[str]) -> None:
+        """Act on a signal that arrived at stream position ``lsn`` (once: a signal the
+        stream sends again after a restart is recognised by its id)."""
+        if signal.id and signal.id in self.applied:
+            return
+        if signal.id:
+            self.applied = [*self.applied[-(APPLIED_KEPT - 1):], signal.id]
+        if signal.kind == "execute-snapshot":
+            self._start(signal, listed)
+        elif signal.kind == "stop-snapshot":
+            names = set(signal.tables) or {t.table for t in self.tables}
+            for t in self.tables:
+                if t.table in names and not t.finished:
+                    t.state, t.updated_at = "stopped", time.time()
+                    log.info("backfill of %s stopped after %d rows", t.table, t.rows)
+            if self.window is not None and self.window.table in names:
+                self.window = None  # its rows are not published
+        elif signal.kind == "pause-snapshot":
+            self.paused = True
+            log.info("backfills paused")
+        elif signal.kind == "resume-snapshot":
+            self.paused = False
+            log.info("backfills resumed")
+        self.metrics.inc("cdc_capture_signals_total", type=signal.kind, outcome="applied")
+        self._remember(lsn, durable=True)
+
+    def _start(self, signal: Signal, listed: frozenset[str]) -> None:
+        for table in signal.tables:
+            if table not in listed:
+                self._refuse(signal, f"{table} is not in postgres.tables, so its changes "
+                                     "are not captured: add it there first")
+                continue
+            running = next((t for t in self.tables if t.table == table and not t.finished),
+                           None)
+            if running is not None:
+                self._refuse(signal, f"a backfill of {table} is already running "
+                                     f"({running.rows} rows read); stop it first")
+                continue
+            self.tables = [t for t in self.tables if t.table != table]
+            entry = TableBackfill(table, signal.chunk_size or self.pg.snapshot_chunk_size,
+                                  signal.conditions.get(table))
+            entry.estimate = self._estimate(entry)
+            self.tables.append(entry)
+            log.info("backfill of %s requested%s (about %s rows)", table,
+                     f" where {entry.where}" if entry.where else "",
+                     "?" if entry.estimate is None else entry.estimate)
+
+    def _refuse(self, signal: Signal, reason: str) -> None:
+        log.error("signal %s %s refused: %s", signal.kind, signal.id, reason)
+        self.metrics.inc("cdc_capture_signals_total", type=signal.kind, outcome="refused")
+
+    def _estimate(self, entry: TableBackfill) -> int | None:
+        """The planner's row estimate (no count(*) of a big table)."""
+        schema, name = entry.table.split(".", 1)
+        query = sql.SQL("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}").format(
+            sql.Identifier(schema, name))
+        if entry.where:
+            query += sql.SQL(" WHERE ({})").format(sql.SQL(entry.where))
+        try:
+            with self._connection().cursor() as cur:
+                cur.execute("BEGIN READ ONLY")
+                try:
+                    cur.execute(query)
+                    plan = cur.fetchone()[0]
+                finally:
+                    cur.execute("ROLLBACK")
+        except psycopg2.Error as exc:
+            self._fail(entry, exc)
+            return None
+        return int(plan[0]["Plan"]["Plan Rows"])
+
+    # -- chunks --------------------------------------------------------------------------
+    def read_chunk(self, now_lsn: int) -> None:
+        """Write the low watermark, read the next chunk, write the high watermark: the
+        window is open until the stream reaches the high one."""
+        entry = next(t for t in self.tables if not t.finished)
+        mark = uuid.uuid4().hex
+        try:
+            reader = self._reader(entry)
+            self._emit(f"{mark}:low")
+            with self._conn.cursor() as cur:
+                cur.execute("BEGIN READ ONLY")
+            try:
+                rows = reader.chunk(entry.after, entry.chunk_size)
+            finally:
+                with self._conn.cursor() as cur:
+                    cur.execute("COMMIT")
+            self._emit(f"{mark}:high")
+        except psycopg2.Error as exc:
+            error = translate(exc, f"reading a chunk of {entry.table}")
+            if isinstance(error, RetriableError):
+                raise error from exc
+            self._fail(entry, exc)
+            self._remember(now_lsn, durable=True)
+            return
+        except SourceSetupError as exc:  # e.g. no primary key
+            self._fail(entry, exc)
+            self._remember(now_lsn, durable=True)
+            return
+        shape = reader.shape
+        by_key: dict[bytes, Row] = {}
+        for values in rows:
+            after = shape.row(tuple(values))
+            by_key[shape.key_json(after)] = after
+        last = reader.key_of(rows[-1]) if rows else entry.after
+        self.window = _Window(mark, entry.table, shape, by_key, set(by_key), last, len(rows))
+
+    def watermark(self, content: bytes, lsn: int, now_ms: int) -> list[Item]:
+        """A watermark arrived in the stream: at its chunk's high one, the chunk's rows."""
+        window = self.window
+        mark, _, which = content.decode(errors="replace").partition(":")
+        if window is None or mark != window.mark or which != "high":
+            return []  # the low one, or one of a chunk abandoned by a restart or a stop
+        self.window = None
+        entry = next((t for t in self.tables if t.table == window.table and not t.finished),
+                     None)
+        if entry is None:
+            return []
+        out: list[Item] = []
+        topic = self.kafka.raw_topic(window.table)
+        shape = window.shape
+        source = SourceInfo(connector="postgresql", name=self.kafka.topic_prefix, db=self.db,
+                            schema=shape.schema, table=shape.table, ts_us=now_ms * 1000,
+                            lsn=lsn, snapshot="incremental")
+        for key, after in window.rows.items():
+            if key in window.pending:
+                event = ChangeEvent("r", shape.key(after), None, after, source, now_ms)
+                out.append((topic, encode_key(event), encode_value(event), ANY_PARTITION))
+        published = len(out)
+        entry.rows += published
+        entry.chunks += 1
+        entry.after = window.last_key
+        entry.updated_at = time.time()
+        if window.read < entry.chunk_size:
+            entry.state = "done"
+            self._readers.pop(entry.table, None)
+            log.info("backfill of %s complete: %d rows in %d chunks", entry.table,
+                     entry.rows, entry.chunks)
+        self.metrics.inc("cdc_capture_backfill_rows_total", published, table=entry.table)
+        self.metrics.inc("cdc_capture_backfill_chunks_total", table=entry.table)
+        if entry.estimate:
+            self.metrics.set("cdc_capture_backfill_progress_ratio",
+                             1.0 if entry.finished else min(1.0, entry.rows / entry.estimate),
+                             table=entry.table)
+        self._remember(lsn, durable=False)
+        return out
+
+    # -- the stream inside a window --------------------------------------------------------
+    def changed(self, key: bytes | None, op: str, value: bytes | None) -> bytes | None:
+        """A change of the window's table arrived before the high watermark: its key is no
+        longer published from the chunk; returns the value, its unchanged TOAST values filled
+        in from the newest version held."""
+        window = self.window
+        if window is None or key is None or key not in window.rows:
+            return value
+        window.pending.discard(key)
+        if value is None:
+            return value  # a tombstone
+        if any(p in value for p in _PLACEHOLDERS):
+            value = self._fill(window, key, value)
+        window.latest[key] = None if op == "d" else value
+        return value
+
+    def truncated(self, table: str) -> None:
+        window = self.window
+        if window is not None and window.table == table:
+            window.pending.clear()
+            window.latest = dict.fromkeys(window.rows)
+
+    def _fill(self, window: _Window, key: bytes, value: bytes) -> bytes:
+        envelope = orjson.loads(value)
+        after = envelope.get("after")
+        if not isinstance(after, dict):
+            return value
+        if key in window.latest:
+            newest = window.latest[key]
+            base = None if newest is None else orjson.loads(newest).get("after")
+        else:
+            base = window.rows[key]
+        if not base:
+            return value
+        filled = False
+        for column, current in after.items():
+            if is_unavailable(current) and column in base and not is_unavailable(base[column]):
+                after[column] = base[column]
+                filled = True
+        if filled:
+            self.metrics.inc("cdc_capture_backfill_toast_filled_total", table=window.table)
+            return orjson.dumps(envelope)
+        return value
+
+    # -- state ---------------------------------------------------------------------------
+    def confirmed(self, lsn: int) -> None:
+        """Everything up to ``lsn`` is in Kafka: save the newest state taken at or before it."""
+        state: dict[str, Any] | None = None
+        durable = False
+        while self._pending and self._pending[0][0] <= lsn:
+            _, state, must = self._pending.pop(0)
+            durable = durable or must
+        if state is None:
+            return
+        self.store.save(state)
+        if durable and self.store.flush():
+            raise RetriableError("could not save the backfill state to Kafka")
+
+    def state(self) -> dict[str, Any]:
+        return {"paused": self.paused, "applied": self.applied,
+                "tables": [asdict(t) for t in self.tables]}
+
+    def _remember(self, lsn: int, durable: bool) -> None:
+        self._pending.append((lsn, self.state(), durable))
+
+    def _fail(self, entry: TableBackfill, exc: Exception) -> None:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        entry.state, entry.error, entry.updated_at = "failed", text, time.time()
+        self._readers.pop(entry.table, None)
+        log.error("backfill of %s failed: %s", entry.table, text)
+        self.metrics.inc("cdc_capture_backfill_failures_total", table=entry.table)
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = connect(self.pg.dsn.get_secret_value(), options=self.session)
+            self._conn.autocommit = True
+        return self._conn
+
+    def _reader(self, entry: TableBackfill) -> TableReader:
+        reader = self._readers.get(entry.table)
+        if reader is None:
+            reader = TableReader(self._connection(), entry.table, self.pg, self._types,
+                                 self.unconverted, entry.where)
+            self._readers[entry.table] = reader
+        return reader
+
+    def _emit(self, content: str) -> None:
+        with self._connection().cursor() as cur:
+            cur.execute("SELECT pg_logical_emit_message(false, %s, %s)",
+                        (WATERMARK_PREFIX, content))
+
+

@@ -1,0 +1,111 @@
+"""Reading one table in primary-key chunks (keyset pagination, never OFFSET).
+
+Shared by the initial snapshot and by incremental backfills. Values are read as the text
+each type's output function prints, exactly as pgoutput sends them, and converted by the
+same :class:`~pipeline.sources.postgres.envelope.TableShape` the stream uses: a row read here
+and the same row streamed produce the same event values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from pipeline.config import PostgresSettings
+from pipeline.errors import SourceSetupError
+from pipeline.sources.postgres.envelope import TableShape
+from pipeline.sources.postgres.pgoutput import Column, Relation
+from pipeline.sources.postgres.slot import primary_key_columns
+from pipeline.sources.postgres.types import TypeResolver
+from pipeline.sources.postgres.unconverted import UnconvertedValues
+
+_COLUMNS_SQL = (
+    "SELECT a.attname, a.atttypid, a.atttypmod FROM pg_attribute a "
+    "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY a.attnum"
+)
+
+#: A chunk's key as read: the key columns' text values, in key order.
+ChunkKey = list[str | None]
+
+
+class TableReader:
+    """One table's shape and its keyset chunks, on a connection opened with the decoding
+    session's settings (``SESSION``: UTC, ISO dates, exact floats, hex bytea)."""
+
+    def __init__(self, conn: Any, table: str, pg: PostgresSettings, types: TypeResolver,
+                 unconverted: UnconvertedValues, where: str | None = None) -> None:
+        self.conn = conn
+        self.table = table
+        self.where = where
+        schema, name = table.split(".", 1)
+        with conn.cursor() as cur:
+            self.shape = _describe(conn, cur, schema, name, pg, types, unconverted)
+        key_at = self.shape.names.index
+        self._key_index = [key_at(k) for k in self.shape.key_names]
+
+    def chunk(self, after: ChunkKey | None, size: int) -> list[list[str | None]]:
+        """Up to ``size`` rows with a key above ``after`` (all from the start when None),
+        in key order, each as the text of its columns."""
+        shape = self.shape
+        schema, name = self.table.split(".", 1)
+        columns = sql.SQL(", ").join(sql.Identifier(n) for n in shape.names)
+        key = sql.SQL(", ").join(sql.Identifier(k) for k in shape.key_names)
+        query = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier(schema, name))
+        conditions: list[sql.Composable] = []
+        params: list[Any] = []
+        if after is not None:
+            marks = sql.SQL(", ").join(sql.Placeholder() * len(shape.key_names))
+            conditions.append(sql.SQL("({}) > ({})").format(key, marks))
+            params = list(after)
+        if self.where:
+            # A filter is SQL by nature (Debezium's additional-conditions); it runs in a
+            # read-only transaction, and `cdc snapshot start` checks it with EXPLAIN first.
+            conditions.append(sql.SQL("({})").format(sql.SQL(self.where)))
+        if conditions:
+            query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
+        query += sql.SQL(" ORDER BY {} LIMIT {}").format(key, sql.Literal(size))
+        with self.conn.cursor() as cur:
+            cur.execute(query, params)
+            return [list(r) for r in cur.fetchall()]
+
+    def key_of(self, values: list[str | None]) -> ChunkKey:
+        """The key (text values) of a row ``chunk`` returned: where the next chunk starts."""
+        return [values[i] for i in self._key_index]
+
+
+def _describe(conn: Any, cur: Any, schema: str, name: str, pg: PostgresSettings,
+              types: TypeResolver, unconverted: UnconvertedValues) -> TableShape:
+    """The table's shape from the catalog, its values read as PostgreSQL's text."""
+    relation = sql.Identifier(schema, name).as_string(cur)
+    cur.execute(_COLUMNS_SQL, (relation,))
+    columns = cur.fetchall()
+    cur.execute("SELECT %s::regclass::oid", (relation,))
+    (oid,) = cur.fetchone()
+    # Every column as the text its type's output function prints, as pgoutput sends it.
+    raw = psycopg2.extensions.new_type(tuple({c[1] for c in columns}), "CDC_RAW_TEXT",
+                                       lambda value, _cur: value)
+    psycopg2.extensions.register_type(raw, conn)
+    pk = primary_key_columns(cur, oid) or _replica_identity_columns(cur, oid)
+    if not pk:
+        raise SourceSetupError(
+            f"{schema}.{name} has no primary key, so it cannot be read in key order: add one, "
+            f"or a unique index and REPLICA IDENTITY USING INDEX <it>")
+    rel = Relation(oid, schema, name, "d",
+                   tuple(Column(n in pk, n, t, m) for n, t, m in columns))
+    resolved = [types.resolve(cur, c[1]) for c in columns]
+    return TableShape.from_relation(rel, pk, resolved, pg.decimal_handling_mode,
+                                    unconverted, schema=schema, table=name)
+
+
+def _replica_identity_columns(cur: Any, oid: int) -> tuple[str, ...]:
+    """The columns of the table's REPLICA IDENTITY USING INDEX index (its key when it has
+    no primary key: the stream keys its events by them too)."""
+    cur.execute(
+        "SELECT a.attname FROM pg_index i "
+        "JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s AND i.indisreplident ORDER BY k.ord", (oid,))
+    return tuple(r[0] for r in cur.fetchall())
