@@ -128,10 +128,13 @@ class PostgresSettings(_Section):
     message_prefix_include: tuple[str, ...] = ()
     #: ... unless it matches one of these (Debezium's message.prefix.exclude.list).
     message_prefix_exclude: tuple[str, ...] = ()
-    #: When to read the existing rows (op r) before streaming: ``initial`` when capture
-    #: creates the slot, ``never``, ``initial_only`` (snapshot, then stop), ``when_needed``
-    #: (also when the slot was lost or invalidated, instead of stopping).
-    snapshot_mode: Literal["initial", "never", "initial_only", "when_needed"] = "initial"
+    #: When to read the existing rows (op r): ``initial`` before streaming, when capture
+    #: creates the slot; ``never``; ``initial_only`` (snapshot, then stop); ``when_needed``
+    #: (also when the slot was lost or invalidated, instead of stopping); ``incremental``
+    #: (when capture creates the slot, stream at once and read the tables as an incremental
+    #: backfill alongside: no WAL piles up behind a long snapshot).
+    snapshot_mode: Literal["initial", "never", "initial_only", "when_needed",
+                           "incremental"] = "initial"
     #: Rows per snapshot chunk (keyset pagination on the primary key); also the default
     #: chunk of an incremental backfill (``cdc snapshot start --chunk-size``).
     snapshot_chunk_size: int = Field(default=2048, ge=1)

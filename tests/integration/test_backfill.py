@@ -193,3 +193,25 @@ def test_backfill_requests_that_cannot_work_are_refused_with_the_reason(
     assert harmful.returncode != 0
     assert _state(sc) == {}
     sc.execute("SELECT count(*) FROM items")  # still there
+
+
+def test_snapshot_mode_incremental_streams_at_once_and_backfills_alongside(
+    scenario: Scenario,
+) -> None:
+    sc = scenario
+    rows = 10_000
+    _fill(sc, rows)
+    sc.env["CDC_POSTGRES__SNAPSHOT_MODE"] = "incremental"
+    sc.env["CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE"] = "400"
+    sc.env["CDC_WORKER__ENGINE"] = "kafka"
+    writer = _Writer(sc, rows)
+    writer.start()
+    sc.start("capture")  # streaming: the slot is active while the tables are still read
+    sc.start("worker")
+    assert wait_until(lambda: _state(sc).get("state") == "done", 180, 0.5), (
+        sc.processes["capture"].tail())
+    writer.stop.set()
+    writer.join()
+    assert sc.converged(180), sc.processes["worker"].tail()
+    reads = _reads(sc)
+    assert 0 < len(reads) <= rows and {r["source"]["snapshot"] for r in reads} == {"incremental"}

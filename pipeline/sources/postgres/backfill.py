@@ -222,6 +222,21 @@ class Backfills:
                      f" where {entry.where}" if entry.where else "",
                      "?" if entry.estimate is None else entry.estimate)
 
+    def request_all(self, tables: tuple[str, ...]) -> None:
+        """Backfill ``tables`` from the start of a new slot (``snapshot_mode: incremental``),
+        saved in Kafka before returning."""
+        saved = self.store.load() or {}
+        self.tables = [TableBackfill(t, self.pg.snapshot_chunk_size) for t in tables]
+        for entry in self.tables:
+            entry.estimate = self._estimate(entry)
+        self.paused = False
+        self.applied = list(saved.get("applied", []))
+        self.store.save(self.state())
+        if self.store.flush():
+            raise RetriableError("could not record the backfill of the new slot in Kafka")
+        log.info("new slot: backfilling %s while streaming (snapshot_mode incremental)",
+                 ", ".join(tables))
+
     def _refuse(self, signal: Signal, reason: str) -> None:
         log.error("signal %s %s refused: %s", signal.kind, signal.id, reason)
         self.metrics.inc("cdc_capture_signals_total", type=signal.kind, outcome="refused")

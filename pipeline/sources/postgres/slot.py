@@ -213,15 +213,15 @@ class ReplicationSlot:
                 f"{saved_position} through it (kept in Kafka): a new slot would start at the "
                 "current end of the WAL and silently skip every change since. Remedy: run "
                 "`cdc capture --reset-position` to start a new slot from now, then backfill "
-                "the tables with a snapshot (or set postgres.snapshot_mode: when_needed to "
-                "snapshot again automatically)"
+                "the tables (`cdc snapshot start <schema.table>...`; or set "
+                "postgres.snapshot_mode: when_needed to snapshot again automatically)"
             )
         if row is not None and row[1] == "lost":
             raise SourceSetupError(
                 f"replication slot '{slot}' was invalidated (max_slot_wal_keep_size): the WAL "
                 "it needed is removed and changes are lost to it. Remedy: drop the slot "
                 f"(SELECT pg_drop_replication_slot('{slot}')), run `cdc capture "
-                "--reset-position`, then backfill the tables with a snapshot; raise "
+                "--reset-position`, then backfill the tables (`cdc snapshot start`); raise "
                 "max_slot_wal_keep_size to avoid it"
             )
         if row is None:

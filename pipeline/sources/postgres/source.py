@@ -152,7 +152,12 @@ class PostgresSource:
         self._repl = connect(dsn, connection_factory=LogicalReplicationConnection,
                              options=SESSION)
         self._snapshot = None
-        if not exists:
+        if not exists and mode == "incremental":
+            # Recorded before the slot exists: a crash in between must not leave a slot
+            # whose existing rows are never read.
+            self.backfills.request_all(self.pg.tables)
+            slot.prepare(create_slot=True)
+        elif not exists:
             self._snapshot = self._snapshot_new_slot()
         else:
             progress = self.snapshot_offsets.load()
