@@ -154,6 +154,8 @@ def test_overlapping_transactions_committing_out_of_sequence_are_all_published(
     assert f"pid {t1_pid}" in shown.stdout, shown.stdout
     assert "idle in transaction" in shown.stdout, shown.stdout
     assert wait_until(lambda: sc.gauges("cdc_capture_trigger_rows_waiting") == [1.0], 30)
+    overall = _cdc(sc, "status")
+    assert "visibility horizon: 1 committed changes waiting" in overall.stdout, overall.stderr
     t1.commit()
     assert wait_until(lambda: _keys(sc, 3, timeout=1) == {1, 2, 3}, 60)
     assert wait_until(lambda: sc.gauges("cdc_capture_trigger_rows_waiting") == [0.0], 30)
