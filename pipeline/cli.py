@@ -124,6 +124,58 @@ def status(ctx: click.Context) -> None:
         _fail(exc)
 
 
+@main.group()
+def triggers() -> None:
+    """Trigger-based capture (capture.source: triggers): the change log and its triggers."""
+
+
+@triggers.command("install")
+@click.pass_context
+def triggers_install(ctx: click.Context) -> None:
+    """Create the change log and a trigger on each table of postgres.tables (idempotent;
+    removes the triggers of tables no longer listed)."""
+    from pipeline.sources.triggers.ddl import TriggerLog, install
+
+    try:
+        settings = _settings(ctx)
+        click.echo(install(settings).render(TriggerLog.of(settings.triggers)))
+    except CdcError as exc:
+        _fail(exc)
+
+
+@triggers.command("uninstall")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def triggers_uninstall(ctx: click.Context, yes: bool) -> None:
+    """Drop the triggers, the function and the change log (asks first: rows not yet
+    relayed are lost)."""
+    from pipeline.sources.triggers.ddl import TriggerLog, uninstall, unrelayed_rows
+
+    try:
+        settings = _settings(ctx)
+        name = TriggerLog.of(settings.triggers).name
+        rows = unrelayed_rows(settings)
+        if not yes:
+            waiting = "" if not rows else f" ({rows} changes not yet relayed are lost)"
+            click.confirm(f"drop the change log {name} and its triggers{waiting}?", abort=True)
+        click.echo(uninstall(settings).render())
+    except CdcError as exc:
+        _fail(exc)
+
+
+@triggers.command("status")
+@click.pass_context
+def triggers_status(ctx: click.Context) -> None:
+    """Tables with triggers, rows waiting in the log, and what holds the relay back."""
+    from pipeline.sources.triggers.ddl import TriggerLog, status
+
+    try:
+        settings = _settings(ctx)
+        click.echo(status(settings).render(TriggerLog.of(settings.triggers)))
+    except CdcError as exc:
+        _fail(exc)
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def stack(args: tuple[str, ...]) -> None:

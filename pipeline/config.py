@@ -430,7 +430,31 @@ class CaptureSettings(_Section):
 
     #: ``logical``: PostgreSQL logical replication (pgoutput), the default and the most
     #: complete. Each further strategy adds its name here and a section of its own.
-    source: Literal["logical"] = "logical"
+    #: ``triggers``: a change-log table filled by triggers (``cdc triggers install``),
+    #: relayed by ``cdc capture``; settings under ``triggers``.
+    source: Literal["logical", "triggers"] = "logical"
+
+
+class TriggerSettings(_Section):
+    """Trigger-based capture (``pipeline.sources.triggers``): where the change log lives
+    and how the relay reads it."""
+
+    #: Schema of the change-log table and the trigger function (created if missing).
+    log_schema: str = "cdc"
+    #: The change-log table (the relay's durable queue).
+    log_table: str = "change_log"
+    #: Log rows read per query.
+    batch_size: int = Field(default=1000, ge=1)
+    #: Seconds between looks at the log when it had nothing to relay.
+    poll_interval_s: float = Field(default=0.2, gt=0)
+
+    @field_validator("log_schema", "log_table")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        # Room for the trigger names derived from both (``<schema>__<table>__truncate``).
+        if not _NAME_RE.match(value) or len(value) > 25:
+            raise ValueError(f"'{value}' must be lower-case letters, digits and _ (max 25)")
+        return value
 
 
 class ErrorSettings(_Section):
@@ -448,6 +472,7 @@ class Settings(_Section):
     postgres: PostgresSettings
     kafka: KafkaSettings = KafkaSettings()
     capture: CaptureSettings = CaptureSettings()
+    triggers: TriggerSettings = TriggerSettings()
     worker: WorkerSettings = WorkerSettings()
     elasticsearch: ElasticsearchSettings | None = None
     redis: RedisSettings | None = None

@@ -147,3 +147,23 @@ class ChangePosition:
 
 def _lsn_text(value: int) -> str:
     return str(Lsn(value)) if 0 <= value <= _MAX else str(value)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class TriggerLogPosition:
+    """How far the trigger relay got in its change log: ``(horizon, sequence)``.
+
+    The relay reads the log in *rounds*: each takes the transaction visibility horizon
+    (``pg_snapshot_xmin``: every transaction below it has finished) and relays the log rows
+    of transactions below it, in log-sequence order. A later round can hold lower sequence
+    numbers than an earlier one (a transaction that wrote first may commit last), so the
+    sequence alone does not order the relay's progress; the round's horizon, then the
+    sequence within it, does. Positions live only as long as a relay session (the log
+    table itself is the durable queue), so they are never stored.
+    """
+
+    horizon: int
+    sequence: int
+
+    def __str__(self) -> str:
+        return f"xid<{self.horizon}#{self.sequence}"

@@ -54,18 +54,26 @@ def consumer_lag(settings: Settings, group: str, timeout: float = 10.0) -> dict[
     return lag
 
 
-def render_status(settings: Settings) -> str:
-    lines = []
+def source_lines(settings: Settings) -> list[str]:
+    """Where capture stands at its source (one branch per capture strategy)."""
+    if settings.capture.source == "triggers":
+        from pipeline.sources.triggers.ddl import TriggerLog
+        from pipeline.sources.triggers.ddl import status as trigger_status
+
+        return [trigger_status(settings).render(TriggerLog.of(settings.triggers))]
     slot = slot_lag(settings)
     if slot is None:
-        lines.append(f"slot {settings.postgres.slot}: missing (capture has not run yet)")
-    else:
-        lines.append(
-            f"slot {settings.postgres.slot}: {'active' if slot['active'] else 'inactive'}, "
-            f"confirmed {slot['confirmed_flush_lsn']}, behind by {slot['lag_bytes']} bytes, "
-            f"retains {slot['retained_wal_bytes']} bytes of WAL (wal_status "
-            f"{slot['wal_status']})"
-        )
+        return [f"slot {settings.postgres.slot}: missing (capture has not run yet)"]
+    return [
+        f"slot {settings.postgres.slot}: {'active' if slot['active'] else 'inactive'}, "
+        f"confirmed {slot['confirmed_flush_lsn']}, behind by {slot['lag_bytes']} bytes, "
+        f"retains {slot['retained_wal_bytes']} bytes of WAL (wal_status "
+        f"{slot['wal_status']})"
+    ]
+
+
+def render_status(settings: Settings) -> str:
+    lines = source_lines(settings)
     for sink in sink_names(settings):
         group = settings.group_id(sink)
         for topic, behind in sorted(consumer_lag(settings, group).items()):
