@@ -177,6 +177,9 @@ def run_demo(keep_running: bool, rows: int) -> int:
         cur.execute(SCHEMA)
     assert settings.redis is not None
     cache = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    rng = random.Random(7)
+    click.echo(f"inserting {rows} rows per table before capture starts (existing rows)")
+    _workload_inserts(conn, rows, rng)
     procs = [
         PipelineProcess("capture", env, work / "capture.log"),
         PipelineProcess("worker", env, work / "worker.log"),
@@ -188,16 +191,16 @@ def run_demo(keep_running: bool, rows: int) -> int:
         groups = [settings.group_id(name) for name in sink_names(settings)]
         if not wait_until(lambda: all(group_stable(settings.kafka, g) for g in groups), 60, 0.5):
             raise click.ClickException("worker did not start:\n" + procs[1].tail(30))
-        rng = random.Random(7)
-        click.echo(f"capture and worker started (logs in {work}); inserting {rows} rows per table")
-        _workload_inserts(conn, rows, rng)
+        click.echo(f"capture and worker started (logs in {work}); capture read the existing "
+                   "rows first (initial snapshot, op r), then streams")
         if not wait_until(lambda: _index_matches(settings, dsn), 120, 0.5):
-            raise click.ClickException("inserts did not reach Elasticsearch in 120 s:\n"
-                                       + "\n".join(p.tail(15) for p in procs))
+            raise click.ClickException("the existing rows did not reach Elasticsearch in "
+                                       "120 s:\n" + "\n".join(p.tail(15) for p in procs))
+        click.echo(f"the {rows} existing rows of each table are in the index (snapshot)")
         _warm_cache(cache, rows)
         time.sleep(settings.metrics.interval_s * 1.5)  # let every process write a snapshot
         before = read_snapshots(work / "metrics")
-        click.echo(f"index matches the tables; cache warmed; now {CHANGES} small transactions "
+        click.echo(f"cache warmed; now the stream: {CHANGES} small transactions "
                    f"(updates, deletes) at {RATE:.0f}/s")
         touched = _workload_changes(conn, rows, rng, CHANGES, RATE)
         stale = [f"customer:{i}" for i in touched["customers"]] + \

@@ -172,6 +172,7 @@ def _workload(sc: Scenario, rows: int) -> None:
         if i % 50 == 0:
             with conn, conn.cursor() as cur:
                 cur.execute(f"UPDATE {sc.schema}.items SET qty = qty + 1 WHERE id <= %s", (i,))
+        time.sleep(0.01)  # paced (>= 6 s for 600 rows): the kill lands mid-workload
     conn.close()
 
 
