@@ -168,7 +168,7 @@ def test_the_signal_table_starts_a_filtered_backfill(scenario: Scenario) -> None
             "additional-conditions": [{"data-collection": sc.table_id, "filter": "id <= 100"}]}
     sc.execute(f"INSERT INTO {signals} VALUES ('ad-hoc-1', 'execute-snapshot', %s)",
                orjson.dumps(data).decode())
-    assert wait_until(lambda: _state(sc).get("state") == "done", 60, 0.3), (
+    assert wait_until(lambda: _state(sc).get("state") == "done", 120, 0.3), (
         sc.processes["capture"].tail())
     reads = _reads(sc)
     assert sorted(r["after"]["id"] for r in reads) == list(range(1, 101))

@@ -131,6 +131,8 @@ def test_logical_messages_and_transaction_metadata(scenario: Scenario) -> None:
     sc = scenario
     sc.env["CDC_POSTGRES__TRANSACTION_METADATA"] = "true"
     sc.env["CDC_POSTGRES__MESSAGE_PREFIX_EXCLUDE"] = '["^noise"]'
+    # Messages are database-wide: any other prefix in a shared database is someone else's.
+    sc.env["CDC_POSTGRES__MESSAGE_PREFIX_INCLUDE"] = '["^audit$", "^noise$"]'
     sc.start("capture")
     conn = sc.connect()
     with conn, conn.cursor() as cur:
