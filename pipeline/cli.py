@@ -25,6 +25,8 @@ def _fail(exc: Exception) -> None:
 
 
 @click.group()
+@click.version_option(package_name="cdc-pipeline", prog_name="cdc",
+                      message="%(prog)s %(version)s")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="CDC_CONFIG",
               help="YAML settings file (default: $CDC_CONFIG); CDC_* variables override it.")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
@@ -176,13 +178,112 @@ def triggers_status(ctx: click.Context) -> None:
         _fail(exc)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def stack(args: tuple[str, ...]) -> None:
-    """The local servers: up [SERVICE...] | down | status | env | start|stop SERVICE."""
-    from pipeline.stack.__main__ import main as stack_main
+@main.group()
+def stack() -> None:
+    """The local servers on 127.0.0.1 (installed on first use, then reused): up, down,
+    status, env, start, stop. State in $CDC_STACK_DIR (default <repo>/.stack)."""
 
-    sys.exit(stack_main(list(args) or ["--help"]))
+
+def _stack_run(action):  # type: ignore[no-untyped-def]
+    from pipeline.stack import StackError
+
+    try:
+        return action()
+    except StackError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _stack_exports(info) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.stack import env_vars
+
+    click.echo(f"# state_dir: {info.state_dir}")
+    for key, value in env_vars(info).items():
+        click.echo(f"export {key}='{value}'")
+
+
+class _Service(click.ParamType):
+    """A service of the stack (checked when used: importing the stack costs 0.2 s)."""
+
+    name = "service"
+
+    def convert(self, value: str, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        from pipeline.stack import ALL
+
+        if value not in ALL:
+            self.fail(f"'{value}' is not one of {', '.join(ALL)}", param, ctx)
+        return value
+
+
+_SERVICES = _Service()
+
+
+@stack.command("up")
+@click.argument("services", nargs=-1, type=_SERVICES)
+def stack_up(services: tuple[str, ...]) -> None:
+    """Install (once) and start SERVICES (default: all), reusing running ones; prints the
+    settings to export (eval "$(cdc stack up)")."""
+    import time
+
+    from pipeline.stack import up
+
+    started = time.monotonic()
+    info = _stack_run(lambda: up(list(services) or None))
+    click.echo(f"# stack up in {time.monotonic() - started:.1f}s")
+    _stack_exports(info)
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop every service of the stack (data and downloads stay)."""
+    from pipeline.stack import down
+
+    _stack_run(down)
+    click.echo("stack stopped")
+
+
+@stack.command("status")
+def stack_status() -> None:
+    """Each service: running or not, port, pid (exit 1 unless all run)."""
+    from pipeline.stack import status
+
+    rows = _stack_run(status)
+    for st in rows.values():
+        state = "running" if st.running else "stopped"
+        conn = " ".join(f"{k}={v}" for k, v in st.connection.items())
+        click.echo(f"{st.name:14} {state:8} port={st.port} pid={st.pid} {conn}")
+    sys.exit(0 if rows and all(s.running for s in rows.values()) else 1)
+
+
+@stack.command("env")
+def stack_env() -> None:
+    """The export lines of the running stack."""
+    from pipeline.stack import load
+
+    info = _stack_run(load)
+    if info is None:
+        click.echo("error: the stack is not (fully) running: cdc stack up", err=True)
+        sys.exit(1)
+    _stack_exports(info)
+
+
+@stack.command("start")
+@click.argument("service", type=_SERVICES)
+def stack_start(service: str) -> None:
+    """Start one stopped service on its old port, with its data."""
+    from pipeline.stack import start_service
+
+    _stack_exports(_stack_run(lambda: start_service(service)))
+
+
+@stack.command("stop")
+@click.argument("service", type=_SERVICES)
+def stack_stop(service: str) -> None:
+    """Stop one service, keeping its port and data (to try an outage)."""
+    from pipeline.stack import stop_service
+
+    _stack_run(lambda: stop_service(service))
 
 
 @main.command()

@@ -11,6 +11,7 @@ the section's ``username``/``password`` as it is read, so a URL can be printed a
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -545,17 +546,44 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, An
 
 
 def _describe(error: ValidationError) -> ConfigError:
-    first = error.errors()[0]
-    setting = ".".join(str(p) for p in first["loc"]) or "<root>"
-    problem = first["msg"]
-    if first["type"] == "extra_forbidden":
-        problem = "unknown setting (check the spelling against the configuration reference)"
-    elif first["type"] == "missing":
-        problem = "is required but not set"
-    more = len(error.errors()) - 1
-    if more:
-        problem += f" (and {more} more problem{'s' if more > 1 else ''})"
+    """Every problem, the first one's setting named as the error's; a misspelled setting gets
+    a did-you-mean from the settings at its place."""
+    problems = [_problem(e) for e in error.errors()]
+    setting, problem = problems[0]
+    if len(problems) > 1:
+        problem += "".join(f"\n  and '{s}': {p}" for s, p in problems[1:])
     return ConfigError(setting, problem)
+
+
+def _problem(error: Any) -> tuple[str, str]:
+    loc = [str(p) for p in error["loc"]]
+    setting = ".".join(loc) or "<root>"
+    problem = error["msg"]
+    if error["type"] == "extra_forbidden":
+        problem = "unknown setting"
+        guess = difflib.get_close_matches(loc[-1], _fields_at(loc[:-1]), n=1, cutoff=0.6)
+        if guess:
+            problem += f" (did you mean '{'.'.join([*loc[:-1], guess[0]])}'?)"
+        else:
+            problem += " (check the spelling against the configuration reference)"
+    elif error["type"] == "missing":
+        problem = "is required but not set"
+    return setting, problem
+
+
+def _fields_at(path: list[str]) -> list[str]:
+    """The setting names of the section at ``path`` (empty if it is not a section)."""
+    model: Any = Settings
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type)
+                      and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
 
 
 def load_settings(

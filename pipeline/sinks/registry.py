@@ -9,6 +9,7 @@ The built-in Elasticsearch and Redis sinks keep their own sections (``elasticsea
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from typing import Any
 
@@ -52,6 +53,7 @@ def build_configured(settings: Settings, only: str | None = None) -> dict[str, S
                                                "configure it in its own section")
         options = dict(entry)
         cls = resolve(name, options.pop("type", None))
+        _refuse_unknown(name, cls.Settings, options)
         try:
             sink_settings = cls.Settings.model_validate(options)
         except ValidationError as exc:
@@ -60,6 +62,21 @@ def build_configured(settings: Settings, only: str | None = None) -> dict[str, S
             raise ConfigError(f"sinks.{name}.{where}", first["msg"]) from exc
         built[name] = cls(name, sink_settings)
     return built
+
+
+def _refuse_unknown(name: str, model: Any, options: dict[str, Any]) -> None:
+    """A misspelled key is refused as in the main configuration, even when the sink's model
+    would ignore it (pydantic's default), unless the model allows extra keys on purpose."""
+    if getattr(model, "model_config", {}).get("extra") == "allow":
+        return
+    fields = getattr(model, "model_fields", {})
+    known = set(fields) | {f.alias for f in fields.values() if getattr(f, "alias", None)}
+    for key in options:
+        if key not in known:
+            guess = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f" (did you mean 'sinks.{name}.{guess[0]}'?)" if guess else (
+                f" (known: {', '.join(sorted(known)) or 'none'})")
+            raise ConfigError(f"sinks.{name}.{key}", "unknown setting" + hint)
 
 
 def sink_names(settings: Settings) -> list[str]:
