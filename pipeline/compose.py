@@ -133,6 +133,10 @@ def stop_on_signals() -> threading.Event:
 
 def build_source(settings: Settings, metrics: Metrics) -> ChangeSource:
     """The source ``capture.source`` names (the one branch each capture strategy adds)."""
+    if settings.capture.source == "polling":
+        from pipeline.sources.polling.source import PollingSource
+
+        return PollingSource(settings.postgres, settings.polling, settings.kafka, metrics)
     from pipeline.sources.postgres.source import PostgresSource
 
     return PostgresSource(settings.postgres, settings.kafka, metrics)
