@@ -56,8 +56,11 @@ def consumer_lag(settings: Settings, group: str, timeout: float = 10.0) -> dict[
 
 def render_status(settings: Settings) -> str:
     lines = []
-    slot = slot_lag(settings)
-    if slot is None:
+    if settings.capture.source == "polling":
+        from pipeline.sources.polling.status import watermark_lines
+
+        lines += watermark_lines(settings)
+    elif (slot := slot_lag(settings)) is None:
         lines.append(f"slot {settings.postgres.slot}: missing (capture has not run yet)")
     else:
         lines.append(

@@ -78,10 +78,10 @@ def _live_rows(sc: Scenario) -> dict[str, Any]:
 
 
 def _saved_position(sc: Scenario) -> dict[str, Any] | None:
-    from pipeline.capture.offsets import OffsetStore
+    from pipeline.config import load_settings
+    from pipeline.sources.polling.status import offset_store
 
-    return OffsetStore(sc.settings.kafka, {"source": "polling",
-                                           "server": sc.settings.kafka.topic_prefix}).load()
+    return offset_store(load_settings(None, sc.env)).load()
 
 
 def test_inserts_updates_and_soft_deletes_reach_kafka_and_the_index(scenario: Scenario) -> None:
@@ -239,6 +239,12 @@ def test_the_watermark_is_saved_only_after_kafka_acknowledged(scenario: Scenario
     assert wait_until(
         lambda: (_saved_position(sc) or {}).get("tables", {}).get(sc.table_id, {})
         .get("key") == ["3"], 30)
+    from pipeline.config import load_settings
+    from pipeline.status import render_status
+
+    status = render_status(load_settings(None, sc.env))
+    assert f"polling {sc.table_id}: published up to (updated_at " in status
+    assert "key 3)" in status
 
 
 @pytest.mark.parametrize("mode", ["lag", "horizon"])

@@ -35,6 +35,7 @@ from pipeline.metrics import Metrics
 from pipeline.positions import UNIX_EPOCH_VERSION, PollPosition, Watermark
 from pipeline.sources.polling.catalog import describe
 from pipeline.sources.polling.query import PolledTable, bound_query, poll_query, unseen_query
+from pipeline.sources.polling.status import position_identity
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.slot import connect, translate
 from pipeline.sources.postgres.source import SESSION
@@ -66,7 +67,7 @@ class PollingSource:
         self.kafka = kafka
         self.metrics = metrics
         self.name = f"polling {', '.join(pg.tables)}"
-        self.offsets = OffsetStore(kafka, {"source": "polling", "server": kafka.topic_prefix})
+        self.offsets = OffsetStore(kafka, position_identity(kafka.topic_prefix))
         self.unconverted = UnconvertedValues()
         self._types = TypeResolver()
         #: Outlives sessions: a new session never hands out a lower position.
@@ -176,6 +177,13 @@ class PollingSource:
     # -- polling -------------------------------------------------------------------------
     def _check_server(self, cur: Any) -> None:
         if self.polling.mode == "horizon":
+            cur.execute("SELECT pg_is_in_recovery()")
+            if cur.fetchone()[0]:
+                raise SourceSetupError(
+                    "polling.mode horizon cannot work on a standby: the transactions that "
+                    "write the rows run on the primary, where this server cannot see them. "
+                    "Poll the primary, or set polling.mode: lag with a safety_lag_s that "
+                    "covers the standby's replay lag")
             cur.execute(_HORIZON_RIGHTS_SQL)
             row = cur.fetchone()
             if not (row and row[0]):
