@@ -319,3 +319,32 @@ def test_a_table_that_cannot_be_polled_is_refused_naming_the_setting(
     assert wait_until(lambda: not proc.alive(), 60), proc.tail()
     assert message.format(s=sc.schema) in proc.tail()
     assert proc.proc.returncode == 3
+
+
+def test_a_dropped_column_is_read_again_from_the_catalog(scenario: Scenario) -> None:
+    sc = scenario
+    _polled(sc)
+    proc = _capture(sc)
+    sc.execute("INSERT INTO items (id, name, note) VALUES (1, 'with', 'a note')")
+    assert _wait_records(sc, 1)[0][1]["after"]["note"] == "a note"
+    sc.execute("ALTER TABLE items DROP COLUMN note")
+    sc.execute("INSERT INTO items (id, name) VALUES (2, 'without')")
+    records = _wait_records(sc, 2)
+    assert proc.alive(), proc.tail()
+    second = next(v for k, v in records if k["id"] == 2)
+    assert "note" not in second["after"] and second["after"]["name"] == "without"
+
+
+def test_mode_horizon_refuses_a_role_that_cannot_see_every_session(scenario: Scenario) -> None:
+    sc = scenario
+    _polled(sc, CDC_POLLING__MODE="horizon")
+    role = f"poller_{sc.uid}"
+    sc.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        sc.env["CDC_POSTGRES__DSN"] = f"{sc.dsn} user={role}"
+        proc = _capture(sc)
+        assert wait_until(lambda: not proc.alive(), 60), proc.tail()
+        assert "GRANT pg_read_all_stats" in proc.tail()
+        assert proc.proc.returncode == 3
+    finally:
+        sc.execute(f"DROP ROLE {role}")

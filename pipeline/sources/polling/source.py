@@ -46,8 +46,11 @@ log = logging.getLogger(__name__)
 
 #: Seconds between saves of the confirmed watermarks to the offsets topic.
 SAVE_EVERY_S = 1.0
-#: Seconds between counts of the rows polling cannot see (NULL or future timestamps).
+#: Seconds between counts of the rows polling cannot see (NULL or future timestamps), and
+#: between readings of the tables' columns from the catalog.
 UNSEEN_EVERY_S = 300.0
+#: SQLSTATE of a column the poll names that no longer exists.
+UNDEFINED_COLUMN = "42703"
 #: Seconds between warnings that a prepared transaction holds polling back.
 HELD_WARNING_EVERY_S = 60.0
 
@@ -101,9 +104,7 @@ class PollingSource:
                 cur.execute("SELECT current_database()")
                 (self._db,) = cur.fetchone()
                 self._check_server(cur)
-                for table_id in self.pg.tables:
-                    self._tables[table_id] = describe(cur, table_id, self.pg, self.polling,
-                                                      self._types, self.unconverted)
+            self._describe_tables()
         except psycopg2.Error as exc:
             raise translate(exc, "checking the tables to poll") from exc
         for table_id, (table, _shape) in self._tables.items():
@@ -124,6 +125,10 @@ class PollingSource:
             table_id = self._due.popleft()
             return self._poll(table_id)
         except psycopg2.Error as exc:
+            if getattr(exc, "pgcode", None) == UNDEFINED_COLUMN:
+                # A column was dropped since the catalog was read: a new session reads it
+                # again (and stops, naming the setting, if it was a configured column).
+                raise RetriableError(f"a polled table changed: {exc}".strip()) from exc
             raise translate(exc, "polling") from exc
 
     def confirm(self, position: PollPosition) -> None:
@@ -198,6 +203,14 @@ class PollingSource:
                 f"polling.time_zone '{self.polling.time_zone}' is not a time zone PostgreSQL "
                 "knows (e.g. UTC, Europe/Paris)") from exc
 
+    def _describe_tables(self) -> None:
+        """Read every table's columns, key and types (again: columns added since are
+        published from now on)."""
+        with self._conn.cursor() as cur:
+            for table_id in self.pg.tables:
+                self._tables[table_id] = describe(cur, table_id, self.pg, self.polling,
+                                                  self._types, self.unconverted)
+
     def _start_cycle(self) -> bool:
         """Begin the next cycle when it is due: take the bound, queue every table."""
         self._save(force=False)  # the last confirmation of a burst, once idle
@@ -207,6 +220,8 @@ class PollingSource:
             return False
         self._next_cycle = now + self.polling.interval_s
         if now >= self._next_unseen:
+            if self._next_unseen:  # not the session's first cycle: open() just read them
+                self._describe_tables()
             self._next_unseen = now + UNSEEN_EVERY_S
             self._report_unseen()
         with self._conn.cursor() as cur:
