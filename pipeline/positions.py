@@ -181,33 +181,40 @@ def timestamp_version(text: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Watermark:
-    """The last row polling published from one table: its ``column``'s timestamp and its
-    primary-key values, each as PostgreSQL prints them (handed back to PostgreSQL as they
-    are, so the next poll resumes at exactly this row whatever the types and collations).
+    """The last row polling published from one table: its timestamp and primary-key values,
+    each as PostgreSQL prints them (handed back to PostgreSQL as they are, so the next poll
+    resumes at exactly this row whatever the types and collations). ``columns`` names them
+    (the timestamp column, then the key's): a watermark of other columns is no position in
+    the table as it is polled now.
 
     Python does not order the key values (PostgreSQL's order of a text key depends on its
     collation); :class:`PollPosition` orders positions, and PostgreSQL orders rows.
     """
 
-    column: str
+    columns: tuple[str, ...]
     ts: str
     key: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.columns) != 1 + len(self.key) or not self.key:
+            raise ValueError(f"a watermark names its timestamp and each key column: "
+                             f"{self.columns} for {len(self.key)} key values")
 
     @property
     def version(self) -> int:
         return timestamp_version(self.ts)
 
     def encode(self) -> dict[str, Any]:
-        return {"column": self.column, "ts": self.ts, "key": list(self.key)}
+        return {"columns": list(self.columns), "ts": self.ts, "key": list(self.key)}
 
     @classmethod
     def decode(cls, data: dict[str, Any]) -> Watermark:
         """Raises ``ValueError`` for anything but what :meth:`encode` writes."""
-        column, ts, key = data.get("column"), data.get("ts"), data.get("key")
-        if not (isinstance(column, str) and isinstance(ts, str) and isinstance(key, list)
-                and key and all(isinstance(k, str) for k in key)):
+        columns, ts, key = data.get("columns"), data.get("ts"), data.get("key")
+        if not (isinstance(columns, list) and isinstance(ts, str) and isinstance(key, list)
+                and all(isinstance(v, str) for v in (*columns, *key))):
             raise ValueError(f"not a polling watermark: {data!r}")
-        return cls(column, ts, tuple(key))
+        return cls(tuple(columns), ts, tuple(key))
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -243,8 +243,8 @@ def test_the_watermark_is_saved_only_after_kafka_acknowledged(scenario: Scenario
     from pipeline.status import render_status
 
     status = render_status(load_settings(None, sc.env))
-    assert f"polling {sc.table_id}: published up to (updated_at " in status
-    assert "key 3)" in status
+    assert f"polling {sc.table_id}: published up to (updated_at, id) = (" in status
+    assert ", 3)" in status
 
 
 @pytest.mark.parametrize("mode", ["lag", "horizon"])
@@ -348,3 +348,22 @@ def test_mode_horizon_refuses_a_role_that_cannot_see_every_session(scenario: Sce
         assert proc.proc.returncode == 3
     finally:
         sc.execute(f"DROP ROLE {role}")
+
+
+def test_a_watermark_of_other_columns_restarts_the_table_from_its_first_row(
+    scenario: Scenario,
+) -> None:
+    """The saved watermark is a position in (updated_at, id) order; polled by created_at
+    instead, it would skip or repeat arbitrary rows: the table is read again from the start."""
+    sc = scenario
+    _polled(sc)
+    sc.execute("INSERT INTO items (id, name) VALUES (1, 'a'), (2, 'b')")
+    first = _capture(sc)
+    _wait_records(sc, 2)
+    assert wait_until(lambda: _saved_position(sc) is not None, 30)
+    first.stop()
+    sc.env["CDC_POLLING__TIMESTAMP_COLUMN"] = "created_at"
+    again = _capture(sc, "capture-again")
+    records = _wait_records(sc, 4)
+    assert sorted(k["id"] for k, _v in records) == [1, 1, 2, 2]
+    assert "polling it from its first row again" in again.tail()

@@ -59,7 +59,7 @@ def test_the_first_poll_reads_from_the_first_row_up_to_the_bound() -> None:
 def test_later_polls_resume_after_the_watermark_row_by_row_comparison() -> None:
     """(ts, pk) > (watermark): rows sharing the watermark's timestamp with a higher key are
     still read, so a batch ending among equal timestamps skips none of them."""
-    mark = Watermark("updated_at", "2025-12-31 23:00:00.5+00", ("7", "2"))
+    mark = Watermark(("updated_at", "id", "line"), "2025-12-31 23:00:00.5+00", ("7", "2"))
     query, params = poll_query(TABLE, mark, "2026-01-01 00:00:00+00", "UTC", 10)
     text = render(query)
     assert ('WHERE ("polled"."updated_at", "polled"."id", "polled"."line") > (%s, %s, %s) '
@@ -85,7 +85,7 @@ def test_a_timestamp_without_time_zone_is_bounded_in_the_writers_zone() -> None:
 def test_no_name_reaches_the_sql_text_unquoted() -> None:
     table = PolledTable("we\"ird", "t; DROP TABLE x", ("a b", "ts\""), ("a b",), "ts\"",
                         zoned=True)
-    mark = Watermark("ts\"", "2026-01-01", ("x'); --",))
+    mark = Watermark(("ts\"", "a b"), "2026-01-01", ("x'); --",))
     query, params = poll_query(table, mark, "2026-01-01", "UTC", 3)
     text = plain_text(query) + plain_text(unseen_query(table))
     for name in ("we\"ird", "DROP", "a b", "ts\"", "x')"):
@@ -133,24 +133,27 @@ def test_version_examples() -> None:
 
 
 def test_watermarks_and_positions_survive_encoding() -> None:
-    marks = {"shop.orders": Watermark("updated_at", "2026-01-01 00:00:00+00", ("7", "b")),
-             "shop.items": Watermark("changed", "2026-01-02 00:00:00", ("1",))}
+    marks = {"shop.orders": Watermark(("updated_at", "id", "line"), "2026-01-01 00:00:00+00",
+                                        ("7", "b")),
+             "shop.items": Watermark(("changed", "id"), "2026-01-02 00:00:00", ("1",))}
     position = PollPosition(42, marks)
     again = PollPosition.decode(position.encode())
     assert again == position and again.watermarks == marks
 
 
 def test_positions_order_by_batches_whatever_their_watermarks() -> None:
-    older = PollPosition(3, {"a.b": Watermark("t", "2027-01-01", ("9",))})
-    newer = PollPosition(4, {"a.b": Watermark("t", "2026-01-01", ("1",))})
+    older = PollPosition(3, {"a.b": Watermark(("t", "id"), "2027-01-01", ("9",))})
+    newer = PollPosition(4, {"a.b": Watermark(("t", "id"), "2026-01-01", ("1",))})
     assert older < newer and max(newer, older) is newer
     assert sorted([newer, older]) == [older, newer]
 
 
 @pytest.mark.parametrize("data", [
     {}, {"batches": "1", "tables": {}}, {"batches": -1, "tables": {}},
-    {"batches": 1, "tables": {"a.b": {"column": "t", "ts": "x", "key": []}}},
-    {"batches": 1, "tables": {"a.b": {"column": "t", "ts": 5, "key": ["1"]}}},
+    {"batches": 1, "tables": {"a.b": {"columns": ["t"], "ts": "x", "key": []}}},
+    {"batches": 1, "tables": {"a.b": {"columns": ["t", "id"], "ts": 5, "key": ["1"]}}},
+    {"batches": 1, "tables": {"a.b": {"columns": ["t"], "ts": "x", "key": ["1"]}}},
+    {"batches": 1, "tables": {"a.b": {"column": "t", "ts": "x", "key": ["1"]}}},
 ])
 def test_an_unreadable_position_is_refused(data: dict[str, object]) -> None:
     with pytest.raises(ValueError):

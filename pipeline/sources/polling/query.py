@@ -53,6 +53,11 @@ class PolledTable:
     def table_id(self) -> str:
         return f"{self.schema}.{self.name}"
 
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The watermark's columns: the timestamp, then the primary key."""
+        return (self.timestamp, *self.key)
+
     def position_of(self, column: str) -> int:
         return self.columns.index(column)
 

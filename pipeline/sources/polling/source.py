@@ -32,7 +32,7 @@ from pipeline.config import KafkaSettings, PollingSettings, PostgresSettings
 from pipeline.errors import RetriableError, SourceSetupError
 from pipeline.events import ChangeEvent, SourceInfo, encode_key, encode_value
 from pipeline.metrics import Metrics
-from pipeline.positions import UNIX_EPOCH_VERSION, PollPosition, Watermark
+from pipeline.positions import UNIX_EPOCH_VERSION, PollPosition, Watermark, timestamp_version
 from pipeline.sources.polling.catalog import describe
 from pipeline.sources.polling.query import PolledTable, bound_query, poll_query, unseen_query
 from pipeline.sources.polling.status import position_identity
@@ -109,11 +109,12 @@ class PollingSource:
             raise translate(exc, "checking the tables to poll") from exc
         for table_id, (table, _shape) in self._tables.items():
             mark = self._watermarks.get(table_id)
-            if mark is not None and mark.column != table.timestamp:
-                log.warning("%s: the saved watermark is of column %s, the table is now polled "
-                            "by %s: polling it from its first row again", table_id,
-                            mark.column, table.timestamp)
+            if mark is not None and mark.columns != table.order:
+                log.warning("%s: the saved watermark is of (%s), the table is now polled by "
+                            "(%s): polling it from its first row again", table_id,
+                            ", ".join(mark.columns), ", ".join(table.order))
                 del self._watermarks[table_id]
+                mark = None
             log.info("polling %s by (%s, %s) after %s", table_id, table.timestamp,
                      ", ".join(table.key), mark.ts if mark is not None else "its first row")
         return [self.kafka.raw_topic(t) for t in self.pg.tables]
@@ -263,7 +264,7 @@ class PollingSource:
         for type_name, n in self.unconverted.drain().items():
             self.metrics.inc("cdc_capture_unconverted_values_total", n, type=type_name)
         last = rows[-1]
-        mark = Watermark(table.timestamp, last[table.position_of(table.timestamp)],
+        mark = Watermark(table.order, last[table.position_of(table.timestamp)],
                          tuple(last[table.position_of(k)] for k in table.key))
         self._watermarks[table_id] = mark
         self._batches += 1
@@ -277,7 +278,7 @@ class PollingSource:
         row = shape.row(values)
         ts_text = values[table.position_of(table.timestamp)]
         assert ts_text is not None  # the query's bound excludes NULL
-        version = Watermark(table.timestamp, ts_text, ()).version
+        version = timestamp_version(ts_text)
         source = SourceInfo(
             connector="postgresql", name=self.kafka.topic_prefix, db=self._db,
             schema=table.schema, table=table.name,

@@ -27,5 +27,6 @@ def watermark_lines(settings: Settings) -> list[str]:
         mark = None if position is None else position.watermarks.get(table)
         lines.append(f"polling {table}: " + (
             "no row published yet" if mark is None else
-            f"published up to ({mark.column} {mark.ts}, key {', '.join(mark.key)})"))
+            f"published up to ({', '.join(mark.columns)}) = ({mark.ts}, "
+            f"{', '.join(mark.key)})"))
     return lines
