@@ -238,6 +238,8 @@ class PollingSource:
             return False
         self.metrics.set("cdc_polling_prepared_transactions", 0)
         self.metrics.set("cdc_polling_bound_lag_seconds", float(behind_s))
+        # Caught up: what is published is as old as the bound (a backlog: see _poll).
+        self.metrics.set("cdc_replication_lag_seconds", float(behind_s))
         self._bound = bound
         self._due.extend(self._tables)
         return True
@@ -269,6 +271,9 @@ class PollingSource:
         self._watermarks[table_id] = mark
         self._batches += 1
         commit_us = max(0, mark.version - UNIX_EPOCH_VERSION) if table.zoned else 0
+        if commit_us and len(rows) == size:  # a backlog: as old as the last row read
+            self.metrics.set("cdc_replication_lag_seconds",
+                             max(0.0, time.time() - commit_us / 1e6))
         out.append(Checkpoint(PollPosition(self._batches, dict(self._watermarks)), commit_us))
         return out
 
