@@ -137,6 +137,10 @@ def build_source(settings: Settings, metrics: Metrics) -> ChangeSource:
         from pipeline.sources.triggers.source import TriggerLogSource
 
         return TriggerLogSource(settings.postgres, settings.triggers, settings.kafka, metrics)
+    if settings.capture.source == "polling":
+        from pipeline.sources.polling.source import PollingSource
+
+        return PollingSource(settings.postgres, settings.polling, settings.kafka, metrics)
     from pipeline.sources.postgres.source import PostgresSource
 
     return PostgresSource(settings.postgres, settings.kafka, metrics)

@@ -426,6 +426,54 @@ class MetricsSettings(_Section):
     interval_s: float = Field(default=1.0, gt=0)
 
 
+class PolledTableSettings(_Section):
+    """One table's columns, where they differ from the ``polling`` defaults."""
+
+    timestamp_column: str | None = None
+    created_column: str | None = None
+    soft_delete_column: str | None = None
+
+
+class PollingSettings(_Section):
+    """Query-based polling (``capture.source: polling``): each table in ``postgres.tables``
+    is read by its ``(timestamp column, primary key)`` watermark every ``interval_s``."""
+
+    #: The column every write sets to the time of the change (e.g. ``DEFAULT now()`` and a
+    #: trigger or the application on update); ``timestamptz`` or ``timestamp``.
+    timestamp_column: str = "updated_at"
+    #: A column set once, when the row is created, to the same value as the timestamp
+    #: column: a row whose two are equal is published as ``op: c``, else ``u``. None: every
+    #: change is ``op: u`` (polling cannot tell an insert otherwise).
+    created_column: str | None = None
+    #: A column that marks a row deleted (a ``boolean`` true, any other type not NULL): such
+    #: a row is published as ``op: d`` (and a tombstone, like a delete). None: off.
+    soft_delete_column: str | None = None
+    #: Per-table overrides of the three columns above, by ``schema.table``.
+    tables: dict[str, PolledTableSettings] = Field(default_factory=dict)
+    #: Seconds between polls (of every table; a table with more rows than ``batch_size``
+    #: waiting is read batch after batch at once).
+    interval_s: float = Field(default=1.0, gt=0)
+    #: Rows are read only once their timestamp is this much older than the server's
+    #: ``now()``: time for the transactions that wrote them to commit (see README).
+    safety_lag_s: float = Field(default=5.0, ge=0)
+    #: Rows per query.
+    batch_size: int = Field(default=1000, ge=1)
+    #: ``lag``: read up to ``now() - safety_lag_s``. ``horizon``: also never past the start
+    #: of the oldest transaction still open in the database (needs pg_read_all_stats).
+    mode: Literal["lag", "horizon"] = "lag"
+    #: The time zone ``timestamp`` (without time zone) columns are written in.
+    time_zone: str = "UTC"
+
+    _tables = field_validator("tables")(_check_table_ids)
+
+    def columns(self, table: str) -> tuple[str, str | None, str | None]:
+        """``(timestamp, created, soft delete)`` columns of ``table``."""
+        own = self.tables.get(table) or PolledTableSettings()
+        return (own.timestamp_column or self.timestamp_column,
+                own.created_column or self.created_column,
+                own.soft_delete_column or self.soft_delete_column)
+
+
 class CaptureSettings(_Section):
     """Which capture strategy ``cdc capture`` runs (each is a source on the one capture loop)."""
 
@@ -433,7 +481,9 @@ class CaptureSettings(_Section):
     #: complete. Each further strategy adds its name here and a section of its own.
     #: ``triggers``: a change-log table filled by triggers (``cdc triggers install``),
     #: relayed by ``cdc capture``; settings under ``triggers``.
-    source: Literal["logical", "triggers"] = "logical"
+    #: ``polling``: query-based polling of an ``updated_at``-style column; settings under
+    #: ``polling``.
+    source: Literal["logical", "triggers", "polling"] = "logical"
 
 
 class TriggerSettings(_Section):
@@ -474,6 +524,7 @@ class Settings(_Section):
     kafka: KafkaSettings = KafkaSettings()
     capture: CaptureSettings = CaptureSettings()
     triggers: TriggerSettings = TriggerSettings()
+    polling: PollingSettings = PollingSettings()
     worker: WorkerSettings = WorkerSettings()
     elasticsearch: ElasticsearchSettings | None = None
     redis: RedisSettings | None = None
@@ -483,6 +534,14 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     errors: ErrorSettings = ErrorSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _polled_tables_are_listed(self) -> Settings:
+        unlisted = [t for t in self.polling.tables if t not in self.postgres.tables]
+        if unlisted:
+            raise ValueError(f"polling.tables names {', '.join(unlisted)}, which "
+                             "postgres.tables does not list (polling reads postgres.tables)")
+        return self
 
     def group_id(self, sink: str) -> str:
         """Each sink consumes with its own consumer group, so a slow one stalls no other."""

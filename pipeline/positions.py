@@ -1,6 +1,6 @@
 """Typed source positions: where a change sits in its source's commit order.
 
-Two kinds of position live here:
+Three kinds of position live here:
 
 * :class:`Lsn`, a PostgreSQL WAL position. PostgreSQL shows it as two hexadecimal halves,
   ``"16/B374D848"`` (high 32 bits, a slash, low 32 bits); on the wire and in arithmetic it is
@@ -9,6 +9,8 @@ Two kinds of position live here:
   ``(commit, lsn)`` from the envelope's ``source.sequence`` and ``source.lsn``. Ordering,
   deduplication and the search index's version all use it, never a wall-clock time (two
   changes of one row in the same microsecond would collide and one would be dropped).
+* :class:`PollPosition`, how far query-based polling got: a :class:`Watermark`
+  ``(timestamp, primary key)`` per table, ordered by the number of batches polled.
 
 The commit part may be unknown: Debezium writes ``sequence: [null, lsn]`` for the first
 transaction after a restart. Unknown is not zero. One row's changes follow commit order by
@@ -18,8 +20,9 @@ on the row lock), so where either commit is unknown two positions compare by LSN
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from pipeline.events import ChangeEvent
@@ -167,3 +170,92 @@ class TriggerLogPosition:
 
     def __str__(self) -> str:
         return f"xid<{self.horizon}#{self.sequence}"
+
+
+#: A polled row's version counts microseconds from here: never negative, for any timestamp
+#: Python can hold (a count from 1970 would be negative before it).
+_VERSION_EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+
+
+#: :func:`timestamp_version` of 1970-01-01 00:00 UTC (Unix time 0).
+UNIX_EPOCH_VERSION = 62_135_596_800_000_000
+
+
+def timestamp_version(text: str) -> int:
+    """The microseconds from 0001-01-01 of a timestamp as PostgreSQL prints it in ISO style
+    with ``TimeZone=UTC`` (``2026-12-01 08:29:33.123456+00``; without a zone, read as UTC).
+
+    It grows with the timestamp, one for one: polled changes use it as their position, so
+    the search index's external version follows the order polling reads them in. 0 for what
+    Python cannot hold (``-infinity``, years BC): below every real timestamp.
+    """
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return 0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _VERSION_EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """The last row polling published from one table: its timestamp and primary-key values,
+    each as PostgreSQL prints them (handed back to PostgreSQL as they are, so the next poll
+    resumes at exactly this row whatever the types and collations). ``columns`` names them
+    (the timestamp column, then the key's): a watermark of other columns is no position in
+    the table as it is polled now.
+
+    Python does not order the key values (PostgreSQL's order of a text key depends on its
+    collation); :class:`PollPosition` orders positions, and PostgreSQL orders rows.
+    """
+
+    columns: tuple[str, ...]
+    ts: str
+    key: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.columns) != 1 + len(self.key) or not self.key:
+            raise ValueError(f"a watermark names its timestamp and each key column: "
+                             f"{self.columns} for {len(self.key)} key values")
+
+    @property
+    def version(self) -> int:
+        return timestamp_version(self.ts)
+
+    def encode(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "ts": self.ts, "key": list(self.key)}
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> Watermark:
+        """Raises ``ValueError`` for anything but what :meth:`encode` writes."""
+        columns, ts, key = data.get("columns"), data.get("ts"), data.get("key")
+        if not (isinstance(columns, list) and isinstance(ts, str) and isinstance(key, list)
+                and all(isinstance(v, str) for v in (*columns, *key))):
+            raise ValueError(f"not a polling watermark: {data!r}")
+        return cls(tuple(columns), ts, tuple(key))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PollPosition:
+    """How far polling got: every table's :class:`Watermark` after ``batches`` batches.
+
+    Ordered by ``batches``, which only grows (across restarts too: it is saved with the
+    watermarks), so the capture loop confirms positions in the order they were read.
+    """
+
+    batches: int
+    watermarks: dict[str, Watermark] = field(compare=False, default_factory=dict)
+
+    def encode(self) -> dict[str, Any]:
+        return {"batches": self.batches,
+                "tables": {table: mark.encode() for table, mark in self.watermarks.items()}}
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> PollPosition:
+        """Raises ``ValueError`` for anything but what :meth:`encode` writes."""
+        batches, tables = data.get("batches"), data.get("tables")
+        if type(batches) is not int or batches < 0 or not isinstance(tables, dict):
+            raise ValueError(f"not a polling position: {data!r}")
+        return cls(batches, {table: Watermark.decode(mark) for table, mark in tables.items()})

@@ -61,6 +61,10 @@ def source_lines(settings: Settings) -> list[str]:
         from pipeline.sources.triggers.ddl import status as trigger_status
 
         return [trigger_status(settings).render(TriggerLog.of(settings.triggers))]
+    if settings.capture.source == "polling":
+        from pipeline.sources.polling.status import watermark_lines
+
+        return watermark_lines(settings)
     slot = slot_lag(settings)
     if slot is None:
         return [f"slot {settings.postgres.slot}: missing (capture has not run yet)"]
