@@ -147,3 +147,14 @@ class ChangePosition:
 
 def _lsn_text(value: int) -> str:
     return str(Lsn(value)) if 0 <= value <= _MAX else str(value)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class OutboxPosition:
+    """One event of the outbox relay: its claim ``batch`` (numbered for the life of the
+    process, so positions keep growing across reconnections) and its ``index`` in it. The
+    durable position of the relay is the outbox table itself (an event's status); this one
+    only orders what the capture loop confirms."""
+
+    batch: int
+    index: int
