@@ -541,5 +541,82 @@ def dlq_purge(ctx: click.Context, topic: str | None, up_to: int | None, partitio
     _dlq_run(ctx, action)
 
 
+@main.group()
+def outbox() -> None:
+    """The transactional outbox table: install, failed, retry."""
+
+
+def _outbox_run(ctx: click.Context, action):  # type: ignore[no-untyped-def]
+    """Run ``action(conn, table)`` on the configured outbox table."""
+    import psycopg2
+
+    from pipeline.config import OutboxSettings
+    from pipeline.sources.postgres.slot import connect, translate
+
+    try:
+        settings = _settings(ctx)
+        table = (settings.outbox or OutboxSettings()).table
+        if table is None:
+            raise click.UsageError("outbox.table is not set")
+        conn = connect(settings.postgres.dsn.get_secret_value())
+        try:
+            return action(conn, table)
+        except psycopg2.Error as exc:
+            raise translate(exc, f"outbox table {table}") from exc
+        finally:
+            conn.close()
+    except CdcError as exc:
+        _fail(exc)
+
+
+@outbox.command("install")
+@click.option("--print-sql", is_flag=True, help="Print the DDL instead of running it.")
+@click.pass_context
+def outbox_install(ctx: click.Context, print_sql: bool) -> None:
+    """Create the outbox table (outbox.table) and its indexes if missing."""
+    from pipeline.outbox.table import create_table_sql, install
+
+    def action(conn, table):  # type: ignore[no-untyped-def]
+        if print_sql:
+            click.echo(create_table_sql(table).as_string(conn))
+            return
+        install(conn, table)
+        click.echo(f"outbox table {table} is installed")
+
+    _outbox_run(ctx, action)
+
+
+@outbox.command("failed")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.pass_context
+def outbox_failed(ctx: click.Context, limit: int) -> None:
+    """FAILED events with their last error, and what each holds back."""
+    from pipeline.outbox.table import failed_events, render_failed
+
+    _outbox_run(ctx, lambda conn, table: click.echo(
+        render_failed(table, failed_events(conn, table, limit))))
+
+
+@outbox.command("retry")
+@click.argument("event_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every FAILED event.")
+@click.pass_context
+def outbox_retry(ctx: click.Context, event_ids: tuple[str, ...], everything: bool) -> None:
+    """Put FAILED events (by id, or --all) back to PENDING with their attempts reset."""
+    from pipeline.outbox.table import retry_failed
+
+    if bool(event_ids) == everything:
+        raise click.UsageError("give event ids or --all")
+
+    def action(conn, table):  # type: ignore[no-untyped-def]
+        count = retry_failed(conn, table, None if everything else list(event_ids))
+        click.echo(f"{count} FAILED event(s) of {table} are PENDING again")
+        if event_ids and count < len(event_ids):
+            click.echo(f"{len(event_ids) - count} of the given ids are not FAILED", err=True)
+            sys.exit(1)
+
+    _outbox_run(ctx, action)
+
+
 if __name__ == "__main__":
     main()

@@ -28,6 +28,7 @@ from pipeline.sinks.registry import build_configured, sink_names
 if TYPE_CHECKING:
     from pipeline.capture.loop import CaptureLoop
     from pipeline.capture.source import ChangeSource
+    from pipeline.sources.outbox.logical import LogicalOutbox
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,27 @@ def build_source(settings: Settings, metrics: Metrics) -> ChangeSource:
         return PollingSource(settings.postgres, settings.polling, settings.kafka, metrics)
     from pipeline.sources.postgres.source import PostgresSource
 
-    return PostgresSource(settings.postgres, settings.kafka, metrics)
+    if settings.capture.source == "outbox":
+        from pipeline.config import OutboxSettings
+        from pipeline.sources.outbox.router import OutboxRouter
+        from pipeline.sources.outbox.source import OutboxRelay
+
+        outbox = settings.outbox or OutboxSettings()
+        return OutboxRelay(settings.postgres, outbox, settings.kafka,
+                           OutboxRouter(outbox, settings.worker.dead_letter_topic), metrics)
+    return PostgresSource(settings.postgres, settings.kafka, metrics,
+                          outbox=_logical_outbox(settings, metrics))
+
+
+def _logical_outbox(settings: Settings, metrics: Metrics) -> LogicalOutbox | None:
+    """Outbox routing for the logical source, when an ``outbox`` section is given."""
+    if settings.outbox is None:
+        return None
+    from pipeline.sources.outbox.logical import LogicalOutbox
+    from pipeline.sources.outbox.router import OutboxRouter
+
+    router = OutboxRouter(settings.outbox, settings.worker.dead_letter_topic)
+    return LogicalOutbox(settings.outbox, router, settings.kafka, metrics)
 
 
 def build_capture(settings: Settings, metrics: Metrics,

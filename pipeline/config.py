@@ -474,6 +474,92 @@ class PollingSettings(_Section):
                 own.soft_delete_column or self.soft_delete_column)
 
 
+#: What Kafka allows in a topic name.
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+#: Placeholders an outbox topic template may use: the routing columns of an event.
+OUTBOX_TOPIC_FIELDS = ("aggregatetype", "type")
+_OUTBOX_PLACEMENTS = ("header", "envelope")
+
+
+class OutboxSettings(_Section):
+    """The transactional outbox (Debezium's outbox event router semantics), both ways:
+    the relay (``capture.source: outbox``) reads ``table``; the logical source (``capture.source:
+    logical``) routes the inserts into ``table`` and the logical decoding messages with
+    ``message_prefix`` when this section is present."""
+
+    #: The outbox table (``cdc outbox install`` creates it). With the logical source it is
+    #: added to the publication by itself (do not list it in postgres.tables); None: route
+    #: logical decoding messages only.
+    table: str | None = "public.outbox"
+    #: Logical decoding messages (``pipeline.outbox.emit``) with exactly this prefix are
+    #: routed as outbox events instead of being published to ``<prefix>.message``. None: off.
+    message_prefix: str | None = "outbox"
+    #: The topic of an event; ``{aggregatetype}`` (or Debezium's ``${routedByValue}``) and
+    #: ``{type}`` are replaced by the event's columns.
+    topic_template: str = "outbox.event.{aggregatetype}"
+    #: Debezium's ``table.fields.additional.placement``: ``column:header[:name]`` or
+    #: ``column:envelope[:name]`` (the value becomes ``{"payload": ..., name: ...}``).
+    additional_placement: tuple[str, ...] = ("type:header:type",)
+    #: Relay: events claimed (and published) per batch.
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    #: Relay: seconds between looks at the table when it had nothing to publish.
+    poll_interval_s: float = Field(default=0.2, gt=0)
+    #: Relay: publish attempts Kafka refuses before an event becomes FAILED.
+    max_attempts: int = Field(default=5, ge=1)
+    #: Relay: the wait before the n-th retry of a refused event is this times 2**(n-1)
+    #: (at most 5 minutes).
+    retry_delay_s: float = Field(default=1.0, ge=0)
+    #: Relay: a FAILED event holds back its aggregate's later events (keeps their order)
+    #: until it is retried (``cdc outbox retry``). False: later events go on without it.
+    failed_holds_aggregate: bool = True
+    #: Relay: delete a published event instead of marking it SENT.
+    delete_after_publish: bool = False
+    #: Larger events (key, value and headers) are refused as bad input (FAILED, or the
+    #: dead-letter topic) before Kafka sees them; at most the producer's message.max.bytes.
+    max_message_bytes: int = Field(default=15 * 1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, table: str | None) -> str | None:
+        if table is not None:
+            _check_table_ids([table])
+        return table
+
+    @field_validator("topic_template")
+    @classmethod
+    def _template(cls, template: str) -> str:
+        try:
+            sample = outbox_topic(template, {f: "x" for f in OUTBOX_TOPIC_FIELDS})
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ValueError(f"'{template}' may only use the placeholders "
+                             f"{', '.join('{' + f + '}' for f in OUTBOX_TOPIC_FIELDS)}: "
+                             f"{exc!r}") from exc
+        if not _TOPIC_RE.match(sample):
+            raise ValueError(f"'{template}' does not make a Kafka topic name (letters, digits "
+                             f"and . _ -)")
+        return template
+
+    @field_validator("additional_placement")
+    @classmethod
+    def _placement(cls, entries: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in entries:
+            parts = entry.split(":")
+            if len(parts) not in (2, 3) or not parts[0] or parts[1] not in _OUTBOX_PLACEMENTS:
+                raise ValueError(f"'{entry}' is not column:header[:name] or "
+                                 f"column:envelope[:name]")
+        return entries
+
+
+def outbox_topic(template: str, fields: Mapping[str, str]) -> str:
+    """The topic ``template`` names for an event's routing ``fields``."""
+    return template.replace("${routedByValue}", "{aggregatetype}").format_map(fields)
+
+
+def is_topic_name(name: str) -> bool:
+    """Whether Kafka accepts ``name`` as a topic name."""
+    return bool(_TOPIC_RE.match(name)) and name not in (".", "..")
+
+
 class CaptureSettings(_Section):
     """Which capture strategy ``cdc capture`` runs (each is a source on the one capture loop)."""
 
@@ -483,7 +569,9 @@ class CaptureSettings(_Section):
     #: relayed by ``cdc capture``; settings under ``triggers``.
     #: ``polling``: query-based polling of an ``updated_at``-style column; settings under
     #: ``polling``.
-    source: Literal["logical", "triggers", "polling"] = "logical"
+    #: ``outbox``: the outbox relay (section ``outbox``), for databases without logical
+    #: replication: publishes the application's events from the outbox table.
+    source: Literal["logical", "triggers", "polling", "outbox"] = "logical"
 
 
 class TriggerSettings(_Section):
@@ -529,6 +617,8 @@ class Settings(_Section):
     elasticsearch: ElasticsearchSettings | None = None
     redis: RedisSettings | None = None
     evolution: EvolutionSettings | None = None
+    #: The transactional outbox: the relay's table, and routing by the logical source.
+    outbox: OutboxSettings | None = None
     #: Further sinks by name: {type: webhook | 'module:Class', ...its settings}.
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     metrics: MetricsSettings = MetricsSettings()
@@ -541,6 +631,20 @@ class Settings(_Section):
         if unlisted:
             raise ValueError(f"polling.tables names {', '.join(unlisted)}, which "
                              "postgres.tables does not list (polling reads postgres.tables)")
+        return self
+
+    @model_validator(mode="after")
+    def _outbox_fits_source(self) -> Settings:
+        o = self.outbox
+        if o is None:
+            return self
+        if self.capture.source == "outbox" and o.table is None:
+            raise ValueError("outbox.table is None, but the relay (capture.source outbox) "
+                             "reads the outbox table")
+        if self.capture.source == "logical" and o.table in self.postgres.tables:
+            raise ValueError(f"outbox.table {o.table} is also in postgres.tables: the logical "
+                             f"source routes it as outbox events by itself (and adds it to "
+                             f"the publication); remove it from postgres.tables")
         return self
 
     def group_id(self, sink: str) -> str:

@@ -13,9 +13,11 @@
     └── BadDataError            one event cannot be processed: it goes to the dead-letter topic
         ├── EventDecodeError    the raw record is not a change event we can read
         │   └── ForeignTableError   it names another table than its topic carries
-        └── SinkRejectedError   a sink refused the event as bad data (mapping error, bad template)
-                                (also: an exception a sink did not expect, for the event
-                                that raises it alone; see ``RetryingSink``)
+        ├── SinkRejectedError   a sink refused the event as bad data (mapping error, bad template)
+        │                       (also: an exception a sink did not expect, for the event
+        │                       that raises it alone; see ``RetryingSink``)
+        └── BadOutboxEvent      an outbox event that cannot become a record (payload not
+                                JSON, no topic name): FAILED (relay) or dead-lettered
 
 Third-party exceptions are translated into this tree where the library is called, with
 ``raise ... from exc``, so the stages above never see a driver's own exception types.
@@ -98,6 +100,13 @@ class SinkRejectedError(BadDataError):
     def __init__(self, message: str, *, sink: str) -> None:
         self.sink = sink
         super().__init__(message)
+
+
+class BadOutboxEvent(BadDataError):
+    """An outbox event that cannot be published: its payload is not JSON, its aggregate
+    type makes no topic name, it is too large."""
+
+    stage = "outbox"
 
 
 def exit_code(exc: BaseException) -> int:

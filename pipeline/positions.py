@@ -259,3 +259,14 @@ class PollPosition:
         if type(batches) is not int or batches < 0 or not isinstance(tables, dict):
             raise ValueError(f"not a polling position: {data!r}")
         return cls(batches, {table: Watermark.decode(mark) for table, mark in tables.items()})
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class OutboxPosition:
+    """One event of the outbox relay: its claim ``batch`` (numbered for the life of the
+    process, so positions keep growing across reconnections) and its ``index`` in it. The
+    durable position of the relay is the outbox table itself (an event's status); this one
+    only orders what the capture loop confirms."""
+
+    batch: int
+    index: int

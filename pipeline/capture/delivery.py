@@ -59,10 +59,14 @@ class TransactionDelivery:
 class DeliveryTracker:
     """Transactions in commit order; yields the highest position safe to confirm."""
 
-    def __init__(self, on_complete: Callable[[TransactionDelivery], None] | None = None) -> None:
+    def __init__(self, on_complete: Callable[[TransactionDelivery], None] | None = None,
+                 on_refused: Callable[[TransactionDelivery], None] | None = None) -> None:
         self._open: deque[TransactionDelivery] = deque()
         self._confirmable: Any = None
         self._on_complete = on_complete
+        #: Given: a unit Kafka refused a record of is handed to it once every record of the
+        #: unit has an answer, and confirmation goes on past it (the source re-reads it).
+        self._on_refused = on_refused
 
     def begin(self, commit_ts_us: int = 0) -> TransactionDelivery:
         txn = TransactionDelivery(commit_ts_us)
@@ -93,16 +97,19 @@ class DeliveryTracker:
     def confirmable(self) -> Any:
         """Advance over the acknowledged prefix; the position that may be confirmed, if any.
 
-        Raises DeliveryFailed if Kafka refused an event of the prefix.
+        Raises DeliveryFailed if Kafka refused an event of the prefix (unless ``on_refused``).
         """
         while self._open:
             head = self._open[0]
-            if head.error is not None:
+            if head.error is not None and self._on_refused is None:
                 raise DeliveryFailed(head.error)
             if not head.complete:
                 break
             self._open.popleft()
-            if self._on_complete is not None:
+            if head.error is not None:
+                assert self._on_refused is not None
+                self._on_refused(head)
+            elif self._on_complete is not None:
                 self._on_complete(head)
             assert head.end_lsn is not None
             self._confirmable = head.end_lsn

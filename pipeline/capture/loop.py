@@ -13,7 +13,9 @@ the one :class:`~pipeline.retry.Backoff` and opens a new one, which starts after
 confirmed position: what Kafka had not acknowledged is read and published again (at least
 once; the sinks are idempotent). With ``retry_timeout_s`` an outage (no session reaching its
 first read) lasting longer becomes a ``PermanentError``. Anything else (a setup problem, a
-refused record) stops capture with its message: retrying could not help.
+refused record) stops capture with its message: retrying could not help. A source that
+defines ``refused(position, reason)`` (the outbox relay) is told of a refused record instead,
+and confirmation goes on past it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from pipeline.capture.delivery import DeliveryTracker, TransactionDelivery
 from pipeline.capture.publisher import EventPublisher, ensure_topics
-from pipeline.capture.source import EVERY_PARTITION, ChangeSource, Checkpoint
+from pipeline.capture.source import EVERY_PARTITION, ChangeSource, Checkpoint, HeadedRecord
 from pipeline.config import KafkaSettings
 from pipeline.errors import PermanentError, RetriableError, SourceExhausted
 from pipeline.metrics import Metrics
@@ -91,7 +93,10 @@ class CaptureLoop:
 
     def session(self, stop: threading.Event) -> None:
         """One open .. close of the source: stream until ``stop`` or an error."""
-        tracker = DeliveryTracker(on_complete=self._acknowledged)
+        refused = getattr(self.source, "refused", None)
+        tracker = DeliveryTracker(
+            on_complete=self._acknowledged,
+            on_refused=None if refused is None else lambda txn: refused(txn.end_lsn, txn.error))
         try:
             topics = self.source.open()
             if self.create_topics:
@@ -115,12 +120,15 @@ class CaptureLoop:
             self._outage_since = None  # connected and reading: any outage is over
             for item in items:
                 if type(item) is tuple:
-                    topic, key, value, partition = item
-                    if partition == EVERY_PARTITION:
-                        for p in range(self._partition_count(topic)):
-                            publish(topic, key, value, sent(unit), p)
-                    else:
-                        publish(topic, key, value, sent(unit), partition)
+                    if len(item) == 4:
+                        topic, key, value, partition = item  # type: ignore[misc]
+                        if partition == EVERY_PARTITION:
+                            for p in range(self._partition_count(topic)):
+                                publish(topic, key, value, sent(unit), p)
+                        else:
+                            publish(topic, key, value, sent(unit), partition)
+                    else:  # with headers
+                        self._publish_headed(item, sent(unit))  # type: ignore[arg-type]
                 else:
                     assert isinstance(item, Checkpoint)
                     unit.commit_ts_us = item.commit_ts_us
@@ -128,6 +136,16 @@ class CaptureLoop:
                     unit = tracker.begin()
             self.publisher.poll(0)
             self._confirm(tracker)
+
+    def _publish_headed(self, record: HeadedRecord, unit: TransactionDelivery) -> None:
+        topic, key, value, partition, headers = record
+        if partition == EVERY_PARTITION:
+            count = self._partition_count(topic)
+            unit.pending += count - 1  # ``unit`` came counted once
+            for p in range(count):
+                self.publisher.publish(topic, key, value, unit, p, headers)
+        else:
+            self.publisher.publish(topic, key, value, unit, partition, headers)
 
     def _partition_count(self, topic: str) -> int:
         count = self._partitions.get(topic)

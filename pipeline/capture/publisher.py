@@ -9,6 +9,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from pipeline.capture.source import Headers
 from pipeline.config import KafkaSettings
 from pipeline.errors import PermanentError, RetriableError
 from pipeline.kafka.client import client_config, list_topics
@@ -70,26 +71,31 @@ class EventPublisher:
 
     def publish(
         self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback,
-        partition: int = -1,
+        partition: int = -1, headers: Headers | None = None,
     ) -> None:
         """Queue one record (``partition`` -1: the key chooses); waits, serving callbacks
         and ``while_waiting``, while the producer queue is full."""
         try:
-            self._produce(topic, value, key, partition, on_delivery=on_delivery)
+            if headers is None:
+                self._produce(topic, value, key, partition, on_delivery=on_delivery)
+            else:
+                self._produce(topic, value, key, partition, on_delivery=on_delivery,
+                              headers=headers)
         except BufferError:
-            self._wait_and_publish(topic, key, value, on_delivery, partition)
+            self._wait_and_publish(topic, key, value, on_delivery, partition, headers)
         except KafkaException as exc:
             raise PermanentError(f"Kafka refused a record for '{topic}': {exc}") from exc
 
     def _wait_and_publish(
         self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback,
-        partition: int,
+        partition: int, headers: Headers | None,
     ) -> None:
         while True:
             self._producer.poll(0.05)
             self.while_waiting()
             try:
-                self._produce(topic, value, key, partition, on_delivery=on_delivery)
+                self._produce(topic, value, key, partition, on_delivery=on_delivery,
+                              headers=headers)
                 return
             except BufferError:
                 continue

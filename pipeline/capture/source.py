@@ -9,10 +9,11 @@ acknowledged.
 ``read`` returns a list of items in stream order. An item is either a record, a plain tuple
 ``(topic, key, value, partition)`` (``value`` None is a tombstone; ``partition`` is
 :data:`ANY_PARTITION` to let the key choose, or :data:`EVERY_PARTITION` to write one copy to
-each partition of the topic), or a :class:`Checkpoint`: "once every record before me is
-acknowledged, my position may be confirmed". A PostgreSQL transaction is its records
-followed by a checkpoint at its end LSN; records of one transaction may span many ``read``
-calls. A checkpoint with no records before it (an idle source moving on) is fine.
+each partition of the topic), optionally with a fifth element, its Kafka headers
+``[(name, bytes), ...]`` (the outbox's event ``id``); or a :class:`Checkpoint`: "once every
+record before me is acknowledged, my position may be confirmed". A PostgreSQL transaction
+is its records followed by a checkpoint at its end LSN; records of one transaction may span
+many ``read`` calls. A checkpoint with no records before it (an idle source moving on) is fine.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ ANY_PARTITION = -1
 #: owns a partition of the table must see it in order with that partition's rows).
 EVERY_PARTITION = -2
 
+#: Kafka headers of a record: ``[(name, value), ...]``.
+Headers = list[tuple[str, str | bytes | None]]
 #: ``(topic, key, value, partition)``: one encoded record.
-Record = tuple[str, bytes | None, bytes | None, int]
+PlainRecord = tuple[str, bytes | None, bytes | None, int]
+#: ``(topic, key, value, partition, headers)``: one encoded record with headers.
+HeadedRecord = tuple[str, bytes | None, bytes | None, int, Headers]
+Record = PlainRecord | HeadedRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,10 @@ class ChangeSource(Protocol):
     def close(self) -> None:
         """Release connections; called after every ``open``, also on errors."""
         ...
+
+    # A source may also define ``refused(position, reason)``: Kafka refused a record of the
+    # unit ending at ``position`` for good. Without it a refusal stops capture; with it the
+    # source decides (the outbox relay counts an attempt) and confirmation goes on past it.
 
     def forget_positions(self) -> None:
         """Forget every position this source keeps in Kafka (``cdc capture

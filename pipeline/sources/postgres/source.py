@@ -19,7 +19,7 @@ import logging
 import re
 import select
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg2
@@ -74,6 +74,9 @@ from pipeline.sources.postgres.transactions import TransactionMetadata
 from pipeline.sources.postgres.types import TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
 
+if TYPE_CHECKING:
+    from pipeline.sources.outbox.logical import LogicalOutbox
+
 log = logging.getLogger(__name__)
 
 #: The decoding session, not the writer, formats the values: pin the formats the
@@ -91,8 +94,12 @@ SLOT_MEASURE_S = 10.0
 class PostgresSource:
     """One replication slot as a change source."""
 
-    def __init__(self, pg: PostgresSettings, kafka: KafkaSettings, metrics: Metrics) -> None:
+    def __init__(self, pg: PostgresSettings, kafka: KafkaSettings, metrics: Metrics,
+                 outbox: LogicalOutbox | None = None) -> None:
         self.pg = pg
+        #: Routes the outbox table's rows and the outbox messages (``outbox`` section).
+        self.outbox = outbox
+        self._outbox_shapes: dict[int, TableShape] = {}
         self.kafka = kafka
         self.metrics = metrics
         self.name = f"postgres slot {pg.slot}"
@@ -142,7 +149,7 @@ class PostgresSource:
     # -- ChangeSource --------------------------------------------------------------------
     def open(self) -> list[str]:
         self._reset_stream_state()
-        slot = ReplicationSlot(self.pg)
+        slot = ReplicationSlot(self._slot_settings())
         saved = self.offsets.load()
         mode = self.pg.snapshot_mode
         exists = slot.prepare(saved_position=None if saved is None else saved.get("lsn"),
@@ -192,6 +199,13 @@ class PostgresSource:
         if self.pg.heartbeat_interval_s is not None:
             topics.append(self._heartbeat_topic)
         return topics
+
+    def _slot_settings(self) -> PostgresSettings:
+        """The settings the slot and publication are prepared with: the listed tables, and
+        the outbox table (not snapshotted, not a raw topic: its inserts are routed)."""
+        if self.outbox is None or self.outbox.table is None:
+            return self.pg
+        return self.pg.model_copy(update={"tables": (*self.pg.tables, self.outbox.table)})
 
     def _snapshot_new_slot(self) -> TableSnapshot:
         """Create the slot exporting its snapshot, and start reading the tables in it.
@@ -436,6 +450,9 @@ class PostgresSource:
             self._signal_oid = msg.oid
             self._signal_columns = [c.name for c in msg.columns]
             return
+        if self.outbox is not None and self.outbox.owns(table_id):
+            self._outbox_relation(msg)
+            return
         if table_id not in self.listed:
             root = self._listed_root(msg.oid)
             if root is None:
@@ -459,6 +476,18 @@ class PostgresSource:
         self.topics[msg.oid] = self.kafka.raw_topic(shape.table_id)
         log.info("table %s: columns %s", shape.table_id, [c.name for c in msg.columns])
 
+    def _outbox_relation(self, msg: Relation) -> None:
+        """The outbox table: decoded like any table, but kept apart from ``shapes`` so the
+        hot path of the other tables does not look at it."""
+        with self._catalog.cursor() as cur:
+            pk = primary_key_columns(cur, msg.oid)
+            types = [self.types.resolve(cur, c.type_oid) for c in msg.columns]
+        self._outbox_shapes[msg.oid] = TableShape.from_relation(
+            msg, pk, types, self.pg.decimal_handling_mode, self.unconverted)
+        self.shapes.pop(msg.oid, None)
+        self.ignored.discard(msg.oid)
+        log.info("routing the inserts of %s.%s as outbox events", msg.namespace, msg.name)
+
     def _listed_root(self, oid: int) -> str | None:
         """The listed partitioned table ``oid`` is a partition of, if any."""
         with self._catalog.cursor() as cur:
@@ -476,13 +505,21 @@ class PostgresSource:
         return shape
 
     def _change(self, msg: Insert | Update | Delete, lsn: int) -> None:
-        if msg.relation_oid == self._signal_oid:
-            if type(msg) is Insert:
-                self._signal_row(msg, lsn)
-            return
-        shape = self._shape(msg.relation_oid)
+        shape = self.shapes.get(msg.relation_oid)
         if shape is None:
-            return
+            if msg.relation_oid == self._signal_oid:
+                if type(msg) is Insert:
+                    self._signal_row(msg, lsn)
+                return
+            outbox = self._outbox_shapes.get(msg.relation_oid)
+            if outbox is not None:
+                assert self.outbox is not None
+                row = outbox.row(msg.new) if type(msg) is Insert else None  # type: ignore[union-attr]
+                self.outbox.change(msg, row, lsn, self._out)
+                return
+            shape = self._shape(msg.relation_oid)
+            if shape is None:
+                return
         if type(msg) is Insert:
             self._created(shape.row(msg.new), shape, lsn)
             return
@@ -518,6 +555,8 @@ class PostgresSource:
         partition's rows, so no row written before it survives on any partition."""
         assert self._ctx is not None
         for oid in msg.relation_oids:
+            if oid in self._outbox_shapes:
+                continue  # not an event (as a DELETE of the outbox table is not)
             shape = self._shape(oid)
             if shape is None:
                 continue
@@ -531,9 +570,13 @@ class PostgresSource:
 
     def _message(self, msg: Message, lsn: int) -> None:
         """A pg_logical_emit_message payload, published as Debezium does (``op: m``); our
-        own (signals, backfill watermarks) are acted on instead."""
+        own (signals, backfill watermarks) are acted on instead, and one with the outbox
+        prefix is routed as an outbox event."""
         if msg.prefix in INTERNAL_PREFIXES:
             self._internal_message(msg, lsn)
+            return
+        if self.outbox is not None and msg.prefix == self.outbox.prefix:
+            self.outbox.message(msg, lsn, self._out)
             return
         if (self._include and not any(p.search(msg.prefix) for p in self._include)) or \
                 any(p.search(msg.prefix) for p in self._exclude):

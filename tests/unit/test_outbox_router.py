@@ -1,0 +1,127 @@
+"""The outbox router: Debezium's outbox event router semantics, and bad events refused."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from pipeline.capture.source import ANY_PARTITION
+from pipeline.config import OutboxSettings, load_settings
+from pipeline.deadletter import H_MESSAGE, H_STAGE, H_TOPIC
+from pipeline.errors import BadOutboxEvent, ConfigError
+from pipeline.sources.outbox.router import OutboxEvent, OutboxRouter
+
+EVENT_ID = "4d47e190-0402-4048-bc2c-89dd54343cdc"
+
+
+def _event(**changes: object) -> OutboxEvent:
+    fields: dict[str, object] = {
+        "id": EVENT_ID, "aggregate_type": "order", "aggregate_id": "1",
+        "type": "OrderCreated", "payload": '{"id": 1, "lineItems": [{"qty": 2}]}',
+        "headers": None, "extra": {},
+    }
+    fields.update(changes)
+    return OutboxEvent(**fields)  # type: ignore[arg-type]
+
+
+def _router(**settings: object) -> OutboxRouter:
+    return OutboxRouter(OutboxSettings(**settings), "cdc.dead-letter")  # type: ignore[arg-type]
+
+
+def test_default_routing_is_debeziums() -> None:
+    topic, key, value, partition, headers = _router().route(_event())
+    assert topic == "outbox.event.order"
+    assert key == b"1"
+    assert orjson.loads(value or b"") == {"id": 1, "lineItems": [{"qty": 2}]}
+    assert partition == ANY_PARTITION
+    assert headers == [("id", EVENT_ID.encode()), ("type", b"OrderCreated")]
+
+
+def test_topic_template_with_debeziums_placeholder_and_type() -> None:
+    router = _router(topic_template="shop.${routedByValue}.{type}")
+    assert router.route(_event())[0] == "shop.order.OrderCreated"
+
+
+def test_event_headers_column_becomes_kafka_headers() -> None:
+    headers = _router().route(_event(headers='{"traceparent": "00-ab", "attempt": 2}'))[4]
+    assert ("traceparent", b"00-ab") in headers
+    assert ("attempt", b"2") in headers
+    assert headers[0] == ("id", EVENT_ID.encode())
+
+
+def test_envelope_placement_wraps_the_payload() -> None:
+    router = _router(additional_placement=("type:envelope:eventType",
+                                           "tenant:header", "aggregatetype:header:agg"))
+    event = _event(extra={"tenant": "acme"})
+    _topic, _key, value, _p, headers = router.route(event)
+    assert orjson.loads(value or b"") == {"payload": {"id": 1, "lineItems": [{"qty": 2}]},
+                                          "eventType": "OrderCreated"}
+    assert ("tenant", b"acme") in headers and ("agg", b"order") in headers
+    assert router.extra_columns == ("tenant",)
+
+
+def test_null_payload_is_a_null_value() -> None:
+    assert _router().route(_event(payload=None))[2] is None
+
+
+def test_parsed_payload_from_a_message_is_encoded() -> None:
+    assert orjson.loads(_router().route(_event(payload={"a": [1]}))[2] or b"") == {"a": [1]}
+
+
+@pytest.mark.parametrize("aggregate_type", ["bad type!", "", "ünicode", "a" * 300, ".."])
+def test_aggregate_type_that_makes_no_topic_name_is_refused(aggregate_type: str) -> None:
+    router = _router(topic_template="{aggregatetype}")
+    with pytest.raises(BadOutboxEvent, match="not a valid Kafka topic name"):
+        router.route(_event(aggregate_type=aggregate_type))
+
+
+def test_payload_that_is_not_json_is_refused_with_the_text() -> None:
+    with pytest.raises(BadOutboxEvent, match=r"payload is not valid JSON.*'\{not json'"):
+        _router().route(_event(payload="{not json"))
+
+
+def test_headers_that_are_not_an_object_are_refused() -> None:
+    with pytest.raises(BadOutboxEvent, match="headers must be a JSON object"):
+        _router().route(_event(headers="[1, 2]"))
+
+
+def test_event_larger_than_the_limit_is_refused_before_kafka() -> None:
+    router = _router(max_message_bytes=2048)
+    with pytest.raises(BadOutboxEvent, match="more than outbox.max_message_bytes"):
+        router.route(_event(payload=orjson.dumps({"blob": "x" * 4000}).decode()))
+
+
+def test_dead_letter_keeps_the_original_and_says_why_without_a_replay_topic() -> None:
+    error = BadOutboxEvent("event x: payload is not valid JSON")
+    topic, key, value, _p, headers = _router().dead_letter(
+        "table public.outbox", "0/16B3748", b"1", b'{"payload": "{no"}', error, "capture")
+    assert topic == "cdc.dead-letter" and key == b"1" and value == b'{"payload": "{no"}'
+    named = dict(headers)
+    assert named[H_STAGE] == b"outbox"
+    assert named[H_MESSAGE] == b"event x: payload is not valid JSON"
+    assert named["cdc.outbox.source"] == b"table public.outbox"
+    assert H_TOPIC not in named  # `cdc dlq replay --to raw` must not invent a topic
+
+
+@pytest.mark.parametrize("template", ["outbox.{aggregate}", "bad topic {aggregatetype}",
+                                      "x.{0}"])
+def test_bad_topic_template_is_a_config_error(template: str) -> None:
+    with pytest.raises(ConfigError, match="outbox.topic_template"):
+        load_settings(None, {"CDC_POSTGRES__TABLES": "[public.items]",
+                             "CDC_OUTBOX__TOPIC_TEMPLATE": template})
+
+
+def test_bad_placement_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="outbox.additional_placement"):
+        load_settings(None, {"CDC_POSTGRES__TABLES": "[public.items]",
+                             "CDC_OUTBOX__ADDITIONAL_PLACEMENT": "[type:body]"})
+
+
+def test_outbox_table_listed_for_the_logical_source_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="remove it from postgres.tables"):
+        load_settings(None, {"CDC_POSTGRES__TABLES": "[public.items, public.outbox]",
+                             "CDC_OUTBOX__TABLE": "public.outbox"})
+    relay = load_settings(None, {"CDC_POSTGRES__TABLES": "[public.outbox]",
+                                 "CDC_CAPTURE__SOURCE": "outbox",
+                                 "CDC_OUTBOX__TABLE": "public.outbox"})
+    assert relay.capture.source == "outbox"
