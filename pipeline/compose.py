@@ -137,6 +137,10 @@ def build_source(settings: Settings, metrics: Metrics) -> ChangeSource:
         from pipeline.sources.triggers.source import TriggerLogSource
 
         return TriggerLogSource(settings.postgres, settings.triggers, settings.kafka, metrics)
+    if settings.capture.source == "mysql":
+        from pipeline.sources.mysql.source import MysqlBinlogSource
+
+        return MysqlBinlogSource(settings.mysql, settings.kafka, metrics)
     from pipeline.sources.postgres.source import PostgresSource
 
     return PostgresSource(settings.postgres, settings.kafka, metrics)
