@@ -4,7 +4,6 @@ consumer group and index, on the stack's real MariaDB, Kafka and Elasticsearch."
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.harness import PipelineProcess, index_documents, wait_until
 from pipeline.kafka.client import client_config
 from pipeline.stack import mariadb
-from tests.integration.scenario import Scenario
+from tests.integration.scenario import read_topic
 
 ITEMS_DDL = ("CREATE TABLE {db}.items (id INT PRIMARY KEY, name VARCHAR(100), "
              "qty INT, price DECIMAL(12,2)) CHARACTER SET utf8mb4")
@@ -55,7 +54,6 @@ class MariadbScenario:
         self.index = self.settings.elasticsearch.index_for(self.table_id)
         self.topic = self.settings.kafka.raw_topic(self.table_id)
         self.processes: dict[str, PipelineProcess] = {}
-        self._kafka_reader: Scenario | None = None
         self.execute(f"CREATE DATABASE {self.db} CHARACTER SET utf8mb4")
 
     def connect(self) -> Any:
@@ -104,11 +102,7 @@ class MariadbScenario:
 
     def records(self) -> list[tuple[Any, Any, int]]:
         """(key, value, partition) of every record of the table's topic, JSON-decoded."""
-        if self._kafka_reader is None:
-            reader = Scenario.__new__(Scenario)
-            reader.settings = self.settings
-            self._kafka_reader = reader
-        msgs = self._kafka_reader.read_topic(self.topic)
+        msgs = read_topic(self.settings.kafka, self.topic)
         return [(orjson.loads(m.key()) if m.key() else None,
                  orjson.loads(m.value()) if m.value() else None, m.partition())
                 for m in msgs]
@@ -141,7 +135,3 @@ class MariadbScenario:
             s = self.settings.mysql
             OffsetStore(self.settings.kafka, {"source": "mysql", "server": s.name,
                                               "server_id": str(s.server_id)}).forget()
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
