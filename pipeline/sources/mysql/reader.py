@@ -279,7 +279,10 @@ class BinlogReader:
         where: dict[str, Any]
         if s.resume_by == "gtid":
             where = {"auto_position": self.start_at.gtids, "is_mariadb": True}
-        else:  # the MySQL dump command: MariaDB honours it too, and it takes file:pos
+        else:
+            # Not is_mariadb: mysql-replication 1.0.17 then ignores log_file/log_pos and
+            # starts at the oldest binlog (checked on MariaDB 10.11). MySQL's COM_BINLOG_DUMP
+            # takes file:pos, and MariaDB honours it (still sending its GTID events).
             where = {"log_file": self.start_at.file, "log_pos": self.start_at.pos,
                      "resume_stream": True}
         settings = dict(server.connection_settings(s), read_timeout=READ_TIMEOUT_S)
