@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the project (idempotent)
 
-stack-up: setup ## Install (once) and start PostgreSQL, Kafka, Redis, Elasticsearch on loopback
+stack-up: setup ## Install (once) and start PostgreSQL, Kafka, Redis, Elasticsearch, MariaDB on loopback
 	$(VENV)/bin/cdc stack up
 
 stack-down: setup ## Stop the local stack

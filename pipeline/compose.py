@@ -142,6 +142,10 @@ def build_source(settings: Settings, metrics: Metrics) -> ChangeSource:
         from pipeline.sources.polling.source import PollingSource
 
         return PollingSource(settings.postgres, settings.polling, settings.kafka, metrics)
+    if settings.capture.source == "mysql":
+        from pipeline.sources.mysql.source import MysqlBinlogSource
+
+        return MysqlBinlogSource(settings.mysql, settings.kafka, metrics)
     from pipeline.sources.postgres.source import PostgresSource
 
     if settings.capture.source == "outbox":

@@ -571,7 +571,9 @@ class CaptureSettings(_Section):
     #: ``polling``.
     #: ``outbox``: the outbox relay (section ``outbox``), for databases without logical
     #: replication: publishes the application's events from the outbox table.
-    source: Literal["logical", "triggers", "polling", "outbox"] = "logical"
+    #: ``mysql``: the binlog of MySQL or MariaDB (``pipeline.sources.mysql``); settings
+    #: under ``mysql``.
+    source: Literal["logical", "triggers", "polling", "outbox", "mysql"] = "logical"
 
 
 class TriggerSettings(_Section):
@@ -596,6 +598,34 @@ class TriggerSettings(_Section):
         return value
 
 
+class MysqlSettings(_Section):
+    """The MySQL/MariaDB binlog source (``pipeline.sources.mysql``), read as a replica."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=3306, ge=1, le=65535)
+    #: Needs REPLICATION SLAVE, REPLICATION CLIENT (BINLOG MONITOR) and SELECT.
+    user: str = "cdc"
+    password: SecretStr = SecretStr("")
+    #: ``mariadb`` or ``mysql``: the server's kind, and ``source.connector`` in the envelope.
+    flavor: Literal["mariadb", "mysql"] = "mariadb"
+    #: The replica id this capture registers with (unique among the server's replicas).
+    server_id: int = Field(default=184054, ge=1, le=2**32 - 1)
+    #: Tables to capture as ``database.table``; topics ``<topic_prefix>.<database>.<table>``.
+    tables: tuple[str, ...] = ()
+    #: How a restart finds its place: ``position`` (binlog file and position: this server
+    #: only) or ``gtid`` (MariaDB's GTID position: also a replica promoted in its place).
+    resume_by: Literal["position", "gtid"] = "position"
+    #: The source's name in its saved position and in ``source.name`` (Debezium's
+    #: topic.prefix); None: ``<host>:<port>``.
+    server_name: str | None = None
+
+    _tables = field_validator("tables")(_check_table_ids)
+
+    @property
+    def name(self) -> str:
+        return self.server_name or f"{self.host}:{self.port}"
+
+
 class ErrorSettings(_Section):
     """How long outages are retried (Kafka Connect's ``errors.retry.timeout``)."""
 
@@ -613,6 +643,7 @@ class Settings(_Section):
     capture: CaptureSettings = CaptureSettings()
     triggers: TriggerSettings = TriggerSettings()
     polling: PollingSettings = PollingSettings()
+    mysql: MysqlSettings = MysqlSettings()
     worker: WorkerSettings = WorkerSettings()
     elasticsearch: ElasticsearchSettings | None = None
     redis: RedisSettings | None = None
@@ -651,17 +682,44 @@ class Settings(_Section):
         """Each sink consumes with its own consumer group, so a slow one stalls no other."""
         return f"{self.worker.app_id}-{sink}"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mysql_needs_no_postgres(cls, data: Any) -> Any:
+        """Capturing MySQL reads no PostgreSQL: ``postgres.tables`` need not be written
+        then, it defaults to the captured tables (``captured_tables``)."""
+        if not isinstance(data, dict):
+            return data
+        capture, mysql = data.get("capture"), data.get("mysql")
+        if (isinstance(capture, dict) and capture.get("source") == "mysql"
+                and isinstance(mysql, dict) and mysql.get("tables")):
+            postgres = data.get("postgres")
+            if postgres is None or (isinstance(postgres, dict) and "tables" not in postgres):
+                data = {**data, "postgres": {**(postgres or {}), "tables": mysql["tables"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _mysql_tables(self) -> Settings:
+        if self.capture.source == "mysql" and not self.mysql.tables:
+            raise ValueError("mysql.tables is required with capture.source mysql "
+                             "(database.table names)")
+        return self
+
+    def captured_tables(self) -> tuple[str, ...]:
+        """The tables capture publishes (``database.table`` for MySQL, else
+        ``schema.table``)."""
+        return self.mysql.tables if self.capture.source == "mysql" else self.postgres.tables
+
     def raw_topics(self) -> tuple[str, ...]:
         if self.worker.topics:
             return self.worker.topics
-        return tuple(self.kafka.raw_topic(t) for t in self.postgres.tables)
+        return tuple(self.kafka.raw_topic(t) for t in self.captured_tables())
 
     def topic_tables(self) -> dict[str, str]:
         """Raw topic -> the table (``schema.table``) its records must be of. A record's own
         ``source.schema``/``table`` never decides where it is written: it must agree with
         its topic's. A topic not of a listed table (``worker.topics``, e.g. Debezium's
         ``<prefix>.<schema>.<table>``) carries the table its last two parts name."""
-        listed = {self.kafka.raw_topic(t): t for t in self.postgres.tables}
+        listed = {self.kafka.raw_topic(t): t for t in self.captured_tables()}
         return {topic: listed.get(topic) or ".".join(topic.split(".")[-2:])
                 for topic in self.raw_topics()}
 

@@ -1,10 +1,13 @@
 """Typed source positions: where a change sits in its source's commit order.
 
-Three kinds of position live here:
+The kinds of position that live here:
 
 * :class:`Lsn`, a PostgreSQL WAL position. PostgreSQL shows it as two hexadecimal halves,
   ``"16/B374D848"`` (high 32 bits, a slash, low 32 bits); on the wire and in arithmetic it is
   one unsigned 64-bit integer. It is what a replication slot confirms.
+* :class:`BinlogPosition`, where a MySQL/MariaDB binlog capture resumes (file, position,
+  rows events and rows already published, GTIDs); :func:`binlog_lsn` maps a binlog change
+  onto the one 63-bit ``source.lsn`` the workers order by.
 * :class:`ChangePosition`, the position of one change event as the workers see it:
   ``(commit, lsn)`` from the envelope's ``source.sequence`` and ``source.lsn``. Ordering,
   deduplication and the search index's version all use it, never a wall-clock time (two
@@ -270,3 +273,85 @@ class OutboxPosition:
 
     batch: int
     index: int
+
+
+#: Bits of a binlog LSN given to the position inside a file (files up to 1 TiB; the
+#: protocol's positions are 32-bit); the file's index takes the 23 bits above.
+_BINLOG_POS_BITS = 40
+_BINLOG_MAX_FILE_INDEX = (1 << (63 - _BINLOG_POS_BITS)) - 1
+
+
+def binlog_file_index(file: str) -> int:
+    """The number a binlog file name ends in: ``mysql-bin.000042`` -> 42."""
+    _, _, suffix = file.rpartition(".")
+    if not suffix.isdigit():
+        raise ValueError(f"not a binlog file name (expected <base>.<number>): {file!r}")
+    return int(suffix)
+
+
+def binlog_lsn(file: str, event_pos: int, row: int = 0) -> int:
+    """A change's ``source.lsn`` in the binlog: ``file index << 40 | (event start + row)``.
+
+    Signed 63 bits that grow with binlog order, which is commit order: the search index's
+    external version and the workers' deduplication follow it. ``row`` (the row's index in
+    its rows event) is added to the event's start position: every row takes at least one
+    byte of its event, so ``start + row`` stays below the next event's start.
+    """
+    index = binlog_file_index(file)
+    if index > _BINLOG_MAX_FILE_INDEX or not 0 <= event_pos + row < (1 << _BINLOG_POS_BITS):
+        raise ValueError(f"binlog position {file}:{event_pos}+{row} does not fit 63 bits")
+    return (index << _BINLOG_POS_BITS) | (event_pos + row)
+
+
+@dataclass(frozen=True, slots=True)
+class BinlogPosition:
+    """Where a binlog capture resumes: the transaction starting at ``file:pos`` (its GTID or
+    BEGIN event), of which ``event`` rows events, then ``row`` rows of the next one, are
+    already published. ``gtids``: MariaDB's GTID position (``domain-server-seq`` per domain)
+    or MySQL's GTID set of the transactions completed before it ("" when unknown); it
+    resumes the same place with ``mysql.resume_by: gtid``, on this server or a replica.
+
+    Ordered by ``(file index, pos, event, row)``; ``gtids`` follows from those.
+    """
+
+    file: str
+    pos: int
+    event: int = 0
+    row: int = 0
+    gtids: str = ""
+
+    def _key(self) -> tuple[int, int, int, int]:
+        return binlog_file_index(self.file), self.pos, self.event, self.row
+
+    def __lt__(self, other: BinlogPosition) -> bool:
+        return self._key() < other._key()
+
+    def __le__(self, other: BinlogPosition) -> bool:
+        return self._key() <= other._key()
+
+    def __gt__(self, other: BinlogPosition) -> bool:
+        return self._key() > other._key()
+
+    def __ge__(self, other: BinlogPosition) -> bool:
+        return self._key() >= other._key()
+
+    def __str__(self) -> str:
+        inside = f"+{self.event}e{self.row}r" if self.event or self.row else ""
+        gtids = f" (gtid {self.gtids})" if self.gtids else ""
+        return f"{self.file}:{self.pos}{inside}{gtids}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form kept in the offsets topic (Debezium's MySQL offset keys)."""
+        return {"file": self.file, "pos": self.pos, "event": self.event, "row": self.row,
+                "gtids": self.gtids}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BinlogPosition:
+        """Read ``to_dict``'s form; ValueError naming what is wrong."""
+        try:
+            position = cls(str(data["file"]), int(data["pos"]), int(data.get("event", 0)),
+                           int(data.get("row", 0)), str(data.get("gtids") or ""))
+            position._key()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a binlog position: {data!r} ({exc})") from exc
+        return position

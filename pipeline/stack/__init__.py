@@ -1,5 +1,6 @@
 """A local stack of real servers on 127.0.0.1 for development, tests and benchmarks:
-PostgreSQL 15 (logical decoding), Kafka 3.9.1 (KRaft), Redis 7, Elasticsearch 9.
+PostgreSQL 15 (logical decoding), Kafka 3.9.1 (KRaft), Redis 7, Elasticsearch 9, MariaDB 10.11
+(row binlog).
 
 Installed idempotently (apt, Maven Central; cached in ``$CDC_CACHE_DIR`` or
 ``~/.cache/cdc-pipeline``), started on free ports with state in ``$CDC_STACK_DIR``

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pipeline.stack import elasticsearch, kafka, postgres, redis
+from pipeline.stack import elasticsearch, kafka, mariadb, postgres, redis
 from pipeline.stack.errors import StackError
 from pipeline.stack.install import file_lock
 from pipeline.stack.ports import free_ports, is_port_free
@@ -28,6 +28,7 @@ SERVICES: dict[str, ModuleType] = {
     "kafka": kafka,
     "redis": redis,
     "elasticsearch": elasticsearch,
+    "mariadb": mariadb,
 }
 ALL = tuple(SERVICES)
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +43,8 @@ class StackInfo:
     redis_url: str
     elasticsearch_url: str
     state_dir: Path
+    #: Port of MariaDB (the capture user's host is 127.0.0.1); 0 when never started here.
+    mariadb_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ def _info(base: Path, records: dict[str, dict[str, Any]]) -> StackInfo:
         redis_url=conn("redis", "url"),
         elasticsearch_url=conn("elasticsearch", "url"),
         state_dir=base,
+        mariadb_port=int(conn("mariadb", "port") or 0),
     )
 
 
@@ -151,7 +155,7 @@ def _start_one(base: Path, name: str, ports: dict[str, int]) -> dict[str, Any]:
 
 
 def up(services: Iterable[str] | None = None) -> StackInfo:
-    """Install what is missing and start the given services (default: all four)
+    """Install what is missing and start the given services (default: all)
     concurrently; services already running (pid alive and readiness probe passing) are
     reused. Ports recorded in stack.json are reused. Raises StackError (with the log
     tail) if a server fails; the others that did start stay up and are recorded."""
@@ -221,7 +225,7 @@ def down(timeout: float = 30.0) -> None:
 
 
 def status() -> dict[str, ServiceStatus]:
-    """Per service (all four): running now?, recorded port, pid, connection settings."""
+    """Per service (all): running now?, recorded port, pid, connection settings."""
     base = state_dir()
     records = _read(base)
     result: dict[str, ServiceStatus] = {}
@@ -239,7 +243,7 @@ def status() -> dict[str, ServiceStatus]:
 
 
 def load() -> StackInfo | None:
-    """The running stack if all four services are up and answering, else None."""
+    """The running stack if every service is up and answering, else None."""
     base = state_dir()
     records = _read(base)
     if all(_running(n, records.get(n)) for n in ALL):
@@ -249,9 +253,17 @@ def load() -> StackInfo | None:
 
 def env_vars(info: StackInfo) -> dict[str, str]:
     """Environment variables the app's settings read, for ``info``."""
-    return {
+    env = {
         "CDC_POSTGRES__DSN": info.postgres_dsn,
         "CDC_KAFKA__BOOTSTRAP_SERVERS": info.kafka_bootstrap,
         "CDC_REDIS__URL": info.redis_url,
         "CDC_ELASTICSEARCH__URL": info.elasticsearch_url,
     }
+    if info.mariadb_port:
+        env.update({
+            "CDC_MYSQL__HOST": "127.0.0.1",
+            "CDC_MYSQL__PORT": str(info.mariadb_port),
+            "CDC_MYSQL__USER": mariadb.CAPTURE_USER,
+            "CDC_MYSQL__PASSWORD": mariadb.CAPTURE_PASSWORD,
+        })
+    return env

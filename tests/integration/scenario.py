@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg2 import sql
 
 from pipeline import stack
-from pipeline.config import Settings, load_settings
+from pipeline.config import KafkaSettings, Settings, load_settings
 from pipeline.harness import (
     PipelineProcess,
     index_documents,
@@ -120,32 +120,7 @@ class Scenario:
 
     def read_topic(self, topic: str, timeout: float = 10) -> list[Any]:
         """Every record of a topic, from the beginning."""
-        consumer = Consumer(client_config(self.settings.kafka, {
-            "group.id": f"reader-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}))
-        try:
-            meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-            if meta is None or meta.error is not None:
-                return []
-            parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
-            try:
-                ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout)[1]
-                        for p in parts}
-            except KafkaException:  # a topic just created: no leader yet
-                return []
-            consumer.assign(parts)
-            records: list[Any] = []
-            want = sum(ends.values())
-            deadline_polls = 0
-            while len(records) < want and deadline_polls < 50:
-                msg = consumer.poll(0.2)
-                if msg is None:
-                    deadline_polls += 1
-                    continue
-                if msg.error() is None:
-                    records.append(msg)
-            return records
-        finally:
-            consumer.close()
+        return read_topic(self.settings.kafka, topic, timeout)
 
     def read_topic_names(self) -> list[str]:
         admin = AdminClient(client_config(self.settings.kafka))
@@ -179,3 +154,33 @@ class Scenario:
                     sql.Identifier(self.settings.postgres.publication)))
             conn.close()
         self.redis.close()
+
+
+def read_topic(kafka: KafkaSettings, topic: str, timeout: float = 10) -> list[Any]:
+    """Every record of a topic, from the beginning."""
+    consumer = Consumer(client_config(kafka, {
+        "group.id": f"reader-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}))
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return []
+        parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
+        try:
+            ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout)[1]
+                    for p in parts}
+        except KafkaException:  # a topic just created: no leader yet
+            return []
+        consumer.assign(parts)
+        records: list[Any] = []
+        want = sum(ends.values())
+        deadline_polls = 0
+        while len(records) < want and deadline_polls < 50:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                deadline_polls += 1
+                continue
+            if msg.error() is None:
+                records.append(msg)
+        return records
+    finally:
+        consumer.close()

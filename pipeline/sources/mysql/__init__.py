@@ -1,0 +1,1 @@
+"""MySQL/MariaDB binlog capture (``capture.source: mysql``)."""

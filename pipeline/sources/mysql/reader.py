@@ -1,0 +1,348 @@
+"""Reading the binlog: events -> records and checkpoints, in a thread of its own.
+
+:class:`BinlogDecoder` is the pure part: it follows transactions through the events
+(MariaDB: a GTID event, then rows events, then XID, or a standalone GTID and one statement;
+MySQL: a GTID event, then BEGIN .. XID/COMMIT, or a GTID and one statement) and knows at
+every point where a restart has to begin:
+
+* after a transaction: ``BinlogPosition(file, <its end>, gtids=<with it>)``;
+* after each rows event inside one: ``BinlogPosition(file, <its start>, event=k)``, so a
+  large transaction cut off by a crash is not published again from its first row, only
+  from the first rows event Kafka had not acknowledged. A restart there skips the first
+  ``event`` rows events of that transaction and ``row`` rows of the next.
+
+:class:`BinlogReader` runs ``mysql-replication``'s stream in a thread (it blocks on the
+socket) and hands the decoder's output over through a bounded queue, so ``read`` never
+waits more than a few tens of milliseconds and a slow Kafka holds the binlog back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pymysql
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.event import (
+    GtidEvent,
+    HeartbeatLogEvent,
+    MariadbGtidEvent,
+    QueryEvent,
+    RotateEvent,
+    XidEvent,
+)
+from pymysqlreplication.row_event import (
+    DeleteRowsEvent,
+    TableMapEvent,
+    UpdateRowsEvent,
+    WriteRowsEvent,
+)
+
+from pipeline.capture.source import ANY_PARTITION, EVERY_PARTITION, Checkpoint, Item
+from pipeline.config import MysqlSettings
+from pipeline.errors import RetriableError, SourceSetupError
+from pipeline.positions import BinlogPosition
+from pipeline.sources.mysql import server
+from pipeline.sources.mysql.envelope import (
+    EnvelopeWriter,
+    EventContext,
+    TableImage,
+    truncated_table,
+)
+
+log = logging.getLogger(__name__)
+
+EVENTS = [RotateEvent, MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, TableMapEvent,
+          WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, HeartbeatLogEvent]
+_ROWS_KIND = {WriteRowsEvent: "write", UpdateRowsEvent: "update", DeleteRowsEvent: "delete"}
+#: MariaDB's GTID flag of a transaction that is one statement (DDL) without BEGIN/COMMIT.
+_FL_STANDALONE = 1
+#: Seconds between the server's heartbeats when the binlog is idle (the thread then sees
+#: that it is asked to stop).
+HEARTBEAT_S = 1.0
+#: Seconds without a byte from the server before the connection counts as lost.
+READ_TIMEOUT_S = 30
+
+
+def _start(event: Any) -> int:
+    return int(event.packet.log_pos - event.packet.event_size)
+
+
+def _end(event: Any) -> int:
+    return int(event.packet.log_pos)
+
+
+class MariadbGtids:
+    """MariaDB's GTID position: the last GTID per replication domain."""
+
+    def __init__(self, text: str) -> None:
+        self.by_domain: dict[str, str] = {}
+        for gtid in filter(None, (part.strip() for part in text.split(","))):
+            self.add(gtid)
+
+    def add(self, gtid: str) -> None:
+        self.by_domain[gtid.split("-", 1)[0]] = gtid
+
+    def __str__(self) -> str:
+        return ",".join(self.by_domain[d] for d in sorted(self.by_domain, key=int))
+
+
+class BinlogDecoder:
+    """Binlog events -> items (records and checkpoints) for the captured ``tables``."""
+
+    def __init__(self, start: BinlogPosition, tables: dict[str, str], writer: EnvelopeWriter,
+                 tombstones: bool, track_gtids: bool) -> None:
+        self.file = start.file
+        self.tables = tables  # db.table -> raw topic
+        self.writer = writer
+        self.tombstones = tombstones
+        self.gtids = MariadbGtids(start.gtids) if track_gtids else None
+        self._skip_next: tuple[int, int] | None = (start.event, start.row) if (
+            start.event or start.row) else None
+        self._skip: tuple[int, int] | None = None
+        self._keys: dict[int, tuple[str, ...]] = {}
+        #: table id -> (the table map's column list it was made of, image)
+        self._images: dict[int, tuple[Any, TableImage]] = {}
+        self.counts: dict[tuple[str, str], int] = {}
+        self._end_txn()
+
+    def _end_txn(self) -> None:
+        self.txn_start: int | None = None
+        self.txn_gtid: str | None = None
+        self.txn_open = False
+        self.thread: int | None = None
+        self.events_done = 0
+        self._skip = None
+
+    def _begin(self, start: int, gtid: str | None, open_now: bool) -> None:
+        self.txn_start, self.txn_gtid, self.txn_open = start, gtid, open_now
+        self.events_done, self.thread = 0, None
+        self._skip, self._skip_next = self._skip_next, None
+
+    def _gtids_text(self) -> str:
+        return str(self.gtids) if self.gtids is not None else ""
+
+    def feed(self, event: Any, now_ms: int) -> list[Item]:
+        """The items one event yields (often none)."""
+        if isinstance(event, RotateEvent):
+            self.file = event.next_binlog
+            return []
+        if isinstance(event, MariadbGtidEvent):
+            self._begin(_start(event), event.gtid, not event.flags & _FL_STANDALONE)
+            return []
+        if isinstance(event, GtidEvent):
+            self._begin(_start(event), event.gtid, False)
+            return []
+        if isinstance(event, TableMapEvent):
+            meta = event.optional_metadata
+            names = [c.name for c in event.columns]
+            keys = list(meta.simple_primary_key_list) or list(meta.primary_keys_with_prefix)
+            self._keys[event.table_id] = tuple(names[i] for i in keys)
+            return []
+        if isinstance(event, XidEvent):
+            return self._commit(event)
+        if isinstance(event, QueryEvent):
+            return self._query(event, now_ms)
+        kind = _ROWS_KIND.get(type(event))
+        if kind is not None:
+            return self._rows(event, kind, now_ms)
+        return []
+
+    def _commit(self, event: Any) -> list[Item]:
+        if self.gtids is not None and self.txn_gtid:
+            self.gtids.add(self.txn_gtid)
+        position = BinlogPosition(self.file, _end(event), gtids=self._gtids_text())
+        self._end_txn()
+        return [Checkpoint(position, int(event.timestamp) * 1_000_000)]
+
+    def _query(self, event: Any, now_ms: int) -> list[Item]:
+        query = event.query.strip() if isinstance(event.query, str) else ""
+        verb = query.upper()
+        if verb == "BEGIN" or verb.startswith("XA START"):
+            if self.txn_start is None:
+                self._begin(_start(event), None, True)
+            self.txn_open = True
+            self.thread = event.slave_proxy_id
+            return []
+        if verb in ("COMMIT", "ROLLBACK") or verb.startswith("XA END"):
+            return self._commit(event)
+        out: list[Item] = []
+        db = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema)
+        table = truncated_table(query, db)
+        if table is not None and table in self.tables:
+            start = _start(event) if self.txn_start is None else self.txn_start
+            if self.txn_start is None:
+                self._begin(start, None, False)
+            ctx = EventContext(self.file, _start(event), int(event.timestamp),
+                               event.packet.server_id, self.txn_gtid, event.slave_proxy_id)
+            t_db, t_table = table.split(".", 1)
+            value = self.writer.truncate(t_db, t_table, ctx, now_ms)
+            out.append((self.tables[table], None, value, EVERY_PARTITION))
+            self._count(table, "t")
+        if not self.txn_open:  # a statement of its own (DDL): its transaction ends here
+            out.extend(self._commit(event))
+        return out
+
+    def _image(self, event: Any) -> TableImage:
+        """The table as this event's table map describes it: its columns, their types and
+        its key as of the event (binlog_row_metadata=FULL), not as of now."""
+        cached = self._images.get(event.table_id)
+        if cached is not None and cached[0] is event.columns:
+            return cached[1]
+        keys = self._keys.get(event.table_id, ())
+        image = TableImage.of(event.schema, event.table, event.columns, keys)
+        self._images[event.table_id] = (event.columns, image)
+        return image
+
+    def _rows(self, event: Any, kind: str, now_ms: int) -> list[Item]:
+        index = self.events_done
+        self.events_done += 1
+        if self.txn_start is None:  # rows without a transaction start: resume at the event
+            self._begin(_start(event), None, True)
+            index, self.events_done = 0, 1
+        assert self.txn_start is not None
+        checkpoint = Checkpoint(BinlogPosition(self.file, self.txn_start, self.events_done,
+                                               gtids=self._gtids_text()))
+        skip_rows = 0
+        if self._skip is not None:
+            skip_event, skip_row = self._skip
+            if index < skip_event:
+                return [checkpoint]
+            if index == skip_event:
+                skip_rows = skip_row
+        table_id = f"{event.schema}.{event.table}"
+        topic = self.tables.get(table_id)
+        if topic is None:
+            return [checkpoint]
+        image = self._image(event)
+        if not image.key_names:
+            raise SourceSetupError(
+                f"a change of {table_id} at {self.file}:{_start(event)} names no primary key: "
+                f"add one to the table or remove it from mysql.tables")
+        ctx = EventContext(self.file, _start(event), int(event.timestamp),
+                           event.packet.server_id, self.txn_gtid, self.thread)
+        out: list[Item] = []
+        for row, raw in enumerate(event.rows):
+            if row < skip_rows:
+                continue
+            for op, key, value in self.writer.changes(kind, image, raw, ctx, row, now_ms):
+                out.append((topic, key, value, ANY_PARTITION))
+                if op == "d" and self.tombstones:
+                    out.append((topic, key, None, ANY_PARTITION))
+                self._count(table_id, op)
+        out.append(checkpoint)
+        return out
+
+    def _count(self, table: str, op: str) -> None:
+        self.counts[(table, op)] = self.counts.get((table, op), 0) + 1
+
+
+class _OneConnectionEach:
+    """pymysql.connect for mysql-replication that refuses to reconnect. The library
+    reconnects by itself after a lost connection, from the last event it read, which can
+    be inside a transaction whose table maps it would then lack; capture instead reopens
+    from its last confirmed position (a RetriableError)."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def __call__(self, **kwargs: Any) -> Any:
+        if self.made >= 2:  # the stream and the control connection
+            raise RetriableError("the binlog connection was lost")
+        self.made += 1
+        return pymysql.connect(**kwargs)
+
+
+class BinlogReader:
+    """The binlog stream in a thread, from ``start``, through ``decoder``."""
+
+    def __init__(self, settings: MysqlSettings, start: BinlogPosition, decoder: BinlogDecoder,
+                 queue_size: int = 256) -> None:
+        self.settings = settings
+        self.start_at = start
+        self.decoder = decoder
+        self._queue: queue.Queue[list[Item] | BaseException] = queue.Queue(queue_size)
+        self._stop = threading.Event()
+        self._stream: BinLogStreamReader | None = None
+        self._thread = threading.Thread(target=self._run, name="binlog-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _open_stream(self) -> BinLogStreamReader:
+        s = self.settings
+        where: dict[str, Any]
+        if s.resume_by == "gtid":
+            where = {"auto_position": self.start_at.gtids, "is_mariadb": True}
+        else:
+            # Not is_mariadb: mysql-replication 1.0.17 then ignores log_file/log_pos and
+            # starts at the oldest binlog (checked on MariaDB 10.11). MySQL's COM_BINLOG_DUMP
+            # takes file:pos, and MariaDB honours it (still sending its GTID events).
+            where = {"log_file": self.start_at.file, "log_pos": self.start_at.pos,
+                     "resume_stream": True}
+        settings = dict(server.connection_settings(s), read_timeout=READ_TIMEOUT_S)
+        return BinLogStreamReader(
+            connection_settings=settings, server_id=s.server_id, blocking=True,
+            only_events=EVENTS, slave_heartbeat=HEARTBEAT_S, enable_logging=False,
+            pymysql_wrapper=_OneConnectionEach(), **where)
+
+    def _run(self) -> None:
+        now_ms = int(time.time() * 1000)
+        try:
+            self._stream = stream = self._open_stream()
+            for event in stream:
+                if self._stop.is_set():
+                    return
+                if int(time.time() * 1000) - now_ms > 100:
+                    now_ms = int(time.time() * 1000)
+                items = self.decoder.feed(event, now_ms)
+                if items:
+                    self._put(items)
+        except pymysql.Error as exc:
+            self._put(server.translate(exc, "reading the binlog"))
+        except BaseException as exc:  # noqa: BLE001 - handed to the capture loop as is
+            self._put(exc)
+        finally:
+            if self._stream is not None:
+                with contextlib.suppress(Exception):
+                    self._stream.close()
+
+    def _put(self, entry: list[Item] | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def take(self, max_items: int, wait_s: float) -> list[Item]:
+        """Up to about ``max_items`` items; raises what the thread raised."""
+        out: list[Item] = []
+        get: Callable[..., Any] = self._queue.get
+        try:
+            entry = get(timeout=wait_s)
+            while True:
+                if isinstance(entry, BaseException):
+                    raise entry
+                out.extend(entry)
+                if len(out) >= max_items:
+                    break
+                entry = get(block=False)
+        except queue.Empty:
+            pass
+        if not out and not self._thread.is_alive() and self._queue.empty():
+            raise RetriableError("the binlog reader stopped")
+        return out
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive() and self._stream is not None:
+            with contextlib.suppress(Exception):
+                self._stream.close()  # unblocks a read the heartbeat did not end
+            self._thread.join(timeout)

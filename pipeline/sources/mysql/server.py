@@ -1,0 +1,119 @@
+"""The MySQL/MariaDB server a binlog capture reads: connecting, checking it can be
+captured (each refusal names the server setting or grant to change), where its binlog is.
+
+pymysql's errors are translated here, into the pipeline's error tree, and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymysql
+
+from pipeline.config import MysqlSettings
+from pipeline.errors import PermanentError, RetriableError, SourceSetupError
+from pipeline.positions import BinlogPosition
+
+#: Server error codes: access denied (wrong password), a missing privilege, a position the
+#: server no longer has (binlog purged, unknown GTID).
+ACCESS_DENIED = (1044, 1045, 1698)
+MISSING_PRIVILEGE = (1142, 1227, 1370)
+BINLOG_GONE = 1236
+
+#: What a capture needs of the server: variable -> (required value, why).
+REQUIRED = {
+    "log_bin": ("ON", "the binary log must be on (start the server with --log-bin)"),
+    "binlog_format": ("ROW", "row events carry the changed rows (binlog_format=ROW)"),
+    "binlog_row_image": ("FULL", "updates and deletes must carry every column "
+                                 "(binlog_row_image=FULL)"),
+    "binlog_row_metadata": ("FULL", "each event must name its columns and primary key "
+                                    "as of its time (binlog_row_metadata=FULL; MariaDB "
+                                    "10.5+, MySQL 8.0.1+)"),
+}
+
+
+def connection_settings(settings: MysqlSettings) -> dict[str, Any]:
+    """pymysql keyword arguments for ``settings`` (also given to mysql-replication)."""
+    return {"host": settings.host, "port": settings.port, "user": settings.user,
+            "passwd": settings.password.get_secret_value(), "charset": "utf8mb4"}
+
+
+def connect(settings: MysqlSettings) -> Any:
+    """A plain SQL connection (autocommit), errors translated."""
+    try:
+        return pymysql.connect(**connection_settings(settings), autocommit=True,
+                               connect_timeout=10)
+    except pymysql.Error as exc:
+        raise translate(exc, f"connecting to {settings.host}:{settings.port}") from exc
+
+
+def translate(exc: BaseException, doing: str) -> Exception:
+    """A pymysql error as a pipeline error: refused credentials and missing privileges are
+    permanent (with the grant to give), a purged position a setup error (with the remedy),
+    everything else (server down, connection lost) retriable."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    text = exc.args[1] if len(exc.args) > 1 else str(exc)
+    if code in ACCESS_DENIED:
+        return PermanentError(f"{doing}: the server refused the login ({text}); check "
+                              "mysql.user and mysql.password")
+    if code in MISSING_PRIVILEGE:
+        return SourceSetupError(
+            f"{doing}: {text}. The capture user needs: GRANT REPLICATION SLAVE, REPLICATION "
+            "CLIENT, SELECT ON *.* TO <mysql.user>")
+    if code == BINLOG_GONE:
+        return SourceSetupError(
+            f"{doing}: the server no longer has the binlog position capture must resume "
+            f"from ({text}). Changes after it are lost to the binlog: take a new snapshot of "
+            "the tables and restart with `cdc capture --reset-position`, which starts at the "
+            "current end of the binlog")
+    return RetriableError(f"{doing}: {text}")
+
+
+def check(cur: Any, tables: tuple[str, ...]) -> None:
+    """Refuse a server or tables capture cannot read correctly."""
+    for name, (wanted, why) in REQUIRED.items():
+        cur.execute("SELECT @@GLOBAL." + name)  # names from the constant above only
+        value = str(cur.fetchone()[0]).upper()
+        if value in ("1", "TRUE"):
+            value = "ON"
+        if value != wanted:
+            raise SourceSetupError(f"the server has {name}={value}: {why}. Set {name}="
+                                   f"{wanted} in the server's configuration and restart it")
+    cur.execute("SHOW MASTER STATUS")  # needs REPLICATION CLIENT (BINLOG MONITOR)
+    for table in tables:
+        db, name = table.split(".", 1)
+        cur.execute("SELECT COUNT(*) FROM information_schema.TABLES "
+                    "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s", (db, name))
+        if cur.fetchone()[0] == 0:
+            raise SourceSetupError(f"table {table} (mysql.tables) does not exist or the "
+                                   "capture user cannot see it (GRANT SELECT)")
+        cur.execute("SELECT COUNT(*) FROM information_schema.KEY_COLUMN_USAGE "
+                    "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
+                    "AND CONSTRAINT_NAME = 'PRIMARY'", (db, name))
+        if cur.fetchone()[0] == 0:
+            raise SourceSetupError(
+                f"table {table} has no primary key: its changes would have no record key "
+                f"(the search index and Kafka compaction need one). Add one (ALTER TABLE "
+                f"... ADD PRIMARY KEY) or remove the table from mysql.tables")
+
+
+def current_position(cur: Any, flavor: str) -> BinlogPosition:
+    """The end of the binlog now, with the GTIDs before it (MariaDB: exactly at that file
+    and position, ``BINLOG_GTID_POS``)."""
+    cur.execute("SHOW MASTER STATUS")
+    row = cur.fetchone()
+    if row is None:
+        raise SourceSetupError("SHOW MASTER STATUS shows no binlog: start the server with "
+                               "--log-bin")
+    file, pos = str(row[0]), int(row[1])
+    gtids = ""
+    if flavor == "mariadb":
+        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
+        gtids = str(cur.fetchone()[0] or "")
+    return BinlogPosition(file, pos, gtids=gtids)
+
+
+def binlog_files(cur: Any) -> list[str]:
+    """The binlog files the server still has, oldest first."""
+    cur.execute("SHOW BINARY LOGS")
+    return [str(row[0]) for row in cur.fetchall()]

@@ -1,0 +1,189 @@
+"""Column values as Debezium's MySQL/MariaDB connectors write them (JsonConverter,
+``decimal.handling.mode=string``, ``time.precision.mode=adaptive_time_microseconds``,
+``binary.handling.mode=base64``, ``bigint.unsigned.handling.mode=precise``).
+
+``mysql-replication`` has already parsed each value into a Python object; here it becomes
+JSON-ready:
+
+=====================  ======================================================================
+column type            value
+=====================  ======================================================================
+integers (unsigned)    the exact integer (an unsigned BIGINT above 2^63 too)
+FLOAT / DOUBLE         a number (FLOAT with the shortest text that reads back as the same
+                       32-bit float, as Java prints a float)
+DECIMAL                exact text, never an exponent (``"0.00"``)
+CHAR/VARCHAR/TEXT      text in the column's character set (utf8mb4: any code point)
+BINARY/VARBINARY/BLOB  base64 of the bytes
+DATE                   days since 1970-01-01
+TIME                   microseconds (may be negative: -838:59:59 .. 838:59:59)
+DATETIME(0-3)          milliseconds since 1970 (the wall-clock time read as UTC)
+DATETIME(4-6)          microseconds since 1970 (likewise)
+TIMESTAMP(p)           ISO-8601 text in UTC with ``p`` fraction digits, ``...Z``
+YEAR                   the year
+ENUM                   the label
+SET                    the labels in definition order, comma-separated ("" when empty)
+BIT(1)                 true/false; BIT(n>1): base64 of the bits, little-endian bytes
+JSON                   the JSON text (MariaDB keeps JSON as text; MySQL's binary JSON is
+                       re-encoded)
+GEOMETRY               ``{"wkb": base64, "srid": n}``
+=====================  ======================================================================
+
+A zero or invalid date (``0000-00-00``) becomes null, as Debezium does for nullable columns.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import struct
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from pymysqlreplication.constants import FIELD_TYPE
+
+Converter = Callable[[Any], Any]
+
+_EPOCH = dt.datetime(1970, 1, 1)
+_EPOCH_DATE = dt.date(1970, 1, 1)
+_US = dt.timedelta(microseconds=1)
+
+
+def b64(value: bytes | str) -> str:
+    if isinstance(value, str):  # a binary column whose bytes decoded as text upstream
+        value = value.encode()
+    return base64.b64encode(value).decode()
+
+
+def decimal_text(value: Decimal) -> str:
+    """Plain decimal text (BigDecimal.toPlainString): ``Decimal('0E-10')`` -> 0.0000000000."""
+    return format(value, "f")
+
+
+def float32(value: float) -> float:
+    """The shortest decimal that reads back as the same 32-bit float (0.1, not
+    0.10000000149011612)."""
+    packed = struct.pack("<f", value)
+    for digits in range(6, 10):
+        short = float(f"{value:.{digits}g}")
+        if struct.pack("<f", short) == packed:
+            return short
+    return value
+
+
+def date_days(value: dt.date) -> int:
+    return (value - _EPOCH_DATE).days
+
+
+def time_us(value: dt.timedelta) -> int:
+    return value // _US
+
+
+def datetime_ms(value: dt.datetime) -> int:
+    return (value - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def datetime_us(value: dt.datetime) -> int:
+    return (value - _EPOCH) // _US
+
+
+def timestamp_text(fsp: int) -> Converter:
+    def convert(value: dt.datetime) -> str:
+        text = value.strftime("%Y-%m-%dT%H:%M:%S")
+        if fsp:
+            text += "." + f"{value.microsecond:06d}"[:fsp]
+        return text + "Z"
+    return convert
+
+
+def set_text(labels: tuple[str, ...]) -> Converter:
+    def convert(value: set[str] | None) -> str:
+        chosen = value or set()
+        return ",".join(label for label in labels if label in chosen)
+    return convert
+
+
+def bits(width: int) -> Converter:
+    """The library's bit string (most significant bit first) as Debezium's bits."""
+    if width == 1:
+        return lambda value: value == "1"
+    size = (width + 7) // 8
+    return lambda value: b64(int(value, 2).to_bytes(size, "little"))
+
+
+def json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode()
+    return orjson.dumps(_text_keys(value)).decode()
+
+
+def _text_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {(k.decode() if isinstance(k, bytes) else k): _text_keys(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_text_keys(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def geometry(value: bytes) -> dict[str, Any]:
+    """MySQL's internal geometry: a 4-byte little-endian SRID, then WKB."""
+    return {"wkb": b64(value[4:]), "srid": int.from_bytes(value[:4], "little")}
+
+
+def _text_or_binary(value: Any) -> Any:
+    return b64(value) if isinstance(value, bytes) else value
+
+
+def converter(column: Any) -> Converter | None:
+    """How to convert one column's values (None: the parsed value is already JSON-ready).
+    ``column`` is a ``pymysqlreplication.column.Column`` of the event's table map."""
+    kind = column.type
+    if kind == FIELD_TYPE.NEWDECIMAL:
+        return decimal_text
+    if kind == FIELD_TYPE.FLOAT:
+        return float32
+    if kind in (FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE):
+        return date_days
+    if kind in (FIELD_TYPE.TIME, FIELD_TYPE.TIME2):
+        return time_us
+    if kind == FIELD_TYPE.DATETIME:
+        return datetime_ms
+    if kind == FIELD_TYPE.DATETIME2:
+        return datetime_us if getattr(column, "fsp", 0) > 3 else datetime_ms
+    if kind in (FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2):
+        return timestamp_text(getattr(column, "fsp", 0))
+    if kind == FIELD_TYPE.SET:
+        return set_text(tuple(column.set_values or ()))
+    if kind == FIELD_TYPE.BIT:
+        return bits(column.bits)
+    if kind == FIELD_TYPE.JSON:
+        return json_text
+    if kind == FIELD_TYPE.GEOMETRY:
+        return geometry
+    if kind in (FIELD_TYPE.STRING, FIELD_TYPE.VAR_STRING, FIELD_TYPE.VARCHAR,
+                FIELD_TYPE.BLOB, FIELD_TYPE.TINY_BLOB, FIELD_TYPE.MEDIUM_BLOB,
+                FIELD_TYPE.LONG_BLOB):
+        return _text_or_binary  # bytes for a binary character set, else text
+    return None
+
+
+def convert_row(values: dict[str, Any], converters: dict[str, Converter | None],
+                none_sources: dict[str, str]) -> dict[str, Any]:
+    """One row image: every column converted; an empty SET (which the library reads as
+    None) is "" and a real NULL stays null."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        convert = converters.get(name)
+        if value is None:
+            out[name] = "" if none_sources.get(name) == "empty set" else None
+        elif convert is None:
+            out[name] = value
+        else:
+            out[name] = convert(value)
+    return out

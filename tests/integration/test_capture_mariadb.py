@@ -1,0 +1,247 @@
+"""MariaDB binlog capture against the stack's real MariaDB 10.11, Kafka and Elasticsearch:
+`cdc capture` (capture.source mysql) and a kafka-engine search worker as subprocesses."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import stack
+from pipeline.harness import PipelineProcess, wait_until
+from tests.integration.mariadb_scenario import ITEMS_DDL, MariadbScenario
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def mariadb(stack_info: Any) -> Any:
+    """The stack with MariaDB running (started through the stack code if missing)."""
+    return stack.up(["mariadb"])
+
+
+@pytest.fixture
+def maria(mariadb: Any, tmp_path: Path) -> Iterator[MariadbScenario]:
+    sc = MariadbScenario(mariadb, tmp_path)
+    yield sc
+    sc.close()
+
+
+TYPES_DDL = """CREATE TABLE {db}.items (
+  id INT UNSIGNED PRIMARY KEY, name VARCHAR(100), qty INT, price DECIMAL(12,2),
+  big BIGINT UNSIGNED, tiny TINYINT, exact DECIMAL(30,10), f FLOAT, d DOUBLE,
+  flag BIT(1), bits BIT(10), color ENUM('red','green'), tags SET('a','b','c'),
+  doc JSON, raw VARBINARY(16), blobby BLOB, born DATE, at_time TIME(6),
+  dt DATETIME, dt6 DATETIME(6), ts TIMESTAMP(3) NULL, yr YEAR
+) CHARACTER SET utf8mb4"""
+
+EXTREMES = (
+    "INSERT INTO {db}.items VALUES (4294967295, %s, -2147483648, -9999999999.99, "
+    "18446744073709551615, -128, 12345678901234567890.0123456789, 0.1, 1e308, b'1', "
+    "b'1000000001', 'green', 'a,c', '{\"k\": [1, \"x\"]}', x'00ff10', x'', "
+    "'2024-02-29', '-838:59:59.000000', '9999-12-31 23:59:59', "
+    "'1970-01-01 00:00:00.000001', '2038-01-19 03:14:07.499', 2155)"
+)
+
+
+def test_inserts_updates_deletes_of_many_types_reach_kafka(maria: MariadbScenario) -> None:
+    maria.execute(TYPES_DDL)
+    maria.start("capture")
+    text = "naïve 😀 𝄞 漢字"
+    maria.execute(EXTREMES, text)
+    maria.execute("INSERT INTO {db}.items (id) VALUES (1)")  # every other column NULL
+    maria.execute("INSERT INTO {db}.items (id, tags, exact) VALUES (2, '', 0)")
+    maria.execute("UPDATE {db}.items SET name = 'renamed', qty = 7 WHERE id = 1")
+    maria.execute("UPDATE {db}.items SET id = 3 WHERE id = 2")  # a primary-key change
+    maria.execute("DELETE FROM {db}.items WHERE id = 1")
+    assert wait_until(lambda: len(maria.changes()) == 7, 60), maria.changes()
+    changes = maria.changes()
+    assert [c["op"] for c in changes] == ["c", "c", "c", "u", "d", "c", "d"]
+
+    extreme = changes[0]["after"]
+    assert extreme == {
+        "id": 4294967295, "name": text, "qty": -2147483648, "price": "-9999999999.99",
+        "big": 18446744073709551615, "tiny": -128, "exact": "12345678901234567890.0123456789",
+        "f": 0.1, "d": 1e308, "flag": True,
+        "bits": base64.b64encode((0b1000000001).to_bytes(2, "little")).decode(),
+        "color": "green", "tags": "a,c", "doc": '{"k": [1, "x"]}',
+        "raw": base64.b64encode(b"\x00\xff\x10").decode(), "blobby": "",
+        "born": 19782,  # days from 1970-01-01 to 2024-02-29
+        "at_time": -(838 * 3600 + 59 * 60 + 59) * 1_000_000,
+        "dt": 253402300799000,  # 9999-12-31 23:59:59 as milliseconds
+        "dt6": 1, "ts": "2038-01-19T03:14:07.499Z", "yr": 2155,
+    }
+    nulls = changes[1]["after"]
+    assert nulls["id"] == 1 and all(v is None for k, v in nulls.items() if k != "id")
+    assert changes[2]["after"]["tags"] == ""  # an empty SET, not NULL
+    assert changes[2]["after"]["exact"] == "0.0000000000"  # never "0E-10"
+    update = changes[3]
+    assert update["before"]["name"] is None and update["after"]["name"] == "renamed"
+    assert update["after"]["qty"] == 7
+    # The key change: a delete of id 2, then a create of id 3 at the same position.
+    moved_out, moved_in = changes[4], changes[5]
+    assert moved_out["before"]["id"] == 2 and moved_in["after"]["id"] == 3
+    assert moved_out["source"]["lsn"] == moved_in["source"]["lsn"]
+
+    source = changes[0]["source"]
+    assert source["connector"] == "mariadb" and source["db"] == maria.db
+    assert source["schema"] == maria.db and source["table"] == "items"
+    assert source["file"].startswith("mysql-bin.") and source["pos"] > 0
+    assert source["server_id"] == 1 and source["row"] == 0
+    assert source["gtid"].startswith("0-1-")
+    lsns = [c["source"]["lsn"] for c in changes]
+    assert lsns == sorted(lsns) and len(set(lsns)) == 6  # one shared by the key change
+    keys = [k for k, v, _ in maria.records() if v is not None and v["op"] == "c"]
+    assert {"id": 4294967295} in keys
+    tombstones = [k for k, v, _ in maria.records() if v is None]
+    assert sorted(k["id"] for k in tombstones) == [1, 2]
+
+
+def test_truncate_reaches_every_partition(maria: MariadbScenario) -> None:
+    maria.execute(ITEMS_DDL)
+    maria.start("capture")
+    maria.execute("INSERT INTO {db}.items VALUES (1, 'a', 1, 1.00)")
+    maria.execute("TRUNCATE TABLE {db}.items")
+    assert wait_until(lambda: sum(1 for _, v, _ in maria.records()
+                                  if v and v["op"] == "t") == 3, 60), maria.records()
+    partitions = {p for _, v, p in maria.records() if v and v["op"] == "t"}
+    assert partitions == {0, 1, 2}
+
+
+def _workload(maria: MariadbScenario, rows: int, stop: threading.Event,
+              pause_s: float = 0.01) -> None:
+    for i in range(1, rows + 1):
+        if stop.is_set():
+            return
+        maria.execute("INSERT INTO {db}.items VALUES (%s, %s, %s, %s)",
+                      i, f"item {i}", i, f"{i}.50")
+        if i % 3 == 0:
+            maria.execute("UPDATE {db}.items SET qty = qty + 100 WHERE id = %s", i - 1)
+        if i % 7 == 0:
+            maria.execute("DELETE FROM {db}.items WHERE id = %s", i - 2)
+        time.sleep(pause_s)
+
+
+def test_index_equals_table_through_a_kafka_engine_worker(maria: MariadbScenario) -> None:
+    maria.execute(ITEMS_DDL)
+    maria.start("capture")
+    maria.start("worker")
+    _workload(maria, 60, threading.Event(), 0)
+    maria.execute("UPDATE {db}.items SET name = 'ü 😀', price = NULL WHERE id = 10")
+    assert maria.converged(), (maria.indexed(), maria.expected())
+    assert maria.indexed()["10"]["name"] == "ü 😀"
+
+
+def test_capture_killed_mid_workload_loses_nothing(maria: MariadbScenario) -> None:
+    maria.execute(ITEMS_DDL)
+    capture = maria.start("capture")
+    maria.start("worker")
+    stop = threading.Event()
+    writer = threading.Thread(target=_workload, args=(maria, 300, stop))
+    writer.start()
+    try:
+        assert wait_until(lambda: len(maria.query("SELECT id FROM {db}.items")) > 60, 60)
+        capture.kill()  # kill -9 while rows keep coming
+        assert wait_until(lambda: len(maria.query("SELECT id FROM {db}.items")) > 120, 60)
+        maria.start("capture")
+    finally:
+        writer.join(120)
+    assert maria.converged(), (len(maria.indexed()), len(maria.expected()))
+
+
+def test_mariadb_restart_resumes(maria: MariadbScenario) -> None:
+    maria.execute(ITEMS_DDL)
+    capture = maria.start("capture")
+    maria.start("worker")
+    _workload(maria, 40, threading.Event(), 0)
+    stack.stop_service("mariadb")
+    try:
+        time.sleep(3)
+        assert capture.alive(), capture.tail()  # it waits and retries, it does not stop
+    finally:
+        stack.start_service("mariadb")
+    maria.execute("INSERT INTO {db}.items VALUES (1000, 'after restart', 1, 1.00)")
+    maria.execute("UPDATE {db}.items SET name = 'changed after restart' WHERE id = 5")
+    assert maria.converged(), (maria.indexed(), maria.expected())
+    assert "interrupted, resuming" in capture.tail(400)
+
+
+def test_alter_table_between_two_updates_decodes_both(maria: MariadbScenario) -> None:
+    maria.execute(ITEMS_DDL)
+    maria.start("capture")
+    maria.execute("INSERT INTO {db}.items VALUES (1, 'one', 1, 1.00)")
+    maria.execute("UPDATE {db}.items SET qty = 2 WHERE id = 1")
+    maria.execute("ALTER TABLE {db}.items ADD COLUMN color VARCHAR(10) DEFAULT 'blue' "
+                  "AFTER name, DROP COLUMN price")
+    maria.execute("UPDATE {db}.items SET qty = 3 WHERE id = 1")
+    maria.execute("ALTER TABLE {db}.items RENAME COLUMN name TO title")
+    maria.execute("UPDATE {db}.items SET qty = 4 WHERE id = 1")
+    assert wait_until(lambda: len(maria.changes()) == 4, 60), maria.changes()
+    _, before_alter, after_add, after_rename = [c["after"] for c in maria.changes()]
+    assert before_alter == {"id": 1, "name": "one", "qty": 2, "price": "1.00"}
+    assert after_add == {"id": 1, "name": "one", "color": "blue", "qty": 3}
+    assert after_rename == {"id": 1, "title": "one", "color": "blue", "qty": 4}
+
+
+def test_purged_binlog_stops_with_the_remedy(maria: MariadbScenario) -> None:
+    maria.execute(ITEMS_DDL)
+    capture = maria.start("capture")
+    maria.execute("INSERT INTO {db}.items VALUES (1, 'one', 1, 1.00)")
+    assert wait_until(lambda: len(maria.changes()) == 1, 60)
+    capture.stop()
+    maria.execute("INSERT INTO {db}.items VALUES (2, 'two', 2, 2.00)")  # never published
+    maria.execute("FLUSH BINARY LOGS")
+    (current,) = [r[0] for r in maria.query("SHOW MASTER STATUS")]
+
+    def purged() -> bool:
+        # The server keeps a file a replica still reads: the old capture's dump thread
+        # ends when it notices the disconnect.
+        maria.execute(f"PURGE BINARY LOGS TO '{current}'")
+        return [r[0] for r in maria.query("SHOW BINARY LOGS")] == [current]
+
+    assert wait_until(purged, 30, 1)
+    again = PipelineProcess("capture", maria.env, maria.work / "capture-again.log")
+    maria.processes["capture-again"] = again
+    assert wait_until(lambda: not again.alive(), 60), again.tail()
+    assert again.proc.returncode == 3
+    assert "no longer has binlog file" in again.tail()
+    assert "--reset-position" in again.tail()
+
+
+def test_table_without_primary_key_is_refused(maria: MariadbScenario) -> None:
+    maria.execute("CREATE TABLE {db}.items (id INT, name TEXT)")
+    capture = PipelineProcess("capture", maria.env, maria.work / "capture.log")
+    maria.processes["capture"] = capture
+    assert wait_until(lambda: not capture.alive(), 60), capture.tail()
+    assert capture.proc.returncode == 3
+    assert "has no primary key" in capture.tail()
+
+
+def test_resume_by_gtid_publishes_what_was_written_while_stopped(
+        maria: MariadbScenario) -> None:
+    maria.env["CDC_MYSQL__RESUME_BY"] = "gtid"
+    maria.execute(ITEMS_DDL)
+    capture = maria.start("capture")
+    maria.execute("INSERT INTO {db}.items VALUES (1, 'one', 1, 1.00)")
+    assert wait_until(lambda: len(maria.changes()) == 1, 60)
+    capture.stop()
+    conn = maria.connect()
+    try:  # one transaction of many rows while capture is down
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            for i in range(2, 202):
+                cur.execute(f"INSERT INTO {maria.db}.items VALUES (%s, 'x', %s, 1.00)", (i, i))
+            cur.execute("COMMIT")
+    finally:
+        conn.close()
+    maria.start("capture")
+    assert wait_until(lambda: len(maria.changes()) == 201, 60), len(maria.changes())
+    ids = [c["after"]["id"] for c in maria.changes()]
+    assert ids == list(range(1, 202))  # each once, in order
+    gtids = {c["source"]["gtid"] for c in maria.changes()[1:]}
+    assert len(gtids) == 1  # the one transaction

@@ -1,0 +1,202 @@
+"""The binlog source's pure parts: positions, the binlog LSN, value conversion, and how the
+decoder follows transactions, checkpoints and skips what a restart already published."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from pymysqlreplication.constants import FIELD_TYPE
+from pymysqlreplication.event import MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
+from pymysqlreplication.row_event import TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+
+from pipeline.capture.source import EVERY_PARTITION, Checkpoint
+from pipeline.config import load_settings
+from pipeline.errors import ConfigError
+from pipeline.positions import BinlogPosition, binlog_lsn
+from pipeline.sources.mysql import values
+from pipeline.sources.mysql.envelope import EnvelopeWriter, truncated_table
+from pipeline.sources.mysql.reader import BinlogDecoder
+
+FILE = "mysql-bin.000007"
+
+
+def test_positions_order_by_file_number_then_place() -> None:
+    assert BinlogPosition("b.000009", 900) < BinlogPosition("b.000010", 4)
+    assert BinlogPosition("b.999999", 4) < BinlogPosition("b.1000000", 4)  # not by text
+    assert BinlogPosition(FILE, 100, 2, 0) < BinlogPosition(FILE, 100, 2, 1)
+    assert BinlogPosition(FILE, 100, 9, 9) < BinlogPosition(FILE, 101)
+    saved = BinlogPosition(FILE, 100, 2, 3, "0-1-5,1-2-9")
+    assert BinlogPosition.from_dict(orjson.loads(orjson.dumps(saved.to_dict()))) == saved
+    with pytest.raises(ValueError, match="not a binlog position"):
+        BinlogPosition.from_dict({"file": "nodigits", "pos": 4})
+
+
+def test_binlog_lsn_follows_binlog_order_within_63_bits() -> None:
+    assert binlog_lsn(FILE, 1000, 0) < binlog_lsn(FILE, 1000, 1) < binlog_lsn(FILE, 2000)
+    assert binlog_lsn(FILE, 2**32 - 1) < binlog_lsn("mysql-bin.000008", 4)
+    assert binlog_lsn("x.8388607", 2**40 - 1) == 2**63 - 1
+    with pytest.raises(ValueError):
+        binlog_lsn("x.8388608", 4)
+
+
+@pytest.mark.parametrize("query,db,table", [
+    ("TRUNCATE TABLE shop.items", "", "shop.items"),
+    ("truncate `shop`.`it``ems`", "x", "shop.it`ems"),
+    ("TRUNCATE items", "shop", "shop.items"),
+    ("TRUNCATE items", "", None),
+    ("ALTER TABLE items ADD c INT", "shop", None),
+])
+def test_truncate_statements(query: str, db: str, table: str | None) -> None:
+    assert truncated_table(query, db) == table
+
+
+def _column(kind: int, **attrs: Any) -> Any:
+    return SimpleNamespace(type=kind, name="c", **attrs)
+
+
+def test_values_as_debezium_writes_them() -> None:
+    assert values.converter(_column(FIELD_TYPE.NEWDECIMAL))(Decimal("0E-10")) == "0.0000000000"
+    assert values.converter(_column(FIELD_TYPE.FLOAT))(0.10000000149011612) == 0.1
+    assert values.converter(_column(FIELD_TYPE.BIT, bits=1))("1") is True
+    assert values.converter(_column(FIELD_TYPE.BIT, bits=12))("000100000001") == "AQE="
+    assert values.converter(_column(FIELD_TYPE.SET, set_values=["a", "b", "c"]))(
+        {"c", "a"}) == "a,c"
+    assert values.converter(_column(FIELD_TYPE.TIMESTAMP2, fsp=3))(
+        dt.datetime(2024, 1, 1, 0, 0, 0, 500000)) == "2024-01-01T00:00:00.500Z"
+    assert values.converter(_column(FIELD_TYPE.DATETIME2, fsp=0))(
+        dt.datetime(1970, 1, 2)) == 86_400_000
+    assert values.converter(_column(FIELD_TYPE.DATETIME2, fsp=6))(
+        dt.datetime(1970, 1, 1, 0, 0, 0, 7)) == 7
+    assert values.converter(_column(FIELD_TYPE.TIME2, fsp=0))(
+        dt.timedelta(hours=-1)) == -3_600_000_000
+    assert values.converter(_column(FIELD_TYPE.DATE))(dt.date(1969, 12, 31)) == -1
+    assert values.converter(_column(FIELD_TYPE.BLOB))(b"\x00\xff") == "AP8="
+    assert values.converter(_column(FIELD_TYPE.BLOB))("text") == "text"
+    assert values.converter(_column(FIELD_TYPE.GEOMETRY))(
+        b"\xe6\x10\x00\x00\x01") == {"wkb": "AQ==", "srid": 4326}
+    assert values.converter(_column(FIELD_TYPE.LONGLONG)) is None
+
+
+# -- the decoder, on events built without a server ------------------------------------
+def _event(cls: type, start: int, size: int = 50, **attrs: Any) -> Any:
+    event = cls.__new__(cls)
+    event.packet = SimpleNamespace(log_pos=start + size, event_size=size, server_id=1)
+    event.timestamp = 1_700_000_000
+    for name, value in attrs.items():
+        setattr(event, name, value)
+    return event
+
+
+COLUMNS = [SimpleNamespace(name="id", type=FIELD_TYPE.LONG),
+           SimpleNamespace(name="name", type=FIELD_TYPE.VARCHAR)]
+
+
+def _table_map(start: int) -> Any:
+    return _event(TableMapEvent, start, table_id=11, columns=COLUMNS, optional_metadata=(
+        SimpleNamespace(simple_primary_key_list=[0], primary_keys_with_prefix={})))
+
+
+def _writes(start: int, ids: list[int], table: str = "items") -> Any:
+    event = _event(WriteRowsEvent, start, 100, schema="shop", table=table, table_id=11,
+                   columns=COLUMNS)
+    event._RowsEvent__rows = [{"values": {"id": i, "name": f"n{i}"}} for i in ids]
+    return event
+
+
+def _transaction(first_ids: list[int], second_ids: list[int]) -> list[Any]:
+    """GTID at 1000; table map; two rows events (1100, 1200); XID ending at 1350."""
+    return [
+        _event(RotateEvent, 0, next_binlog=FILE),
+        _event(MariadbGtidEvent, 1000, gtid="0-1-42", flags=0),
+        _table_map(1050),
+        _writes(1100, first_ids),
+        _table_map(1150),
+        _writes(1200, second_ids),
+        _event(XidEvent, 1300),
+    ]
+
+
+def _decoder(start: BinlogPosition) -> BinlogDecoder:
+    return BinlogDecoder(start, {"shop.items": "cdc.shop.items"},
+                         EnvelopeWriter("mariadb", "srv"), tombstones=True, track_gtids=True)
+
+
+def _feed(decoder: BinlogDecoder, events: list[Any]) -> list[Any]:
+    return [item for event in events for item in decoder.feed(event, 5)]
+
+
+def test_a_transaction_checkpoints_after_each_rows_event_and_at_its_end() -> None:
+    items = _feed(_decoder(BinlogPosition(FILE, 1000, gtids="0-1-41,1-5-3")),
+                  _transaction([1, 2], [3]))
+    records = [i for i in items if isinstance(i, tuple)]
+    checkpoints = [i.position for i in items if isinstance(i, Checkpoint)]
+    assert checkpoints == [
+        BinlogPosition(FILE, 1000, 1, 0, "0-1-41,1-5-3"),
+        BinlogPosition(FILE, 1000, 2, 0, "0-1-41,1-5-3"),
+        BinlogPosition(FILE, 1350, 0, 0, "0-1-42,1-5-3"),
+    ]
+    sources = [orjson.loads(value)["source"] for _, _, value, _ in records]
+    assert [(s["pos"], s["row"], s["gtid"]) for s in sources] == [
+        (1100, 0, "0-1-42"), (1100, 1, "0-1-42"), (1200, 0, "0-1-42")]
+    assert [s["lsn"] for s in sources] == [binlog_lsn(FILE, 1100), binlog_lsn(FILE, 1100, 1),
+                                           binlog_lsn(FILE, 1200)]
+    assert [key for _, key, _, _ in records] == [b'{"id":1}', b'{"id":2}', b'{"id":3}']
+
+
+def test_a_restart_inside_a_transaction_skips_what_was_published() -> None:
+    """Saved after the first rows event and one row of the second: only the rest comes."""
+    items = _feed(_decoder(BinlogPosition(FILE, 1000, 1, 1)), _transaction([1, 2], [3, 4]))
+    keys = [key for key, *_ in (i[1:] for i in items if isinstance(i, tuple))]
+    assert keys == [b'{"id":4}']
+    # The next transaction is read whole.
+    decoder = _decoder(BinlogPosition(FILE, 1000, 1, 1))
+    _feed(decoder, _transaction([1, 2], [3, 4]))
+    again = _feed(decoder, _transaction([5], [6])[1:])
+    assert [i[1] for i in again if isinstance(i, tuple)] == [b'{"id":5}', b'{"id":6}']
+
+
+def test_uncaptured_tables_move_the_position_without_records() -> None:
+    events = _transaction([1], [2])
+    events[3] = _writes(1100, [1], table="other")
+    items = _feed(_decoder(BinlogPosition(FILE, 1000)), events)
+    assert [i[1] for i in items if isinstance(i, tuple)] == [b'{"id":2}']
+    assert isinstance(items[-1], Checkpoint) and items[-1].position.pos == 1350
+
+
+def test_a_key_change_is_a_delete_then_a_create() -> None:
+    update = _event(UpdateRowsEvent, 1100, 100, schema="shop", table="items", table_id=11,
+                    columns=COLUMNS)
+    update._RowsEvent__rows = [{"before_values": {"id": 1, "name": "a"},
+                                "after_values": {"id": 2, "name": "a"}}]
+    events = [_event(RotateEvent, 0, next_binlog=FILE),
+              _event(MariadbGtidEvent, 1000, gtid="0-1-9", flags=0), _table_map(1050), update]
+    records = [i for i in _feed(_decoder(BinlogPosition(FILE, 1000)), events)
+               if isinstance(i, tuple)]
+    assert [(key, value is None) for _, key, value, _ in records] == [
+        (b'{"id":1}', False), (b'{"id":1}', True), (b'{"id":2}', False)]
+
+
+def test_truncate_goes_to_every_partition_and_ends_its_statement() -> None:
+    events = [_event(RotateEvent, 0, next_binlog=FILE),
+              _event(MariadbGtidEvent, 2000, gtid="0-1-50", flags=1),
+              _event(QueryEvent, 2050, query="TRUNCATE shop.items", schema=b"shop",
+                     slave_proxy_id=8)]
+    items = _feed(_decoder(BinlogPosition(FILE, 2000, gtids="0-1-49")), events)
+    (topic, key, value, partition), checkpoint = items
+    assert (topic, key, partition) == ("cdc.shop.items", None, EVERY_PARTITION)
+    assert orjson.loads(value)["op"] == "t"
+    assert checkpoint.position == BinlogPosition(FILE, 2100, gtids="0-1-50")
+
+
+def test_mysql_settings_need_no_postgres_section() -> None:
+    settings = load_settings(None, {"CDC_CAPTURE__SOURCE": "mysql",
+                                    "CDC_MYSQL__TABLES": "[shop.items]"})
+    assert settings.raw_topics() == ("cdc.shop.items",)
+    assert settings.topic_tables() == {"cdc.shop.items": "shop.items"}
+    with pytest.raises(ConfigError, match="mysql.tables is required"):
+        load_settings(None, {"CDC_CAPTURE__SOURCE": "mysql", "CDC_POSTGRES__TABLES": "[a.b]"})
