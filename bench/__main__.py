@@ -2,7 +2,9 @@
 table, merge the figures into ``bench/results.json`` and rewrite ``bench/RESULTS.md``.
 
 Parts: capture, debezium, ceiling (one shared backlog, drained by each reader in turn, plus
-commit-to-Kafka latency at fixed loads), worker, e2e, memory. No part given = all of them.
+commit-to-Kafka latency at fixed loads), worker, e2e, memory, snapshot (initial snapshot into
+Kafka, ours and Debezium), backfill-latency (commit-to-Kafka latency with and without an
+incremental backfill running). No part given = all of them.
 
 ``python -m bench compat [--json out.json]`` is separate: Debezium and our capture over the
 same WAL of every PostgreSQL type, and the table of where their events differ
@@ -24,7 +26,8 @@ from typing import Any
 from bench import report
 from bench.common import Bench, log, machine
 
-PARTS = ("capture", "debezium", "ceiling", "worker", "e2e", "memory")
+PARTS = ("capture", "debezium", "ceiling", "worker", "e2e", "memory", "snapshot",
+         "backfill-latency")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", default="70,20,10", help="insert,update,delete percentages")
     p.add_argument("--txn-rows", type=int, default=50, help="rows per transaction")
     p.add_argument("--row-bytes", type=int, default=200, help="approximate row size")
+    p.add_argument("--snapshot-rows", type=int, default=None,
+                   help="rows of the ~200-byte snapshot table, also the table backfilled by "
+                        "backfill-latency (default 2,000,000; quick 100,000)")
+    p.add_argument("--wide-rows", type=int, default=None,
+                   help="rows of the ~4 KB (TOASTed) snapshot table (default 200,000; "
+                        "quick 10,000)")
+    p.add_argument("--snapshot-chunk-sizes", default="2048,16384",
+                   help="our postgres.snapshot_chunk_size values to run, comma separated "
+                        "(the first also for the small table and the profile)")
+    p.add_argument("--snapshot-profile", action="store_true",
+                   help="snapshot part: one more (unmeasured) run of ours under py-spy")
+    p.add_argument("--backfill-rate", type=int, default=2000,
+                   help="offered load for backfill-latency, rows/s")
+    p.add_argument("--backfill-chunk-size", type=int, default=2048,
+                   help="cdc snapshot start --chunk-size in backfill-latency")
     p.add_argument("--keep", action="store_true", help="keep slots, topics and the schema")
     p.add_argument("--no-write", action="store_true", help="do not touch results.json/RESULTS.md")
     return p
@@ -78,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     args.worker_events = args.worker_events or (50_000 if q else 300_000)
     args.memory_events = args.memory_events or (100_000 if q else 1_000_000)
     args.big_txn_rows = args.big_txn_rows or (100_000 if q else 1_000_000)
+    args.snapshot_rows = args.snapshot_rows or (100_000 if q else 2_000_000)
+    args.wide_rows = args.wide_rows or (10_000 if q else 200_000)
     command = "python -m bench " + shlex.join(argv)
     work = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
     bench = Bench(quick=q, duration=args.duration, work=work)
@@ -137,7 +157,7 @@ def run_parts(bench: Bench, parts: list[str], args: argparse.Namespace,
 
 def sections(bench: Bench, parts: list[str],
              args: argparse.Namespace) -> list[tuple[str, Callable[[], Any]]]:
-    from bench import capture, memory, worker
+    from bench import capture, memory, snapshot, worker
 
     out: list[tuple[str, Callable[[], Any]]] = []
     readers = [r for p, r in (("capture", "ours"), ("debezium", "debezium")) if p in parts]
@@ -156,6 +176,10 @@ def sections(bench: Bench, parts: list[str],
         out.append(("e2e", lambda: worker.end_to_end(bench, args)))
     if "memory" in parts:
         out.append(("memory", lambda: memory.run(bench, args)))
+    if "snapshot" in parts:
+        out.append(("snapshot", lambda: snapshot.run(bench, args)))
+    if "backfill-latency" in parts:
+        out.append(("backfill_latency", lambda: snapshot.backfill_latency(bench, args)))
     return out
 
 

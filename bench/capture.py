@@ -45,6 +45,21 @@ class Tool(Protocol):
     def tail(self) -> str: ...
 
 
+def ours_env(bench: Bench, table: str, slot: str, pub: str, prefix: str,
+             work: Path) -> dict[str, str]:
+    """The CDC_* settings of a bench ``cdc capture`` (``table``: one or ``a, b``)."""
+    return {
+        **bench.env,
+        "CDC_POSTGRES__TABLES": f"[{table}]",
+        "CDC_POSTGRES__SLOT": slot,
+        "CDC_POSTGRES__PUBLICATION": pub,
+        "CDC_KAFKA__TOPIC_PREFIX": prefix,
+        "CDC_KAFKA__PARTITIONS": "3",
+        "CDC_METRICS__SNAPSHOT_DIR": str(work / "metrics"),
+        "CDC_LOG_LEVEL": "WARNING",
+    }
+
+
 class Ours:
     """``cdc capture`` as a process, configured by CDC_* variables."""
 
@@ -52,17 +67,7 @@ class Ours:
 
     def __init__(self, bench: Bench, table: str, slot: str, pub: str, prefix: str,
                  work: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.env = {
-            **bench.env,
-            "CDC_POSTGRES__TABLES": f"[{table}]",
-            "CDC_POSTGRES__SLOT": slot,
-            "CDC_POSTGRES__PUBLICATION": pub,
-            "CDC_KAFKA__TOPIC_PREFIX": prefix,
-            "CDC_KAFKA__PARTITIONS": "3",
-            "CDC_METRICS__SNAPSHOT_DIR": str(work / "metrics"),
-            "CDC_LOG_LEVEL": "WARNING",
-            **(extra_env or {}),
-        }
+        self.env = {**ours_env(bench, table, slot, pub, prefix, work), **(extra_env or {})}
         self.proc = PipelineProcess("capture", self.env, work / "capture.log")
         self.pid = self.proc.proc.pid
         if not wait_until(lambda: slot_active(bench.dsn, slot), 60):

@@ -216,6 +216,32 @@ def wait_topic(bootstrap: str, topic: str, want: int, timeout: float,
         time.sleep(0.5)
 
 
+def topic_span(bootstrap: str, topic: str) -> tuple[int, int | None, int | None]:
+    """(records, broker append time of the first record, of the last) without reading the
+    records in between: the first and last record of each partition only."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-span-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        count, first, last = 0, None, None
+        for p in meta.partitions:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            count += hi - lo
+            for offset in {lo, hi - 1} if hi > lo else ():
+                c.assign([TopicPartition(topic, p, offset)])
+                msg = c.consume(1, 10)
+                if not msg or msg[0].error() is not None:
+                    raise RuntimeError(f"could not read {topic}[{p}]@{offset}")
+                ts_type, ts = msg[0].timestamp()
+                if ts_type != TIMESTAMP_LOG_APPEND_TIME:
+                    raise RuntimeError(f"{topic} records are not LogAppendTime")
+                first = ts if first is None else min(first, ts)
+                last = ts if last is None else max(last, ts)
+        return count, first, last
+    finally:
+        c.close()
+
+
 @dataclass
 class TopicFigures:
     records: int  # all records, tombstones included
@@ -235,9 +261,11 @@ class TopicFigures:
         return self.latencies_ms[min(len(self.latencies_ms) - 1, int(q * len(self.latencies_ms)))]
 
 
-def read_topic(bootstrap: str, topic: str, commit_after_us: int = 0) -> TopicFigures:
+def read_topic(bootstrap: str, topic: str, commit_after_us: int = 0,
+               commit_before_us: int | None = None) -> TopicFigures:
     """Every record of a topic: throughput from broker append times (first to last change),
-    latency = append time - the envelope's source commit time (``ts_us``, else ``ts_ms``)."""
+    latency = append time - the envelope's source commit time (``ts_us``, else ``ts_ms``),
+    for changes committed from ``commit_after_us`` (up to ``commit_before_us`` if given)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-read-{uuid.uuid4().hex}",
                   "enable.auto.commit": False, "fetch.max.bytes": 64 << 20})
     try:
@@ -267,7 +295,8 @@ def read_topic(bootstrap: str, topic: str, commit_after_us: int = 0) -> TopicFig
                     raise RuntimeError(f"{topic} records are not LogAppendTime")
                 src = orjson.loads(value)["source"]
                 commit_us = src.get("ts_us") or src["ts_ms"] * 1000
-                if commit_us < commit_after_us:
+                if commit_us < commit_after_us or (
+                        commit_before_us is not None and commit_us >= commit_before_us):
                     continue
                 changes += 1
                 first = min(first, ts)

@@ -103,6 +103,53 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     out.append((f"memory {run}: {proc}", f"peak {x['hwm_mb']} MB",
                                 f"RSS {x['rss_mb_at_25pct']} MB at 25% -> {x['rss_mb_at_end']} MB "
                                 f"at end"))
+    out += snapshot_rows(results)
+    return out
+
+
+def snapshot_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows of the ``snapshot`` and ``backfill_latency`` sections."""
+    out: list[tuple[str, str, str]] = []
+    s = results.get("snapshot")
+    for x in ((s or {}).get("tables") or {}).values():
+        n = f"snapshot {x['rows']:,} rows of ~{x['row_bytes']:,} B"
+        runs = [(f"ours, chunk {c}", y) for c, y in x["ours"].items()]
+        runs += [("Debezium", x["debezium"])] if "debezium" in x else []
+        for label, y in runs:
+            out.append((f"{n}: {label}", f"{_f(y.get('rows_per_s'))} rows/s",
+                        f"{_f(y.get('rows_per_s_from_start'))} rows/s from process start, "
+                        f"{y['cpu_ms_per_1k_rows']} CPU-ms/1k rows, peak RSS "
+                        f"{y['peak_rss_mb']} MB" + (f" ({y['warning']})" if "warning" in y
+                                                     else "")))
+        if "debezium" in x and x["ours"]:
+            best = max(x["ours"].values(), key=lambda y: y.get("rows_per_s") or 0)
+            out.append((f"{n}: ours (best chunk {best['chunk_size']}) / Debezium",
+                        _ratio(best.get("rows_per_s"), x["debezium"].get("rows_per_s")),
+                        "rows/s; target >= 3x"))
+    if s and "small" in s:
+        y = s["small"]["ours"]
+        out.append((f"snapshot {s['small']['rows']:,} rows of ~200 B: ours, chunk "
+                    f"{y['chunk_size']}", f"{_f(y.get('rows_per_s'))} rows/s",
+                    f"peak RSS {y['peak_rss_mb']} MB (against table size)"))
+    b = results.get("backfill_latency")
+    if b:
+        for phase in ("without", "with"):
+            y = b.get(phase)
+            if y:
+                out.append((f"commit->Kafka @{b['offered_rows_per_s']:,}/s, {phase} backfill",
+                            f"p50 {_f(y['p50_ms'])} ms, p99 {_f(y['p99_ms'])} ms",
+                            f"{y['changes']:,} changes, capture CPU {y['cpu_pct']} %"
+                            + (f", {y['measured_s']} s measured" if "measured_s" in y else "")
+                            + (f" ({y['warning']})" if "warning" in y else "")))
+        out.append(("p99 with / without backfill", _ratio(b["with"]["p99_ms"],
+                                                            b["without"]["p99_ms"])
+                    if "with" in b else "-", "target <= 2x"))
+        bf = b.get("backfill") or {}
+        out.append((f"backfill of {b['backfill_rows']:,} rows (chunk {b['chunk_size']})",
+                    f"{_f(bf.get('rows_per_s'))} rows/s",
+                    f"{bf.get('first_to_last_s')} s first to last row, "
+                    f"{bf.get('requested_to_done_s')} s from the request"
+                    + (f" ({bf['warning']})" if "warning" in bf else "")))
     return out
 
 
@@ -175,7 +222,10 @@ def render(stored: dict[str, Any]) -> str:
                            ("latency", "Commit-to-Kafka latency at fixed offered loads"),
                            ("worker", "Worker throughput and faust overhead"),
                            ("e2e", "End to end: commit -> indexed / invalidated"),
-                           ("memory", "Memory")):
+                           ("memory", "Memory"),
+                           ("snapshot", "Initial snapshot into Kafka"),
+                           ("backfill_latency",
+                            "Commit-to-Kafka latency with an incremental backfill running")):
         if section not in stored:
             continue
         res, meta = stored[section]["result"], stored[section]["meta"]
