@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="small backlogs and short runs (minutes, not tens of minutes)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds per fixed-load run (default 60, quick 15)")
+    p.add_argument("--ceiling-rounds", type=int, default=3,
+                   help="ceiling: rounds of raw, decode readers, alternating (best reported)")
     p.add_argument("--backlog-rows", type=int, default=None,
                    help="row changes in the capture backlog (default 2,000,000; quick 100,000)")
     p.add_argument("--worker-events", type=int, default=None,

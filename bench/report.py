@@ -47,6 +47,9 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                              f"peak RSS {x['peak_rss_mb']} MB")
                 else:
                     extra = f"{x['seconds']} s"
+                    if len(x.get("rounds", [])) > 1:
+                        each = ", ".join(_f(y["rows_per_s"]) for y in x["rounds"])
+                        extra += f" (best of {len(x['rounds'])} alternating rounds: {each})"
                 out.append((f"backlog {n:,} rows: {label}", f"{_f(x['rows_per_s'])} rows/s",
                             extra))
         if "ours" in r and "debezium" in r:

@@ -48,39 +48,72 @@ def _backfills() -> Backfills:
     return Backfills(pg, KafkaSettings(), Metrics("test"), "", UnconvertedValues())
 
 
-def _window(rows: dict[bytes, dict]) -> _Window:
-    shape = TableShape(1, "public", "t", ("id", "note", "qty"), (None, None, None), ("id",))
-    return _Window("m", "public.t", shape, rows, set(rows), None, len(rows))
+SHAPE = TableShape(1, "public", "t", ("id", "note", "qty"), (None, None, None), ("id",))
+
+
+def _window(*rows: tuple[str, str, str]) -> _Window:
+    return _Window("m", "public.t", SHAPE, [list(r) for r in rows], None)
 
 
 def _value(op: str, after: dict | None) -> bytes:
     return orjson.dumps({"before": None, "after": after, "op": op})
 
 
-def test_a_change_inside_the_window_takes_its_key_out_of_the_chunk() -> None:
+def _published(b: Backfills) -> list[bytes]:
+    assert b.window is not None
+    b.window.phase = "emitting"
+    out = []
+    while b.window is not None and b.window.phase == "emitting":
+        out += [item[1] for item in b.step(1, 0)]  # type: ignore[index]
+        if b.window.phase == "ending":
+            break
+    return out
+
+
+def test_a_change_inside_the_window_takes_its_key_out_of_the_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     b = _backfills()
-    b.window = _window({b'{"id":1}': {"id": 1}, b'{"id":2}': {"id": 2}})
-    b.changed(b'{"id":1}', "u", _value("u", {"id": 1}))
-    b.changed(b'{"id":9}', "c", _value("c", {"id": 9}))  # not in the chunk: ignored
-    assert b.window.pending == {b'{"id":2}'}
+    monkeypatch.setattr(b, "_emit", lambda content: None)
+    b.window = _window(("1", "a", "1"), ("2", "b", "2"), ("3", "c", "3"))
+    b.changed(b'{"id":"1"}', "u", _value("u", {"id": "1"}))
+    b.changed(b'{"id":"9"}', "c", _value("c", {"id": "9"}))  # not in the chunk: harmless
+    assert _published(b) == [b'{"id":"2"}', b'{"id":"3"}']
+
+
+def test_a_truncate_inside_the_window_publishes_nothing_of_the_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    b = _backfills()
+    monkeypatch.setattr(b, "_emit", lambda content: None)
+    b.window = _window(("1", "a", "1"), ("2", "b", "2"))
     b.truncated("public.t")
-    assert b.window.pending == set()
+    assert _published(b) == []
 
 
 def test_unchanged_toast_values_are_filled_from_the_newest_version_held() -> None:
     b = _backfills()
-    key = b'{"id":1}'
-    b.window = _window({key: {"id": 1, "note": "read", "qty": 1}})
-    first = b.changed(key, "u", _value("u", {"id": 1, "note": UNAVAILABLE_VALUE, "qty": 2}))
-    assert orjson.loads(first)["after"] == {"id": 1, "note": "read", "qty": 2}
+    key = b'{"id":"1"}'
+    b.window = _window(("1", "read", "1"))
+    first = b.changed(key, "u", _value("u", {"id": "1", "note": UNAVAILABLE_VALUE, "qty": 2}))
+    assert orjson.loads(first)["after"] == {"id": "1", "note": "read", "qty": 2}
     # A later change of the TOAST value in the window, then one that leaves it unchanged:
-    b.changed(key, "u", _value("u", {"id": 1, "note": "newer", "qty": 3}))
-    third = b.changed(key, "u", _value("u", {"id": 1, "note": UNAVAILABLE_VALUE, "qty": 4}))
+    b.changed(key, "u", _value("u", {"id": "1", "note": "newer", "qty": 3}))
+    third = b.changed(key, "u", _value("u", {"id": "1", "note": UNAVAILABLE_VALUE, "qty": 4}))
     assert orjson.loads(third)["after"]["note"] == "newer"
     # After a delete nothing is known any more: the placeholder stays for the sink.
     b.changed(key, "d", _value("d", None))
-    fourth = _value("c", {"id": 1, "note": UNAVAILABLE_VALUE, "qty": 5})
+    fourth = _value("c", {"id": "1", "note": UNAVAILABLE_VALUE, "qty": 5})
     assert b.changed(key, "c", fourth) == fourth
+
+
+def test_a_full_change_before_the_row_is_converted_still_feeds_a_later_fill() -> None:
+    b = _backfills()
+    key = b'{"id":"2"}'
+    b.window = _window(("1", "a", "1"), ("2", "read", "2"))
+    b.changed(key, "u", _value("u", {"id": "2", "note": "changed", "qty": 2}))
+    later = b.changed(key, "u", _value("u", {"id": "2", "note": UNAVAILABLE_VALUE, "qty": 3}))
+    assert orjson.loads(later)["after"]["note"] == "changed"
 
 
 def test_the_status_line_shows_progress_rate_and_eta() -> None:

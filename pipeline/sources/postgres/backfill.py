@@ -50,16 +50,13 @@ from pipeline.errors import RetriableError, SourceSetupError
 from pipeline.events import (
     UNAVAILABLE_BINARY,
     UNAVAILABLE_VALUE,
-    ChangeEvent,
     Row,
-    SourceInfo,
-    encode_key,
-    encode_value,
     is_unavailable,
 )
 from pipeline.metrics import Metrics
 from pipeline.sources.postgres.chunks import ChunkKey, TableReader
 from pipeline.sources.postgres.envelope import TableShape
+from pipeline.sources.postgres.reads import ReadEncoder
 from pipeline.sources.postgres.signals import WATERMARK_PREFIX, Signal
 from pipeline.sources.postgres.slot import connect, translate
 from pipeline.sources.postgres.types import TypeResolver
@@ -105,18 +102,37 @@ class TableBackfill:
 
 @dataclass
 class _Window:
-    """One chunk between its watermarks."""
+    """One chunk from its read to its end: ``reading`` until the stream reaches its high
+    watermark, ``emitting`` its rows a slice per read of the stream, then ``ending`` until the
+    stream reaches its end mark (where its progress is saved)."""
 
     mark: str
     table: str
     shape: TableShape
-    rows: dict[bytes, Row]  # every row read, by key
-    pending: set[bytes]  # keys still to publish at the high watermark
+    raw: list[list[str | None]]  # the rows as read (PostgreSQL's text)
     last_key: ChunkKey | None
-    read: int
-    #: The newest value seen in the window per chunk key (None: deleted), to fill a later
+    phase: str = "reading"
+    lsn: int = 0  # the high watermark's position
+    converted: int = 0  # raw rows converted into ``rows``/``order``
+    emitted: int = 0  # raw rows published or dropped
+    published: int = 0
+    rows: dict[bytes, Row] = field(default_factory=dict)
+    order: list[bytes] = field(default_factory=list)
+    #: Keys of the table the stream changed since the chunk was read: not published.
+    changed: set[bytes] = field(default_factory=set)
+    #: The newest value the window saw per changed key (None: deleted), to fill a later
     #: update's unchanged TOAST values.
     latest: dict[bytes, bytes | None] = field(default_factory=dict)
+    truncated: bool = False
+
+    def convert(self, upto: int) -> None:
+        row_of, key_json = self.shape.row, self.shape.key_json
+        for values in self.raw[self.converted:upto]:
+            after = row_of(tuple(values))
+            key = key_json(after)
+            self.rows[key] = after
+            self.order.append(key)
+        self.converted = max(self.converted, upto)
 
 
 class Backfills:
@@ -140,11 +156,13 @@ class Backfills:
         self._readers: dict[str, TableReader] = {}
         self._types = TypeResolver()
         self.db = ""
+        self._encoder = ReadEncoder(kafka.topic_prefix, "")
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(self, db: str) -> None:
         """Load the saved state (after a restart: resume from the last finished chunk)."""
         self.db = db
+        self._encoder = ReadEncoder(self.kafka.topic_prefix, db)
         self.window = None
         self._pending.clear()
         saved = self.store.load() or {}
@@ -289,66 +307,94 @@ class Backfills:
             self._fail(entry, exc)
             self._remember(now_lsn, durable=True)
             return
-        shape = reader.shape
-        by_key: dict[bytes, Row] = {}
-        for values in rows:
-            after = shape.row(tuple(values))
-            by_key[shape.key_json(after)] = after
         last = reader.key_of(rows[-1]) if rows else entry.after
-        self.window = _Window(mark, entry.table, shape, by_key, set(by_key), last, len(rows))
+        self.window = _Window(mark, entry.table, reader.shape, rows, last)
 
-    def watermark(self, content: bytes, lsn: int, now_ms: int) -> list[Item]:
-        """A watermark arrived in the stream: at its chunk's high one, the chunk's rows."""
+    def watermark(self, content: bytes, lsn: int) -> bool:
+        """A watermark arrived in the stream. At its chunk's high one the chunk's rows start
+        to be published (:meth:`step`); at its end mark the chunk's progress is taken (True:
+        checkpoint there)."""
         window = self.window
         mark, _, which = content.decode(errors="replace").partition(":")
-        if window is None or mark != window.mark or which != "high":
-            return []  # the low one, or one of a chunk abandoned by a restart or a stop
-        self.window = None
-        entry = next((t for t in self.tables if t.table == window.table and not t.finished),
-                     None)
-        if entry is None:
+        if window is None or mark != window.mark:
+            return False  # a chunk abandoned by a restart or a stop
+        if which == "high" and window.phase == "reading":
+            window.phase, window.lsn = "emitting", lsn
+        elif which == "end" and window.phase == "ending":
+            self.window = None
+            self._remember(lsn, durable=False)
+            return True
+        return False
+
+    def step(self, limit: int, now_ms: int) -> list[Item]:
+        """Publish up to ``limit`` of the chunk's rows, in key order, after its high
+        watermark (a slice per read keeps the stream's latency low); a row whose key the
+        stream changed meanwhile is left to the stream."""
+        window = self.window
+        if window is None or window.phase != "emitting":
             return []
         out: list[Item] = []
+        total = len(window.raw)
+        if window.converted < total:
+            window.convert(min(total, window.emitted + limit))
         topic = self.kafka.raw_topic(window.table)
-        shape = window.shape
-        source = SourceInfo(connector="postgresql", name=self.kafka.topic_prefix, db=self.db,
-                            schema=shape.schema, table=shape.table, ts_us=now_ms * 1000,
-                            lsn=lsn, snapshot="incremental")
-        for key, after in window.rows.items():
-            if key in window.pending:
-                event = ChangeEvent("r", shape.key(after), None, after, source, now_ms)
-                out.append((topic, encode_key(event), encode_value(event), ANY_PARTITION))
-        published = len(out)
-        entry.rows += published
-        entry.chunks += 1
-        entry.after = window.last_key
-        entry.updated_at = time.time()
-        if window.read < entry.chunk_size:
-            entry.state = "done"
-            self._readers.pop(entry.table, None)
-            log.info("backfill of %s complete: %d rows in %d chunks", entry.table,
-                     entry.rows, entry.chunks)
-        self.metrics.inc("cdc_capture_backfill_rows_total", published, table=entry.table)
-        self.metrics.inc("cdc_capture_backfill_chunks_total", table=entry.table)
-        if entry.estimate:
-            self.metrics.set("cdc_capture_backfill_progress_ratio",
-                             1.0 if entry.finished else min(1.0, entry.rows / entry.estimate),
-                             table=entry.table)
-        self._remember(lsn, durable=False)
+        value, dumps, shape = self._encoder.value, orjson.dumps, window.shape
+        ts_us = now_ms * 1000
+        while window.emitted < window.converted and len(out) < limit:
+            key = window.order[window.emitted]
+            window.emitted += 1
+            if key in window.changed or window.truncated:
+                continue
+            row = dumps(window.rows[key])
+            out.append((topic, key, value(shape, row, "incremental", window.lsn, ts_us,
+                                          now_ms), ANY_PARTITION))
+        window.published += len(out)
+        if window.emitted == total:
+            self._chunk_done(window)
         return out
+
+    def _chunk_done(self, window: _Window) -> None:
+        entry = next((t for t in self.tables if t.table == window.table and not t.finished),
+                     None)
+        window.phase = "ending"
+        if entry is not None:
+            entry.rows += window.published
+            entry.chunks += 1
+            entry.after = window.last_key
+            entry.updated_at = time.time()
+            if len(window.raw) < entry.chunk_size:
+                entry.state = "done"
+                self._readers.pop(entry.table, None)
+                log.info("backfill of %s complete: %d rows in %d chunks", entry.table,
+                         entry.rows, entry.chunks)
+            self.metrics.inc("cdc_capture_backfill_rows_total", window.published,
+                             table=entry.table)
+            self.metrics.inc("cdc_capture_backfill_chunks_total", table=entry.table)
+            if entry.estimate:
+                self.metrics.set("cdc_capture_backfill_progress_ratio",
+                                 1.0 if entry.finished else
+                                 min(1.0, entry.rows / entry.estimate), table=entry.table)
+        try:
+            # Its progress is saved where the stream reaches this mark: after every row
+            # published above.
+            self._emit(f"{window.mark}:end")
+        except psycopg2.Error as exc:
+            raise translate(exc, "writing a backfill watermark") from exc
 
     # -- the stream inside a window --------------------------------------------------------
     def changed(self, key: bytes | None, op: str, value: bytes | None) -> bytes | None:
-        """A change of the window's table arrived before the high watermark: its key is no
-        longer published from the chunk; returns the value, its unchanged TOAST values filled
-        in from the newest version held."""
+        """A change of the window's table: its key is no longer published from the chunk;
+        returns the value, its unchanged TOAST values filled in from the newest version
+        held."""
         window = self.window
-        if window is None or key is None or key not in window.rows:
+        if window is None or key is None:
             return value
-        window.pending.discard(key)
+        window.changed.add(key)
         if value is None:
             return value  # a tombstone
         if any(p in value for p in _PLACEHOLDERS):
+            if key not in window.rows and window.converted < len(window.raw):
+                window.convert(len(window.raw))
             value = self._fill(window, key, value)
         window.latest[key] = None if op == "d" else value
         return value
@@ -356,20 +402,21 @@ class Backfills:
     def truncated(self, table: str) -> None:
         window = self.window
         if window is not None and window.table == table:
-            window.pending.clear()
-            window.latest = dict.fromkeys(window.rows)
+            window.truncated = True
+            window.latest = {}
+            window.rows = {}
 
     def _fill(self, window: _Window, key: bytes, value: bytes) -> bytes:
-        envelope = orjson.loads(value)
-        after = envelope.get("after")
-        if not isinstance(after, dict):
-            return value
         if key in window.latest:
             newest = window.latest[key]
             base = None if newest is None else orjson.loads(newest).get("after")
         else:
-            base = window.rows[key]
+            base = window.rows.get(key)
         if not base:
+            return value
+        envelope = orjson.loads(value)
+        after = envelope.get("after")
+        if not isinstance(after, dict):
             return value
         filled = False
         for column, current in after.items():

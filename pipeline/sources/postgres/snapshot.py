@@ -32,13 +32,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import psycopg2
 
 from pipeline.capture.source import ANY_PARTITION, Checkpoint, Item
 from pipeline.config import KafkaSettings, PostgresSettings
-from pipeline.events import ChangeEvent, SourceInfo, encode_key, encode_value
 from pipeline.positions import Lsn
 from pipeline.sources.postgres.chunks import TableReader
+from pipeline.sources.postgres.envelope import TableShape
+from pipeline.sources.postgres.reads import ReadEncoder
 from pipeline.sources.postgres.slot import connect, translate
 from pipeline.sources.postgres.types import TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
@@ -53,12 +55,14 @@ class SnapshotPosition:
     progress: dict[str, Any] = field(compare=False)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Held:
     """The last row read, held back until the next one tells its ``snapshot`` marker."""
 
-    event: ChangeEvent
     topic: str
+    shape: TableShape
+    key: bytes
+    row: bytes  # the row's JSON
     first_overall: bool
     first_in_table: bool
     last_in_table: bool = False
@@ -84,6 +88,7 @@ class TableSnapshot:
         self._held: _Held | None = None
         self._first = not self.done and self.table is None
         self._reader: TableReader | None = None
+        self._now_ms = int(time.time() * 1000)
         self._types = TypeResolver()
         self.conn = connect(pg.dsn.get_secret_value(), options=session)
         try:
@@ -93,6 +98,7 @@ class TableSnapshot:
                     cur.execute("SET TRANSACTION SNAPSHOT %s", (exported,))
                 cur.execute("SELECT current_database()")
                 (self.db,) = cur.fetchone()
+            self._encoder = ReadEncoder(kafka.topic_prefix, self.db)
         except psycopg2.Error as exc:
             raise translate(exc, "starting the snapshot") from exc
         where = "inside the exported snapshot" if exported else "resuming after a restart"
@@ -125,17 +131,15 @@ class TableSnapshot:
             raise translate(exc, f"reading {table} for the snapshot") from exc
         shape = reader.shape
         topic = self.kafka.raw_topic(table)
+        self._now_ms = int(time.time() * 1000)
+        row_of, key_json, dumps = shape.row, shape.key_json, orjson.dumps
+        starting = self.after is None
         for i, values in enumerate(rows):
             if self._held is not None:
                 self._emit(out)
-            after = shape.row(tuple(values))
-            source = SourceInfo(
-                connector="postgresql", name=self.kafka.topic_prefix, db=self.db,
-                schema=shape.schema, table=shape.table, ts_us=self.ts_us,
-                lsn=int(self.consistent), commit_lsn=None, snapshot="true")
-            event = ChangeEvent("r", shape.key(after), None, after, source,
-                                int(time.time() * 1000))
-            self._held = _Held(event, topic, self._first, self.after is None and i == 0)
+            after = row_of(tuple(values))
+            self._held = _Held(topic, shape, key_json(after), dumps(after), self._first,
+                               starting and i == 0)
             self._first = False
         self.rows += len(rows)
         if len(rows) < self.pg.snapshot_chunk_size:
@@ -177,12 +181,8 @@ class TableSnapshot:
             marker = "last_in_data_collection"
         else:
             marker = "true"
-        event = held.event
-        source = SourceInfo(**{**_fields(event.source), "snapshot": marker})
-        event = ChangeEvent(event.op, event.key, None, event.after, source, event.ts_ms)
-        out.append((held.topic, encode_key(event), encode_value(event), ANY_PARTITION))
+        value = self._encoder.value(held.shape, held.row, marker, int(self.consistent),
+                                    self.ts_us, self._now_ms)
+        out.append((held.topic, held.key, value, ANY_PARTITION))
         self._held = None
 
-
-def _fields(source: SourceInfo) -> dict[str, Any]:
-    return {name: getattr(source, name) for name in SourceInfo.__dataclass_fields__}

@@ -87,6 +87,8 @@ SESSION = (
 )
 #: Seconds between saves of the confirmed position to the offsets topic.
 SAVE_EVERY_S = 1.0
+#: Backfill rows published per read of the stream (bounds the stream's added latency).
+BACKFILL_SLICE = 256
 #: Seconds between measurements of the WAL the slot retains.
 SLOT_MEASURE_S = 10.0
 
@@ -258,8 +260,11 @@ class PostgresSource:
         cur = self._cur
         out = self._out = []
         handled = 0
-        if self.backfills.wants_chunk:
-            self.backfills.read_chunk(self._checkpointed)
+        backfills = self.backfills
+        if backfills.window is not None:
+            out.extend(backfills.step(BACKFILL_SLICE, int(time.time() * 1000)))
+        elif backfills.wants_chunk:
+            backfills.read_chunk(self._checkpointed)
         try:
             while handled < max_items:
                 msg = cur.read_message()
@@ -590,12 +595,10 @@ class PostgresSource:
 
     def _internal_message(self, msg: Message, lsn: int) -> None:
         if msg.prefix == WATERMARK_PREFIX:
-            rows = self.backfills.watermark(msg.content, lsn, int(time.time() * 1000))
-            if rows:
-                self._out.extend(rows)
-                if self._ctx is None and lsn > self._checkpointed:
-                    self._checkpointed = lsn
-                    self._out.append(Checkpoint(Lsn(lsn)))
+            chunk_end = self.backfills.watermark(msg.content, lsn)
+            if chunk_end and self._ctx is None and lsn > self._checkpointed:
+                self._checkpointed = lsn
+                self._out.append(Checkpoint(Lsn(lsn)))
         elif msg.prefix == SIGNAL_PREFIX:
             try:
                 signal = from_message(msg.content)
