@@ -126,6 +126,38 @@ def status(ctx: click.Context) -> None:
         _fail(exc)
 
 
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Print what would be dropped; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--topics", is_flag=True,
+              help="Also delete the raw topics, the dead-letter topic and the changelogs.")
+@click.option("--indices", is_flag=True,
+              help="Also delete the search indices of the configured tables.")
+@click.pass_context
+def teardown(ctx: click.Context, dry_run: bool, yes: bool, topics: bool,
+             indices: bool) -> None:
+    """Decommission: drop the replication slot and publication, forget the positions kept
+    in Kafka (asks first; refuses while capture runs)."""
+    from pipeline.teardown import SlotInUseError, execute, plan
+
+    try:
+        settings = _settings(ctx)
+        found = plan(settings, topics, indices)
+        refusal = found.refusal()
+        if dry_run or not yes or refusal is not None or found.empty:
+            click.echo(found.render())
+        if refusal is not None:
+            raise SlotInUseError(refusal)
+        if dry_run or found.empty:
+            return
+        if not yes:
+            click.confirm("drop these?", abort=True)
+        execute(settings, found)
+        click.echo(found.render(done=True))
+    except CdcError as exc:
+        _fail(exc)
+
+
 @main.group()
 def triggers() -> None:
     """Trigger-based capture (capture.source: triggers): the change log and its triggers."""
@@ -288,13 +320,15 @@ def stack_stop(service: str) -> None:
 
 @main.command()
 @click.option("--keep-running", is_flag=True, help="Leave the stack, capture and worker running.")
+@click.option("--keep", is_flag=True, help="Keep this run's topics and search indices.")
 @click.option("--rows", default=200, show_default=True, help="Rows per table in the workload.")
-def demo(keep_running: bool, rows: int) -> None:
-    """Start everything, drive a workload, and show it reach Elasticsearch and Redis."""
+def demo(keep_running: bool, keep: bool, rows: int) -> None:
+    """Start everything, drive a workload, and show it reach Elasticsearch and Redis
+    (then removes the slot, topics and indices it created, unless --keep/--keep-running)."""
     from pipeline.demo import run_demo
 
     try:
-        sys.exit(run_demo(keep_running=keep_running, rows=rows))
+        sys.exit(run_demo(keep_running=keep_running, rows=rows, keep=keep))
     except CdcError as exc:
         _fail(exc)
 
