@@ -472,15 +472,17 @@ def _dlq_run(ctx: click.Context, action):  # type: ignore[no-untyped-def]
 
 @dlq.command("list")
 @_dlq_options
+@click.option("--replay-id", default=None,
+              help="Only records that failed again after this replay.")
 @click.pass_context
 def dlq_list(ctx: click.Context, topic: str | None, partition: int | None, stage: str | None,
-             error_class: str | None) -> None:
+             error_class: str | None, replay_id: str | None) -> None:
     """Counts by original topic, stage and error class."""
     from pipeline.dlq import LetterFilter, list_letters, render_groups
 
     def action(settings):  # type: ignore[no-untyped-def]
         name = topic or settings.worker.dead_letter_topic
-        flt = LetterFilter(partition, stage, error_class)
+        flt = LetterFilter(partition, stage, error_class, replay_id)
         click.echo(render_groups(name, list_letters(settings, name, flt)))
 
     _dlq_run(ctx, action)
@@ -518,14 +520,24 @@ def dlq_show(ctx: click.Context, topic: str | None, partition: int | None, stage
               help="At most this many records.")
 @click.option("--offset", type=click.IntRange(min=0), default=None,
               help="Start at this offset in every partition read.")
-@click.option("--again", is_flag=True, help="raw: replay letters already replayed too.")
+@click.option("--again", is_flag=True,
+              help="raw: replay letters already replayed, and records that failed again "
+                   "after a replay, too.")
+@click.option("--transform", "transform_path", default=None, metavar="MODULE:FUNCTION",
+              help="Fix each value first: FUNCTION(value, letter) returns the corrected "
+                   "value (or None to leave the letter out).")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0,
+              help="raw: then wait up to this many seconds for the workers, and report the "
+                   "replayed records dead-lettered again.")
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
 @click.pass_context
 def dlq_replay(ctx: click.Context, topic: str | None, partition: int | None, stage: str | None,
                error_class: str | None, destination: str, limit: int | None,
-               offset: int | None, again: bool, dry_run: bool) -> None:
+               offset: int | None, again: bool, transform_path: str | None, wait_s: float,
+               dry_run: bool) -> None:
     """Send dead letters to their original topic (once) or to one sink."""
     from pipeline.dlq import LetterFilter, replay_raw, replay_to_sink
+    from pipeline.dlq_transform import load_transform
 
     if destination != "raw" and not destination.startswith("sink:"):
         raise click.BadParameter("raw or sink:<name>", param_hint="--to")
@@ -533,11 +545,15 @@ def dlq_replay(ctx: click.Context, topic: str | None, partition: int | None, sta
     def action(settings):  # type: ignore[no-untyped-def]
         name = topic or settings.worker.dead_letter_topic
         flt = LetterFilter(partition, stage, error_class)
+        if transform_path is not None and "" not in sys.path:
+            sys.path.insert(0, "")  # a module of fixes next to where the command runs
+        fix = None if transform_path is None else load_transform(transform_path)
         if destination == "raw":
-            report = replay_raw(settings, name, flt, offset, limit, again, dry_run)
+            report = replay_raw(settings, name, flt, offset, limit, again, dry_run, fix,
+                                transform_path, wait_s)
         else:
             report = replay_to_sink(settings, name, destination.removeprefix("sink:"), flt,
-                                    offset, limit, dry_run)
+                                    offset, limit, dry_run, fix)
         click.echo(report.render())
         if not report.ok:
             sys.exit(1)
