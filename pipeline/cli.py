@@ -41,7 +41,7 @@ def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
         level=(log_level or os.environ.get("CDC_LOG_LEVEL") or "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for chatty in ("httpx", "httpcore", "elastic_transport"):
+    for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
