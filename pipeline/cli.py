@@ -45,17 +45,90 @@ def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--reset-position", is_flag=True,
               help="Forget the position kept in Kafka (after the slot was lost) and start "
                    "where the slot is; backfill with a snapshot afterwards.")
 @click.pass_context
 def capture(ctx: click.Context, reset_position: bool) -> None:
-    """Stream PostgreSQL changes into the raw topics until stopped (SIGTERM/Ctrl-C)."""
+    """Stream PostgreSQL changes into the raw topics until stopped (SIGTERM/Ctrl-C);
+    `cdc capture position ...` shows or moves the saved position."""
     from pipeline.compose import run_capture
 
+    if ctx.invoked_subcommand is not None:
+        if reset_position:
+            raise click.UsageError("--reset-position runs capture; see `capture position "
+                                   "reset` to start over without running it")
+        return
     try:
         run_capture(_settings(ctx), reset_position)
+    except CdcError as exc:
+        _fail(exc)
+
+
+@capture.group("position")
+def capture_position() -> None:
+    """The capture's saved position: show, set (advance the slot), reset (start over).
+    Only while capture is stopped."""
+
+
+@capture_position.command("show")
+@click.pass_context
+def capture_position_show(ctx: click.Context) -> None:
+    """The position kept in Kafka and, for the logical source, the slot's."""
+    from pipeline.capture.reposition import show
+
+    try:
+        click.echo(show(_settings(ctx)))
+    except CdcError as exc:
+        _fail(exc)
+
+
+@capture_position.command("set")
+@click.argument("lsn")
+@click.option("--dry-run", is_flag=True, help="Print what would move; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def capture_position_set(ctx: click.Context, lsn: str, dry_run: bool, yes: bool) -> None:
+    """Advance the replication slot to LSN (pg_replication_slot_advance): the changes in
+    between are skipped, never published."""
+    from pipeline.capture.reposition import apply_set, plan_set, render_set
+
+    try:
+        settings = _settings(ctx)
+        slot, target = plan_set(settings, lsn)
+        if dry_run or not yes:
+            click.echo(render_set(settings, slot, target, done=False))
+        if dry_run:
+            return
+        if not yes:
+            click.confirm("advance the slot?", abort=True)
+        apply_set(settings, target)
+        click.echo(render_set(settings, slot, target, done=True))
+    except CdcError as exc:
+        _fail(exc)
+
+
+@capture_position.command("reset")
+@click.option("--dry-run", is_flag=True, help="Print what would be forgotten; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def capture_position_reset(ctx: click.Context, dry_run: bool, yes: bool) -> None:
+    """Start over: forget the positions kept in Kafka and drop the slot; the next capture
+    creates a new one and snapshots per postgres.snapshot_mode."""
+    from pipeline.capture.reposition import apply_reset, plan_reset, render_reset
+
+    try:
+        settings = _settings(ctx)
+        slot = plan_reset(settings)
+        if dry_run or not yes:
+            click.echo(render_reset(settings, slot, done=False))
+        if dry_run:
+            return
+        if not yes:
+            click.confirm("start over?", abort=True)
+        apply_reset(settings, slot)
+        click.echo(render_reset(settings, slot, done=True))
     except CdcError as exc:
         _fail(exc)
 
