@@ -100,8 +100,9 @@ def _size(n: int) -> str:
 
 def owned_topics(settings: Settings) -> list[str]:
     """The topics this pipeline writes for the configured tables: the raw topics, the
-    logical source's message, transaction and heartbeat topics, the dead-letter topic and
-    each sink's dedup changelog (not the offsets topic: it is shared by every source)."""
+    logical source's message, transaction and heartbeat topics, the new-record-state
+    sinks' topics, the dead-letter topic and each sink's dedup changelog (not the offsets
+    topic: it is shared by every source)."""
     from pipeline.sinks.registry import sink_names
 
     prefix = settings.kafka.topic_prefix
@@ -109,6 +110,10 @@ def owned_topics(settings: Settings) -> list[str]:
     if settings.capture.source == "logical":
         topics += [f"{prefix}.message", f"{prefix}.transaction",
                    f"__debezium-heartbeat.{prefix}"]
+    for entry in settings.sinks.values():  # new-record-state copies of the raw topics
+        if entry.get("type") == "new_record_state":
+            suffix = str(entry.get("topic_suffix", ".rows"))
+            topics += [settings.kafka.raw_topic(t) + suffix for t in settings.captured_tables()]
     topics.append(settings.worker.dead_letter_topic)
     topics += [f"{settings.group_id(name)}-dedup-changelog" for name in sink_names(settings)]
     return list(dict.fromkeys(topics))
