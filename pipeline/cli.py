@@ -41,21 +41,94 @@ def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
         level=(log_level or os.environ.get("CDC_LOG_LEVEL") or "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for chatty in ("httpx", "httpcore", "elastic_transport"):
+    for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--reset-position", is_flag=True,
               help="Forget the position kept in Kafka (after the slot was lost) and start "
                    "where the slot is; backfill with a snapshot afterwards.")
 @click.pass_context
 def capture(ctx: click.Context, reset_position: bool) -> None:
-    """Stream PostgreSQL changes into the raw topics until stopped (SIGTERM/Ctrl-C)."""
+    """Stream PostgreSQL changes into the raw topics until stopped (SIGTERM/Ctrl-C);
+    `cdc capture position ...` shows or moves the saved position."""
     from pipeline.compose import run_capture
 
+    if ctx.invoked_subcommand is not None:
+        if reset_position:
+            raise click.UsageError("--reset-position runs capture; see `capture position "
+                                   "reset` to start over without running it")
+        return
     try:
         run_capture(_settings(ctx), reset_position)
+    except CdcError as exc:
+        _fail(exc)
+
+
+@capture.group("position")
+def capture_position() -> None:
+    """The capture's saved position: show, set (advance the slot), reset (start over).
+    Only while capture is stopped."""
+
+
+@capture_position.command("show")
+@click.pass_context
+def capture_position_show(ctx: click.Context) -> None:
+    """The position kept in Kafka and, for the logical source, the slot's."""
+    from pipeline.capture.reposition import show
+
+    try:
+        click.echo(show(_settings(ctx)))
+    except CdcError as exc:
+        _fail(exc)
+
+
+@capture_position.command("set")
+@click.argument("lsn")
+@click.option("--dry-run", is_flag=True, help="Print what would move; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def capture_position_set(ctx: click.Context, lsn: str, dry_run: bool, yes: bool) -> None:
+    """Advance the replication slot to LSN (pg_replication_slot_advance): the changes in
+    between are skipped, never published."""
+    from pipeline.capture.reposition import apply_set, plan_set, render_set
+
+    try:
+        settings = _settings(ctx)
+        slot, target = plan_set(settings, lsn)
+        if dry_run or not yes:
+            click.echo(render_set(settings, slot, target, done=False))
+        if dry_run:
+            return
+        if not yes:
+            click.confirm("advance the slot?", abort=True)
+        apply_set(settings, target)
+        click.echo(render_set(settings, slot, target, done=True))
+    except CdcError as exc:
+        _fail(exc)
+
+
+@capture_position.command("reset")
+@click.option("--dry-run", is_flag=True, help="Print what would be forgotten; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def capture_position_reset(ctx: click.Context, dry_run: bool, yes: bool) -> None:
+    """Start over: forget the positions kept in Kafka and drop the slot; the next capture
+    creates a new one and snapshots per postgres.snapshot_mode."""
+    from pipeline.capture.reposition import apply_reset, plan_reset, render_reset
+
+    try:
+        settings = _settings(ctx)
+        slot = plan_reset(settings)
+        if dry_run or not yes:
+            click.echo(render_reset(settings, slot, done=False))
+        if dry_run:
+            return
+        if not yes:
+            click.confirm("start over?", abort=True)
+        apply_reset(settings, slot)
+        click.echo(render_reset(settings, slot, done=True))
     except CdcError as exc:
         _fail(exc)
 
@@ -122,6 +195,38 @@ def status(ctx: click.Context) -> None:
 
     try:
         click.echo(render_status(_settings(ctx)))
+    except CdcError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Print what would be dropped; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--topics", is_flag=True,
+              help="Also delete the raw topics, the dead-letter topic and the changelogs.")
+@click.option("--indices", is_flag=True,
+              help="Also delete the search indices of the configured tables.")
+@click.pass_context
+def teardown(ctx: click.Context, dry_run: bool, yes: bool, topics: bool,
+             indices: bool) -> None:
+    """Decommission: drop the replication slot and publication, forget the positions kept
+    in Kafka (asks first; refuses while capture runs)."""
+    from pipeline.teardown import SlotInUseError, execute, plan
+
+    try:
+        settings = _settings(ctx)
+        found = plan(settings, topics, indices)
+        refusal = found.refusal()
+        if dry_run or not yes or refusal is not None or found.empty:
+            click.echo(found.render())
+        if refusal is not None:
+            raise SlotInUseError(refusal)
+        if dry_run or found.empty:
+            return
+        if not yes:
+            click.confirm("drop these?", abort=True)
+        execute(settings, found)
+        click.echo(found.render(done=True))
     except CdcError as exc:
         _fail(exc)
 
@@ -288,13 +393,15 @@ def stack_stop(service: str) -> None:
 
 @main.command()
 @click.option("--keep-running", is_flag=True, help="Leave the stack, capture and worker running.")
+@click.option("--keep", is_flag=True, help="Keep this run's topics and search indices.")
 @click.option("--rows", default=200, show_default=True, help="Rows per table in the workload.")
-def demo(keep_running: bool, rows: int) -> None:
-    """Start everything, drive a workload, and show it reach Elasticsearch and Redis."""
+def demo(keep_running: bool, keep: bool, rows: int) -> None:
+    """Start everything, drive a workload, and show it reach Elasticsearch and Redis
+    (then removes the slot, topics and indices it created, unless --keep/--keep-running)."""
     from pipeline.demo import run_demo
 
     try:
-        sys.exit(run_demo(keep_running=keep_running, rows=rows))
+        sys.exit(run_demo(keep_running=keep_running, rows=rows, keep=keep))
     except CdcError as exc:
         _fail(exc)
 
@@ -438,15 +545,17 @@ def _dlq_run(ctx: click.Context, action):  # type: ignore[no-untyped-def]
 
 @dlq.command("list")
 @_dlq_options
+@click.option("--replay-id", default=None,
+              help="Only records that failed again after this replay.")
 @click.pass_context
 def dlq_list(ctx: click.Context, topic: str | None, partition: int | None, stage: str | None,
-             error_class: str | None) -> None:
+             error_class: str | None, replay_id: str | None) -> None:
     """Counts by original topic, stage and error class."""
     from pipeline.dlq import LetterFilter, list_letters, render_groups
 
     def action(settings):  # type: ignore[no-untyped-def]
         name = topic or settings.worker.dead_letter_topic
-        flt = LetterFilter(partition, stage, error_class)
+        flt = LetterFilter(partition, stage, error_class, replay_id)
         click.echo(render_groups(name, list_letters(settings, name, flt)))
 
     _dlq_run(ctx, action)
@@ -484,14 +593,24 @@ def dlq_show(ctx: click.Context, topic: str | None, partition: int | None, stage
               help="At most this many records.")
 @click.option("--offset", type=click.IntRange(min=0), default=None,
               help="Start at this offset in every partition read.")
-@click.option("--again", is_flag=True, help="raw: replay letters already replayed too.")
+@click.option("--again", is_flag=True,
+              help="raw: replay letters already replayed, and records that failed again "
+                   "after a replay, too.")
+@click.option("--transform", "transform_path", default=None, metavar="MODULE:FUNCTION",
+              help="Fix each value first: FUNCTION(value, letter) returns the corrected "
+                   "value (or None to leave the letter out).")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0,
+              help="raw: then wait up to this many seconds for the workers, and report the "
+                   "replayed records dead-lettered again.")
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
 @click.pass_context
 def dlq_replay(ctx: click.Context, topic: str | None, partition: int | None, stage: str | None,
                error_class: str | None, destination: str, limit: int | None,
-               offset: int | None, again: bool, dry_run: bool) -> None:
+               offset: int | None, again: bool, transform_path: str | None, wait_s: float,
+               dry_run: bool) -> None:
     """Send dead letters to their original topic (once) or to one sink."""
     from pipeline.dlq import LetterFilter, replay_raw, replay_to_sink
+    from pipeline.dlq_transform import load_transform
 
     if destination != "raw" and not destination.startswith("sink:"):
         raise click.BadParameter("raw or sink:<name>", param_hint="--to")
@@ -499,11 +618,15 @@ def dlq_replay(ctx: click.Context, topic: str | None, partition: int | None, sta
     def action(settings):  # type: ignore[no-untyped-def]
         name = topic or settings.worker.dead_letter_topic
         flt = LetterFilter(partition, stage, error_class)
+        if transform_path is not None and "" not in sys.path:
+            sys.path.insert(0, "")  # a module of fixes next to where the command runs
+        fix = None if transform_path is None else load_transform(transform_path)
         if destination == "raw":
-            report = replay_raw(settings, name, flt, offset, limit, again, dry_run)
+            report = replay_raw(settings, name, flt, offset, limit, again, dry_run, fix,
+                                transform_path, wait_s)
         else:
             report = replay_to_sink(settings, name, destination.removeprefix("sink:"), flt,
-                                    offset, limit, dry_run)
+                                    offset, limit, dry_run, fix)
         click.echo(report.render())
         if not report.ok:
             sys.exit(1)

@@ -109,6 +109,39 @@ def _check_index_name(name: str) -> None:
                          f"digits and . _ - + $, not starting with _ - +)")
 
 
+class TableColumnSettings(_Section):
+    """Which columns of one table reach Kafka, and how (applied at capture, so a value
+    masked or left out never reaches a topic, a dead letter or a sink). Debezium's
+    ``column.include.list``/``column.exclude.list``, ``column.mask.with.N.chars`` and
+    ``column.mask.hash.SHA-256.with.salt.<salt>``, by exact column name per table."""
+
+    #: Only these columns (and always the key columns); exclusive with ``exclude``.
+    include: tuple[str, ...] = ()
+    #: Every column but these (never a key column).
+    exclude: tuple[str, ...] = ()
+    #: column -> N: a non-null value becomes N asterisks (never a key column).
+    mask: dict[str, int] = Field(default_factory=dict)
+    #: Columns whose non-null values become the hex SHA-256 of ``hash_salt`` + the value
+    #: (still joinable, not readable); a key column may be hashed (the key is then hashed).
+    hash: tuple[str, ...] = ()
+    #: Required with ``hash``: an unsalted hash of an e-mail address is a lookup away.
+    hash_salt: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableColumnSettings:
+        if self.include and self.exclude:
+            raise ValueError("give include or exclude, not both")
+        if self.hash and (self.hash_salt is None or not self.hash_salt.get_secret_value()):
+            raise ValueError("hash needs a hash_salt (an unsalted hash is reversible by a "
+                             "dictionary of likely values)")
+        if any(n < 0 for n in self.mask.values()):
+            raise ValueError("mask lengths must be 0 or more")
+        both = set(self.mask) & set(self.hash)
+        if both:
+            raise ValueError(f"{', '.join(sorted(both))}: masked and hashed both")
+        return self
+
+
 class PostgresSettings(_Section):
     """The PostgreSQL source (logical replication with pgoutput)."""
 
@@ -150,8 +183,22 @@ class PostgresSettings(_Section):
     #: Debezium's ``decimal.handling.mode`` for ``numeric`` and ``money``: ``string`` (exact
     #: text), ``double`` (a JSON number) or ``precise`` (base64 of the unscaled value's bytes).
     decimal_handling_mode: Literal["string", "double", "precise"] = "string"
+    #: Per table (schema.table): columns left out, masked or hashed at capture.
+    columns: dict[str, TableColumnSettings] = Field(default_factory=dict)
+    #: Debezium's skipped.operations: changes of these kinds are not published
+    #: (c create, u update, d delete, t truncate). Snapshot reads (r) always are.
+    skipped_operations: tuple[Literal["c", "u", "d", "t"], ...] = ()
 
     _tables = field_validator("tables")(_check_table_ids)
+    _column_tables = field_validator("columns")(_check_table_ids)
+
+    @model_validator(mode="after")
+    def _columns_of_listed_tables(self) -> PostgresSettings:
+        unlisted = [t for t in self.columns if t not in self.tables]
+        if unlisted:
+            raise ValueError(f"columns names {', '.join(unlisted)}, which postgres.tables "
+                             "does not list")
+        return self
 
     @field_validator("signal_table")
     @classmethod
@@ -662,6 +709,15 @@ class Settings(_Section):
         if unlisted:
             raise ValueError(f"polling.tables names {', '.join(unlisted)}, which "
                              "postgres.tables does not list (polling reads postgres.tables)")
+        return self
+
+    @model_validator(mode="after")
+    def _column_rules_need_logical(self) -> Settings:
+        pg = self.postgres
+        if self.capture.source != "logical" and (pg.columns or pg.skipped_operations):
+            raise ValueError(f"postgres.columns and postgres.skipped_operations are applied "
+                             f"by the logical source only, not by capture.source "
+                             f"{self.capture.source}: remove them (or capture with logical)")
         return self
 
     @model_validator(mode="after")

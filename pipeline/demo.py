@@ -152,7 +152,21 @@ def _drop_slot(slot: ReplicationSlot, settings: Any) -> None:
     PostgresSource(settings.postgres, settings.kafka, Metrics("demo")).forget_positions()
 
 
-def run_demo(keep_running: bool, rows: int) -> int:
+def _clean_up(settings: Any, dsn: str, keep: bool) -> None:
+    """Leave nothing behind: the slot and publication, the positions kept in Kafka, and
+    (unless ``keep``) this run's topics and indices (`cdc teardown --topics --indices`)."""
+    from pipeline.teardown import execute, plan
+
+    wait_until(lambda: not slot_active(dsn, settings.postgres.slot), 30)
+    found = plan(settings, topics=not keep, indices=not keep)
+    execute(settings, found)
+    click.echo("\ncleaned up (`cdc teardown`):\n" + found.render(done=True))
+    if keep:
+        click.echo("kept this run's topics and indices (--keep)")
+
+
+def run_demo(keep_running: bool, rows: int, keep: bool = False) -> int:
+    """``keep``: leave this run's topics and indices (else deleted with its slot)."""
     was_running = stack.load() is not None
     click.echo("starting the local stack (first run installs it; later runs reuse it)...")
     info = stack.up()
@@ -226,7 +240,7 @@ def run_demo(keep_running: bool, rows: int) -> int:
                    f"{procs[1].proc.pid}); `cdc stack down` stops the servers")
         click.echo("\n".join(f"export {k}='{v}'" for k, v in env.items()))
     else:
-        _drop_slot(slot, settings)
+        _clean_up(settings, dsn, keep)
         if not was_running:
             stack.down()
     return 0 if ok else 1

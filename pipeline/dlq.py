@@ -26,7 +26,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,11 +35,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from pipeline.config import Settings
 from pipeline.deadletter import H_CLASS, H_OFFSET, H_PARTITION, H_STAGE, H_TIMESTAMP
 from pipeline.deadletter import H_TOPIC as H_ORIGIN_TOPIC
+from pipeline.dlq_transform import Transform, TransformFailed, transformed
 from pipeline.errors import BadDataError, CdcError, RetriableError
 from pipeline.kafka.client import client_config, list_topics
 
 H_REPLAYED = "cdc.replayed.from"
-ERROR_HEADER_PREFIXES = ("__connect.errors.", "cdc.errors.", H_REPLAYED)
+#: The replay a record was sent by; a worker copies it into the letter if it fails again.
+H_REPLAY_ID = "cdc.replay.id"
+#: The transform a replayed record went through (``--transform``).
+H_TRANSFORM = "cdc.replay.transform"
+ERROR_HEADER_PREFIXES = ("__connect.errors.", "cdc.errors.", H_REPLAYED, H_REPLAY_ID,
+                         H_TRANSFORM)
 MARK_PREFIX = "cdc-dlq-replay:v1:"
 #: Kafka refuses commit metadata above offset.metadata.max.bytes (4096 by default).
 MARK_MAX_CHARS = 4000
@@ -106,6 +112,12 @@ class DeadLetter:
         """The original record's coordinates: (topic, partition, offset) as in the headers."""
         return (self.origin_topic, self.header(H_PARTITION), self.header(H_OFFSET))
 
+    @property
+    def replay_id(self) -> str | None:
+        """The replay that sent the record which failed again (None: not a replayed one)."""
+        return self.header(H_REPLAY_ID) or (
+            "(unnamed)" if self.header(H_REPLAYED) is not None else None)
+
     def passthrough_headers(self) -> list[tuple[str, bytes | None]]:
         """The original record's own headers, without the dead-letter context."""
         return [(k, v) for k, v in self.headers if not k.startswith(ERROR_HEADER_PREFIXES)]
@@ -125,9 +137,13 @@ class LetterFilter:
     partition: int | None = None
     stage: str | None = None
     error_class: str | None = None
+    #: Only letters of records that failed again after this replay.
+    replay_id: str | None = None
 
     def matches(self, letter: DeadLetter) -> bool:
         if self.partition is not None and letter.partition != self.partition:
+            return False
+        if self.replay_id is not None and letter.replay_id != self.replay_id:
             return False
         if self.stage is not None and letter.stage != self.stage:
             return False
@@ -149,9 +165,13 @@ class LetterGroup:
     count: int = 0
     first: datetime | None = None
     last: datetime | None = None
+    #: Letters of records a replay sent, by replay id (they failed again).
+    replays: Counter[str] = field(default_factory=Counter)
 
     def add(self, letter: DeadLetter) -> None:
         self.count += 1
+        if letter.replay_id is not None:
+            self.replays[letter.replay_id] += 1
         at = letter.failed_at
         if at is not None:
             self.first = at if self.first is None else min(self.first, at)
@@ -205,7 +225,13 @@ def render_groups(topic: str, groups: Sequence[LetterGroup]) -> str:
              format_time(g.last)] for g in groups]
     table = render_table(["original topic", "stage", "error class", "count", "first failure",
                           "last failure"], rows, right=frozenset({3}))
-    return f"{topic}: {total} dead letter{'s' * (total != 1)}\n\n{table}"
+    text = f"{topic}: {total} dead letter{'s' * (total != 1)}\n\n{table}"
+    replays: Counter[str] = sum((g.replays for g in groups), Counter())
+    if replays:
+        text += "\n\nfailed again after a replay (a plain replay skips them):\n" + "\n".join(
+            f"  {n}  replay {printable(rid)}  (cdc dlq list --replay-id {printable(rid)})"
+            for rid, n in sorted(replays.items()))
+    return text
 
 
 def _json_or_none(data: bytes | None) -> Any:
@@ -447,10 +473,20 @@ class ReplayReport:
     sent: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
     rejected: list[tuple[DeadLetter, str]] = field(default_factory=list)
+    #: Letters the transform failed on (not sent).
+    unfixed: list[tuple[DeadLetter, str]] = field(default_factory=list)
+    #: This replay's id (header ``cdc.replay.id`` of every record it sent).
+    replay_id: str | None = None
+    #: Letters of earlier replays' records, by replay id: they failed again.
+    returned: Counter[str] = field(default_factory=Counter)
+    #: After ``--wait``: this replay's records dead-lettered again, and whether every sink's
+    #: worker had processed them all (else the count may still grow).
+    failed_again: list[DeadLetter] | None = None
+    settled: bool = True
 
     @property
     def ok(self) -> bool:
-        return not self.rejected
+        return not self.rejected and not self.unfixed
 
     def render(self) -> str:
         verb = "would replay" if self.dry_run else "replayed"
@@ -461,10 +497,34 @@ class ReplayReport:
             out += ["", render_table(["destination", "count"], rows, right=frozenset({1}))]
         if self.skipped:
             out += ["", "skipped: " + ", ".join(f"{n} {why}" for why, n in self.skipped.items())]
+        if self.returned:
+            out += ["", "dead-lettered again after an earlier replay (not replayed: fix them "
+                        "with --transform, or --again):"]
+            out += [f"  replay {printable(rid)}: {n}" for rid, n in sorted(self.returned.items())]
         for letter, reason in self.rejected:
             out.append(f"rejected again: {letter.topic}[{letter.partition}]@{letter.offset}: "
                        f"{printable(reason)}")
+        for letter, reason in self.unfixed:
+            out.append(f"not sent: {letter.topic}[{letter.partition}]@{letter.offset}: "
+                       f"{printable(reason)}")
+        if self.replay_id is not None and not self.dry_run and total:
+            out += ["", f"replay id {self.replay_id}"]
+            out += self._followup()
         return "\n".join(out)
+
+    def _followup(self) -> list[str]:
+        check = f"cdc dlq list --replay-id {self.replay_id}"
+        if self.failed_again is None:
+            return [f"records that fail again come back with this id: {check}"]
+        n = len(self.failed_again)
+        head = (f"dead-lettered again: {n} of {sum(self.sent.values())}"
+                if self.settled else
+                f"dead-lettered again so far: {n} (the workers had not processed every "
+                f"replayed record yet: {check} later)")
+        lines = [head]
+        for g in group_letters(self.failed_again):
+            lines.append(f"  {g.count}  {g.stage}  {g.error_class}")
+        return lines
 
 
 def replay_group(settings: Settings) -> str:
@@ -477,11 +537,23 @@ def _load_marks(reader: DeadLetterReader) -> dict[int, ReplayMark]:
     return {tp.partition: ReplayMark.parse(tp.offset, tp.metadata) for tp in committed}
 
 
+def new_replay_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
 def replay_raw(settings: Settings, topic: str, flt: LetterFilter, offset: int | None = None,
                limit: int | None = None, again: bool = False,
-               dry_run: bool = False) -> ReplayReport:
-    """Re-produce dead letters to their original topics; see the module docstring."""
-    report = ReplayReport(dry_run=dry_run)
+               dry_run: bool = False, transform: Transform | None = None,
+               transform_name: str | None = None,
+               wait_s: float = 0.0) -> ReplayReport:
+    """Re-produce dead letters to their original topics; see the module docstring.
+
+    Letters of records an earlier replay sent (they failed again) are not replayed unless
+    ``again`` or a ``transform`` (which fixes them) is given: replaying them unchanged
+    would only dead-letter them once more. ``transform``: applied to each value first
+    (:mod:`pipeline.dlq_transform`). ``wait_s``: then wait up to that long for the workers
+    to process the replayed records, and report those dead-lettered again."""
+    report = ReplayReport(dry_run=dry_run, replay_id=new_replay_id())
     with DeadLetterReader(settings, topic, replay_group(settings)) as reader:
         marks = _load_marks(reader)
         chosen: dict[tuple[str | None, ...], list[DeadLetter]] = {}
@@ -490,6 +562,8 @@ def replay_raw(settings: Settings, topic: str, flt: LetterFilter, offset: int | 
                 report.skipped["not matching the filters"] += 1
             elif not again and marks[letter.partition].replayed(letter.offset):
                 report.skipped["already replayed (--again replays them anyway)"] += 1
+            elif not again and transform is None and letter.replay_id is not None:
+                report.returned[letter.replay_id] += 1
             elif letter.origin_topic is None:
                 report.skipped[f"without a {H_ORIGIN_TOPIC} header"] += 1
             elif letter.origin() in chosen:
@@ -500,23 +574,53 @@ def replay_raw(settings: Settings, topic: str, flt: LetterFilter, offset: int | 
             elif limit is None or len(chosen) < limit:
                 chosen[letter.origin()] = [letter]
         firsts = [twins[0] for twins in chosen.values()]
+        if transform is not None:
+            firsts = _transform_all(transform, firsts, report)
         if dry_run:
             report.sent.update(f"raw:{letter.origin_topic}" for letter in firsts)
             return report
-        delivered, failure = _produce(settings, topic, firsts)
+        extra = [(H_REPLAY_ID, str(report.replay_id).encode())]
+        if transform_name is not None:
+            extra.append((H_TRANSFORM, transform_name.encode()))
+        ends = {p: high for p, (_, high) in reader.watermarks.items()}
+        delivered, failure, written = _produce(settings, topic, firsts, extra)
         report.sent.update(f"raw:{letter.origin_topic}" for letter in delivered)
         _commit_marks(reader, marks, [t for d in delivered for t in chosen[d.origin()]])
     if failure:
         raise RetriableError(f"{len(firsts) - len(delivered)} records were not acknowledged "
                              f"(the others are marked as replayed): {failure}")
+    if wait_s > 0 and delivered:
+        report.settled = _await_workers(settings, written, wait_s)
+        report.failed_again = _letters_of_replay(settings, topic, ends, str(report.replay_id))
     return report
 
 
-def _produce(settings: Settings, topic: str,
-             letters: Sequence[DeadLetter]) -> tuple[list[DeadLetter], str | None]:
-    """Produce with an idempotent acks=all producer; returns what Kafka acknowledged."""
+def _transform_all(transform: Transform, letters: Sequence[DeadLetter],
+                   report: ReplayReport) -> list[DeadLetter]:
+    """The letters with their values fixed; a failing transform rejects its letter, one
+    returning None leaves it out (neither is sent nor marked)."""
+    fixed: list[DeadLetter] = []
+    for letter in letters:
+        try:
+            value = transformed(transform, letter.value, letter)
+        except TransformFailed as exc:
+            report.unfixed.append((letter, str(exc)))
+            continue
+        if value is None:
+            report.skipped["left out by the transform"] += 1
+            continue
+        fixed.append(replace(letter, value=value))
+    return fixed
+
+
+def _produce(settings: Settings, topic: str, letters: Sequence[DeadLetter],
+             extra: Sequence[tuple[str, bytes]] = ()
+             ) -> tuple[list[DeadLetter], str | None, dict[tuple[str, int], int]]:
+    """Produce with an idempotent acks=all producer; returns what Kafka acknowledged, the
+    first failure, and the highest offset written per (topic, partition)."""
+    written: dict[tuple[str, int], int] = {}
     if not letters:
-        return [], None
+        return [], None, written
     producer = Producer({**_client_config(settings), **settings.kafka.producer_config(),
                          "enable.idempotence": True, "acks": "all", "linger.ms": 5})
     partitions: dict[str, int] = {}
@@ -529,8 +633,13 @@ def _produce(settings: Settings, topic: str,
     failures: list[str] = []
 
     def on_delivery(letter: DeadLetter) -> Callable[[Any, Any], None]:
-        def done(err: Any, _msg: Any) -> None:
-            (failures.append(str(err)) if err is not None else delivered.append(letter))
+        def done(err: Any, msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+                return
+            delivered.append(letter)
+            at = (msg.topic(), msg.partition())
+            written[at] = max(written.get(at, -1), msg.offset())
         return done
 
     for letter in letters:
@@ -539,7 +648,8 @@ def _produce(settings: Settings, topic: str,
         # producer with another partitioner (Debezium's murmur2 versus librdkafka's crc32).
         p = letter.origin_partition
         headers: list[tuple[str, str | bytes | None]] = [*letter.passthrough_headers(),
-                   (H_REPLAYED, f"{topic}:{letter.partition}:{letter.offset}".encode())]
+                   (H_REPLAYED, f"{topic}:{letter.partition}:{letter.offset}".encode()),
+                   *extra]
         kwargs: dict[str, Any] = {"partition": p} if p is not None and p < partitions[origin] \
             else {}
         while True:
@@ -553,7 +663,47 @@ def _produce(settings: Settings, topic: str,
     remaining = producer.flush(60)
     if remaining:
         failures.append(f"{remaining} still in flight after 60 s")
-    return delivered, (failures[0] if failures else None)
+    return delivered, (failures[0] if failures else None), written
+
+
+def _await_workers(settings: Settings, written: dict[tuple[str, int], int],
+                   wait_s: float) -> bool:
+    """Wait until every sink's consumer group committed past the replayed records (a
+    worker commits only after writing or dead-lettering a record); False on timeout."""
+    from pipeline.sinks.registry import sink_names
+
+    groups = [settings.group_id(name) for name in sink_names(settings)]
+    wanted = [TopicPartition(t, p) for t, p in written]
+    deadline = time.monotonic() + wait_s
+    pending = set(groups)
+    while pending:
+        for group in sorted(pending):
+            consumer = Consumer({**_client_config(settings), "group.id": group,
+                                 "enable.auto.commit": False})
+            try:
+                committed = consumer.committed(wanted, timeout=10)
+            except KafkaException:
+                committed = []
+            finally:
+                consumer.close()
+            if committed and all(tp.offset > written[(tp.topic, tp.partition)]
+                                 for tp in committed):
+                pending.discard(group)
+        if pending and time.monotonic() >= deadline:
+            return False
+        if pending:
+            time.sleep(0.5)
+    return True
+
+
+def _letters_of_replay(settings: Settings, topic: str, starts: dict[int, int],
+                       replay_id: str) -> list[DeadLetter]:
+    """The letters written since ``starts`` that carry ``replay_id``."""
+    with DeadLetterReader(settings, topic) as reader:
+        flt = LetterFilter(replay_id=replay_id)
+        return [letter for letter in reader.read({p: starts.get(p, 0)
+                                                  for p in reader.watermarks})
+                if flt.matches(letter)]
 
 
 def _commit_marks(reader: DeadLetterReader, marks: dict[int, ReplayMark],
@@ -580,8 +730,9 @@ def _commit_marks(reader: DeadLetterReader, marks: dict[int, ReplayMark],
 
 def replay_to_sink(settings: Settings, topic: str, sink_name: str, flt: LetterFilter,
                    offset: int | None = None, limit: int | None = None,
-                   dry_run: bool = False) -> ReplayReport:
-    """Decode dead letters and write them to one configured sink (idempotent by version)."""
+                   dry_run: bool = False, transform: Transform | None = None) -> ReplayReport:
+    """Decode dead letters (fixed by ``transform`` first, if given) and write them to one
+    configured sink (idempotent by version)."""
     from pipeline.events import ChangeEvent, decode
     from pipeline.processing import foreign_table
 
@@ -589,6 +740,8 @@ def replay_to_sink(settings: Settings, topic: str, sink_name: str, flt: LetterFi
     report = ReplayReport(dry_run=dry_run)
     with DeadLetterReader(settings, topic) as reader:
         letters = select(reader.read(_starts(reader, flt, offset)), flt, limit)
+    if transform is not None:
+        letters = _transform_all(transform, letters, report)
     events: list[tuple[DeadLetter, ChangeEvent]] = []
     for letter in letters:
         try:

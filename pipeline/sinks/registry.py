@@ -19,7 +19,8 @@ from pipeline.config import Settings
 from pipeline.errors import ConfigError
 from pipeline.sinks.base import Sink
 
-BUILTIN_TYPES = {"webhook": "pipeline.sinks.webhook:WebhookSink"}
+BUILTIN_TYPES = {"webhook": "pipeline.sinks.webhook:WebhookSink",
+                 "new_record_state": "pipeline.sinks.flattened:NewRecordStateSink"}
 RESERVED = ("search", "cache")
 
 
@@ -60,7 +61,9 @@ def build_configured(settings: Settings, only: str | None = None) -> dict[str, S
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"sinks.{name}.{where}", first["msg"]) from exc
-        built[name] = cls(name, sink_settings)
+        # A sink that writes to Kafka (uses_kafka) gets the one set of client settings.
+        built[name] = (cls(name, sink_settings, kafka=settings.kafka)
+                       if getattr(cls, "uses_kafka", False) else cls(name, sink_settings))
     return built
 
 

@@ -97,7 +97,8 @@ def _describe(conn: Any, cur: Any, schema: str, name: str, pg: PostgresSettings,
                    tuple(Column(n in pk, n, t, m) for n, t, m in columns))
     resolved = [types.resolve(cur, c[1]) for c in columns]
     return TableShape.from_relation(rel, pk, resolved, pg.decimal_handling_mode,
-                                    unconverted, schema=schema, table=name)
+                                    unconverted, schema=schema, table=name,
+                                    columns=pg.columns.get(f"{schema}.{name}"))
 
 
 def _replica_identity_columns(cur: Any, oid: int) -> tuple[str, ...]:

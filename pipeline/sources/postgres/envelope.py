@@ -9,7 +9,9 @@ from typing import Any
 
 import orjson
 
+from pipeline.config import TableColumnSettings
 from pipeline.events import UNAVAILABLE_BINARY, UNAVAILABLE_VALUE, ChangeEvent, Row, SourceInfo
+from pipeline.sources.postgres.columns import ColumnPolicy
 from pipeline.sources.postgres.decimals import DecimalMode
 from pipeline.sources.postgres.pgoutput import (
     UNCHANGED_TOAST,
@@ -52,6 +54,8 @@ class TableShape:
     binary_columns: frozenset[str] = frozenset()
     #: Where values a converter refused are counted (the capture drains it into metrics).
     unconverted: UnconvertedValues = field(default_factory=UnconvertedValues, compare=False)
+    #: Columns left out, masked or hashed (``postgres.columns``); None: the row as it is.
+    policy: ColumnPolicy | None = field(default=None, compare=False)
     #: ``{"<column>":`` for a one-column key (its JSON is written without a dict), else None.
     _key_prefix: bytes | None = field(init=False, repr=False, compare=False)
 
@@ -71,11 +75,13 @@ class TableShape:
         *,
         schema: str | None = None,
         table: str | None = None,
+        columns: TableColumnSettings | None = None,
     ) -> TableShape:
         """The shape of ``rel``; ``types`` are its columns' types as the catalog resolved
         them (:class:`~pipeline.sources.postgres.types.TypeResolver`), by default each
         column's OID taken as a built-in type. ``schema``/``table``: the name to publish
-        under when it is not the relation's own (a partition published as its root)."""
+        under when it is not the relation's own (a partition published as its root).
+        ``columns``: the table's column rules (SourceSetupError when they do not fit it)."""
         names = tuple(c.name for c in rel.columns)
         key = primary_key or tuple(c.name for c in rel.columns if c.is_key)
         if types is None:
@@ -86,10 +92,12 @@ class TableShape:
             _or_none(converter_for_type(t, c.type_modifier, decimal_mode))
             for c, t in zip(rel.columns, types, strict=True)
         )
+        schema = schema or rel.namespace or "pg_catalog"
+        table = table or rel.name
         return cls(
             oid=rel.oid,
-            schema=schema or rel.namespace or "pg_catalog",
-            table=table or rel.name,
+            schema=schema,
+            table=table,
             names=names,
             converters=converters,
             key_names=key,
@@ -99,6 +107,7 @@ class TableShape:
                 if t.kind == "builtin" and t.oid == BYTEA_OID
             ),
             unconverted=unconverted if unconverted is not None else UnconvertedValues(),
+            policy=ColumnPolicy.of(f"{schema}.{table}", columns, names, key),
         )
 
     @property
@@ -123,7 +132,7 @@ class TableShape:
                     out[name] = convert(value)  # type: ignore[arg-type]
                 except Exception as exc:  # noqa: BLE001 (a gap in a converter: see unconverted)
                     out[name] = self._unconverted(name, value, exc)
-        return out
+        return out if self.policy is None else self.policy.apply(out)
 
     def _unconverted(self, name: str, value: Any, exc: Exception) -> Any:
         if not isinstance(value, str):

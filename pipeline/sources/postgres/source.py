@@ -106,6 +106,8 @@ class PostgresSource:
         self.metrics = metrics
         self.name = f"postgres slot {pg.slot}"
         self.listed = frozenset(pg.tables)
+        #: postgres.skipped_operations (empty: the hot path only tests its truth).
+        self._skipped = frozenset(pg.skipped_operations)
         self.offsets = OffsetStore(kafka, {"source": "postgres", "slot": pg.slot})
         self.snapshot_offsets = OffsetStore(kafka, {"source": "postgres-snapshot",
                                                     "slot": pg.slot})
@@ -408,6 +410,8 @@ class PostgresSource:
                 except PgoutputDecodeError:
                     pass  # anything unusual: the full decoder below says what
                 else:
+                    if shape.policy is not None:
+                        row = shape.policy.apply(row)
                     self._created(row, shape, lsn)
                     return
             elif oid in self.ignored:
@@ -476,7 +480,7 @@ class PostgresSource:
             types = [self.types.resolve(cur, c.type_oid) for c in msg.columns]
         shape = TableShape.from_relation(
             msg, pk, types, self.pg.decimal_handling_mode, self.unconverted,
-            schema=schema, table=name)
+            schema=schema, table=name, columns=self.pg.columns.get(f"{schema}.{name}"))
         self.shapes[msg.oid] = shape
         self.topics[msg.oid] = self.kafka.raw_topic(shape.table_id)
         log.info("table %s: columns %s", shape.table_id, [c.name for c in msg.columns])
@@ -533,7 +537,12 @@ class PostgresSource:
         counts = self._counts
         meta = self._txn_meta
         window = self.backfills.window
+        skipped = self._skipped
         for op, key, value in self.writer.encode(msg, shape, lsn, self._now_ms):
+            if skipped and op in skipped:
+                counts[(shape.oid, "skipped:" + op)] = counts.get((shape.oid, "skipped:" + op),
+                                                                  0) + 1
+                continue
             if window is not None and window.table == shape.table_id:
                 value = self.backfills.changed(key, op, value)  # type: ignore[assignment]
             if meta is not None:
@@ -545,6 +554,10 @@ class PostgresSource:
             counts[counted] = counts.get(counted, 0) + 1
 
     def _created(self, after: dict[str, Any], shape: TableShape, lsn: int) -> None:
+        if self._skipped and "c" in self._skipped:
+            counted = (shape.oid, "skipped:c")
+            self._counts[counted] = self._counts.get(counted, 0) + 1
+            return
         key, value = self.writer.created(after, shape, lsn, self._now_ms)
         window = self.backfills.window
         if window is not None and window.table == shape.table_id:
@@ -564,6 +577,10 @@ class PostgresSource:
                 continue  # not an event (as a DELETE of the outbox table is not)
             shape = self._shape(oid)
             if shape is None:
+                continue
+            if "t" in self._skipped:
+                self.metrics.inc("cdc_capture_skipped_events_total", table=shape.table_id,
+                                 op="t")
                 continue
             self.backfills.truncated(shape.table_id)
             event = self.builder.truncate(shape, self._ctx, lsn, int(time.time() * 1000))
@@ -627,7 +644,12 @@ class PostgresSource:
         """Per-event counts are kept in a plain dict on the hot path, moved to metrics here."""
         for (oid, op), n in self._counts.items():
             shape = self.shapes.get(oid)
-            if shape is not None:
+            if shape is None:
+                continue
+            if op.startswith("skipped:"):
+                self.metrics.inc("cdc_capture_skipped_events_total", n, table=shape.table_id,
+                                 op=op.removeprefix("skipped:"))
+            else:
                 self.metrics.inc("cdc_capture_events_total", n, table=shape.table_id, op=op)
         self._counts.clear()
         for type_name, n in self.unconverted.drain().items():
