@@ -124,7 +124,9 @@ def owned_indices(settings: Settings) -> list[str]:
     es = settings.elasticsearch
     if es is None:
         return []
-    return list(dict.fromkeys(es.index_for(t) for t in settings.captured_tables()))
+    names = [es.index_for(t) for t in settings.captured_tables()]
+    names.append(f"{es.index_prefix}cdc-truncates".lower())  # the sink's truncate registry
+    return list(dict.fromkeys(names))
 
 
 def plan(settings: Settings, topics: bool = False, indices: bool = False) -> TeardownPlan:
@@ -275,7 +277,18 @@ def _index_exists(settings: Settings, name: str) -> bool:
 
 
 def _delete_index(settings: Settings, name: str) -> None:
-    _index_call(settings, "DELETE", name)
+    """Delete an index; a name that is an alias (the search sink's versioned indices,
+    ``<name>_vN``) deletes the indices behind it."""
+    import httpx
+
+    try:
+        with _http(settings) as client:
+            response = client.get(f"/_alias/{name}")
+    except httpx.HTTPError as exc:
+        raise RetriableError(f"search index {name}: {exc}") from exc
+    behind = list(response.json()) if response.status_code == 200 else []
+    for index in behind or [name]:
+        _index_call(settings, "DELETE", index)
 
 
 def _index_call(settings: Settings, method: str, name: str) -> int:

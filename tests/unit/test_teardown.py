@@ -55,7 +55,8 @@ def test_owned_topics_never_include_the_shared_offsets_topic(tmp_path) -> None:
 
 
 def test_owned_indices_follow_the_index_mapping(tmp_path) -> None:
-    assert owned_indices(_settings(tmp_path)) == ["idx.public.orders", "items-v2"]
+    assert owned_indices(_settings(tmp_path)) == ["idx.public.orders", "items-v2",
+                                                  "idx.cdc-truncates"]
     assert owned_indices(_settings(tmp_path, "postgres:\n  tables: [public.a]\n")) == []
 
 
