@@ -32,8 +32,9 @@ def slot_lag(settings: Settings) -> dict[str, Any] | None:
 
 def consumer_lag(settings: Settings, group: str, timeout: float = 10.0) -> dict[str, int]:
     """Records not yet committed by a worker group, per raw topic."""
-    consumer = Consumer(client_config(settings.kafka,
-                                      {"group.id": group, "enable.auto.commit": False}))
+    # log_level 0: an unreachable broker is reported once, below, not logged per retry.
+    consumer = Consumer(client_config(settings.kafka, {
+        "group.id": group, "enable.auto.commit": False, "log_level": 0}))
     lag: dict[str, int] = {}
     try:
         metadata = list_topics(consumer, timeout)
@@ -78,12 +79,31 @@ def source_lines(settings: Settings) -> list[str]:
 
 def render_status(settings: Settings) -> str:
     lines = source_lines(settings)
-    for sink in sink_names(settings):
+    sinks = sink_names(settings)
+    if not sinks:
+        lines.append("no sinks configured: set elasticsearch.url, redis.url or a sinks entry "
+                     "to see each worker's consumer lag")
+    for sink in sinks:
         group = settings.group_id(sink)
-        for topic, behind in sorted(consumer_lag(settings, group).items()):
+        try:
+            lag = consumer_lag(settings, group, timeout=5.0)
+        except RetriableError as exc:
+            lines.append(f"consumer lag: Kafka at {settings.kafka.bootstrap_servers} did not "
+                         f"answer ({exc}); is it running (cdc stack status)?")
+            break
+        for topic, behind in sorted(lag.items()):
             lines.append(f"consumer lag {group} {topic}: {behind}")
-    if settings.metrics.snapshot_dir is not None:
-        for name, snap in sorted(read_snapshots(settings.metrics.snapshot_dir).items()):
+        if not lag:
+            lines.append(f"consumer lag {group}: no raw topics yet (capture has not run)")
+    if settings.metrics.snapshot_dir is None:
+        lines.append("process metrics: set metrics.snapshot_dir (every process writes its "
+                     "figures there) to see throughput, errors and latency here")
+    else:
+        snapshots = read_snapshots(settings.metrics.snapshot_dir)
+        if not snapshots:
+            lines.append(f"process metrics: none in {settings.metrics.snapshot_dir} yet (no "
+                         "capture or worker has run with it)")
+        for name, snap in sorted(snapshots.items()):
             age = time.time() - snap.get("time", 0)
             lines.append(f"{name} (pid {snap.get('pid')}, updated {age:.0f}s ago)")
             for metric, value in sorted(snap.get("counters", {}).items()):

@@ -40,3 +40,15 @@ def test_status_reports_slot_lag_and_metrics(scenario: Scenario) -> None:
     assert 'cdc_capture_events_total{op="c",table="' + sc.table_id + '"} = 2' in out
     assert 'cdc_sink_events_total{sink="search"} = 2' in out
     assert "cdc_commit_to_sink_latency" in out
+
+
+def test_status_with_kafka_down_says_so_once_and_what_to_check(scenario: Scenario) -> None:
+    sc = scenario
+    env = {**os.environ, **sc.env, "CDC_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    env.pop("CDC_METRICS__SNAPSHOT_DIR", None)
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "status"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "did not answer" in result.stdout and "cdc stack status" in result.stdout
+    assert "set metrics.snapshot_dir" in result.stdout
+    assert "rdkafka" not in result.stderr  # no librdkafka log line per retry
