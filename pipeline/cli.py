@@ -300,11 +300,39 @@ def _stack_run(action):  # type: ignore[no-untyped-def]
 
 
 def _stack_exports(info) -> None:  # type: ignore[no-untyped-def]
+    """The settings to export. A section your configuration file leaves out (a sink you do
+    not use) is not switched on by an export: it is named in a comment instead."""
     from pipeline.stack import env_vars
 
     click.echo(f"# state_dir: {info.state_dir}")
+    left_out = _sections_left_out()
     for key, value in env_vars(info).items():
+        section = key.removeprefix("CDC_").split("__", 1)[0].lower()
+        if section in left_out:
+            click.echo(f"# {key} not exported: {os.environ['CDC_CONFIG']} has no "
+                       f"'{section}' section (add it to use the local {section})")
+            continue
         click.echo(f"export {key}='{value}'")
+
+
+#: Sections that an exported variable would switch on (the sinks; the sources are needed).
+_OPTIONAL_SECTIONS = ("elasticsearch", "redis")
+
+
+def _sections_left_out() -> set[str]:
+    """Optional sections absent from the configuration file ($CDC_CONFIG), if one is set."""
+    path = os.environ.get("CDC_CONFIG")
+    if not path or not Path(path).is_file():
+        return set()
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError:
+        return set()
+    if not isinstance(data, dict):
+        return set()
+    return {s for s in _OPTIONAL_SECTIONS if s not in data}
 
 
 class _Service(click.ParamType):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -64,3 +65,21 @@ def test_custom_sink_settings_refuse_unknown_keys(monkeypatch: pytest.MonkeyPatc
         build_configured(load_settings(None, env))
     assert info.value.setting == "sinks.audit.tabel"
     assert "did you mean 'sinks.audit.table'?" in info.value.problem
+
+
+def test_stack_exports_do_not_switch_on_a_sink_the_config_leaves_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pipeline.stack as stack
+
+    info = stack.StackInfo("host=x", "k:1", "redis://r:1/0", "http://e:1", tmp_path)
+    monkeypatch.setattr(stack, "load", lambda: info)
+    config = tmp_path / "cdc.yaml"
+    config.write_text("postgres:\n  tables: [public.x]\nredis:\n  channel: c\n")
+    monkeypatch.setenv("CDC_CONFIG", str(config))
+    out = CliRunner().invoke(main, ["stack", "env"]).output
+    assert "export CDC_REDIS__URL='redis://r:1/0'" in out
+    assert "export CDC_ELASTICSEARCH__URL" not in out
+    assert "# CDC_ELASTICSEARCH__URL not exported" in out
+    monkeypatch.delenv("CDC_CONFIG")
+    assert "export CDC_ELASTICSEARCH__URL" in CliRunner().invoke(main, ["stack", "env"]).output
