@@ -12,7 +12,9 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import threading
+import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +49,11 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def announce(message: str) -> None:
+    """Say what a (first-run) install step is doing, on stderr (stdout carries the exports)."""
+    print(f"[stack {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def apt_install(packages: Sequence[str], present: Path) -> None:
     """Install Debian ``packages`` unless ``present`` (a file they provide) exists.
 
@@ -58,6 +65,8 @@ def apt_install(packages: Sequence[str], present: Path) -> None:
     with _apt_lock:
         if present.exists():
             return
+        started = time.monotonic()
+        announce(f"installing {' '.join(packages)} with apt (first run only)...")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         cmd = [
             "apt-get",
@@ -75,6 +84,7 @@ def apt_install(packages: Sequence[str], present: Path) -> None:
             run(cmd, env=env, timeout=900)
         if not present.exists():
             raise StackError(f"apt installed {packages} but {present} is still missing")
+        announce(f"installed {' '.join(packages)} in {time.monotonic() - started:.0f}s")
 
 
 def apt_tool(package: str, binary: str) -> Path:
@@ -155,6 +165,9 @@ def maven_libs(folder: Path, dependencies: Sequence[str]) -> Path:
         )
         if lib.exists():
             shutil.rmtree(lib)
+        started = time.monotonic()
+        announce(f"resolving {', '.join(dependencies)} and their dependencies from Maven "
+                 f"Central into {lib} (first run only)...")
         run(
             [
                 _mvn(),
@@ -171,6 +184,9 @@ def maven_libs(folder: Path, dependencies: Sequence[str]) -> Path:
         if not any(lib.glob("*.jar")):
             raise StackError(f"maven copied no jars into {lib}")
         (lib / MARKER).write_text("\n".join(dependencies) + "\n")
+        jars = list(lib.glob("*.jar"))
+        announce(f"resolved {len(jars)} jars, {sum(j.stat().st_size for j in jars) / 1e6:.0f} "
+                 f"MB, in {time.monotonic() - started:.0f}s")
     return lib
 
 
@@ -186,16 +202,25 @@ def maven_artifact(coordinate: str, dest_dir: Path) -> Path:
     g, a, v, t = parts[:4]
     classifier = f"-{parts[4]}" if len(parts) > 4 else ""
     target = dest_dir / f"{a}-{v}{classifier}.{t}"
-    if target.exists():
+    if target.exists() and _intact(target):
         return target
     dest_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(dest_dir / f".{target.name}.lock"):
         if target.exists():
-            return target
+            if _intact(target):
+                return target
+            announce(f"{target} is damaged (not a complete archive): downloading it again")
+            target.unlink()
+            # Maven's own copy may be the damaged one: fetch that again too.
+            local = (Path.home() / ".m2" / "repository" / Path(*g.split(".")) / a / v
+                     / target.name)
+            local.unlink(missing_ok=True)
         staging = dest_dir / f".{target.name}.partial"
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir()
+        started = time.monotonic()
+        announce(f"downloading {coordinate} from Maven Central (first run only)...")
         try:
             run(
                 [
@@ -212,10 +237,23 @@ def maven_artifact(coordinate: str, dest_dir: Path) -> Path:
             downloaded = staging / target.name
             if not downloaded.exists():
                 raise StackError(f"maven did not produce {target}")
+            if not _intact(downloaded):
+                raise StackError(f"{coordinate} arrived damaged (not a complete archive); "
+                                 "run again, or delete it from ~/.m2/repository")
             downloaded.rename(target)
+            announce(f"downloaded {target.name}, {target.stat().st_size / 1e6:.0f} MB, in "
+                     f"{time.monotonic() - started:.0f}s")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _intact(archive: Path) -> bool:
+    """A zip or jar whose central directory is readable (a truncated download is not);
+    other types are taken as they are."""
+    if archive.suffix not in (".zip", ".jar"):
+        return True
+    return zipfile.is_zipfile(archive)
 
 
 def unzip_once(archive: Path, dest: Path) -> Path:
@@ -230,6 +268,7 @@ def unzip_once(archive: Path, dest: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
+        announce(f"unpacking {archive.name} into {dest}...")
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 path = Path(zf.extract(info, tmp))
