@@ -1,23 +1,54 @@
 """Counters, gauges and latency histograms; Prometheus text and JSON snapshots.
 
 One ``Metrics`` per process. Metric names follow Prometheus conventions (``cdc_*_total``
-counters, ``*_seconds`` gauges). Histograms use fixed log-spaced buckets (10 % apart), so
-memory stays constant however long the process runs and quantiles are accurate to ~10 %.
+counters, ``*_seconds`` gauges). Each value is kept twice:
+
+* in a ``prometheus_client`` registry of its own (``/metrics``: ``# HELP``/``# TYPE``,
+  ``process_*``, histograms with the fixed ``BUCKETS_S`` so ``sum by (le)`` across processes
+  is right);
+* in plain dicts for the JSON snapshot files ``cdc status``, the demo and the tests read;
+  their histograms use log-spaced buckets 10 % apart, so quantiles are accurate to ~10 %.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import logging
 import math
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    start_http_server,
+)
+
+from pipeline.metric_help import HELP
+
+log = logging.getLogger(__name__)
+
 Labels = tuple[tuple[str, str], ...]
+
+#: Prometheus histogram buckets (seconds), the same in every process and for every
+#: histogram, all exposed (empty ones too) so series add up across processes.
+BUCKETS_S: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)
+
+# ``*_created`` series double the output and no rule or panel reads them.
+prometheus_client.disable_created_metrics()
 
 _BOUNDS_MS: list[float] = [0.05 * (1.1**i) for i in range(int(math.log(600_000 / 0.05, 1.1)) + 2)]
 
@@ -69,8 +100,43 @@ def quantiles_between(
     return sum(diff.values()), [quantile_of(diff, q) for q in qs]
 
 
+class _Exposed:
+    """The ``prometheus_client`` side of one ``Metrics``: a registry with the process
+    collector and one Counter/Gauge/Histogram per name, its label names fixed by the first
+    use (``tests/unit/test_metrics_exposition.py`` checks the code uses one set per name)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self._metrics: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def child(self, kind: type[Any], name: str, labels: dict[str, str]) -> Any:
+        metric = self._metrics.get(name)
+        if metric is None:
+            with self._lock:
+                metric = self._metrics.get(name)
+                if metric is None:
+                    metric = self._metrics[name] = self._make(kind, name, sorted(labels))
+        names: tuple[str, ...] = metric._labelnames
+        if not names:
+            return metric
+        if set(labels) != set(names):
+            log.warning("metric %s is exposed with labels %s, not %s: extra labels dropped",
+                        name, ",".join(names), ",".join(sorted(labels)))
+        return metric.labels(*(labels.get(n, "") for n in names))
+
+    def _make(self, kind: type[Any], name: str, labelnames: list[str]) -> Any:
+        help_text = HELP.get(name, f"{name} (no help written yet)")
+        if kind is Histogram:
+            return Histogram(f"{name}_seconds", help_text, labelnames, registry=self.registry,
+                             buckets=BUCKETS_S)
+        return kind(name, help_text, labelnames, registry=self.registry)
+
+
 class Metrics:
-    """Thread-safe enough for our use: increments happen on one thread per process."""
+    """One process's metrics; ``inc``/``set``/``observe_ms`` may be called from any thread."""
 
     def __init__(self, process: str) -> None:
         self.process = process
@@ -78,20 +144,32 @@ class Metrics:
         self.gauges: dict[tuple[str, Labels], float] = {}
         self.histograms: dict[tuple[str, Labels], LatencyHistogram] = {}
         self.started = time.time()
+        self._exposed = _Exposed()
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self._exposed.registry
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
-        self.counters[key] = self.counters.get(key, 0) + amount
+        with self._lock:
+            self.counters[key] = self.counters.get(key, 0) + amount
+        if amount >= 0:
+            self._exposed.child(Counter, name, labels).inc(amount)
 
     def set(self, name: str, value: float, **labels: str) -> None:
         self.gauges[(name, tuple(sorted(labels.items())))] = value
+        self._exposed.child(Gauge, name, labels).set(value)
 
     def observe_ms(self, name: str, ms: float, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
-        hist = self.histograms.get(key)
-        if hist is None:
-            hist = self.histograms[key] = LatencyHistogram()
-        hist.observe(ms)
+        with self._lock:
+            hist = self.histograms.get(key)
+            if hist is None:
+                hist = self.histograms[key] = LatencyHistogram()
+            hist.observe(ms)
+        self._exposed.child(Histogram, name, labels).observe(ms / 1000)
 
     def total(self, name: str) -> float:
         """Sum of a counter over all its labels."""
@@ -122,27 +200,8 @@ class Metrics:
         }
 
     def prometheus(self) -> str:
-        lines: list[str] = []
-
-        def lbl(labels: Labels, extra: tuple[tuple[str, str], ...] = ()) -> str:
-            items = labels + extra
-            return "{" + ",".join(f'{k}="{v}"' for k, v in items) + "}" if items else ""
-
-        for (name, labels), value in sorted(self.counters.items()):
-            lines.append(f"{name}{lbl(labels)} {value}")
-        for (name, labels), value in sorted(self.gauges.items()):
-            lines.append(f"{name}{lbl(labels)} {value}")
-        for (name, labels), hist in sorted(self.histograms.items()):
-            seen = 0
-            for bound, count in zip(_BOUNDS_MS, hist.counts, strict=False):
-                seen += count
-                if count:
-                    le = (("le", f"{bound / 1000:.6f}"),)
-                    lines.append(f"{name}_seconds_bucket{lbl(labels, le)} {seen}")
-            lines.append(f'{name}_seconds_bucket{lbl(labels, (("le", "+Inf"),))} {hist.total}')
-            lines.append(f"{name}_seconds_sum{lbl(labels)} {hist.sum_ms / 1000:.6f}")
-            lines.append(f"{name}_seconds_count{lbl(labels)} {hist.total}")
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition of this process (what ``/metrics`` serves)."""
+        return generate_latest(self.registry).decode()
 
 
 class MetricsExporter:
@@ -156,28 +215,15 @@ class MetricsExporter:
         self.port = port
         self.interval_s = interval_s
         self._stop = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: Any = None
 
     def start(self) -> None:
         if self.snapshot_dir is not None:
             self.snapshot_dir.mkdir(parents=True, exist_ok=True)
             threading.Thread(target=self._write_loop, name="metrics-snapshot", daemon=True).start()
         if self.port is not None:
-            metrics = self.metrics
-
-            class Handler(BaseHTTPRequestHandler):
-                def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                    body = metrics.prometheus().encode()
-                    self.send_response(200 if self.path.startswith("/metrics") else 404)
-                    self.send_header("Content-Type", "text/plain; version=0.0.4")
-                    self.end_headers()
-                    self.wfile.write(body)
-
-                def log_message(self, *args: Any) -> None:
-                    return
-
-            self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-            threading.Thread(target=self._server.serve_forever, daemon=True).start()
+            self._server, _ = start_http_server(self.port, "127.0.0.1",
+                                                registry=self.metrics.registry)
 
     def write_now(self) -> None:
         if self.snapshot_dir is None:

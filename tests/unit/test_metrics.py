@@ -9,7 +9,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.metrics import LatencyHistogram, Metrics
+from pipeline.metrics import BUCKETS_S, LatencyHistogram, Metrics
 
 
 def _true_quantile(values: list[float], q: float) -> float:
@@ -122,25 +122,23 @@ def test_prometheus_text_counters_gauges_histograms() -> None:
     assert math.isclose(value(f"{base}_sum", sink="search"), 2.060, rel_tol=1e-6)
     buckets = [(lb["le"], v) for n, lb, v in samples if n == f"{base}_bucket"]
     assert buckets[-1] == ("+Inf", 4)
-    finite = [(float(le), v) for le, v in buckets[:-1]]
-    assert [le for le, _ in finite] == sorted({le for le, _ in finite})  # increasing, unique
-    assert [v for _, v in finite] == sorted(v for _, v in finite)  # cumulative
-
-    def cumulative_at(seconds: float) -> float:
-        """The count of the smallest bucket whose le >= seconds."""
-        return next(v for le, v in finite if le >= seconds)
-
-    # bucket bounds are in seconds; an observation lands within 10 % above its value
-    assert cumulative_at(0.005) == 2
-    assert cumulative_at(0.050) == 3
-    assert cumulative_at(2.0) == 4
-    assert all(v == 2 for le, v in finite if 0.005 <= le < 0.045)
-    assert all(le >= 0.005 for le, _ in finite)
-    assert min(le for le, _ in finite) <= 0.0055
+    finite = dict((float(le), v) for le, v in buckets[:-1])
+    # every fixed bucket is exposed, empty ones too, so series add up across processes
+    assert sorted(finite) == list(BUCKETS_S)
+    assert list(finite.values()) == sorted(finite.values())  # cumulative
+    assert finite[0.001] == 0
+    assert finite[0.005] == 2
+    assert finite[0.025] == 2
+    assert finite[0.05] == 3
+    assert finite[1.0] == 3
+    assert finite[2.5] == 4
 
 
-def test_prometheus_empty() -> None:
-    assert Metrics("x").prometheus().strip() == ""
+def test_prometheus_without_metrics_has_only_the_process_collector() -> None:
+    samples = _parse(Metrics("x").prometheus())
+    assert not [n for n, _, _ in samples if n.startswith("cdc_")]
+    assert {n for n, _, _ in samples} >= {"process_cpu_seconds_total",
+                                          "process_resident_memory_bytes", "python_info"}
 
 
 def test_total_sums_over_labels() -> None:
