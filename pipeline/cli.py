@@ -10,13 +10,17 @@ from pathlib import Path
 
 import click
 
+from pipeline import logs
 from pipeline.errors import CdcError, exit_code
 
 
 def _settings(ctx: click.Context):  # type: ignore[no-untyped-def]
     from pipeline.config import load_settings
 
-    return load_settings(ctx.obj.get("config"))
+    settings = load_settings(ctx.obj.get("config"))
+    # --log-level wins; else the settings' log_level (the YAML, or CDC_LOG_LEVEL over it)
+    logs.configure(ctx.obj.get("log_level") or settings.log_level, settings.log_format)
+    return settings
 
 
 def _fail(exc: Exception) -> None:
@@ -37,12 +41,9 @@ def main(ctx: click.Context, config: str | None, log_level: str | None) -> None:
     ctx.obj["config"] = config
     if config:
         os.environ["CDC_CONFIG"] = str(Path(config).resolve())
-    logging.basicConfig(
-        level=(log_level or os.environ.get("CDC_LOG_LEVEL") or "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for chatty in ("httpx", "httpcore"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    ctx.obj["log_level"] = log_level
+    logs.configure(log_level or os.environ.get("CDC_LOG_LEVEL") or "INFO",
+                   os.environ.get("CDC_LOG_FORMAT", "text"))
 
 
 @main.group(invoke_without_command=True)

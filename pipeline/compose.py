@@ -184,7 +184,8 @@ def build_capture(settings: Settings, metrics: Metrics,
         log.warning("forgot the saved position of %s: capture starts where the source is "
                     "(a new slot: the current end of the WAL)", source.name)
     return CaptureLoop(source, EventPublisher(settings.kafka), settings.kafka, metrics,
-                       retry_timeout_s=settings.errors.retry_timeout_s)
+                       retry_timeout_s=settings.errors.retry_timeout_s,
+                       throughput_log_s=settings.log_throughput_interval_s)
 
 
 def run_capture(settings: Settings, reset_position: bool = False) -> None:

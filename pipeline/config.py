@@ -702,6 +702,11 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     errors: ErrorSettings = ErrorSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``text`` or ``json`` (one JSON object per line: time, level, logger, message).
+    log_format: Literal["text", "json"] = "text"
+    #: Capture logs "N records sent during previous 00:01:00, last confirmed position ..."
+    #: this often (seconds; null: never), like Debezium.
+    log_throughput_interval_s: float | None = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _polled_tables_are_listed(self) -> Settings:

@@ -28,6 +28,7 @@ from typing import Any
 from pipeline.capture.delivery import DeliveryTracker, TransactionDelivery
 from pipeline.capture.publisher import EventPublisher, ensure_topics
 from pipeline.capture.source import EVERY_PARTITION, ChangeSource, Checkpoint, HeadedRecord
+from pipeline.capture.throughput import ThroughputLog
 from pipeline.config import KafkaSettings
 from pipeline.errors import PermanentError, RetriableError, SourceExhausted
 from pipeline.metrics import Metrics
@@ -53,6 +54,7 @@ class CaptureLoop:
         backoff: Backoff | None = None,
         create_topics: bool = True,
         retry_timeout_s: float | None = None,
+        throughput_log_s: float | None = None,
     ) -> None:
         self.source = source
         self.publisher = publisher
@@ -64,6 +66,7 @@ class CaptureLoop:
         self._outage_since: float | None = None  # first failure since the last good session
         self.confirmed: Any = None  # the highest position confirmed to the source
         self._partitions: dict[str, int] = {}
+        self.throughput = ThroughputLog(source.name, throughput_log_s)
 
     def run(self, stop: threading.Event) -> None:
         """Sessions until ``stop``; raises only what retrying cannot fix."""
@@ -118,8 +121,10 @@ class CaptureLoop:
         while not stop.is_set():
             items = self.source.read(READ_BATCH)
             self._outage_since = None  # connected and reading: any outage is over
+            records = 0
             for item in items:
                 if type(item) is tuple:
+                    records += 1
                     if len(item) == 4:
                         topic, key, value, partition = item  # type: ignore[misc]
                         if partition == EVERY_PARTITION:
@@ -136,6 +141,8 @@ class CaptureLoop:
                     unit = tracker.begin()
             self.publisher.poll(0)
             self._confirm(tracker)
+            self.throughput.add(records)
+            self.throughput.tick(self.confirmed)
 
     def _publish_headed(self, record: HeadedRecord, unit: TransactionDelivery) -> None:
         topic, key, value, partition, headers = record
