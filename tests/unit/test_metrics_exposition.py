@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _calls() -> dict[str, set[tuple[str, tuple[str, ...]]]]:
     """Every ``.inc/.set/.observe_ms("cdc_…", …)`` in the code: name -> {(method, labels)}."""
     found: dict[str, set[tuple[str, tuple[str, ...]]]] = defaultdict(set)
-    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+    paths = [p for folder in ("pipeline", "agents") for p in (ROOT / folder).rglob("*.py")]
+    for path in sorted(paths):
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in ("inc", "set", "observe_ms") and node.args
@@ -37,6 +38,7 @@ def test_the_scan_sees_the_code() -> None:
     calls = _calls()
     assert ("observe_ms", ("sink",)) in calls["cdc_commit_to_sink_latency"]
     assert ("inc", ("op", "table")) in calls["cdc_capture_events_total"]
+    assert ("inc", ()) in calls["cdc_worker_rereads_total"]  # agents/ too
 
 
 def test_each_metric_name_has_one_kind_and_one_label_set() -> None:
