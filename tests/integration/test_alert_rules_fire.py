@@ -31,3 +31,9 @@ def test_the_rules_are_valid() -> None:
 def test_each_alert_fires_on_its_series_and_only_after_its_for() -> None:
     result = _promtool("test", "rules", "cdc-alerts.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_example_scrape_config_is_valid() -> None:
+    result = _promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout
