@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,7 +52,8 @@ def pipeline_scraped(
     base = free_ports(3)  # capture on base, the search and cache workers on base+1, base+2
     sc.env.update({"CDC_METRICS__PORT": str(base), "CDC_WORKER__ENGINE": "kafka",
                    "CDC_POSTGRES__SNAPSHOT_MODE": "incremental",
-                   "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "20"})
+                   "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "20",
+                   "CDC_LOG_THROUGHPUT_INTERVAL_S": "5"})
     conn = sc.connect()
     with conn, conn.cursor() as cur:  # rows before the slot: read by the backfill
         cur.execute(f"INSERT INTO {sc.schema}.items SELECT g, 'old ' || g, g, 1 "
@@ -91,6 +93,12 @@ def test_alerts_fire_and_resolve_and_every_dashboard_query_has_data(
 
     _insert(sc, 1, 20)
     assert sc.converged(90), worker_log()
+    # capture's periodic line, as Debezium's (every 5 s here instead of a minute)
+    capture_log = sc.work / "capture.log"
+    assert wait_until(lambda: re.search(r"\d+ records sent during previous 00:00:0\d, last "
+                                        r"confirmed position \S+", capture_log.read_text())
+                      is not None,
+                      15, 1), sc.processes["capture"].tail()
     producer = Producer({"bootstrap.servers": sc.settings.kafka.bootstrap_servers})
     producer.produce(sc.topic, b"\x00not json{", b'{"id": 99}')  # one dead letter per sink
     assert producer.flush(10) == 0
