@@ -136,7 +136,8 @@ class _Exposed:
 
 
 class Metrics:
-    """One process's metrics; ``inc``/``set``/``observe_ms`` may be called from any thread."""
+    """One process's metrics. Increments happen on one thread per process; the
+    ``prometheus_client`` side is thread-safe for the scrapes."""
 
     def __init__(self, process: str) -> None:
         self.process = process
@@ -145,31 +146,37 @@ class Metrics:
         self.histograms: dict[tuple[str, Labels], LatencyHistogram] = {}
         self.started = time.time()
         self._exposed = _Exposed()
-        self._lock = threading.Lock()
+        # the prometheus_client child of each (name, labels), so a hot path looks it up once
+        self._children: dict[tuple[str, Labels], Any] = {}
 
     @property
     def registry(self) -> CollectorRegistry:
         return self._exposed.registry
 
+    def _child(self, kind: type[Any], key: tuple[str, Labels], labels: dict[str, str]) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._exposed.child(kind, key[0], labels)
+        return child
+
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            self.counters[key] = self.counters.get(key, 0) + amount
-        if amount >= 0:
-            self._exposed.child(Counter, name, labels).inc(amount)
+        self.counters[key] = self.counters.get(key, 0) + amount
+        if amount >= 0:  # a Prometheus counter only goes up
+            self._child(Counter, key, labels).inc(amount)
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        self.gauges[(name, tuple(sorted(labels.items())))] = value
-        self._exposed.child(Gauge, name, labels).set(value)
+        key = (name, tuple(sorted(labels.items())))
+        self.gauges[key] = value
+        self._child(Gauge, key, labels).set(value)
 
     def observe_ms(self, name: str, ms: float, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            hist = self.histograms.get(key)
-            if hist is None:
-                hist = self.histograms[key] = LatencyHistogram()
-            hist.observe(ms)
-        self._exposed.child(Histogram, name, labels).observe(ms / 1000)
+        hist = self.histograms.get(key)
+        if hist is None:
+            hist = self.histograms[key] = LatencyHistogram()
+        hist.observe(ms)
+        self._child(Histogram, key, labels).observe(ms / 1000)
 
     def total(self, name: str) -> float:
         """Sum of a counter over all its labels."""
