@@ -158,6 +158,8 @@ def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) ->
         ensure_topics(settings.kafka, [f"{settings.group_id(sink)}-dedup-changelog"],
                       config={"cleanup.policy": "compact"})
         os.environ["CDC_WORKER_SINK"] = sink
+        logs.configure(ctx.obj.get("log_level") or settings.log_level, settings.log_format,
+                       sink=sink)
         if settings.worker.engine == "kafka":
             from pipeline.compose import run_kafka_worker
 

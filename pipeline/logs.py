@@ -14,6 +14,8 @@ import time
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: A sink worker's lines carry its sink (``sink`` in JSON).
+SINK_FORMAT = "%(asctime)s %(levelname)s [%(sink)s] %(name)s: %(message)s"
 
 # LogRecord attributes that are not extra fields
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -39,14 +41,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def configure(level: str, fmt: str = "text") -> None:
-    """Sets the root logger's level and its one handler's format (stderr)."""
+class _SinkTag(logging.Filter):
+    def __init__(self, sink: str) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "sink"):
+            record.sink = self.sink
+        return True
+
+
+def configure(level: str, fmt: str = "text", sink: str | None = None) -> None:
+    """Sets the root logger's level and its handlers' format (stderr); ``sink`` tags every
+    line of a sink worker."""
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler())
-    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+    else:
+        formatter = logging.Formatter(TEXT_FORMAT if sink is None else SINK_FORMAT)
     for handler in root.handlers:
         handler.setFormatter(formatter)
+        for old in [f for f in handler.filters if isinstance(f, _SinkTag)]:
+            handler.removeFilter(old)
+        if sink is not None:
+            handler.addFilter(_SinkTag(sink))
     root.setLevel(level.upper())
     for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

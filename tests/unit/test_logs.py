@@ -93,3 +93,19 @@ def test_throughput_line_like_debezium(caplog: pytest.LogCaptureFixture) -> None
     assert tp.tick("0/16B3748") is None  # nothing sent: no line
     assert ThroughputLog("x", None).tick(1) is None
     assert hms(3725) == "01:02:05"
+
+
+def test_a_sink_worker_tags_every_line() -> None:
+    root = logging.getLogger()
+    logs.configure("INFO", "text", sink="search")
+    record = logging.LogRecord("pipeline.kafka", logging.INFO, __file__, 1, "wrote %d", (5,), None)
+    (handler,) = root.handlers[:1]
+    assert handler.filter(record)
+    assert handler.format(record).endswith("INFO [search] pipeline.kafka: wrote 5")
+    logs.configure("INFO", "json", sink="search")
+    assert handler.filter(record)
+    assert json.loads(handler.format(record))["sink"] == "search"
+    logs.configure("INFO", "text")
+    plain = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    assert handler.filter(plain) and not hasattr(plain, "sink")
+    assert handler.format(plain).endswith("INFO x: m")
