@@ -172,7 +172,8 @@ def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) ->
     level = {"WARNING": "warn", "CRITICAL": "crit"}.get(
         logging.getLevelName(logging.getLogger().level), logging.getLevelName(
             logging.getLogger().level)).lower()
-    sys.argv = ["cdc-worker", "worker", "-l", level, *faust_args]
+    quiet = [] if settings.worker.faust_banner else ["--quiet"]  # the banner, not the logs
+    sys.argv = ["cdc-worker", *quiet, "worker", "-l", level, *faust_args]
     if settings.worker.web_port is None:
         sys.argv.append("--without-web")
     else:

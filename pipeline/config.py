@@ -387,6 +387,9 @@ class WorkerSettings(_Section):
     #: faust: a Faust app per sink (the default). kafka: the same processing in a
     #: confluent-kafka consume loop, several times faster (bench/RESULTS.md).
     engine: Literal["faust", "kafka"] = "faust"
+    #: Faust's ~100-line start-up banner and spinner per sink (engine faust); off by
+    #: default, its log lines stay.
+    faust_banner: bool = False
     ordering: OrderingSection = OrderingSection()
     dedup: DedupSection = DedupSection()
 
