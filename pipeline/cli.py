@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,9 +19,17 @@ def _settings(ctx: click.Context):  # type: ignore[no-untyped-def]
     from pipeline.config import load_settings
 
     settings = load_settings(ctx.obj.get("config"))
-    # --log-level wins; else the settings' log_level (the YAML, or CDC_LOG_LEVEL over it)
-    logs.configure(ctx.obj.get("log_level") or settings.log_level, settings.log_format)
+    logs.configure(_log_level(ctx, settings), _log_format(settings))
     return settings
+
+
+def _log_level(ctx: click.Context, settings: Any) -> str:
+    """--log-level, else CDC_LOG_LEVEL, else the settings file's log_level."""
+    return str(ctx.obj.get("log_level") or os.environ.get("CDC_LOG_LEVEL") or settings.log_level)
+
+
+def _log_format(settings: Any) -> str:
+    return os.environ.get("CDC_LOG_FORMAT") or str(settings.log_format)
 
 
 def _fail(exc: Exception) -> None:
@@ -158,8 +167,7 @@ def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) ->
         ensure_topics(settings.kafka, [f"{settings.group_id(sink)}-dedup-changelog"],
                       config={"cleanup.policy": "compact"})
         os.environ["CDC_WORKER_SINK"] = sink
-        logs.configure(ctx.obj.get("log_level") or settings.log_level, settings.log_format,
-                       sink=sink)
+        logs.configure(_log_level(ctx, settings), _log_format(settings), sink=sink)
         if settings.worker.engine == "kafka":
             from pipeline.compose import run_kafka_worker
 

@@ -185,7 +185,7 @@ def build_capture(settings: Settings, metrics: Metrics,
                     "(a new slot: the current end of the WAL)", source.name)
     return CaptureLoop(source, EventPublisher(settings.kafka), settings.kafka, metrics,
                        retry_timeout_s=settings.errors.retry_timeout_s,
-                       throughput_log_s=settings.log_throughput_interval_s)
+                       throughput_log_s=settings.capture.throughput_log_interval_s)
 
 
 def run_capture(settings: Settings, reset_position: bool = False) -> None:

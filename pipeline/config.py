@@ -624,6 +624,9 @@ class CaptureSettings(_Section):
     #: ``mysql``: the binlog of MySQL or MariaDB (``pipeline.sources.mysql``); settings
     #: under ``mysql``.
     source: Literal["logical", "triggers", "polling", "outbox", "mysql"] = "logical"
+    #: Capture logs "N records sent during previous 00:01:00, last confirmed position ..."
+    #: this often (seconds; null: never), like Debezium.
+    throughput_log_interval_s: float | None = Field(default=60.0, gt=0)
 
 
 class TriggerSettings(_Section):
@@ -705,11 +708,9 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     errors: ErrorSettings = ErrorSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    #: ``text`` or ``json`` (one JSON object per line: time, level, logger, message).
+    #: ``text`` or ``json`` (one JSON object per line: time, level, logger, message);
+    #: ``CDC_LOG_FORMAT`` overrides it.
     log_format: Literal["text", "json"] = "text"
-    #: Capture logs "N records sent during previous 00:01:00, last confirmed position ..."
-    #: this often (seconds; null: never), like Debezium.
-    log_throughput_interval_s: float | None = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _polled_tables_are_listed(self) -> Settings:

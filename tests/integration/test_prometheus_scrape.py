@@ -53,7 +53,7 @@ def pipeline_scraped(
     sc.env.update({"CDC_METRICS__PORT": str(base), "CDC_WORKER__ENGINE": "kafka",
                    "CDC_POSTGRES__SNAPSHOT_MODE": "incremental",
                    "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "20",
-                   "CDC_LOG_THROUGHPUT_INTERVAL_S": "5"})
+                   "CDC_CAPTURE__THROUGHPUT_LOG_INTERVAL_S": "5"})
     conn = sc.connect()
     with conn, conn.cursor() as cur:  # rows before the slot: read by the backfill
         cur.execute(f"INSERT INTO {sc.schema}.items SELECT g, 'old ' || g, g, 1 "

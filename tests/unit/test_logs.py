@@ -39,6 +39,15 @@ def test_log_level_from_the_settings_file(tmp_path: Path, monkeypatch: pytest.Mo
     assert logging.getLogger().level == logging.WARNING
 
 
+def test_the_environment_wins_over_the_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CDC_LOG_LEVEL", "ERROR")
+    result = CliRunner().invoke(main, ["-c", _config(tmp_path, "log_level: WARNING\n"), "config"])
+    assert result.exit_code == 0, result.output
+    assert logging.getLogger().level == logging.ERROR
+
+
 def test_the_flag_wins_over_the_settings_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
