@@ -5,7 +5,6 @@ generated scrape config and a time-scaled copy of the alert rules."""
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,30 +14,18 @@ import yaml
 
 from pipeline.harness import wait_until
 from pipeline.stack.install import apt_tool
+from pipeline.stack.ports import free_port, is_port_free
 
 RULES = Path(__file__).resolve().parents[2] / "ops" / "prometheus" / "cdc-alerts.yml"
 
 
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive loopback ports free right now."""
+def consecutive_free_ports(count: int) -> int:
+    """The first of ``count`` consecutive loopback ports free right now (the workers' metrics
+    ports follow capture's)."""
     for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base + count > 65535:
-            continue
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
+        base = free_port()
+        if base + count <= 65535 and all(is_port_free(base + i) for i in range(count)):
             return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
     raise RuntimeError(f"no {count} consecutive free ports")
 
 
@@ -58,7 +45,7 @@ def scaled_rules(target: Path, window: str = "20s", hold: str = "3s") -> Path:
 class PrometheusServer:
     def __init__(self, folder: Path, jobs: dict[str, list[str]], rules: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_ports(1)
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s",

@@ -19,7 +19,11 @@ from confluent_kafka import Producer
 
 from pipeline import stack
 from pipeline.harness import wait_until
-from tests.integration.prometheus import PrometheusServer, free_ports, scaled_rules
+from tests.integration.prometheus import (
+    PrometheusServer,
+    consecutive_free_ports,
+    scaled_rules,
+)
 from tests.integration.scenario import Scenario
 
 pytestmark = pytest.mark.integration
@@ -49,7 +53,7 @@ def pipeline_scraped(
     scenario: Scenario, tmp_path: Path
 ) -> Iterator[tuple[Scenario, PrometheusServer]]:
     sc = scenario
-    base = free_ports(3)  # capture on base, the search and cache workers on base+1, base+2
+    base = consecutive_free_ports(3)  # capture; the search and cache workers on +1, +2
     sc.env.update({"CDC_METRICS__PORT": str(base), "CDC_WORKER__ENGINE": "kafka",
                    "CDC_POSTGRES__SNAPSHOT_MODE": "incremental",
                    "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "20",
