@@ -109,7 +109,7 @@ def _verify_all(settings: Settings, es: SearchIndex, tables: tuple[str, ...],
         index = settings.elasticsearch.index_for(table)
         db = opened[table] = TableRows(settings.postgres, table)
         documents = es.check(index, table)
-        with click.progressbar(length=max(db.estimate(), 1) + documents, label=table,
+        with click.progressbar(length=max(db.estimate(), documents, 1) + documents, label=table,
                                file=sys.stderr, show_pos=True) as bar:
             results.append(verify_table(db, es, index, options, bar.update))
     return results

@@ -79,6 +79,17 @@ class TableRows:
         """The rows with these keys (values in key order; text or as published)."""
         if not keys:
             return {}
+        try:
+            return self._by_keys(keys)
+        except psycopg2.DataError:
+            # a value its column cannot take (a document's key of another type): no row
+            # has it; the others are looked up without it
+            if len(keys) == 1:
+                return {}
+            half = len(keys) // 2
+            return {**self.by_keys(keys[:half]), **self.by_keys(keys[half:])}
+
+    def _by_keys(self, keys: Sequence[Sequence[Any]]) -> Rows:
         schema, name = self.table.split(".", 1)
         query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
             sql.SQL(", ").join(sql.Identifier(n) for n in self.shape.names),
@@ -87,6 +98,8 @@ class TableRows:
             with self.conn.cursor() as cur:
                 cur.execute(query)
                 raw = cur.fetchall()
+        except psycopg2.DataError:
+            raise
         except psycopg2.Error as exc:
             raise translate(exc, f"looking up keys of {self.table}") from exc
         return self._rows([list(r) for r in raw])

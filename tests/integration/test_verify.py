@@ -80,19 +80,22 @@ def test_planted_drift_is_found_exactly_and_repaired_through_the_pipeline(
     assert es.put(f"/{sc.index}/_doc/99999",
                   json={"id": 99999, "name": "ghost", "qty": 0}).status_code in (200, 201)
     assert es.put(f"/{sc.index}/_doc/foreign", json={"other": "shape"}).status_code in (200, 201)
-    # A row deleted behind the pipeline (its change never reached the index): extra too.
+    # A key no row of the table can have (out of range for int): extra, not an error.
+    assert es.put(f"/{sc.index}/_doc/huge",
+                  json={"id": 99_999_999_999_999}).status_code in (200, 201)
     es.post(f"/{sc.index}/_refresh")
 
     drifted, table = _verify(sc, tmp_path / "drift.json")
     assert drifted.returncode == 1, drifted.stdout + drifted.stderr
     assert _drifts(table) == {"5": ("missing", []), "7": ("differing", ["name", "qty"]),
-                              "99999": ("extra", []), "foreign": ("extra", [])}
-    assert "verdict: 4 document(s) drifted" in drifted.stdout
+                              "99999": ("extra", []), "foreign": ("extra", []),
+                              "huge": ("extra", [])}
+    assert "verdict: 5 document(s) drifted" in drifted.stdout
     assert "differing  id=7  columns: name, qty" in drifted.stdout
 
     repaired, _ = _verify(sc, tmp_path / "repair.json", "--repair")
     assert repaired.returncode == 1, repaired.stdout + repaired.stderr  # it found drift
-    assert "3 deleted, 2 backfilled" in repaired.stdout, repaired.stdout
+    assert "4 deleted, 2 backfilled" in repaired.stdout, repaired.stdout
     assert wait_until(lambda: _backfills_done(sc), 120, 0.5), sc.processes["capture"].tail()
     assert sc.converged(60), sc.processes["worker"].tail()
 
