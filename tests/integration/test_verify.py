@@ -38,6 +38,7 @@ def _cdc(sc: Scenario, *args: str, env: dict[str, str] | None = None
 def _verify(sc: Scenario, report: Path, *args: str) -> tuple[subprocess.CompletedProcess[str],
                                                                dict[str, Any]]:
     done = _cdc(sc, "verify", "--json", str(report), "--recheck-delay", "2", *args)
+    report.with_suffix(".out").write_text(done.stdout + done.stderr)  # kept for a reader
     assert "Traceback" not in done.stderr, done.stderr
     table = orjson.loads(report.read_bytes())["tables"][0] if report.exists() else {}
     return done, table
