@@ -21,11 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.config import Settings
+from pipeline.errors import ConfigError
 from pipeline.sources.postgres import backfill_control as control
 from pipeline.sources.postgres.signals import Signal
 from pipeline.verify.compare import DIFFERING, EXTRA, MISSING, TableResult
 from pipeline.verify.database import TableRows, key_filter
 from pipeline.verify.index import SearchIndex
+
+#: Keys one repair backfills per table at most: the filter travels in a WAL message and is
+#: kept in the backfill state (a Kafka record); beyond this a full backfill is cheaper.
+MAX_KEYS = 10_000
 
 
 @dataclass
@@ -48,6 +53,11 @@ def repair(settings: Settings, es: SearchIndex, tables: dict[str, TableRows],
     for result in results:
         if not result.drifts:
             continue
+        if len(result.drifts) > MAX_KEYS:
+            raise ConfigError("--repair", f"{result.table} has {len(result.drifts)} drifted "
+                              f"documents (more than {MAX_KEYS} to repair key by key): "
+                              f"backfill the whole table instead: cdc snapshot start "
+                              f"{result.table}")
         done = TableRepair(result.table)
         repairs.append(done)
         keys: list[list[object]] = []
