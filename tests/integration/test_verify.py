@@ -166,3 +166,34 @@ def test_setup_problems_get_a_message_and_their_own_exit_code(scenario: Scenario
     assert "unreachable" in down.stderr and "Traceback" not in down.stderr
     other = _cdc(sc, "verify", "--table", "public.nope")
     assert other.returncode == 2 and "not captured" in other.stderr
+
+
+def test_repair_filters_select_exactly_the_keys_quotes_and_composite_keys_included(
+        scenario: Scenario) -> None:
+    from psycopg2 import sql
+
+    from pipeline.verify.database import TableRows, key_filter
+
+    sc = scenario
+    sc.execute("CREATE TABLE items_pair (a text, b int, v text, PRIMARY KEY (a, b))")
+    table = f"{sc.schema}.items_pair"
+    sc.execute("INSERT INTO items_pair VALUES ('O''Brien', 1, 'x'), ('O''Brien', 2, 'y'), "
+               "('plain', 1, 'z'), ('x) OR (true', 1, 'w')")
+    db = TableRows(sc.settings.postgres, table)
+    try:
+        keys = [["O'Brien", "2"], ["x) OR (true", "1"], ["absent", "1"]]
+        where = key_filter(db.key_names, keys).as_string(db.conn)
+        assert where == ('("a" = \'O\'\'Brien\' AND "b" = \'2\') OR '
+                         '("a" = \'x) OR (true\' AND "b" = \'1\') OR '
+                         '("a" = \'absent\' AND "b" = \'1\')')
+        found = db.by_keys(keys)
+        assert sorted(found) == ['["O\'Brien",2]', '["x) OR (true",1]']
+        rows, after = db.chunk(None, 2)
+        assert [r[2] for r in rows.values()] == [("O'Brien", "1"), ("O'Brien", "2")]
+        assert after == ["O'Brien", "2"]
+        with db.conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+                sql.Identifier(sc.schema, "items_pair"), sql.SQL(where)))
+            assert cur.fetchone()[0] == 2
+    finally:
+        db.close()
