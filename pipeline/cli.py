@@ -781,5 +781,13 @@ def outbox_retry(ctx: click.Context, event_ids: tuple[str, ...], everything: boo
     _outbox_run(ctx, action)
 
 
+def _add_verify() -> None:
+    from pipeline.verify.command import verify
+
+    main.add_command(verify)
+
+
+_add_verify()
+
 if __name__ == "__main__":
     main()

@@ -30,6 +30,9 @@ from __future__ import annotations
 #: settings or credentials would fail again.
 EXIT_CONFIG = 2
 EXIT_PERMANENT = 3
+#: ``cdc verify``: 1 is drift; these are what kept it from comparing at all.
+EXIT_UNAVAILABLE = 4  # PostgreSQL or Elasticsearch unreachable
+EXIT_NOT_INDEXED = 5  # a table has no index yet
 
 
 class CdcError(Exception):

@@ -3,8 +3,10 @@ download; the second took the first one's half-written zip for a complete one.""
 
 from __future__ import annotations
 
+import io
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,19 @@ import pytest
 
 from pipeline.stack import install
 
-SIZE = 64 * 1024
 COORD = "org.example:thing:1.0:zip"
+
+
+def _zip_bytes() -> bytes:
+    """A real zip archive (a damaged one is refused), about 64 KB."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("payload", bytes(range(256)) * 256)
+    return buffer.getvalue()
+
+
+PAYLOAD = _zip_bytes()
+SIZE = len(PAYLOAD)
 
 
 def test_concurrent_downloads_download_once_and_see_only_a_complete_file(
@@ -26,9 +39,10 @@ def test_concurrent_downloads_download_once_and_see_only_a_complete_file(
         downloads.append(cmd[-1])
         out = Path(next(a for a in cmd if a.startswith("-DoutputDirectory="))
                    .split("=", 1)[1]) / "thing-1.0.zip"
+        piece = -(-SIZE // 16)
         with out.open("wb") as f:
-            for _ in range(16):
-                f.write(b"x" * (SIZE // 16))
+            for i in range(16):
+                f.write(PAYLOAD[i * piece:(i + 1) * piece])
                 f.flush()
                 writing.set()
                 time.sleep(0.02)

@@ -1,0 +1,1 @@
+"""``cdc verify``: does each search index still equal its table? And ``--repair``."""
