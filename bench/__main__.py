@@ -4,7 +4,8 @@ table, merge the figures into ``bench/results.json`` and rewrite ``bench/RESULTS
 Parts: capture, debezium, ceiling (one shared backlog, drained by each reader in turn, plus
 commit-to-Kafka latency at fixed loads), worker, e2e, memory, snapshot (initial snapshot into
 Kafka, ours and Debezium), backfill-latency (commit-to-Kafka latency with and without an
-incremental backfill running). No part given = all of them.
+incremental backfill running), mariadb (a MariaDB binlog backlog drained by ours and by
+Debezium's MariaDB connector). No part given = all of them.
 
 ``python -m bench compat [--json out.json]`` is separate: Debezium and our capture over the
 same WAL of every PostgreSQL type, and the table of where their events differ
@@ -27,7 +28,7 @@ from bench import report
 from bench.common import Bench, log, machine
 
 PARTS = ("capture", "debezium", "ceiling", "worker", "e2e", "memory", "snapshot",
-         "backfill-latency")
+         "backfill-latency", "mariadb")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offered load for backfill-latency, rows/s")
     p.add_argument("--backfill-chunk-size", type=int, default=2048,
                    help="cdc snapshot start --chunk-size in backfill-latency")
+    p.add_argument("--mariadb-rows", type=int, default=None,
+                   help="row changes in the MariaDB binlog backlog (default 1,000,000; "
+                        "quick 100,000)")
     p.add_argument("--keep", action="store_true", help="keep slots, topics and the schema")
     p.add_argument("--no-write", action="store_true", help="do not touch results.json/RESULTS.md")
     return p
@@ -100,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     args.big_txn_rows = args.big_txn_rows or (100_000 if q else 1_000_000)
     args.snapshot_rows = args.snapshot_rows or (100_000 if q else 2_000_000)
     args.wide_rows = args.wide_rows or (10_000 if q else 200_000)
+    args.mariadb_rows = args.mariadb_rows or (100_000 if q else 1_000_000)
     command = "python -m bench " + shlex.join(argv)
     work = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
-    bench = Bench(quick=q, duration=args.duration, work=work)
+    # The mariadb part alone needs no Elasticsearch or Redis.
+    services = ("postgres", "kafka", "mariadb") if parts == ["mariadb"] else None
+    bench = Bench(quick=q, duration=args.duration, work=work, services=services)
     log(f"bench run {bench.uid}: parts {parts}, work folder {work}")
     results: dict[str, Any] = {}
     started = time.time()
@@ -180,6 +187,11 @@ def sections(bench: Bench, parts: list[str],
         out.append(("memory", lambda: memory.run(bench, args)))
     if "snapshot" in parts:
         out.append(("snapshot", lambda: snapshot.run(bench, args)))
+    if "mariadb" in parts:
+        from bench import mariadb
+
+        out.append(("mariadb", lambda: mariadb.run(bench, args.mariadb_rows, args.txn_rows,
+                                                   args.row_bytes)))
     if "backfill-latency" in parts:
         out.append(("backfill_latency", lambda: snapshot.backfill_latency(bench, args)))
     return out

@@ -55,9 +55,11 @@ class Bench:
     duration: float
     work: Path
     uid: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    #: The stack services this run needs (None: all of them).
+    services: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        info = stack.load() or stack.up()
+        info = stack.up(list(self.services)) if self.services else (stack.load() or stack.up())
         self.env: dict[str, str] = stack.env_vars(info)
         self.dsn = self.env["CDC_POSTGRES__DSN"]
         self.bootstrap = self.env["CDC_KAFKA__BOOTSTRAP_SERVERS"]

@@ -57,14 +57,16 @@ CONNECTOR_TUNING = {
 }
 
 
-def install() -> tuple[Path, Path]:
-    """Connect's jars and the unpacked connector plugin; returns (lib dir, plugin.path)."""
+def install(connector: str = "postgres", version: str = DEBEZIUM_VERSION) -> tuple[Path, Path]:
+    """Connect's jars and the unpacked ``debezium-connector-<connector>`` plugin; returns
+    (lib dir, plugin.path)."""
     cache = inst.cache_dir()
     lib = inst.maven_libs(cache / f"connect-{KAFKA_VERSION}", CONNECT_DEPENDENCIES)
-    plugins = cache / f"debezium-{DEBEZIUM_VERSION}" / "plugins"
+    folder = f"debezium-{version}" if connector == "postgres" else f"debezium-{connector}-{version}"
+    plugins = cache / folder / "plugins"
     if not (plugins / inst.MARKER).exists():
         archive = inst.maven_artifact(
-            f"io.debezium:debezium-connector-postgres:{DEBEZIUM_VERSION}:tar.gz:plugin",
+            f"io.debezium:debezium-connector-{connector}:{version}:tar.gz:plugin",
             cache / "downloads",
         )
         with inst.file_lock(plugins.parent / ".plugins.lock"):
@@ -95,8 +97,12 @@ class DebeziumConnect:
         topic_prefix: str,
         snapshot_mode: str = "no_data",
         extra: dict[str, str] | None = None,
+        plugin: tuple[str, str] = ("postgres", DEBEZIUM_VERSION),
+        connector: dict[str, str] | None = None,
     ) -> None:
-        lib, plugins = install()
+        """``connector``: the whole connector configuration instead of the PostgreSQL one
+        (``plugin``: the connector and Debezium version to install for it)."""
+        lib, plugins = install(*plugin)
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         self.rest_port = free_port()
@@ -135,7 +141,7 @@ class DebeziumConnect:
             # bigger batches and queue as Debezium's docs suggest for throughput.
             **CONNECTOR_TUNING,
             **(extra or {}),
-        }
+        } if connector is None else {"name": name, **connector}
         self.worker_file = work / "worker.properties"
         self.connector_file = work / "connector.properties"
         self.worker_file.write_text("".join(f"{k}={v}\n" for k, v in worker.items()))

@@ -107,6 +107,32 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                                 f"RSS {x['rss_mb_at_25pct']} MB at 25% -> {x['rss_mb_at_end']} MB "
                                 f"at end"))
     out += snapshot_rows(results)
+    out += mariadb_rows(results)
+    return out
+
+
+def mariadb_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows of the ``mariadb`` section (binlog backlog, ours and Debezium's connector)."""
+    out: list[tuple[str, str, str]] = []
+    m = results.get("mariadb")
+    if not m:
+        return out
+    n = m.get("workload", {}).get("rows", 0)
+    r = m.get("readers", {})
+    for name, label in (("ours", "capture (ours)"), ("debezium", "Debezium MariaDB")):
+        if name in r:
+            x = r[name]
+            out.append((f"MariaDB backlog {n:,} changes: {label}",
+                        f"{_f(x['changes_per_s'])} changes/s",
+                        f"{x['drain_s']} s drain, {x['cpu_ms_per_1k_changes']} CPU-ms/1k "
+                        f"changes, peak RSS {x['peak_rss_mb']} MB"
+                        + (f" ({x['warning']})" if "warning" in x else "")))
+        elif name in m.get("errors", {}):
+            out.append((f"MariaDB backlog: {label}", "did not run",
+                        m["errors"][name].splitlines()[0][:200]))
+    if "ours" in r and "debezium" in r:
+        out.append(("MariaDB throughput ours/Debezium",
+                    _ratio(r["ours"]["changes_per_s"], r["debezium"]["changes_per_s"]), ""))
     return out
 
 
@@ -228,7 +254,8 @@ def render(stored: dict[str, Any]) -> str:
                            ("memory", "Memory"),
                            ("snapshot", "Initial snapshot into Kafka"),
                            ("backfill_latency",
-                            "Commit-to-Kafka latency with an incremental backfill running")):
+                            "Commit-to-Kafka latency with an incremental backfill running"),
+                           ("mariadb", "MariaDB binlog -> Kafka: draining one backlog")):
         if section not in stored:
             continue
         res, meta = stored[section]["result"], stored[section]["meta"]
