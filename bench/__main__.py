@@ -5,7 +5,9 @@ Parts: capture, debezium, ceiling (one shared backlog, drained by each reader in
 commit-to-Kafka latency at fixed loads), worker, e2e, memory, snapshot (initial snapshot into
 Kafka, ours and Debezium), backfill-latency (commit-to-Kafka latency with and without an
 incremental backfill running), mariadb (a MariaDB binlog backlog drained by ours and by
-Debezium's MariaDB connector). No part given = all of them.
+Debezium's MariaDB connector), strategies (every capture strategy: log-based, triggers,
+polling, outbox relay: drain, latency, CPU, and the cost to the writer). No part given = all
+of them.
 
 ``python -m bench compat [--json out.json]`` is separate: Debezium and our capture over the
 same WAL of every PostgreSQL type, and the table of where their events differ
@@ -28,7 +30,7 @@ from bench import report
 from bench.common import Bench, log, machine
 
 PARTS = ("capture", "debezium", "ceiling", "worker", "e2e", "memory", "snapshot",
-         "backfill-latency", "mariadb")
+         "backfill-latency", "mariadb", "strategies")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mariadb-rows", type=int, default=None,
                    help="row changes in the MariaDB binlog backlog (default 1,000,000; "
                         "quick 100,000)")
+    p.add_argument("--strategy-rows", type=int, default=None,
+                   help="strategies: changes in each strategy's backlog (default 200,000; "
+                        "quick 20,000)")
+    p.add_argument("--strategy-rate", type=int, default=1000,
+                   help="strategies: offered load for latency, changes/s")
+    p.add_argument("--strategy-seconds", type=float, default=None,
+                   help="strategies: seconds per latency run (default --duration)")
+    p.add_argument("--writer-rounds", type=int, default=5,
+                   help="strategies: alternating rounds of the writer-cost runs")
+    p.add_argument("--writer-seconds", type=float, default=None,
+                   help="strategies: seconds per writer-cost run (default 10, quick 3)")
     p.add_argument("--keep", action="store_true", help="keep slots, topics and the schema")
     p.add_argument("--no-write", action="store_true", help="do not touch results.json/RESULTS.md")
     return p
@@ -105,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     args.snapshot_rows = args.snapshot_rows or (100_000 if q else 2_000_000)
     args.wide_rows = args.wide_rows or (10_000 if q else 200_000)
     args.mariadb_rows = args.mariadb_rows or (100_000 if q else 1_000_000)
+    args.strategy_rows = args.strategy_rows or (20_000 if q else 200_000)
+    args.strategy_seconds = args.strategy_seconds or args.duration
+    args.writer_seconds = args.writer_seconds or (3.0 if q else 10.0)
     command = "python -m bench " + shlex.join(argv)
     work = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
     # The mariadb part alone needs no Elasticsearch or Redis.
@@ -166,7 +182,7 @@ def run_parts(bench: Bench, parts: list[str], args: argparse.Namespace,
 
 def sections(bench: Bench, parts: list[str],
              args: argparse.Namespace) -> list[tuple[str, Callable[[], Any]]]:
-    from bench import capture, memory, snapshot, worker
+    from bench import capture, memory, snapshot, strategies, worker
 
     out: list[tuple[str, Callable[[], Any]]] = []
     readers = [r for p, r in (("capture", "ours"), ("debezium", "debezium")) if p in parts]
@@ -194,6 +210,8 @@ def sections(bench: Bench, parts: list[str],
                                                    args.row_bytes)))
     if "backfill-latency" in parts:
         out.append(("backfill_latency", lambda: snapshot.backfill_latency(bench, args)))
+    if "strategies" in parts:
+        out.append(("strategies", lambda: strategies.run(bench, args)))
     return out
 
 

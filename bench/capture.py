@@ -101,7 +101,7 @@ class Debezium:
         return self.connect.tail()
 
 
-def _figures(fig: TopicFigures) -> dict[str, Any]:
+def topic_figures(fig: TopicFigures) -> dict[str, Any]:
     return {
         "changes": fig.changes,
         "records": fig.records,
@@ -175,7 +175,7 @@ def backlog(bench: Bench, readers: list[str], rows: int, args: argparse_ns) -> d
         tool.stop()
         bench.drop_slot(slots[r])
         fig = read_topic(bench.bootstrap, topic)
-        res = _figures(fig)
+        res = topic_figures(fig)
         res.update({"expected_changes": changes, "cpu_s": round(cpu, 1), "wall_s": round(wall, 1),
                     "cpu_ms_per_1k_rows": round(1e6 * cpu / max(fig.changes, 1), 1),
                     "peak_rss_mb": round(mem.get("VmHWM", 0) / 1024, 1), "topic": topic})
@@ -216,7 +216,7 @@ def latency(bench: Bench, tools: list[str], rates: list[int], seconds: float,
                 tool.stop()
                 bench.drop_slot(slot)
             fig = read_topic(bench.bootstrap, topic, commit_after_us=since_us)
-            res = _figures(fig)
+            res = topic_figures(fig)
             res.update({"offered_rows_per_s": rate, "warmup_excluded_s": warmup,
                         "achieved_rows_per_s": wl["rows_per_s"],
                         "workload_max_behind_s": wl["max_behind_s"], "cpu_s": round(cpu, 1),

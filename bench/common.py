@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,11 +264,19 @@ class TopicFigures:
         return self.latencies_ms[min(len(self.latencies_ms) - 1, int(q * len(self.latencies_ms)))]
 
 
+def envelope_commit_us(value: Any) -> int:
+    """The source commit time of a change envelope, in µs (``ts_us``, else ``ts_ms``)."""
+    src = value["source"]
+    return int(src.get("ts_us") or src["ts_ms"] * 1000)
+
+
 def read_topic(bootstrap: str, topic: str, commit_after_us: int = 0,
-               commit_before_us: int | None = None) -> TopicFigures:
+               commit_before_us: int | None = None,
+               commit_us_of: Callable[[Any], int] = envelope_commit_us) -> TopicFigures:
     """Every record of a topic: throughput from broker append times (first to last change),
-    latency = append time - the envelope's source commit time (``ts_us``, else ``ts_ms``),
-    for changes committed from ``commit_after_us`` (up to ``commit_before_us`` if given)."""
+    latency = append time - the envelope's source commit time (``ts_us``, else ``ts_ms``;
+    ``commit_us_of`` reads it from other values), for changes committed from
+    ``commit_after_us`` (up to ``commit_before_us`` if given)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-read-{uuid.uuid4().hex}",
                   "enable.auto.commit": False, "fetch.max.bytes": 64 << 20})
     try:
@@ -295,8 +304,7 @@ def read_topic(bootstrap: str, topic: str, commit_after_us: int = 0,
                 ts_type, ts = m.timestamp()
                 if ts_type != TIMESTAMP_LOG_APPEND_TIME:
                     raise RuntimeError(f"{topic} records are not LogAppendTime")
-                src = orjson.loads(value)["source"]
-                commit_us = src.get("ts_us") or src["ts_ms"] * 1000
+                commit_us = commit_us_of(orjson.loads(value))
                 if commit_us < commit_after_us or (
                         commit_before_us is not None and commit_us >= commit_before_us):
                     continue

@@ -108,6 +108,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                                 f"at end"))
     out += snapshot_rows(results)
     out += mariadb_rows(results)
+    out += strategy_rows(results)
     return out
 
 
@@ -133,6 +134,58 @@ def mariadb_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "ours" in r and "debezium" in r:
         out.append(("MariaDB throughput ours/Debezium",
                     _ratio(r["ours"]["changes_per_s"], r["debezium"]["changes_per_s"]), ""))
+    return out
+
+
+#: How the ``strategies`` section names each strategy and writer configuration.
+STRATEGY_LABELS = {"logical": "log-based (logical)", "triggers": "triggers",
+                   "polling": "polling", "outbox": "outbox relay"}
+WRITER_LABELS = {"plain": "plain table", "triggers": "+ capture triggers",
+                 "polling": "+ polling index and created_at",
+                 "outbox_txn": "+ 1 outbox event per transaction",
+                 "outbox": "+ 1 outbox event per changed row"}
+
+
+def strategy_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows of the ``strategies`` section: drain, latency and CPU per capture strategy, and
+    the writer's transactions/s with each installed."""
+    s = results.get("strategies")
+    if not s:
+        return []
+    out: list[tuple[str, str, str]] = []
+    poll = s.get("polling", {})
+    labels = {**STRATEGY_LABELS, "polling": f"polling (lag {poll.get('safety_lag_s')} s, "
+                                            f"every {poll.get('interval_s')} s)"}
+    for kind, x in s.get("drain", {}).items():
+        name = f"drain {s['backlog_changes']:,}-change backlog: {labels.get(kind, kind)}"
+        if "error" in x:
+            out.append((name, "failed", x["error"]))
+            continue
+        out.append((name, f"{_f(x['rows_per_s'])} changes/s",
+                    f"{x['changes']:,} published of {x['changes_written']:,} written, "
+                    f"{x['drain_s']} s, {x['cpu_ms_per_1k_changes']} CPU-ms/1k changes "
+                    f"published, peak RSS {x['peak_rss_mb']} MB; backlog written at "
+                    f"{_f(x['workload']['rows_per_s'])} changes/s"
+                    + (f" ({x['warning']})" if "warning" in x else "")))
+    for kind, x in s.get("latency", {}).items():
+        name = f"commit->Kafka @{s['offered_rows_per_s']:,}/s: {labels.get(kind, kind)}"
+        if "error" in x:
+            out.append((name, "failed", x["error"]))
+            continue
+        out.append((name, f"p50 {_f(x['p50_ms'])} ms, p99 {_f(x['p99_ms'])} ms",
+                    f"{x['changes']:,} changes measured, capture CPU {x['cpu_pct']} % "
+                    f"({_f(1e6 * x['cpu_s'] / max(x['changes_written'], 1), 1)} CPU-ms/1k "
+                    f"changes written)" + (f" ({x['warning']})" if "warning" in x else "")))
+    w = s.get("writer") or {}
+    if "error" in w:
+        out.append(("writer transactions/s", "failed", w["error"]))
+    for key, label in WRITER_LABELS.items():
+        x = w.get(key)
+        if x:
+            rounds = ", ".join(_f(t) for t in x["rounds_txn_per_s"])
+            out.append((f"writer txn/s, {label}", f"{_f(x['txn_per_s'])} txn/s",
+                        f"{_f(x['vs_plain'], 2)}x of plain; {_f(x['rows_per_s'])} rows/s; "
+                        f"median of {rounds}"))
     return out
 
 
@@ -255,7 +308,9 @@ def render(stored: dict[str, Any]) -> str:
                            ("snapshot", "Initial snapshot into Kafka"),
                            ("backfill_latency",
                             "Commit-to-Kafka latency with an incremental backfill running"),
-                           ("mariadb", "MariaDB binlog -> Kafka: draining one backlog")):
+                           ("mariadb", "MariaDB binlog -> Kafka: draining one backlog"),
+                           ("strategies", "Capture strategies: log-based, triggers, polling, "
+                                          "outbox relay")):
         if section not in stored:
             continue
         res, meta = stored[section]["result"], stored[section]["meta"]

@@ -6,6 +6,10 @@ UPDATE and one DELETE drawn from the ``--mix`` (percentages of insert/update/del
 and deletes hit random live rows this process inserted). ``--rate`` paces transactions on an
 absolute schedule (fixed offered load; if it falls behind it catches up without sleeping and
 reports the rate it achieved); without it rows are written as fast as one connection can.
+``--outbox schema.table`` also writes one outbox event per changed row in the same
+transaction, with :func:`pipeline.outbox.publish` (aggregate ``item``, the row id; the payload
+carries the client's clock when written, ``ts_us``, from which the bench measures latency);
+with ``--outbox-per txn`` one event per transaction instead.
 Prints one JSON line with what it did.
 """
 
@@ -23,10 +27,14 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
+from pipeline import outbox
+
 DDL = (
     "CREATE TABLE {} (id bigint PRIMARY KEY, name text NOT NULL, qty int NOT NULL, "
     "price numeric(12,2) NOT NULL, payload text, updated_at timestamptz NOT NULL DEFAULT now())"
 )
+#: The aggregate type of ``--outbox`` events (their topic is the outbox topic template's).
+OUTBOX_AGGREGATE = "item"
 
 
 def create_table(dsn: str, table_id: str) -> None:
@@ -59,6 +67,7 @@ class Workload:
         width = max(args.row_bytes - 60, 0)
         self.payloads = [os.urandom(width // 2 + 1).hex()[:width] for _ in range(256)]
         self.counts = {"insert": 0, "update": 0, "delete": 0}
+        self.events_written = 0
         self.table = sql.Identifier(*args.table.split(".", 1))
         self.insert_sql = sql.SQL(
             "INSERT INTO {} (id, name, qty, price, payload) VALUES %s"
@@ -69,6 +78,15 @@ class Workload:
         self.delete_sql = sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(
             self.table
         ).as_string
+
+    def events(self, cur: Any, op: str, ids: list[int]) -> None:
+        """One outbox event per changed row, in the caller's transaction (``--outbox``)."""
+        if self.args.outbox_per != "row":
+            return
+        for i in ids:
+            outbox.publish(cur.connection, OUTBOX_AGGREGATE, i, f"item.{op}",
+                           {"id": i, "op": op, "ts_us": int(time.time() * 1e6)},
+                           table=self.args.outbox)
 
     def split(self, n: int) -> tuple[int, int, int]:
         ins_f, upd_f, _ = self.mix
@@ -94,10 +112,14 @@ class Workload:
                              self.payloads[i & 255]))
                 self.live.append(i)
             execute_values(cur, self.insert_sql(cur), rows, page_size=len(rows))
+            if self.args.outbox:
+                self.events(cur, "c", [r[0] for r in rows])
         if upd:
             ids = list({self.rng.choice(self.live) for _ in range(upd)})
             cur.execute(self.update_sql(cur), (f"renamed {self.rng.random():.6f}", ids))
             upd = len(ids)
+            if self.args.outbox:
+                self.events(cur, "u", ids)
         if dele:
             ids = []
             for _ in range(min(dele, len(self.live) - 1)):
@@ -106,6 +128,16 @@ class Workload:
                 ids.append(self.live.pop())
             cur.execute(self.delete_sql(cur), (ids,))
             dele = len(ids)
+            if self.args.outbox:
+                self.events(cur, "d", ids)
+        if self.args.outbox and self.args.outbox_per == "txn":
+            self.events_written += 1
+            first = self.live[-1] if self.live else 0
+            outbox.publish(cur.connection, OUTBOX_AGGREGATE, first, "item.batch",
+                           {"id": first, "op": "batch", "rows": ins + upd + dele,
+                            "ts_us": int(time.time() * 1e6)}, table=self.args.outbox)
+        elif self.args.outbox:
+            self.events_written += ins + upd + dele
         self.counts["insert"] += ins
         self.counts["update"] += upd
         self.counts["delete"] += dele
@@ -151,6 +183,7 @@ class Workload:
             "mix": a.mix,
             "row_bytes": a.row_bytes,
             "ops": self.counts,
+            "outbox_events": self.events_written,
             "next_id": self.next_id,
         }
 
@@ -168,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row-bytes", type=int, default=200, help="approximate row size")
     p.add_argument("--id-start", type=int, default=1)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--outbox", default=None, metavar="SCHEMA.TABLE",
+                   help="also write outbox events (pipeline.outbox.publish) in each transaction")
+    p.add_argument("--outbox-per", choices=("row", "txn"), default="row",
+                   help="--outbox: one event per changed row, or one per transaction")
     return p
 
 
