@@ -75,9 +75,11 @@ def image(shape: TableShape, values: dict[str, str | None]) -> Row:
 class LogRowEncoder:
     """Encodes log rows as raw-topic records, as the logical source writes them."""
 
-    def __init__(self, server_name: str, db: str) -> None:
+    def __init__(self, server_name: str, db: str, tombstones: bool = True) -> None:
         self.server_name = server_name
         self.db = db
+        #: kafka.tombstones_on_delete: a delete is followed by a tombstone of its key.
+        self.tombstones = tombstones
 
     def source(self, row: LogRow) -> SourceInfo:
         return SourceInfo(
@@ -114,7 +116,10 @@ class LogRowEncoder:
         out: list[Record] = []
         for event in self.events(row, shape, now_ms):
             partition = EVERY_PARTITION if event.op == "t" else ANY_PARTITION
-            out.append((topic, encode_key(event), encode_value(event), partition))
+            key = encode_key(event)
+            out.append((topic, key, encode_value(event), partition))
+            if event.op == "d" and self.tombstones:
+                out.append((topic, key, None, ANY_PARTITION))
         return out
 
 

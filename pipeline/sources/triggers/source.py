@@ -110,7 +110,8 @@ class TriggerLogSource:
                 logged = sorted(r[0] for r in cur.fetchall())
         except psycopg2.Error as exc:
             raise translate(exc, f"opening the change log {self.log.name}") from exc
-        self.encoder = LogRowEncoder(self.kafka.topic_prefix, db)
+        self.encoder = LogRowEncoder(self.kafka.topic_prefix, db,
+                                     self.kafka.tombstones_on_delete)
         unlisted = [t for t in logged if t not in self.pg.tables]
         if unlisted:
             log.warning("the change log holds changes of tables not in postgres.tables (%s): "
