@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psycopg2
 import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -121,6 +122,20 @@ class Scenario:
     def read_topic(self, topic: str, timeout: float = 10) -> list[Any]:
         """Every record of a topic, from the beginning."""
         return read_topic(self.settings.kafka, topic, timeout)
+
+    def values(self, topic: str, want: int, timeout: float = 60) -> list[dict[str, Any]]:
+        """The non-null values of ``topic`` once it holds at least ``want`` of them (what it
+        holds after ``timeout`` otherwise)."""
+        found: list[dict[str, Any]] = []
+
+        def enough() -> bool:
+            nonlocal found
+            found = [orjson.loads(m.value()) for m in self.read_topic(topic)
+                     if m.value() is not None]
+            return len(found) >= want
+
+        wait_until(enough, timeout, 0.5)
+        return found
 
     def read_topic_names(self) -> list[str]:
         admin = AdminClient(client_config(self.settings.kafka))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 import psycopg2
@@ -14,18 +13,6 @@ from tests.integration.scenario import Scenario
 
 pytestmark = pytest.mark.integration
 
-
-def _values(sc: Scenario, topic: str, want: int, timeout: float = 60) -> list[dict[str, Any]]:
-    """The non-null values of ``topic`` once it holds at least ``want`` of them."""
-    found: list[dict[str, Any]] = []
-
-    def enough() -> bool:
-        nonlocal found
-        found = [orjson.loads(m.value()) for m in sc.read_topic(topic) if m.value() is not None]
-        return len(found) >= want
-
-    wait_until(enough, timeout, 0.5)
-    return found
 
 
 def _exited(proc: PipelineProcess, timeout: float) -> bool:
@@ -49,7 +36,7 @@ def test_restart_resumes_the_last_commit_so_workers_keep_every_change(
     sc.execute("UPDATE items SET price = 12.00 WHERE id = 1")
     assert sc.converged(60), sc.processes["worker"].tail()
     assert sc.indexed()["1"]["price"] == "12.00"
-    events = _values(sc, sc.topic, 2)
+    events = sc.values(sc.topic, 2)
     sequences = [orjson.loads(e["source"]["sequence"]) for e in events]
     assert all(s[0] is not None for s in sequences), sequences
     # sequence[0] is the previous commit's end LSN: the update's is at or past the insert's
@@ -77,12 +64,12 @@ def test_only_listed_tables_are_published_even_from_a_wider_publication(
     sc.execute("INSERT INTO items VALUES (1, 'apple', 3, 1.25)")
     sc.execute(f"INSERT INTO {schema}.events VALUES (7, '2026-06-01')")
     events_topic = sc.settings.kafka.raw_topic(f"{schema}.events")
-    assert _values(sc, events_topic, 1)[0]["source"]["table"] == "events"
-    assert len(_values(sc, sc.topic, 1)) == 1
+    assert sc.values(events_topic, 1)[0]["source"]["table"] == "events"
+    assert len(sc.values(sc.topic, 1)) == 1
     topics = [t for t in sc.read_topic_names() if sc.uid in t]
     assert not [t for t in topics if "secrets" in t], topics
     everything = [v for t in topics if t.startswith(sc.settings.kafka.topic_prefix + ".")
-                  for v in _values(sc, t, 0, timeout=1)]
+                  for v in sc.values(t, 0, timeout=1)]
     assert not [v for v in everything if "1234" in orjson.dumps(v).decode()]
 
 
@@ -105,7 +92,7 @@ def test_an_unconvertible_jsonb_value_does_not_stop_capture(scenario: Scenario) 
     sc.execute(f"INSERT INTO {sc.schema}.j VALUES (1, '{{\"huge\": 1e400}}', "
                "'{\"a\": 1, \"a\": 2, \"n\": 1.000000000000000000001}')")
     sc.execute(f"INSERT INTO {sc.schema}.j VALUES (2, '[]', 'null')")
-    events = _values(sc, sc.settings.kafka.raw_topic(f"{sc.schema}.j"), 2)
+    events = sc.values(sc.settings.kafka.raw_topic(f"{sc.schema}.j"), 2)
     assert sc.processes["capture"].alive()
     first = events[0]["after"]
     assert first["doc"] == '{"huge": 1' + "0" * 400 + "}"  # jsonb prints numerics in full
@@ -119,7 +106,7 @@ def test_truncate_is_written_to_every_partition(scenario: Scenario) -> None:
     sc.execute("INSERT INTO items VALUES (1, 'a', 1, 1)")
     sc.execute("TRUNCATE items")
     sc.execute("INSERT INTO items VALUES (2, 'b', 2, 2)")
-    _values(sc, sc.topic, 2 + sc.settings.kafka.partitions)
+    sc.values(sc.topic, 2 + sc.settings.kafka.partitions)
     truncates = [m for m in sc.read_topic(sc.topic)
                  if m.value() is not None and orjson.loads(m.value())["op"] == "t"]
     assert sorted(m.partition() for m in truncates) == list(range(sc.settings.kafka.partitions))
@@ -144,16 +131,16 @@ def test_logical_messages_and_transaction_metadata(scenario: Scenario) -> None:
                     "'UTF8'))")
     conn.close()
     prefix = sc.settings.kafka.topic_prefix
-    messages = _values(sc, f"{prefix}.message", 2)
+    messages = sc.values(f"{prefix}.message", 2)
     assert sorted(m["message"]["content"] for m in messages) == ["aW5zaWRl", "b3V0c2lkZQ=="]
     assert {m["op"] for m in messages} == {"m"}
     assert {m["message"]["prefix"] for m in messages} == {"audit"}
-    txns = _values(sc, f"{prefix}.transaction", 2)
+    txns = sc.values(f"{prefix}.transaction", 2)
     begin, end = txns[0], txns[-1]
     assert (begin["status"], end["status"]) == ("BEGIN", "END")
     assert end["event_count"] == 2
     assert end["data_collections"] == [{"data_collection": sc.table_id, "event_count": 2}]
-    rows = _values(sc, sc.topic, 2)
+    rows = sc.values(sc.topic, 2)
     assert sorted(r["transaction"]["total_order"] for r in rows) == [1, 2]
     assert {r["transaction"]["id"] for r in rows} == {end["id"]}
 
@@ -171,7 +158,7 @@ def test_heartbeats_keep_the_slot_moving_and_status_shows_retained_wal(
         f"UPDATE {sc.schema}.beat SET at = now() WHERE id = 1")
     sc.start("capture")
     topic = f"__debezium-heartbeat.{sc.settings.kafka.topic_prefix}"
-    beats = _values(sc, topic, 3)
+    beats = sc.values(topic, 3)
     assert all("ts_ms" in b for b in beats)
     assert wait_until(lambda: sc.gauges("cdc_capture_slot_retained_wal_bytes"), 30)
     from pipeline.config import load_settings
@@ -187,7 +174,7 @@ def test_a_lost_slot_stops_capture_with_the_remedy(scenario: Scenario) -> None:
     sc = scenario
     sc.start("capture")
     sc.execute("INSERT INTO items VALUES (1, 'a', 1, 1)")
-    _values(sc, sc.topic, 1)
+    sc.values(sc.topic, 1)
     time.sleep(2.5)  # the position is saved about once a second
     sc.processes["capture"].stop()
     slot = sc.settings.postgres.slot
@@ -217,7 +204,7 @@ def test_truncate_never_brings_a_row_back(scenario: Scenario, engine: str) -> No
     sc.execute("INSERT INTO items SELECT g, 'before', g, 1 FROM generate_series(1, 40) g")
     sc.execute("TRUNCATE items")
     sc.execute("INSERT INTO items SELECT g, 'after', g, 2 FROM generate_series(41, 60) g")
-    _values(sc, sc.topic, 60)
+    sc.values(sc.topic, 60)
     sc.start("worker")
     assert sc.converged(90), sc.processes["worker"].tail()
     sc.execute("INSERT INTO items VALUES (1, 'again', 1, 3)")

@@ -63,20 +63,9 @@ def _start_relay(sc: Scenario, name: str = "capture") -> PipelineProcess:
     return proc
 
 
-def _values(sc: Scenario, topic: str, want: int, timeout: float = 60) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-
-    def enough() -> bool:
-        nonlocal found
-        found = [orjson.loads(m.value()) for m in sc.read_topic(topic) if m.value() is not None]
-        return len(found) >= want
-
-    wait_until(enough, timeout, 0.5)
-    return found
-
 
 def _keys(sc: Scenario, want: int, timeout: float = 60) -> set[int]:
-    return {e["after"]["id"] for e in _values(sc, sc.topic, want, timeout) if e["op"] == "c"}
+    return {e["after"]["id"] for e in sc.values(sc.topic, want, timeout) if e["op"] == "c"}
 
 
 def _log_rows(sc: Scenario) -> int:
@@ -104,7 +93,7 @@ def test_changes_reach_kafka_and_the_index(trig: Scenario) -> None:
     assert sc.converged(90), sc.processes["worker"].tail()
     assert set(sc.indexed()) == {"7"}
 
-    events = _values(sc, sc.topic, 10)
+    events = sc.values(sc.topic, 10)
     ops = [e["op"] for e in events]
     assert ops.count("t") == 3  # one copy per partition
     assert sorted(ops) == sorted(["c", "c", "u", "d", "d", "c", "t", "t", "t", "c"])
@@ -299,8 +288,8 @@ def test_trigger_records_carry_the_values_the_logical_source_publishes(trig: Sce
             cur.execute(statement.replace("typed", table))
     conn.close()
     wanted = 4
-    via_wal = _values(sc, f"it{sc.uid}.{table}", wanted)
-    via_triggers = _values(sc, sc.settings.kafka.raw_topic(table), wanted)
+    via_wal = sc.values(f"it{sc.uid}.{table}", wanted)
+    via_triggers = sc.values(sc.settings.kafka.raw_topic(table), wanted)
     assert len(via_wal) == len(via_triggers) == wanted, (via_wal, via_triggers)
 
     def essence(event: dict[str, Any]) -> tuple[Any, ...]:
