@@ -172,6 +172,10 @@ class PostgresSettings(_Section):
     #: Rows per snapshot chunk (keyset pagination on the primary key); also the default
     #: chunk of an incremental backfill (``cdc snapshot start --chunk-size``).
     snapshot_chunk_size: int = Field(default=2048, ge=1)
+    #: Processes reading the initial snapshot side by side (Debezium's
+    #: snapshot.max.threads): each imports the slot's exported snapshot and publishes with
+    #: a producer of its own, taking key ranges of any table. 1: read in the capture process.
+    snapshot_readers: int = Field(default=1, ge=1, le=64)
     #: Debezium's signal.data.collection: a table ``(id text, type text, data text)`` whose
     #: inserted rows are signals (``execute-snapshot`` ...), for applications that ask for a
     #: backfill from SQL. Added to the publication. None: signals come only as logical

@@ -3,8 +3,11 @@ with the stream, resumable after a crash."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -48,13 +51,35 @@ def _fill(sc: Scenario, rows: int) -> None:
                "FROM generate_series(1, %s) g", rows)
 
 
-@pytest.mark.parametrize("engine", ["faust", "kafka"])
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (a parallel snapshot's readers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.parametrize(("engine", "readers"), [("faust", 1), ("kafka", 1), ("kafka", 3)])
 def test_existing_rows_arrive_and_the_stream_continues_exactly(
-    scenario: Scenario, engine: str
+    scenario: Scenario, engine: str, readers: int
 ) -> None:
     sc = scenario
     _fill(sc, 5000)
     sc.env["CDC_WORKER__ENGINE"] = engine
+    sc.env["CDC_POSTGRES__SNAPSHOT_READERS"] = str(readers)
     sc.env["CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE"] = "300"
     stop = threading.Event()
 
@@ -88,13 +113,15 @@ def test_existing_rows_arrive_and_the_stream_continues_exactly(
     assert streamed and all(r["source"]["snapshot"] == "false" for r in streamed)
 
 
+@pytest.mark.parametrize("readers", [1, 2])
 def test_a_snapshot_killed_part_way_resumes_without_reading_done_chunks_again(
-    scenario: Scenario,
+    scenario: Scenario, readers: int
 ) -> None:
     sc = scenario
     rows = 200_000
     _fill(sc, rows)
     sc.env["CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE"] = "300"
+    sc.env["CDC_POSTGRES__SNAPSHOT_READERS"] = str(readers)
     sc.env["CDC_WORKER__ENGINE"] = "kafka"  # the faster engine: 200k rows to index
     published = _Watermarks(sc)
     # Not sc.start: it waits for the slot to stream, which is after the snapshot.
@@ -102,6 +129,12 @@ def test_a_snapshot_killed_part_way_resumes_without_reading_done_chunks_again(
         "capture", sc.env, sc.work / "capture-killed.log")
     assert wait_until(lambda: published() >= 2_000, 120, 0.02), capture.tail()
     time.sleep(1.5)  # let a few chunk confirmations reach the offsets topic
+    readers_pids = _children(capture.proc.pid)
+    assert len(readers_pids) >= (readers if readers > 1 else 0), readers_pids
+    os.kill(capture.proc.pid, signal.SIGKILL)  # the capture alone, as the OOM killer would
+    capture.proc.wait(10)
+    # Readers see their parent gone and stop: nothing keeps publishing behind its back.
+    assert wait_until(lambda: not any(_running(p) for p in readers_pids), 30), readers_pids
     capture.kill()
     published.consumer.close()
     first_run = len(_records(sc))

@@ -46,27 +46,47 @@ class TableReader:
         key_at = self.shape.names.index
         self._key_index = [key_at(k) for k in self.shape.key_names]
 
-    def chunk(self, after: ChunkKey | None, size: int) -> list[list[str | None]]:
-        """Up to ``size`` rows with a key above ``after`` (all from the start when None),
-        in key order, each as the text of its columns."""
-        shape = self.shape
+    def chunk(self, after: ChunkKey | None, size: int,
+              upto: ChunkKey | None = None) -> list[list[str | None]]:
+        """Up to ``size`` rows with a key above ``after`` (all from the start when None) and
+        at most ``upto`` (no bound when None), in key order, each as the text of its
+        columns."""
+        columns = sql.SQL(", ").join(sql.Identifier(n) for n in self.shape.names)
+        return self._select(columns, after, upto, sql.SQL(" LIMIT {}").format(sql.Literal(size)))
+
+    def boundary(self, after: ChunkKey | None, size: int) -> tuple[ChunkKey | None, bool]:
+        """Where the chunk of ``size`` rows after ``after`` ends, read from the key alone (an
+        index-only scan): ``(its last key, False)`` when more rows follow it, ``(its last
+        key, True)`` when it ends the table exactly, ``(None, True)`` when fewer than
+        ``size`` rows are left (the chunk runs to the end)."""
+        key = sql.SQL(", ").join(sql.Identifier(k) for k in self.shape.key_names)
+        found = self._select(key, after, None, sql.SQL(" OFFSET {} LIMIT 2").format(
+            sql.Literal(size - 1)))
+        if not found:
+            return None, True
+        return list(found[0]), len(found) == 1
+
+    def _select(self, columns: sql.Composable, after: ChunkKey | None, upto: ChunkKey | None,
+                tail: sql.Composable) -> list[list[str | None]]:
         schema, name = self.table.split(".", 1)
-        columns = sql.SQL(", ").join(sql.Identifier(n) for n in shape.names)
-        key = sql.SQL(", ").join(sql.Identifier(k) for k in shape.key_names)
+        key = sql.SQL(", ").join(sql.Identifier(k) for k in self.shape.key_names)
+        marks = sql.SQL(", ").join(sql.Placeholder() * len(self.shape.key_names))
         query = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier(schema, name))
         conditions: list[sql.Composable] = []
         params: list[Any] = []
         if after is not None:
-            marks = sql.SQL(", ").join(sql.Placeholder() * len(shape.key_names))
             conditions.append(sql.SQL("({}) > ({})").format(key, marks))
-            params = list(after)
+            params.extend(after)
+        if upto is not None:
+            conditions.append(sql.SQL("({}) <= ({})").format(key, marks))
+            params.extend(upto)
         if self.where:
             # A filter is SQL by nature (Debezium's additional-conditions); it runs in a
             # read-only transaction, and `cdc snapshot start` checks it with EXPLAIN first.
             conditions.append(sql.SQL("({})").format(sql.SQL(self.where)))
         if conditions:
             query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
-        query += sql.SQL(" ORDER BY {} LIMIT {}").format(key, sql.Literal(size))
+        query += sql.SQL(" ORDER BY {}").format(key) + tail
         with self.conn.cursor() as cur:
             cur.execute(query, params)
             return [list(r) for r in cur.fetchall()]

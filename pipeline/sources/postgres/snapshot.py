@@ -47,6 +47,35 @@ from pipeline.sources.postgres.unconverted import UnconvertedValues
 
 log = logging.getLogger(__name__)
 
+def open_snapshot_transaction(conn: Any, exported: str | None) -> str:
+    """Start the read-only transaction a snapshot reads in, inside ``exported`` (the slot's
+    exported snapshot) when given; returns the database's name."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            if exported is not None:
+                cur.execute("SET TRANSACTION SNAPSHOT %s", (exported,))
+            cur.execute("SELECT current_database()")
+            (db,) = cur.fetchone()
+    except psycopg2.Error as exc:
+        raise translate(exc, "starting the snapshot") from exc
+    return str(db)
+
+
+def snapshot_marker(first_overall: bool, last_overall: bool, first_in_table: bool,
+                    last_in_table: bool) -> str:
+    """Debezium's ``source.snapshot`` value for a read, from where it falls."""
+    if first_overall:
+        return "first"
+    if last_overall:
+        return "last"
+    if first_in_table:
+        return "first_in_data_collection"
+    if last_in_table:
+        return "last_in_data_collection"
+    return "true"
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class SnapshotPosition:
     """How far the snapshot got: ``chunks`` read (orders positions) and the progress to save."""
@@ -82,25 +111,19 @@ class TableSnapshot:
         self.done: list[str] = list(progress.get("done", []))
         self.table: str | None = progress.get("table")
         self.after: list[str | None] | None = progress.get("after")
+        #: Tables a parallel snapshot had read part of: where each resumes.
+        self._partial: dict[str, list[str | None]] = dict(progress.get("partial") or {})
         self.chunks = int(progress.get("chunks", 0))
         self.rows = int(progress.get("rows", 0))
         self.ts_us = int(progress.get("ts_us") or time.time() * 1_000_000)
         self._held: _Held | None = None
-        self._first = not self.done and self.table is None
+        self._first = not self.done and self.table is None and not self._partial
         self._reader: TableReader | None = None
         self._now_ms = int(time.time() * 1000)
         self._types = TypeResolver()
         self.conn = connect(pg.dsn.get_secret_value(), options=session)
-        try:
-            with self.conn.cursor() as cur:
-                cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                if exported is not None:
-                    cur.execute("SET TRANSACTION SNAPSHOT %s", (exported,))
-                cur.execute("SELECT current_database()")
-                (self.db,) = cur.fetchone()
-            self._encoder = ReadEncoder(kafka.topic_prefix, self.db)
-        except psycopg2.Error as exc:
-            raise translate(exc, "starting the snapshot") from exc
+        self.db = open_snapshot_transaction(self.conn, exported)
+        self._encoder = ReadEncoder(kafka.topic_prefix, self.db)
         where = "inside the exported snapshot" if exported else "resuming after a restart"
         log.info("snapshot of %s at %s (%s; %d tables done)", ", ".join(pg.tables),
                  consistent, where, len(self.done))
@@ -159,28 +182,22 @@ class TableSnapshot:
             self.conn.close()
 
     def _next_table(self) -> str | None:
-        if self.table is not None:
-            return self.table
-        return next((t for t in self.pg.tables if t not in self.done), None)
+        if self.table is None:
+            self.table = next((t for t in self.pg.tables if t not in self.done), None)
+            if self.table is not None:
+                self.after = self._partial.pop(self.table, None)
+        return self.table
 
     def _progress(self, complete: bool) -> dict[str, Any]:
         return {"lsn": str(self.consistent), "complete": complete, "done": self.done,
-                "table": self.table, "after": self.after, "chunks": self.chunks,
-                "rows": self.rows, "ts_us": self.ts_us}
+                "table": self.table, "after": self.after, "partial": self._partial,
+                "chunks": self.chunks, "rows": self.rows, "ts_us": self.ts_us}
 
     def _emit(self, out: list[Item], last: bool = False) -> None:
         held = self._held
         assert held is not None
-        if held.first_overall:
-            marker = "first"
-        elif last:
-            marker = "last"
-        elif held.first_in_table:
-            marker = "first_in_data_collection"
-        elif held.last_in_table:
-            marker = "last_in_data_collection"
-        else:
-            marker = "true"
+        marker = snapshot_marker(held.first_overall, last, held.first_in_table,
+                                 held.last_in_table)
         value = self._encoder.value(held.shape, held.row, marker, int(self.consistent),
                                     self.ts_us, self._now_ms)
         out.append((held.topic, held.key, value, ANY_PARTITION))

@@ -40,6 +40,7 @@ from pipeline.sources.postgres.envelope import (
     TableShape,
     TransactionContext,
 )
+from pipeline.sources.postgres.parallel_snapshot import ParallelSnapshot
 from pipeline.sources.postgres.pgoutput import (
     Begin,
     Commit,
@@ -111,7 +112,7 @@ class PostgresSource:
         self.offsets = OffsetStore(kafka, {"source": "postgres", "slot": pg.slot})
         self.snapshot_offsets = OffsetStore(kafka, {"source": "postgres-snapshot",
                                                     "slot": pg.slot})
-        self._snapshot: TableSnapshot | None = None
+        self._snapshot: TableSnapshot | ParallelSnapshot | None = None
         self._resumed: Lsn | None = None
         self._include = [re.compile(p) for p in pg.message_prefix_include]
         self._exclude = [re.compile(p) for p in pg.message_prefix_exclude]
@@ -177,8 +178,7 @@ class PostgresSource:
                 point = progress.get("lsn")
                 consistent = Lsn.parse(point) if point else slot.confirmed_position()
                 assert consistent is not None
-                self._snapshot = TableSnapshot(self.pg, self.kafka, SESSION, consistent,
-                                               None, progress, self.unconverted)
+                self._snapshot = self._open_snapshot(consistent, None, progress)
         resumed = slot.confirmed_position()
         # Our sequence[0] is the previous commit's end LSN; the slot's confirmed position is
         # the end of the last transaction confirmed before the restart (or a later idle
@@ -211,7 +211,7 @@ class PostgresSource:
             return self.pg
         return self.pg.model_copy(update={"tables": (*self.pg.tables, self.outbox.table)})
 
-    def _snapshot_new_slot(self) -> TableSnapshot:
+    def _snapshot_new_slot(self) -> TableSnapshot | ParallelSnapshot:
         """Create the slot exporting its snapshot, and start reading the tables in it.
 
         A snapshot is recorded as pending in Kafka *before* the slot exists: a crash right
@@ -231,8 +231,14 @@ class PostgresSource:
                  consistent, exported)
         # The snapshot stays valid until the next command on the replication connection:
         # the reader imports it first, streaming starts only after the snapshot's last row.
-        return TableSnapshot(self.pg, self.kafka, SESSION, Lsn.parse(consistent), exported,
-                             None, self.unconverted)
+        return self._open_snapshot(Lsn.parse(consistent), exported, None)
+
+    def _open_snapshot(self, consistent: Lsn, exported: str | None,
+                       progress: dict[str, Any] | None) -> TableSnapshot | ParallelSnapshot:
+        """The snapshot reader: in this process, or ``snapshot_readers`` processes."""
+        kind = TableSnapshot if self.pg.snapshot_readers == 1 else ParallelSnapshot
+        return kind(self.pg, self.kafka, SESSION, consistent, exported, progress,
+                    self.unconverted)
 
     def _start_streaming(self) -> None:
         try:

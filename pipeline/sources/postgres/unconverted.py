@@ -38,6 +38,11 @@ class UnconvertedValues:
             )
         return text
 
+    def merge(self, counts: dict[str, int]) -> None:
+        """Add counts another process drained (a parallel snapshot's readers)."""
+        for type_name, count in counts.items():
+            self._counts[type_name] = self._counts.get(type_name, 0) + count
+
     def drain(self) -> dict[str, int]:
         """The counts since the last drain, by type name."""
         counts, self._counts = self._counts, {}

@@ -1,0 +1,177 @@
+"""One reader process of a parallel initial snapshot (``postgres.snapshot_readers`` > 1).
+
+Each reader opens its own connection, imports the slot's exported snapshot (so every reader
+sees the database at the slot's consistent point), and takes key ranges from a shared queue:
+it reads a range, converts and encodes its rows exactly as the one-process snapshot does,
+and publishes them with a Kafka producer of its own (the capture's producer settings, so a
+key lands on the partition its streamed changes will). A range is reported done only once
+Kafka acknowledged every row of it: the capture confirms snapshot progress from those
+reports alone.
+
+A reader stops on a ``None`` task, when its parent process is gone (a kill -9 of the capture
+must not leave readers behind), or on an error, which it reports with its kind so the parent
+raises the same error the one-process snapshot would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg2
+
+from pipeline.capture.publisher import EventPublisher
+from pipeline.config import KafkaSettings, PostgresSettings
+from pipeline.errors import CdcError, PermanentError, RetriableError
+from pipeline.sources.postgres.chunks import ChunkKey, TableReader
+from pipeline.sources.postgres.reads import ReadEncoder
+from pipeline.sources.postgres.slot import connect, translate
+from pipeline.sources.postgres.snapshot import open_snapshot_transaction, snapshot_marker
+from pipeline.sources.postgres.types import TypeResolver
+from pipeline.sources.postgres.unconverted import UnconvertedValues
+
+log = logging.getLogger(__name__)
+
+#: How often an idle reader checks that its parent still runs.
+_IDLE_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRange:
+    """One chunk to read: keys above ``after`` up to ``upto`` (inclusive; None: to the end)
+    of ``table``, with the snapshot markers its first and last rows carry."""
+
+    seq: int
+    table: str
+    after: ChunkKey | None
+    upto: ChunkKey | None
+    first_in_table: bool
+    last_in_table: bool
+    first_overall: bool
+    last_overall: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderSetup:
+    """What a reader process needs (picklable: readers are spawned, not forked)."""
+
+    pg: PostgresSettings
+    kafka: KafkaSettings
+    session: str
+    exported: str | None
+    consistent: int  # the LSN every read carries
+    ts_us: int
+    index: int
+    parent_pid: int
+    log_level: str
+
+
+def run_reader(setup: ReaderSetup, tasks: Any, results: Any) -> None:
+    """A reader process's main: ranges from ``tasks`` until ``None``; reports to ``results``
+    ``("done", seq, rows, unconverted counts)`` or ``("error", kind, message)``."""
+    logging.basicConfig(level=setup.log_level,
+                        format=f"%(asctime)s %(levelname)s snapshot-reader-{setup.index} "
+                               "%(name)s: %(message)s")
+    try:
+        _Reader(setup, results).run(tasks)
+    except CdcError as exc:
+        kind = "retriable" if isinstance(exc, RetriableError) else "setup"
+        results.put(("error", kind, str(exc)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which stops capture
+        results.put(("error", "crash", f"{type(exc).__name__}: {exc}\n"
+                                       f"{traceback.format_exc(limit=8)}"))
+
+
+class _Reader:
+    def __init__(self, setup: ReaderSetup, results: Any) -> None:
+        self.setup = setup
+        self.results = results
+        self.unconverted = UnconvertedValues()
+        self.types = TypeResolver()
+        self.readers: dict[str, TableReader] = {}
+        self.pending: dict[int, int] = {}  # range seq -> rows Kafka has not acknowledged
+        self.rows: dict[int, int] = {}
+        self.failed: str | None = None
+        self.publisher = EventPublisher(setup.kafka, client_id=f"cdc-snapshot-{setup.index}")
+        self.conn = connect(setup.pg.dsn.get_secret_value(), options=setup.session)
+        self.encoder = ReadEncoder(setup.kafka.topic_prefix,
+                                   open_snapshot_transaction(self.conn, setup.exported))
+
+    def run(self, tasks: Any) -> None:
+        try:
+            while True:
+                try:
+                    task = tasks.get(timeout=_IDLE_S)
+                except queue.Empty:
+                    self._serve()
+                    if os.getppid() != self.setup.parent_pid:
+                        return  # the capture is gone: nobody would confirm what we publish
+                    continue
+                if task is None:
+                    break
+                self._read(task)
+                self._serve()
+                if os.getppid() != self.setup.parent_pid:
+                    return
+            while self.publisher.flush(_IDLE_S):
+                self._serve()
+                if os.getppid() != self.setup.parent_pid:
+                    return
+            self._serve()
+        finally:
+            with contextlib.suppress(psycopg2.Error):
+                self.conn.close()
+
+    def _read(self, task: KeyRange) -> None:
+        reader = self.readers.get(task.table)
+        try:
+            if reader is None:
+                reader = self.readers[task.table] = TableReader(
+                    self.conn, task.table, self.setup.pg, self.types, self.unconverted)
+            rows = reader.chunk(task.after, self.setup.pg.snapshot_chunk_size, task.upto)
+        except psycopg2.Error as exc:
+            raise translate(exc, f"reading {task.table} for the snapshot") from exc
+        shape, setup, encode = reader.shape, self.setup, self.encoder.value
+        topic = setup.kafka.raw_topic(task.table)
+        now_ms = int(time.time() * 1000)
+        last = len(rows) - 1
+        self.pending[task.seq] = len(rows) + 1  # + 1 until every row is queued
+        self.rows[task.seq] = len(rows)
+        done = self._acknowledged(task.seq)
+        row_of, key_json, dumps = shape.row, shape.key_json, orjson.dumps
+        publish = self.publisher.publish
+        for i, values in enumerate(rows):
+            marker = "true"
+            if i == 0 or i == last:
+                marker = snapshot_marker(task.first_overall and i == 0,
+                                         task.last_overall and i == last,
+                                         task.first_in_table and i == 0,
+                                         task.last_in_table and i == last)
+            after = row_of(tuple(values))
+            value = encode(shape, dumps(after), marker, setup.consistent, setup.ts_us, now_ms)
+            publish(topic, key_json(after), value, done)
+        done(None, True)  # every row is queued
+
+    def _acknowledged(self, seq: int) -> Any:
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                self.failed = self.failed or f"Kafka refused a snapshot record: {err}"
+                return
+            self.pending[seq] -= 1
+            if self.pending[seq] == 0:
+                del self.pending[seq]
+                self.results.put(("done", seq, self.rows.pop(seq),
+                                  self.unconverted.drain()))
+        return on_delivery
+
+    def _serve(self) -> None:
+        self.publisher.poll(0)
+        if self.failed is not None:
+            raise PermanentError(self.failed)
