@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-chunk-sizes", default="2048,16384",
                    help="our postgres.snapshot_chunk_size values to run, comma separated "
                         "(the first also for the small table and the profile)")
+    p.add_argument("--snapshot-readers", default="1,2",
+                   help="our postgres.snapshot_readers values to run at the first chunk size, "
+                        "comma separated (default 1,2)")
     p.add_argument("--snapshot-profile", action="store_true",
                    help="snapshot part: one more (unmeasured) run of ours under py-spy")
     p.add_argument("--backfill-rate", type=int, default=2000,

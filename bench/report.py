@@ -195,7 +195,8 @@ def snapshot_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     s = results.get("snapshot")
     for x in ((s or {}).get("tables") or {}).values():
         n = f"snapshot {x['rows']:,} rows of ~{x['row_bytes']:,} B"
-        runs = [(f"ours, chunk {c}", y) for c, y in x["ours"].items()]
+        runs = [(f"ours, chunk {y['chunk_size']}, {y.get('readers', 1)} reader(s)", y)
+                for y in x["ours"].values()]
         runs += [("Debezium", x["debezium"])] if "debezium" in x else []
         for label, y in runs:
             out.append((f"{n}: {label}", f"{_f(y.get('rows_per_s'))} rows/s",
@@ -205,7 +206,8 @@ def snapshot_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                                                      else "")))
         if "debezium" in x and x["ours"]:
             best = max(x["ours"].values(), key=lambda y: y.get("rows_per_s") or 0)
-            out.append((f"{n}: ours (best chunk {best['chunk_size']}) / Debezium",
+            out.append((f"{n}: ours (best: chunk {best['chunk_size']}, "
+                        f"{best.get('readers', 1)} reader(s)) / Debezium",
                         _ratio(best.get("rows_per_s"), x["debezium"].get("rows_per_s")),
                         "rows/s; target >= 3x"))
     if s and "small" in s:

@@ -9,8 +9,11 @@ against table size). Each reader snapshots each table alone, in turn, with its o
 creates it), publication and topic:
 
 * ours: ``cdc capture`` with ``postgres.snapshot_mode=initial_only`` (snapshots, then exits 0)
-  at each ``--snapshot-chunk-sizes``; CPU time and peak RSS from the kernel's accounting of
-  the exited process (``wait4``: user+system time, ``ru_maxrss``), start-up included;
+  at each ``--snapshot-chunk-sizes`` with one reader, and at the first chunk size with each
+  ``--snapshot-readers`` count (``postgres.snapshot_readers``: reader processes, whose CPU
+  time ``wait4`` includes, peak RSS the largest process's); CPU time and peak RSS from the
+  kernel's accounting of the exited process (``wait4``: user+system time, ``ru_maxrss``),
+  start-up included;
 * Debezium 3.6.1: ``snapshot.mode=initial_only`` on Kafka Connect standalone (the JVM stays
   up afterwards); CPU time (``/proc/<pid>/stat``) and VmHWM once every row is in Kafka,
   start-up included.
@@ -135,13 +138,14 @@ def _target(bench: Bench, table: str, tag: str) -> tuple[str, str, str, str]:
 
 
 def ours_snapshot(bench: Bench, table: str, rows: int, tag: str, chunk: int,
-                  profile: Path | None = None) -> dict[str, Any]:
+                  profile: Path | None = None, readers: int = 1) -> dict[str, Any]:
     pub, slot, prefix, topic = _target(bench, table, tag)
     work = bench.work / tag
     env = {**ours_env(bench, table, slot, pub, prefix, work),
            "CDC_POSTGRES__SNAPSHOT_MODE": "initial_only",
-           "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": str(chunk)}
-    log(f"snapshot: ours, {table} ({rows:,} rows), chunk {chunk}"
+           "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": str(chunk),
+           "CDC_POSTGRES__SNAPSHOT_READERS": str(readers)}
+    log(f"snapshot: ours, {table} ({rows:,} rows), chunk {chunk}, {readers} reader(s)"
         + (" with py-spy" if profile else ""))
     started = time.time()
     proc = PipelineProcess("capture", env, work / "capture.log")
@@ -163,7 +167,8 @@ def ours_snapshot(bench: Bench, table: str, rows: int, tag: str, chunk: int,
         raise RuntimeError(f"capture exited {code}:\n{proc.tail()}")
     cpu = usage.ru_utime + usage.ru_stime
     out = _figures(bench, topic, rows, started)
-    out.update({"chunk_size": chunk, "process_s": round(wall, 1), "cpu_s": round(cpu, 1),
+    out.update({"chunk_size": chunk, "readers": readers, "process_s": round(wall, 1),
+                "cpu_s": round(cpu, 1),
                 "cpu_ms_per_1k_rows": round(1e6 * cpu / max(rows, 1), 1),
                 "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
                 "rss_series_mb": sampler.summary("capture").get("series_mb")})
@@ -202,6 +207,8 @@ def debezium_snapshot(bench: Bench, table: str, rows: int, tag: str) -> dict[str
 def run(bench: Bench, args: Any) -> dict[str, Any]:
     """Every table: ours at each chunk size, then Debezium, on the same data."""
     chunks = [int(c) for c in args.snapshot_chunk_sizes.split(",") if c]
+    # 1 first: the one-process reader is the comparison every other figure is read against.
+    readers = [1] + [int(n) for n in args.snapshot_readers.split(",") if n and int(n) != 1]
     tables = {
         "narrow": (fill_table(bench, "snap", args.snapshot_rows, False), args.snapshot_rows),
         "wide": (fill_table(bench, "snapwide", args.wide_rows, True), args.wide_rows),
@@ -215,6 +222,9 @@ def run(bench: Bench, args: Any) -> dict[str, Any]:
         res["ours"][str(chunks[0])] = ours_snapshot(bench, table, rows, f"s{kind[0]}o{chunks[0]}",
                                                     chunks[0])
         res["debezium"] = debezium_snapshot(bench, table, rows, f"s{kind[0]}d")
+        for n in readers[1:]:
+            res["ours"][f"{chunks[0]}/{n}"] = ours_snapshot(
+                bench, table, rows, f"s{kind[0]}o{chunks[0]}r{n}", chunks[0], readers=n)
         for chunk in chunks[1:]:
             res["ours"][str(chunk)] = ours_snapshot(bench, table, rows, f"s{kind[0]}o{chunk}",
                                                     chunk)
