@@ -4,7 +4,8 @@
 reads the slot with psycopg2's LogicalReplicationConnection (``decode=False``), counts row
 changes (pgoutput I/U/D messages) and discards them; ``decode`` also runs our decoder
 (``pipeline.sources.postgres.pgoutput.decode_message``) on every message. Feedback every 0.5 s.
-Times from the first message to the N-th change; prints one JSON line.
+Times from the first message to the N-th change; prints one JSON line, with how often the
+reader found the socket empty and waited (``waits``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     cur.start_replication(slot_name=a.slot, decode=False,
                           options={"proto_version": "1", "publication_names": a.publication})
     decode = a.mode == "decode"
-    changes = messages = 0
+    changes = messages = waits = 0
     nbytes = 0
     first = None
     last_feedback = time.monotonic()
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     while changes < a.changes and time.monotonic() < deadline:
         msg = cur.read_message()
         if msg is None:
+            if first is not None:
+                waits += 1
             select.select([cur], [], [], 0.1)
             continue
         if first is None:
@@ -66,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "mode": a.mode, "changes": changes, "messages": messages, "bytes": nbytes,
         "seconds": round(secs, 3), "rows_per_s": round(changes / secs, 1) if secs else None,
+        # Times the reader had drained the socket and waited for the server: a reader
+        # faster than the walsender waits often, and each wait is a wake-up of both.
+        "waits": waits, "messages_per_wait": round(messages / waits, 1) if waits else None,
     }))
     return 0 if changes >= a.changes else 1
 

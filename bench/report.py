@@ -47,6 +47,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                              f"peak RSS {x['peak_rss_mb']} MB")
                 else:
                     extra = f"{x['seconds']} s"
+                    if x.get("messages_per_wait"):
+                        extra += f", {_f(x['messages_per_wait'])} messages per wait for the server"
                     if len(x.get("rounds", [])) > 1:
                         each = ", ".join(_f(y["rows_per_s"]) for y in x["rounds"])
                         extra += f" (best of {len(x['rounds'])} alternating rounds: {each})"
@@ -56,9 +58,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append(("throughput ours/Debezium",
                         _ratio(r["ours"]["rows_per_s"], r["debezium"]["rows_per_s"]),
                         "target >= 1.5x"))
-        if "ours" in r and "raw" in r:
-            out.append(("ours / raw slot ceiling",
-                        f"{100 * r['ours']['rows_per_s'] / r['raw']['rows_per_s']:.0f} %", ""))
+        slot_readers = [r[m] for m in ("raw", "decode") if m in r]
+        if "ours" in r and slot_readers:
+            # The ceiling is the fastest any reader drained the slot: a reader that decodes
+            # as well (and discards) has been faster than one that does not (see waits).
+            top = max(slot_readers, key=lambda x: x["rows_per_s"])
+            out.append(("ours / slot ceiling",
+                        f"{100 * r['ours']['rows_per_s'] / top['rows_per_s']:.0f} %",
+                        f"of {_f(top['rows_per_s'])} rows/s ({top['mode']} reader)"))
     for rate, tools in (results.get("latency") or {}).items():
         for name, x in tools.items():
             out.append((f"commit->Kafka @{int(rate):,}/s: {name}",
