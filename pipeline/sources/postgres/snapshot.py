@@ -95,6 +95,10 @@ class _Held:
     first_overall: bool
     first_in_table: bool
     last_in_table: bool = False
+    table: str = ""
+    #: The key of the row before it in its table (None: it is the table's first row):
+    #: where a resumed snapshot reads from while this row is not yet published.
+    before: list[str | None] | None = None
 
 
 class TableSnapshot:
@@ -165,6 +169,9 @@ class TableSnapshot:
                                starting and i == 0)
             self._first = False
         self.rows += len(rows)
+        if self._held is not None and rows:
+            self._held.table = table
+            self._held.before = reader.key_of(rows[-2]) if len(rows) > 1 else self.after
         if len(rows) < self.pg.snapshot_chunk_size:
             if self._held is not None and self._held.topic == topic:
                 self._held.last_in_table = True
@@ -189,8 +196,15 @@ class TableSnapshot:
         return self.table
 
     def _progress(self, complete: bool) -> dict[str, Any]:
-        return {"lsn": str(self.consistent), "complete": complete, "done": self.done,
-                "table": self.table, "after": self.after, "partial": self._partial,
+        """What is published so far. The held row is not: its table is not done yet and
+        resumes before it (saving the chunk's own end would lose that row in a crash)."""
+        done, table, after = self.done, self.table, self.after
+        held = self._held
+        if held is not None and not complete:
+            done = [t for t in self.done if t != held.table]
+            table, after = held.table, held.before
+        return {"lsn": str(self.consistent), "complete": complete, "done": done,
+                "table": table, "after": after, "partial": self._partial,
                 "chunks": self.chunks, "rows": self.rows, "ts_us": self.ts_us}
 
     def _emit(self, out: list[Item], last: bool = False) -> None:
