@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,7 +37,8 @@ import psycopg2
 
 from pipeline.capture.source import ANY_PARTITION, Checkpoint, Item
 from pipeline.config import KafkaSettings, PostgresSettings
-from pipeline.positions import Lsn
+from pipeline.events import snapshot_marker
+from pipeline.positions import Lsn, SnapshotPosition
 from pipeline.sources.postgres.chunks import TableReader
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.reads import ReadEncoder
@@ -46,14 +47,6 @@ from pipeline.sources.postgres.types import TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True, slots=True, order=True)
-class SnapshotPosition:
-    """How far the snapshot got: ``chunks`` read (orders positions) and the progress to save."""
-
-    chunks: int
-    progress: dict[str, Any] = field(compare=False)
-
 
 @dataclass(slots=True)
 class _Held:
@@ -171,16 +164,8 @@ class TableSnapshot:
     def _emit(self, out: list[Item], last: bool = False) -> None:
         held = self._held
         assert held is not None
-        if held.first_overall:
-            marker = "first"
-        elif last:
-            marker = "last"
-        elif held.first_in_table:
-            marker = "first_in_data_collection"
-        elif held.last_in_table:
-            marker = "last_in_data_collection"
-        else:
-            marker = "true"
+        marker = snapshot_marker(held.first_overall, last, held.first_in_table,
+                                 held.last_in_table)
         value = self._encoder.value(held.shape, held.row, marker, int(self.consistent),
                                     self.ts_us, self._now_ms)
         out.append((held.topic, held.key, value, ANY_PARTITION))
