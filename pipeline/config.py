@@ -675,6 +675,14 @@ class MysqlSettings(_Section):
     #: The source's name in its saved position and in ``source.name`` (Debezium's
     #: topic.prefix); None: ``<host>:<port>``.
     server_name: str | None = None
+    #: When to read the existing rows (op r), in one consistent-snapshot transaction at a
+    #: known binlog position, before streaming from it: ``initial`` when capture has no
+    #: saved position; ``never`` (start at the end of the binlog); ``initial_only``
+    #: (snapshot, then stop); ``when_needed`` (also when the saved position was purged
+    #: from the server, instead of stopping).
+    snapshot_mode: Literal["initial", "never", "initial_only", "when_needed"] = "initial"
+    #: Rows per snapshot chunk (keyset pagination on the primary key).
+    snapshot_chunk_size: int = Field(default=2048, ge=1)
 
     _tables = field_validator("tables")(_check_table_ids)
 

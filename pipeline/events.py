@@ -35,6 +35,21 @@ def is_unavailable(value: Any) -> bool:
 #: The index version of every snapshot read (``op: r``): below any streamed change.
 SNAPSHOT_VERSION = 0
 
+
+def snapshot_marker(first_overall: bool, last_overall: bool, first_in_table: bool,
+                    last_in_table: bool) -> str:
+    """Debezium's ``source.snapshot`` of one snapshot read, from where it sits."""
+    if first_overall:
+        return "first"
+    if last_overall:
+        return "last"
+    if first_in_table:
+        return "first_in_data_collection"
+    if last_in_table:
+        return "last_in_data_collection"
+    return "true"
+
+
 OPS = frozenset({"c", "u", "d", "r", "t"})
 
 Row = dict[str, Any]

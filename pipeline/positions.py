@@ -264,6 +264,14 @@ class PollPosition:
         return cls(batches, {table: Watermark.decode(mark) for table, mark in tables.items()})
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class SnapshotPosition:
+    """How far the snapshot got: ``chunks`` read (orders positions) and the progress to save."""
+
+    chunks: int
+    progress: dict[str, Any] = field(compare=False)
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class OutboxPosition:
     """One event of the outbox relay: its claim ``batch`` (numbered for the life of the

@@ -133,5 +133,6 @@ class MariadbScenario:
         with contextlib.suppress(Exception):
             from pipeline.capture.offsets import OffsetStore
             s = self.settings.mysql
-            OffsetStore(self.settings.kafka, {"source": "mysql", "server": s.name,
-                                              "server_id": str(s.server_id)}).forget()
+            for source in ("mysql", "mysql-snapshot"):
+                OffsetStore(self.settings.kafka, {"source": source, "server": s.name,
+                                                  "server_id": str(s.server_id)}).forget()

@@ -81,7 +81,8 @@ class EnvelopeWriter:
         self.connector = connector
         self.server_name = server_name
 
-    def source(self, ctx: EventContext, db: str, table: str, row: int) -> dict[str, Any]:
+    def source(self, ctx: EventContext, db: str, table: str, row: int,
+               snapshot: str = "false") -> dict[str, Any]:
         lsn = binlog_lsn(ctx.file, ctx.pos, row)
         return {
             "version": "cdc-pipeline",
@@ -89,7 +90,7 @@ class EnvelopeWriter:
             "name": self.server_name,
             "ts_ms": ctx.ts_s * 1000,
             "ts_us": ctx.ts_s * 1_000_000,
-            "snapshot": "false",
+            "snapshot": snapshot,
             "db": db,
             "sequence": orjson.dumps([None, str(lsn)]).decode(),
             "schema": db,
@@ -114,6 +115,16 @@ class EnvelopeWriter:
                  "op": op, "ts_ms": now_ms, "transaction": None}
         key = image.key(after if after is not None else before or {})
         return op, key, orjson.dumps(value)
+
+    def read(self, image: TableImage, after: Row, ctx: EventContext, marker: str,
+             now_ms: int) -> tuple[bytes, bytes]:
+        """(key, value) of a snapshot read of ``after`` (``source.snapshot`` = ``marker``).
+        ``ctx`` is the snapshot's binlog position: every read of one snapshot shares its
+        ``source.lsn``, and ranks below every streamed change of its row."""
+        value = {"before": None, "after": after,
+                 "source": self.source(ctx, image.db, image.table, 0, marker),
+                 "op": "r", "ts_ms": now_ms, "transaction": None}
+        return image.key(after), orjson.dumps(value)
 
     def changes(self, kind: str, image: TableImage, raw: Row, ctx: EventContext, row: int,
                 now_ms: int) -> list[tuple[str, bytes, bytes]]:

@@ -117,3 +117,35 @@ def binlog_files(cur: Any) -> list[str]:
     """The binlog files the server still has, oldest first."""
     cur.execute("SHOW BINARY LOGS")
     return [str(row[0]) for row in cur.fetchall()]
+
+
+def begin_snapshot(cur: Any, flavor: str) -> BinlogPosition:
+    """Open a consistent-snapshot transaction on ``cur``'s connection and return the binlog
+    position it sees: every transaction committed before that position is visible to the
+    transaction, none after it.
+
+    MariaDB says so itself: inside ``START TRANSACTION WITH CONSISTENT SNAPSHOT`` the
+    status variables ``binlog_snapshot_file``/``binlog_snapshot_position`` hold the
+    position of the snapshot (MariaDB takes both under its group-commit lock). No global
+    read lock, so no RELOAD grant. MySQL has no such variables: there the position is read
+    under ``FLUSH TABLES WITH READ LOCK`` (RELOAD), released once the transaction is open.
+    """
+    cur.execute("SET SESSION time_zone = '+00:00'")  # TIMESTAMP values read as UTC
+    cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    if flavor == "mariadb":
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        status = {str(k).lower(): str(v) for k, v in cur.fetchall()}
+        file = status.get("binlog_snapshot_file")
+        pos = status.get("binlog_snapshot_position")
+        if not file or not pos:
+            raise SourceSetupError("the server shows no binlog_snapshot_file/position in a "
+                                   "consistent-snapshot transaction: start it with --log-bin")
+        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, int(pos)))
+        return BinlogPosition(file, int(pos), gtids=str(cur.fetchone()[0] or ""))
+    cur.execute("FLUSH TABLES WITH READ LOCK")
+    try:
+        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        return current_position(cur, flavor)
+    finally:
+        cur.execute("UNLOCK TABLES")

@@ -7,10 +7,14 @@ the capture loop calls once Kafka acknowledged every record before it, so a kill
 moment resumes with nothing lost; what was published but not confirmed is published again
 (at least once; the sinks are idempotent and the records carry the same ``source.lsn``).
 
-On the first start, the current end of the binlog is saved before anything is read: a
-crash before the first confirmation must not move the start past changes nobody published.
-A saved position the server no longer has (binlog purged) stops capture with the remedy;
-it never silently starts somewhere else.
+Without a saved position, ``mysql.snapshot_mode`` decides: ``initial`` (the default),
+``initial_only`` and ``when_needed`` first read the existing rows in one consistent
+snapshot (:mod:`pipeline.sources.mysql.snapshot`) and stream from its binlog position;
+``never`` starts at the current end of the binlog. Either position is saved before
+anything is read: a crash before the first confirmation must not move the start past
+changes nobody published. A saved position the server no longer has (binlog purged) stops
+capture with the remedy (``when_needed``: takes a new snapshot instead); it never silently
+starts somewhere else.
 """
 
 from __future__ import annotations
@@ -24,18 +28,20 @@ import pymysql
 from pipeline.capture.offsets import OffsetStore
 from pipeline.capture.source import Item
 from pipeline.config import KafkaSettings, MysqlSettings
-from pipeline.errors import RetriableError, SourceSetupError
+from pipeline.errors import RetriableError, SourceExhausted, SourceSetupError
 from pipeline.metrics import Metrics
-from pipeline.positions import BinlogPosition
+from pipeline.positions import BinlogPosition, SnapshotPosition
 from pipeline.sources.mysql import server
 from pipeline.sources.mysql.envelope import EnvelopeWriter
 from pipeline.sources.mysql.reader import BinlogDecoder, BinlogReader
+from pipeline.sources.mysql.snapshot import BinlogSnapshot
 
 log = logging.getLogger(__name__)
 
 #: The longest ``read`` waits when the binlog has nothing new.
 _IDLE_WAIT_S = 0.05
-_RESET = "`cdc capture --reset-position` (after taking a new snapshot of the tables)"
+_RESET = ("`cdc capture --reset-position` (which takes a new snapshot of the tables with "
+          "mysql.snapshot_mode initial), or mysql.snapshot_mode when_needed")
 
 
 class MysqlBinlogSource:
@@ -46,10 +52,15 @@ class MysqlBinlogSource:
         self.kafka = kafka
         self.metrics = metrics
         self.name = f"{settings.flavor} binlog {settings.host}:{settings.port}"
-        self.offsets = OffsetStore(kafka, {"source": "mysql", "server": settings.name,
-                                           "server_id": str(settings.server_id)})
+        identity = {"server": settings.name, "server_id": str(settings.server_id)}
+        self.offsets = OffsetStore(kafka, {"source": "mysql", **identity})
+        self.snapshot_offsets = OffsetStore(kafka, {"source": "mysql-snapshot", **identity})
         self._reader: BinlogReader | None = None
         self._decoder: BinlogDecoder | None = None
+        self._snapshot: BinlogSnapshot | None = None
+        self._start: BinlogPosition | None = None
+        self._topics: dict[str, str] = {}
+        self._writer = EnvelopeWriter(settings.flavor, settings.name)
 
     # -- ChangeSource --------------------------------------------------------------------
     def open(self) -> list[str]:
@@ -57,81 +68,158 @@ class MysqlBinlogSource:
         if s.resume_by == "gtid" and s.flavor != "mariadb":
             raise SourceSetupError("mysql.resume_by gtid follows MariaDB's GTIDs only; use "
                                    "resume_by position with flavor mysql")
+        self._topics = {t: self.kafka.raw_topic(t) for t in s.tables}
+        self._snapshot = None
         conn = server.connect(s)
         try:
             with conn.cursor() as cur:
                 server.check(cur, s.tables)
-                start = self._start_position(cur)
+                start, progress = self._plan(cur)
         except pymysql.Error as exc:
             raise server.translate(exc, f"checking {self.name}") from exc
         finally:
             with contextlib.suppress(Exception):
                 conn.close()
-        topics = {t: self.kafka.raw_topic(t) for t in s.tables}
-        self._decoder = BinlogDecoder(start, topics, EnvelopeWriter(s.flavor, s.name),
-                                      self.kafka.tombstones_on_delete,
-                                      track_gtids=s.flavor == "mariadb")
-        self._reader = BinlogReader(s, start, self._decoder)
-        self._reader.start()
-        log.info("%s: reading the binlog from %s (tables %s)", self.name, start,
-                 ", ".join(s.tables))
-        return list(topics.values())
+        if start is None:
+            start = self._new_snapshot()
+        elif progress is not None:
+            self._snapshot = BinlogSnapshot(s, self._topics, self._writer, progress)
+        self._start = start
+        if self._snapshot is None:
+            self._start_streaming()
+        return list(self._topics.values())
 
-    def _start_position(self, cur: Any) -> BinlogPosition:
+    def _plan(self, cur: Any) -> tuple[BinlogPosition | None, dict[str, Any] | None]:
+        """Where the stream starts, and the progress of a snapshot to finish first.
+        ``(None, None)``: no position yet, take a new snapshot."""
+        mode = self.settings.snapshot_mode
         saved = self.offsets.load()
+        progress = self.snapshot_offsets.load()
+        unfinished = progress is not None and not progress.get("complete")
         if saved is None:
+            if mode != "never":
+                return None, None
             start = server.current_position(cur, self.settings.flavor)
-            self.offsets.save(start.to_dict())
-            if self.offsets.flush():
-                raise RetriableError("could not save the starting binlog position to Kafka")
-            log.info("%s: no saved position, starting at the end of the binlog", self.name)
-            return start
+            self._save(start)
+            log.info("%s: no saved position, starting at the end of the binlog "
+                     "(mysql.snapshot_mode never)", self.name)
+            return start, None
+        start = self._saved_position(saved)
+        if self.settings.resume_by != "gtid":
+            files = server.binlog_files(cur)
+            if start.file not in files:
+                if mode == "when_needed":
+                    log.warning("%s: binlog file %s of the saved position was purged: "
+                                "taking a new snapshot (mysql.snapshot_mode when_needed)",
+                                self.name, start.file)
+                    return None, None
+                raise SourceSetupError(
+                    f"{self.name} no longer has binlog file {start.file} (the oldest it "
+                    f"keeps is {files[0] if files else 'none'}): the changes capture has not "
+                    f"published yet were purged (expire_logs_days / "
+                    f"binlog_expire_logs_seconds). Remedy: {_RESET}")
+        if unfinished:
+            return start, progress
+        if mode == "initial_only":
+            raise SourceExhausted("nothing to do: the snapshot is complete or was not "
+                                  "needed (mysql.snapshot_mode initial_only)")
+        return start, None
+
+    def _saved_position(self, saved: dict[str, Any]) -> BinlogPosition:
         try:
             start = BinlogPosition.from_dict(saved)
         except ValueError as exc:
             raise SourceSetupError(f"the saved position of {self.name} in "
                                    f"'{self.kafka.offsets_topic}' is unreadable ({exc}); "
                                    f"remedy: {_RESET}") from exc
-        if self.settings.resume_by == "gtid":
-            if not start.gtids:
-                raise SourceSetupError(f"the saved position {start} has no GTIDs to resume "
-                                       f"by (mysql.resume_by gtid); use resume_by position "
-                                       f"or {_RESET}")
-            return start
-        files = server.binlog_files(cur)
-        if start.file not in files:
-            raise SourceSetupError(
-                f"{self.name} no longer has binlog file {start.file} (the oldest it keeps is "
-                f"{files[0] if files else 'none'}): the changes capture has not published "
-                f"yet were purged (expire_logs_days / binlog_expire_logs_seconds). Remedy: "
-                f"{_RESET}")
+        if self.settings.resume_by == "gtid" and not start.gtids:
+            raise SourceSetupError(f"the saved position {start} has no GTIDs to resume "
+                                   f"by (mysql.resume_by gtid); use resume_by position "
+                                   f"or {_RESET}")
         return start
 
+    def _new_snapshot(self) -> BinlogPosition:
+        """Open a consistent snapshot and save its position as where the stream starts.
+
+        The pending snapshot is saved before the position: a crash in between must not
+        leave a saved position whose existing rows were never read (the next start would
+        only stream)."""
+        snapshot = BinlogSnapshot(self.settings, self._topics, self._writer, None)
+        try:
+            self.snapshot_offsets.save(snapshot.progress(False))
+            if self.snapshot_offsets.flush():
+                raise RetriableError("could not record the pending snapshot in Kafka")
+            self._save(snapshot.point)
+        except BaseException:
+            snapshot.close()
+            raise
+        self._snapshot = snapshot
+        return snapshot.point
+
+    def _save(self, start: BinlogPosition) -> None:
+        self.offsets.save(start.to_dict())
+        if self.offsets.flush():
+            raise RetriableError("could not save the starting binlog position to Kafka")
+
+    def _start_streaming(self) -> None:
+        s, start = self.settings, self._start
+        assert start is not None
+        self._decoder = BinlogDecoder(start, self._topics, self._writer,
+                                      self.kafka.tombstones_on_delete,
+                                      track_gtids=s.flavor == "mariadb")
+        self._reader = BinlogReader(s, start, self._decoder)
+        self._reader.start()
+        log.info("%s: reading the binlog from %s (tables %s)", self.name, start,
+                 ", ".join(s.tables))
+
     def read(self, max_items: int) -> list[Item]:
+        snapshot = self._snapshot
+        if snapshot is not None:
+            if not snapshot.finished:
+                items = snapshot.read()
+                self._count(snapshot.counts)
+                return items
+            self._snapshot = None  # its completion was handed out: stream (or stop)
+            if self.settings.snapshot_mode == "initial_only":
+                raise SourceExhausted("snapshot complete (mysql.snapshot_mode initial_only)")
+            self._start_streaming()
         assert self._reader is not None and self._decoder is not None
         items = self._reader.take(max_items, _IDLE_WAIT_S)
-        if self._decoder.counts:
-            counts, self._decoder.counts = self._decoder.counts, {}
-            for (table, op), n in counts.items():
-                self.metrics.inc("cdc_capture_events_total", n, table=table, op=op)
+        self._count(self._decoder.counts)
         return items
 
-    def confirm(self, position: BinlogPosition) -> None:
+    def _count(self, counts: dict[tuple[str, str], int]) -> None:
+        for (table, op), n in counts.items():
+            self.metrics.inc("cdc_capture_events_total", n, table=table, op=op)
+        counts.clear()
+
+    def confirm(self, position: BinlogPosition | SnapshotPosition) -> None:
         """Kafka has every record up to ``position``: save it (delivery checked by the
         next save or the flush at close)."""
+        if isinstance(position, SnapshotPosition):
+            self.snapshot_offsets.save(position.progress)
+            return
         self.offsets.save(position.to_dict())
 
     def keepalive(self) -> None:
         """Nothing to do: the server sends heartbeats and waits for a slow replica."""
 
     def close(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.close()
+        self._snapshot = None
         if self._reader is not None:
             self._reader.stop()
         self._reader = None
+        if self.snapshot_offsets.flush():
+            log.warning("%s: the snapshot's last confirmed progress may not be saved in "
+                        "Kafka; the next start reads some chunks again", self.name)
         if self.offsets.flush():
             log.warning("%s: the last confirmed position may not be saved in Kafka; the "
                         "next start publishes again from an earlier one", self.name)
 
     def forget_positions(self) -> None:
-        """Forget the saved binlog position: the next start begins at the binlog's end."""
+        """Forget the saved binlog position and snapshot progress: the next start begins
+        as the first did (a snapshot, or the binlog's end, per mysql.snapshot_mode)."""
         self.offsets.forget()
+        self.snapshot_offsets.forget()

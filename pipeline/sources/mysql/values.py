@@ -187,3 +187,60 @@ def convert_row(values: dict[str, Any], converters: dict[str, Converter | None],
         else:
             out[name] = convert(value)
     return out
+
+
+# -- snapshot reads ---------------------------------------------------------------------
+# A snapshot reads rows with SQL, where pymysql parses each value from the text the server
+# prints (or returns the bytes of a binary column). The converters below bring those to the
+# same JSON values the binlog's rows get above, so a row read and the same row streamed
+# are equal. They are chosen by ``information_schema.COLUMNS.DATA_TYPE``.
+
+#: Types read as ``CAST(column AS DOUBLE)``: the server prints a FLOAT with 6 digits, which
+#: is not the stored 32-bit value; the double is, and :func:`float32` shortens it.
+READ_AS_DOUBLE = frozenset({"float"})
+_GEOMETRIES = frozenset({"geometry", "point", "linestring", "polygon", "multipoint",
+                         "multilinestring", "multipolygon", "geometrycollection"})
+_TEXT_OR_BINARY = frozenset({"char", "varchar", "tinytext", "text", "mediumtext", "longtext",
+                             "binary", "varbinary", "tinyblob", "blob", "mediumblob",
+                             "longblob"})
+
+
+def _temporal(convert: Converter) -> Converter:
+    """A zero or invalid date (which pymysql leaves as its text) is null, as in the binlog."""
+    return lambda value: None if isinstance(value, str) else convert(value)
+
+
+def _read_bits(width: int) -> Converter:
+    """BIT as pymysql reads it (big-endian bytes) -> as :func:`bits` writes it."""
+    if width == 1:
+        return lambda value: int.from_bytes(value, "big") == 1
+    size = (width + 7) // 8
+    return lambda value: b64(int.from_bytes(value, "big").to_bytes(size, "little"))
+
+
+def read_converter(data_type: str, fsp: int, width: int) -> Converter | None:
+    """How to convert a snapshot's value of a column of ``data_type`` (lower case, as in
+    ``information_schema``; ``fsp`` its fraction digits, ``width`` a BIT's bits). None: the
+    value pymysql returns is already what the binlog gives (integers, DOUBLE, YEAR, ENUM,
+    SET as ``a,c`` in definition order, MariaDB's JSON, which is text)."""
+    if data_type == "decimal":
+        return decimal_text
+    if data_type == "float":
+        return float32
+    if data_type == "date":
+        return _temporal(date_days)
+    if data_type == "time":
+        return time_us
+    if data_type == "datetime":
+        return _temporal(datetime_us if fsp > 3 else datetime_ms)
+    if data_type == "timestamp":  # read with the session's time_zone at +00:00
+        return _temporal(timestamp_text(fsp))
+    if data_type == "bit":
+        return _read_bits(width)
+    if data_type == "json":  # MySQL's JSON type (MariaDB's JSON is longtext)
+        return json_text
+    if data_type in _GEOMETRIES:
+        return geometry
+    if data_type in _TEXT_OR_BINARY:
+        return _text_or_binary
+    return None

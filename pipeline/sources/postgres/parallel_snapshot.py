@@ -37,10 +37,10 @@ import psycopg2
 from pipeline.capture.source import Checkpoint, Item
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.errors import PermanentError, RetriableError, SourceSetupError
-from pipeline.positions import Lsn
+from pipeline.positions import Lsn, SnapshotPosition
 from pipeline.sources.postgres.chunks import ChunkKey, TableReader
 from pipeline.sources.postgres.slot import connect, translate
-from pipeline.sources.postgres.snapshot import SnapshotPosition, open_snapshot_transaction
+from pipeline.sources.postgres.snapshot import open_snapshot_transaction
 from pipeline.sources.postgres.snapshot_reader import KeyRange, ReaderSetup, run_reader
 from pipeline.sources.postgres.types import TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues

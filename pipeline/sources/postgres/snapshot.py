@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,7 +37,8 @@ import psycopg2
 
 from pipeline.capture.source import ANY_PARTITION, Checkpoint, Item
 from pipeline.config import KafkaSettings, PostgresSettings
-from pipeline.positions import Lsn
+from pipeline.events import snapshot_marker
+from pipeline.positions import Lsn, SnapshotPosition
 from pipeline.sources.postgres.chunks import TableReader
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.reads import ReadEncoder
@@ -60,28 +61,6 @@ def open_snapshot_transaction(conn: Any, exported: str | None) -> str:
     except psycopg2.Error as exc:
         raise translate(exc, "starting the snapshot") from exc
     return str(db)
-
-
-def snapshot_marker(first_overall: bool, last_overall: bool, first_in_table: bool,
-                    last_in_table: bool) -> str:
-    """Debezium's ``source.snapshot`` value for a read, from where it falls."""
-    if first_overall:
-        return "first"
-    if last_overall:
-        return "last"
-    if first_in_table:
-        return "first_in_data_collection"
-    if last_in_table:
-        return "last_in_data_collection"
-    return "true"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class SnapshotPosition:
-    """How far the snapshot got: ``chunks`` read (orders positions) and the progress to save."""
-
-    chunks: int
-    progress: dict[str, Any] = field(compare=False)
 
 
 @dataclass(slots=True)

@@ -30,10 +30,11 @@ import psycopg2
 from pipeline.capture.publisher import EventPublisher
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.errors import CdcError, PermanentError, RetriableError
+from pipeline.events import snapshot_marker
 from pipeline.sources.postgres.chunks import ChunkKey, TableReader
 from pipeline.sources.postgres.reads import ReadEncoder
 from pipeline.sources.postgres.slot import connect, translate
-from pipeline.sources.postgres.snapshot import open_snapshot_transaction, snapshot_marker
+from pipeline.sources.postgres.snapshot import open_snapshot_transaction
 from pipeline.sources.postgres.types import TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
 

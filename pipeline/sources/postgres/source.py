@@ -32,7 +32,7 @@ from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.errors import RetriableError, SourceExhausted, SourceSetupError
 from pipeline.events import UNAVAILABLE_VALUE, encode_value
 from pipeline.metrics import Metrics
-from pipeline.positions import Lsn
+from pipeline.positions import Lsn, SnapshotPosition
 from pipeline.sources.postgres.backfill import Backfills
 from pipeline.sources.postgres.envelope import (
     ChangeBuilder,
@@ -70,7 +70,7 @@ from pipeline.sources.postgres.slot import (
     primary_key_columns,
     translate,
 )
-from pipeline.sources.postgres.snapshot import SnapshotPosition, TableSnapshot
+from pipeline.sources.postgres.snapshot import TableSnapshot
 from pipeline.sources.postgres.transactions import TransactionMetadata
 from pipeline.sources.postgres.types import TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues

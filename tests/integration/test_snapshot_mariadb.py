@@ -1,0 +1,273 @@
+"""The initial snapshot of MariaDB tables (mysql.snapshot_mode) against the stack's real
+MariaDB 10.11, Kafka and Elasticsearch: `cdc capture` and a kafka-engine search worker as
+subprocesses."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline import stack
+from pipeline.harness import PipelineProcess, wait_until
+from tests.integration.mariadb_scenario import ITEMS_DDL, MariadbScenario
+from tests.integration.scenario import read_topic
+from tests.integration.test_capture_mariadb import EXTREMES, TYPES_DDL
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def mariadb(stack_info: Any) -> Any:
+    return stack.up(["mariadb"])
+
+
+@pytest.fixture
+def maria(mariadb: Any, tmp_path: Path) -> Iterator[MariadbScenario]:
+    sc = MariadbScenario(mariadb, tmp_path)
+    yield sc
+    sc.close()
+
+
+def _fill(maria: MariadbScenario, first: int, last: int) -> None:
+    """Rows first..last in one statement (MariaDB's sequence engine)."""
+    maria.execute(f"INSERT INTO {{db}}.items SELECT seq, CONCAT('item ', seq), seq, "
+                  f"seq + 0.25 FROM {{db}}.seq_{first}_to_{last}")
+
+
+def _capture(maria: MariadbScenario, name: str = "capture") -> PipelineProcess:
+    """Capture started without waiting for the stream (it snapshots first)."""
+    proc = PipelineProcess("capture", maria.env, maria.work / f"{name}.log")
+    maria.processes[name] = proc
+    return proc
+
+
+def _topic_values(maria: MariadbScenario, topic: str) -> list[dict[str, Any]]:
+    return [orjson.loads(m.value()) for m in read_topic(maria.settings.kafka, topic)
+            if m.value() is not None]
+
+
+def test_snapshot_reads_equal_the_binlog_values_of_every_type(maria: MariadbScenario) -> None:
+    """Rows existing before capture arrive as `op: r`; each column's value is what the
+    binlog gives for the same row (its delete's `before`), for 20 types and NULLs."""
+    maria.execute(TYPES_DDL)
+    maria.execute(EXTREMES, "naïve 😀 𝄞 漢字")
+    maria.execute("INSERT INTO {db}.items (id) VALUES (1)")
+    maria.execute("INSERT INTO {db}.items (id, tags, exact, f, ts, born, dt) VALUES "
+                  "(2, '', 0, 1.2345678, '1970-01-01 00:00:01', '1969-12-31', "
+                  "'1969-07-20 20:17:40')")
+    capture = _capture(maria)
+    assert wait_until(lambda: "reading the binlog from" in capture.tail(200)
+                      or not capture.alive(), 90), capture.tail()
+    reads = {v["after"]["id"]: v for v in maria.changes() if v["op"] == "r"}
+    assert sorted(reads) == [1, 2, 4294967295]
+    maria.execute("DELETE FROM {db}.items")
+    assert wait_until(lambda: sum(v["op"] == "d" for v in maria.changes()) == 3, 60)
+    deleted = {v["before"]["id"]: v["before"] for v in maria.changes() if v["op"] == "d"}
+    for key, read in reads.items():
+        assert read["after"] == deleted[key], key
+    assert reads[2]["after"]["f"] == 1.2345678  # the stored float, not the 6 printed digits
+    assert reads[2]["after"]["tags"] == ""
+
+    assert [reads[i]["source"]["snapshot"] for i in (1, 2, 4294967295)] == \
+        ["first", "true", "last"]
+    source = reads[1]["source"]
+    assert source["connector"] == "mariadb" and source["table"] == "items"
+    assert source["file"].startswith("mysql-bin.") and source["row"] == 0
+    streamed = [v["source"]["lsn"] for v in maria.changes() if v["op"] == "d"]
+    assert source["lsn"] < min(streamed)  # the snapshot's position: before its changes
+
+
+def test_existing_rows_of_two_tables_reach_the_index_with_debezium_markers(
+        maria: MariadbScenario) -> None:
+    maria.execute(ITEMS_DDL)
+    maria.execute("CREATE TABLE {db}.extra (a VARCHAR(20), b INT, note TEXT, "
+                  "PRIMARY KEY (a, b))")
+    _fill(maria, 1, 95)
+    for a in ("x", "y`z"):  # a composite key, a backtick in a value
+        for b in range(12):
+            maria.execute("INSERT INTO {db}.extra VALUES (%s, %s, 'n')", a, b)
+    extra = f"{maria.db}.extra"
+    maria.env["CDC_MYSQL__TABLES"] = f"[{maria.table_id}, {extra}]"
+    maria.env["CDC_MYSQL__SNAPSHOT_CHUNK_SIZE"] = "10"
+    capture = _capture(maria)
+    maria.start("worker")
+    assert wait_until(lambda: "reading the binlog from" in capture.tail(200)
+                      or not capture.alive(), 90), capture.tail()
+    maria.execute("UPDATE {db}.items SET name = 'after the snapshot' WHERE id = 7")
+    maria.execute("DELETE FROM {db}.items WHERE id = 8")
+    assert maria.converged(), (len(maria.indexed()), len(maria.expected()))
+    assert maria.indexed()["7"]["name"] == "after the snapshot"
+
+    items = [v for v in maria.changes() if v["op"] == "r"]
+    others = sorted(_topic_values(maria, maria.settings.kafka.raw_topic(extra)),
+                    key=lambda v: (v["after"]["a"], v["after"]["b"]))
+    assert [v["after"]["id"] for v in sorted(items, key=lambda v: v["after"]["id"])] == \
+        list(range(1, 96))
+    assert [(v["after"]["a"], v["after"]["b"]) for v in others] == \
+        [(a, b) for a in ("x", "y`z") for b in range(12)]
+    markers = {v["after"]["id"]: v["source"]["snapshot"] for v in items}
+    assert markers[1] == "first" and markers[95] == "last_in_data_collection"
+    assert {markers[i] for i in range(2, 95)} == {"true"}
+    assert others[0]["source"]["snapshot"] == "first_in_data_collection"
+    assert others[-1]["source"]["snapshot"] == "last"
+    assert {v["source"]["snapshot"] for v in others[1:-1]} == {"true"}
+    assert len({v["source"]["lsn"] for v in items + others}) == 1  # one consistent point
+
+
+def _racing_writer(maria: MariadbScenario, stop: threading.Event, top: int,
+                   done: list[int]) -> None:
+    """Updates, deletes and inserts across the whole table until ``stop``."""
+    rnd = random.Random(7)
+    conn = maria.connect()
+    try:
+        with conn.cursor() as cur:
+            next_id = top + 1
+            while not stop.is_set():
+                victim = rnd.randint(1, top)
+                cur.execute(f"UPDATE {maria.db}.items SET qty = qty + 1, name = 'raced' "
+                            f"WHERE id = %s", (victim,))
+                cur.execute(f"DELETE FROM {maria.db}.items WHERE id = %s",
+                            (rnd.randint(1, top),))
+                cur.execute(f"INSERT INTO {maria.db}.items VALUES (%s, 'new', 1, 1.00)",
+                            (next_id,))
+                next_id += 1
+                done[0] += 1
+    finally:
+        conn.close()
+
+
+def test_writers_racing_the_snapshot_leave_the_index_equal_to_the_table(
+        maria: MariadbScenario) -> None:
+    maria.execute(ITEMS_DDL)
+    _fill(maria, 1, 20_000)
+    maria.env["CDC_MYSQL__SNAPSHOT_CHUNK_SIZE"] = "50"
+    stop, done = threading.Event(), [0]
+    writer = threading.Thread(target=_racing_writer, args=(maria, stop, 20_000, done))
+    capture = _capture(maria)
+    writer.start()
+    try:
+        assert wait_until(lambda: "snapshot of" in capture.tail(200)
+                          or not capture.alive(), 60), capture.tail()
+        at_start = done[0]
+        assert wait_until(lambda: "snapshot complete" in capture.tail(200)
+                          or not capture.alive(), 180), capture.tail()
+        during = done[0] - at_start
+    finally:
+        stop.set()
+        writer.join(30)
+    assert during > 0, "the writer must change rows while the snapshot runs"
+    maria.start("worker")
+    assert maria.converged(180), (len(maria.indexed()), len(maria.expected()))
+    assert any(d["name"] == "raced" for d in maria.indexed().values())
+
+
+def _published(maria: MariadbScenario) -> int:
+    """Records in the table's topic (0 while it is being created)."""
+    from confluent_kafka import KafkaException
+
+    from tests.integration.test_capture_mariadb import _published as published
+    try:
+        return published(maria)
+    except KafkaException:  # a topic just created: no leader yet
+        return 0
+
+
+def test_capture_killed_mid_snapshot_resumes_without_reading_finished_chunks(
+        maria: MariadbScenario) -> None:
+    rows = 20_000
+    maria.execute(ITEMS_DDL)
+    _fill(maria, 1, rows)
+    maria.env["CDC_MYSQL__SNAPSHOT_CHUNK_SIZE"] = "100"
+    capture = _capture(maria)
+    assert wait_until(lambda: _published(maria) >= rows // 4 or not capture.alive(), 120,
+                      0.05), capture.tail()
+    capture.kill()  # kill -9 in the middle of the snapshot
+    before_kill = _published(maria)
+    assert before_kill < rows, "the snapshot must be interrupted, not finished"
+    # Changes while capture is down: some of rows already read, some not yet read.
+    maria.execute("UPDATE {db}.items SET name = 'while down' WHERE id IN (3, %s)", rows - 3)
+    maria.execute("DELETE FROM {db}.items WHERE id IN (5, %s)", rows - 5)
+    maria.execute("INSERT INTO {db}.items VALUES (%s, 'new while down', 1, 1.00)", rows + 1)
+    again = _capture(maria, "capture-again")
+    assert wait_until(lambda: "reading the binlog from" in again.tail(200)
+                      or not again.alive(), 120), again.tail()
+    assert "resuming an interrupted one" in again.tail(400)
+    assert wait_until(lambda: _published(maria) >= rows + 3, 60), _published(maria)
+    reads = [v for v in maria.changes() if v["op"] == "r"]
+    read_ids = {v["after"]["id"] for v in reads}
+    assert read_ids >= set(range(1, rows + 1)) - {rows - 5}, sorted(
+        set(range(1, rows + 1)) - read_ids)[:20]
+    # Finished chunks were not read again: at most the unconfirmed tail (chunks in flight
+    # when killed) arrives twice.
+    assert len(reads) < rows + 2_000, (len(reads), before_kill)
+    maria.start("worker")
+    assert maria.converged(300), (len(maria.indexed()), len(maria.expected()))
+    indexed = maria.indexed()
+    assert indexed["3"]["name"] == "while down" and str(rows - 5) not in indexed
+    assert "5" not in indexed and indexed[str(rows + 1)]["name"] == "new while down"
+
+
+def test_snapshot_mode_never_and_initial_only(maria: MariadbScenario) -> None:
+    maria.execute(ITEMS_DDL)
+    _fill(maria, 1, 30)
+    maria.env["CDC_MYSQL__SNAPSHOT_MODE"] = "initial_only"
+    only = _capture(maria, "initial-only")
+    assert wait_until(lambda: not only.alive(), 90), only.tail()
+    assert only.proc.returncode == 0, only.tail()
+    assert "snapshot complete" in only.tail(200)
+    assert sorted(v["after"]["id"] for v in maria.changes()) == list(range(1, 31))
+    maria.env["CDC_MYSQL__SNAPSHOT_MODE"] = "initial"  # streams from the snapshot's point
+    maria.execute("UPDATE {db}.items SET qty = 0 WHERE id = 1")
+    maria.start("capture")
+    assert wait_until(lambda: len(maria.changes()) == 31, 60), len(maria.changes())
+    assert maria.changes()[-1]["op"] == "u"
+
+    maria.processes.pop("capture").stop()
+    maria.env["CDC_MYSQL__SERVER_NAME"] += "-never"  # no saved position under this name
+    maria.env["CDC_MYSQL__SNAPSHOT_MODE"] = "never"
+    maria.env["CDC_KAFKA__TOPIC_PREFIX"] += "n"
+    never = _capture(maria, "capture-never")
+    assert wait_until(lambda: "reading the binlog from" in never.tail(200)
+                      or not never.alive(), 60), never.tail()
+    assert "mysql.snapshot_mode never" in never.tail(200)
+    maria.execute("UPDATE {db}.items SET qty = 5 WHERE id = 2")
+    topic = f"{maria.env['CDC_KAFKA__TOPIC_PREFIX']}.{maria.table_id}"
+    assert wait_until(lambda: len(_topic_values(maria, topic)) == 1, 60)
+    time.sleep(1)
+    assert [v["op"] for v in _topic_values(maria, topic)] == ["u"]
+    never.stop()
+    from pipeline.capture.offsets import OffsetStore
+    OffsetStore(maria.settings.kafka, {"source": "mysql", "server": maria.env[
+        "CDC_MYSQL__SERVER_NAME"], "server_id": maria.env["CDC_MYSQL__SERVER_ID"]}).forget()
+
+
+def test_when_needed_takes_a_new_snapshot_when_the_binlog_was_purged(
+        maria: MariadbScenario) -> None:
+    maria.env["CDC_MYSQL__SNAPSHOT_MODE"] = "when_needed"
+    maria.execute(ITEMS_DDL)
+    capture = maria.start("capture")
+    maria.execute("INSERT INTO {db}.items VALUES (1, 'one', 1, 1.00)")
+    assert wait_until(lambda: len(maria.changes()) == 1, 60)
+    capture.stop()
+    maria.execute("INSERT INTO {db}.items VALUES (2, 'two', 2, 2.00)")  # purged below
+    maria.execute("FLUSH BINARY LOGS")
+    (current,) = [r[0] for r in maria.query("SHOW MASTER STATUS")]
+
+    def purged() -> bool:
+        maria.execute(f"PURGE BINARY LOGS TO '{current}'")
+        return [r[0] for r in maria.query("SHOW BINARY LOGS")] == [current]
+
+    assert wait_until(purged, 30, 1)
+    again = _capture(maria, "capture-again")
+    assert wait_until(lambda: "reading the binlog from" in again.tail(200)
+                      or not again.alive(), 60), again.tail()
+    assert "taking a new snapshot" in again.tail(200)
+    reads = sorted(v["after"]["id"] for v in maria.changes() if v["op"] == "r")
+    assert reads == [1, 2]  # the row only the purged binlog had, read from the table
