@@ -233,16 +233,16 @@ def down(timeout: float = 30.0) -> None:
 
 
 def status() -> dict[str, ServiceStatus]:
-    """Per service (all, optional ones once started): running now?, recorded port, pid,
-    connection settings."""
+    """Per service (all, the optional schema registry while it runs): running now?,
+    recorded port, pid, connection settings."""
     base = state_dir()
     records = _read(base)
     result: dict[str, ServiceStatus] = {}
     for name, mod in SERVICES.items():
         rec = records.get(name) or {}
-        if name not in DEFAULT and not rec:
-            continue  # an optional service never started here
         running = _running(name, rec)
+        if name not in DEFAULT and not running:
+            continue  # an optional service is listed while it runs
         result[name] = ServiceStatus(
             name=name,
             running=running,

@@ -143,7 +143,7 @@ def test_the_worker_reads_a_topic_written_by_a_foreign_avro_producer(
                    "CDC_WORKER__ENGINE": "kafka"})
     ensure_topics(sc.settings.kafka, [sc.topic])
     client = SchemaRegistryClient({"url": registry_url})
-    serialize = AvroSerializer(client, json.dumps(_foreign_envelope_schema(f"other.{sc.uid}")))
+    serialize = AvroSerializer(client, json.dumps(_foreign_envelope_schema(f"other.n{sc.uid}")))
     producer = Producer(client_config(sc.settings.kafka))
     rows = [(7, "fig", 2, "3.10"), (8, "kiwi", None, None), (7, "fig", 6, "3.10")]
     for lsn, (row_id, name, qty, price) in enumerate(rows, start=100):
