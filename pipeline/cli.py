@@ -333,18 +333,30 @@ _OPTIONAL_SECTIONS = ("elasticsearch", "redis")
 
 def _sections_left_out() -> set[str]:
     """Optional sections absent from the configuration file ($CDC_CONFIG), if one is set."""
+    data = _config_file()
+    if data is None:
+        return set()
+    return {s for s in _OPTIONAL_SECTIONS if s not in data}
+
+
+def _config_wants_avro() -> bool:
+    """Whether the configuration file ($CDC_CONFIG) sets kafka.value_format: avro."""
+    data = _config_file()
+    kafka = data.get("kafka") if data else None
+    return isinstance(kafka, dict) and kafka.get("value_format") == "avro"
+
+
+def _config_file() -> dict[str, Any] | None:
     path = os.environ.get("CDC_CONFIG")
     if not path or not Path(path).is_file():
-        return set()
+        return None
     import yaml
 
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError:
-        return set()
-    if not isinstance(data, dict):
-        return set()
-    return {s for s in _OPTIONAL_SECTIONS if s not in data}
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class _Service(click.ParamType):
@@ -366,15 +378,22 @@ _SERVICES = _Service()
 
 @stack.command("up")
 @click.argument("services", nargs=-1, type=_SERVICES)
-def stack_up(services: tuple[str, ...]) -> None:
-    """Install (once) and start SERVICES (default: all), reusing running ones; prints the
-    settings to export (eval "$(cdc stack up)")."""
+@click.option("--with-registry", is_flag=True,
+              help="Start the schema registry too (also when $CDC_CONFIG sets "
+                   "kafka.value_format: avro).")
+def stack_up(services: tuple[str, ...], with_registry: bool) -> None:
+    """Install (once) and start SERVICES (default: all but the schema registry), reusing
+    running ones; prints the settings to export (eval "$(cdc stack up)")."""
     import time
 
-    from pipeline.stack import up
+    from pipeline.stack import DEFAULT, up
+    from pipeline.stack.registry import NAME as REGISTRY
 
+    names = list(services) or list(DEFAULT)
+    if (with_registry or _config_wants_avro()) and REGISTRY not in names:
+        names.append(REGISTRY)
     started = time.monotonic()
-    info = _stack_run(lambda: up(list(services) or None))
+    info = _stack_run(lambda: up(names))
     click.echo(f"# stack up in {time.monotonic() - started:.1f}s")
     _stack_exports(info)
 

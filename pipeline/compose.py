@@ -27,6 +27,7 @@ from pipeline.sinks.registry import build_configured, sink_names
 
 if TYPE_CHECKING:
     from pipeline.capture.loop import CaptureLoop
+    from pipeline.capture.publisher import EventPublisher
     from pipeline.capture.source import ChangeSource
     from pipeline.sources.outbox.logical import LogicalOutbox
 
@@ -82,11 +83,15 @@ def build_processor(
         settings.group_id(sink),
     )
     evolution = None
-    if settings.evolution is not None:
+    registry_url = settings.kafka.schema_registry_url
+    if settings.evolution is not None or registry_url:
+        from pipeline.evolution.registry import SchemaRegistry
         from pipeline.evolution.stage import EvolutionStage
 
+        ev = settings.evolution
         evolution = EvolutionStage.from_settings(
-            settings.evolution.schemas_dir, settings.evolution.upcasters
+            None if ev is None else ev.schemas_dir, None if ev is None else ev.upcasters,
+            SchemaRegistry(registry_url) if registry_url else None,
         )
         for missing in evolution.evolver.missing_steps():
             log.warning("schema evolution: %s", missing)
@@ -176,16 +181,32 @@ def build_capture(settings: Settings, metrics: Metrics,
     """The configured source in the one capture loop. ``reset_position``: forget the
     source's position kept in Kafka first (after a lost slot)."""
     from pipeline.capture.loop import CaptureLoop
-    from pipeline.capture.publisher import EventPublisher
 
     source = build_source(settings, metrics)
     if reset_position:
         source.forget_positions()
         log.warning("forgot the saved position of %s: capture starts where the source is "
                     "(a new slot: the current end of the WAL)", source.name)
-    return CaptureLoop(source, EventPublisher(settings.kafka), settings.kafka, metrics,
+    return CaptureLoop(source, _publisher(settings), settings.kafka, metrics,
                        retry_timeout_s=settings.errors.retry_timeout_s,
                        throughput_log_s=settings.capture.throughput_log_interval_s)
+
+
+def _publisher(settings: Settings) -> EventPublisher:
+    """Capture's publisher: JSON values, or Avro registered in the schema registry."""
+    from pipeline.capture.publisher import EventPublisher
+
+    k = settings.kafka
+    if k.value_format != "avro":
+        return EventPublisher(k)
+    from pipeline.capture.avro import AvroEnvelopeSchemas, AvroPublisher
+    from pipeline.config import EvolutionSettings
+    from pipeline.evolution.registry import SchemaRegistry
+    from pipeline.evolution.schemas import SchemaSet
+
+    assert k.schema_registry_url is not None  # KafkaSettings checks it
+    schemas = SchemaSet.load((settings.evolution or EvolutionSettings()).schemas_dir)
+    return AvroPublisher(k, AvroEnvelopeSchemas(schemas, SchemaRegistry(k.schema_registry_url)))
 
 
 def run_capture(settings: Settings, reset_position: bool = False) -> None:

@@ -311,6 +311,21 @@ class KafkaSettings(_Section):
     #: Extra librdkafka settings of the capture producer, e.g. {"linger.ms": 10}; security
     #: settings belong in ``client``. Values of keys naming a secret are kept as secrets.
     producer: dict[str, Any] = Field(default_factory=dict)
+    #: How capture writes change-event values: json (Debezium's JsonConverter, schemas off)
+    #: or avro (Confluent's wire format, schemas registered in ``schema_registry_url``).
+    value_format: Literal["json", "avro"] = "json"
+    #: A Confluent-API schema registry (Apicurio: ``http://host:port/apis/ccompat/v7``).
+    #: Capture registers its schemas there (value_format avro); workers resolve every Avro
+    #: schema id there instead of ``schemas/ids.yaml``.
+    schema_registry_url: str | None = None
+
+    @model_validator(mode="after")
+    def _avro_needs_registry(self) -> KafkaSettings:
+        if self.value_format == "avro" and not self.schema_registry_url:
+            raise ValueError("kafka.value_format avro needs kafka.schema_registry_url (a "
+                             "Confluent-API schema registry; `cdc stack up --with-registry` "
+                             "starts one)")
+        return self
 
     @field_validator("producer")
     @classmethod

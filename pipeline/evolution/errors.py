@@ -6,7 +6,7 @@
     BadDataError
     ├── EventDecodeError
     │   ├── WireFormatError         an Avro wire-format payload cannot be read
-    │   └── UnknownSchemaIdError    its schema id is not in the schema set
+    │   └── UnknownSchemaIdError    its schema id is not in the schema set (or registry)
     ├── WireEncodeError             a record does not fit the schema it is encoded with
     └── EvolutionError              (stage "evolution")
         ├── UnknownSchemaVersionError   a row image matches no version of its table
@@ -44,11 +44,13 @@ class WireFormatError(EventDecodeError):
 
 
 class UnknownSchemaIdError(EventDecodeError):
-    """A wire-format payload names a schema id that ``schemas/ids.yaml`` does not assign."""
+    """A wire-format payload names a schema id that ``schemas/ids.yaml`` (or, with a schema
+    registry, the registry) does not know, or that is no Avro schema."""
 
-    def __init__(self, schema_id: int) -> None:
+    def __init__(self, schema_id: int,
+                 problem: str = "is not in the schema set (schemas/ids.yaml)") -> None:
         self.schema_id = schema_id
-        super().__init__(f"schema id {schema_id} is not in the schema set (schemas/ids.yaml)")
+        super().__init__(f"schema id {schema_id} {problem}")
 
 
 class WireEncodeError(BadDataError):

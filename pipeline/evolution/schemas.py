@@ -146,7 +146,10 @@ def _read_ids(path: Path) -> dict[tuple[str, int], int]:
 class SchemaSet:
     """Every table version of a schema folder, parsed once. Immutable after ``load``."""
 
-    def __init__(self, versions: list[TableVersion]) -> None:
+    def __init__(self, versions: list[TableVersion],
+                 envelope_template: Schema | None = None) -> None:
+        #: envelope.avsc as read (None for a set built in code without one).
+        self.envelope_template = envelope_template
         self._by_table: dict[str, dict[int, TableVersion]] = {}
         self._by_id: dict[int, TableVersion] = {}
         for tv in sorted(versions, key=lambda v: (v.table, v.version)):
@@ -169,7 +172,7 @@ class SchemaSet:
             raise SchemaFolderError(
                 root / IDS_FILE, f"{table} v{version} has an id but no {table}/v{version}.avsc"
             )
-        return cls(versions)
+        return cls(versions, template)
 
     # -- lookups -----------------------------------------------------------------------------
     @property

@@ -81,7 +81,10 @@ class AvroWireFormat:
         magic, schema_id = _HEADER.unpack_from(payload)
         if magic != MAGIC_BYTE:
             raise WireFormatError(f"magic byte {magic} is not {MAGIC_BYTE}")
-        writer = self.schema_set.by_id(schema_id)
+        return self.read(payload, schema_id, self.schema_set.by_id(schema_id))
+
+    def read(self, payload: bytes, schema_id: int, writer: TableVersion) -> WireRecord:
+        """The body of ``payload`` (header already checked) as written with ``writer``."""
         reader = self._reader_for(writer)
         body = io.BytesIO(payload)
         body.seek(_HEADER.size)

@@ -1,6 +1,6 @@
 """A local stack of real servers on 127.0.0.1 for development, tests and benchmarks:
 PostgreSQL 15 (logical decoding), Kafka 3.9.1 (KRaft), Redis 7, Elasticsearch 9, MariaDB 10.11
-(row binlog).
+(row binlog); optionally a schema registry (Apicurio Registry, Confluent's API).
 
 Installed idempotently (apt, Maven Central; cached in ``$CDC_CACHE_DIR`` or
 ``~/.cache/cdc-pipeline``), started on free ports with state in ``$CDC_STACK_DIR``
@@ -16,6 +16,7 @@ Servers outlive the Python process that started them.
 from pipeline.stack.errors import StackError
 from pipeline.stack.runner import (
     ALL,
+    DEFAULT,
     ServiceStatus,
     StackInfo,
     down,
@@ -30,6 +31,7 @@ from pipeline.stack.runner import (
 
 __all__ = [
     "ALL",
+    "DEFAULT",
     "ServiceStatus",
     "StackError",
     "StackInfo",

@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import zipfile
@@ -249,8 +250,16 @@ def maven_artifact(coordinate: str, dest_dir: Path) -> Path:
 
 
 def _intact(archive: Path) -> bool:
-    """A zip or jar whose central directory is readable (a truncated download is not);
-    other types are taken as they are."""
+    """A zip or jar whose central directory is readable, a .tar.gz that reads to its end
+    (a truncated download is neither); other types are taken as they are."""
+    if archive.name.endswith(".tar.gz"):
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for _ in tar:
+                    pass
+            return True
+        except (tarfile.TarError, OSError, EOFError):
+            return False
     if archive.suffix not in (".zip", ".jar"):
         return True
     return zipfile.is_zipfile(archive)
@@ -275,6 +284,27 @@ def unzip_once(archive: Path, dest: Path) -> Path:
                 mode = (info.external_attr >> 16) & 0o7777
                 if mode and not stat.S_ISLNK(info.external_attr >> 16):
                     os.chmod(path, mode | (0o755 if info.is_dir() else 0o444))
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        (dest / MARKER).write_text(f"{archive.name}\n")
+    return dest
+
+
+def untar_once(archive: Path, dest: Path) -> Path:
+    """Unpack the .tar.gz ``archive`` into ``dest`` once, marker-guarded. Returns ``dest``."""
+    if (dest / MARKER).exists():
+        return dest
+    with file_lock(dest.parent / f".{dest.name}.lock"):
+        if (dest / MARKER).exists():
+            return dest
+        tmp = dest.with_name(dest.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        announce(f"unpacking {archive.name} into {dest}...")
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(tmp, filter="data")
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)

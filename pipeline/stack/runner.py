@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pipeline.stack import elasticsearch, kafka, mariadb, postgres, redis
+from pipeline.stack import elasticsearch, kafka, mariadb, postgres, redis, registry
 from pipeline.stack.errors import StackError
 from pipeline.stack.install import file_lock
 from pipeline.stack.ports import free_ports, is_port_free
@@ -29,8 +29,11 @@ SERVICES: dict[str, ModuleType] = {
     "redis": redis,
     "elasticsearch": elasticsearch,
     "mariadb": mariadb,
+    registry.NAME: registry,
 }
 ALL = tuple(SERVICES)
+#: What ``up()`` starts when no service is named: the schema registry only when asked.
+DEFAULT = tuple(n for n in SERVICES if n != registry.NAME)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -45,6 +48,8 @@ class StackInfo:
     state_dir: Path
     #: Port of MariaDB (the capture user's host is 127.0.0.1); 0 when never started here.
     mariadb_port: int = 0
+    #: The schema registry's Confluent-API URL; "" unless it runs (it is optional).
+    schema_registry_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ def _write(base: Path, services: dict[str, dict[str, Any]]) -> None:
 
 
 def _check_names(services: Iterable[str] | None) -> list[str]:
-    names = list(ALL) if services is None else list(services)
+    names = list(DEFAULT) if services is None else list(services)
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
         raise StackError(f"unknown services {unknown}; known: {list(ALL)}")
@@ -114,6 +119,8 @@ def _info(base: Path, records: dict[str, dict[str, Any]]) -> StackInfo:
         elasticsearch_url=conn("elasticsearch", "url"),
         state_dir=base,
         mariadb_port=int(conn("mariadb", "port") or 0),
+        schema_registry_url=conn(registry.NAME, "url") if _running(
+            registry.NAME, records.get(registry.NAME)) else "",
     )
 
 
@@ -155,7 +162,8 @@ def _start_one(base: Path, name: str, ports: dict[str, int]) -> dict[str, Any]:
 
 
 def up(services: Iterable[str] | None = None) -> StackInfo:
-    """Install what is missing and start the given services (default: all)
+    """Install what is missing and start the given services (default: all but the schema
+    registry)
     concurrently; services already running (pid alive and readiness probe passing) are
     reused. Ports recorded in stack.json are reused. Raises StackError (with the log
     tail) if a server fails; the others that did start stay up and are recorded."""
@@ -225,13 +233,16 @@ def down(timeout: float = 30.0) -> None:
 
 
 def status() -> dict[str, ServiceStatus]:
-    """Per service (all): running now?, recorded port, pid, connection settings."""
+    """Per service (all, the optional schema registry while it runs): running now?,
+    recorded port, pid, connection settings."""
     base = state_dir()
     records = _read(base)
     result: dict[str, ServiceStatus] = {}
     for name, mod in SERVICES.items():
         rec = records.get(name) or {}
         running = _running(name, rec)
+        if name not in DEFAULT and not running:
+            continue  # an optional service is listed while it runs
         result[name] = ServiceStatus(
             name=name,
             running=running,
@@ -246,7 +257,7 @@ def load() -> StackInfo | None:
     """The running stack if every service is up and answering, else None."""
     base = state_dir()
     records = _read(base)
-    if all(_running(n, records.get(n)) for n in ALL):
+    if all(_running(n, records.get(n)) for n in DEFAULT):
         return _info(base, records)
     return None
 
@@ -259,6 +270,8 @@ def env_vars(info: StackInfo) -> dict[str, str]:
         "CDC_REDIS__URL": info.redis_url,
         "CDC_ELASTICSEARCH__URL": info.elasticsearch_url,
     }
+    if info.schema_registry_url:
+        env["CDC_KAFKA__SCHEMA_REGISTRY_URL"] = info.schema_registry_url
     if info.mariadb_port:
         env.update({
             "CDC_MYSQL__HOST": "127.0.0.1",

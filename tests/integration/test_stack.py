@@ -27,7 +27,9 @@ def test_up_is_idempotent_and_recorded(info: stack.StackInfo) -> None:
     assert stack.load() == info
     assert (info.state_dir / "stack.json").exists()
     st = stack.status()
-    assert set(st) == {"postgres", "kafka", "redis", "elasticsearch", "mariadb"}
+    # (the optional schema registry is listed too while it runs)
+    assert set(st) - {"schema-registry"} == {"postgres", "kafka", "redis", "elasticsearch",
+                                             "mariadb"}
     assert all(s.running and s.port and s.pid for s in st.values())
     env = stack.env_vars(info)
     assert env["CDC_KAFKA__BOOTSTRAP_SERVERS"] == info.kafka_bootstrap
