@@ -313,7 +313,8 @@ def recommend(rate: float, sinks: dict[str, SinkCosts], current: Layout, target_
               capture: CapturePrediction) -> Recommendation:
     """Partitions, workers per sink and one batch size/wait (the settings file has one)
     for ``target_s`` p99 freshness at ``rate`` changes/s: the fewest workers in all, then
-    the fewest partitions, then the lowest p99."""
+    the fewest partitions, then the lowest p99. When no layout meets it: the lowest p99
+    (to within 10 %) with the fewest workers."""
     def ok(p: SinkPrediction) -> bool:
         return p.load <= UTILISATION_CEILING and capture.p99_s + p.p99_s <= target_s
 
@@ -326,9 +327,10 @@ def recommend(rate: float, sinks: dict[str, SinkCosts], current: Layout, target_
                          for name, costs in sinks.items()}
                 met = all(ok(p) for p in preds.values())
                 worst = max((p.p99_s for p in preds.values()), default=0.0)
-                key = (0 if met else 1,
-                       sum(p.layout.workers for p in preds.values()) if met else worst,
-                       partitions, worst, size)
+                workers = sum(p.layout.workers for p in preds.values())
+                # unmet: the lowest p99 (to within 10 %), then the fewest workers
+                key = (0, workers, partitions, worst, size) if met else (
+                    1, _log_bucket(worst), workers, partitions, size)
                 if best is None or key < best[0]:
                     best = key, Recommendation(target_s, rate, met, partitions, size, wait,
                                                preds, capture)
@@ -337,6 +339,10 @@ def recommend(rate: float, sinks: dict[str, SinkCosts], current: Layout, target_
     if capture.utilisation > UTILISATION_CEILING:
         rec = replace(rec, met=False)
     return rec
+
+
+def _log_bucket(seconds: float) -> float:
+    return math.inf if math.isinf(seconds) else math.ceil(math.log(max(seconds, 1e-6), 1.1))
 
 
 def saturates_first(capture: CapturePrediction,
