@@ -19,6 +19,7 @@ from typing import Any
 from bench.capture import Ours
 from bench.common import ROOT, Bench, log, workload, workload_result
 from bench.worker import SINKS, SinkWorker, worker_env
+from pipeline.config import KafkaSettings
 from pipeline.harness import group_stable, wait_until
 
 
@@ -57,9 +58,10 @@ def run(bench: Bench, args: Any) -> dict[str, Any]:
     procs = [SinkWorker(sink, {**env, "CDC_METRICS__PORT": str(base + 1 + i)}, work / sink)
              for i, sink in enumerate(SINKS)]
     levels: dict[str, Any] = {}
+    kafka = KafkaSettings(bootstrap_servers=bench.bootstrap)
     try:
         for sink in SINKS:
-            if not wait_until(partial(group_stable, bench.bootstrap,
+            if not wait_until(partial(group_stable, kafka,
                                       f"{env['CDC_WORKER__APP_ID']}-{sink}"), 120, 0.5):
                 raise RuntimeError(f"{sink} worker group never became stable")
         for rate, other in ((rates[0], rates[1]), (rates[1], rates[0])):
