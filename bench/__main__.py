@@ -6,8 +6,8 @@ commit-to-Kafka latency at fixed loads), worker, e2e, memory, snapshot (initial 
 Kafka, ours and Debezium), backfill-latency (commit-to-Kafka latency with and without an
 incremental backfill running), mariadb (a MariaDB binlog backlog drained by ours and by
 Debezium's MariaDB connector), strategies (every capture strategy: log-based, triggers,
-polling, outbox relay: drain, latency, CPU, and the cost to the writer). No part given = all
-of them.
+polling, outbox relay: drain, latency, CPU, and the cost to the writer), tune (``cdc tune``'s
+model against measurement at two loads). No part given = all of them.
 
 ``python -m bench compat [--json out.json]`` is separate: Debezium and our capture over the
 same WAL of every PostgreSQL type, and the table of where their events differ
@@ -30,7 +30,7 @@ from bench import report
 from bench.common import Bench, log, machine
 
 PARTS = ("capture", "debezium", "ceiling", "worker", "e2e", "memory", "snapshot",
-         "backfill-latency", "mariadb", "strategies")
+         "backfill-latency", "mariadb", "strategies", "tune")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strategies: alternating rounds of the writer-cost runs")
     p.add_argument("--writer-seconds", type=float, default=None,
                    help="strategies: seconds per writer-cost run (default 10, quick 3)")
+    p.add_argument("--tune-rates", default="200,1000",
+                   help="tune: the two offered loads, changes/s")
+    p.add_argument("--tune-seconds", type=float, default=None,
+                   help="tune: seconds per load (default --duration, at least 20)")
+    p.add_argument("--tune-target-ms", type=float, default=1000.0,
+                   help="tune: the p99 freshness target given to cdc tune")
     p.add_argument("--keep", action="store_true", help="keep slots, topics and the schema")
     p.add_argument("--no-write", action="store_true", help="do not touch results.json/RESULTS.md")
     return p
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args.strategy_rows = args.strategy_rows or (20_000 if q else 200_000)
     args.strategy_seconds = args.strategy_seconds or args.duration
     args.writer_seconds = args.writer_seconds or (3.0 if q else 10.0)
+    args.tune_seconds = max(args.tune_seconds or args.duration, 20.0)
     command = "python -m bench " + shlex.join(argv)
     work = Path(tempfile.mkdtemp(prefix="cdc-bench-"))
     # The mariadb part alone needs no Elasticsearch or Redis.
@@ -215,6 +222,10 @@ def sections(bench: Bench, parts: list[str],
         out.append(("backfill_latency", lambda: snapshot.backfill_latency(bench, args)))
     if "strategies" in parts:
         out.append(("strategies", lambda: strategies.run(bench, args)))
+    if "tune" in parts:
+        from bench import tune
+
+        out.append(("tune", lambda: tune.run(bench, args)))
     return out
 
 

@@ -116,6 +116,40 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     out += snapshot_rows(results)
     out += mariadb_rows(results)
     out += strategy_rows(results)
+    out += tune_rows(results)
+    return out
+
+
+def tune_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows of the ``tune`` section: measured against the model, per load and stage."""
+    t = results.get("tune")
+    if not t:
+        return []
+    out: list[tuple[str, str, str]] = []
+    for row in t["comparison"]:
+        other = [r for r in t["rates"] if r != row["load"]][0]
+
+        def pct(x: Any) -> str:
+            return "-" if x is None else f"{100 * x:.0f} %"
+
+        out.append((f"tune @{row['load']:,}/s ({_f(row['changes_per_s'])} measured): "
+                    f"{row['stage']}",
+                    f"p99 measured {_f(row['p99_measured_ms'])} ms / model "
+                    f"{_f(row['p99_model_ms'])} ms / predicted from @{other:,}/s "
+                    f"{_f(row['p99_predicted_ms'])} ms",
+                    f"busy measured {pct(row['busy_measured'])} / model "
+                    f"{pct(row['busy_model'])} / predicted {pct(row['busy_predicted'])}"))
+    for rate, level in t["levels"].items():
+        rec = level["tune"]["recommendation"]
+        first = level["tune"]["saturates_first"]
+        out.append((f"tune @{int(rate):,}/s: advice for p99 <= {_f(rec['target_p99_ms'])} ms "
+                    f"at @{_f(level['tune']['rate'])}/s",
+                    f"partitions {rec['partitions']}, batch {rec['batch_size']}/"
+                    f"{_f(rec['batch_wait_ms'])} ms, workers "
+                    + ", ".join(f"{n} {s['workers']}" for n, s in rec["sinks"].items()),
+                    f"{'met' if rec['met'] else 'not met'}; saturates first: {first['stage']} "
+                    f"at ~{_f(first['changes_per_s'])} changes/s; load avg "
+                    f"{level['load_avg']:.1f}"))
     return out
 
 
@@ -319,7 +353,8 @@ def render(stored: dict[str, Any]) -> str:
                             "Commit-to-Kafka latency with an incremental backfill running"),
                            ("mariadb", "MariaDB binlog -> Kafka: draining one backlog"),
                            ("strategies", "Capture strategies: log-based, triggers, polling, "
-                                          "outbox relay")):
+                                          "outbox relay"),
+                           ("tune", "cdc tune: the queueing model against measurement")):
         if section not in stored:
             continue
         res, meta = stored[section]["result"], stored[section]["meta"]

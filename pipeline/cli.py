@@ -808,5 +808,14 @@ def _add_verify() -> None:
 
 _add_verify()
 
+
+def _add_tune() -> None:
+    from pipeline.tune.command import tune
+
+    main.add_command(tune)
+
+
+_add_tune()
+
 if __name__ == "__main__":
     main()

@@ -33,6 +33,9 @@ EXIT_PERMANENT = 3
 #: ``cdc verify``: 1 is drift; these are what kept it from comparing at all.
 EXIT_UNAVAILABLE = 4  # PostgreSQL or Elasticsearch unreachable
 EXIT_NOT_INDEXED = 5  # a table has no index yet
+#: ``cdc tune``: nothing to measure.
+EXIT_NOTHING_RUNNING = 6  # no capture or worker answered on its /metrics
+EXIT_NOTHING_FLOWING = 7  # they answered, but no change went through them
 
 
 class CdcError(Exception):

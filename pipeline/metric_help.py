@@ -37,6 +37,8 @@ HELP: dict[str, str] = {
     # workers and sinks
     "cdc_worker_records_total": "Kafka records a worker processed.",
     "cdc_worker_batches_total": "Batches a worker wrote.",
+    "cdc_worker_batch_processing": "Seconds a worker spends on one batch, from taking it to "
+                                   "committing it (not the wait for it).",
     "cdc_worker_consumer_lag_records": "Records from the consumer's position to the log end.",
     "cdc_worker_unacked_records": "Records read but not yet written and committed.",
     "cdc_worker_errors_total": "Write attempts that failed and are retried, by error kind.",
