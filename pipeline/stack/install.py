@@ -17,7 +17,7 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -268,31 +268,31 @@ def _intact(archive: Path) -> bool:
 def unzip_once(archive: Path, dest: Path) -> Path:
     """Unpack ``archive`` into ``dest`` once (keeping Unix file modes), marker-guarded.
     Returns ``dest``."""
-    if (dest / MARKER).exists():
-        return dest
-    with file_lock(dest.parent / f".{dest.name}.lock"):
-        if (dest / MARKER).exists():
-            return dest
-        tmp = dest.with_name(dest.name + ".partial")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        announce(f"unpacking {archive.name} into {dest}...")
+
+    def extract(tmp: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 path = Path(zf.extract(info, tmp))
                 mode = (info.external_attr >> 16) & 0o7777
                 if mode and not stat.S_ISLNK(info.external_attr >> 16):
                     os.chmod(path, mode | (0o755 if info.is_dir() else 0o444))
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-        (dest / MARKER).write_text(f"{archive.name}\n")
-    return dest
+
+    return _unpack_once(archive, dest, extract)
 
 
 def untar_once(archive: Path, dest: Path) -> Path:
     """Unpack the .tar.gz ``archive`` into ``dest`` once, marker-guarded. Returns ``dest``."""
+
+    def extract(tmp: Path) -> None:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+
+    return _unpack_once(archive, dest, extract)
+
+
+def _unpack_once(archive: Path, dest: Path, extract: Callable[[Path], None]) -> Path:
+    """``extract`` into a scratch folder renamed to ``dest`` when complete, under a lock, and
+    only when ``dest`` has no marker yet: a crash part-way leaves no half-unpacked ``dest``."""
     if (dest / MARKER).exists():
         return dest
     with file_lock(dest.parent / f".{dest.name}.lock"):
@@ -303,8 +303,7 @@ def untar_once(archive: Path, dest: Path) -> Path:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         announce(f"unpacking {archive.name} into {dest}...")
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+        extract(tmp)
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
