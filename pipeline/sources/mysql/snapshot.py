@@ -27,15 +27,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import pymysql
 
-from pipeline.capture.source import ANY_PARTITION, Checkpoint, Item
+from pipeline.capture.chunked_snapshot import Chunk, ChunkedSnapshot, HeldRead
+from pipeline.capture.source import ANY_PARTITION, Item
 from pipeline.config import MysqlSettings
-from pipeline.events import snapshot_marker
-from pipeline.positions import BinlogPosition, SnapshotPosition
+from pipeline.positions import BinlogPosition
 from pipeline.sources.mysql import server
 from pipeline.sources.mysql.chunks import TableReader, decode_key, encode_key
 from pipeline.sources.mysql.envelope import EnvelopeWriter, EventContext, TableImage
@@ -43,41 +42,18 @@ from pipeline.sources.mysql.envelope import EnvelopeWriter, EventContext, TableI
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class _Held:
-    """The last row read, held back until the next one tells its ``snapshot`` marker."""
-
-    table: str
-    image: TableImage
-    row: dict[str, Any]
-    #: The key of the row before it in its table (None: it is the table's first): where a
-    #: snapshot resumes while this row is not yet published.
-    previous_key: list[Any] | None
-    first_overall: bool
-    first_in_table: bool
-    last_in_table: bool = False
-
-
-class BinlogSnapshot:
+class BinlogSnapshot(ChunkedSnapshot):
     """Reads ``mysql.tables`` chunk by chunk in one consistent snapshot; a chunk per
     ``read``. ``progress``: what an interrupted snapshot saved (None: a new one)."""
 
     def __init__(self, settings: MysqlSettings, topics: dict[str, str], writer: EnvelopeWriter,
                  progress: dict[str, Any] | None) -> None:
+        super().__init__(settings.tables, settings.snapshot_chunk_size, progress)
         self.settings = settings
         self.topics = topics  # db.table -> raw topic
         self.writer = writer
-        progress = progress or {}
-        self.done: list[str] = list(progress.get("done", []))
-        self.table: str | None = progress.get("table")
-        saved_after = progress.get("after")
-        self.after: list[Any] | None = decode_key(saved_after) if saved_after else None
-        self.chunks = int(progress.get("chunks", 0))
-        self.rows = int(progress.get("rows", 0))
-        self.ts_s = int(progress.get("ts_s") or time.time())
+        self.ts_s = int((progress or {}).get("ts_s") or time.time())
         self.counts: dict[tuple[str, str], int] = {}
-        self._held: _Held | None = None
-        self._first = not self.done and self.table is None
         self._reader: TableReader | None = None
         self.conn = server.connect(settings)
         try:
@@ -91,82 +67,41 @@ class BinlogSnapshot:
         log.info("snapshot of %s at %s (%s%d tables done)", ", ".join(settings.tables),
                  self.point, resumed, len(self.done))
 
-    @property
-    def finished(self) -> bool:
-        return self._next_table() is None and self._held is None
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()  # ends the read-only transaction
 
-    def read(self) -> list[Item]:
-        """The next chunk's records and a checkpoint after them (the last call also releases
-        the held last row and marks the snapshot complete)."""
-        out: list[Item] = []
-        table = self._next_table()
-        if table is None:
-            if self._held is not None:
-                self._emit(out, last=True)
-            out.append(Checkpoint(SnapshotPosition(self.chunks + 1, self.progress(True))))
-            self.close()
-            log.info("snapshot complete: %d rows", self.rows)
-            return out
+    def _chunk(self, table: str, after: Any) -> Chunk:
         try:
             with self.conn.cursor() as cur:
                 if self._reader is None:
                     self._reader = TableReader(cur, table)
                 reader = self._reader
-                rows = reader.chunk(cur, self.after, self.settings.snapshot_chunk_size)
+                rows = reader.chunk(cur, after, self.settings.snapshot_chunk_size)
         except pymysql.Error as exc:
             raise server.translate(exc, f"reading {table} for the snapshot") from exc
-        starting = self.after is None
-        previous = self.after
-        for i, values in enumerate(rows):
-            if self._held is not None:
-                self._emit(out)
-            self._held = _Held(table, reader.image, reader.row(values), previous,
-                               self._first, starting and i == 0)
-            previous = reader.key_of(values)
-            self._first = False
-        self.rows += len(rows)
-        if len(rows) < self.settings.snapshot_chunk_size:
-            if self._held is not None and self._held.table == table:
-                self._held.last_in_table = True
-            self.done.append(table)
-            self.table, self.after, self._reader = None, None, None
-        else:
-            self.table = table
-            self.after = reader.key_of(rows[-1])
-        self.chunks += 1
-        out.append(Checkpoint(SnapshotPosition(self.chunks, self.progress(False))))
-        return out
+        image = reader.image
 
-    def progress(self, complete: bool) -> dict[str, Any]:
-        """What the offsets topic keeps: enough to resume after the last confirmed chunk.
-        The row held back for its marker is not published yet: a resume reads it again."""
-        done, table, after = list(self.done), self.table, self.after
-        held = self._held
-        if held is not None:
-            done = [t for t in done if t != held.table]
-            table, after = held.table, held.previous_key
-        return {"complete": complete, "done": done, "table": table,
-                "after": None if after is None else encode_key(after),
-                "chunks": self.chunks, "rows": self.rows, "ts_s": self.ts_s,
-                "file": self.point.file, "pos": self.point.pos}
+        def read_of(values: Any) -> tuple[TableImage, dict[str, Any]]:
+            return image, reader.row(values)
 
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close()  # ends the read-only transaction
+        return rows, reader.key_of, read_of
 
-    def _next_table(self) -> str | None:
-        if self.table is not None:
-            return self.table
-        return next((t for t in self.settings.tables if t not in self.done), None)
+    def _table_done(self, table: str) -> None:
+        self._reader = None
 
-    def _emit(self, out: list[Item], last: bool = False) -> None:
-        held = self._held
-        assert held is not None
-        marker = snapshot_marker(held.first_overall, last, held.first_in_table,
-                                 held.last_in_table)
-        key, value = self.writer.read(held.image, held.row, self._ctx, marker,
-                                      int(time.time() * 1000))
-        out.append((self.topics[held.table], key, value, ANY_PARTITION))
-        counted = (held.image.table_id, "r")
+    def _emit(self, held: HeldRead, marker: str) -> Item:
+        image, row = held.read
+        key, value = self.writer.read(image, row, self._ctx, marker, int(time.time() * 1000))
+        counted = (image.table_id, "r")
         self.counts[counted] = self.counts.get(counted, 0) + 1
-        self._held = None
+        return self.topics[held.table], key, value, ANY_PARTITION
+
+    def _save_key(self, key: Any) -> Any:
+        return encode_key(key)
+
+    def _load_key(self, saved: Any) -> Any:
+        return decode_key(saved)
+
+    def _progress_extra(self) -> dict[str, Any]:
+        return {"ts_s": self.ts_s, "file": self.point.file, "pos": self.point.pos}
