@@ -52,11 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker part: also run faust and the bare loop with dedup off")
     p.add_argument("--memory-events", type=int, default=None,
                    help="events in the long memory run (default 1,000,000; quick 100,000)")
-    p.add_argument("--memory-workers", default="faust:memory://,kafka:rocksdb://",
+    p.add_argument("--memory-workers", default="faust:rocksdb://,kafka:rocksdb://",
                    help="worker configurations in the long memory run, engine:store, comma "
                         "separated; each runs one worker per sink at the same time")
+    p.add_argument("--memory-sinks", default="search,cache",
+                   help="sinks with a worker per configuration in the long memory run")
     p.add_argument("--big-txn-rows", type=int, default=None,
-                   help="rows in the one big transaction (default 1,000,000; quick 100,000)")
+                   help="rows in the one big transaction (default 1,000,000; quick 100,000; "
+                        "0 skips it)")
     p.add_argument("--rates", default="2000,5000", help="offered loads for latency, rows/s")
     p.add_argument("--no-backlog", action="store_true",
                    help="skip the backlog drain (e.g. to re-measure latency only)")
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args.backlog_rows = args.backlog_rows or (100_000 if q else 2_000_000)
     args.worker_events = args.worker_events or (50_000 if q else 300_000)
     args.memory_events = args.memory_events or (100_000 if q else 1_000_000)
-    args.big_txn_rows = args.big_txn_rows or (100_000 if q else 1_000_000)
+    if args.big_txn_rows is None:  # 0: skip the big transaction
+        args.big_txn_rows = 100_000 if q else 1_000_000
     args.snapshot_rows = args.snapshot_rows or (100_000 if q else 2_000_000)
     args.wide_rows = args.wide_rows or (10_000 if q else 200_000)
     args.mariadb_rows = args.mariadb_rows or (100_000 if q else 1_000_000)

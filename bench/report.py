@@ -100,6 +100,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                         f"{x['count']:,} events"))
     m = results.get("memory")
     if m:
+        for proc, x in (m.get("long") or {}).get("rss_by_progress", {}).items():
+            if x:
+                marks = ", ".join(str(x.get(f"rss_mb_at_{q}pct_read", "?"))
+                                  for q in (25, 50, 75, 100))
+                out.append((f"memory long: {proc}, RSS at 25/50/75/100 % read",
+                            f"{marks} MB",
+                            f"growth 25->100 %: {x.get('growth_25_to_100_pct', '?')} % "
+                            f"(target within 10 %), {m['long']['records']:,} records"))
         for run in ("long", "big_txn"):
             for proc, x in (m.get(run) or {}).get("rss", {}).items():
                 if x:
