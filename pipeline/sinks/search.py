@@ -1,9 +1,10 @@
 """The search-index sink: Elasticsearch (or OpenSearch) ``_bulk`` with external versioning.
 
 Each row is one document, its id made from the primary key, its version the change's source
-position (LSN). A batch is reduced to one write per document first (``search_batch``). Elasticsearch refuses a write whose version is not higher than the stored
-one, so a replayed or late event can never overwrite newer state; the refusal (409) means
-"already applied" and counts as success. Deletes are versioned too: the tombstone keeps a
+position (LSN). A batch is reduced to one write per document first (``search_batch``).
+Elasticsearch refuses a write whose version is not higher than the stored one, so a replayed
+or late event can never overwrite newer state; the refusal (409) means "already applied" and
+counts as success. Deletes are versioned too: the tombstone keeps a
 late create from resurrecting the row (for ``index.gc_deletes``, 60 s by default).
 
 An unchanged TOAST column arrives as a placeholder. Before indexing, such a column is
