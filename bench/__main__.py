@@ -6,8 +6,9 @@ commit-to-Kafka latency at fixed loads), worker, e2e, memory, snapshot (initial 
 Kafka, ours and Debezium), backfill-latency (commit-to-Kafka latency with and without an
 incremental backfill running), mariadb (a MariaDB binlog backlog drained by ours and by
 Debezium's MariaDB connector), strategies (every capture strategy: log-based, triggers,
-polling, outbox relay: drain, latency, CPU, and the cost to the writer). No part given = all
-of them.
+polling, outbox relay: drain, latency, CPU, and the cost to the writer), search (the
+Elasticsearch bulk ceiling of this machine and the search worker against it, same topic, same
+run). No part given = all of them.
 
 ``python -m bench compat [--json out.json]`` is separate: Debezium and our capture over the
 same WAL of every PostgreSQL type, and the table of where their events differ
@@ -30,7 +31,7 @@ from bench import report
 from bench.common import Bench, log, machine
 
 PARTS = ("capture", "debezium", "ceiling", "worker", "e2e", "memory", "snapshot",
-         "backfill-latency", "mariadb", "strategies")
+         "backfill-latency", "mariadb", "strategies", "search")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="events pre-filled for the worker part (default 300,000; quick 50,000)")
     p.add_argument("--worker-no-dedup", action="store_true",
                    help="worker part: also run faust and the bare loop with dedup off")
+    p.add_argument("--search-profile", action="store_true",
+                   help="search part: one more (unmeasured) kafka-engine drain under py-spy")
     p.add_argument("--memory-events", type=int, default=None,
                    help="events in the long memory run (default 1,000,000; quick 100,000)")
     p.add_argument("--memory-workers", default="faust:rocksdb://,kafka:rocksdb://",
@@ -205,6 +208,10 @@ def sections(bench: Bench, parts: list[str],
         out.append(("e2e", lambda: worker.end_to_end(bench, args)))
     if "memory" in parts:
         out.append(("memory", lambda: memory.run(bench, args)))
+    if "search" in parts:
+        from bench import search_ceiling
+
+        out.append(("search", lambda: search_ceiling.run(bench, args)))
     if "snapshot" in parts:
         out.append(("snapshot", lambda: snapshot.run(bench, args)))
     if "mariadb" in parts:

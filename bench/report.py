@@ -92,6 +92,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 out.append((f"faust overhead, {sink}, dedup off (bare/faust)",
                             _ratio(x["bare_no_dedup"]["events_per_s"],
                                    x["faust_no_dedup"]["events_per_s"]), ""))
+    out += search_rows(results)
     e = results.get("e2e")
     if e:
         for sink, x in e.get("sinks", {}).items():
@@ -117,6 +118,33 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     out += snapshot_rows(results)
     out += mariadb_rows(results)
     out += strategy_rows(results)
+    return out
+
+
+def search_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    x = results.get("search")
+    if not x:
+        return []
+    out = []
+    for label, y in x["ceiling"].items():
+        if isinstance(y, dict):
+            out.append((f"Elasticsearch bulk ceiling, {label.replace('_', ' ')}",
+                        f"{_f(y['events_per_s'])} events/s",
+                        f"{y['documents']:,} documents (one per row per batch of "
+                        f"{x['ceiling']['batch']}) in {y['seconds']} s, pre-built, no pipeline"))
+    for engine in ("kafka", "faust"):
+        y = x.get(f"worker_{engine}")
+        if y:
+            out.append((f"search worker, {engine} engine", f"{_f(y['events_per_s'])} events/s",
+                        f"{y['events']:,} events in {y['seconds']} s, CPU {y.get('cpu_s')} s; "
+                        f"{y.get('ratio_to_ceiling')}x the ceiling (target >= 0.8x)"))
+    p = x.get("profile_kafka_engine")
+    if p and "samples" in p:
+        top = ", ".join(f"{f} {n} %" for f, n in p.get("top_ours_inclusive_pct", [])[:4])
+        out.append(("search worker (kafka engine) under py-spy --idle",
+                    f"{p.get('waiting_on_socket_pct')} % waiting on Elasticsearch",
+                    f"{p.get('in_kafka_consumer_pct')} % in the Kafka consumer, "
+                    f"{p.get('working_pct')} % working; ours (inclusive): {top}"))
     return out
 
 
@@ -313,6 +341,7 @@ def render(stored: dict[str, Any]) -> str:
                            ("worker", "Worker throughput and faust overhead"),
                            ("e2e", "End to end: commit -> indexed / invalidated"),
                            ("memory", "Memory"),
+                           ("search", "Search worker against the Elasticsearch bulk ceiling"),
                            ("snapshot", "Initial snapshot into Kafka"),
                            ("backfill_latency",
                             "Commit-to-Kafka latency with an incremental backfill running"),
