@@ -41,11 +41,14 @@ from pipeline.sinks.search import document_id
 from pipeline.sinks.search_batch import DocumentWrites, bulk_actions
 from pipeline.sinks.search_mapping import INDEX_MAPPINGS
 
-#: A sample of the event loop's thread whose leaf is one of these waits on a socket: with
-#: the consumer polled between batches, that is the worker waiting for Elasticsearch.
-SOCKET_WAIT = ("select (selectors.py", "poll (selectors.py")
+#: A sample of the event loop's thread whose leaf is in one of these waits on a socket: with
+#: the consumer polled between batches, that is the worker waiting for Elasticsearch (and
+#: for the changelog's acknowledgement, awaited the same way).
+SOCKET_WAIT = ("Selector.select (selectors.py", "Selector.poll (selectors.py")
 #: The kafka engine's loop line that calls the consumer (a C call: it shows as the leaf).
-CONSUMER_CALL = "run (pipeline/kafka/sink_worker.py"
+CONSUMER_CALL = "KafkaSinkWorker.run (pipeline/kafka/sink_worker.py"
+#: Frames around every sample (the command, the loop): not worth listing.
+OUTER_FRAMES = ("pipeline/cli.py", "pipeline/compose.py", CONSUMER_CALL)
 
 
 def read_events(bootstrap: str, topic: str, records: int) -> dict[int, list[ChangeEvent]]:
@@ -153,13 +156,17 @@ def waiting_share(raw: Path) -> dict[str, Any]:
     loop = max(threads.values(), key=lambda samples: sum(
         n for frames, n in samples if any("_run_once" in f for f in frames)))
     total = sum(n for _, n in loop)
-    socket = sum(n for frames, n in loop if frames[-1].startswith(SOCKET_WAIT))
-    consumer = sum(n for frames, n in loop if frames[-1].startswith(CONSUMER_CALL))
+    def waits(leaf: str) -> bool:
+        return any(w in leaf for w in SOCKET_WAIT)
+
+    socket = sum(n for frames, n in loop if waits(frames[-1]))
+    consumer = sum(n for frames, n in loop if CONSUMER_CALL in frames[-1])
     ours: dict[str, int] = {}
     for frames, n in loop:
-        if frames[-1].startswith(SOCKET_WAIT + (CONSUMER_CALL,)):
+        if waits(frames[-1]) or CONSUMER_CALL in frames[-1]:
             continue
-        for f in {f.rsplit(":", 1)[0] for f in frames if "pipeline/" in f}:
+        for f in {f.rsplit(":", 1)[0] for f in frames if "pipeline/" in f
+                  and not any(outer in f for outer in OUTER_FRAMES)}:
             ours[f] = ours.get(f, 0) + n
 
     def pct(n: int) -> float:
@@ -169,7 +176,7 @@ def waiting_share(raw: Path) -> dict[str, Any]:
             "in_kafka_consumer_pct": pct(consumer),
             "working_pct": pct(total - socket - consumer),
             "top_ours_inclusive_pct": [(f, pct(n)) for f, n in
-                                       sorted(ours.items(), key=lambda kv: -kv[1])[:10]]}
+                                       sorted(ours.items(), key=lambda kv: -kv[1])[:14]]}
 
 
 def profile(pid: int, seconds: float, out: Path) -> dict[str, Any]:
