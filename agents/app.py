@@ -7,7 +7,8 @@ one. Settings come from the file in ``CDC_CONFIG`` plus ``CDC_*`` environment ov
 Scale a sink by starting more of its workers: the raw topics' partitions are shared among
 them, and each row's changes stay on one partition.
 
-The dedup seen-set is a Faust table whose changelog (``<group>-dedup-changelog``) the worker
+The dedup seen-set is a Faust table, its entries in ``worker.store`` (``agents.seen_table``;
+RocksDB on disk by default), whose changelog (``<group>-dedup-changelog``) the worker
 writes itself (``pipeline.kafka.changelog``): each row's entry goes to the changelog partition
 of the raw partition it came from, so whichever worker owns that partition after a restart or
 rebalance recovers the entries it needs when Faust restores the table.
@@ -35,11 +36,13 @@ import asyncio
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
 
 from agents.guard import ContinuityGuard
+from agents.seen_table import SeenSetTable
 from pipeline.acks import AckLedger
 from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
@@ -47,6 +50,7 @@ from pipeline.deadletter import RawRecord
 from pipeline.errors import EXIT_PERMANENT, PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.kafka.client import faust_credentials
+from pipeline.seenstore import open_seen_store
 from pipeline.sinks.registry import select_sink
 
 log = logging.getLogger(__name__)
@@ -62,7 +66,7 @@ app = faust.App(
     GROUP,
     broker=f"kafka://{settings.kafka.bootstrap_servers}",
     broker_credentials=faust_credentials(settings.kafka.client),
-    store=settings.worker.store,
+    store="memory://",  # the seen-set table brings its own (agents.seen_table)
     key_serializer="raw",
     value_serializer="raw",
     consumer_auto_offset_reset="earliest",
@@ -79,11 +83,15 @@ app = faust.App(
 
 raw_topics = app.topic(*settings.raw_topics(), key_serializer="raw", value_serializer="raw")
 
-seen = app.Table(
-    "dedup", default=None, partitions=settings.kafka.partitions,
+# The entries live in worker.store (RocksDB on disk by default), as on the kafka engine.
+seen = SeenSetTable(
+    app, name="dedup", default=None, partitions=settings.kafka.partitions,
+    beacon=app.tables.beacon,
+    backing=open_seen_store(settings.worker.store, Path(DATADIR), settings.worker.store_chosen),
     schema=faust.Schema(key_type=str, value_type=str,
                         key_serializer="json", value_serializer="json"),
 )
+app.tables.add(seen)
 # Faust restores the table from the changelog at start; the worker writes the changelog
 # itself, in batches with the C producer (Faust's own write path, one aiokafka send per
 # entry, cut throughput to 0.29 of dedup off).

@@ -7,7 +7,8 @@ Kafka, ours and Debezium), backfill-latency (commit-to-Kafka latency with and wi
 incremental backfill running), mariadb (a MariaDB binlog backlog drained by ours and by
 Debezium's MariaDB connector), strategies (every capture strategy: log-based, triggers,
 polling, outbox relay: drain, latency, CPU, and the cost to the writer), tune (``cdc tune``'s
-model against measurement at two loads). No part given = all of them.
+model against measurement at two loads), search (the Elasticsearch bulk ceiling of this
+machine and the search worker against it, same topic, same run). No part given = all of them.
 
 ``python -m bench compat [--json out.json]`` is separate: Debezium and our capture over the
 same WAL of every PostgreSQL type, and the table of where their events differ
@@ -30,7 +31,7 @@ from bench import report
 from bench.common import Bench, log, machine
 
 PARTS = ("capture", "debezium", "ceiling", "worker", "e2e", "memory", "snapshot",
-         "backfill-latency", "mariadb", "strategies", "tune")
+         "backfill-latency", "mariadb", "strategies", "tune", "search")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,13 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="events pre-filled for the worker part (default 300,000; quick 50,000)")
     p.add_argument("--worker-no-dedup", action="store_true",
                    help="worker part: also run faust and the bare loop with dedup off")
+    p.add_argument("--search-profile", action="store_true",
+                   help="search part: one more (unmeasured) kafka-engine drain under py-spy")
     p.add_argument("--memory-events", type=int, default=None,
                    help="events in the long memory run (default 1,000,000; quick 100,000)")
-    p.add_argument("--memory-workers", default="faust:memory://,kafka:rocksdb://",
+    p.add_argument("--memory-workers", default="faust:rocksdb://,kafka:rocksdb://",
                    help="worker configurations in the long memory run, engine:store, comma "
                         "separated; each runs one worker per sink at the same time")
+    p.add_argument("--memory-sinks", default="search,cache",
+                   help="sinks with a worker per configuration in the long memory run")
     p.add_argument("--big-txn-rows", type=int, default=None,
-                   help="rows in the one big transaction (default 1,000,000; quick 100,000)")
+                   help="rows in the one big transaction (default 1,000,000; quick 100,000; "
+                        "0 skips it)")
     p.add_argument("--rates", default="2000,5000", help="offered loads for latency, rows/s")
     p.add_argument("--no-backlog", action="store_true",
                    help="skip the backlog drain (e.g. to re-measure latency only)")
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     args.backlog_rows = args.backlog_rows or (100_000 if q else 2_000_000)
     args.worker_events = args.worker_events or (50_000 if q else 300_000)
     args.memory_events = args.memory_events or (100_000 if q else 1_000_000)
-    args.big_txn_rows = args.big_txn_rows or (100_000 if q else 1_000_000)
+    if args.big_txn_rows is None:  # 0: skip the big transaction
+        args.big_txn_rows = 100_000 if q else 1_000_000
     args.snapshot_rows = args.snapshot_rows or (100_000 if q else 2_000_000)
     args.wide_rows = args.wide_rows or (10_000 if q else 200_000)
     args.mariadb_rows = args.mariadb_rows or (100_000 if q else 1_000_000)
@@ -211,6 +218,10 @@ def sections(bench: Bench, parts: list[str],
         out.append(("e2e", lambda: worker.end_to_end(bench, args)))
     if "memory" in parts:
         out.append(("memory", lambda: memory.run(bench, args)))
+    if "search" in parts:
+        from bench import search_ceiling
+
+        out.append(("search", lambda: search_ceiling.run(bench, args)))
     if "snapshot" in parts:
         out.append(("snapshot", lambda: snapshot.run(bench, args)))
     if "mariadb" in parts:

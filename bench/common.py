@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg2 import sql
 
 from pipeline import stack
+from pipeline.config import KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 3
@@ -71,6 +72,11 @@ class Bench:
         #: Elasticsearch indices to delete by name (wildcard deletes are refused by default)
         self.indices: list[str] = []
         self.work.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def kafka(self) -> KafkaSettings:
+        """The stack's Kafka, as the pipeline's helpers take it."""
+        return KafkaSettings(bootstrap_servers=self.bootstrap)
 
     def name(self, kind: str) -> str:
         return f"b{self.uid}_{kind}"

@@ -99,6 +99,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 out.append((f"faust overhead, {sink}, dedup off (bare/faust)",
                             _ratio(x["bare_no_dedup"]["events_per_s"],
                                    x["faust_no_dedup"]["events_per_s"]), ""))
+    out += search_rows(results)
     e = results.get("e2e")
     if e:
         for sink, x in e.get("sinks", {}).items():
@@ -107,6 +108,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                         f"{x['count']:,} events"))
     m = results.get("memory")
     if m:
+        for proc, x in (m.get("long") or {}).get("rss_by_progress", {}).items():
+            if x:
+                marks = ", ".join(str(x.get(f"rss_mb_at_{q}pct_read", "?"))
+                                  for q in (25, 50, 75, 100))
+                out.append((f"memory long: {proc}, RSS at 25/50/75/100 % read",
+                            f"{marks} MB",
+                            f"growth 25->100 %: {x.get('growth_25_to_100_pct', '?')} % "
+                            f"(target within 10 %), {m['long']['records']:,} records"))
         for run in ("long", "big_txn"):
             for proc, x in (m.get(run) or {}).get("rss", {}).items():
                 if x:
@@ -150,6 +159,33 @@ def tune_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{'met' if rec['met'] else 'not met'}; saturates first: {first['stage']} "
                     f"at ~{_f(first['changes_per_s'])} changes/s; load avg "
                     f"{level['load_avg']:.1f}"))
+    return out
+
+
+def search_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    x = results.get("search")
+    if not x:
+        return []
+    out = []
+    for label, y in x["ceiling"].items():
+        if isinstance(y, dict):
+            out.append((f"Elasticsearch bulk ceiling, {label.replace('_', ' ')}",
+                        f"{_f(y['events_per_s'])} events/s",
+                        f"{y['documents']:,} documents (one per row per batch of "
+                        f"{x['ceiling']['batch']}) in {y['seconds']} s, pre-built, no pipeline"))
+    for engine in ("kafka", "faust"):
+        y = x.get(f"worker_{engine}")
+        if y:
+            out.append((f"search worker, {engine} engine", f"{_f(y['events_per_s'])} events/s",
+                        f"{y['events']:,} events in {y['seconds']} s, CPU {y.get('cpu_s')} s; "
+                        f"{y.get('ratio_to_ceiling')}x the ceiling (target >= 0.8x)"))
+    p = x.get("profile_kafka_engine")
+    if p and "samples" in p:
+        top = ", ".join(f"{f} {n} %" for f, n in p.get("top_ours_inclusive_pct", [])[:4])
+        out.append(("search worker (kafka engine) under py-spy --idle",
+                    f"{p.get('waiting_on_socket_pct')} % waiting on Elasticsearch",
+                    f"{p.get('in_kafka_consumer_pct')} % in the Kafka consumer, "
+                    f"{p.get('working_pct')} % working; ours (inclusive): {top}"))
     return out
 
 
@@ -348,6 +384,7 @@ def render(stored: dict[str, Any]) -> str:
                            ("worker", "Worker throughput and faust overhead"),
                            ("e2e", "End to end: commit -> indexed / invalidated"),
                            ("memory", "Memory"),
+                           ("search", "Search worker against the Elasticsearch bulk ceiling"),
                            ("snapshot", "Initial snapshot into Kafka"),
                            ("backfill_latency",
                             "Commit-to-Kafka latency with an incremental backfill running"),

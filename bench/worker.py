@@ -214,7 +214,7 @@ def end_to_end(bench: Bench, args: Any) -> dict[str, Any]:
 
     try:
         for sink in SINKS:
-            if not wait_until(partial(group_stable, bench.bootstrap, f"{app_id}-{sink}"), 120,
+            if not wait_until(partial(group_stable, bench.kafka, f"{app_id}-{sink}"), 120,
                               0.5):
                 raise RuntimeError(f"{sink} worker group never became stable")
         log(f"e2e: {rate} rows/s for {seconds:.0f} s (capture + faust worker)")

@@ -398,11 +398,12 @@ class WorkerSettings(_Section):
     retry_initial_ms: int = Field(default=100, ge=1)
     retry_max_ms: int = Field(default=5_000, ge=1)
     web_port: int | None = None
-    #: Where the dedup seen-set lives (``pipeline.seenstore``): memory:// (a dict, grows
-    #: with the rows changed within the dedup window) or rocksdb:// (RocksDB on local disk
-    #: under CDC_WORKER_DATADIR, memory bounded; engine kafka only). Both are filled from
-    #: the changelog topic at start.
-    store: Literal["memory://", "rocksdb://"] = "memory://"
+    #: Where the dedup seen-set lives (``pipeline.seenstore``), on both engines: rocksdb://
+    #: (the default: RocksDB on local disk under CDC_WORKER_DATADIR, memory bounded) or
+    #: memory:// (a dict, grows with the rows changed within the dedup window). Left at its
+    #: default without the rocksdict package, it falls back to memory:// with a warning.
+    #: Both are filled from the changelog topic at start.
+    store: Literal["memory://", "rocksdb://"] = "rocksdb://"
     #: faust: a Faust app per sink (the default). kafka: the same processing in a
     #: confluent-kafka consume loop, several times faster (bench/RESULTS.md).
     engine: Literal["faust", "kafka"] = "faust"
@@ -421,14 +422,10 @@ class WorkerSettings(_Section):
                                  f"records must be of")
         return topics
 
-    @model_validator(mode="after")
-    def _store_fits_engine(self) -> WorkerSettings:
-        if self.store == "rocksdb://" and self.engine != "kafka":
-            raise ValueError(
-                "worker.store rocksdb:// needs worker.engine kafka (the Faust engine keeps "
-                "the seen-set in its memory:// table)"
-            )
-        return self
+    @property
+    def store_chosen(self) -> bool:
+        """Whether ``store`` was set (file or environment) rather than left at its default."""
+        return "store" in self.model_fields_set
 
 
 class ElasticsearchSettings(_Section):

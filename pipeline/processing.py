@@ -31,7 +31,7 @@ from pipeline.events import ChangeEvent, decode, unreadable
 from pipeline.metrics import Metrics
 from pipeline.ordering import LatePolicy, PartitionReorderer, Release
 from pipeline.positions import ChangePosition
-from pipeline.sinks.base import Sink
+from pipeline.sinks.base import Rejection, Sink
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,9 @@ class BatchProcessor:
         if not batch:
             return
         events = [event for _, event in batch]
-        results = await asyncio.gather(*(sink.write(events) for sink in self.sinks))
+        groups = partition_groups(batch)
+        results = await asyncio.gather(
+            *(write_per_partition(sink, events, groups) for sink in self.sinks))
         rejected: set[int] = set()
         for sink, rejections in zip(self.sinks, results, strict=True):
             for rejection in rejections:
@@ -241,6 +243,37 @@ class BatchProcessor:
                 log.warning("dead-letter topic unavailable, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def partition_groups(batch: Sequence[Item]) -> list[list[int]]:
+    """The batch's indexes by raw partition, in batch order within each. One group when the
+    batch holds a truncate: it must stay ordered against every partition's changes."""
+    if any(event.op == "t" for _, event in batch):
+        return [list(range(len(batch)))]
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (record, _) in enumerate(batch):
+        groups.setdefault(_partition_of(record), []).append(i)
+    return list(groups.values())
+
+
+async def write_per_partition(
+    sink: Sink, events: Sequence[ChangeEvent], groups: list[list[int]]
+) -> list[Rejection]:
+    """One write in flight per partition: each group is written by its own ``sink.write``,
+    all at once, so a sink that waits on the network (Elasticsearch's ``_bulk``) has a
+    request per partition in flight rather than one for the whole batch. A row lives in one
+    partition, so its changes are never in two writes at once. Every write finishes before
+    the first failure is raised (no write is left running behind a retry)."""
+    if len(groups) == 1:
+        return await sink.write(events)
+    outcomes = await asyncio.gather(
+        *(sink.write([events[i] for i in group]) for group in groups), return_exceptions=True)
+    rejected: list[Rejection] = []
+    for group, outcome in zip(groups, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+        rejected += [Rejection(group[r.index], r.error) for r in outcome]
+    return rejected
 
 
 def foreign_table(

@@ -1,10 +1,11 @@
-"""Where a worker keeps the dedup seen-set (``worker.store``).
+"""Where a worker keeps the dedup seen-set (``worker.store``), on either engine.
 
+* ``rocksdb://`` (the default where ``rocksdict`` imports, else memory:// with a warning):
+  RocksDB on local disk, under the worker's data folder. Its memory is bounded by the
+  memtables and the block cache (``MEMTABLE_MB``, ``CACHE_MB``), so the worker's RSS stays
+  flat however many rows the window holds; the rest lives on disk.
 * ``memory://``: a dict. Fastest; grows with the rows changed within ``worker.dedup.window_ms``
   (about 190 bytes per row).
-* ``rocksdb://``: RocksDB on local disk (``rocksdict``), under the worker's data folder. Its
-  memory is bounded by the memtables and the block cache (``MEMTABLE_MB``, ``CACHE_MB``), so
-  the worker's RSS stays flat however many rows the window holds; the rest lives on disk.
 
 Either way the changelog topic is the durable copy: a store is emptied when the worker
 starts and filled from the changelog for the partitions it is assigned
@@ -16,12 +17,15 @@ are gone are removed when the next one opens.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: RocksDB write buffers (two of them) and the block cache, in MB: the store's memory.
 MEMTABLE_MB = 8
@@ -129,17 +133,29 @@ class RocksSeenStore(MutableMapping[str, str]):
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def open_seen_store(spec: str, folder: Path) -> MutableMapping[str, str]:
-    """The store ``worker.store`` names; ``folder`` is this worker's data folder."""
+def open_seen_store(spec: str, folder: Path, chosen: bool = True) -> MutableMapping[str, str]:
+    """The store ``worker.store`` names; ``folder`` is this worker's data folder.
+
+    ``chosen``: the user set ``worker.store`` (``WorkerSettings.store_chosen``). rocksdb://
+    without the rocksdict package is then a configuration error; left at its default, it
+    falls back to memory:// with a warning (memory then grows with the dedup window).
+    """
     if spec == "memory://":
         return {}
     if spec == "rocksdb://":
         try:
             import rocksdict  # noqa: F401
         except ImportError as exc:
-            raise ConfigError(
-                "worker.store", f"rocksdb:// needs the rocksdict package: {exc}"
-            ) from exc
+            if chosen:
+                raise ConfigError(
+                    "worker.store", f"rocksdb:// needs the rocksdict package (pip install "
+                    f"rocksdict), or set memory://: {exc}"
+                ) from exc
+            log.warning("worker.store: rocksdict does not import (%s); keeping the dedup "
+                        "seen-set in memory:// instead, whose size grows with the rows "
+                        "changed within worker.dedup.window_ms (pip install rocksdict to "
+                        "bound it)", exc)
+            return {}
         _remove_orphans(folder)
         return RocksSeenStore(folder / f"dedup.{os.getpid()}.rocksdb")
     raise ConfigError("worker.store", f"{spec!r} is not one of memory://, rocksdb://")

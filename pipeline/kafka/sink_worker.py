@@ -43,7 +43,8 @@ class KafkaSinkWorker:
         self.settings = settings
         self.group = settings.group_id(sink)
         self.metrics = metrics
-        self.seen = open_seen_store(settings.worker.store, worker_data_dir(self.group))
+        self.seen = open_seen_store(settings.worker.store, worker_data_dir(self.group),
+                                    settings.worker.store_chosen)
         self.store = ChangelogStore(ChangelogWriter(
             f"{self.group}-dedup-changelog", settings.kafka), self.seen)
         self.processor = build_processor(settings, sink, metrics, dedup_store=self.store,

@@ -1,9 +1,10 @@
 """The search-index sink: Elasticsearch (or OpenSearch) ``_bulk`` with external versioning.
 
 Each row is one document, its id made from the primary key, its version the change's source
-position (LSN). Elasticsearch refuses a write whose version is not higher than the stored
-one, so a replayed or late event can never overwrite newer state; the refusal (409) means
-"already applied" and counts as success. Deletes are versioned too: the tombstone keeps a
+position (LSN). A batch is reduced to one write per document first (``search_batch``).
+Elasticsearch refuses a write whose version is not higher than the stored one, so a replayed
+or late event can never overwrite newer state; the refusal (409) means "already applied" and
+counts as success. Deletes are versioned too: the tombstone keeps a
 late create from resurrecting the row (for ``index.gc_deletes``, 60 s by default).
 
 An unchanged TOAST column arrives as a placeholder. Before indexing, such a column is
@@ -29,9 +30,16 @@ import orjson
 
 from pipeline.config import ElasticsearchSettings
 from pipeline.errors import PermanentError, SinkRejectedError, SinkUnavailableError
-from pipeline.events import COLUMN_TYPES, UNAVAILABLE_VALUE, ChangeEvent, Row, is_unavailable
+from pipeline.events import COLUMN_TYPES, ChangeEvent, Row
 from pipeline.sinks import search_errors, search_mapping
 from pipeline.sinks.base import Rejection
+from pipeline.sinks.search_batch import (
+    DocumentWrites,
+    Latest,
+    Slot,
+    bulk_actions,
+    missing_columns,
+)
 from pipeline.sinks.search_errors import ElasticsearchRefused, Outcome
 from pipeline.sinks.search_truncates import TruncatePositions
 from pipeline.sinks.search_versions import IndexVersions
@@ -50,8 +58,6 @@ MAX_ID_BYTES = 512
 #: batch is given back as unavailable (and retried with the sink's backoff).
 THROTTLE_DELAYS_S = (0.1, 0.3, 1.0, 3.0)
 
-Slot = tuple[str, str]  # (index, document id)
-Latest = dict[Slot, tuple[int, ChangeEvent, Row | None]]
 
 
 def document_id(key: Row) -> str:
@@ -71,10 +77,6 @@ def document_id(key: Row) -> str:
     if not encoded or len(encoded) > MAX_ID_BYTES or plain.startswith(HASHED_ID_PREFIX):
         return HASHED_ID_PREFIX + hashlib.sha256(encoded).hexdigest()
     return plain
-
-
-def _missing_columns(doc: Row) -> list[str]:
-    return [name for name, value in doc.items() if is_unavailable(value)]
 
 
 class SearchIndexSink:
@@ -102,14 +104,14 @@ class SearchIndexSink:
 
     async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
         rejected: list[Rejection] = []
-        latest: Latest = {}
+        writes = DocumentWrites()  # the batch, one write per document
         index_for = self.settings.index_for
         await self.truncates.refresh({index_for(e.table_id) for e in batch})
         for i, event in enumerate(batch):
             index = index_for(event.table_id)
             if event.op == "t":
-                await self._flush(latest, batch, rejected)
-                latest.clear()
+                await self._flush(writes.latest, batch, rejected)
+                writes = DocumentWrites()
                 await self.truncates.truncate(index, event.version)
                 continue
             if event.key is None:
@@ -117,23 +119,8 @@ class SearchIndexSink:
                 continue
             if (event.source.lsn or 0) < self.truncates.position(index):
                 continue  # written before a truncate of its table: must not come back
-            slot = (index, document_id(event.key))
-            doc = dict(event.after) if event.after is not None else None
-            previous = latest.get(slot)
-            if previous is not None and previous[1].version > event.version:
-                # An older change of the same row later in the batch: stale. A snapshot
-                # read still fills the columns the newer change did not carry.
-                if event.op == "r" and doc is not None and previous[2] is not None:
-                    for column in _missing_columns(previous[2]):
-                        if column in doc and not is_unavailable(doc[column]):
-                            previous[2][column] = doc[column]
-                continue
-            if doc is not None and previous is not None and previous[2] is not None:
-                for column in _missing_columns(doc):
-                    if not is_unavailable(previous[2].get(column, UNAVAILABLE_VALUE)):
-                        doc[column] = previous[2][column]
-            latest[slot] = (i, event, doc)
-        await self._flush(latest, batch, rejected)
+            writes.add(i, event, (index, document_id(event.key)))
+        await self._flush(writes.latest, batch, rejected)
         return rejected
 
     async def _flush(
@@ -148,16 +135,7 @@ class SearchIndexSink:
             return
         await self._fill_unchanged_toast(latest)
         aliases = await self._map_new_fields(latest)
-        actions: list[tuple[str, list[bytes]]] = []
-        for (index, doc_id), (_, event, doc) in latest.items():
-            meta = {"_index": index, "_id": doc_id, "version": event.version,
-                    "version_type": "external"}
-            if doc is None:
-                actions.append(("delete", [orjson.dumps({"delete": meta})]))
-            else:
-                if index in aliases:  # never let a write auto-create an unmapped index
-                    meta["require_alias"] = True
-                actions.append(("index", [orjson.dumps({"index": meta}), orjson.dumps(doc)]))
+        actions = bulk_actions(latest, aliases)
         items = await self._bulk_items(actions)
         conflicts: dict[tuple[str, str], list[tuple[int, Slot, str]]] = {}
         throttled: Latest = {}
@@ -294,7 +272,7 @@ class SearchIndexSink:
     async def _fill_unchanged_toast(
         self, latest: Latest
     ) -> None:
-        wanted = [slot for slot, (_, _, doc) in latest.items() if doc and _missing_columns(doc)]
+        wanted = [slot for slot, (_, _, doc) in latest.items() if doc and missing_columns(doc)]
         if not wanted:
             return
         body = {"docs": [{"_index": index, "_id": doc_id} for index, doc_id in wanted]}
@@ -303,7 +281,7 @@ class SearchIndexSink:
             doc = latest[slot][2]
             assert doc is not None
             stored = found.get("_source") if found.get("found") else None
-            for column in _missing_columns(doc):
+            for column in missing_columns(doc):
                 if stored is not None and column in stored:
                     doc[column] = stored[column]
                 else:

@@ -3,7 +3,9 @@ filled from a changelog, emptied at open, one folder per process; and the settin
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,13 +93,25 @@ def test_memory_store_is_a_dict(tmp_path: Path) -> None:
         open_seen_store("redis://", tmp_path)
 
 
-def test_rocksdb_store_needs_the_kafka_engine() -> None:
-    env = {"CDC_POSTGRES__DSN": "host=x", "CDC_POSTGRES__TABLES": "[public.t]",
-           "CDC_WORKER__STORE": "rocksdb://"}
-    with pytest.raises(ConfigError, match="rocksdb:// needs worker.engine kafka"):
-        load_settings(None, env)
-    settings = load_settings(None, {**env, "CDC_WORKER__ENGINE": "kafka"})
-    assert settings.worker.store == "rocksdb://"
+def test_rocksdb_is_the_default_on_both_engines() -> None:
+    env = {"CDC_POSTGRES__DSN": "host=x", "CDC_POSTGRES__TABLES": "[public.t]"}
+    for engine in ("faust", "kafka"):
+        worker = load_settings(None, {**env, "CDC_WORKER__ENGINE": engine}).worker
+        assert worker.store == "rocksdb://" and not worker.store_chosen
+    chosen = load_settings(None, {**env, "CDC_WORKER__STORE": "rocksdb://"}).worker
+    assert chosen.store_chosen
+
+
+def test_without_rocksdict_the_default_falls_back_to_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "rocksdict", None)  # import rocksdict -> ImportError
+    with caplog.at_level(logging.WARNING, logger="pipeline.seenstore"):
+        assert open_seen_store("rocksdb://", tmp_path, chosen=False) == {}
+    assert "memory://" in caplog.text and "rocksdict" in caplog.text
+    with pytest.raises(ConfigError, match="worker.store.*rocksdict"):
+        open_seen_store("rocksdb://", tmp_path, chosen=True)
+    assert not list(tmp_path.iterdir())
 
 
 def test_unwritable_data_folder_is_a_configuration_error(tmp_path: Path) -> None:
