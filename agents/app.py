@@ -75,6 +75,7 @@ app = faust.App(
     web_port=settings.worker.web_port or 6066,
     web_bind="127.0.0.1",
     topic_allow_declare=False,
+    Worker="agents.faust_worker:CdcWorker",  # Faust's log lines in the pipeline's format
     topic_disable_leader=True,
     topic_partitions=settings.kafka.partitions,
     producer_acks=-1,

@@ -160,6 +160,7 @@ def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) ->
             from pipeline.workers import run_all
 
             sys.exit(run_all(settings, faust_args))
+        logs.configure(_log_level(ctx, settings), _log_format(settings), sink=sink)
         ensure_topics(settings.kafka, settings.raw_topics())
         ensure_topics(settings.kafka, [settings.worker.dead_letter_topic])
         # The dedup table's changelog, co-partitioned with the raw topics (Faust would
@@ -167,7 +168,6 @@ def worker(ctx: click.Context, sink: str | None, faust_args: tuple[str, ...]) ->
         ensure_topics(settings.kafka, [f"{settings.group_id(sink)}-dedup-changelog"],
                       config={"cleanup.policy": "compact"})
         os.environ["CDC_WORKER_SINK"] = sink
-        logs.configure(_log_level(ctx, settings), _log_format(settings), sink=sink)
         if settings.worker.engine == "kafka":
             from pipeline.compose import run_kafka_worker
 

@@ -69,5 +69,6 @@ def configure(level: str, fmt: str = "text", sink: str | None = None) -> None:
         if sink is not None:
             handler.addFilter(_SinkTag(sink))
     root.setLevel(level.upper())
-    for chatty in ("httpx", "httpcore"):
+    # librdkafka's informational lines (queue purges at close...) are noise here
+    for chatty in ("httpx", "httpcore", "librdkafka"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -10,6 +10,7 @@ flushing or a metadata request timing out would otherwise look like an outage.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from collections.abc import Mapping
@@ -19,6 +20,10 @@ from confluent_kafka import KafkaError, KafkaException
 
 from pipeline.config import KafkaClientSettings, KafkaSettings
 from pipeline.errors import PermanentError
+
+#: librdkafka's own log lines go through Python logging (served by each client's poll), so
+#: they come out in the pipeline's format instead of as raw ``%6|...`` lines on stderr.
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 #: librdkafka errors that mean the broker refused who we are, not that it is down.
 _REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL}
@@ -62,7 +67,7 @@ def client_config(kafka: KafkaSettings, extra: Mapping[str, Any] | None = None
     """Settings for a confluent-kafka Producer, Consumer or AdminClient of ``kafka``:
     bootstrap servers, security, the refusal check, then the client's own ``extra``."""
     return {"bootstrap.servers": kafka.bootstrap_servers, **security_config(kafka.client),
-            "error_cb": _raise_if_refused, **(extra or {})}
+            "error_cb": _raise_if_refused, "logger": LIBRDKAFKA_LOG, **(extra or {})}
 
 
 class _Polled(Protocol):
