@@ -43,6 +43,7 @@ import orjson
 import psycopg2
 from psycopg2 import sql
 
+from pipeline.capture.backfill_window import APPLIED_KEPT, TableBackfill
 from pipeline.capture.offsets import OffsetStore
 from pipeline.capture.source import ANY_PARTITION, Item
 from pipeline.config import KafkaSettings, PostgresSettings
@@ -64,40 +65,14 @@ from pipeline.sources.postgres.unconverted import UnconvertedValues
 
 log = logging.getLogger(__name__)
 
-#: Signal ids remembered, so a signal streamed again after a restart is not acted on twice.
-APPLIED_KEPT = 64
+__all__ = ["APPLIED_KEPT", "Backfills", "TableBackfill", "state_store"]
+
 _PLACEHOLDERS = (UNAVAILABLE_VALUE.encode(), UNAVAILABLE_BINARY.encode())
 
 
 def state_store(kafka: KafkaSettings, slot: str) -> OffsetStore:
     """Where a slot's backfills are kept (read by ``cdc snapshot status`` too)."""
     return OffsetStore(kafka, {"source": "postgres-backfill", "slot": slot})
-
-
-@dataclass
-class TableBackfill:
-    """One table's backfill: where it is and how it went."""
-
-    table: str
-    chunk_size: int
-    where: str | None = None
-    after: ChunkKey | None = None
-    rows: int = 0
-    chunks: int = 0
-    estimate: int | None = None
-    state: str = "running"  # running | done | stopped | failed
-    error: str | None = None
-    started_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TableBackfill:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    @property
-    def finished(self) -> bool:
-        return self.state != "running"
 
 
 @dataclass
