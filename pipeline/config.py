@@ -715,6 +715,14 @@ class MysqlSettings(_Section):
             _check_table_ids([value])
         return value
 
+    @model_validator(mode="after")
+    def _signal_table_not_captured(self) -> MysqlSettings:
+        if self.signal_table is not None and self.signal_table in self.tables:
+            raise ValueError(f"signal_table {self.signal_table} is also in mysql.tables: its "
+                             "rows are signals and watermarks, never published; remove it "
+                             "from tables")
+        return self
+
     @property
     def name(self) -> str:
         return self.server_name or f"{self.host}:{self.port}"

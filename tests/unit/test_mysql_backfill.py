@@ -123,3 +123,8 @@ def test_signals_for_uncaptured_tables_are_refused_and_each_id_applies_once(
     assert b.tables[0].state == "stopped"
     _start(b)  # s1 again: already applied, nothing new
     assert b.tables[0].state == "stopped"
+
+
+def test_the_signal_table_cannot_also_be_captured() -> None:
+    with pytest.raises(ValueError, match="also in mysql.tables"):
+        MysqlSettings(tables=("app.items", "app.sig"), signal_table="app.sig")
