@@ -37,6 +37,7 @@ class PacedWriter:
         self.deleted_in: dict[int, int] = {}  # id -> the transaction that deleted it
         self.ops = {"insert": 0, "update": 0, "delete": 0}
         self.max_behind_s = 0.0
+        self.started_us = 0
 
     def run(self, seconds: float) -> dict[str, Any]:
         ins, upd, dele = (max(1, self.txn_rows * p // 100) for p in (70, 20, 10))
@@ -46,6 +47,7 @@ class PacedWriter:
         conn.autocommit(False)
         next_id, txn = 1, 0
         t0 = time.monotonic()
+        self.started_us = int(time.time() * 1e6)
         try:
             with conn.cursor() as cur:
                 while time.monotonic() - t0 < seconds:
@@ -124,6 +126,15 @@ def run(mb: Any, kinds: dict[str, Any], tools: list[str], rate: int, seconds: fl
             tool.stop()
         fig = read_topic(bench.bootstrap, topic, commit_after_us=since_us,
                          commit_us_of=writer.commit_us_of)
+        # p50 per 10 s of commits: a tool that falls behind shows a growing series, one
+        # that is steadily slow a flat one.
+        series = []
+        for lo in range(0, int(seconds), 10):
+            part = read_topic(bench.bootstrap, topic,
+                              commit_after_us=writer.started_us + lo * 1_000_000,
+                              commit_before_us=writer.started_us + (lo + 10) * 1_000_000,
+                              commit_us_of=writer.commit_us_of)
+            series.append(_ms(part.quantile(0.5)))
         res: dict[str, Any] = {
             "offered_changes_per_s": rate, "achieved_changes_per_s": wl["rows_per_s"],
             "writer_max_behind_s": wl["max_behind_s"], "warmup_excluded_s": warmup,
@@ -131,7 +142,8 @@ def run(mb: Any, kinds: dict[str, Any], tools: list[str], rate: int, seconds: fl
             "p99_ms": _ms(fig.quantile(0.99)),
             "max_ms": _ms(fig.latencies_ms[-1] if fig.latencies_ms else None),
             "cpu_pct": round(100 * cpu / max(wl["seconds"], 1e-9), 1),
-            "rss_mb": round(rss / 1024, 1), "workload": wl, "topic": topic}
+            "rss_mb": round(rss / 1024, 1), "p50_ms_per_10s_of_commits": series,
+            "workload": wl, "topic": topic}
         if got < records:
             res["warning"] = f"only {got} of {records} records arrived"
         out[t] = res

@@ -191,7 +191,9 @@ def mariadb_latency_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"p50 {_f(x['p50_ms'])} ms, max {_f(x['max_ms'])} ms over "
                     f"{x['measured_changes']:,} changes (achieved "
                     f"{_f(x['achieved_changes_per_s'])}/s), CPU {x['cpu_pct']} %, RSS "
-                    f"{x['rss_mb']} MB" + (f" ({x['warning']})" if "warning" in x else "")))
+                    f"{x['rss_mb']} MB; p50 per 10 s of commits "
+                    f"{x.get('p50_ms_per_10s_of_commits', '?')} ms"
+                    + (f" ({x['warning']})" if "warning" in x else "")))
     return out
 
 
