@@ -5,10 +5,11 @@ Parts: capture, debezium, ceiling (one shared backlog, drained by each reader in
 commit-to-Kafka latency at fixed loads), worker, e2e, memory, snapshot (initial snapshot into
 Kafka, ours and Debezium), backfill-latency (commit-to-Kafka latency with and without an
 incremental backfill running), mariadb (a MariaDB binlog backlog drained by ours and by
-Debezium's MariaDB connector), strategies (every capture strategy: log-based, triggers,
-polling, outbox relay: drain, latency, CPU, and the cost to the writer), tune (``cdc tune``'s
-model against measurement at two loads), search (the Elasticsearch bulk ceiling of this
-machine and the search worker against it, same topic, same run). No part given = all of them.
+Debezium's MariaDB connector, and commit-to-Kafka latency at --mariadb-rate), strategies
+(every capture strategy: log-based, triggers, polling, outbox relay: drain, latency, CPU,
+and the cost to the writer), tune (``cdc tune``'s model against measurement at two loads),
+search (the Elasticsearch bulk ceiling of this machine and the search worker against it,
+same topic, same run). No part given = all of them.
 
 ``python -m bench compat [--json out.json]`` is separate: Debezium and our capture over the
 same WAL of every PostgreSQL type, and the table of where their events differ
@@ -90,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cdc snapshot start --chunk-size in backfill-latency")
     p.add_argument("--mariadb-rows", type=int, default=None,
                    help="row changes in the MariaDB binlog backlog (default 1,000,000; "
-                        "quick 100,000)")
+                        "quick 100,000; 0: skip the backlog)")
+    p.add_argument("--mariadb-rate", type=int, default=2000,
+                   help="mariadb: offered load for commit-to-Kafka latency, changes/s "
+                        "(0: skip; runs for --duration seconds per tool)")
     p.add_argument("--strategy-rows", type=int, default=None,
                    help="strategies: changes in each strategy's backlog (default 200,000; "
                         "quick 20,000)")
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         args.big_txn_rows = 100_000 if q else 1_000_000
     args.snapshot_rows = args.snapshot_rows or (100_000 if q else 2_000_000)
     args.wide_rows = args.wide_rows or (10_000 if q else 200_000)
-    args.mariadb_rows = args.mariadb_rows or (100_000 if q else 1_000_000)
+    if args.mariadb_rows is None:  # 0: latency only
+        args.mariadb_rows = 100_000 if q else 1_000_000
     args.strategy_rows = args.strategy_rows or (20_000 if q else 200_000)
     args.strategy_seconds = args.strategy_seconds or args.duration
     args.writer_seconds = args.writer_seconds or (3.0 if q else 10.0)
@@ -227,8 +232,12 @@ def sections(bench: Bench, parts: list[str],
     if "mariadb" in parts:
         from bench import mariadb
 
-        out.append(("mariadb", lambda: mariadb.run(bench, args.mariadb_rows, args.txn_rows,
-                                                   args.row_bytes)))
+        if args.mariadb_rows:
+            out.append(("mariadb", lambda: mariadb.run(bench, args.mariadb_rows,
+                                                       args.txn_rows, args.row_bytes)))
+        if args.mariadb_rate:
+            out.append(("mariadb_latency", lambda: mariadb.latency(
+                bench, args.mariadb_rate, args.duration, args.txn_rows, args.row_bytes)))
     if "backfill-latency" in parts:
         out.append(("backfill_latency", lambda: snapshot.backfill_latency(bench, args)))
     if "strategies" in parts:

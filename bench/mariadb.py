@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import mariadb_latency
 from bench.common import Bench, cpu_seconds, log, proc_status, read_topic, wait_topic
 from bench.debezium import DebeziumConnect, wait_running
 from pipeline.harness import PipelineProcess, wait_until
@@ -81,9 +82,9 @@ class MariaBench:
 class Ours:
     label = "ours"
 
-    def __init__(self, mb: MariaBench, prefix: str, work: Path) -> None:
+    def __init__(self, mb: MariaBench, prefix: str, work: Path, table: str | None = None) -> None:
         env = {**mb.bench.env, "CDC_CAPTURE__SOURCE": "mysql",
-               "CDC_MYSQL__TABLES": f"[{mb.table}]",
+               "CDC_MYSQL__TABLES": f"[{table or mb.table}]",
                "CDC_MYSQL__SERVER_ID": str(200_000 + int(mb.bench.uid, 16) % 100_000),
                "CDC_MYSQL__SERVER_NAME": prefix, "CDC_KAFKA__TOPIC_PREFIX": prefix,
                "CDC_KAFKA__PARTITIONS": "3", "CDC_METRICS__SNAPSHOT_DIR": str(work / "metrics"),
@@ -101,7 +102,7 @@ class Ours:
 class Debezium:
     label = "debezium"
 
-    def __init__(self, mb: MariaBench, prefix: str, work: Path) -> None:
+    def __init__(self, mb: MariaBench, prefix: str, work: Path, table: str | None = None) -> None:
         b = mb.bench
         connector = {
             "connector.class": "io.debezium.connector.mariadb.MariaDbConnector",
@@ -114,7 +115,7 @@ class Debezium:
             "database.server.id": str(300_000 + int(b.uid, 16) % 100_000),
             "topic.prefix": prefix,
             "database.include.list": mb.db,
-            "table.include.list": mb.table,
+            "table.include.list": table or mb.table,
             "snapshot.mode": "no_data",
             "snapshot.locking.mode": "none",
             "decimal.handling.mode": "string",
@@ -124,8 +125,8 @@ class Debezium:
             "max.batch.size": "10240",
             "max.queue.size": "40960",
         }
-        self.connect = DebeziumConnect(work, f"dbz-{prefix}", b.bootstrap, {}, mb.table, "",
-                                       "", prefix, plugin=DEBEZIUM_MARIADB, connector=connector)
+        self.connect = DebeziumConnect(work, f"dbz-{prefix}", b.bootstrap, {}, table or mb.table,
+                                       "", "", prefix, plugin=DEBEZIUM_MARIADB, connector=connector)
         b.topics.append(f"{prefix}.schema-history")
         b.topics.append(prefix)  # its schema-change topic, if it made one
         self.pid = self.connect.pid
@@ -148,6 +149,20 @@ def run(bench: Bench, rows: int, txn_rows: int, row_bytes: int,
     mb.execute(f"CREATE DATABASE {mb.db} CHARACTER SET utf8mb4", DDL)
     try:
         return _run(bench, mb, rows, txn_rows, row_bytes, tools)
+    finally:
+        mb.drop()
+
+
+def latency(bench: Bench, rate: int, seconds: float, txn_rows: int, row_bytes: int,
+            tools: tuple[str, ...] = ("ours", "debezium")) -> dict[str, Any]:
+    """Commit -> Kafka latency at ``rate`` changes/s for ``seconds`` per tool, in a
+    database of its own (:mod:`bench.mariadb_latency`)."""
+    mb = MariaBench(bench)
+    mb.db, mb.table = f"{mb.db}_lat", f"{mb.db}_lat.items"
+    mb.execute(f"CREATE DATABASE {mb.db} CHARACTER SET utf8mb4")
+    try:
+        return mariadb_latency.run(mb, {"ours": Ours, "debezium": Debezium}, list(tools),
+                                   rate, seconds, txn_rows, row_bytes)
     finally:
         mb.drop()
 

@@ -124,6 +124,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                                 f"at end"))
     out += snapshot_rows(results)
     out += mariadb_rows(results)
+    out += mariadb_latency_rows(results)
     out += strategy_rows(results)
     out += tune_rows(results)
     return out
@@ -211,6 +212,24 @@ def mariadb_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "ours" in r and "debezium" in r:
         out.append(("MariaDB throughput ours/Debezium",
                     _ratio(r["ours"]["changes_per_s"], r["debezium"]["changes_per_s"]), ""))
+    return out
+
+
+def mariadb_latency_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows of the ``mariadb_latency`` section (commit -> Kafka at a fixed load)."""
+    out: list[tuple[str, str, str]] = []
+    for name, label in (("ours", "capture (ours)"), ("debezium", "Debezium MariaDB")):
+        x = (results.get("mariadb_latency") or {}).get(name)
+        if x is None:
+            continue
+        out.append((f"MariaDB commit->Kafka p99 at {x['offered_changes_per_s']:,} changes/s: "
+                    f"{label}", f"{_f(x['p99_ms'])} ms",
+                    f"p50 {_f(x['p50_ms'])} ms, max {_f(x['max_ms'])} ms over "
+                    f"{x['measured_changes']:,} changes (achieved "
+                    f"{_f(x['achieved_changes_per_s'])}/s), CPU {x['cpu_pct']} %, RSS "
+                    f"{x['rss_mb']} MB; p50 per 10 s of commits "
+                    f"{x.get('p50_ms_per_10s_of_commits', '?')} ms"
+                    + (f" ({x['warning']})" if "warning" in x else "")))
     return out
 
 
@@ -389,6 +408,8 @@ def render(stored: dict[str, Any]) -> str:
                            ("backfill_latency",
                             "Commit-to-Kafka latency with an incremental backfill running"),
                            ("mariadb", "MariaDB binlog -> Kafka: draining one backlog"),
+                           ("mariadb_latency",
+                            "MariaDB commit -> Kafka latency at a fixed offered load"),
                            ("strategies", "Capture strategies: log-based, triggers, polling, "
                                           "outbox relay"),
                            ("tune", "cdc tune: the queueing model against measurement")):

@@ -468,7 +468,8 @@ def demo(keep_running: bool, keep: bool, rows: int) -> None:
 @main.group()
 def snapshot() -> None:
     """Incremental backfills of existing rows while the stream goes on: start, status,
-    pause, resume, stop (sent to the running capture through the WAL)."""
+    pause, resume, stop (sent to the running capture through the WAL; for a MySQL/MariaDB
+    capture, as rows of mysql.signal_table through the binlog)."""
 
 
 @snapshot.command("start")
@@ -476,18 +477,19 @@ def snapshot() -> None:
 @click.option("--where", default=None,
               help="Only rows matching this SQL condition (Debezium's additional-conditions).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
-              help="Rows per chunk (default: postgres.snapshot_chunk_size).")
+              help="Rows per chunk (default: postgres.snapshot_chunk_size, or "
+                   "mysql.snapshot_chunk_size).")
 @click.option("--follow", is_flag=True, help="Then show progress until it is done.")
 @click.pass_context
 def snapshot_start(ctx: click.Context, tables: tuple[str, ...], where: str | None,
                    chunk_size: int | None, follow: bool) -> None:
     """Backfill TABLES (schema.table ...): every row, read in key-ordered chunks, reaches
     the raw topics as op r, in order with the stream; nothing is written to your tables."""
-    from pipeline.sources.postgres import backfill_control as control
-    from pipeline.sources.postgres.signals import Signal
+    from pipeline.capture.signals import Signal
 
     try:
         settings = _settings(ctx)
+        control = _backfill_control(settings)
         control.check_start(settings, tables, where)
         conditions = dict.fromkeys(tables, where) if where else {}
         signal_id = control.send(settings, Signal("execute-snapshot", tables, conditions,
@@ -502,10 +504,22 @@ def snapshot_start(ctx: click.Context, tables: tuple[str, ...], where: str | Non
         _fail(exc)
 
 
+def _backfill_control(settings):  # type: ignore[no-untyped-def]
+    """The backfill requests and status of the configured source (PostgreSQL: messages in
+    the WAL; MySQL/MariaDB: rows of mysql.signal_table)."""
+    if settings.capture.source == "mysql":
+        from pipeline.sources.mysql import backfill_control as mysql_control
+
+        return mysql_control
+    from pipeline.sources.postgres import backfill_control as control
+
+    return control
+
+
 def _follow(settings) -> None:  # type: ignore[no-untyped-def]
     import time
 
-    from pipeline.sources.postgres import backfill_control as control
+    control = _backfill_control(settings)
 
     drawn = 0
     tty = sys.stdout.isatty()
@@ -529,10 +543,9 @@ def _follow(settings) -> None:  # type: ignore[no-untyped-def]
 @click.pass_context
 def snapshot_status(ctx: click.Context, follow: bool, as_json: bool) -> None:
     """Each backfill's progress: rows, percent, rows/s, ETA (or how it ended)."""
-    from pipeline.sources.postgres import backfill_control as control
-
     try:
         settings = _settings(ctx)
+        control = _backfill_control(settings)
         if as_json:
             click.echo(json.dumps(control.load_state(settings), indent=2))
         elif follow:
@@ -544,11 +557,11 @@ def snapshot_status(ctx: click.Context, follow: bool, as_json: bool) -> None:
 
 
 def _snapshot_signal(ctx: click.Context, kind: str, tables: tuple[str, ...]) -> None:
-    from pipeline.sources.postgres import backfill_control as control
-    from pipeline.sources.postgres.signals import Signal
+    from pipeline.capture.signals import Signal
 
     try:
-        signal_id = control.send(_settings(ctx), Signal(kind, tables))
+        settings = _settings(ctx)
+        signal_id = _backfill_control(settings).send(settings, Signal(kind, tables))
         click.echo(f"{kind} sent (signal {signal_id})")
     except CdcError as exc:
         _fail(exc)

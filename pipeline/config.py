@@ -693,10 +693,32 @@ class MysqlSettings(_Section):
     #: (snapshot, then stop); ``when_needed`` (also when the saved position was purged
     #: from the server, instead of stopping).
     snapshot_mode: Literal["initial", "never", "initial_only", "when_needed"] = "initial"
-    #: Rows per snapshot chunk (keyset pagination on the primary key).
+    #: Rows per snapshot chunk (keyset pagination on the primary key); also the default
+    #: chunk of an incremental backfill.
     snapshot_chunk_size: int = Field(default=2048, ge=1)
+    #: Debezium's signal.data.collection: a table ``(id VARCHAR(42) PRIMARY KEY, type
+    #: VARCHAR(32), data VARCHAR(2048))`` you create, on which the capture user has INSERT.
+    #: Rows inserted into it are signals (``execute-snapshot`` ...: incremental backfills
+    #: while streaming), and capture writes each backfill chunk's low/high watermarks into
+    #: it, so they reach the binlog in order with the changes. None: no backfills.
+    signal_table: str | None = None
 
     _tables = field_validator("tables")(_check_table_ids)
+
+    @field_validator("signal_table")
+    @classmethod
+    def _signal_table(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_table_ids([value])
+        return value
+
+    @model_validator(mode="after")
+    def _signal_table_not_captured(self) -> MysqlSettings:
+        if self.signal_table is not None and self.signal_table in self.tables:
+            raise ValueError(f"signal_table {self.signal_table} is also in mysql.tables: its "
+                             "rows are signals and watermarks, never published; remove it "
+                             "from tables")
+        return self
 
     @property
     def name(self) -> str:

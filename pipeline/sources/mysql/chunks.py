@@ -120,8 +120,11 @@ class ChunkQuery:
 class TableReader:
     """One table's columns (as of the snapshot's transaction) and its keyset chunks."""
 
-    def __init__(self, cur: Any, table: str) -> None:
+    def __init__(self, cur: Any, table: str, where: str | None = None) -> None:
+        """``where``: a condition on the rows (a backfill's additional-conditions, SQL
+        text as the user wrote it)."""
         self.table = table
+        self.where = where
         db, name = table.split(".", 1)
         cur.execute(_COLUMNS_SQL, (db, name))
         columns = cur.fetchall()
@@ -143,8 +146,10 @@ class TableReader:
         key_sql = [quote(k) for k in key_names]
         head = f"SELECT {', '.join(selected)} FROM {quote(db)}.{quote(name)}"
         tail = f" ORDER BY {', '.join(key_sql)} LIMIT %s"
-        self.query = ChunkQuery(head + tail,
-                                f"{head} WHERE {keyset_condition(key_sql)}{tail}")
+        only = f" AND ({where.replace('%', '%%')})" if where else ""
+        self.query = ChunkQuery(head + (f" WHERE ({where.replace('%', '%%')})" if where
+                                        else "") + tail,
+                                f"{head} WHERE {keyset_condition(key_sql)}{only}{tail}")
 
     def chunk(self, cur: Any, after: list[Any] | None, size: int) -> list[tuple[Any, ...]]:
         """Up to ``size`` rows with a key above ``after`` (from the start when None), in

@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pymysql
@@ -80,6 +81,23 @@ def _end(event: Any) -> int:
     return int(event.packet.log_pos)
 
 
+@dataclass(frozen=True, slots=True)
+class SignalRow:
+    """A row inserted into ``mysql.signal_table`` (a signal, or a backfill's watermark),
+    where the binlog has it; the source acts on it, it is never published."""
+
+    values: dict[str, Any]
+    file: str
+    pos: int  # its rows event's start
+    ts_s: int
+    #: Where a restart resumes after it (the checkpoint that follows it).
+    position: BinlogPosition
+
+
+#: What the reader hands over: records and checkpoints, and signal rows for the source.
+StreamItem = Item | SignalRow
+
+
 class MariadbGtids:
     """MariaDB's GTID position: the last GTID per replication domain."""
 
@@ -99,9 +117,10 @@ class BinlogDecoder:
     """Binlog events -> items (records and checkpoints) for the captured ``tables``."""
 
     def __init__(self, start: BinlogPosition, tables: dict[str, str], writer: EnvelopeWriter,
-                 tombstones: bool, track_gtids: bool) -> None:
+                 tombstones: bool, track_gtids: bool, signal_table: str | None = None) -> None:
         self.file = start.file
         self.tables = tables  # db.table -> raw topic
+        self.signal_table = signal_table
         self.writer = writer
         self.tombstones = tombstones
         self.gtids = MariadbGtids(start.gtids) if track_gtids else None
@@ -130,7 +149,7 @@ class BinlogDecoder:
     def _gtids_text(self) -> str:
         return str(self.gtids) if self.gtids is not None else ""
 
-    def feed(self, event: Any, now_ms: int) -> list[Item]:
+    def feed(self, event: Any, now_ms: int) -> list[Any]:
         """The items one event yields (often none)."""
         if isinstance(event, RotateEvent):
             self.file = event.next_binlog
@@ -202,7 +221,7 @@ class BinlogDecoder:
         self._images[event.table_id] = (event.columns, image)
         return image
 
-    def _rows(self, event: Any, kind: str, now_ms: int) -> list[Item]:
+    def _rows(self, event: Any, kind: str, now_ms: int) -> list[Any]:
         index = self.events_done
         self.events_done += 1
         if self.txn_start is None:  # rows without a transaction start: resume at the event
@@ -221,6 +240,10 @@ class BinlogDecoder:
         table_id = f"{event.schema}.{event.table}"
         topic = self.tables.get(table_id)
         if topic is None:
+            if table_id == self.signal_table and kind == "write":
+                return [*(SignalRow(raw["values"], self.file, _start(event),
+                                    int(event.timestamp), checkpoint.position)
+                          for raw in event.rows[skip_rows:]), checkpoint]
             return [checkpoint]
         image = self._image(event)
         if not image.key_names:
@@ -271,7 +294,7 @@ class BinlogReader:
         self.decoder = decoder
         #: At most about this many items wait (one event's items always pass alone).
         self.max_queued = max_queued
-        self._queue: queue.Queue[list[Item] | BaseException] = queue.Queue()
+        self._queue: queue.Queue[list[StreamItem] | BaseException] = queue.Queue()
         self._queued = 0
         self._room = threading.Condition()
         self._stop = threading.Event()
@@ -319,7 +342,7 @@ class BinlogReader:
                 with contextlib.suppress(Exception):
                     self._stream.close()
 
-    def _put(self, entry: list[Item] | BaseException) -> None:
+    def _put(self, entry: list[StreamItem] | BaseException) -> None:
         size = len(entry) if isinstance(entry, list) else 0
         with self._room:
             while self._queued and self._queued + size > self.max_queued:
@@ -329,9 +352,9 @@ class BinlogReader:
             self._queued += size
         self._queue.put(entry)
 
-    def take(self, max_items: int, wait_s: float) -> list[Item]:
+    def take(self, max_items: int, wait_s: float) -> list[StreamItem]:
         """Up to about ``max_items`` items; raises what the thread raised."""
-        out: list[Item] = []
+        out: list[StreamItem] = []
         get: Callable[..., Any] = self._queue.get
         try:
             entry = get(timeout=wait_s)

@@ -47,6 +47,18 @@ def connect(settings: MysqlSettings) -> Any:
         raise translate(exc, f"connecting to {settings.host}:{settings.port}") from exc
 
 
+#: Errors of a statement the server refuses as written (unknown table or column, bad syntax,
+#: a wrong function or operand): asking again cannot help.
+STATEMENT_REFUSED = frozenset({1054, 1064, 1109, 1111, 1146, 1241, 1242, 1305, 1582, 1583,
+                               1584})
+
+
+def refused_statement(exc: BaseException) -> bool:
+    """``exc`` says the statement itself is wrong (not the server, nor the connection)."""
+    code = exc.args[0] if exc.args else None
+    return code in STATEMENT_REFUSED or isinstance(exc, pymysql.err.ProgrammingError)
+
+
 def translate(exc: BaseException, doing: str) -> Exception:
     """A pymysql error as a pipeline error: refused credentials and missing privileges are
     permanent (with the grant to give), a purged position a setup error (with the remedy),

@@ -32,6 +32,7 @@ from pipeline.errors import RetriableError, SourceExhausted, SourceSetupError
 from pipeline.metrics import Metrics
 from pipeline.positions import BinlogPosition, SnapshotPosition
 from pipeline.sources.mysql import server
+from pipeline.sources.mysql.backfill import Backfills, state_store
 from pipeline.sources.mysql.envelope import EnvelopeWriter
 from pipeline.sources.mysql.reader import BinlogDecoder, BinlogReader
 from pipeline.sources.mysql.snapshot import BinlogSnapshot
@@ -61,6 +62,8 @@ class MysqlBinlogSource:
         self._start: BinlogPosition | None = None
         self._topics: dict[str, str] = {}
         self._writer = EnvelopeWriter(settings.flavor, settings.name)
+        #: Incremental backfills (mysql.signal_table set), else None.
+        self.backfills: Backfills | None = None
 
     # -- ChangeSource --------------------------------------------------------------------
     def open(self) -> list[str]:
@@ -85,6 +88,9 @@ class MysqlBinlogSource:
         elif progress is not None:
             self._snapshot = BinlogSnapshot(s, self._topics, self._writer, progress)
         self._start = start
+        if s.signal_table is not None:
+            self.backfills = Backfills(s, self.kafka, self.metrics, self._topics, self._writer)
+            self.backfills.open(start)
         if self._snapshot is None:
             self._start_streaming()
         return list(self._topics.values())
@@ -166,7 +172,8 @@ class MysqlBinlogSource:
         assert start is not None
         self._decoder = BinlogDecoder(start, self._topics, self._writer,
                                       self.kafka.tombstones_on_delete,
-                                      track_gtids=s.flavor == "mariadb")
+                                      track_gtids=s.flavor == "mariadb",
+                                      signal_table=s.signal_table)
         self._reader = BinlogReader(s, start, self._decoder)
         self._reader.start()
         log.info("%s: reading the binlog from %s (tables %s)", self.name, start,
@@ -184,8 +191,14 @@ class MysqlBinlogSource:
                 raise SourceExhausted("snapshot complete (mysql.snapshot_mode initial_only)")
             self._start_streaming()
         assert self._reader is not None and self._decoder is not None
-        items = self._reader.take(max_items, _IDLE_WAIT_S)
+        taken = self._reader.take(max_items, _IDLE_WAIT_S)
         self._count(self._decoder.counts)
+        backfills = self.backfills
+        if backfills is None:
+            return taken  # type: ignore[return-value] # no signal table: no signal rows
+        items = backfills.route(taken)
+        if backfills.wants_chunk:
+            backfills.read_chunk()
         return items
 
     def _count(self, counts: dict[tuple[str, str], int]) -> None:
@@ -200,6 +213,8 @@ class MysqlBinlogSource:
             self.snapshot_offsets.save(position.progress)
             return
         self.offsets.save(position.to_dict())
+        if self.backfills is not None:
+            self.backfills.confirmed(position)
 
     def keepalive(self) -> None:
         """Nothing to do: the server sends heartbeats and waits for a slow replica."""
@@ -211,6 +226,8 @@ class MysqlBinlogSource:
         if self._reader is not None:
             self._reader.stop()
         self._reader = None
+        if self.backfills is not None:
+            self.backfills.close()
         if self.snapshot_offsets.flush():
             log.warning("%s: the snapshot's last confirmed progress may not be saved in "
                         "Kafka; the next start reads some chunks again", self.name)
@@ -223,3 +240,5 @@ class MysqlBinlogSource:
         as the first did (a snapshot, or the binlog's end, per mysql.snapshot_mode)."""
         self.offsets.forget()
         self.snapshot_offsets.forget()
+        if self.settings.signal_table is not None:
+            state_store(self.kafka, self.settings).forget()

@@ -34,15 +34,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import psycopg2
 from psycopg2 import sql
 
+from pipeline.capture.backfill_window import APPLIED_KEPT, BackfillBook, TableBackfill
 from pipeline.capture.offsets import OffsetStore
 from pipeline.capture.source import ANY_PARTITION, Item
 from pipeline.config import KafkaSettings, PostgresSettings
@@ -57,47 +57,21 @@ from pipeline.metrics import Metrics
 from pipeline.sources.postgres.chunks import ChunkKey, TableReader
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.reads import ReadEncoder
-from pipeline.sources.postgres.signals import WATERMARK_PREFIX, Signal
+from pipeline.sources.postgres.signals import WATERMARK_PREFIX
 from pipeline.sources.postgres.slot import connect, translate
 from pipeline.sources.postgres.types import TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
 
 log = logging.getLogger(__name__)
 
-#: Signal ids remembered, so a signal streamed again after a restart is not acted on twice.
-APPLIED_KEPT = 64
+__all__ = ["APPLIED_KEPT", "Backfills", "TableBackfill", "state_store"]
+
 _PLACEHOLDERS = (UNAVAILABLE_VALUE.encode(), UNAVAILABLE_BINARY.encode())
 
 
 def state_store(kafka: KafkaSettings, slot: str) -> OffsetStore:
     """Where a slot's backfills are kept (read by ``cdc snapshot status`` too)."""
     return OffsetStore(kafka, {"source": "postgres-backfill", "slot": slot})
-
-
-@dataclass
-class TableBackfill:
-    """One table's backfill: where it is and how it went."""
-
-    table: str
-    chunk_size: int
-    where: str | None = None
-    after: ChunkKey | None = None
-    rows: int = 0
-    chunks: int = 0
-    estimate: int | None = None
-    state: str = "running"  # running | done | stopped | failed
-    error: str | None = None
-    started_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TableBackfill:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    @property
-    def finished(self) -> bool:
-        return self.state != "running"
 
 
 @dataclass
@@ -135,23 +109,19 @@ class _Window:
         self.converted = max(self.converted, upto)
 
 
-class Backfills:
+class Backfills(BackfillBook):
     """The backfills of one slot: requested by signals, read chunk by chunk, saved in Kafka."""
+
+    listed_setting = "postgres.tables"
 
     def __init__(self, pg: PostgresSettings, kafka: KafkaSettings, metrics: Metrics,
                  session: str, unconverted: UnconvertedValues) -> None:
+        super().__init__(state_store(kafka, pg.slot), metrics, pg.snapshot_chunk_size)
         self.pg = pg
         self.kafka = kafka
-        self.metrics = metrics
         self.session = session
         self.unconverted = unconverted
-        self.store = state_store(kafka, pg.slot)
-        self.tables: list[TableBackfill] = []
-        self.paused = False
-        self.applied: list[str] = []  # ids of the latest signals acted on
         self.window: _Window | None = None
-        #: States to save once the stream position they were taken at is confirmed.
-        self._pending: list[tuple[int, dict[str, Any], bool]] = []
         self._conn: Any = None
         self._readers: dict[str, TableReader] = {}
         self._types = TypeResolver()
@@ -163,16 +133,7 @@ class Backfills:
         """Load the saved state (after a restart: resume from the last finished chunk)."""
         self.db = db
         self._encoder = ReadEncoder(self.kafka.topic_prefix, db)
-        self.window = None
-        self._pending.clear()
-        saved = self.store.load() or {}
-        self.paused = bool(saved.get("paused", False))
-        self.applied = list(saved.get("applied", []))
-        self.tables = [TableBackfill.from_json(t) for t in saved.get("tables", [])]
-        running = [t.table for t in self.tables if not t.finished]
-        if running:
-            log.info("resuming the backfill of %s%s", ", ".join(running),
-                     " (paused)" if self.paused else "")
+        self.load()
 
     def close(self) -> None:
         self.store.flush()
@@ -183,68 +144,11 @@ class Backfills:
         self._conn = None
         self.window = None
 
-    def forget(self) -> None:
-        self.store.forget()
-
-    @property
-    def wants_chunk(self) -> bool:
-        """A chunk should be read now (work to do, not paused, no chunk in flight)."""
-        return self.window is None and not self.paused and any(
-            not t.finished for t in self.tables)
-
-    # -- signals -------------------------------------------------------------------------
-    def signal(self, signal: Signal, lsn: int, listed: frozenset[str]) -> None:
-        """Act on a signal that arrived at stream position ``lsn`` (once: a signal the
-        stream sends again after a restart is recognised by its id)."""
-        if signal.id and signal.id in self.applied:
-            return
-        if signal.id:
-            self.applied = [*self.applied[-(APPLIED_KEPT - 1):], signal.id]
-        if signal.kind == "execute-snapshot":
-            self._start(signal, listed)
-        elif signal.kind == "stop-snapshot":
-            names = set(signal.tables) or {t.table for t in self.tables}
-            for t in self.tables:
-                if t.table in names and not t.finished:
-                    t.state, t.updated_at = "stopped", time.time()
-                    log.info("backfill of %s stopped after %d rows", t.table, t.rows)
-            if self.window is not None and self.window.table in names:
-                self.window = None  # its rows are not published
-        elif signal.kind == "pause-snapshot":
-            self.paused = True
-            log.info("backfills paused")
-        elif signal.kind == "resume-snapshot":
-            self.paused = False
-            log.info("backfills resumed")
-        self.metrics.inc("cdc_capture_signals_total", type=signal.kind, outcome="applied")
-        self._remember(lsn, durable=True)
-
-    def _start(self, signal: Signal, listed: frozenset[str]) -> None:
-        for table in signal.tables:
-            if table not in listed:
-                self._refuse(signal, f"{table} is not in postgres.tables, so its changes "
-                                     "are not captured: add it there first")
-                continue
-            running = next((t for t in self.tables if t.table == table and not t.finished),
-                           None)
-            if running is not None:
-                self._refuse(signal, f"a backfill of {table} is already running "
-                                     f"({running.rows} rows read); stop it first")
-                continue
-            self.tables = [t for t in self.tables if t.table != table]
-            entry = TableBackfill(table, signal.chunk_size or self.pg.snapshot_chunk_size,
-                                  signal.conditions.get(table))
-            entry.estimate = self._estimate(entry)
-            self.tables.append(entry)
-            log.info("backfill of %s requested%s (about %s rows)", table,
-                     f" where {entry.where}" if entry.where else "",
-                     "?" if entry.estimate is None else entry.estimate)
-
     def request_all(self, tables: tuple[str, ...]) -> None:
         """Backfill ``tables`` from the start of a new slot (``snapshot_mode: incremental``),
         saved in Kafka before returning."""
         saved = self.store.load() or {}
-        self.tables = [TableBackfill(t, self.pg.snapshot_chunk_size) for t in tables]
+        self.tables = [TableBackfill(t, self.chunk_size) for t in tables]
         for entry in self.tables:
             entry.estimate = self._estimate(entry)
         self.paused = False
@@ -254,10 +158,6 @@ class Backfills:
             raise RetriableError("could not record the backfill of the new slot in Kafka")
         log.info("new slot: backfilling %s while streaming (snapshot_mode incremental)",
                  ", ".join(tables))
-
-    def _refuse(self, signal: Signal, reason: str) -> None:
-        log.error("signal %s %s refused: %s", signal.kind, signal.id, reason)
-        self.metrics.inc("cdc_capture_signals_total", type=signal.kind, outcome="refused")
 
     def _estimate(self, entry: TableBackfill) -> int | None:
         """The planner's row estimate (no count(*) of a big table)."""
@@ -354,26 +254,8 @@ class Backfills:
         return out
 
     def _chunk_done(self, window: _Window) -> None:
-        entry = next((t for t in self.tables if t.table == window.table and not t.finished),
-                     None)
         window.phase = "ending"
-        if entry is not None:
-            entry.rows += window.published
-            entry.chunks += 1
-            entry.after = window.last_key
-            entry.updated_at = time.time()
-            if len(window.raw) < entry.chunk_size:
-                entry.state = "done"
-                self._readers.pop(entry.table, None)
-                log.info("backfill of %s complete: %d rows in %d chunks", entry.table,
-                         entry.rows, entry.chunks)
-            self.metrics.inc("cdc_capture_backfill_rows_total", window.published,
-                             table=entry.table)
-            self.metrics.inc("cdc_capture_backfill_chunks_total", table=entry.table)
-            if entry.estimate:
-                self.metrics.set("cdc_capture_backfill_progress_ratio",
-                                 1.0 if entry.finished else
-                                 min(1.0, entry.rows / entry.estimate), table=entry.table)
+        self.chunk_done(window.table, window.published, len(window.raw), window.last_key)
         try:
             # Its progress is saved where the stream reaches this mark: after every row
             # published above.
@@ -428,33 +310,8 @@ class Backfills:
             return orjson.dumps(envelope)
         return value
 
-    # -- state ---------------------------------------------------------------------------
-    def confirmed(self, lsn: int) -> None:
-        """Everything up to ``lsn`` is in Kafka: save the newest state taken at or before it."""
-        state: dict[str, Any] | None = None
-        durable = False
-        while self._pending and self._pending[0][0] <= lsn:
-            _, state, must = self._pending.pop(0)
-            durable = durable or must
-        if state is None:
-            return
-        self.store.save(state)
-        if durable and self.store.flush():
-            raise RetriableError("could not save the backfill state to Kafka")
-
-    def state(self) -> dict[str, Any]:
-        return {"paused": self.paused, "applied": self.applied,
-                "tables": [asdict(t) for t in self.tables]}
-
-    def _remember(self, lsn: int, durable: bool) -> None:
-        self._pending.append((lsn, self.state(), durable))
-
-    def _fail(self, entry: TableBackfill, exc: Exception) -> None:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        entry.state, entry.error, entry.updated_at = "failed", text, time.time()
-        self._readers.pop(entry.table, None)
-        log.error("backfill of %s failed: %s", entry.table, text)
-        self.metrics.inc("cdc_capture_backfill_failures_total", table=entry.table)
+    def _forget_reader(self, table: str) -> None:
+        self._readers.pop(table, None)
 
     def _connection(self) -> Any:
         if self._conn is None:

@@ -10,18 +10,20 @@ capture keeps it (the offsets topic in Kafka).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
 import psycopg2
 from psycopg2 import sql
 
+from pipeline.capture.backfill_window import render, running
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
-from pipeline.sources.postgres.backfill import TableBackfill, state_store
+from pipeline.sources.postgres.backfill import state_store
 from pipeline.sources.postgres.signals import SIGNAL_PREFIX, Signal
 from pipeline.sources.postgres.slot import connect, translate
+
+__all__ = ["check_start", "load_state", "render", "running", "send"]
 
 _KEY_SQL = (
     "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = %s::regclass "
@@ -94,47 +96,3 @@ def send(settings: Settings, signal: Signal) -> str:
     finally:
         conn.close()
     return str(orjson.loads(body)["id"])
-
-
-def running(state: dict[str, Any]) -> bool:
-    return any(t.get("state") == "running" for t in state.get("tables", []))
-
-
-def render(state: dict[str, Any], width: int = 24) -> str:
-    """One line per table: a bar, percent, rows, rows/s, ETA (or how it ended)."""
-    tables = [TableBackfill.from_json(t) for t in state.get("tables", [])]
-    if not tables:
-        return "no backfill requested (cdc snapshot start <schema.table>)"
-    lines = []
-    name_width = max(len(t.table) for t in tables)
-    for t in tables:
-        elapsed = max(t.updated_at - t.started_at, 1e-9)
-        rate = t.rows / elapsed if t.rows else 0.0
-        share = (1.0 if t.state == "done" else
-                 min(1.0, t.rows / t.estimate) if t.estimate else None)
-        bar = ("#" * round(width * share)).ljust(width, ".") if share is not None \
-            else "?" * width
-        percent = f"{share * 100:5.1f}%" if share is not None else "    ?%"
-        line = f"{t.table.ljust(name_width)}  [{bar}] {percent}  {t.rows:,} rows"
-        if t.estimate:
-            line += f" of ~{t.estimate:,}"
-        line += f"  {rate:,.0f} rows/s"
-        if t.state == "running":
-            if state.get("paused"):
-                line += "  paused"
-            elif rate and t.estimate and t.estimate > t.rows:
-                line += f"  ETA {_clock((t.estimate - t.rows) / rate)}"
-        else:
-            line += f"  {t.state}"
-            if t.error:
-                line += f": {t.error}"
-        if t.where:
-            line += f"  (where {t.where})"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 \
-        else f"{seconds // 86400}d"

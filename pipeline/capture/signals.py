@@ -1,0 +1,84 @@
+"""Signals: asking a running capture to backfill, pause, resume or stop, whatever the source.
+
+Debezium's signal vocabulary, so an application written for Debezium keeps working:
+
+* ``execute-snapshot`` with ``{"data-collections": ["schema.table", ...], "type":
+  "incremental", "additional-conditions": [{"data-collection": "schema.table", "filter":
+  "<SQL condition>"}]}`` (we also read ``chunk-size``);
+* ``stop-snapshot`` (``data-collections`` optional: all when absent), ``pause-snapshot``,
+  ``resume-snapshot``.
+
+How a signal reaches capture is the source's (PostgreSQL: :mod:`pipeline.sources.postgres.
+signals`); what it says is here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+KINDS = ("execute-snapshot", "stop-snapshot", "pause-snapshot", "resume-snapshot")
+
+
+class SignalError(ValueError):
+    """A signal capture cannot act on (logged and counted; capture goes on)."""
+
+
+@dataclass(frozen=True)
+class Signal:
+    kind: str
+    tables: tuple[str, ...] = ()
+    #: Per table: a SQL condition on its rows (Debezium's additional-conditions).
+    conditions: dict[str, str] = field(default_factory=dict)
+    chunk_size: int | None = None
+    id: str = ""
+
+    def to_json(self) -> bytes:
+        data: dict[str, Any] = {"data-collections": list(self.tables), "type": "incremental"}
+        if self.conditions:
+            data["additional-conditions"] = [
+                {"data-collection": t, "filter": f} for t, f in self.conditions.items()]
+        if self.chunk_size is not None:
+            data["chunk-size"] = self.chunk_size
+        return orjson.dumps({"id": self.id or str(uuid.uuid4()), "type": self.kind,
+                             "data": data})
+
+
+def parse(kind: str, data: Any, signal_id: str = "") -> Signal:
+    """A signal from its type and data (a JSON text or already parsed)."""
+    if kind not in KINDS:
+        raise SignalError(f"unknown signal type '{kind}' (known: {', '.join(KINDS)})")
+    if isinstance(data, str | bytes):
+        try:
+            data = orjson.loads(data) if data else {}
+        except orjson.JSONDecodeError as exc:
+            raise SignalError(f"{kind} signal data is not JSON: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SignalError(f"{kind} signal data must be a JSON object")
+    tables = data.get("data-collections") or []
+    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+        raise SignalError(f"{kind}: data-collections must be a list of 'schema.table' names")
+    if kind == "execute-snapshot":
+        if not tables:
+            raise SignalError("execute-snapshot names no table (data-collections)")
+        mode = data.get("type", "incremental")
+        if str(mode).lower() != "incremental":
+            raise SignalError(f"execute-snapshot type '{mode}' is not supported: only "
+                              "'incremental' (reads chunks while the stream goes on)")
+    conditions: dict[str, str] = {}
+    for entry in data.get("additional-conditions") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("filter"), str):
+            raise SignalError("additional-conditions entries must be "
+                              '{"data-collection": "schema.table", "filter": "<condition>"}')
+        table = entry.get("data-collection")
+        for name in ([table] if isinstance(table, str) else tables):
+            conditions[name] = entry["filter"]
+    chunk_size = data.get("chunk-size")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise SignalError("chunk-size must be a positive integer")
+    return Signal(kind, tuple(tables), conditions, chunk_size, signal_id)
