@@ -34,13 +34,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from typing import Any, NoReturn
 
 import faust
 
 from agents.guard import ContinuityGuard
-from pipeline.acks import AckLedger
 from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
@@ -48,6 +46,7 @@ from pipeline.errors import EXIT_PERMANENT, PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.kafka.client import faust_credentials
 from pipeline.sinks.registry import select_sink
+from pipeline.worker_loop import WorkerLoop
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +92,26 @@ store = ChangelogStore(
 processor = build_processor(
     settings, SINK, metrics, dedup_store=store, partition_scope=store.scope
 )
-ledger: AckLedger[Any] = AckLedger()
 guard = ContinuityGuard(
     app, GROUP, settings.raw_topics(), settings.kafka, metrics
 )
 lock = asyncio.Lock()
 _stream: list[Any] = []  # the agent's no-ack stream, for acks made by the timers
+
+
+async def ack(events: list[Any]) -> None:
+    """Acknowledge finished events (the ledger's contiguous prefix per partition)."""
+    if _stream:
+        for event in events:
+            guard.approve(event)
+            await _stream[0].ack(event)
+
+
+loop: WorkerLoop[Any] = WorkerLoop(
+    processor, store, metrics, ack, sink=SINK,
+    retry_initial_s=settings.worker.retry_initial_ms / 1000,
+    retry_max_s=settings.worker.retry_max_ms / 1000,
+)
 
 
 def to_record(event: Any) -> RawRecord:
@@ -124,36 +137,15 @@ def stop_for_good(exc: PermanentError) -> NoReturn:
 
 async def drain_and_ack() -> None:
     """Write what is ready (retrying until done), then ack every finished prefix."""
-    delay = settings.worker.retry_initial_ms / 1000
-    while True:
-        try:
-            finished = await processor.drain()
-            await store.flush()
-            break
-        except PermanentError as exc:  # refused credentials: restarting could not help
-            stop_for_good(exc)
-        except Exception as exc:  # noqa: BLE001 - nothing may escape an agent (see above)
-            metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
-            log.exception("writing to sink %s failed, retrying in %.1fs: %s", SINK, delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.worker.retry_max_ms / 1000)
-    for record in finished:
-        ledger.done((record.topic, record.partition), record.offset)
-    if _stream:
-        for event in ledger.ready():
-            guard.approve(event)
-            await _stream[0].ack(event)
-    metrics.set("cdc_worker_unacked_records", ledger.waiting())
+    try:
+        await loop.drain()
+    except PermanentError as exc:  # refused credentials: restarting could not help
+        stop_for_good(exc)
 
 
 async def process(events: list[Any]) -> None:
     """One batch: write what is ready, then ack every finished prefix (under ``lock``)."""
-    records = []
-    for event in events:
-        record = to_record(event)
-        ledger.track((record.topic, record.partition), record.offset, event)
-        records.append(record)
-    processor.accept(records)
+    loop.accept([(to_record(event), event) for event in events])
     await drain_and_ack()
 
 
@@ -191,8 +183,7 @@ async def consume(stream: Any) -> None:
 async def flush_quiet_partitions() -> None:
     """A quiet partition's buffered events must not wait for the next event forever."""
     async with lock:
-        processor.flush_idle(int(time.time() * 1000))
-        if processor.pending:
+        if loop.flush_idle():
             await drain_and_ack()
 
 
@@ -200,7 +191,7 @@ async def flush_quiet_partitions() -> None:
 async def settle_stalled_partitions() -> None:
     """A record the consumer skipped with nothing after it shows only as a stall."""
     async with lock:
-        released = await guard.settle(idle=ledger.waiting() == 0)
+        released = await guard.settle(idle=loop.waiting() == 0)
         if released:
             await process(released)
     for topic, lag in guard.lag_by_topic().items():
@@ -209,10 +200,5 @@ async def settle_stalled_partitions() -> None:
 
 @app.timer(interval=settings.worker.dedup.evict_interval_s)
 async def evict_old_dedup_entries() -> None:
-    if processor.dedup is None:
-        return
     async with lock:
-        evicted = processor.dedup.evict(int(time.time() * 1000))
-        await store.flush()
-        if evicted:
-            metrics.inc("cdc_dedup_evicted_total", evicted)
+        await loop.evict()

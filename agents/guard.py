@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from faust.types import TP
-
+from agents import faust_internals
 from pipeline.config import KafkaSettings
 from pipeline.continuity import Admission, OffsetContinuity
 from pipeline.errors import RetriableError
@@ -51,49 +50,39 @@ class ContinuityGuard:
         app.on_partitions_revoked.connect(self._on_revoked)
         # Faust waits, at the start of a rebalance, until every record it handed out is
         # acknowledged; held records never would be. So they are let go of first (the new
-        # assignment re-reads from the committed offsets). Faust calls this hook from its
-        # consumer thread, as early as it can.
-        started = app.on_rebalance_start
+        # assignment re-reads from the committed offsets).
+        faust_internals.on_rebalance_start(app, self._drop_held_soon)
 
-        def on_rebalance_start() -> None:
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self.continuity.drop_held)
-            started()
-
-        app.on_rebalance_start = on_rebalance_start
+    def _drop_held_soon(self) -> None:
+        if self._loop is not None:  # called from Faust's consumer thread
+            self._loop.call_soon_threadsafe(self.continuity.drop_held)
 
     # -- acknowledgements -----------------------------------------------------------------
     def _gate(self) -> None:
-        """Wrap the consumer's ``ack`` once: Faust's own acks of records the agent never
-        finished stop here."""
+        """Gate the consumer once: Faust's own acks of records the agent never finished stop
+        here, and so do the holes it notices between two delivered offsets (after a skip or
+        one of our seeks that is a record no sink saw): only holes settle() confirmed to be
+        the log's own may be recorded."""
         consumer = self.app.consumer
         if self._gated is consumer:
             return
-        original: Callable[[Any], bool] = consumer.ack
         approved, topics, metrics = self._approved, self.topics, self.metrics
+        confirmed = self._confirmed_gaps
 
-        def ack(message: Any) -> bool:
+        def allow(message: Any) -> bool:
             if message.topic not in topics:
-                return original(message)
+                return True
             key = (message.topic, message.partition, message.offset)
             if key not in approved:
                 metrics.inc("cdc_worker_acks_blocked_total")
                 return False
             approved.discard(key)
-            return original(message)
+            return True
 
-        consumer.ack = ack
-        # Faust takes every hole it notices between two delivered offsets as done and its
-        # commit moves over it: after a skip or one of our seeks that is a record no sink saw.
-        # Only holes settle() confirmed to be the log's own may be recorded.
-        add_gap = consumer._add_gap
-        confirmed = self._confirmed_gaps
+        def allow_gap(tp: Any) -> bool:
+            return tp.topic not in topics or (tp.topic, tp.partition) in confirmed
 
-        async def _add_gap(tp: Any, offset_from: int, offset_to: int) -> None:
-            if tp.topic not in topics or (tp.topic, tp.partition) in confirmed:
-                await add_gap(tp, offset_from, offset_to)
-
-        consumer._add_gap = _add_gap
+        faust_internals.gate_acks(consumer, allow, allow_gap)
         self._gated = consumer
 
     async def _record_log_gaps(self, tp: Partition, start: int, until: int,
@@ -113,7 +102,7 @@ class ContinuityGuard:
         self._confirmed_gaps.add(tp)
         try:
             for first, last in ranges:
-                await self.app.consumer._add_gap(TP(*tp), first, last)
+                await faust_internals.record_gap(self.app.consumer, tp, first, last)
         finally:
             self._confirmed_gaps.discard(tp)
 
@@ -167,11 +156,7 @@ class ContinuityGuard:
 
     # -- settling gaps --------------------------------------------------------------------
     def _highwater(self, tp: Partition) -> int | None:
-        try:
-            end = self.app.consumer.highwater(TP(*tp))
-        except Exception:  # noqa: BLE001 - not fetched yet, or not assigned any more
-            return None
-        return end if isinstance(end, int) and end >= 0 else None
+        return faust_internals.highwater(self.app.consumer, tp)
 
     def lag_by_topic(self) -> dict[str, int]:
         """Records in the log (as last fetched) not yet taken, per topic."""
@@ -208,6 +193,5 @@ class ContinuityGuard:
             log.warning("%s[%d]: offset %d was not delivered by the consumer; re-reading "
                         "from it", *tp, settled.seek_to)
             self.metrics.inc("cdc_worker_rereads_total")
-            # On the consumer's own thread; it also resets Faust's read offset.
-            await self.app.consumer.seek_wait({TP(*tp): settled.seek_to})
+            await faust_internals.seek(self.app.consumer, tp, settled.seek_to)
         return release
