@@ -24,6 +24,7 @@ from pipeline.continuity import Admission, OffsetContinuity
 from pipeline.errors import RetriableError
 from pipeline.kafka.offsets import committed_offsets, log_offsets
 from pipeline.metrics import Metrics
+from pipeline.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class ContinuityGuard:
         self._gate()  # before anything of the new assignment is delivered
         mine = [(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics]
         positions: dict[Partition, int | None] = {}
+        backoff = Backoff(1.0, 8.0)
         for attempt in range(6):
             try:
                 positions = dict(await asyncio.to_thread(
@@ -141,7 +143,7 @@ class ContinuityGuard:
             except RetriableError as exc:
                 log.warning("where the group left off is unknown (attempt %d): %s",
                             attempt + 1, exc)
-                await asyncio.sleep(min(2 ** attempt, 8))
+                await asyncio.sleep(backoff.next_delay())
         else:  # guessing from the first record delivered could skip one: restart instead
             raise RetriableError("where the group left off stayed unknown; restarting")
         now = time.monotonic()

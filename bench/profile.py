@@ -5,9 +5,9 @@
 ``py-spy record --format raw`` for S seconds, and prints the functions with the most samples
 (self and inclusive, as % of samples). With ``--worker SINK`` (and ``--engine faust|kafka``)
 capture first fills a raw topic with N changes, then ``cdc worker --sink SINK`` drains it
-and is the one sampled, from its first record on. Raw stacks are kept in the work folder (load them in
-speedscope or flamegraph.pl). Not part of ``python -m bench``: sampling costs CPU, so it
-must not run while throughput is measured.
+and is the one sampled, from its first record on. Raw stacks are kept in the work folder
+(load them in speedscope or flamegraph.pl). Not part of ``python -m bench``: sampling costs
+CPU, so it must not run while throughput is measured.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
@@ -31,6 +32,7 @@ from pipeline.deadletter import RawRecord
 from pipeline.errors import PermanentError
 from pipeline.metrics import Metrics
 from pipeline.processing import BatchProcessor
+from pipeline.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,10 @@ class WorkerLoop(Generic[T]):
         self.commit = commit
         self.sink = sink
         self.ledger: AckLedger[T] = AckLedger()
-        self.retry_initial_s = retry_initial_s
-        self.retry_max_s = retry_max_s
+        # Reset after each success, not by time: a write that fails again right after one
+        # that worked is a new outage.
+        self._backoff = Backoff(retry_initial_s, max(retry_initial_s, retry_max_s),
+                                healthy_s=math.inf)
 
     def accept(self, records: Sequence[tuple[RawRecord, T]]) -> None:
         """Track each record with its token (in consumption order), then hand them to the
@@ -74,7 +78,7 @@ class WorkerLoop(Generic[T]):
         self.metrics.set("cdc_worker_unacked_records", self.ledger.waiting())
 
     async def _write_until_done(self) -> list[RawRecord]:
-        delay = self.retry_initial_s
+        failed = False
         while True:
             try:
                 finished = await self.processor.drain()
@@ -83,11 +87,14 @@ class WorkerLoop(Generic[T]):
                 raise  # restarting could not help: the engine stops the worker
             except Exception as exc:  # noqa: BLE001 - retry; never commit past unwritten work
                 self.metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
+                delay = self._backoff.next_delay()
+                failed = True
                 log.exception("writing to sink %s failed, retrying in %.1fs: %s",
                               self.sink, delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
                 continue
+            if failed:
+                self._backoff.reset()
             return finished
 
     def flush_idle(self, now_ms: int | None = None) -> bool:
