@@ -1,4 +1,4 @@
-"""The Faust app of one sink: an agent reads the raw CDC topics in batches and writes them.
+"""The Faust app of one sink: a task reads the raw CDC topics in batches and writes them.
 
 Each configured sink runs as its own app, with its own consumer group (``<app_id>-<sink>``),
 so a slow or failing sink never stalls another. ``cdc worker`` starts one process per sink;
@@ -12,17 +12,21 @@ writes itself (``pipeline.kafka.changelog``): each row's entry goes to the chang
 of the raw partition it came from, so whichever worker owns that partition after a restart or
 rebalance recovers the entries it needs when Faust restores the table.
 
+Records come from Faust's consumer a fetch at a time (``agents.faust_internals.BatchFetch``),
+not one event at a time through an agent's stream: that per-event machinery cost more than
+the processing (bench/RESULTS.md). The app is otherwise Faust's: its consumer, group,
+rebalances, table recovery, acknowledgements and commits. Writing, retrying, flushing the
+changelog and acknowledging are the skeleton both engines share (``pipeline.worker_loop``).
+
 Faust's traps, and how this module avoids them:
-- An exception escaping an agent acks the events it was handling (they would be skipped).
-  So nothing escapes: bad data goes to the dead-letter topic inside the processor, and any
-  other failure is retried here with backoff while the records wait.
-- ``take``/``take_events`` ack their batch in a ``finally``, even when the body raised. So we
-  use ``stream.noack().noack_take`` and ack records ourselves, per partition in offset order
-  (``pipeline.acks``), only once they are written, dead-lettered or dropped: offsets are
-  committed only after the sink confirmed. Records held by the reorder buffer hold back the
-  acks of their partition. Should anything escape anyway, the process exits at once
-  without acking (redelivery, not loss).
-- ``concurrency`` stays 1: more would let a finished batch commit past one still in flight.
+- An exception escaping an agent or task acks the events it was handling (they would be
+  skipped). So nothing escapes: bad data goes to the dead-letter topic inside the processor,
+  and any other failure is retried with backoff while the records wait. Should anything
+  escape anyway, the process exits at once without acking (redelivery, not loss).
+- Records are acknowledged by us, per partition in offset order (``pipeline.acks``), only
+  once they are written, dead-lettered or dropped: offsets are committed only after the sink
+  confirmed. Records held by the reorder buffer hold back the acks of their partition.
+- One task takes the batches: more would let a finished batch commit past one in flight.
 - Around a restart or rebalance Faust can skip a record (and ack it for us), or drop one
   behind its read offset; its next commit would then pass it. ``agents.guard`` lets only
   our own acks through and checks every partition's offsets are taken without a hole the
@@ -38,6 +42,7 @@ from typing import Any, NoReturn
 
 import faust
 
+from agents import faust_internals
 from agents.guard import ContinuityGuard
 from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
@@ -95,16 +100,21 @@ processor = build_processor(
 guard = ContinuityGuard(
     app, GROUP, settings.raw_topics(), settings.kafka, metrics
 )
+fetch = faust_internals.BatchFetch(settings.raw_topics())
+fetch.install(app, raw_topics)
+# A rebalance starting drops the batches not yet taken, as Faust clears its agents' queues.
+faust_internals.on_rebalance_start(app, lambda: guard.call_soon(fetch.clear))
 lock = asyncio.Lock()
-_stream: list[Any] = []  # the agent's no-ack stream, for acks made by the timers
 
 
-async def ack(events: list[Any]) -> None:
-    """Acknowledge finished events (the ledger's contiguous prefix per partition)."""
-    if _stream:
-        for event in events:
-            guard.approve(event)
-            await _stream[0].ack(event)
+async def ack(messages: list[Any]) -> None:
+    """Acknowledge finished messages (the ledger's contiguous prefix per partition)."""
+    consumer = app.consumer
+    on_message_out = app.sensors.on_message_out
+    for message in messages:
+        guard.approve(message)
+        message.ack(consumer)
+        on_message_out(message.tp, message.offset, message)
 
 
 loop: WorkerLoop[Any] = WorkerLoop(
@@ -114,8 +124,7 @@ loop: WorkerLoop[Any] = WorkerLoop(
 )
 
 
-def to_record(event: Any) -> RawRecord:
-    message = event.message
+def to_record(message: Any) -> RawRecord:
     return RawRecord(
         topic=message.topic,
         partition=message.partition,
@@ -143,27 +152,25 @@ async def drain_and_ack() -> None:
         stop_for_good(exc)
 
 
-async def process(events: list[Any]) -> None:
+async def process(messages: list[Any]) -> None:
     """One batch: write what is ready, then ack every finished prefix (under ``lock``)."""
-    loop.accept([(to_record(event), event) for event in events])
+    loop.accept([(to_record(message), message) for message in messages])
     await drain_and_ack()
 
 
-@app.agent(raw_topics, concurrency=1)
-async def consume(stream: Any) -> None:
+@app.task
+async def consume() -> None:
     """Raw topics -> this worker's sink; dead letters to the dead-letter topic."""
     within = max(settings.worker.batch_wait_ms, 1) / 1000
-    manual = stream.noack()
-    _stream[:] = [manual]
     try:
-        async for events in manual.noack_take(settings.worker.batch_size, within=within):
+        async for messages in fetch.batches(settings.worker.batch_size, within):
             await guard.assignment_known()
             async with lock:
-                # Past a gap an event is held; settle() releases it or re-reads it.
-                admitted = [event for event in events if guard.admit(event)]
-                # Faust waits at a revocation for every event it handed out; the held ones
+                # Past a gap a message is held; settle() releases it or re-reads it.
+                admitted = [message for message in messages if guard.admit(message)]
+                # Faust waits at a revocation for every message handed out; the held ones
                 # must not stay referenced here (the guard lets go of them).
-                del events
+                del messages
                 await process(admitted)
                 del admitted
                 released = await guard.settle(idle=False)
@@ -174,7 +181,8 @@ async def consume(stream: Any) -> None:
     except asyncio.CancelledError:
         raise
     except BaseException:  # noqa: BLE001 - see the module docstring: exit rather than ack
-        log.critical("agent failed outside batch processing; exiting without acking", exc_info=True)
+        log.critical("worker failed outside batch processing; exiting without acking",
+                     exc_info=True)
         logging.shutdown()
         os._exit(70)
 

@@ -1,6 +1,7 @@
 """Every use of Faust's internals, in one place, checked against the Faust version at import.
 
-The worker relies on parts of faust-streaming that are not public API: it gates the
+The worker relies on parts of faust-streaming that are not public API: it takes the raw
+topics' records from the consumer a fetch at a time (:class:`BatchFetch`), gates the
 consumer's acknowledgements and gap bookkeeping (``agents.guard``) and hooks the start of a
 rebalance. Those parts change between releases without notice. So this module names each one,
 checks at import that the installed Faust is a version the worker was tested with and that
@@ -10,7 +11,9 @@ changed (:class:`FaustIncompatible`) instead of losing records quietly at run ti
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import faust
@@ -24,12 +27,23 @@ TESTED_VERSIONS = ("0.15",)
 
 #: (where, attribute) pairs the worker reads, wraps or calls, beyond Faust's public API.
 REQUIRED: tuple[tuple[type, str], ...] = (
+    (Consumer, "_drain_messages"),
+    (Consumer, "_wait_next_records"),
+    (Consumer, "_to_message"),
+    (Consumer, "track_message"),
+    (Consumer, "flow_active"),
+    (Consumer, "commit"),
     (Consumer, "ack"),
     (Consumer, "_add_gap"),
     (Consumer, "seek_wait"),
     (Consumer, "highwater"),
     (faust.App, "on_rebalance_start"),
+    (faust.App, "consumer_generation_id"),
+    (faust.App, "transport"),
 )
+#: Attributes a consumer instance has once built (checked when the worker starts).
+REQUIRED_ON_CONSUMER = ("_read_offset", "_buffered_partitions", "suspend_flow", "callback",
+                        "_n_acked", "_commit_every", "_stopped")
 
 
 class FaustIncompatible(ConfigError):
@@ -112,3 +126,161 @@ def on_rebalance_start(app: Any, hook: Callable[[], None]) -> None:
         started()
 
     app.on_rebalance_start = on_rebalance_start
+
+
+# -- batches from the consumer ---------------------------------------------------------------
+class BatchFetch:
+    """The raw topics' records straight from Faust's consumer, a fetch at a time.
+
+    Faust hands a fetched record to the agents one at a time: two tasks and an
+    ``asyncio.wait`` per record in its fetcher, a lock and a queue put per record in its
+    conductor, then the stream's per-event iteration (the profile in bench/RESULTS.md). That
+    machinery cost more than the processing itself. :meth:`install` gives the app a consumer
+    whose fetcher loop passes every raw-topic record of a fetch on as one list of Faust
+    messages, and every other record (table changelogs during recovery) down Faust's own
+    path. The rest is Faust's as before: the consumer, its thread, group membership,
+    rebalances, read offsets, acknowledgements and commits.
+
+    What Faust does per record is kept per fetch: records of partitions it paused or of an
+    older generation, and those behind its read offset, are left out as Faust leaves them out
+    (``agents.guard`` notices the hole and re-reads); each handed-out record is tracked as
+    unacknowledged; and a rebalance starting drops what waits here (:meth:`clear`), as Faust
+    clears its agents' queues, so it need not wait for them.
+    """
+
+    def __init__(self, topics: Iterable[str], max_queued: int = 4) -> None:
+        self.topics = frozenset(topics)
+        self.max_queued = max_queued
+        self._queue: asyncio.Queue[list[Any]] | None = None
+        self._pending: list[Any] = []
+
+    def install(self, app: Any, topic: Any) -> None:
+        """Subscribe the app to ``topic`` (the raw topics) and give it the batching consumer;
+        before the app built its consumer (at import of the app module)."""
+        if app._consumer is not None:
+            raise FaustIncompatible("the Faust consumer was built before BatchFetch.install")
+        fetch = self
+        base = app.transport.Consumer
+
+        class BatchingConsumer(base):  # type: ignore[misc,valid-type]
+            async def _drain_messages(self, fetcher: Any) -> None:
+                await fetch._drain(self, fetcher)
+
+        app.transport.Consumer = BatchingConsumer
+        aiter(topic)  # iterating a topic is what subscribes an app to it (Topic.__aiter__)
+
+    def _queue_here(self) -> asyncio.Queue[list[Any]]:
+        if self._queue is None:
+            self._queue = asyncio.Queue(self.max_queued)
+        return self._queue
+
+    def clear(self) -> None:
+        """Drop every record waiting to be taken (a rebalance starts: the new assignment
+        reads again from the committed offsets)."""
+        self._pending = []
+        if self._queue is not None:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+
+    async def batches(self, max_records: int, within_s: float) -> AsyncIterator[list[Any]]:
+        """Lists of at most ``max_records`` messages: what is there, waiting up to
+        ``within_s`` after the first for more (Faust's ``take`` semantics)."""
+        queue = self._queue_here()
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._pending = await queue.get()
+            deadline = loop.time() + within_s
+            while len(self._pending) < max_records:
+                more = await _get_within(queue, deadline - loop.time())
+                if more is None:
+                    break
+                self._pending.extend(more)
+            batch, self._pending = self._pending[:max_records], self._pending[max_records:]
+            yield batch
+
+    async def _drain(self, consumer: Any, fetcher: Any) -> None:
+        """Replaces ``Consumer._drain_messages``, the fetcher's loop (faust 0.15)."""
+        missing = [name for name in REQUIRED_ON_CONSUMER if not hasattr(consumer, name)]
+        if missing:
+            raise FaustIncompatible(
+                f"faust-streaming {faust.__version__}'s consumer has no {', '.join(missing)}")
+        app = consumer.app
+        queue = self._queue_here()
+        callback = consumer.callback
+        read_offset = consumer._read_offset
+        buffered = consumer._buffered_partitions
+        to_message = consumer._to_message
+        track = consumer.track_message
+        acks_enabled_for = app.topics.acks_enabled_for
+        raw = self.topics
+        stopped = consumer._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        while not (stopped() or fetcher_stopped()):
+            records, active = await consumer._wait_next_records(1.0)
+            await asyncio.sleep(0)
+            if not records or consumer.should_stop or not consumer.flow_active:
+                continue  # a rebalance: the next assignment reads from the committed offsets
+            generation = app.consumer_generation_id
+            batch: list[Any] = []
+            for tp, fetched in records.items():
+                if active is not None and tp not in active and tp not in buffered:
+                    continue  # paused meanwhile: Faust leaves these out too
+                app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
+                ours = tp.topic in raw
+                last = read_offset[tp]
+                for record in fetched:
+                    offset = record.offset
+                    if last is not None and offset < last:
+                        continue  # behind the read offset: Faust drops these
+                    message = to_message(tp, record)
+                    if ours:
+                        track(message)
+                        batch.append(message)
+                    else:  # Faust's own path, record by record
+                        if last and offset - last > 1 and acks_enabled_for(message.topic):
+                            await consumer._add_gap(tp, last + 1, offset)
+                        await consumer.wait_first(callback(message),
+                                                  consumer.suspend_flow.wait())
+                    read_offset[tp] = last = offset
+            if app.consumer_generation_id != generation:
+                continue  # a rebalance began while we sorted: as Faust, hand nothing over
+            if consumer._commit_every is not None and \
+                    consumer._n_acked >= consumer._commit_every:
+                consumer._n_acked = 0
+                await consumer.commit()
+            if batch:
+                await _put_unless(queue, batch, consumer.suspend_flow)
+
+
+async def _get_within(queue: asyncio.Queue[list[Any]], timeout: float) -> list[Any] | None:
+    """The next item if one comes within ``timeout`` seconds (none is lost on timeout)."""
+    if not queue.empty():
+        return queue.get_nowait()
+    if timeout <= 0:
+        return None
+    getter = asyncio.ensure_future(queue.get())
+    done, _ = await asyncio.wait({getter}, timeout=timeout)
+    if getter not in done:
+        getter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            return await getter  # it may have completed as it was cancelled
+        return None
+    return getter.result()
+
+
+async def _put_unless(queue: asyncio.Queue[list[Any]], item: list[Any],
+                      unless: Any) -> None:
+    """Put ``item``, waiting for room, unless the event ``unless`` is set first (then drop
+    it)."""
+    if not queue.full():
+        queue.put_nowait(item)
+        return
+    put = asyncio.ensure_future(queue.put(item))
+    stop = asyncio.ensure_future(unless.wait())
+    try:
+        await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (put, stop):
+            if not task.done():
+                task.cancel()

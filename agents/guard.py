@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from agents import faust_internals
@@ -55,8 +55,12 @@ class ContinuityGuard:
         faust_internals.on_rebalance_start(app, self._drop_held_soon)
 
     def _drop_held_soon(self) -> None:
-        if self._loop is not None:  # called from Faust's consumer thread
-            self._loop.call_soon_threadsafe(self.continuity.drop_held)
+        self.call_soon(self.continuity.drop_held)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the worker's event loop (safe from Faust's consumer thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(fn)
 
     # -- acknowledgements -----------------------------------------------------------------
     def _gate(self) -> None:
@@ -107,19 +111,17 @@ class ContinuityGuard:
         finally:
             self._confirmed_gaps.discard(tp)
 
-    def approve(self, event: Any) -> None:
-        """The agent finished ``event``: its acknowledgement may pass."""
-        message = event.message
+    def approve(self, message: Any) -> None:
+        """The worker finished ``message``: its acknowledgement may pass."""
         self._approved.add((message.topic, message.partition, message.offset))
 
     # -- admission ------------------------------------------------------------------------
-    def admit(self, event: Any) -> bool:
-        """True to process the event now; False when it is held back (past a gap: it is
+    def admit(self, message: Any) -> bool:
+        """True to process the message now; False when it is held back (past a gap: it is
         released by :meth:`settle`, or comes again after a re-read)."""
         self._gate()
-        message = event.message
         verdict = self.continuity.admit(
-            (message.topic, message.partition), message.offset, event, time.monotonic())
+            (message.topic, message.partition), message.offset, message, time.monotonic())
         if verdict is Admission.HELD:
             self.metrics.inc("cdc_worker_held_total")
             return False
@@ -171,7 +173,7 @@ class ContinuityGuard:
 
     async def settle(self, idle: bool) -> list[Any]:
         """Settle every partition with a gap (or, when the agent is ``idle``, a stall)
-        against the log; returns the held events to process now, in offset order per
+        against the log; returns the held messages to process now, in offset order per
         partition, and seeks Faust back where it skipped a record."""
         ends = self._highwater if idle else (lambda _tp: None)
         release: list[Any] = []
