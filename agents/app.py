@@ -110,11 +110,9 @@ lock = asyncio.Lock()
 async def ack(messages: list[Any]) -> None:
     """Acknowledge finished messages (the ledger's contiguous prefix per partition)."""
     consumer = app.consumer
-    on_message_out = app.sensors.on_message_out
     for message in messages:
         guard.approve(message)
         message.ack(consumer)
-        on_message_out(message.tp, message.offset, message)
 
 
 loop: WorkerLoop[Any] = WorkerLoop(

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import faust
+from faust.sensors.monitor import Monitor
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
@@ -30,7 +32,6 @@ REQUIRED: tuple[tuple[type, str], ...] = (
     (Consumer, "_drain_messages"),
     (Consumer, "_wait_next_records"),
     (Consumer, "_to_message"),
-    (Consumer, "track_message"),
     (Consumer, "flow_active"),
     (Consumer, "commit"),
     (Consumer, "ack"),
@@ -40,10 +41,12 @@ REQUIRED: tuple[tuple[type, str], ...] = (
     (faust.App, "on_rebalance_start"),
     (faust.App, "consumer_generation_id"),
     (faust.App, "transport"),
+    (Monitor, "stream_inbound_time"),
+    (Monitor, "tp_read_offsets"),
 )
 #: Attributes a consumer instance has once built (checked when the worker starts).
 REQUIRED_ON_CONSUMER = ("_read_offset", "_buffered_partitions", "suspend_flow", "callback",
-                        "_n_acked", "_commit_every", "_stopped")
+                        "_n_acked", "_commit_every", "_stopped", "_unacked_messages")
 
 
 class FaustIncompatible(ConfigError):
@@ -144,8 +147,12 @@ class BatchFetch:
     What Faust does per record is kept per fetch: records of partitions it paused or of an
     older generation, and those behind its read offset, are left out as Faust leaves them out
     (``agents.guard`` notices the hole and re-reads); each handed-out record is tracked as
-    unacknowledged; and a rebalance starting drops what waits here (:meth:`clear`), as Faust
-    clears its agents' queues, so it need not wait for them.
+    unacknowledged (a revocation waits for it); and a rebalance starting drops what waits
+    here (:meth:`clear`), as Faust clears its agents' queues, so it need not wait for them.
+    Faust's monitor learns per batch and partition what it uses to tell a stalled stream
+    (read offsets, when a partition's records were last taken); its per-message counters
+    (``messages_received_total`` and the like, seen only on Faust's web page) stay at zero:
+    the worker's own metrics count records.
     """
 
     def __init__(self, topics: Iterable[str], max_queued: int = 4) -> None:
@@ -153,6 +160,7 @@ class BatchFetch:
         self.max_queued = max_queued
         self._queue: asyncio.Queue[list[Any]] | None = None
         self._pending: list[Any] = []
+        self._monitor: Any = None
 
     def install(self, app: Any, topic: Any) -> None:
         """Subscribe the app to ``topic`` (the raw topics) and give it the batching consumer;
@@ -160,6 +168,7 @@ class BatchFetch:
         if app._consumer is not None:
             raise FaustIncompatible("the Faust consumer was built before BatchFetch.install")
         fetch = self
+        self._monitor = app.monitor
         base = app.transport.Consumer
 
         class BatchingConsumer(base):  # type: ignore[misc,valid-type]
@@ -197,6 +206,11 @@ class BatchFetch:
                     break
                 self._pending.extend(more)
             batch, self._pending = self._pending[:max_records], self._pending[max_records:]
+            if self._monitor is not None:  # the stream of these partitions is not idle
+                now = time.monotonic()
+                inbound = self._monitor.stream_inbound_time
+                for tp in {message.tp for message in batch}:
+                    inbound[tp] = now
             yield batch
 
     async def _drain(self, consumer: Any, fetcher: Any) -> None:
@@ -211,7 +225,8 @@ class BatchFetch:
         read_offset = consumer._read_offset
         buffered = consumer._buffered_partitions
         to_message = consumer._to_message
-        track = consumer.track_message
+        unacked = consumer._unacked_messages.add
+        monitor = app.monitor
         acks_enabled_for = app.topics.acks_enabled_for
         raw = self.topics
         stopped = consumer._stopped.is_set
@@ -235,7 +250,7 @@ class BatchFetch:
                         continue  # behind the read offset: Faust drops these
                     message = to_message(tp, record)
                     if ours:
-                        track(message)
+                        unacked(message)
                         batch.append(message)
                     else:  # Faust's own path, record by record
                         if last and offset - last > 1 and acks_enabled_for(message.topic):
@@ -243,6 +258,8 @@ class BatchFetch:
                         await consumer.wait_first(callback(message),
                                                   consumer.suspend_flow.wait())
                     read_offset[tp] = last = offset
+                if ours and last is not None and monitor is not None:
+                    monitor.tp_read_offsets[tp] = last
             if app.consumer_generation_id != generation:
                 continue  # a rebalance began while we sorted: as Faust, hand nothing over
             if consumer._commit_every is not None and \
