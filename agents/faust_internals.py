@@ -34,6 +34,7 @@ REQUIRED: tuple[tuple[type, str], ...] = (
     (Consumer, "_to_message"),
     (Consumer, "flow_active"),
     (Consumer, "commit"),
+    (Consumer, "consumer_stopped_errors"),
     (Consumer, "ack"),
     (Consumer, "_add_gap"),
     (Consumer, "seek_wait"),
@@ -221,53 +222,62 @@ class BatchFetch:
                 f"faust-streaming {faust.__version__}'s consumer has no {', '.join(missing)}")
         app = consumer.app
         queue = self._queue_here()
-        callback = consumer.callback
-        read_offset = consumer._read_offset
-        buffered = consumer._buffered_partitions
-        to_message = consumer._to_message
-        unacked = consumer._unacked_messages.add
+        stopped, fetcher_stopped = consumer._stopped.is_set, fetcher._stopped.is_set
+        try:
+            while not (stopped() or fetcher_stopped()):
+                records, active = await consumer._wait_next_records(1.0)
+                await asyncio.sleep(0)
+                if not records or consumer.should_stop or not consumer.flow_active:
+                    continue  # a rebalance: the next assignment reads from the committed offsets
+                generation = app.consumer_generation_id
+                batch = await self._sort(consumer, records, active)
+                if app.consumer_generation_id != generation:
+                    continue  # a rebalance began meanwhile: as Faust, hand nothing over
+                if consumer._commit_every is not None and \
+                        consumer._n_acked >= consumer._commit_every:
+                    consumer._n_acked = 0
+                    await consumer.commit()
+                if batch:
+                    await _put_unless(queue, batch, consumer.suspend_flow)
+        except consumer.consumer_stopped_errors:
+            if not app.should_stop:
+                raise
+        except asyncio.CancelledError:
+            if not app.should_stop:
+                raise
+
+    async def _sort(self, consumer: Any, records: Any, active: Any) -> list[Any]:
+        """One fetch: the raw topics' records as Faust messages, in offset order per
+        partition; every other record goes down Faust's own path, one at a time."""
+        app = consumer.app
+        read_offset, buffered = consumer._read_offset, consumer._buffered_partitions
+        to_message, unacked = consumer._to_message, consumer._unacked_messages.add
         monitor = app.monitor
-        acks_enabled_for = app.topics.acks_enabled_for
-        raw = self.topics
-        stopped = consumer._stopped.is_set
-        fetcher_stopped = fetcher._stopped.is_set
-        while not (stopped() or fetcher_stopped()):
-            records, active = await consumer._wait_next_records(1.0)
-            await asyncio.sleep(0)
-            if not records or consumer.should_stop or not consumer.flow_active:
-                continue  # a rebalance: the next assignment reads from the committed offsets
-            generation = app.consumer_generation_id
-            batch: list[Any] = []
-            for tp, fetched in records.items():
-                if active is not None and tp not in active and tp not in buffered:
-                    continue  # paused meanwhile: Faust leaves these out too
-                app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
-                ours = tp.topic in raw
-                last = read_offset[tp]
-                for record in fetched:
-                    offset = record.offset
-                    if last is not None and offset < last:
-                        continue  # behind the read offset: Faust drops these
-                    message = to_message(tp, record)
-                    if ours:
-                        unacked(message)
-                        batch.append(message)
-                    else:  # Faust's own path, record by record
-                        if last and offset - last > 1 and acks_enabled_for(message.topic):
-                            await consumer._add_gap(tp, last + 1, offset)
-                        await consumer.wait_first(callback(message),
-                                                  consumer.suspend_flow.wait())
-                    read_offset[tp] = last = offset
-                if ours and last is not None and monitor is not None:
-                    monitor.tp_read_offsets[tp] = last
-            if app.consumer_generation_id != generation:
-                continue  # a rebalance began while we sorted: as Faust, hand nothing over
-            if consumer._commit_every is not None and \
-                    consumer._n_acked >= consumer._commit_every:
-                consumer._n_acked = 0
-                await consumer.commit()
-            if batch:
-                await _put_unless(queue, batch, consumer.suspend_flow)
+        batch: list[Any] = []
+        for tp, fetched in records.items():
+            if active is not None and tp not in active and tp not in buffered:
+                continue  # paused meanwhile: Faust leaves these out too
+            if monitor is not None:
+                monitor.track_tp_end_offset(tp, consumer.highwater(tp))
+            ours = tp.topic in self.topics
+            last = read_offset[tp]
+            for record in fetched:
+                offset = record.offset
+                if last is not None and offset < last:
+                    continue  # behind the read offset: Faust drops these
+                message = to_message(tp, record)
+                if ours:
+                    unacked(message)
+                    batch.append(message)
+                else:
+                    if last and offset - last > 1 and app.topics.acks_enabled_for(tp.topic):
+                        await consumer._add_gap(tp, last + 1, offset)
+                    await consumer.wait_first(consumer.callback(message),
+                                              consumer.suspend_flow.wait())
+                read_offset[tp] = last = offset
+            if ours and last is not None and monitor is not None:
+                monitor.tp_read_offsets[tp] = last
+        return batch
 
 
 async def _get_within(queue: asyncio.Queue[list[Any]], timeout: float) -> list[Any] | None:

@@ -127,3 +127,114 @@ def test_a_missing_faust_attribute_is_named() -> None:
 
 def test_the_installed_faust_passes() -> None:
     faust_internals.check()
+
+
+# -- BatchFetch: the raw topics' records a fetch at a time ----------------------------------
+class _Record:
+    def __init__(self, topic: str, offset: int) -> None:
+        self.topic, self.offset = topic, offset
+
+
+class _TP(tuple):  # type: ignore[type-arg]
+    @property
+    def topic(self) -> str:
+        return str(self[0])
+
+
+class _Monitor:
+    def __init__(self) -> None:
+        self.stream_inbound_time: dict[object, float] = {}
+        self.tp_read_offsets: dict[object, int] = {}
+
+    def track_tp_end_offset(self, tp: object, end: int) -> None:
+        pass
+
+
+class _Topics:
+    def acks_enabled_for(self, topic: str) -> bool:
+        return True
+
+
+class _App:
+    def __init__(self) -> None:
+        self.monitor = _Monitor()
+        self.topics = _Topics()
+
+
+class _FaustConsumer:
+    def __init__(self) -> None:
+        from collections import defaultdict
+        self.app = _App()
+        self._read_offset: dict[object, int | None] = defaultdict(lambda: None)
+        self._buffered_partitions: set[object] = set()
+        self._unacked_messages: set[object] = set()
+        self.delivered: list[tuple[str, int]] = []
+
+    def _to_message(self, tp: _TP, record: _Record) -> tuple[str, int]:
+        return (record.topic, record.offset)
+
+    def highwater(self, tp: object) -> int:
+        return 0
+
+    async def callback(self, message: tuple[str, int]) -> None:
+        self.delivered.append(message)
+
+    async def wait_first(self, *coros: object) -> None:
+        await coros[0]  # type: ignore[misc]
+        for c in coros[1:]:
+            c.close()  # type: ignore[attr-defined]
+
+    class suspend_flow:  # noqa: N801 - the attribute's name in Faust
+        @staticmethod
+        async def wait() -> None:
+            await asyncio.sleep(3600)
+
+
+def test_a_fetch_becomes_one_batch_and_other_topics_keep_faust_s_path() -> None:
+    fetch = faust_internals.BatchFetch(["raw"])
+    consumer = _FaustConsumer()
+    raw, changelog = _TP(("raw", 0)), _TP(("changelog", 0))
+    consumer._read_offset[raw] = 5  # Faust already read up to 5: 4 is behind it
+    records = {raw: [_Record("raw", o) for o in (4, 5, 6, 7)],
+               changelog: [_Record("changelog", 1)]}
+
+    batch = asyncio.run(fetch._sort(consumer, records, None))
+    assert batch == [("raw", 5), ("raw", 6), ("raw", 7)]
+    assert consumer.delivered == [("changelog", 1)]
+    assert consumer._read_offset[raw] == 7
+    assert set(batch) <= consumer._unacked_messages  # a revocation waits for them
+
+
+def test_paused_partitions_are_left_out_as_faust_leaves_them_out() -> None:
+    fetch = faust_internals.BatchFetch(["raw"])
+    consumer = _FaustConsumer()
+    a, b = _TP(("raw", 0)), _TP(("raw", 1))
+    records = {a: [_Record("raw", 1)], b: [_Record("raw", 1)]}
+    assert asyncio.run(fetch._sort(consumer, records, {a})) == [("raw", 1)]
+    assert consumer._read_offset[b] is None
+
+
+def test_batches_hold_at_most_max_records_and_keep_order() -> None:
+    async def take() -> list[list[int]]:
+        fetch = faust_internals.BatchFetch(["raw"])
+        queue = fetch._queue_here()
+        queue.put_nowait(list(range(7)))
+        queue.put_nowait(list(range(7, 10)))
+        out: list[list[int]] = []
+        async for batch in fetch.batches(4, 0.01):
+            out.append(batch)
+            if sum(map(len, out)) == 10:
+                break
+        return out
+
+    batches = asyncio.run(take())
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert [x for b in batches for x in b] == list(range(10))
+
+
+def test_a_rebalance_drops_what_was_not_taken() -> None:
+    fetch = faust_internals.BatchFetch(["raw"])
+    fetch._queue_here().put_nowait([1, 2])
+    fetch._pending = [0]
+    fetch.clear()
+    assert fetch._pending == [] and fetch._queue_here().empty()
