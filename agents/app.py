@@ -97,11 +97,11 @@ store = ChangelogStore(
 processor = build_processor(
     settings, SINK, metrics, dedup_store=store, partition_scope=store.scope
 )
-guard = ContinuityGuard(
-    app, GROUP, settings.raw_topics(), settings.kafka, metrics
-)
 fetch = faust_internals.BatchFetch(settings.raw_topics())
 fetch.install(app, raw_topics)
+guard = ContinuityGuard(
+    app, GROUP, settings.raw_topics(), settings.kafka, metrics, seek=fetch.seek
+)
 # A rebalance starting drops the batches not yet taken, as Faust clears its agents' queues.
 faust_internals.on_rebalance_start(app, lambda: guard.call_soon(fetch.clear))
 lock = asyncio.Lock()

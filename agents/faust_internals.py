@@ -162,6 +162,8 @@ class BatchFetch:
         self._queue: asyncio.Queue[list[Any]] | None = None
         self._pending: list[Any] = []
         self._monitor: Any = None
+        self._seeks = 0  # seeks asked so far
+        self._sought: dict[Any, int] = {}  # partition -> the number of its latest seek
 
     def install(self, app: Any, topic: Any) -> None:
         """Subscribe the app to ``topic`` (the raw topics) and give it the batching consumer;
@@ -191,6 +193,15 @@ class BatchFetch:
         if self._queue is not None:
             while not self._queue.empty():
                 self._queue.get_nowait()
+
+    async def seek(self, consumer: Any, tp: tuple[str, int], offset: int) -> None:
+        """Re-read ``tp`` from ``offset``. A fetch that began before the seek still holds the
+        partition's later records; sorted after it they would move Faust's read offset past
+        the records the seek is for, and those would then be dropped as already read. So
+        such a fetch's records of ``tp`` are left out (the re-read brings them again)."""
+        self._seeks += 1
+        self._sought[TP(*tp)] = self._seeks
+        await seek(consumer, tp, offset)
 
     async def batches(self, max_records: int, within_s: float) -> AsyncIterator[list[Any]]:
         """Lists of at most ``max_records`` messages: what is there, waiting up to
@@ -225,12 +236,13 @@ class BatchFetch:
         stopped, fetcher_stopped = consumer._stopped.is_set, fetcher._stopped.is_set
         try:
             while not (stopped() or fetcher_stopped()):
+                seeks = self._seeks
                 records, active = await consumer._wait_next_records(1.0)
                 await asyncio.sleep(0)
                 if not records or consumer.should_stop or not consumer.flow_active:
                     continue  # a rebalance: the next assignment reads from the committed offsets
                 generation = app.consumer_generation_id
-                batch = await self._sort(consumer, records, active)
+                batch = await self._sort(consumer, records, active, seeks)
                 if app.consumer_generation_id != generation:
                     continue  # a rebalance began meanwhile: as Faust, hand nothing over
                 if consumer._commit_every is not None and \
@@ -246,9 +258,11 @@ class BatchFetch:
             if not app.should_stop:
                 raise
 
-    async def _sort(self, consumer: Any, records: Any, active: Any) -> list[Any]:
-        """One fetch: the raw topics' records as Faust messages, in offset order per
-        partition; every other record goes down Faust's own path, one at a time."""
+    async def _sort(self, consumer: Any, records: Any, active: Any,
+                    seeks: int = 0) -> list[Any]:
+        """One fetch (begun after ``seeks`` seeks): the raw topics' records as Faust
+        messages, in offset order per partition; every other record goes down Faust's own
+        path, one at a time."""
         app = consumer.app
         read_offset, buffered = consumer._read_offset, consumer._buffered_partitions
         to_message, unacked = consumer._to_message, consumer._unacked_messages.add
@@ -257,6 +271,8 @@ class BatchFetch:
         for tp, fetched in records.items():
             if active is not None and tp not in active and tp not in buffered:
                 continue  # paused meanwhile: Faust leaves these out too
+            if self._sought.get(tp, 0) > seeks:
+                continue  # fetched before a seek of this partition (see seek())
             if monitor is not None:
                 monitor.track_tp_end_offset(tp, consumer.highwater(tp))
             ours = tp.topic in self.topics

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from agents import faust_internals
@@ -33,8 +33,11 @@ Partition = tuple[str, int]
 
 class ContinuityGuard:
     def __init__(self, app: Any, group: str, topics: Iterable[str], kafka: KafkaSettings,
-                 metrics: Metrics, stall_s: float = 2.0) -> None:
+                 metrics: Metrics, stall_s: float = 2.0,
+                 seek: Callable[[Any, Partition, int], Awaitable[None]] = faust_internals.seek,
+                 ) -> None:
         self.app = app
+        self._seek = seek
         self.group = group
         self.topics = frozenset(topics)
         self.kafka = kafka
@@ -197,5 +200,5 @@ class ContinuityGuard:
             log.warning("%s[%d]: offset %d was not delivered by the consumer; re-reading "
                         "from it", *tp, settled.seek_to)
             self.metrics.inc("cdc_worker_rereads_total")
-            await faust_internals.seek(self.app.consumer, tp, settled.seek_to)
+            await self._seek(self.app.consumer, tp, settled.seek_to)
         return release

@@ -176,6 +176,10 @@ class _FaustConsumer:
     def highwater(self, tp: object) -> int:
         return 0
 
+    async def seek_wait(self, partitions: dict[object, int]) -> None:
+        for tp, offset in partitions.items():
+            self._read_offset[tp] = offset
+
     async def callback(self, message: tuple[str, int]) -> None:
         self.delivered.append(message)
 
@@ -238,3 +242,23 @@ def test_a_rebalance_drops_what_was_not_taken() -> None:
     fetch._pending = [0]
     fetch.clear()
     assert fetch._pending == [] and fetch._queue_here().empty()
+
+
+def test_a_fetch_begun_before_a_seek_does_not_move_the_read_offset_past_it() -> None:
+    async def scenario() -> tuple[list[object], list[object], int | None]:
+        fetch = faust_internals.BatchFetch(["raw"])
+        consumer = _FaustConsumer()
+        a, b = _TP(("raw", 0)), _TP(("raw", 1))
+        seeks_when_fetched = fetch._seeks
+        await fetch.seek(consumer, ("raw", 0), 5)  # the guard re-reads from 5
+        stale = {a: [_Record("raw", o) for o in (8, 9)], b: [_Record("raw", 3)]}
+        first = await fetch._sort(consumer, stale, None, seeks_when_fetched)
+        offset_after_stale = consumer._read_offset[a]
+        reread = {a: [_Record("raw", o) for o in range(5, 10)]}
+        second = await fetch._sort(consumer, reread, None, fetch._seeks)
+        return first, second, offset_after_stale
+
+    first, second, offset = asyncio.run(scenario())
+    assert first == [("raw", 3)]  # the other partition is unaffected
+    assert offset == 5
+    assert second == [("raw", o) for o in range(5, 10)]
