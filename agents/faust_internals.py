@@ -168,7 +168,7 @@ class BatchFetch:
     def install(self, app: Any, topic: Any) -> None:
         """Subscribe the app to ``topic`` (the raw topics) and give it the batching consumer;
         before the app built its consumer (at import of the app module)."""
-        if app._consumer is not None:
+        if getattr(app, "_consumer", None) is not None:
             raise FaustIncompatible("the Faust consumer was built before BatchFetch.install")
         fetch = self
         self._monitor = app.monitor
