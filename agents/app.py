@@ -1,4 +1,4 @@
-"""The Faust app of one sink: an agent reads the raw CDC topics in batches and writes them.
+"""The Faust app of one sink: a task reads the raw CDC topics in batches and writes them.
 
 Each configured sink runs as its own app, with its own consumer group (``<app_id>-<sink>``),
 so a slow or failing sink never stalls another. ``cdc worker`` starts one process per sink;
@@ -13,17 +13,21 @@ writes itself (``pipeline.kafka.changelog``): each row's entry goes to the chang
 of the raw partition it came from, so whichever worker owns that partition after a restart or
 rebalance recovers the entries it needs when Faust restores the table.
 
+Records come from Faust's consumer a fetch at a time (``agents.faust_internals.BatchFetch``),
+not one event at a time through an agent's stream: that per-event machinery cost more than
+the processing (bench/RESULTS.md). The app is otherwise Faust's: its consumer, group,
+rebalances, table recovery, acknowledgements and commits. Writing, retrying, flushing the
+changelog and acknowledging are the skeleton both engines share (``pipeline.worker_loop``).
+
 Faust's traps, and how this module avoids them:
-- An exception escaping an agent acks the events it was handling (they would be skipped).
-  So nothing escapes: bad data goes to the dead-letter topic inside the processor, and any
-  other failure is retried here with backoff while the records wait.
-- ``take``/``take_events`` ack their batch in a ``finally``, even when the body raised. So we
-  use ``stream.noack().noack_take`` and ack records ourselves, per partition in offset order
-  (``pipeline.acks``), only once they are written, dead-lettered or dropped: offsets are
-  committed only after the sink confirmed. Records held by the reorder buffer hold back the
-  acks of their partition. Should anything escape anyway, the process exits at once
-  without acking (redelivery, not loss).
-- ``concurrency`` stays 1: more would let a finished batch commit past one still in flight.
+- An exception escaping an agent or task acks the events it was handling (they would be
+  skipped). So nothing escapes: bad data goes to the dead-letter topic inside the processor,
+  and any other failure is retried with backoff while the records wait. Should anything
+  escape anyway, the process exits at once without acking (redelivery, not loss).
+- Records are acknowledged by us, per partition in offset order (``pipeline.acks``), only
+  once they are written, dead-lettered or dropped: offsets are committed only after the sink
+  confirmed. Records held by the reorder buffer hold back the acks of their partition.
+- One task takes the batches: more would let a finished batch commit past one in flight.
 - Around a restart or rebalance Faust can skip a record (and ack it for us), or drop one
   behind its read offset; its next commit would then pass it. ``agents.guard`` lets only
   our own acks through and checks every partition's offsets are taken without a hole the
@@ -41,9 +45,9 @@ from typing import Any, NoReturn
 
 import faust
 
+from agents import faust_internals
 from agents.guard import ContinuityGuard
 from agents.seen_table import SeenSetTable
-from pipeline.acks import AckLedger
 from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
@@ -52,6 +56,7 @@ from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.kafka.client import faust_credentials
 from pipeline.seenstore import open_seen_store
 from pipeline.sinks.registry import select_sink
+from pipeline.worker_loop import WorkerLoop
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +107,32 @@ store = ChangelogStore(
 processor = build_processor(
     settings, SINK, metrics, dedup_store=store, partition_scope=store.scope
 )
-ledger: AckLedger[Any] = AckLedger()
+fetch = faust_internals.BatchFetch(settings.raw_topics())
+fetch.install(app, raw_topics)
 guard = ContinuityGuard(
-    app, GROUP, settings.raw_topics(), settings.kafka, metrics
+    app, GROUP, settings.raw_topics(), settings.kafka, metrics, seek=fetch.seek
 )
+# A rebalance starting drops the batches not yet taken, as Faust clears its agents' queues.
+faust_internals.on_rebalance_start(app, lambda: guard.call_soon(fetch.clear))
 lock = asyncio.Lock()
-_stream: list[Any] = []  # the agent's no-ack stream, for acks made by the timers
 
 
-def to_record(event: Any) -> RawRecord:
-    message = event.message
+async def ack(messages: list[Any]) -> None:
+    """Acknowledge finished messages (the ledger's contiguous prefix per partition)."""
+    consumer = app.consumer
+    for message in messages:
+        guard.approve(message)
+        message.ack(consumer)
+
+
+loop: WorkerLoop[Any] = WorkerLoop(
+    processor, store, metrics, ack, sink=SINK,
+    retry_initial_s=settings.worker.retry_initial_ms / 1000,
+    retry_max_s=settings.worker.retry_max_ms / 1000,
+)
+
+
+def to_record(message: Any) -> RawRecord:
     return RawRecord(
         topic=message.topic,
         partition=message.partition,
@@ -133,55 +154,32 @@ def stop_for_good(exc: PermanentError) -> NoReturn:
 
 async def drain_and_ack() -> None:
     """Write what is ready (retrying until done), then ack every finished prefix."""
-    delay = settings.worker.retry_initial_ms / 1000
-    while True:
-        try:
-            finished = await processor.drain()
-            await store.flush()
-            break
-        except PermanentError as exc:  # refused credentials: restarting could not help
-            stop_for_good(exc)
-        except Exception as exc:  # noqa: BLE001 - nothing may escape an agent (see above)
-            metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
-            log.exception("writing to sink %s failed, retrying in %.1fs: %s", SINK, delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.worker.retry_max_ms / 1000)
-    for record in finished:
-        ledger.done((record.topic, record.partition), record.offset)
-    if _stream:
-        for event in ledger.ready():
-            guard.approve(event)
-            await _stream[0].ack(event)
-    metrics.set("cdc_worker_unacked_records", ledger.waiting())
+    try:
+        await loop.drain()
+    except PermanentError as exc:  # refused credentials: restarting could not help
+        stop_for_good(exc)
 
 
-async def process(events: list[Any]) -> None:
+async def process(messages: list[Any]) -> None:
     """One batch: write what is ready, then ack every finished prefix (under ``lock``)."""
-    records = []
-    for event in events:
-        record = to_record(event)
-        ledger.track((record.topic, record.partition), record.offset, event)
-        records.append(record)
-    processor.accept(records)
+    loop.accept([(to_record(message), message) for message in messages])
     await drain_and_ack()
 
 
-@app.agent(raw_topics, concurrency=1)
-async def consume(stream: Any) -> None:
+@app.task
+async def consume() -> None:
     """Raw topics -> this worker's sink; dead letters to the dead-letter topic."""
     within = max(settings.worker.batch_wait_ms, 1) / 1000
-    manual = stream.noack()
-    _stream[:] = [manual]
     try:
-        async for events in manual.noack_take(settings.worker.batch_size, within=within):
+        async for messages in fetch.batches(settings.worker.batch_size, within):
             taken = time.perf_counter()
             await guard.assignment_known()
             async with lock:
-                # Past a gap an event is held; settle() releases it or re-reads it.
-                admitted = [event for event in events if guard.admit(event)]
-                # Faust waits at a revocation for every event it handed out; the held ones
+                # Past a gap a message is held; settle() releases it or re-reads it.
+                admitted = [message for message in messages if guard.admit(message)]
+                # Faust waits at a revocation for every message handed out; the held ones
                 # must not stay referenced here (the guard lets go of them).
-                del events
+                del messages
                 await process(admitted)
                 del admitted
                 released = await guard.settle(idle=False)
@@ -195,7 +193,8 @@ async def consume(stream: Any) -> None:
     except asyncio.CancelledError:
         raise
     except BaseException:  # noqa: BLE001 - see the module docstring: exit rather than ack
-        log.critical("agent failed outside batch processing; exiting without acking", exc_info=True)
+        log.critical("worker failed outside batch processing; exiting without acking",
+                     exc_info=True)
         logging.shutdown()
         os._exit(70)
 
@@ -204,8 +203,7 @@ async def consume(stream: Any) -> None:
 async def flush_quiet_partitions() -> None:
     """A quiet partition's buffered events must not wait for the next event forever."""
     async with lock:
-        processor.flush_idle(int(time.time() * 1000))
-        if processor.pending:
+        if loop.flush_idle():
             await drain_and_ack()
 
 
@@ -213,7 +211,7 @@ async def flush_quiet_partitions() -> None:
 async def settle_stalled_partitions() -> None:
     """A record the consumer skipped with nothing after it shows only as a stall."""
     async with lock:
-        released = await guard.settle(idle=ledger.waiting() == 0)
+        released = await guard.settle(idle=loop.waiting() == 0)
         if released:
             await process(released)
     for topic, lag in guard.lag_by_topic().items():
@@ -222,10 +220,5 @@ async def settle_stalled_partitions() -> None:
 
 @app.timer(interval=settings.worker.dedup.evict_interval_s)
 async def evict_old_dedup_entries() -> None:
-    if processor.dedup is None:
-        return
     async with lock:
-        evicted = processor.dedup.evict(int(time.time() * 1000))
-        await store.flush()
-        if evicted:
-            metrics.inc("cdc_dedup_evicted_total", evicted)
+        await loop.evict()

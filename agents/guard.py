@@ -15,16 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from faust.types import TP
-
+from agents import faust_internals
 from pipeline.config import KafkaSettings
 from pipeline.continuity import Admission, OffsetContinuity
 from pipeline.errors import RetriableError
 from pipeline.kafka.offsets import committed_offsets, log_offsets
 from pipeline.metrics import Metrics
+from pipeline.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,11 @@ Partition = tuple[str, int]
 
 class ContinuityGuard:
     def __init__(self, app: Any, group: str, topics: Iterable[str], kafka: KafkaSettings,
-                 metrics: Metrics, stall_s: float = 2.0) -> None:
+                 metrics: Metrics, stall_s: float = 2.0,
+                 seek: Callable[[Any, Partition, int], Awaitable[None]] = faust_internals.seek,
+                 ) -> None:
         self.app = app
+        self._seek = seek
         self.group = group
         self.topics = frozenset(topics)
         self.kafka = kafka
@@ -51,49 +54,43 @@ class ContinuityGuard:
         app.on_partitions_revoked.connect(self._on_revoked)
         # Faust waits, at the start of a rebalance, until every record it handed out is
         # acknowledged; held records never would be. So they are let go of first (the new
-        # assignment re-reads from the committed offsets). Faust calls this hook from its
-        # consumer thread, as early as it can.
-        started = app.on_rebalance_start
+        # assignment re-reads from the committed offsets).
+        faust_internals.on_rebalance_start(app, self._drop_held_soon)
 
-        def on_rebalance_start() -> None:
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self.continuity.drop_held)
-            started()
+    def _drop_held_soon(self) -> None:
+        self.call_soon(self.continuity.drop_held)
 
-        app.on_rebalance_start = on_rebalance_start
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the worker's event loop (safe from Faust's consumer thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(fn)
 
     # -- acknowledgements -----------------------------------------------------------------
     def _gate(self) -> None:
-        """Wrap the consumer's ``ack`` once: Faust's own acks of records the agent never
-        finished stop here."""
+        """Gate the consumer once: Faust's own acks of records the agent never finished stop
+        here, and so do the holes it notices between two delivered offsets (after a skip or
+        one of our seeks that is a record no sink saw): only holes settle() confirmed to be
+        the log's own may be recorded."""
         consumer = self.app.consumer
         if self._gated is consumer:
             return
-        original: Callable[[Any], bool] = consumer.ack
         approved, topics, metrics = self._approved, self.topics, self.metrics
+        confirmed = self._confirmed_gaps
 
-        def ack(message: Any) -> bool:
+        def allow(message: Any) -> bool:
             if message.topic not in topics:
-                return original(message)
+                return True
             key = (message.topic, message.partition, message.offset)
             if key not in approved:
                 metrics.inc("cdc_worker_acks_blocked_total")
                 return False
             approved.discard(key)
-            return original(message)
+            return True
 
-        consumer.ack = ack
-        # Faust takes every hole it notices between two delivered offsets as done and its
-        # commit moves over it: after a skip or one of our seeks that is a record no sink saw.
-        # Only holes settle() confirmed to be the log's own may be recorded.
-        add_gap = consumer._add_gap
-        confirmed = self._confirmed_gaps
+        def allow_gap(tp: Any) -> bool:
+            return tp.topic not in topics or (tp.topic, tp.partition) in confirmed
 
-        async def _add_gap(tp: Any, offset_from: int, offset_to: int) -> None:
-            if tp.topic not in topics or (tp.topic, tp.partition) in confirmed:
-                await add_gap(tp, offset_from, offset_to)
-
-        consumer._add_gap = _add_gap
+        faust_internals.gate_acks(consumer, allow, allow_gap)
         self._gated = consumer
 
     async def _record_log_gaps(self, tp: Partition, start: int, until: int,
@@ -113,23 +110,21 @@ class ContinuityGuard:
         self._confirmed_gaps.add(tp)
         try:
             for first, last in ranges:
-                await self.app.consumer._add_gap(TP(*tp), first, last)
+                await faust_internals.record_gap(self.app.consumer, tp, first, last)
         finally:
             self._confirmed_gaps.discard(tp)
 
-    def approve(self, event: Any) -> None:
-        """The agent finished ``event``: its acknowledgement may pass."""
-        message = event.message
+    def approve(self, message: Any) -> None:
+        """The worker finished ``message``: its acknowledgement may pass."""
         self._approved.add((message.topic, message.partition, message.offset))
 
     # -- admission ------------------------------------------------------------------------
-    def admit(self, event: Any) -> bool:
-        """True to process the event now; False when it is held back (past a gap: it is
+    def admit(self, message: Any) -> bool:
+        """True to process the message now; False when it is held back (past a gap: it is
         released by :meth:`settle`, or comes again after a re-read)."""
         self._gate()
-        message = event.message
         verdict = self.continuity.admit(
-            (message.topic, message.partition), message.offset, event, time.monotonic())
+            (message.topic, message.partition), message.offset, message, time.monotonic())
         if verdict is Admission.HELD:
             self.metrics.inc("cdc_worker_held_total")
             return False
@@ -144,6 +139,7 @@ class ContinuityGuard:
         self._gate()  # before anything of the new assignment is delivered
         mine = [(tp.topic, tp.partition) for tp in assigned if tp.topic in self.topics]
         positions: dict[Partition, int | None] = {}
+        backoff = Backoff(1.0, 8.0)
         for attempt in range(6):
             try:
                 positions = dict(await asyncio.to_thread(
@@ -152,7 +148,7 @@ class ContinuityGuard:
             except RetriableError as exc:
                 log.warning("where the group left off is unknown (attempt %d): %s",
                             attempt + 1, exc)
-                await asyncio.sleep(min(2 ** attempt, 8))
+                await asyncio.sleep(backoff.next_delay())
         else:  # guessing from the first record delivered could skip one: restart instead
             raise RetriableError("where the group left off stayed unknown; restarting")
         now = time.monotonic()
@@ -167,11 +163,7 @@ class ContinuityGuard:
 
     # -- settling gaps --------------------------------------------------------------------
     def _highwater(self, tp: Partition) -> int | None:
-        try:
-            end = self.app.consumer.highwater(TP(*tp))
-        except Exception:  # noqa: BLE001 - not fetched yet, or not assigned any more
-            return None
-        return end if isinstance(end, int) and end >= 0 else None
+        return faust_internals.highwater(self.app.consumer, tp)
 
     def lag_by_topic(self) -> dict[str, int]:
         """Records in the log (as last fetched) not yet taken, per topic."""
@@ -184,7 +176,7 @@ class ContinuityGuard:
 
     async def settle(self, idle: bool) -> list[Any]:
         """Settle every partition with a gap (or, when the agent is ``idle``, a stall)
-        against the log; returns the held events to process now, in offset order per
+        against the log; returns the held messages to process now, in offset order per
         partition, and seeks Faust back where it skipped a record."""
         ends = self._highwater if idle else (lambda _tp: None)
         release: list[Any] = []
@@ -208,6 +200,5 @@ class ContinuityGuard:
             log.warning("%s[%d]: offset %d was not delivered by the consumer; re-reading "
                         "from it", *tp, settled.seek_to)
             self.metrics.inc("cdc_worker_rereads_total")
-            # On the consumer's own thread; it also resets Faust's read offset.
-            await self.app.consumer.seek_wait({TP(*tp): settled.seek_to})
+            await self._seek(self.app.consumer, tp, settled.seek_to)
         return release

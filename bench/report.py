@@ -90,11 +90,11 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                             f"{y['events']:,} events in {y['seconds']} s, CPU {y.get('cpu_s')} s"))
             out.append((f"faust overhead, {sink} (bare/faust)",
                         _ratio(x["bare"]["events_per_s"], x["faust"]["events_per_s"]),
-                        "target <= 1.5x; worker target >= 20,000 events/s"))
+                        "target <= 1.5x; worker target >= 20,000 events/s (cache)"))
             if "kafka_engine" in x:
-                out.append((f"kafka engine speed-up, {sink} (kafka/faust)",
-                            _ratio(x["kafka_engine"]["events_per_s"], x["faust"]["events_per_s"]),
-                            "same processing and guarantees, worker.engine=kafka"))
+                out.append((f"faust engine / kafka engine, {sink}",
+                            _ratio(x["faust"]["events_per_s"], x["kafka_engine"]["events_per_s"]),
+                            "target >= 0.8x; same processing and guarantees"))
             if "faust_no_dedup" in x and "bare_no_dedup" in x:
                 out.append((f"faust overhead, {sink}, dedup off (bare/faust)",
                             _ratio(x["bare_no_dedup"]["events_per_s"],

@@ -31,6 +31,7 @@ from pipeline.events import ChangeEvent, decode, unreadable
 from pipeline.metrics import Metrics
 from pipeline.ordering import LatePolicy, PartitionReorderer, Release
 from pipeline.positions import ChangePosition
+from pipeline.retry import Backoff
 from pipeline.sinks.base import Rejection, Sink
 
 log = logging.getLogger(__name__)
@@ -234,15 +235,15 @@ class BatchProcessor:
             log.warning("dead-lettering %s[%d]@%d at %s: %s",
                         record.topic, record.partition, record.offset, stage, error)
             self.metrics.inc("cdc_dead_letters_total", stage=stage)
-        delay = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:  # Kafka down: wait, never drop a dead letter
             try:
                 await self.dead_letters.send(letters)
                 return
             except RetriableError as exc:
+                delay = backoff.next_delay()
                 log.warning("dead-letter topic unavailable, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
 
 def partition_groups(batch: Sequence[Item]) -> list[list[int]]:

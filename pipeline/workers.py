@@ -2,10 +2,11 @@
 
 Each child is ``cdc worker --sink <name>`` (its own Faust app and consumer group).
 
-* A child that dies is restarted after a backoff (1 s doubling to 30 s, back to 1 s after a
-  minute of health). One that exits with a configuration error (2) or a permanent error (3:
-  refused credentials, missing rights) is not, since it would only fail again: the
-  supervisor stops every child and exits with that code.
+* A child that dies is restarted after a backoff (``pipeline.retry.Backoff``: 1 s doubling
+  to 30 s with jitter, back to 1 s after a minute of health). One that exits with a
+  configuration error (2) or a permanent error (3: refused credentials, missing rights) is
+  not, since it would only fail again: the supervisor stops every child and exits with that
+  code.
 * Children die with the supervisor: each asks the kernel for SIGTERM when its parent dies
   (Linux ``PR_SET_PDEATHSIG``; elsewhere it polls its parent's pid), so a SIGKILLed
   supervisor leaves no orphans that a restarted one would run beside.
@@ -31,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pipeline.compose import stop_on_signals
 from pipeline.config import Settings
 from pipeline.errors import EXIT_CONFIG, EXIT_PERMANENT, ConfigError
+from pipeline.retry import Backoff
 from pipeline.sinks.registry import sink_names
 
 log = logging.getLogger(__name__)
@@ -80,13 +82,13 @@ class _Child:
         self.sink = sink
         self.command = list(command)
         self.env = env
-        self.delay = 1.0
+        # 1 s doubling to 30 s, back to 1 s once a child has been up for a minute
+        self.backoff = Backoff(1.0, 30.0, healthy_s=60.0)
         self.restart_at: float | None = None
         self.proc: subprocess.Popen[bytes] | None = None
-        self.started = 0.0
 
     def spawn(self) -> None:
-        self.started = time.monotonic()
+        self.backoff.started()
         self.restart_at = None
         self.proc = subprocess.Popen(self.command, env=self.env)
         log.info("started the worker for sink %s (pid %d)", self.sink, self.proc.pid)
@@ -105,12 +107,10 @@ class _Child:
         self.proc = None
         if code in FINAL_CODES:
             return code
-        if time.monotonic() - self.started > 60:
-            self.delay = 1.0
-        log.warning("worker for sink %s exited with %s; restarting in %.0fs",
-                    self.sink, code, self.delay)
-        self.restart_at = time.monotonic() + self.delay
-        self.delay = min(self.delay * 2, 30.0)
+        delay = self.backoff.next_delay()
+        log.warning("worker for sink %s exited with %s; restarting in %.1fs",
+                    self.sink, code, delay)
+        self.restart_at = time.monotonic() + delay
         return None
 
     def terminate(self) -> None:

@@ -5,8 +5,9 @@ dead letters), same consumer group (``<app_id>-<sink>``), same dedup changelog; 
 Faust's per-event stream machinery, which caps a worker near 8k events/s on our benchmark
 machine (see bench/RESULTS.md). Choose it with ``worker.engine: kafka``.
 
-Offsets: committed per partition for the contiguous prefix of finished records
-(``pipeline.acks``), after the sink confirmed and the dedup changelog was flushed.
+Offsets: committed per partition for the contiguous prefix of finished records, after the
+sink confirmed and the dedup changelog was flushed (``pipeline.worker_loop``, shared with the
+Faust engine; this module only adapts confluent-kafka's consumer to it).
 Partitions are assigned with the range strategy, so partition N of every raw topic goes to
 the same worker (the dedup changelog is co-partitioned with them). On assignment the worker
 restores the dedup entries of its partitions from the changelog; on revocation it commits
@@ -15,7 +16,6 @@ what is finished and forgets the rest, which the next owner reads again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
@@ -24,16 +24,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from pipeline.acks import AckLedger
 from pipeline.capture.publisher import AUTH_ERRORS, kafka_failure
 from pipeline.compose import build_processor, worker_data_dir
 from pipeline.config import Settings
 from pipeline.deadletter import RawRecord
-from pipeline.errors import PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.kafka.client import client_config
 from pipeline.metrics import Metrics
 from pipeline.seenstore import open_seen_store
+from pipeline.worker_loop import WorkerLoop
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,10 @@ class KafkaSinkWorker:
             f"{self.group}-dedup-changelog", settings.kafka), self.seen)
         self.processor = build_processor(settings, sink, metrics, dedup_store=self.store,
                                          partition_scope=self.store.scope)
-        self.ledger: AckLedger[tuple[str, int, int]] = AckLedger()
+        self.loop: WorkerLoop[tuple[str, int, int]] = WorkerLoop(
+            self.processor, self.store, metrics, self._commit_async,
+            retry_initial_s=settings.worker.retry_initial_ms / 1000,
+            retry_max_s=settings.worker.retry_max_ms / 1000, sink=sink)
         self.consumer = Consumer(client_config(settings.kafka, {
             "group.id": self.group,
             "auto.offset.reset": "earliest",
@@ -70,7 +72,7 @@ class KafkaSinkWorker:
         log.info("assigned %s; restored %d dedup entries", sorted(new), len(self.store))
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        self._commit(synchronous=True)
+        self._commit(self.loop.take_ready(), synchronous=True)
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self.assigned -= gone
         still = {p for _, p in self.assigned}
@@ -78,7 +80,7 @@ class KafkaSinkWorker:
         if self.processor.reorderer is not None:
             for tp in gone:
                 self.processor.reorderer.discard(tp)
-        self.ledger = AckLedger()  # unfinished records are read again by the next owner
+        self.loop.forget()  # unfinished records are read again by the next owner
         log.info("revoked %s", sorted(gone))
 
     # -- the loop ------------------------------------------------------------------------
@@ -100,28 +102,27 @@ class KafkaSinkWorker:
                             raise kafka_failure(error, "consuming the raw topics")
                         log.warning("consumer: %s", error)
                 if records:
-                    self.processor.accept(records)
+                    self.loop.accept(records)
                 now = time.monotonic()
                 if now - last_flush >= w.ordering.idle_flush_ms / 2000:
-                    self.processor.flush_idle()
+                    self.loop.flush_idle()
                     last_flush = now
                 if now - last_lag >= 1.0:
                     self._report_lag()
                     last_lag = now
-                dedup = self.processor.dedup
-                if dedup is not None and now - last_evict >= w.dedup.evict_interval_s:
-                    dedup.evict(int(time.time() * 1000))
+                if now - last_evict >= w.dedup.evict_interval_s:
+                    await self.loop.evict()
                     last_evict = now
                 if records or self.processor.pending:
-                    await self._drain()
+                    await self.loop.drain()
                     self.metrics.inc("cdc_worker_batches_total")
                     # busy time per batch, without the wait for it (``cdc tune``'s service time)
                     self.metrics.observe_ms("cdc_worker_batch_processing",
                                             (time.perf_counter() - taken) * 1000)
         finally:
             with contextlib.suppress(Exception):
-                await self._drain()
-                self._commit(synchronous=True)
+                await self.loop.drain()
+                self._commit(self.loop.take_ready(), synchronous=True)
             self.consumer.close()
             for sink in self.processor.sinks:
                 await sink.close()
@@ -147,40 +148,22 @@ class KafkaSinkWorker:
         for topic, records in lag.items():
             self.metrics.set("cdc_worker_consumer_lag_records", records, topic=topic)
 
-    def _record(self, message: Any) -> RawRecord:
+    @staticmethod
+    def _record(message: Any) -> tuple[RawRecord, tuple[str, int, int]]:
         record = RawRecord(
             topic=message.topic(), partition=message.partition(), offset=message.offset(),
             key=message.key(), value=message.value(),
             timestamp_ms=message.timestamp()[1],
             headers=tuple((k, bytes(v or b"")) for k, v in (message.headers() or ())),
         )
-        self.ledger.track((record.topic, record.partition), record.offset,
-                          (record.topic, record.partition, record.offset))
-        return record
+        return record, (record.topic, record.partition, record.offset)
 
-    async def _drain(self) -> None:
-        """Write what is ready (retrying until done), then commit the finished prefix."""
-        delay = self.settings.worker.retry_initial_ms / 1000
-        while True:
-            try:
-                finished = await self.processor.drain()
-                await self.store.flush()
-                break
-            except PermanentError:
-                raise  # refused credentials, an outage past errors.retry_timeout_s: stop
-            except Exception as exc:  # noqa: BLE001 - retry; never commit past unwritten work
-                self.metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
-                log.exception("writing failed, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.worker.retry_max_ms / 1000)
-        for record in finished:
-            self.ledger.done((record.topic, record.partition), record.offset)
-        self._commit(synchronous=False)
-        self.metrics.set("cdc_worker_unacked_records", self.ledger.waiting())
+    async def _commit_async(self, ready: list[tuple[str, int, int]]) -> None:
+        self._commit(ready, synchronous=False)
 
-    def _commit(self, synchronous: bool) -> None:
+    def _commit(self, ready: list[tuple[str, int, int]], synchronous: bool) -> None:
         newest: dict[tuple[str, int], int] = {}
-        for topic, partition, offset in self.ledger.ready():
+        for topic, partition, offset in ready:
             newest[(topic, partition)] = offset
         if not newest:
             return

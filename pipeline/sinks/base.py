@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from pipeline.errors import (
 )
 from pipeline.events import ChangeEvent
 from pipeline.metrics import Metrics
+from pipeline.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class RetryingSink:
         self.metrics = metrics
 
     async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
-        delay = self.initial_s
+        backoff: Backoff | None = None
         attempt = 0
         while True:
             try:
@@ -88,12 +89,14 @@ class RetryingSink:
             except (RetriableError, OSError, TimeoutError) as exc:
                 attempt += 1
                 self.metrics.inc("cdc_sink_retries_total", sink=self.name)
+                backoff = backoff or Backoff(self.initial_s, max(self.initial_s, self.max_s),
+                                             healthy_s=math.inf)
+                delay = backoff.next_delay()
                 log.warning(
                     "sink %s unavailable (attempt %d, retry in %.2fs): %s",
                     self.name, attempt, delay, exc,
                 )
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, self.max_s)
+                await asyncio.sleep(delay)
             except Exception as exc:  # noqa: BLE001 - about the data: find the events
                 return await self._isolate(batch, exc)
 

@@ -34,11 +34,6 @@ class _Message:
 
 
 @dataclass
-class _Event:
-    message: _Message
-
-
-@dataclass
 class _Consumer:
     acked: list[int] = field(default_factory=list)
     seeks: list[tuple[Any, int]] = field(default_factory=list)
@@ -90,8 +85,8 @@ def _guard(app: _App) -> ContinuityGuard:
     return g
 
 
-def _ev(offset: int, topic: str = "raw") -> _Event:
-    return _Event(_Message(topic, 0, offset))
+def _ev(offset: int, topic: str = "raw") -> _Message:
+    return _Message(topic, 0, offset)
 
 
 def test_acks_pass_only_when_the_agent_approved_them(app: _App) -> None:

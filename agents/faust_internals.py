@@ -1,0 +1,329 @@
+"""Every use of Faust's internals, in one place, checked against the Faust version at import.
+
+The worker relies on parts of faust-streaming that are not public API: it takes the raw
+topics' records from the consumer a fetch at a time (:class:`BatchFetch`), gates the
+consumer's acknowledgements and gap bookkeeping (``agents.guard``) and hooks the start of a
+rebalance. Those parts change between releases without notice. So this module names each one,
+checks at import that the installed Faust is a version the worker was tested with and that
+every attribute it touches is still there, and refuses to start with a message naming what
+changed (:class:`FaustIncompatible`) instead of losing records quietly at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import faust
+from faust.sensors.monitor import Monitor
+from faust.transport.consumer import Consumer
+from faust.types import TP
+
+from pipeline.errors import ConfigError
+
+#: Faust releases this module was written and tested against (``major.minor``).
+TESTED_VERSIONS = ("0.15",)
+
+#: (where, attribute) pairs the worker reads, wraps or calls, beyond Faust's public API.
+REQUIRED: tuple[tuple[type, str], ...] = (
+    (Consumer, "_drain_messages"),
+    (Consumer, "_wait_next_records"),
+    (Consumer, "_to_message"),
+    (Consumer, "flow_active"),
+    (Consumer, "commit"),
+    (Consumer, "consumer_stopped_errors"),
+    (Consumer, "ack"),
+    (Consumer, "_add_gap"),
+    (Consumer, "seek_wait"),
+    (Consumer, "highwater"),
+    (faust.App, "on_rebalance_start"),
+    (faust.App, "consumer_generation_id"),
+    (faust.App, "transport"),
+    (Monitor, "stream_inbound_time"),
+    (Monitor, "tp_read_offsets"),
+)
+#: Attributes a consumer instance has once built (checked when the worker starts).
+REQUIRED_ON_CONSUMER = ("_read_offset", "_buffered_partitions", "suspend_flow", "callback",
+                        "_n_acked", "_commit_every", "_stopped", "_unacked_messages")
+
+
+class FaustIncompatible(ConfigError):
+    """The installed Faust is not one the worker can run on safely."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("worker.engine", message)
+
+
+def check(version: str = faust.__version__,
+          required: Iterable[tuple[type, str]] = REQUIRED) -> None:
+    """Raise :class:`FaustIncompatible` unless ``version`` is tested and every required
+    attribute exists."""
+    if not version.startswith(tuple(v + "." for v in TESTED_VERSIONS)):
+        raise FaustIncompatible(
+            f"faust-streaming {version} is installed; the faust worker engine relies on "
+            f"internals of faust-streaming {', '.join(v + '.x' for v in TESTED_VERSIONS)} "
+            f"only. Install a tested version (pip install 'faust-streaming~=0.15.3') or "
+            f"set worker.engine: kafka")
+    missing = [f"{owner.__module__}.{owner.__qualname__}.{name}"
+               for owner, name in required if not hasattr(owner, name)]
+    if missing:
+        raise FaustIncompatible(
+            f"faust-streaming {version} no longer has {', '.join(missing)}, which the faust "
+            f"worker engine needs (agents/faust_internals.py); set worker.engine: kafka")
+
+
+check()
+
+
+# -- acknowledgements and gaps --------------------------------------------------------------
+def gate_acks(consumer: Any, allow: Callable[[Any], bool],
+              allow_gap: Callable[[Any], bool]) -> None:
+    """Wrap ``consumer.ack`` so only messages ``allow`` approves reach Faust's commit
+    bookkeeping, and ``consumer._add_gap`` so Faust records a hole between two delivered
+    offsets (and commits over it) only where ``allow_gap(tp)`` says the log has one."""
+    original_ack: Callable[[Any], bool] = consumer.ack
+
+    def ack(message: Any) -> bool:
+        return original_ack(message) if allow(message) else False
+
+    consumer.ack = ack
+    add_gap = consumer._add_gap
+
+    async def _add_gap(tp: Any, offset_from: int, offset_to: int) -> None:
+        if allow_gap(tp):
+            await add_gap(tp, offset_from, offset_to)
+
+    consumer._add_gap = _add_gap
+
+
+async def record_gap(consumer: Any, tp: tuple[str, int], first: int, last: int) -> None:
+    """Tell Faust offsets ``first..last`` of ``tp`` are not in the log (it may commit over)."""
+    await consumer._add_gap(TP(*tp), first, last)
+
+
+def highwater(consumer: Any, tp: tuple[str, int]) -> int | None:
+    """The partition's fetched end, or None when unknown (not fetched, not assigned)."""
+    try:
+        end = consumer.highwater(TP(*tp))
+    except Exception:  # noqa: BLE001 - not fetched yet, or not assigned any more
+        return None
+    return end if isinstance(end, int) and end >= 0 else None
+
+
+async def seek(consumer: Any, tp: tuple[str, int], offset: int) -> None:
+    """Re-read ``tp`` from ``offset`` (on the consumer's own thread; it also resets Faust's
+    read offset)."""
+    await consumer.seek_wait({TP(*tp): offset})
+
+
+# -- rebalances -----------------------------------------------------------------------------
+def on_rebalance_start(app: Any, hook: Callable[[], None]) -> None:
+    """Run ``hook`` first whenever a rebalance starts. Faust calls this from its consumer
+    thread, as early as it can; ``hook`` must be thread-safe."""
+    started = app.on_rebalance_start
+
+    def on_rebalance_start() -> None:
+        hook()
+        started()
+
+    app.on_rebalance_start = on_rebalance_start
+
+
+# -- batches from the consumer ---------------------------------------------------------------
+class BatchFetch:
+    """The raw topics' records straight from Faust's consumer, a fetch at a time.
+
+    Faust hands a fetched record to the agents one at a time: two tasks and an
+    ``asyncio.wait`` per record in its fetcher, a lock and a queue put per record in its
+    conductor, then the stream's per-event iteration (the profile in bench/RESULTS.md). That
+    machinery cost more than the processing itself. :meth:`install` gives the app a consumer
+    whose fetcher loop passes every raw-topic record of a fetch on as one list of Faust
+    messages, and every other record (table changelogs during recovery) down Faust's own
+    path. The rest is Faust's as before: the consumer, its thread, group membership,
+    rebalances, read offsets, acknowledgements and commits.
+
+    What Faust does per record is kept per fetch: records of partitions it paused or of an
+    older generation, and those behind its read offset, are left out as Faust leaves them out
+    (``agents.guard`` notices the hole and re-reads); each handed-out record is tracked as
+    unacknowledged (a revocation waits for it); and a rebalance starting drops what waits
+    here (:meth:`clear`), as Faust clears its agents' queues, so it need not wait for them.
+    Faust's monitor learns per batch and partition what it uses to tell a stalled stream
+    (read offsets, when a partition's records were last taken); its per-message counters
+    (``messages_received_total`` and the like, seen only on Faust's web page) stay at zero:
+    the worker's own metrics count records.
+    """
+
+    def __init__(self, topics: Iterable[str], max_queued: int = 4) -> None:
+        self.topics = frozenset(topics)
+        self.max_queued = max_queued
+        self._queue: asyncio.Queue[list[Any]] | None = None
+        self._pending: list[Any] = []
+        self._monitor: Any = None
+        self._seeks = 0  # seeks asked so far
+        self._sought: dict[Any, int] = {}  # partition -> the number of its latest seek
+
+    def install(self, app: Any, topic: Any) -> None:
+        """Subscribe the app to ``topic`` (the raw topics) and give it the batching consumer;
+        before the app built its consumer (at import of the app module)."""
+        if getattr(app, "_consumer", None) is not None:
+            raise FaustIncompatible("the Faust consumer was built before BatchFetch.install")
+        fetch = self
+        self._monitor = app.monitor
+        base = app.transport.Consumer
+
+        class BatchingConsumer(base):  # type: ignore[misc,valid-type]
+            async def _drain_messages(self, fetcher: Any) -> None:
+                await fetch._drain(self, fetcher)
+
+        app.transport.Consumer = BatchingConsumer
+        aiter(topic)  # iterating a topic is what subscribes an app to it (Topic.__aiter__)
+
+    def _queue_here(self) -> asyncio.Queue[list[Any]]:
+        if self._queue is None:
+            self._queue = asyncio.Queue(self.max_queued)
+        return self._queue
+
+    def clear(self) -> None:
+        """Drop every record waiting to be taken (a rebalance starts: the new assignment
+        reads again from the committed offsets)."""
+        self._pending = []
+        if self._queue is not None:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+
+    async def seek(self, consumer: Any, tp: tuple[str, int], offset: int) -> None:
+        """Re-read ``tp`` from ``offset``. A fetch that began before the seek still holds the
+        partition's later records; sorted after it they would move Faust's read offset past
+        the records the seek is for, and those would then be dropped as already read. So
+        such a fetch's records of ``tp`` are left out (the re-read brings them again)."""
+        self._seeks += 1
+        self._sought[TP(*tp)] = self._seeks
+        await seek(consumer, tp, offset)
+
+    async def batches(self, max_records: int, within_s: float) -> AsyncIterator[list[Any]]:
+        """Lists of at most ``max_records`` messages: what is there, waiting up to
+        ``within_s`` after the first for more (Faust's ``take`` semantics)."""
+        queue = self._queue_here()
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._pending = await queue.get()
+            deadline = loop.time() + within_s
+            while len(self._pending) < max_records:
+                more = await _get_within(queue, deadline - loop.time())
+                if more is None:
+                    break
+                self._pending.extend(more)
+            batch, self._pending = self._pending[:max_records], self._pending[max_records:]
+            if self._monitor is not None:  # the stream of these partitions is not idle
+                now = time.monotonic()
+                inbound = self._monitor.stream_inbound_time
+                for tp in {message.tp for message in batch}:
+                    inbound[tp] = now
+            yield batch
+
+    async def _drain(self, consumer: Any, fetcher: Any) -> None:
+        """Replaces ``Consumer._drain_messages``, the fetcher's loop (faust 0.15)."""
+        missing = [name for name in REQUIRED_ON_CONSUMER if not hasattr(consumer, name)]
+        if missing:
+            raise FaustIncompatible(
+                f"faust-streaming {faust.__version__}'s consumer has no {', '.join(missing)}")
+        app = consumer.app
+        queue = self._queue_here()
+        stopped, fetcher_stopped = consumer._stopped.is_set, fetcher._stopped.is_set
+        try:
+            while not (stopped() or fetcher_stopped()):
+                seeks = self._seeks
+                records, active = await consumer._wait_next_records(1.0)
+                await asyncio.sleep(0)
+                if not records or consumer.should_stop or not consumer.flow_active:
+                    continue  # a rebalance: the next assignment reads from the committed offsets
+                generation = app.consumer_generation_id
+                batch = await self._sort(consumer, records, active, seeks)
+                if app.consumer_generation_id != generation:
+                    continue  # a rebalance began meanwhile: as Faust, hand nothing over
+                if consumer._commit_every is not None and \
+                        consumer._n_acked >= consumer._commit_every:
+                    consumer._n_acked = 0
+                    await consumer.commit()
+                if batch:
+                    await _put_unless(queue, batch, consumer.suspend_flow)
+        except consumer.consumer_stopped_errors:
+            if not app.should_stop:
+                raise
+        except asyncio.CancelledError:
+            if not app.should_stop:
+                raise
+
+    async def _sort(self, consumer: Any, records: Any, active: Any,
+                    seeks: int = 0) -> list[Any]:
+        """One fetch (begun after ``seeks`` seeks): the raw topics' records as Faust
+        messages, in offset order per partition; every other record goes down Faust's own
+        path, one at a time."""
+        app = consumer.app
+        read_offset, buffered = consumer._read_offset, consumer._buffered_partitions
+        to_message, unacked = consumer._to_message, consumer._unacked_messages.add
+        monitor = app.monitor
+        batch: list[Any] = []
+        for tp, fetched in records.items():
+            if active is not None and tp not in active and tp not in buffered:
+                continue  # paused meanwhile: Faust leaves these out too
+            if self._sought.get(tp, 0) > seeks:
+                continue  # fetched before a seek of this partition (see seek())
+            if monitor is not None:
+                monitor.track_tp_end_offset(tp, consumer.highwater(tp))
+            ours = tp.topic in self.topics
+            last = read_offset[tp]
+            for record in fetched:
+                offset = record.offset
+                if last is not None and offset < last:
+                    continue  # behind the read offset: Faust drops these
+                message = to_message(tp, record)
+                if ours:
+                    unacked(message)
+                    batch.append(message)
+                else:
+                    if last and offset - last > 1 and app.topics.acks_enabled_for(tp.topic):
+                        await consumer._add_gap(tp, last + 1, offset)
+                    await consumer.wait_first(consumer.callback(message),
+                                              consumer.suspend_flow.wait())
+                read_offset[tp] = last = offset
+            if ours and last is not None and monitor is not None:
+                monitor.tp_read_offsets[tp] = last
+        return batch
+
+
+async def _get_within(queue: asyncio.Queue[list[Any]], timeout: float) -> list[Any] | None:
+    """The next item if one comes within ``timeout`` seconds (none is lost on timeout)."""
+    if not queue.empty():
+        return queue.get_nowait()
+    if timeout <= 0:
+        return None
+    getter = asyncio.ensure_future(queue.get())
+    done, _ = await asyncio.wait({getter}, timeout=timeout)
+    if getter not in done:
+        getter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            return await getter  # it may have completed as it was cancelled
+        return None
+    return getter.result()
+
+
+async def _put_unless(queue: asyncio.Queue[list[Any]], item: list[Any],
+                      unless: Any) -> None:
+    """Put ``item``, waiting for room, unless the event ``unless`` is set first (then drop
+    it)."""
+    if not queue.full():
+        queue.put_nowait(item)
+        return
+    put = asyncio.ensure_future(queue.put(item))
+    stop = asyncio.ensure_future(unless.wait())
+    try:
+        await asyncio.wait({put, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (put, stop):
+            if not task.done():
+                task.cancel()

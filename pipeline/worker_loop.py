@@ -1,0 +1,126 @@
+"""The worker skeleton both engines share: records -> ``BatchProcessor`` -> ack ledger -> commit.
+
+    engine's consumer ─▶ accept ─▶ BatchProcessor ─▶ drain (retried) ─▶ changelog flush
+                            │                                                │
+                            └──── ack ledger (token per record) ◀── finished ┘
+                                        │ contiguous prefix per partition
+                                        ▼
+                                 engine's commit(tokens)
+
+An engine only adapts its consumer: it hands over each record with the token that
+acknowledges it (a Faust message, or ``(topic, partition, offset)`` for confluent-kafka) and
+gives a ``commit`` that takes the tokens whose every predecessor is finished, in offset order
+per partition. Everything between lives here, once: writing through the processor, retrying a
+failed write with the one backoff until the sink confirmed (never committing past unwritten
+work), flushing the dedup changelog before anything is acknowledged, and the ledger.
+
+A :class:`~pipeline.errors.PermanentError` (refused credentials, an outage past
+``errors.retry_timeout_s``) is raised to the engine, which stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, Protocol, TypeVar
+
+from pipeline.acks import AckLedger
+from pipeline.deadletter import RawRecord
+from pipeline.errors import PermanentError
+from pipeline.metrics import Metrics
+from pipeline.processing import BatchProcessor
+from pipeline.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Changelog(Protocol):
+    """Where the dedup entries the sinks confirmed are written before any ack."""
+
+    async def flush(self) -> None: ...
+
+
+class WorkerLoop(Generic[T]):
+    def __init__(self, processor: BatchProcessor, changelog: Changelog, metrics: Metrics,
+                 commit: Callable[[list[T]], Awaitable[None]], *,
+                 retry_initial_s: float, retry_max_s: float, sink: str = "") -> None:
+        self.processor = processor
+        self.changelog = changelog
+        self.metrics = metrics
+        self.commit = commit
+        self.sink = sink
+        self.ledger: AckLedger[T] = AckLedger()
+        # Reset after each success, not by time: a write that fails again right after one
+        # that worked is a new outage.
+        self._backoff = Backoff(retry_initial_s, max(retry_initial_s, retry_max_s),
+                                healthy_s=math.inf)
+
+    def accept(self, records: Sequence[tuple[RawRecord, T]]) -> None:
+        """Track each record with its token (in consumption order), then hand them to the
+        processor (pure: decode, evolve, reorder)."""
+        track = self.ledger.track
+        for record, token in records:
+            track((record.topic, record.partition), record.offset, token)
+        self.processor.accept([record for record, _ in records])
+
+    async def drain(self) -> None:
+        """Write what is ready (retrying until done), then commit every finished prefix."""
+        finished = await self._write_until_done()
+        done = self.ledger.done
+        for record in finished:
+            done((record.topic, record.partition), record.offset)
+        await self.commit(self.ledger.ready())
+        self.metrics.set("cdc_worker_unacked_records", self.ledger.waiting())
+
+    async def _write_until_done(self) -> list[RawRecord]:
+        failed = False
+        while True:
+            try:
+                finished = await self.processor.drain()
+                await self.changelog.flush()
+            except PermanentError:
+                raise  # restarting could not help: the engine stops the worker
+            except Exception as exc:  # noqa: BLE001 - retry; never commit past unwritten work
+                self.metrics.inc("cdc_worker_errors_total", kind=type(exc).__name__)
+                delay = self._backoff.next_delay()
+                failed = True
+                log.exception("writing to sink %s failed, retrying in %.1fs: %s",
+                              self.sink, delay, exc)
+                await asyncio.sleep(delay)
+                continue
+            if failed:
+                self._backoff.reset()
+            return finished
+
+    def flush_idle(self, now_ms: int | None = None) -> bool:
+        """Release quiet partitions' buffered events; True when something waits to be
+        drained."""
+        self.processor.flush_idle(int(time.time() * 1000) if now_ms is None else now_ms)
+        return self.processor.pending > 0
+
+    async def evict(self, now_ms: int | None = None) -> int:
+        """Drop dedup entries older than the window (and say so in the changelog)."""
+        dedup = self.processor.dedup
+        if dedup is None:
+            return 0
+        evicted = dedup.evict(int(time.time() * 1000) if now_ms is None else now_ms)
+        await self.changelog.flush()
+        if evicted:
+            self.metrics.inc("cdc_dedup_evicted_total", evicted)
+        return evicted
+
+    def take_ready(self) -> list[T]:
+        """Tokens that may be committed now (a revocation commits them before letting go)."""
+        return self.ledger.ready()
+
+    def forget(self) -> None:
+        """Partitions went away: their unfinished records are read again by the next owner."""
+        self.ledger = AckLedger()
+
+    def waiting(self) -> int:
+        return self.ledger.waiting()

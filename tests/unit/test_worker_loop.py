@@ -1,0 +1,264 @@
+"""The worker skeleton both engines share: nothing is committed before the sink confirmed it,
+a failing write is retried with the capped backoff, and Faust's internals are checked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+import pipeline.worker_loop as worker_loop
+from agents import faust_internals
+from pipeline.errors import ConfigError, SinkUnavailableError
+from pipeline.events import ChangeEvent
+from pipeline.metrics import Metrics
+from pipeline.processing import BatchProcessor
+from pipeline.sinks.base import Rejection
+from pipeline.worker_loop import WorkerLoop
+from tests.unit.test_processing import RecordingDeadLetters, _create
+
+
+class FlakySink:
+    """Fails ``failures`` times, then writes."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.written: list[int] = []
+
+    async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
+        if self.failures:
+            self.failures -= 1
+            raise SinkUnavailableError("down", sink=self.name)
+        self.written.extend(e.key["id"] for e in batch if e.key is not None)
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+class Changelog:
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+
+def _loop(sink: FlakySink, retry_max_s: float = 4.0
+          ) -> tuple[WorkerLoop[int], list[int], Changelog]:
+    committed: list[int] = []
+
+    async def commit(tokens: list[int]) -> None:
+        committed.extend(tokens)
+
+    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
+    changelog = Changelog()
+    loop: WorkerLoop[int] = WorkerLoop(processor, changelog, Metrics("w"), commit,
+                                       retry_initial_s=0.5, retry_max_s=retry_max_s)
+    return loop, committed, changelog
+
+
+def test_records_are_committed_only_after_the_sink_wrote_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(worker_loop.asyncio, "sleep", no_wait)
+    sink = FlakySink(failures=6)
+    loop, committed, changelog = _loop(sink)
+    loop.accept([(_create(10 + i, i), 10 + i) for i in range(3)])
+    asyncio.run(loop.drain())
+    assert sink.written == [0, 1, 2]
+    assert committed == [10, 11, 12]
+    assert changelog.flushes == 1  # flushed once the write succeeded, before the commit
+    # 0.5 s doubling, capped at 4 s, each jittered within [d/2, d]
+    for seconds, nominal in zip(slept, [0.5, 1, 2, 4, 4, 4], strict=True):
+        assert nominal / 2 <= seconds <= nominal
+    assert loop.waiting() == 0
+
+
+def test_after_a_success_the_next_outage_starts_from_the_initial_delay(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(worker_loop.asyncio, "sleep", no_wait)
+    sink = FlakySink(failures=3)
+    loop, committed, _ = _loop(sink)
+    loop.accept([(_create(10, 1), 10)])
+    asyncio.run(loop.drain())
+    sink.failures = 1
+    loop.accept([(_create(11, 2), 11)])
+    asyncio.run(loop.drain())
+    assert slept[-1] <= 0.5
+    assert committed == [10, 11]
+
+
+def test_a_later_record_waits_for_an_earlier_one_of_its_partition() -> None:
+    sink = FlakySink(failures=0)
+    loop, committed, _ = _loop(sink)
+    loop.accept([(_create(10, 1), 10), (_create(11, 2), 11)])
+    loop.ledger.track(("cdc.public.orders", 2), 12, 12)  # consumed, not yet finished
+    loop.accept([(_create(13, 3), 13)])
+    asyncio.run(loop.drain())
+    assert committed == [10, 11]
+    assert loop.waiting() == 2
+
+
+def test_an_untested_faust_version_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"faust-streaming 0\.16\.0 is installed"):
+        faust_internals.check("0.16.0")
+
+
+def test_a_missing_faust_attribute_is_named() -> None:
+    class Consumer:
+        pass
+
+    with pytest.raises(ConfigError, match=r"Consumer\._drain_messages"):
+        faust_internals.check("0.15.3", [(Consumer, "_drain_messages")])
+
+
+def test_the_installed_faust_passes() -> None:
+    faust_internals.check()
+
+
+# -- BatchFetch: the raw topics' records a fetch at a time ----------------------------------
+class _Record:
+    def __init__(self, topic: str, offset: int) -> None:
+        self.topic, self.offset = topic, offset
+
+
+class _TP(tuple):  # type: ignore[type-arg]
+    @property
+    def topic(self) -> str:
+        return str(self[0])
+
+
+class _Monitor:
+    def __init__(self) -> None:
+        self.stream_inbound_time: dict[object, float] = {}
+        self.tp_read_offsets: dict[object, int] = {}
+
+    def track_tp_end_offset(self, tp: object, end: int) -> None:
+        pass
+
+
+class _Topics:
+    def acks_enabled_for(self, topic: str) -> bool:
+        return True
+
+
+class _App:
+    def __init__(self) -> None:
+        self.monitor = _Monitor()
+        self.topics = _Topics()
+
+
+class _FaustConsumer:
+    def __init__(self) -> None:
+        from collections import defaultdict
+        self.app = _App()
+        self._read_offset: dict[object, int | None] = defaultdict(lambda: None)
+        self._buffered_partitions: set[object] = set()
+        self._unacked_messages: set[object] = set()
+        self.delivered: list[tuple[str, int]] = []
+
+    def _to_message(self, tp: _TP, record: _Record) -> tuple[str, int]:
+        return (record.topic, record.offset)
+
+    def highwater(self, tp: object) -> int:
+        return 0
+
+    async def seek_wait(self, partitions: dict[object, int]) -> None:
+        for tp, offset in partitions.items():
+            self._read_offset[tp] = offset
+
+    async def callback(self, message: tuple[str, int]) -> None:
+        self.delivered.append(message)
+
+    async def wait_first(self, *coros: object) -> None:
+        await coros[0]  # type: ignore[misc]
+        for c in coros[1:]:
+            c.close()  # type: ignore[attr-defined]
+
+    class suspend_flow:  # noqa: N801 - the attribute's name in Faust
+        @staticmethod
+        async def wait() -> None:
+            await asyncio.sleep(3600)
+
+
+def test_a_fetch_becomes_one_batch_and_other_topics_keep_faust_s_path() -> None:
+    fetch = faust_internals.BatchFetch(["raw"])
+    consumer = _FaustConsumer()
+    raw, changelog = _TP(("raw", 0)), _TP(("changelog", 0))
+    consumer._read_offset[raw] = 5  # Faust already read up to 5: 4 is behind it
+    records = {raw: [_Record("raw", o) for o in (4, 5, 6, 7)],
+               changelog: [_Record("changelog", 1)]}
+
+    batch = asyncio.run(fetch._sort(consumer, records, None))
+    assert batch == [("raw", 5), ("raw", 6), ("raw", 7)]
+    assert consumer.delivered == [("changelog", 1)]
+    assert consumer._read_offset[raw] == 7
+    assert set(batch) <= consumer._unacked_messages  # a revocation waits for them
+
+
+def test_paused_partitions_are_left_out_as_faust_leaves_them_out() -> None:
+    fetch = faust_internals.BatchFetch(["raw"])
+    consumer = _FaustConsumer()
+    a, b = _TP(("raw", 0)), _TP(("raw", 1))
+    records = {a: [_Record("raw", 1)], b: [_Record("raw", 1)]}
+    assert asyncio.run(fetch._sort(consumer, records, {a})) == [("raw", 1)]
+    assert consumer._read_offset[b] is None
+
+
+def test_batches_hold_at_most_max_records_and_keep_order() -> None:
+    async def take() -> list[list[int]]:
+        fetch = faust_internals.BatchFetch(["raw"])
+        queue = fetch._queue_here()
+        queue.put_nowait(list(range(7)))
+        queue.put_nowait(list(range(7, 10)))
+        out: list[list[int]] = []
+        async for batch in fetch.batches(4, 0.01):
+            out.append(batch)
+            if sum(map(len, out)) == 10:
+                break
+        return out
+
+    batches = asyncio.run(take())
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert [x for b in batches for x in b] == list(range(10))
+
+
+def test_a_rebalance_drops_what_was_not_taken() -> None:
+    fetch = faust_internals.BatchFetch(["raw"])
+    fetch._queue_here().put_nowait([1, 2])
+    fetch._pending = [0]
+    fetch.clear()
+    assert fetch._pending == [] and fetch._queue_here().empty()
+
+
+def test_a_fetch_begun_before_a_seek_does_not_move_the_read_offset_past_it() -> None:
+    async def scenario() -> tuple[list[object], list[object], int | None]:
+        fetch = faust_internals.BatchFetch(["raw"])
+        consumer = _FaustConsumer()
+        a, b = _TP(("raw", 0)), _TP(("raw", 1))
+        seeks_when_fetched = fetch._seeks
+        await fetch.seek(consumer, ("raw", 0), 5)  # the guard re-reads from 5
+        stale = {a: [_Record("raw", o) for o in (8, 9)], b: [_Record("raw", 3)]}
+        first = await fetch._sort(consumer, stale, None, seeks_when_fetched)
+        offset_after_stale = consumer._read_offset[a]
+        reread = {a: [_Record("raw", o) for o in range(5, 10)]}
+        second = await fetch._sort(consumer, reread, None, fetch._seeks)
+        return first, second, offset_after_stale
+
+    first, second, offset = asyncio.run(scenario())
+    assert first == [("raw", 3)]  # the other partition is unaffected
+    assert offset == 5
+    assert second == [("raw", o) for o in range(5, 10)]
