@@ -5,7 +5,6 @@ stack: capture registers and writes, workers resolve ids there; a writer that is
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,8 @@ def registry_url(stack_info: object) -> Iterator[str]:
     was_running = stack.status().get(REGISTRY)
     info = stack.up([REGISTRY])
     yield info.schema_registry_url
-    if not (was_running and was_running.running) and not os.environ.get("CDC_KEEP_STACK"):
+    # Stopped even with CDC_KEEP_STACK: while it runs, `cdc stack up` exports its URL.
+    if not (was_running and was_running.running):
         stack.stop_service(REGISTRY)
 
 
