@@ -176,6 +176,11 @@ class PostgresSettings(_Section):
     #: snapshot.max.threads): each imports the slot's exported snapshot and publishes with
     #: a producer of its own, taking key ranges of any table. 1: read in the capture process.
     snapshot_readers: int = Field(default=1, ge=1, le=64)
+    #: How an initial snapshot interrupted part-way (a crash, a restart) finishes: its
+    #: exported snapshot is gone. ``incremental``: stream at once from its consistent point
+    #: and read the rest as an incremental backfill (no WAL piles up behind it);
+    #: ``before_streaming``: read the rest first, outside any snapshot, then stream.
+    snapshot_resume: Literal["incremental", "before_streaming"] = "incremental"
     #: Debezium's signal.data.collection: a table ``(id text, type text, data text)`` whose
     #: inserted rows are signals (``execute-snapshot`` ...), for applications that ask for a
     #: backfill from SQL. Added to the publication. None: signals come only as logical

@@ -113,15 +113,17 @@ def test_existing_rows_arrive_and_the_stream_continues_exactly(
     assert streamed and all(r["source"]["snapshot"] == "false" for r in streamed)
 
 
-@pytest.mark.parametrize("readers", [1, 2])
+@pytest.mark.parametrize(("readers", "resume"), [(1, "incremental"),
+                                                 (2, "before_streaming")])
 def test_a_snapshot_killed_part_way_resumes_without_reading_done_chunks_again(
-    scenario: Scenario, readers: int
+    scenario: Scenario, readers: int, resume: str
 ) -> None:
     sc = scenario
     rows = 200_000
     _fill(sc, rows)
     sc.env["CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE"] = "300"
     sc.env["CDC_POSTGRES__SNAPSHOT_READERS"] = str(readers)
+    sc.env["CDC_POSTGRES__SNAPSHOT_RESUME"] = resume
     sc.env["CDC_WORKER__ENGINE"] = "kafka"  # the faster engine: 200k rows to index
     published = _Watermarks(sc)
     # Not sc.start: it waits for the slot to stream, which is after the snapshot.
@@ -145,8 +147,19 @@ def test_a_snapshot_killed_part_way_resumes_without_reading_done_chunks_again(
     sc.start("worker")
     assert sc.converged(360), sc.processes["worker"].tail()
     reads = [r for r in _records(sc) if r["op"] == "r"]
-    assert rows <= len(reads) < rows + first_run  # done chunks were not read again
-    assert "resuming after a restart" in sc.processes["capture"].tail(200)
+    log = sc.processes["capture"].tail(200)
+    if resume == "before_streaming":
+        assert rows <= len(reads) < rows + first_run  # done chunks were not read again
+        assert "resuming after a restart" in log
+    else:
+        # streaming started at once; the rest came as backfill chunks (`incremental`),
+        # without keys the stream changed meanwhile (1, 199999) or deleted (199998)
+        assert len(reads) < rows + first_run  # done chunks were not read again
+        assert "the rest read as an incremental backfill" in log
+        rest = {r["after"]["id"] for r in reads if r["source"]["snapshot"] == "incremental"}
+        assert rest and 199998 not in rest
+        initial = {r["after"]["id"] for r in reads if r["source"]["snapshot"] != "incremental"}
+        assert initial | rest | {1, 199998, 199999} >= set(range(1, rows + 1))
 
 
 def test_snapshot_modes_never_and_initial_only(scenario: Scenario) -> None:

@@ -144,11 +144,14 @@ class Backfills(BackfillBook):
         self._conn = None
         self.window = None
 
-    def request_all(self, tables: tuple[str, ...]) -> None:
-        """Backfill ``tables`` from the start of a new slot (``snapshot_mode: incremental``),
-        saved in Kafka before returning."""
+    def request_all(self, tables: tuple[str, ...],
+                    after: dict[str, list[str | None] | None] | None = None) -> None:
+        """Backfill ``tables`` while streaming, each from the start or from its key in
+        ``after`` (a new slot with ``snapshot_mode: incremental``; the rest of an interrupted
+        initial snapshot), saved in Kafka before returning."""
         saved = self.store.load() or {}
-        self.tables = [TableBackfill(t, self.chunk_size) for t in tables]
+        after = after or {}
+        self.tables = [TableBackfill(t, self.chunk_size, after=after.get(t)) for t in tables]
         for entry in self.tables:
             entry.estimate = self._estimate(entry)
         self.paused = False
@@ -156,8 +159,7 @@ class Backfills(BackfillBook):
         self.store.save(self.state())
         if self.store.flush():
             raise RetriableError("could not record the backfill of the new slot in Kafka")
-        log.info("new slot: backfilling %s while streaming (snapshot_mode incremental)",
-                 ", ".join(tables))
+        log.info("backfilling %s while streaming", ", ".join(tables))
 
     def _estimate(self, entry: TableBackfill) -> int | None:
         """The planner's row estimate (no count(*) of a big table)."""

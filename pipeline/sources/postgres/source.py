@@ -173,7 +173,11 @@ class PostgresSource:
             self._snapshot = self._snapshot_new_slot()
         else:
             progress = self.snapshot_offsets.load()
-            if progress is not None and not progress.get("complete"):
+            if progress is None or progress.get("complete"):
+                pass
+            elif self.pg.snapshot_resume == "incremental" and progress.get("lsn"):
+                self._hand_snapshot_to_backfill(progress)
+            else:
                 # Streaming has not started, so the slot is still at its consistent point.
                 point = progress.get("lsn")
                 consistent = Lsn.parse(point) if point else slot.confirmed_position()
@@ -203,6 +207,29 @@ class PostgresSource:
         if self.pg.heartbeat_interval_s is not None:
             topics.append(self._heartbeat_topic)
         return topics
+
+    def _hand_snapshot_to_backfill(self, progress: dict[str, Any]) -> None:
+        """An initial snapshot interrupted part-way (its exported snapshot died with the
+        capture): stream at once from its consistent point, and read what it had not read
+        (tables not done, each from the key it reached) as an incremental backfill, so WAL
+        does not pile up behind the rest of a big snapshot. The backfill is recorded in
+        Kafka before the snapshot is marked handed over: a crash in between resumes the
+        snapshot again, never neither."""
+        done = set(progress.get("done", []))
+        after = dict(progress.get("partial") or {})
+        if progress.get("table"):
+            after[progress["table"]] = progress.get("after")
+        rest = tuple(t for t in self.pg.tables if t not in done)
+        if rest:
+            self.backfills.request_all(rest, after)
+        self.snapshot_offsets.save({**progress, "complete": True,
+                                    "rest": "incremental backfill"})
+        if self.snapshot_offsets.flush():
+            raise RetriableError("could not record the hand-over of the snapshot in Kafka")
+        log.info("the initial snapshot was interrupted (%d of %d tables done): streaming from "
+                 "its consistent point %s, the rest read as an incremental backfill "
+                 "(postgres.snapshot_resume: incremental)", len(done), len(self.pg.tables),
+                 progress.get("lsn"))
 
     def _slot_settings(self) -> PostgresSettings:
         """The settings the slot and publication are prepared with: the listed tables, and
