@@ -66,6 +66,9 @@ class WorkerLoop(Generic[T]):
         track = self.ledger.track
         for record, token in records:
             track((record.topic, record.partition), record.offset, token)
+        # Set here too, not only after a drain: a drain retrying against a sink that is down
+        # never ends, and the held records are what CdcWorkerStuck alerts on.
+        self.metrics.set("cdc_worker_unacked_records", self.ledger.waiting())
         self.processor.accept([record for record, _ in records])
 
     async def drain(self) -> None:

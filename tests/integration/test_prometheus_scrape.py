@@ -117,11 +117,17 @@ def test_alerts_fire_and_resolve_and_every_dashboard_query_has_data(
         (alert,) = prom.alerts("CdcSinkRetrying")
         assert alert["labels"]["sink"] == "search"
         assert alert["annotations"]["summary"].endswith("keeps retrying writes to search")
+        # the search worker holds the new rows and writes nothing: CdcWorkerStuck, for it only
+        assert wait_until(lambda: prom.alerts("CdcWorkerStuck"), 60, 1), (
+            prom.query("cdc_worker_unacked_records"), worker_log())
+        assert [a["labels"]["instance"] for a in prom.alerts("CdcWorkerStuck")] == [
+            f"127.0.0.1:{int(sc.env['CDC_METRICS__PORT']) + 1}"]
     finally:
         stack.start_service("elasticsearch")
     assert sc.converged(90), worker_log()
     assert wait_until(lambda: not prom.alerts("CdcSinkRetrying")
-                      and not prom.alerts("CdcSinkRetrying", "pending"), 60, 1)
+                      and not prom.alerts("CdcSinkRetrying", "pending")
+                      and not prom.alerts("CdcWorkerStuck"), 60, 1)
 
     # every panel's query, on what the pipeline did so far
     empty = []
