@@ -98,6 +98,12 @@ def _check_table_ids(tables: Any) -> Any:
     return tables
 
 
+def _check_table_id_or_none(table: str | None) -> str | None:
+    if table is not None:
+        _check_table_ids([table])
+    return table
+
+
 #: What Elasticsearch allows in an index name (lower case, none of \\/*?"<>|,#: or space,
 #: not starting with -_+); a name is also a URL path segment, so this keeps it one.
 _INDEX_RE = re.compile(r"^[a-z0-9.][a-z0-9._+$-]*$")
@@ -209,12 +215,7 @@ class PostgresSettings(_Section):
                              "does not list")
         return self
 
-    @field_validator("signal_table")
-    @classmethod
-    def _signal_table(cls, value: str | None) -> str | None:
-        if value is not None:
-            _check_table_ids([value])
-        return value
+    _signal_table = field_validator("signal_table")(_check_table_id_or_none)
 
     @field_validator("message_prefix_include", "message_prefix_exclude")
     @classmethod
@@ -710,12 +711,7 @@ class MysqlSettings(_Section):
 
     _tables = field_validator("tables")(_check_table_ids)
 
-    @field_validator("signal_table")
-    @classmethod
-    def _signal_table(cls, value: str | None) -> str | None:
-        if value is not None:
-            _check_table_ids([value])
-        return value
+    _signal_table = field_validator("signal_table")(_check_table_id_or_none)
 
     @model_validator(mode="after")
     def _signal_table_not_captured(self) -> MysqlSettings:

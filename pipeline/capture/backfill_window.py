@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.capture.offsets import OffsetStore
 from pipeline.capture.signals import Signal
-from pipeline.errors import RetriableError
+from pipeline.errors import ConfigError, RetriableError
 from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,23 @@ class TableBackfill:
     def finished(self) -> bool:
         return self.state != "running"
 
+
+
+def check_request(tables: tuple[str, ...], captured: tuple[str, ...], tables_setting: str,
+                  state: dict[str, Any]) -> None:
+    """The source-independent checks of ``cdc snapshot start``: every table is captured
+    (listed in ``tables_setting``) and none is being backfilled already (``state``)."""
+    for table in tables:
+        if table not in captured:
+            raise ConfigError("cdc snapshot start", f"{table} is not captured: add it to "
+                              f"{tables_setting} (now {', '.join(captured)}) and restart "
+                              "capture")
+    busy = {t["table"]: t for t in state.get("tables", []) if t.get("state") == "running"}
+    for table in tables:
+        if table in busy:
+            raise ConfigError("cdc snapshot start", f"a backfill of {table} is already running "
+                              f"({busy[table].get('rows', 0)} rows read): wait for it, or "
+                              f"`cdc snapshot stop {table}` first")
 
 
 def running(state: dict[str, Any]) -> bool:

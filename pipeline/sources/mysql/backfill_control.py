@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pymysql
 
-from pipeline.capture.backfill_window import render, running
+from pipeline.capture.backfill_window import check_request, render, running
 from pipeline.capture.signals import Signal
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
@@ -46,17 +46,7 @@ def check_start(settings: Settings, tables: tuple[str, ...], where: str | None) 
     """Raise ConfigError naming what is wrong with a backfill request, before it is sent."""
     my = settings.mysql
     _signal_table(settings)
-    for table in tables:
-        if table not in my.tables:
-            raise ConfigError("cdc snapshot start", f"{table} is not captured: add it to "
-                              f"mysql.tables (now {', '.join(my.tables)}) and restart capture")
-    busy = {t["table"]: t for t in load_state(settings).get("tables", [])
-            if t.get("state") == "running"}
-    for table in tables:
-        if table in busy:
-            raise ConfigError("cdc snapshot start", f"a backfill of {table} is already running "
-                              f"({busy[table].get('rows', 0)} rows read): wait for it, or "
-                              f"`cdc snapshot stop {table}` first")
+    check_request(tables, my.tables, "mysql.tables", load_state(settings))
     conn = server.connect(my)
     try:
         with conn.cursor() as cur:

@@ -16,7 +16,7 @@ import orjson
 import psycopg2
 from psycopg2 import sql
 
-from pipeline.capture.backfill_window import render, running
+from pipeline.capture.backfill_window import check_request, render, running
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
 from pipeline.sources.postgres.backfill import state_store
@@ -38,17 +38,7 @@ def load_state(settings: Settings) -> dict[str, Any]:
 def check_start(settings: Settings, tables: tuple[str, ...], where: str | None) -> None:
     """Raise ConfigError naming what is wrong with a backfill request, before it is sent."""
     pg = settings.postgres
-    for table in tables:
-        if table not in pg.tables:
-            raise ConfigError("cdc snapshot start", f"{table} is not captured: add it to "
-                              f"postgres.tables (now {', '.join(pg.tables)}) and restart capture")
-    running = {t["table"]: t for t in load_state(settings).get("tables", [])
-               if t.get("state") == "running"}
-    for table in tables:
-        if table in running:
-            raise ConfigError("cdc snapshot start", f"a backfill of {table} is already running "
-                              f"({running[table].get('rows', 0)} rows read): wait for it, or "
-                              f"`cdc snapshot stop {table}` first")
+    check_request(tables, pg.tables, "postgres.tables", load_state(settings))
     conn = connect(pg.dsn.get_secret_value())
     try:
         with conn.cursor() as cur:
