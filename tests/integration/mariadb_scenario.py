@@ -97,6 +97,20 @@ class MariadbScenario:
         return {k: {c: v.get(c) for c in ("id", "name", "qty", "price")}
                 for k, v in docs.items()}
 
+    def purge_binlogs(self) -> None:
+        """Start a new binlog file and purge every earlier one (what a capture that was
+        down too long finds: its position is gone)."""
+        self.execute("FLUSH BINARY LOGS")
+        (current,) = [r[0] for r in self.query("SHOW MASTER STATUS")]
+
+        def purged() -> bool:
+            # The server keeps a file a replica still reads: a stopped capture's dump
+            # thread ends when it notices the disconnect.
+            self.execute(f"PURGE BINARY LOGS TO '{current}'")
+            return [r[0] for r in self.query("SHOW BINARY LOGS")] == [current]
+
+        assert wait_until(purged, 30, 1)
+
     def converged(self, timeout: float = 90) -> bool:
         return wait_until(lambda: self.indexed() == self.expected(), timeout, 0.5)
 

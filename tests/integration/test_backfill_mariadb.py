@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from pipeline import stack
 from pipeline.capture.offsets import OffsetStore
 from pipeline.config import load_settings
 from pipeline.harness import wait_until
@@ -30,10 +29,6 @@ pytestmark = pytest.mark.integration
 SIGNAL_DDL = ("CREATE TABLE {db}.cdc_signal (id VARCHAR(42) PRIMARY KEY, "
               "type VARCHAR(32) NOT NULL, data VARCHAR(2048))")
 
-
-@pytest.fixture(scope="session")
-def mariadb(stack_info: Any) -> Any:
-    return stack.up(["mariadb"])
 
 
 @pytest.fixture

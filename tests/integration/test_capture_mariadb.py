@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,17 +17,6 @@ from tests.integration.mariadb_scenario import ITEMS_DDL, MariadbScenario
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def mariadb(stack_info: Any) -> Any:
-    """The stack with MariaDB running (started through the stack code if missing)."""
-    return stack.up(["mariadb"])
-
-
-@pytest.fixture
-def maria(mariadb: Any, tmp_path: Path) -> Iterator[MariadbScenario]:
-    sc = MariadbScenario(mariadb, tmp_path)
-    yield sc
-    sc.close()
 
 
 TYPES_DDL = """CREATE TABLE {db}.items (
@@ -195,16 +182,7 @@ def test_purged_binlog_stops_with_the_remedy(maria: MariadbScenario) -> None:
     assert wait_until(lambda: len(maria.changes()) == 1, 60)
     capture.stop()
     maria.execute("INSERT INTO {db}.items VALUES (2, 'two', 2, 2.00)")  # never published
-    maria.execute("FLUSH BINARY LOGS")
-    (current,) = [r[0] for r in maria.query("SHOW MASTER STATUS")]
-
-    def purged() -> bool:
-        # The server keeps a file a replica still reads: the old capture's dump thread
-        # ends when it notices the disconnect.
-        maria.execute(f"PURGE BINARY LOGS TO '{current}'")
-        return [r[0] for r in maria.query("SHOW BINARY LOGS")] == [current]
-
-    assert wait_until(purged, 30, 1)
+    maria.purge_binlogs()
     again = PipelineProcess("capture", maria.env, maria.work / "capture-again.log")
     maria.processes["capture-again"] = again
     assert wait_until(lambda: not again.alive(), 60), again.tail()

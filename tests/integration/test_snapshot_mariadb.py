@@ -7,14 +7,11 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from pipeline import stack
 from pipeline.harness import PipelineProcess, wait_until
 from tests.integration.mariadb_scenario import ITEMS_DDL, MariadbScenario
 from tests.integration.scenario import read_topic
@@ -23,16 +20,6 @@ from tests.integration.test_capture_mariadb import EXTREMES, TYPES_DDL
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def mariadb(stack_info: Any) -> Any:
-    return stack.up(["mariadb"])
-
-
-@pytest.fixture
-def maria(mariadb: Any, tmp_path: Path) -> Iterator[MariadbScenario]:
-    sc = MariadbScenario(mariadb, tmp_path)
-    yield sc
-    sc.close()
 
 
 def _fill(maria: MariadbScenario, first: int, last: int) -> None:
@@ -259,14 +246,7 @@ def test_when_needed_takes_a_new_snapshot_when_the_binlog_was_purged(
     assert wait_until(lambda: len(maria.changes()) == 1, 60)
     capture.stop()
     maria.execute("INSERT INTO {db}.items VALUES (2, 'two', 2, 2.00)")  # purged below
-    maria.execute("FLUSH BINARY LOGS")
-    (current,) = [r[0] for r in maria.query("SHOW MASTER STATUS")]
-
-    def purged() -> bool:
-        maria.execute(f"PURGE BINARY LOGS TO '{current}'")
-        return [r[0] for r in maria.query("SHOW BINARY LOGS")] == [current]
-
-    assert wait_until(purged, 30, 1)
+    maria.purge_binlogs()
     again = _capture(maria, "capture-again")
     assert wait_until(lambda: "reading the binlog from" in again.tail(200)
                       or not again.alive(), 60), again.tail()
