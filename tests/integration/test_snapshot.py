@@ -212,3 +212,31 @@ def test_a_row_held_for_its_marker_is_not_confirmed_before_it_is_published(
     while not resumed.finished:
         rest += resumed.read()
     assert keys(rest) == [4, 5]
+
+
+def test_parallel_readers_split_a_composite_text_key_exactly(scenario: Scenario) -> None:
+    """Key ranges planned on a (text, int) key holding empty strings, non-BMP text and
+    collation-sensitive values: every row read exactly once, however the ranges fall."""
+    sc = scenario
+    table = f"{sc.schema}.ckeys"
+    sc.execute(f"CREATE TABLE {table} (k text, n int, v text, PRIMARY KEY (k, n))")
+    sc.execute(f"INSERT INTO {table} SELECT (ARRAY['', 'a', 'A', 'é', '😀', 'z z', "
+               f"'O''Reilly', repeat('x', 3000)])[1 + g % 8], g, 'v' || g "
+               f"FROM generate_series(1, 997) g")
+    sc.env.update({"CDC_POSTGRES__TABLES": f"[{sc.table_id}, {table}]",
+                   "CDC_POSTGRES__SNAPSHOT_MODE": "initial_only",
+                   "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "7",
+                   "CDC_POSTGRES__SNAPSHOT_READERS": "3"})
+    _fill(sc, 50)
+    only = sc.processes["capture-only"] = PipelineProcess(
+        "capture", sc.env, sc.work / "capture-only.log")
+    assert wait_until(lambda: not only.alive(), 120), only.tail()
+    assert only.proc.returncode == 0, only.tail()
+    reads = [orjson.loads(m.value()) for m in sc.read_topic(sc.settings.kafka.raw_topic(table))
+             if m.value() is not None]
+    keys = [(r["after"]["k"], r["after"]["n"]) for r in reads]
+    assert len(keys) == len(set(keys)) == 997
+    assert {r["after"]["k"] for r in reads} == {"", "a", "A", "é", "😀", "z z", "O'Reilly",
+                                                 "x" * 3000}
+    markers = [r["source"]["snapshot"] for r in _records(sc) + reads]
+    assert markers.count("first") == 1
