@@ -139,6 +139,16 @@ def _write_config(svc_dir: Path, port: int, cport: int) -> tuple[Path, Path]:
     return props, log4j
 
 
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka's own ``Uuid.randomUuid`` makes it: url-safe base64 of
+    16 random bytes, drawn again when it starts with '-' (the storage tool's argument parser
+    would read such an id as an option, and formatting fails one time in 64)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def start(svc_dir: Path, ports: dict[str, int]) -> dict[str, Any]:
     """Write server.properties, format storage once, start the JVM detached and wait
     until a metadata request succeeds. Returns the stack.json record."""
@@ -151,7 +161,7 @@ def start(svc_dir: Path, ports: dict[str, int]) -> dict[str, Any]:
     out = svc_dir / "kafka.out"
     jvm_log = [f"-Dlog4j.configuration=file:{log4j}", f"-Dkafka.logs.dir={svc_dir}"]
     if not (svc_dir / "data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         try:
             run(
                 [

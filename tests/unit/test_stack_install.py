@@ -39,3 +39,16 @@ def test_a_truncated_archive_in_the_cache_is_downloaded_again(
     # Intact now: the next call downloads nothing.
     install.maven_artifact("org.example:thing:1.0:zip", tmp_path)
     assert len(calls) == 1
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage tool reads an id starting with '-' as an option; CI failed on one."""
+    import uuid
+
+    from pipeline.stack import kafka
+
+    dash_first = uuid.UUID(bytes=b"\xf8" + bytes(15))  # url-safe base64 "-A..."
+    draws = iter([dash_first, uuid.UUID(int=1 << 120)])
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
+    cid = kafka.new_cluster_id()
+    assert not cid.startswith("-") and len(cid) == 22
