@@ -17,7 +17,9 @@ Records come from Faust's consumer a fetch at a time (``agents.faust_internals.B
 not one event at a time through an agent's stream: that per-event machinery cost more than
 the processing (bench/RESULTS.md). The app is otherwise Faust's: its consumer, group,
 rebalances, table recovery, acknowledgements and commits. Writing, retrying, flushing the
-changelog and acknowledging are the skeleton both engines share (``pipeline.worker_loop``).
+changelog and acknowledging are the skeleton both engines share (``pipeline.worker_loop``);
+while the sink is down, the raw partitions are paused and the consumer keeps polling
+(``pipeline.backpressure``, ``agents.faust_internals.PausedFetching``).
 
 Faust's traps, and how this module avoids them:
 - An exception escaping an agent or task acks the events it was handling (they would be
@@ -48,12 +50,13 @@ import faust
 from agents import faust_internals
 from agents.guard import ContinuityGuard
 from agents.seen_table import SeenSetTable
+from pipeline.backpressure import Backpressure
 from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
 from pipeline.errors import EXIT_PERMANENT, PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
-from pipeline.kafka.client import faust_credentials
+from pipeline.kafka.client import faust_credentials, poll_limits
 from pipeline.seenstore import open_seen_store
 from pipeline.sinks.registry import select_sink
 from pipeline.worker_loop import WorkerLoop
@@ -85,6 +88,10 @@ app = faust.App(
     topic_partitions=settings.kafka.partitions,
     producer_acks=-1,
     datadir=DATADIR,
+    # a sink outage does not count against it: the worker pauses and keeps polling
+    broker_max_poll_interval=settings.worker.max_poll_interval_ms / 1000,
+    broker_session_timeout=poll_limits(settings.worker.max_poll_interval_ms)[
+        "session.timeout.ms"] / 1000,
 )
 
 raw_topics = app.topic(*settings.raw_topics(), key_serializer="raw", value_serializer="raw")
@@ -104,16 +111,28 @@ app.tables.add(seen)
 store = ChangelogStore(
     ChangelogWriter(f"{GROUP}-dedup-changelog", settings.kafka), seen.data
 )
-processor = build_processor(
-    settings, SINK, metrics, dedup_store=store, partition_scope=store.scope
-)
 fetch = faust_internals.BatchFetch(settings.raw_topics())
 fetch.install(app, raw_topics)
+# While the sink is down the raw partitions are paused and the consumer keeps polling.
+backpressure = Backpressure(metrics, SINK)
+backpressure.attach(faust_internals.PausedFetching(app, fetch))
+processor = build_processor(
+    settings, SINK, metrics, dedup_store=store, partition_scope=store.scope,
+    backpressure=backpressure,
+)
 guard = ContinuityGuard(
     app, GROUP, settings.raw_topics(), settings.kafka, metrics, seek=fetch.seek
 )
-# A rebalance starting drops the batches not yet taken, as Faust clears its agents' queues.
-faust_internals.on_rebalance_start(app, lambda: guard.call_soon(fetch.clear))
+
+
+def on_rebalance_start() -> None:
+    """A rebalance starting drops the batches not yet taken, as Faust clears its agents'
+    queues (called on the consumer's thread)."""
+    metrics.inc("cdc_worker_rebalances_total", sink=SINK)
+    guard.call_soon(fetch.clear)
+
+
+faust_internals.on_rebalance_start(app, on_rebalance_start)
 lock = asyncio.Lock()
 
 
@@ -128,7 +147,7 @@ async def ack(messages: list[Any]) -> None:
 loop: WorkerLoop[Any] = WorkerLoop(
     processor, store, metrics, ack, sink=SINK,
     retry_initial_s=settings.worker.retry_initial_ms / 1000,
-    retry_max_s=settings.worker.retry_max_ms / 1000,
+    retry_max_s=settings.worker.retry_max_ms / 1000, backpressure=backpressure,
 )
 
 

@@ -42,12 +42,13 @@ REQUIRED: tuple[tuple[type, str], ...] = (
     (faust.App, "on_rebalance_start"),
     (faust.App, "consumer_generation_id"),
     (faust.App, "transport"),
+    (faust.App, "consumer"),
     (Monitor, "stream_inbound_time"),
     (Monitor, "tp_read_offsets"),
 )
 #: Attributes a consumer instance has once built (checked when the worker starts).
 REQUIRED_ON_CONSUMER = ("_read_offset", "_buffered_partitions", "suspend_flow", "callback",
-                        "_n_acked", "_commit_every", "_stopped", "_unacked_messages")
+                        "_n_acked", "_commit_every", "_stopped", "_unacked_messages", "_thread")
 
 
 class FaustIncompatible(ConfigError):
@@ -132,6 +133,53 @@ def on_rebalance_start(app: Any, hook: Callable[[], None]) -> None:
     app.on_rebalance_start = on_rebalance_start
 
 
+# -- pausing while a sink is down ------------------------------------------------------------
+class PausedFetching:
+    """The Faust engine's :class:`~pipeline.backpressure.PausableConsumer`.
+
+    Faust's own ``pause_partitions`` only takes partitions out of the set its fetcher asks
+    for; with every raw partition out, the fetcher stops calling aiokafka's ``getmany`` at
+    all, and aiokafka leaves the group once ``max_poll_interval_ms`` passed without one. So
+    the partitions are paused in aiokafka itself (on the consumer's thread): Faust keeps
+    asking for them, aiokafka keeps its place in the group and returns nothing for them (it
+    drops what it had prefetched and fetches again from its position on resume). Batches
+    already fetched are moved out of the bounded queue meanwhile (:meth:`BatchFetch.spill`),
+    so Faust's fetcher is never left blocked on a full queue, not polling.
+    """
+
+    def __init__(self, app: Any, fetch: BatchFetch, step_s: float = 0.2) -> None:
+        self.app = app
+        self.fetch = fetch
+        self.step_s = step_s
+
+    async def pause(self) -> int:
+        return await self._call(_pause_raw, self.fetch.topics, True)
+
+    async def keep_polling(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0:
+            self.fetch.spill()
+            await asyncio.sleep(min(left, self.step_s))
+            await self._call(_pause_raw, self.fetch.topics, True)  # assigned meanwhile
+        self.fetch.spill()
+
+    async def resume(self) -> None:
+        await self._call(_pause_raw, self.fetch.topics, False)
+
+    async def _call(self, fun: Callable[..., Any], *args: Any) -> int:
+        thread = self.app.consumer._thread
+        result: int = await thread.call_thread(fun, thread._ensure_consumer(), *args)
+        return result
+
+
+async def _pause_raw(consumer: Any, topics: frozenset[str], paused: bool) -> int:
+    """Pause (or resume) the assigned partitions of ``topics`` in aiokafka; how many."""
+    partitions = [tp for tp in consumer.assignment() if tp.topic in topics]
+    (consumer.pause if paused else consumer.resume)(*partitions)
+    return len(partitions)
+
+
 # -- batches from the consumer ---------------------------------------------------------------
 class BatchFetch:
     """The raw topics' records straight from Faust's consumer, a fetch at a time.
@@ -193,6 +241,13 @@ class BatchFetch:
         if self._queue is not None:
             while not self._queue.empty():
                 self._queue.get_nowait()
+
+    def spill(self) -> None:
+        """Move the fetched batches waiting in the bounded queue to the front buffer (in
+        order), so the fetcher can go on polling while the worker cannot take them."""
+        if self._queue is not None:
+            while not self._queue.empty():
+                self._pending.extend(self._queue.get_nowait())
 
     async def seek(self, consumer: Any, tp: tuple[str, int], offset: int) -> None:
         """Re-read ``tp`` from ``offset``. A fetch that began before the seek still holds the

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.backpressure import Backpressure
 from pipeline.config import Settings
 from pipeline.deadletter import DeadLetterTopic, RawRecord
 from pipeline.dedup import Deduplicator, DedupSettings
@@ -34,8 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def build_sink(settings: Settings, name: str, metrics: Metrics) -> Sink:
-    """The named sink, wrapped in metrics, then retry (the only place wrappers are stacked)."""
+def build_sink(settings: Settings, name: str, metrics: Metrics,
+               backpressure: Backpressure | None = None) -> Sink:
+    """The named sink, wrapped in metrics, then retry (the only place wrappers are stacked);
+    a worker's retries wait with its partitions paused (``backpressure``)."""
     sink: Sink
     if name == "search" and settings.elasticsearch is not None:
         from pipeline.sinks.search import SearchIndexSink
@@ -55,7 +58,8 @@ def build_sink(settings: Settings, name: str, metrics: Metrics) -> Sink:
     measured: Sink = MeasuredSink(sink, metrics)
     if settings.errors.retry_timeout_s is not None:
         measured = OutageLimit(measured, settings.errors.retry_timeout_s)
-    return RetryingSink(measured, w.retry_initial_ms / 1000, w.retry_max_ms / 1000, metrics)
+    return RetryingSink(measured, w.retry_initial_ms / 1000, w.retry_max_ms / 1000, metrics,
+                        backpressure=backpressure)
 
 
 def build_sinks(settings: Settings, metrics: Metrics) -> list[Sink]:
@@ -75,6 +79,7 @@ def build_processor(
     metrics: Metrics,
     dedup_store: MutableMapping[str, Any] | None = None,
     partition_scope: Callable[[int], AbstractContextManager[Any]] | None = None,
+    backpressure: Backpressure | None = None,
 ) -> BatchProcessor:
     """The processing of one sink's worker: its own consumer group, its own dead letters;
     evolution, ordering and dedup as configured (dedup needs the worker's table)."""
@@ -110,7 +115,7 @@ def build_processor(
             window_ms=d.window_ms, positions_per_row=d.positions_per_row,
         ))
     return BatchProcessor(
-        [build_sink(settings, sink, metrics)], dead_letters, metrics,
+        [build_sink(settings, sink, metrics, backpressure)], dead_letters, metrics,
         evolution=evolution, reorderer=reorderer, dedup=dedup, late_policy=late_policy,
         partition_scope=partition_scope, topic_tables=settings.topic_tables(),
     )

@@ -403,6 +403,11 @@ class WorkerSettings(_Section):
     batch_wait_ms: int = Field(default=20, ge=0)
     retry_initial_ms: int = Field(default=100, ge=1)
     retry_max_ms: int = Field(default=5_000, ge=1)
+    #: The longest a worker may go without polling before its consumer group takes its
+    #: partitions away (Kafka's max.poll.interval.ms; the session timeout follows it down
+    #: to the broker's 6 s minimum). A sink outage does not count: the worker pauses its
+    #: partitions and keeps polling.
+    max_poll_interval_ms: int = Field(default=300_000, ge=6_000)
     web_port: int | None = None
     #: Where the dedup seen-set lives (``pipeline.seenstore``), on both engines: rocksdb://
     #: (the default: RocksDB on local disk under CDC_WORKER_DATADIR, memory bounded) or

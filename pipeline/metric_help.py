@@ -41,6 +41,9 @@ HELP: dict[str, str] = {
                                    "committing it (not the wait for it).",
     "cdc_worker_consumer_lag_records": "Records from the consumer's position to the log end.",
     "cdc_worker_unacked_records": "Records read but not yet written and committed.",
+    "cdc_worker_paused_partitions": "Partitions a worker paused while its sink is down "
+                                    "(it keeps polling, so it stays in its group).",
+    "cdc_worker_rebalances_total": "Consumer group rebalances a worker went through.",
     "cdc_worker_errors_total": "Write attempts that failed and are retried, by error kind.",
     "cdc_worker_skipped_total": "Records skipped on purpose, by kind.",
     "cdc_worker_tombstones_total": "Kafka tombstones read (compaction markers, nothing to write).",

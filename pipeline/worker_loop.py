@@ -12,7 +12,8 @@ acknowledges it (a Faust message, or ``(topic, partition, offset)`` for confluen
 gives a ``commit`` that takes the tokens whose every predecessor is finished, in offset order
 per partition. Everything between lives here, once: writing through the processor, retrying a
 failed write with the one backoff until the sink confirmed (never committing past unwritten
-work), flushing the dedup changelog before anything is acknowledged, and the ledger.
+work; the engine's partitions paused meanwhile, ``pipeline.backpressure``), flushing the
+dedup changelog before anything is acknowledged, and the ledger.
 
 A :class:`~pipeline.errors.PermanentError` (refused credentials, an outage past
 ``errors.retry_timeout_s``) is raised to the engine, which stops the worker.
@@ -20,7 +21,6 @@ A :class:`~pipeline.errors.PermanentError` (refused credentials, an outage past
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from pipeline.acks import AckLedger
+from pipeline.backpressure import Backpressure
 from pipeline.deadletter import RawRecord
 from pipeline.errors import PermanentError
 from pipeline.metrics import Metrics
@@ -48,8 +49,11 @@ class Changelog(Protocol):
 class WorkerLoop(Generic[T]):
     def __init__(self, processor: BatchProcessor, changelog: Changelog, metrics: Metrics,
                  commit: Callable[[list[T]], Awaitable[None]], *,
-                 retry_initial_s: float, retry_max_s: float, sink: str = "") -> None:
+                 retry_initial_s: float, retry_max_s: float, sink: str = "",
+                 backpressure: Backpressure | None = None) -> None:
         self.processor = processor
+        #: how a retry waits: with the partitions paused, still polling (the engine's consumer)
+        self.backpressure = backpressure or Backpressure(metrics, sink)
         self.changelog = changelog
         self.metrics = metrics
         self.commit = commit
@@ -94,10 +98,11 @@ class WorkerLoop(Generic[T]):
                 failed = True
                 log.exception("writing to sink %s failed, retrying in %.1fs: %s",
                               self.sink, delay, exc)
-                await asyncio.sleep(delay)
+                await self.backpressure.wait(delay)
                 continue
             if failed:
                 self._backoff.reset()
+            await self.backpressure.release()
             return finished
 
     def flush_idle(self, now_ms: int | None = None) -> bool:

@@ -70,6 +70,14 @@ def client_config(kafka: KafkaSettings, extra: Mapping[str, Any] | None = None
             "error_cb": _raise_if_refused, "logger": LIBRDKAFKA_LOG, **(extra or {})}
 
 
+def poll_limits(max_poll_interval_ms: int) -> dict[str, Any]:
+    """A worker consumer's group timeouts (``worker.max_poll_interval_ms``): the longest
+    gap between two polls before the group takes its partitions away, and the session
+    timeout, which librdkafka wants no longer than that (45 s, its default, at most)."""
+    return {"max.poll.interval.ms": max_poll_interval_ms,
+            "session.timeout.ms": min(45_000, max_poll_interval_ms)}
+
+
 class _Polled(Protocol):
     def poll(self, timeout: float = ...) -> Any: ...
 

@@ -11,7 +11,9 @@ Faust engine; this module only adapts confluent-kafka's consumer to it).
 Partitions are assigned with the range strategy, so partition N of every raw topic goes to
 the same worker (the dedup changelog is co-partitioned with them). On assignment the worker
 restores the dedup entries of its partitions from the changelog; on revocation it commits
-what is finished and forgets the rest, which the next owner reads again.
+what is finished and forgets the rest, which the next owner reads again. While the sink is
+down the worker pauses its partitions and keeps polling (``pipeline.backpressure``), so a
+long outage never costs it its place in the group.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from pipeline.backpressure import Backpressure
 from pipeline.capture.publisher import AUTH_ERRORS, kafka_failure
 from pipeline.compose import build_processor, worker_data_dir
 from pipeline.config import Settings
 from pipeline.deadletter import RawRecord
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
-from pipeline.kafka.client import client_config
+from pipeline.kafka.client import client_config, poll_limits
 from pipeline.metrics import Metrics
 from pipeline.seenstore import open_seen_store
 from pipeline.worker_loop import WorkerLoop
@@ -46,12 +49,17 @@ class KafkaSinkWorker:
                                     settings.worker.store_chosen)
         self.store = ChangelogStore(ChangelogWriter(
             f"{self.group}-dedup-changelog", settings.kafka), self.seen)
+        self.sink = sink
+        self.backpressure = Backpressure(metrics, sink)
+        self.backpressure.attach(self)
         self.processor = build_processor(settings, sink, metrics, dedup_store=self.store,
-                                         partition_scope=self.store.scope)
+                                         partition_scope=self.store.scope,
+                                         backpressure=self.backpressure)
         self.loop: WorkerLoop[tuple[str, int, int]] = WorkerLoop(
             self.processor, self.store, metrics, self._commit_async,
             retry_initial_s=settings.worker.retry_initial_ms / 1000,
-            retry_max_s=settings.worker.retry_max_ms / 1000, sink=sink)
+            retry_max_s=settings.worker.retry_max_ms / 1000, sink=sink,
+            backpressure=self.backpressure)
         self.consumer = Consumer(client_config(settings.kafka, {
             "group.id": self.group,
             "auto.offset.reset": "earliest",
@@ -61,8 +69,12 @@ class KafkaSinkWorker:
             # queue 64 MB ahead): 16 MB is still dozens of batches.
             "fetch.max.bytes": 16 << 20,
             "queued.max.messages.kbytes": 16 << 10,
+            **poll_limits(settings.worker.max_poll_interval_ms),
         }))
         self.assigned: set[tuple[str, int]] = set()
+        #: records polled while the partitions were paused (fetched before the pause, or of
+        #: a partition assigned meanwhile): taken once the write in progress is done
+        self._held_back: list[tuple[RawRecord, tuple[str, int, int]]] = []
 
     # -- rebalances (called from inside consume) -----------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -81,7 +93,26 @@ class KafkaSinkWorker:
             for tp in gone:
                 self.processor.reorderer.discard(tp)
         self.loop.forget()  # unfinished records are read again by the next owner
+        self._held_back = [r for r in self._held_back
+                           if (r[0].topic, r[0].partition) not in gone]
+        self.metrics.inc("cdc_worker_rebalances_total", sink=self.sink)
         log.info("revoked %s", sorted(gone))
+
+    # -- backpressure (pipeline.backpressure) --------------------------------------------
+    async def pause(self) -> int:
+        partitions = self.consumer.assignment()
+        self.consumer.pause(partitions)
+        return len(partitions)
+
+    async def keep_polling(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            messages = self.consumer.consume(self.settings.worker.batch_size, min(left, 0.5))
+            self._held_back.extend(self._taken(messages))
+            self.consumer.pause(self.consumer.assignment())  # assigned meanwhile, too
+
+    async def resume(self) -> None:
+        self.consumer.resume(self.consumer.assignment())
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self, stop: threading.Event) -> None:
@@ -94,13 +125,7 @@ class KafkaSinkWorker:
             while not stop.is_set():
                 messages = self.consumer.consume(w.batch_size, wait)
                 taken = time.perf_counter()
-                records = [self._record(m) for m in messages if m.error() is None]
-                for m in messages:
-                    error = m.error()
-                    if error is not None:
-                        if error.code() in AUTH_ERRORS:
-                            raise kafka_failure(error, "consuming the raw topics")
-                        log.warning("consumer: %s", error)
+                records = self._taken(messages)
                 if records:
                     self.loop.accept(records)
                 now = time.monotonic()
@@ -115,6 +140,9 @@ class KafkaSinkWorker:
                     last_evict = now
                 if records or self.processor.pending:
                     await self.loop.drain()
+                    if self._held_back:
+                        self.loop.accept(self._held_back)
+                        self._held_back = []
                     self.metrics.inc("cdc_worker_batches_total")
                     # busy time per batch, without the wait for it (``cdc tune``'s service time)
                     self.metrics.observe_ms("cdc_worker_batch_processing",
@@ -129,6 +157,17 @@ class KafkaSinkWorker:
             close = getattr(self.seen, "close", None)
             if close is not None:
                 close()
+
+    @staticmethod
+    def _taken(messages: list[Any]) -> list[tuple[RawRecord, tuple[str, int, int]]]:
+        """The records of a ``consume``; a refused login raises, other errors are logged."""
+        for m in messages:
+            error = m.error()
+            if error is not None:
+                if error.code() in AUTH_ERRORS:
+                    raise kafka_failure(error, "consuming the raw topics")
+                log.warning("consumer: %s", error)
+        return [KafkaSinkWorker._record(m) for m in messages if m.error() is None]
 
     def _report_lag(self) -> None:
         """Records in the log (as last fetched) not yet consumed, per topic."""

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pipeline.backpressure import Backpressure
 from pipeline.errors import (
     BadDataError,
     ConfigError,
@@ -70,8 +71,11 @@ class RetryingSink:
       writing part of a batch again is harmless.
     """
 
-    def __init__(self, inner: Sink, initial_s: float, max_s: float, metrics: Metrics) -> None:
+    def __init__(self, inner: Sink, initial_s: float, max_s: float, metrics: Metrics,
+                 backpressure: Backpressure | None = None) -> None:
         self.inner = inner
+        #: a worker's: its partitions stay paused while a write is retried
+        self.backpressure = backpressure
         self.name = inner.name
         self.takes_stale_reads = getattr(inner, "takes_stale_reads", False)
         self.initial_s = initial_s
@@ -96,7 +100,10 @@ class RetryingSink:
                     "sink %s unavailable (attempt %d, retry in %.2fs): %s",
                     self.name, attempt, delay, exc,
                 )
-                await asyncio.sleep(delay)
+                if self.backpressure is None:
+                    await asyncio.sleep(delay)
+                else:
+                    await self.backpressure.wait(delay)
             except Exception as exc:  # noqa: BLE001 - about the data: find the events
                 return await self._isolate(batch, exc)
 

@@ -193,3 +193,38 @@ def test_elasticsearch_outage_delays_but_loses_nothing(scenario: Scenario) -> No
     assert sc.converged(120)
     assert sc.counter("cdc_dead_letters_total") == 0
     assert sc.read_topic(sc.settings.worker.dead_letter_topic) == []
+
+
+def test_sink_down_longer_than_max_poll_interval_pauses_without_a_rebalance(
+        scenario: Scenario) -> None:
+    """Elasticsearch stays down for three max.poll.interval.ms: the search worker pauses its
+    partitions and keeps polling, so its group never rebalances; nothing is dead-lettered
+    or lost, and everything is indexed once Elasticsearch is back."""
+    sc = scenario
+    sc.env["CDC_WORKER__MAX_POLL_INTERVAL_MS"] = "8000"
+    sc.start("capture")
+    sc.start("worker")
+    sc.execute("INSERT INTO items VALUES (1, 'before the outage', 1, 1)")
+    assert sc.converged(90)
+    time.sleep(3)  # the first assignment's rebalance is in the metrics
+
+    def rebalances() -> float:
+        return sc.counter("cdc_worker_rebalances_total", "worker-search")
+
+    def paused() -> float:
+        return max(sc.gauges("cdc_worker_paused_partitions", "worker-search"), default=0)
+
+    before = rebalances()
+    stack.stop_service("elasticsearch")
+    try:
+        _workload(sc, 100, 3, first=10)
+        assert wait_until(lambda: paused() > 0, 30), "the search worker never paused"
+        time.sleep(24)  # three times max.poll.interval.ms, paused all along
+        assert paused() > 0
+    finally:
+        stack.start_service("elasticsearch")
+    assert sc.converged(120)
+    assert wait_until(lambda: paused() == 0, 30), "the partitions were never resumed"
+    assert rebalances() == before, "the worker's group rebalanced during the outage"
+    assert sc.counter("cdc_dead_letters_total") == 0
+    assert sc.read_topic(sc.settings.worker.dead_letter_topic) == []

@@ -33,6 +33,11 @@ def test_elasticsearch_outage_delays_but_loses_nothing(kafka_engine: Scenario) -
     e2e.test_elasticsearch_outage_delays_but_loses_nothing(kafka_engine)
 
 
+def test_sink_down_longer_than_max_poll_interval_pauses_without_a_rebalance(
+        kafka_engine: Scenario) -> None:
+    e2e.test_sink_down_longer_than_max_poll_interval_pauses_without_a_rebalance(kafka_engine)
+
+
 def test_duplicate_after_worker_restart_is_dropped(kafka_engine: Scenario) -> None:
     semantics.test_duplicate_after_worker_restart_is_dropped(kafka_engine)
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-import pipeline.worker_loop as worker_loop
+import pipeline.backpressure as backpressure
 from agents import faust_internals
 from pipeline.errors import ConfigError, SinkUnavailableError
 from pipeline.events import ChangeEvent
@@ -68,7 +68,7 @@ def test_records_are_committed_only_after_the_sink_wrote_them(
     async def no_wait(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr(worker_loop.asyncio, "sleep", no_wait)
+    monkeypatch.setattr(backpressure.asyncio, "sleep", no_wait)
     sink = FlakySink(failures=6)
     loop, committed, changelog = _loop(sink)
     loop.accept([(_create(10 + i, i), 10 + i) for i in range(3)])
@@ -89,7 +89,7 @@ def test_after_a_success_the_next_outage_starts_from_the_initial_delay(
     async def no_wait(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr(worker_loop.asyncio, "sleep", no_wait)
+    monkeypatch.setattr(backpressure.asyncio, "sleep", no_wait)
     sink = FlakySink(failures=3)
     loop, committed, _ = _loop(sink)
     loop.accept([(_create(10, 1), 10)])
