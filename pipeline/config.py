@@ -713,6 +713,10 @@ class MysqlSettings(_Section):
     #: while streaming), and capture writes each backfill chunk's low/high watermarks into
     #: it, so they reach the binlog in order with the changes. None: no backfills.
     signal_table: str | None = None
+    #: The compacted topic of the schema history (the captured tables' columns after each
+    #: DDL statement, for servers whose binlog_row_metadata is not FULL); None:
+    #: ``<kafka.offsets_topic>.schema-history``.
+    schema_history_topic: str | None = None
 
     _tables = field_validator("tables")(_check_table_ids)
 

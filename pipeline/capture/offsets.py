@@ -36,47 +36,11 @@ class OffsetStore:
 
     def load(self, timeout: float = 30.0) -> dict[str, Any] | None:
         """The newest position saved for this source, or None."""
-        kafka = self.kafka
-        ensure_topics(kafka, [self.topic], config=COMPACTED, partitions=1)
-        consumer = Consumer(client_config(kafka, {
-            "group.id": "cdc-offsets-reader", "enable.auto.commit": False,
-            "enable.partition.eof": True}))
-        try:
-            meta = list_topics(consumer, timeout, self.topic).topics[self.topic]
-            parts = [TopicPartition(self.topic, p, 0) for p in meta.partitions]
-            ends = {}
-            for tp in parts:
-                low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-                if high > low:
-                    ends[tp.partition] = high
-            if not ends:
-                return None
-            consumer.assign([TopicPartition(self.topic, p, 0) for p in ends])
-            found: dict[str, Any] | None = None
-            waiting = set(ends)
-            while waiting:
-                msg = consumer.poll(timeout)
-                if msg is None:
-                    raise_if_refused(consumer)
-                    raise RetriableError(f"reading '{self.topic}' timed out")
-                error = msg.error()
-                partition = msg.partition() or 0
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        waiting.discard(partition)
-                        continue
-                    raise kafka_failure(error, f"reading '{self.topic}'")
-                if msg.key() == self.key:
-                    value = msg.value()
-                    found = None if value is None else orjson.loads(value)
-                if (msg.offset() or 0) + 1 >= ends[partition]:
-                    waiting.discard(partition)
-            return found
-        except KafkaException as exc:
-            raise_if_refused(consumer, exc)
-            raise kafka_failure(exc, f"reading '{self.topic}'") from exc
-        finally:
-            consumer.close()
+        found: dict[str, Any] | None = None
+        for key, value in read_compacted(self.kafka, self.topic, timeout):
+            if key == self.key:
+                found = None if value is None else orjson.loads(value)
+        return found
 
     def save(self, position: dict[str, Any]) -> None:
         """Queue the newest position (delivery is checked at the next ``save``/``flush``)."""
@@ -99,6 +63,50 @@ class OffsetStore:
         if self._producer is None:
             return 0
         return int(self._producer.flush(timeout))
+
+
+def read_compacted(kafka: KafkaSettings, topic: str, timeout: float = 30.0
+                   ) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of compacted ``topic`` (created if missing), oldest first per
+    partition: what a reader needs to rebuild the newest state of each key."""
+    ensure_topics(kafka, [topic], config=COMPACTED, partitions=1)
+    consumer = Consumer(client_config(kafka, {
+        "group.id": "cdc-offsets-reader", "enable.auto.commit": False,
+        "enable.partition.eof": True}))
+    try:
+        meta = list_topics(consumer, timeout, topic).topics[topic]
+        ends = {}
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p, 0),
+                                                       timeout=timeout)
+            if high > low:
+                ends[p] = high
+        if not ends:
+            return []
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        out: list[tuple[bytes | None, bytes | None]] = []
+        waiting = set(ends)
+        while waiting:
+            msg = consumer.poll(timeout)
+            if msg is None:
+                raise_if_refused(consumer)
+                raise RetriableError(f"reading '{topic}' timed out")
+            error = msg.error()
+            partition = msg.partition() or 0
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    waiting.discard(partition)
+                    continue
+                raise kafka_failure(error, f"reading '{topic}'")
+            out.append((msg.key(), msg.value()))
+            if (msg.offset() or 0) + 1 >= ends[partition]:
+                waiting.discard(partition)
+        return out
+    except KafkaException as exc:
+        raise_if_refused(consumer, exc)
+        raise kafka_failure(exc, f"reading '{topic}'") from exc
+    finally:
+        consumer.close()
 
 
 def _report(err: Any, _msg: Any) -> None:

@@ -17,6 +17,7 @@ from pipeline import stack
 from pipeline.config import Settings, load_settings
 from pipeline.harness import PipelineProcess, index_documents, wait_until
 from pipeline.kafka.client import client_config
+from pipeline.metrics import Metrics
 from pipeline.stack import mariadb
 from tests.integration.scenario import read_topic
 
@@ -150,3 +151,7 @@ class MariadbScenario:
             for source in ("mysql", "mysql-snapshot"):
                 OffsetStore(self.settings.kafka, {"source": source, "server": s.name,
                                                   "server_id": str(s.server_id)}).forget()
+        with contextlib.suppress(Exception):
+            from pipeline.sources.mysql.source import MysqlBinlogSource
+            MysqlBinlogSource(self.settings.mysql, self.settings.kafka,
+                              Metrics()).history.forget()

@@ -97,8 +97,10 @@ COLUMNS = [SimpleNamespace(name="id", type=FIELD_TYPE.LONG),
 
 
 def _table_map(start: int) -> Any:
-    return _event(TableMapEvent, start, table_id=11, columns=COLUMNS, optional_metadata=(
-        SimpleNamespace(simple_primary_key_list=[0], primary_keys_with_prefix={})))
+    return _event(TableMapEvent, start, table_id=11, schema="shop", table="items",
+                  columns=COLUMNS, optional_metadata=SimpleNamespace(
+                      column_name_list=["id", "name"], simple_primary_key_list=[0],
+                      primary_keys_with_prefix={}))
 
 
 def _writes(start: int, ids: list[int], table: str = "items") -> Any:

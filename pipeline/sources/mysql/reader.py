@@ -32,6 +32,7 @@ from typing import Any
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.constants import FIELD_TYPE
 from pymysqlreplication.event import (
     GtidEvent,
     HeartbeatLogEvent,
@@ -52,12 +53,14 @@ from pipeline.config import MysqlSettings
 from pipeline.errors import RetriableError, SourceSetupError
 from pipeline.positions import BinlogPosition
 from pipeline.sources.mysql import server
+from pipeline.sources.mysql.ddl import TableSchema, is_ddl
 from pipeline.sources.mysql.envelope import (
     EnvelopeWriter,
     EventContext,
     TableImage,
     truncated_table,
 )
+from pipeline.sources.mysql.schema_history import SchemaHistory
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +120,13 @@ class BinlogDecoder:
     """Binlog events -> items (records and checkpoints) for the captured ``tables``."""
 
     def __init__(self, start: BinlogPosition, tables: dict[str, str], writer: EnvelopeWriter,
-                 tombstones: bool, track_gtids: bool, signal_table: str | None = None) -> None:
+                 tombstones: bool, track_gtids: bool, signal_table: str | None = None,
+                 history: SchemaHistory | None = None) -> None:
         self.file = start.file
         self.tables = tables  # db.table -> raw topic
         self.signal_table = signal_table
+        #: Names the columns of table maps that do not (binlog_row_metadata not FULL).
+        self.history = history
         self.writer = writer
         self.tombstones = tombstones
         self.gtids = MariadbGtids(start.gtids) if track_gtids else None
@@ -162,6 +168,13 @@ class BinlogDecoder:
             return []
         if isinstance(event, TableMapEvent):
             meta = event.optional_metadata
+            table_id = f"{event.schema}.{event.table}"
+            if not meta.column_name_list and (table_id in self.tables
+                                              or table_id == self.signal_table):
+                self._keys[event.table_id] = self._name_columns(event, table_id)
+                return []
+            if meta.column_name_list and event.columns and event.columns[0].name is None:
+                sync_column_info(event)  # the stream opened while the server was MINIMAL
             names = [c.name for c in event.columns]
             keys = list(meta.simple_primary_key_list) or list(meta.primary_keys_with_prefix)
             self._keys[event.table_id] = tuple(names[i] for i in keys)
@@ -174,6 +187,24 @@ class BinlogDecoder:
         if kind is not None:
             return self._rows(event, kind, now_ms)
         return []
+
+    def _name_columns(self, event: Any, table_id: str) -> tuple[str, ...]:
+        """Name a table map's columns (and ENUM/SET labels) from the schema history, as of
+        the event, where the server did not (binlog_row_metadata MINIMAL); its key."""
+        if self.history is None:
+            raise SourceSetupError(f"a change of {table_id} at {self.file}:{_start(event)} "
+                                   "carries no column names (binlog_row_metadata is not "
+                                   "FULL) and capture keeps no schema history")
+        schema = self.history.schema_of(table_id)
+        if len(schema.columns) != len(event.columns):
+            raise SourceSetupError(
+                f"a change of {table_id} at {self.file}:{_start(event)} has "
+                f"{len(event.columns)} columns where the schema history has "
+                f"{len(schema.columns)} ({', '.join(c.name for c in schema.columns)}): a DDL "
+                f"statement the history missed changed it. Remedy: take a new snapshot "
+                f"with `cdc capture --reset-position`")
+        name_table_map(event, schema)
+        return schema.key
 
     def _commit(self, event: Any) -> list[Item]:
         if self.gtids is not None and self.txn_gtid:
@@ -195,6 +226,8 @@ class BinlogDecoder:
             return self._commit(event)
         out: list[Item] = []
         db = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema)
+        if self.history is not None and is_ddl(query):
+            self.history.apply(query, db, self._after(event))
         table = truncated_table(query, db)
         if table is not None and table in self.tables:
             start = _start(event) if self.txn_start is None else self.txn_start
@@ -209,6 +242,14 @@ class BinlogDecoder:
         if not self.txn_open:  # a statement of its own (DDL): its transaction ends here
             out.extend(self._commit(event))
         return out
+
+    def _after(self, event: Any) -> BinlogPosition:
+        """Where a restart resumes after statement ``event`` (a DDL statement is a
+        transaction of its own: the checkpoint :meth:`_commit` makes of it)."""
+        gtids = MariadbGtids(self._gtids_text()) if self.gtids is not None else None
+        if gtids is not None and self.txn_gtid:
+            gtids.add(self.txn_gtid)
+        return BinlogPosition(self.file, _end(event), gtids=str(gtids or ""))
 
     def _image(self, event: Any) -> TableImage:
         """The table as this event's table map describes it: its columns, their types and
@@ -266,6 +307,43 @@ class BinlogDecoder:
 
     def _count(self, table: str, op: str) -> None:
         self.counts[(table, op)] = self.counts.get((table, op), 0) + 1
+
+
+#: A character set for ENUM/SET columns: mysql-replication wants one, but their values are
+#: the labels of the schema history, not decoded bytes (utf8mb4_general_ci).
+_LABELS_COLLATION = 45
+
+
+def name_table_map(event: Any, schema: TableSchema) -> None:
+    """Give a table map without names what FULL metadata would: column names, ENUM/SET
+    labels. mysql-replication (1.0.17, pinned) then applies them with the signedness and
+    character sets the event does carry, as for FULL metadata, through the same method."""
+    meta = event.optional_metadata
+    enums: list[list[str]] = []
+    sets: list[list[str]] = []
+    for column, known in zip(event.columns, schema.columns, strict=True):
+        if column.type in (FIELD_TYPE.ENUM, FIELD_TYPE.SET):
+            if not known.type.startswith(("enum", "set")):
+                raise SourceSetupError(
+                    f"column {known.name} of {event.schema}.{event.table} is an ENUM or SET "
+                    f"in the binlog but {known.type} in the schema history: a DDL statement "
+                    f"the history missed changed it; take a new snapshot with `cdc capture "
+                    f"--reset-position`")
+            (enums if column.type == FIELD_TYPE.ENUM else sets).append(list(known.labels))
+    meta.column_name_list = [c.name for c in schema.columns]
+    meta.set_enum_str_value_list = enums
+    meta.set_str_value_list = sets
+    meta.enum_and_set_collation_list = [_LABELS_COLLATION] * (len(enums) + len(sets))
+    meta.simple_primary_key_list = [i for i in map(schema.index, schema.key) if i is not None]
+    sync_column_info(event)
+
+
+def sync_column_info(event: Any) -> None:
+    """Apply a table map's optional metadata to its columns. mysql-replication does so only
+    when ``binlog_row_metadata`` was FULL as the stream opened (the server can change it at
+    any time; each event says what it carries)."""
+    event._TableMapEvent__optional_meta_data = True
+    event._sync_column_info()
 
 
 class _OneConnectionEach:

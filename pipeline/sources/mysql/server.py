@@ -26,9 +26,6 @@ REQUIRED = {
     "binlog_format": ("ROW", "row events carry the changed rows (binlog_format=ROW)"),
     "binlog_row_image": ("FULL", "updates and deletes must carry every column "
                                  "(binlog_row_image=FULL)"),
-    "binlog_row_metadata": ("FULL", "each event must name its columns and primary key "
-                                    "as of its time (binlog_row_metadata=FULL; MariaDB "
-                                    "10.5+, MySQL 8.0.1+)"),
 }
 
 
@@ -107,6 +104,19 @@ def check(cur: Any, tables: tuple[str, ...]) -> None:
                 f"table {table} has no primary key: its changes would have no record key "
                 f"(the search index and Kafka compaction need one). Add one (ALTER TABLE "
                 f"... ADD PRIMARY KEY) or remove the table from mysql.tables")
+
+
+def row_metadata(cur: Any) -> str:
+    """``binlog_row_metadata`` (FULL: table maps name their columns and key; MINIMAL or
+    NO_LOG, and servers without the variable (MariaDB < 10.5, MySQL < 8.0.1): they do not,
+    and capture names them from its schema history)."""
+    try:
+        cur.execute("SELECT @@GLOBAL.binlog_row_metadata")
+    except pymysql.err.OperationalError as exc:
+        if exc.args and exc.args[0] == 1193:  # unknown system variable
+            return "MINIMAL"
+        raise
+    return str(cur.fetchone()[0]).upper()
 
 
 def current_position(cur: Any, flavor: str) -> BinlogPosition:

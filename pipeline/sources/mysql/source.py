@@ -35,6 +35,7 @@ from pipeline.sources.mysql import server
 from pipeline.sources.mysql.backfill import Backfills, state_store
 from pipeline.sources.mysql.envelope import EnvelopeWriter
 from pipeline.sources.mysql.reader import BinlogDecoder, BinlogReader
+from pipeline.sources.mysql.schema_history import SchemaHistory, read_schemas, schemas_at
 from pipeline.sources.mysql.snapshot import BinlogSnapshot
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,10 @@ class MysqlBinlogSource:
         identity = {"server": settings.name, "server_id": str(settings.server_id)}
         self.offsets = OffsetStore(kafka, {"source": "mysql", **identity})
         self.snapshot_offsets = OffsetStore(kafka, {"source": "mysql-snapshot", **identity})
+        tracked = settings.tables + ((settings.signal_table,) if settings.signal_table else ())
+        self.history = SchemaHistory(
+            kafka, settings.schema_history_topic or f"{kafka.offsets_topic}.schema-history",
+            {"source": "mysql", **identity}, tracked, strict=False)
         self._reader: BinlogReader | None = None
         self._decoder: BinlogDecoder | None = None
         self._snapshot: BinlogSnapshot | None = None
@@ -77,6 +82,12 @@ class MysqlBinlogSource:
         try:
             with conn.cursor() as cur:
                 server.check(cur, s.tables)
+                mode = server.row_metadata(cur)
+                self.history.strict = mode != "FULL"
+                log.info("%s: binlog_row_metadata=%s: %s", self.name, mode,
+                         "events name their columns" if mode == "FULL" else
+                         "columns are named from the schema history in "
+                         f"'{self.history.topic}'")
                 start, progress = self._plan(cur)
         except pymysql.Error as exc:
             raise server.translate(exc, f"checking {self.name}") from exc
@@ -105,7 +116,10 @@ class MysqlBinlogSource:
         if saved is None:
             if mode != "never":
                 return None, None
-            start = server.current_position(cur, self.settings.flavor)
+            start, schemas = schemas_at(cur, self.history.tracked_tables, lambda: (
+                server.current_position(cur, self.settings.flavor)))
+            self.history.load(start)
+            self.history.start(start, schemas)
             self._save(start)
             log.info("%s: no saved position, starting at the end of the binlog "
                      "(mysql.snapshot_mode never)", self.name)
@@ -124,12 +138,27 @@ class MysqlBinlogSource:
                     f"keeps is {files[0] if files else 'none'}): the changes capture has not "
                     f"published yet were purged (expire_logs_days / "
                     f"binlog_expire_logs_seconds). Remedy: {_RESET}")
+        self._load_history(start)
         if unfinished:
             return start, progress
         if mode == "initial_only":
             raise SourceExhausted("nothing to do: the snapshot is complete or was not "
                                   "needed (mysql.snapshot_mode initial_only)")
         return start, None
+
+    def _load_history(self, start: BinlogPosition) -> None:
+        missing = self.history.load(start)
+        if missing and self.history.strict:
+            raise SourceSetupError(
+                f"the server does not name the columns of its row events "
+                f"(binlog_row_metadata is not FULL) and the schema history "
+                f"'{self.history.topic}' has no schema of {', '.join(missing)} at the saved "
+                f"position {start} (capture started before it kept one, or the table was "
+                f"added to mysql.tables since). Remedy: {_RESET}, or set "
+                f"binlog_row_metadata=FULL")
+        if missing:
+            log.info("%s: no schema history of %s at %s (not needed while the server sends "
+                     "FULL row metadata)", self.name, ", ".join(missing), start)
 
     def _saved_position(self, saved: dict[str, Any]) -> BinlogPosition:
         try:
@@ -150,7 +179,7 @@ class MysqlBinlogSource:
         The pending snapshot is saved before the position: a crash in between must not
         leave a saved position whose existing rows were never read (the next start would
         only stream)."""
-        snapshot = BinlogSnapshot(self.settings, self._topics, self._writer, None)
+        snapshot = self._snapshot_with_schemas()
         try:
             self.snapshot_offsets.save(snapshot.progress(False))
             if self.snapshot_offsets.flush():
@@ -161,6 +190,39 @@ class MysqlBinlogSource:
             raise
         self._snapshot = snapshot
         return snapshot.point
+
+    def _snapshot_with_schemas(self, attempts: int = 5) -> BinlogSnapshot:
+        """A new snapshot, its tables' schemas at its position recorded in the history
+        (read before and after the position is taken: equal reads mean no DDL between)."""
+        tables = self.history.tracked_tables
+        for _ in range(attempts):
+            conn = server.connect(self.settings)
+            try:
+                with conn.cursor() as cur:
+                    before = read_schemas(cur, tables)
+            except pymysql.Error as exc:
+                raise server.translate(exc, "reading the tables' schemas") from exc
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            snapshot = BinlogSnapshot(self.settings, self._topics, self._writer, None)
+            try:
+                with snapshot.conn.cursor() as cur:
+                    after = read_schemas(cur, tables)
+                if after == before:
+                    self.history.load(snapshot.point)
+                    self.history.start(snapshot.point, after)
+                    return snapshot
+            except pymysql.Error as exc:
+                snapshot.close()
+                raise server.translate(exc, "reading the tables' schemas") from exc
+            except BaseException:
+                snapshot.close()
+                raise
+            snapshot.close()
+            log.info("%s: a table's schema changed as the snapshot began; again", self.name)
+        raise RetriableError("the captured tables' schemas kept changing as the snapshot "
+                             "began (DDL running)")
 
     def _save(self, start: BinlogPosition) -> None:
         self.offsets.save(start.to_dict())
@@ -173,7 +235,7 @@ class MysqlBinlogSource:
         self._decoder = BinlogDecoder(start, self._topics, self._writer,
                                       self.kafka.tombstones_on_delete,
                                       track_gtids=s.flavor == "mariadb",
-                                      signal_table=s.signal_table)
+                                      signal_table=s.signal_table, history=self.history)
         self._reader = BinlogReader(s, start, self._decoder)
         self._reader.start()
         log.info("%s: reading the binlog from %s (tables %s)", self.name, start,
@@ -240,5 +302,6 @@ class MysqlBinlogSource:
         as the first did (a snapshot, or the binlog's end, per mysql.snapshot_mode)."""
         self.offsets.forget()
         self.snapshot_offsets.forget()
+        self.history.forget()
         if self.settings.signal_table is not None:
             state_store(self.kafka, self.settings).forget()
