@@ -2,8 +2,11 @@
 
 The worker relies on parts of faust-streaming that are not public API: it takes the raw
 topics' records from the consumer a fetch at a time (:class:`BatchFetch`), gates the
-consumer's acknowledgements and gap bookkeeping (``agents.guard``) and hooks the start of a
-rebalance. Those parts change between releases without notice. So this module names each one,
+consumer's acknowledgements and gap bookkeeping (``agents.guard``), hooks the start of a
+rebalance, pauses partitions in aiokafka while a sink is down (:class:`PausedFetching`) and
+keeps the dedup table's entries in a store of its own (``agents.seen_table`` overrides
+``Table._new_store`` and the memory store's recovery hooks, on the bases named here).
+Those parts change between releases without notice. So this module names each one,
 checks at import that the installed Faust is a version the worker was tested with and that
 every attribute it touches is still there, and refuses to start with a message naming what
 changed (:class:`FaustIncompatible`) instead of losing records quietly at run time.
@@ -19,6 +22,7 @@ from typing import Any
 
 import faust
 from faust.sensors.monitor import Monitor
+from faust.stores.memory import Store as MemoryStore
 from faust.transport.consumer import Consumer
 from faust.types import TP
 
@@ -43,6 +47,11 @@ REQUIRED: tuple[tuple[type, str], ...] = (
     (faust.App, "consumer_generation_id"),
     (faust.App, "transport"),
     (faust.App, "consumer"),
+    (faust.Table, "_new_store"),
+    (MemoryStore, "__post_init__"),
+    (MemoryStore, "apply_changelog_batch"),
+    (MemoryStore, "on_recovery_completed"),
+    (MemoryStore, "on_stop"),
     (Monitor, "stream_inbound_time"),
     (Monitor, "tp_read_offsets"),
 )
@@ -77,6 +86,11 @@ def check(version: str = faust.__version__,
 
 
 check()
+
+#: The bases ``agents.seen_table`` overrides (``Table._new_store``, the memory store's
+#: recovery hooks), taken from here so they are checked above before any use.
+FaustTable = faust.Table
+FaustMemoryStore = MemoryStore
 
 
 # -- acknowledgements and gaps --------------------------------------------------------------

@@ -12,7 +12,8 @@ its own (unbounded: one entry per row); here the partition is read from the stor
 instead (``"<partition>|<entry>"``, ``pipeline.kafka.changelog.ChangelogStore``).
 
 This module overrides two methods of Faust's (``Table._new_store`` and the memory store's
-recovery hooks); faust-streaming is pinned in pyproject.toml.
+recovery hooks) on bases it takes from ``agents.faust_internals``, which checks at import
+that the installed Faust still has them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import contextlib
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
-import faust
-from faust.stores.memory import Store as MemoryStore
+from agents.faust_internals import FaustMemoryStore, FaustTable
 
 
 def _partition_of(raw: Any) -> int | None:
@@ -30,7 +30,7 @@ def _partition_of(raw: Any) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-class SeenSetStore(MemoryStore):  # type: ignore[misc]
+class SeenSetStore(FaustMemoryStore):  # type: ignore[misc]
     """Faust's in-memory table store over another mapping (``backing``)."""
 
     def __post_init__(self) -> None:
@@ -80,7 +80,7 @@ class SeenSetStore(MemoryStore):  # type: ignore[misc]
                 close()
 
 
-class SeenSetTable(faust.Table):  # type: ignore[misc]
+class SeenSetTable(FaustTable):  # type: ignore[misc]
     """A Faust table whose entries live in ``backing`` (see the module docstring)."""
 
     def __init__(self, app: Any, *, backing: MutableMapping[str, str], **kwargs: Any) -> None:
