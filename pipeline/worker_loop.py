@@ -15,12 +15,18 @@ failed write with the one backoff until the sink confirmed (never committing pas
 work; the engine's partitions paused meanwhile, ``pipeline.backpressure``), flushing the
 dedup changelog before anything is acknowledged, and the ledger.
 
+An engine may keep one drain in flight (:meth:`WorkerLoop.start_drain`, then
+:meth:`WorkerLoop.finish` before the next) and meanwhile read and decode the next records:
+Elasticsearch indexes one batch while the worker decodes the next, instead of each waiting
+for the other. Nothing changes for what is committed: a drain commits only what it wrote.
+
 A :class:`~pipeline.errors.PermanentError` (refused credentials, an outage past
 ``errors.retry_timeout_s``) is raised to the engine, which stops the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -32,12 +38,15 @@ from pipeline.backpressure import Backpressure
 from pipeline.deadletter import RawRecord
 from pipeline.errors import PermanentError
 from pipeline.metrics import Metrics
-from pipeline.processing import BatchProcessor
+from pipeline.processing import BatchProcessor, Decoded
 from pipeline.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Fewer records than this are decoded inline: a thread's hand-over costs more than it saves.
+DECODE_ASIDE_MIN = 64
 
 
 class Changelog(Protocol):
@@ -63,17 +72,47 @@ class WorkerLoop(Generic[T]):
         # that worked is a new outage.
         self._backoff = Backoff(retry_initial_s, max(retry_initial_s, retry_max_s),
                                 healthy_s=math.inf)
+        self._in_flight: asyncio.Future[None] | None = None
 
-    def accept(self, records: Sequence[tuple[RawRecord, T]]) -> None:
+    def accept(self, records: Sequence[tuple[RawRecord, T]],
+               decoded: Sequence[Decoded] | None = None) -> None:
         """Track each record with its token (in consumption order), then hand them to the
-        processor (pure: decode, evolve, reorder)."""
+        processor (pure: decode, evolve, reorder). ``decoded``: see :meth:`decode`."""
         track = self.ledger.track
         for record, token in records:
             track((record.topic, record.partition), record.offset, token)
         # Set here too, not only after a drain: a drain retrying against a sink that is down
         # never ends, and the held records are what CdcWorkerStuck alerts on.
         self.metrics.set("cdc_worker_unacked_records", self.ledger.waiting())
-        self.processor.accept([record for record, _ in records])
+        self.processor.accept([record for record, _ in records], decoded=decoded)
+
+    async def decode(self, records: Sequence[tuple[RawRecord, T]]) -> list[Decoded] | None:
+        """The records decoded in a thread while a drain is in flight (None otherwise, or
+        for a few records: :meth:`accept` decodes them). Decoding is most of a record's
+        CPU; in a thread it runs while the event loop sends the sink's request and waits
+        for it, instead of after."""
+        if self._in_flight is None or len(records) < DECODE_ASIDE_MIN:
+            return None
+        return await asyncio.to_thread(self.processor.decode, [r for r, _ in records])
+
+    def start_drain(self) -> None:
+        """Begin :meth:`drain` without waiting for it: the engine reads and decodes the next
+        records while the sink writes these (as sink connectors keep one request in flight
+        per partition). One drain at a time: :meth:`finish` it before the next."""
+        if self._in_flight is not None:
+            raise RuntimeError("a drain is in flight already")
+        self._in_flight = asyncio.ensure_future(self.drain())
+
+    @property
+    def draining(self) -> bool:
+        """A drain started by :meth:`start_drain` is not finished yet."""
+        return self._in_flight is not None
+
+    async def finish(self) -> None:
+        """Wait for the drain in flight, if any (raises what it raised)."""
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            await task
 
     async def drain(self) -> None:
         """Write what is ready (retrying until done), then commit every finished prefix."""
