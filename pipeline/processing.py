@@ -158,13 +158,27 @@ class BatchProcessor:
             self.metrics.inc("cdc_worker_late_total", len(release.late))
 
     # -- the I/O part ----------------------------------------------------------------------
-    async def drain(self) -> list[RawRecord]:
-        """Write what is ready, dead-letter what failed; returns the finished records.
+    def ready_partitions(self) -> set[tuple[str, int]]:
+        """The raw partitions with events ready to be written."""
+        return {_partition_of(record) for record, _ in self._ready}
+
+    def truncate_ready(self) -> bool:
+        """A truncate is ready: it must be written alone (see ``partition_groups``)."""
+        return any(event.op == "t" for _, event in self._ready)
+
+    async def drain(self, only: set[tuple[str, int]] | None = None) -> list[RawRecord]:
+        """Write what is ready (of the partitions ``only``, when given), dead-letter what
+        failed; returns the finished records.
 
         What it writes is taken at the start, so records accepted meanwhile (the engine reads
         ahead while a write is in flight) wait for the next drain; on a failure what it took
-        goes back in front of them, in order."""
-        ready, self._ready = self._ready, []
+        goes back in front of them, in order. Drains of different partitions may run at once
+        (a row lives in one partition)."""
+        if only is None:
+            ready, self._ready = self._ready, []
+        else:
+            ready = [item for item in self._ready if _partition_of(item[0]) in only]
+            self._ready = [item for item in self._ready if _partition_of(item[0]) not in only]
         if ready:
             try:
                 await self._write(ready)

@@ -15,10 +15,12 @@ failed write with the one backoff until the sink confirmed (never committing pas
 work; the engine's partitions paused meanwhile, ``pipeline.backpressure``), flushing the
 dedup changelog before anything is acknowledged, and the ledger.
 
-An engine may keep one drain in flight (:meth:`WorkerLoop.start_drain`, then
-:meth:`WorkerLoop.finish` before the next) and meanwhile read and decode the next records:
-Elasticsearch indexes one batch while the worker decodes the next, instead of each waiting
-for the other. Nothing changes for what is committed: a drain commits only what it wrote.
+An engine may keep one drain in flight per partition (:meth:`WorkerLoop.start_drain`,
+collected by :meth:`WorkerLoop.wait_any` or :meth:`WorkerLoop.finish`) and meanwhile read
+and decode the next records: Elasticsearch indexes one partition's batch while the worker
+prepares another's, instead of each waiting for the other. Nothing changes for what is
+committed: a drain commits only what it wrote, and a partition's next drain starts only
+after its previous one finished.
 
 A :class:`~pipeline.errors.PermanentError` (refused credentials, an outage past
 ``errors.retry_timeout_s``) is raised to the engine, which stops the worker.
@@ -47,6 +49,8 @@ T = TypeVar("T")
 
 #: Fewer records than this are decoded inline: a thread's hand-over costs more than it saves.
 DECODE_ASIDE_MIN = 64
+#: The key of a drain of every partition at once (a truncate, or only dead letters).
+ALL_PARTITIONS = ("", -1)
 
 
 class Changelog(Protocol):
@@ -72,7 +76,8 @@ class WorkerLoop(Generic[T]):
         # that worked is a new outage.
         self._backoff = Backoff(retry_initial_s, max(retry_initial_s, retry_max_s),
                                 healthy_s=math.inf)
-        self._in_flight: asyncio.Future[None] | None = None
+        #: drains in flight by partition (``ALL_PARTITIONS``: one drain of everything)
+        self._in_flight: dict[tuple[str, int], asyncio.Future[None]] = {}
 
     def accept(self, records: Sequence[tuple[RawRecord, T]],
                decoded: Sequence[Decoded] | None = None) -> None:
@@ -91,43 +96,69 @@ class WorkerLoop(Generic[T]):
         for a few records: :meth:`accept` decodes them). Decoding is most of a record's
         CPU; in a thread it runs while the event loop sends the sink's request and waits
         for it, instead of after."""
-        if self._in_flight is None or len(records) < DECODE_ASIDE_MIN:
+        if not self._in_flight or len(records) < DECODE_ASIDE_MIN:
             return None
         return await asyncio.to_thread(self.processor.decode, [r for r, _ in records])
 
     def start_drain(self) -> None:
-        """Begin :meth:`drain` without waiting for it: the engine reads and decodes the next
-        records while the sink writes these (as sink connectors keep one request in flight
-        per partition). One drain at a time: :meth:`finish` it before the next."""
-        if self._in_flight is not None:
-            raise RuntimeError("a drain is in flight already")
-        self._in_flight = asyncio.ensure_future(self.drain())
+        """Begin draining without waiting: one drain in flight per partition (as sink
+        connectors keep one request in flight per partition), so the worker prepares one
+        partition's batch while the sink writes another's, and reads the next records
+        meanwhile. A truncate is drained alone, after every drain in flight. Collect the
+        drains with :meth:`wait_any` or :meth:`finish`."""
+        flying = self._in_flight
+        if ALL_PARTITIONS in flying:
+            return
+        if self.processor.truncate_ready():
+            if not flying:
+                flying[ALL_PARTITIONS] = asyncio.ensure_future(self.drain())
+            return
+        for tp in self.processor.ready_partitions() - flying.keys():
+            flying[tp] = asyncio.ensure_future(self.drain({tp}))
+        if not flying and self.processor.pending:  # only dead letters
+            flying[ALL_PARTITIONS] = asyncio.ensure_future(self.drain(set()))
 
     @property
     def draining(self) -> bool:
-        """A drain started by :meth:`start_drain` is not finished yet."""
-        return self._in_flight is not None
+        """A drain started by :meth:`start_drain` is not collected yet."""
+        return bool(self._in_flight)
+
+    async def wait_any(self) -> None:
+        """Wait until a drain in flight finished; collect every finished one (raises what
+        one raised)."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight.values(), return_when=asyncio.FIRST_COMPLETED)
+        self.collect()
 
     async def finish(self) -> None:
-        """Wait for the drain in flight, if any (raises what it raised)."""
-        task, self._in_flight = self._in_flight, None
-        if task is not None:
-            await task
+        """Wait for every drain in flight (raises what one raised, after all ended)."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight.values())
+        self.collect()
 
-    async def drain(self) -> None:
-        """Write what is ready (retrying until done), then commit every finished prefix."""
-        finished = await self._write_until_done()
+    def collect(self) -> None:
+        """Take the drains that finished off the books (raises what one raised)."""
+        done = [key for key, task in self._in_flight.items() if task.done()]
+        failures = [self._in_flight.pop(key).exception() for key in done]
+        for failure in failures:
+            if failure is not None:
+                raise failure
+
+    async def drain(self, only: set[tuple[str, int]] | None = None) -> None:
+        """Write what is ready (of the partitions ``only``, when given; retrying until
+        done), then commit every finished prefix."""
+        finished = await self._write_until_done(only)
         done = self.ledger.done
         for record in finished:
             done((record.topic, record.partition), record.offset)
         await self.commit(self.ledger.ready())
         self.metrics.set("cdc_worker_unacked_records", self.ledger.waiting())
 
-    async def _write_until_done(self) -> list[RawRecord]:
+    async def _write_until_done(self, only: set[tuple[str, int]] | None) -> list[RawRecord]:
         failed = False
         while True:
             try:
-                finished = await self.processor.drain()
+                finished = await self.processor.drain(only)
                 await self.changelog.flush()
             except PermanentError:
                 raise  # restarting could not help: the engine stops the worker

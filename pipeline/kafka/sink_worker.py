@@ -123,8 +123,8 @@ class KafkaSinkWorker:
         last_flush = last_evict = last_lag = time.monotonic()
         try:
             while not stop.is_set():
-                # With a drain in flight, only what is fetched already: decoding it then
-                # overlaps the sink's write (pipeline.worker_loop).
+                # With drains in flight, only what is fetched already: decoding it then
+                # overlaps the sink's writes (pipeline.worker_loop).
                 messages = self.consumer.consume(
                     w.batch_size, 0 if self.loop.draining else wait)
                 taken = time.perf_counter()
@@ -145,19 +145,24 @@ class KafkaSinkWorker:
                 if now - last_lag >= 1.0:
                     self._report_lag()
                     last_lag = now
-                await self.loop.finish()
                 if now - last_evict >= w.dedup.evict_interval_s:
                     await self.loop.evict()
                     last_evict = now
                 if self._held_back:
                     self.loop.accept(self._held_back)
                     self._held_back = []
+                self.loop.collect()  # drains that ended: their partitions may start again
                 if records or self.processor.pending:
                     self.loop.start_drain()
                     self.metrics.inc("cdc_worker_batches_total")
                     # busy time per batch, without the wait for it (``cdc tune``'s service time)
                     self.metrics.observe_ms("cdc_worker_batch_processing",
                                             (time.perf_counter() - taken) * 1000)
+                # Read ahead at most a batch beyond the drains in flight (memory stays
+                # bounded), and never spin on an empty queue while they run.
+                if self.loop.draining and (
+                        not records or self.processor.pending >= w.batch_size):
+                    await self.loop.wait_any()
         finally:
             with contextlib.suppress(Exception):
                 await self.loop.finish()

@@ -4,19 +4,27 @@ a failing write is retried with the capped backoff, and Faust's internals are ch
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
 
 import pipeline.backpressure as backpressure
 from agents import faust_internals
+from pipeline.deadletter import RawRecord
 from pipeline.errors import ConfigError, SinkUnavailableError
 from pipeline.events import ChangeEvent
 from pipeline.metrics import Metrics
 from pipeline.processing import BatchProcessor
 from pipeline.sinks.base import Rejection
 from pipeline.worker_loop import DECODE_ASIDE_MIN, WorkerLoop
-from tests.unit.test_processing import RecordingDeadLetters, RecordingSink, _create
+from tests.unit.test_processing import (
+    SOURCE,
+    RecordingDeadLetters,
+    RecordingSink,
+    _create,
+    _record,
+)
 
 
 class FlakySink:
@@ -304,8 +312,8 @@ def test_records_read_ahead_during_a_drain_wait_for_the_next_one_and_commit_in_o
         assert decoded is not None and len(decoded) == len(ahead)
         loop.accept(ahead, decoded)
         assert committed == []  # nothing before the sink confirmed
-        with pytest.raises(RuntimeError, match="in flight"):
-            loop.start_drain()
+        loop.start_drain()  # the partition's drain is in flight: nothing more starts
+        assert sink.batches == [[1, 2]]
         sink.gate.set()
         await loop.finish()
         assert not loop.draining
@@ -337,3 +345,40 @@ def test_a_failed_drain_puts_its_records_back_before_those_read_ahead() -> None:
 
     asyncio.run(scenario())
     assert [[e.key["id"] for e in b if e.key] for b in sink.batches[-1:]] == [[1, 2, 3]]
+
+
+def _in_partition(record: RawRecord, partition: int) -> RawRecord:
+    return dataclasses.replace(record, partition=partition)
+
+
+def test_each_partition_has_its_own_drain_in_flight_and_a_truncate_drains_alone() -> None:
+    sink = GatedSink()
+    committed: list[int] = []
+
+    async def commit(tokens: list[int]) -> None:
+        committed.extend(tokens)
+
+    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
+    loop: WorkerLoop[int] = WorkerLoop(processor, Changelog(), Metrics("w"), commit,
+                                       retry_initial_s=0.5, retry_max_s=1.0)
+    truncate = _record(30, None, {"before": None, "after": None, "op": "t", "ts_ms": 1,
+                                  "source": dict(SOURCE, lsn=30)})
+
+    async def scenario() -> None:
+        loop.accept([(_in_partition(_create(10, 1), 0), 10),
+                     (_in_partition(_create(11, 2), 1), 11)])
+        loop.start_drain()
+        await asyncio.sleep(0.01)
+        assert sorted(sink.batches) == [[1], [2]]  # both partitions' writes out at once
+        loop.accept([(_in_partition(truncate, 0), 30)])
+        loop.start_drain()  # the truncate waits for every drain in flight
+        await asyncio.sleep(0.01)
+        assert len(sink.batches) == 2
+        sink.gate.set()
+        await loop.finish()
+        assert sorted(committed) == [10, 11]
+        loop.start_drain()  # now alone
+        await loop.finish()
+        assert committed[-1] == 30 and len(sink.batches) == 3
+
+    asyncio.run(scenario())
