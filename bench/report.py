@@ -173,13 +173,17 @@ def search_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append((f"Elasticsearch bulk ceiling, {label.replace('_', ' ')}",
                         f"{_f(y['events_per_s'])} events/s",
                         f"{y['documents']:,} documents (one per row per batch of "
-                        f"{x['ceiling']['batch']}) in {y['seconds']} s, pre-built, no pipeline"))
+                        f"{x['ceiling']['batch']}) in {y['seconds']} s, pre-built, no pipeline"
+                        + _cpu_detail(y.get("cpu"), y.get("elasticsearch_cpu_us_per_doc"),
+                                      "doc")))
     for engine in ("kafka", "faust"):
         y = x.get(f"worker_{engine}")
         if y:
             out.append((f"search worker, {engine} engine", f"{_f(y['events_per_s'])} events/s",
                         f"{y['events']:,} events in {y['seconds']} s, CPU {y.get('cpu_s')} s; "
-                        f"{y.get('ratio_to_ceiling')}x the ceiling (target >= 0.8x)"))
+                        f"{y.get('ratio_to_ceiling')}x the ceiling (target >= 0.8x)"
+                        + _cpu_detail(y.get("cpu"), y.get("elasticsearch_cpu_us_per_event"),
+                                      "event", y.get("worker_cpu_us_per_event"))))
     p = x.get("profile_kafka_engine")
     if p and "samples" in p:
         top = ", ".join(f"{f} {n} %" for f, n in p.get("top_ours_inclusive_pct", [])[:4])
@@ -188,6 +192,17 @@ def search_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{p.get('in_kafka_consumer_pct')} % in the Kafka consumer, "
                     f"{p.get('working_pct')} % working; ours (inclusive): {top}"))
     return out
+
+
+def _cpu_detail(cpu: dict[str, Any] | None, es_us: float | None, per: str,
+                worker_us: float | None = None) -> str:
+    """Where the machine's CPU went in one phase of ``bench search`` (empty if unknown)."""
+    if not cpu:
+        return ""
+    ours = f", worker {worker_us} us/{per}" if worker_us is not None else ""
+    rest = f", rest of the box {cpu['rest_cpu_s']} CPU-s" if "rest_cpu_s" in cpu else ""
+    return (f"; Elasticsearch {es_us} us CPU/{per} ({cpu['elasticsearch_cores']} cores)"
+            f"{ours}; machine busy {cpu['machine_busy_cores']} cores{rest}")
 
 
 def mariadb_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:

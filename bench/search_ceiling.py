@@ -12,9 +12,14 @@ run measures:
   and faust engines;
 
 and prints both, and the ratio of worker to ceiling (events per second of the topic: the
-ceiling's documents are the same reduced writes). ``--search-profile`` adds one unmeasured
-drain of the kafka engine under ``py-spy --idle``: the share of samples the worker spends
-waiting (on Elasticsearch's answer, or for records) against the share in our own code.
+ceiling's documents are the same reduced writes). Each phase also says where the machine's
+CPU went: Elasticsearch's own process CPU (``_nodes/stats``), the worker's, and the rest of
+the machine (``/proc/stat``: the bench's sender, Kafka, and whatever else runs on the box),
+so a shortfall can be put on Elasticsearch, on us, or on the box.
+
+``--search-profile`` adds one unmeasured drain of the kafka engine under ``py-spy --idle``:
+the share of samples the worker spends waiting (on Elasticsearch's answer, or for records)
+against the share in our own code.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +55,42 @@ SOCKET_WAIT = ("Selector.select (selectors.py", "Selector.poll (selectors.py")
 CONSUMER_CALL = "KafkaSinkWorker.run (pipeline/kafka/sink_worker.py"
 #: Frames around every sample (the command, the loop): not worth listing.
 OUTER_FRAMES = ("pipeline/cli.py", "pipeline/compose.py", CONSUMER_CALL)
+
+
+def es_cpu_s(url: str) -> float:
+    """CPU seconds Elasticsearch's node process has used so far."""
+    response = httpx.get(f"{url}/_nodes/_local/stats/process",
+                         params={"filter_path": "nodes.*.process.cpu.total_in_millis"})
+    response.raise_for_status()
+    (node,) = response.json()["nodes"].values()
+    return float(node["process"]["cpu"]["total_in_millis"]) / 1000
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, not idle or iowait)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuShares:
+    """Elasticsearch's CPU and the whole machine's over one phase of the bench."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.es0, self.box0, self.t0 = es_cpu_s(url), machine_busy_s(), time.monotonic()
+
+    def result(self, worker_cpu_s: float | None = None) -> dict[str, Any]:
+        es = es_cpu_s(self.url) - self.es0
+        box = machine_busy_s() - self.box0
+        wall = time.monotonic() - self.t0
+        out = {"wall_s": round(wall, 2), "elasticsearch_cpu_s": round(es, 1),
+               "machine_busy_cpu_s": round(box, 1),
+               "elasticsearch_cores": round(es / wall, 2) if wall else None,
+               "machine_busy_cores": round(box / wall, 2) if wall else None}
+        if worker_cpu_s is not None:
+            out["worker_cpu_s"] = worker_cpu_s
+            out["rest_cpu_s"] = round(box - es - worker_cpu_s, 1)
+        return out
 
 
 def read_events(bootstrap: str, topic: str, records: int) -> dict[int, list[ChangeEvent]]:
@@ -124,11 +166,16 @@ def ceiling(url: str, bootstrap: str, topic: str, records: int, index: str,
         if in_flight == 1:  # the partitions' batches interleaved, as a worker reads them
             merged = [b for group in _interleave(streams) for b in group]
             streams = [merged]
+        cpu = CpuShares(url)
         seconds = asyncio.run(send_all(url, streams))
+        shares = cpu.result()
         httpx.delete(f"{url}/{name}")
         out[label] = {"documents": docs, "seconds": round(seconds, 2),
                       "docs_per_s": round(docs / seconds, 1),
-                      "events_per_s": round(events / seconds, 1)}
+                      "events_per_s": round(events / seconds, 1),
+                      "cpu": shares,
+                      "elasticsearch_cpu_us_per_doc": round(
+                          shares["elasticsearch_cpu_s"] * 1e6 / docs, 1)}
     return out
 
 
@@ -205,8 +252,14 @@ def run(bench: Bench, args: Any) -> dict[str, Any]:
     log(f"  ceiling: {best} events/s ({out['ceiling']})")
     for engine in ("kafka", "faust"):
         log(f"search: cdc worker --sink search, engine {engine}, draining")
+        cpu = CpuShares(url)
         drained = faust_drain(bench, "search", table, topic, events, records,
                               {"CDC_WORKER__ENGINE": engine}, f"s{engine[0]}")
+        # the whole drain, the worker's start and stop included
+        drained["cpu"] = cpu.result(drained["cpu_s"])
+        drained["elasticsearch_cpu_us_per_event"] = round(
+            drained["cpu"]["elasticsearch_cpu_s"] * 1e6 / events, 1)
+        drained["worker_cpu_us_per_event"] = round(drained["cpu_s"] * 1e6 / events, 1)
         rate = drained["events_per_s"]
         drained["ratio_to_ceiling"] = round(rate / best, 2) if rate and best else None
         log(f"  {engine}: {rate} events/s, {drained['ratio_to_ceiling']} of the ceiling")

@@ -2,7 +2,7 @@
 
 One capture process writes a partition in commit order, but replays and a second producer can
 deliver events twice or out of order. A :class:`ReorderBuffer` (one per partition;
-:class:`PartitionReorderer` keeps one per partition id) holds events in a heap by
+:class:`PartitionReorderer` keeps one per partition id) holds events sorted by
 :class:`ChangePosition` and releases them in that order once the partition's *watermark* has
 passed them: the watermark is the newest source time seen on the partition minus the allowed
 lateness.
@@ -39,7 +39,7 @@ owner reads those events again. Everything here is pure: no clock, no sleeping, 
 
 from __future__ import annotations
 
-import heapq
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -128,8 +128,11 @@ class ReorderBuffer(Generic[T]):
 
     def __init__(self, settings: OrderingSettings | None = None) -> None:
         self.settings = settings or OrderingSettings()
-        self._heap: list[tuple[ChangePosition, int, Buffered[T]]] = []
-        self._seq = 0  # ties (a primary-key change) leave in arrival order
+        # Held events sorted by position; ties (a primary-key change) in arrival order. A
+        # deque, not a heap: a partition arrives in order almost always, so an event is
+        # appended and leaves from the front, one comparison each (a heap paid ~20
+        # comparisons per event, a third of the worker's CPU in a backlog).
+        self._held: deque[tuple[ChangePosition, Buffered[T]]] = deque()
         self._newest_ts_us: int | None = None
         self._released_at: ChangePosition | None = None
         self._last_add_ms: int | None = None
@@ -141,7 +144,7 @@ class ReorderBuffer(Generic[T]):
 
     def __len__(self) -> int:
         """Events held back (at most ``max_buffered``)."""
-        return len(self._heap)
+        return len(self._held)
 
     @property
     def watermark_us(self) -> int | None:
@@ -166,16 +169,20 @@ class ReorderBuffer(Generic[T]):
         if self._released_at is not None and position < self._released_at:
             self._late(entry, position)
             return
-        heapq.heappush(self._heap, (position, self._seq, entry))
-        self._seq += 1
-        if len(self._heap) > self.settings.max_buffered:
+        held = self._held
+        if not held or not position < held[-1][0]:
+            held.append((position, entry))
+        else:
+            self._insert(position, entry)
+        if len(held) > self.settings.max_buffered:
             self._pop()
             self.forced += 1
 
     def release(self) -> Release[T]:
         """Everything at or below the watermark, in source order, plus the late events."""
         watermark = self.watermark_us
-        while self._heap and self._heap[0][2].event.source.ts_us <= (watermark or 0):
+        held = self._held
+        while held and held[0][1].event.source.ts_us <= (watermark or 0):
             self._pop()
         return self._take()
 
@@ -185,13 +192,25 @@ class ReorderBuffer(Generic[T]):
             now_ms - self._last_add_ms >= self.settings.idle_flush_ms
         )
         if idle:
-            self.flushed += len(self._heap)
-            while self._heap:
+            self.flushed += len(self._held)
+            while self._held:
                 self._pop()
         return self._take()
 
+    def _insert(self, position: ChangePosition, entry: Buffered[T]) -> None:
+        """An event behind the newest held one: after every held event not above it."""
+        held = self._held
+        low, high = 0, len(held)
+        while low < high:
+            middle = (low + high) // 2
+            if position < held[middle][0]:
+                high = middle
+            else:
+                low = middle + 1
+        held.insert(low, (position, entry))
+
     def _pop(self) -> None:
-        position, _, entry = heapq.heappop(self._heap)
+        position, entry = self._held.popleft()
         self._released_at = position
         self._out.ready.append(entry)
         self.released += 1

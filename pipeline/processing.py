@@ -79,10 +79,15 @@ class BatchProcessor:
             getattr(s, "takes_stale_reads", False) for s in self.sinks)
 
     # -- the pure part ---------------------------------------------------------------------
-    def accept(self, records: Sequence[RawRecord], now_ms: int | None = None) -> None:
+    def accept(self, records: Sequence[RawRecord], now_ms: int | None = None,
+               decoded: Sequence[Decoded] | None = None) -> None:
+        """Take records in. ``decoded``: what :meth:`decode` made of them, when the caller
+        decoded them already (in a thread, while a write was in flight)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         touched: set[tuple[str, int]] = set()
-        for record, result in zip(records, self._decode(records), strict=True):
+        if decoded is None:
+            decoded = self.decode(records)
+        for record, result in zip(records, decoded, strict=True):
             if isinstance(result, BadDataError):
                 self._letters.append((record, result.stage, result))
             elif isinstance(result, NotARowChange):
@@ -113,7 +118,9 @@ class BatchProcessor:
     def pending(self) -> int:
         return len(self._ready) + len(self._letters)
 
-    def _decode(self, records: Sequence[RawRecord]) -> list[Decoded]:
+    def decode(self, records: Sequence[RawRecord]) -> list[Decoded]:
+        """What each record is (an event, a tombstone, or why it is not one). Pure: touches
+        nothing of the processor's state, so it may run in a thread."""
         decoded = self._decode_records(records)
         if self.topic_tables is not None:
             for i, (record, result) in enumerate(zip(records, decoded, strict=True)):
@@ -151,15 +158,41 @@ class BatchProcessor:
             self.metrics.inc("cdc_worker_late_total", len(release.late))
 
     # -- the I/O part ----------------------------------------------------------------------
-    async def drain(self) -> list[RawRecord]:
-        """Write what is ready, dead-letter what failed; returns the finished records."""
-        if self._ready:
-            await self._write(self._ready)
-            self._ready = []
-        if self._letters:
-            await self._dead_letter(self._letters)
-            self._done.extend(record for record, _, _ in self._letters)
-            self._letters = []
+    def ready_partitions(self) -> set[tuple[str, int]]:
+        """The raw partitions with events ready to be written."""
+        return {_partition_of(record) for record, _ in self._ready}
+
+    def truncate_ready(self) -> bool:
+        """A truncate is ready: it must be written alone (see ``partition_groups``)."""
+        return any(event.op == "t" for _, event in self._ready)
+
+    async def drain(self, only: set[tuple[str, int]] | None = None) -> list[RawRecord]:
+        """Write what is ready (of the partitions ``only``, when given), dead-letter what
+        failed; returns the finished records.
+
+        What it writes is taken at the start, so records accepted meanwhile (the engine reads
+        ahead while a write is in flight) wait for the next drain; on a failure what it took
+        goes back in front of them, in order. Drains of different partitions may run at once
+        (a row lives in one partition)."""
+        if only is None:
+            ready, self._ready = self._ready, []
+        else:
+            ready = [item for item in self._ready if _partition_of(item[0]) in only]
+            self._ready = [item for item in self._ready if _partition_of(item[0]) not in only]
+        if ready:
+            try:
+                await self._write(ready)
+            except BaseException:
+                self._ready = ready + self._ready
+                raise
+        letters, self._letters = self._letters, []
+        if letters:
+            try:
+                await self._dead_letter(letters)
+            except BaseException:
+                self._letters = letters + self._letters
+                raise
+            self._done.extend(record for record, _, _ in letters)
         done, self._done = self._done, []
         return done
 

@@ -15,12 +15,20 @@ failed write with the one backoff until the sink confirmed (never committing pas
 work; the engine's partitions paused meanwhile, ``pipeline.backpressure``), flushing the
 dedup changelog before anything is acknowledged, and the ledger.
 
+An engine may keep one drain in flight per partition (:meth:`WorkerLoop.start_drain`,
+collected by :meth:`WorkerLoop.wait_any` or :meth:`WorkerLoop.finish`) and meanwhile read
+and decode the next records: Elasticsearch indexes one partition's batch while the worker
+prepares another's, instead of each waiting for the other. Nothing changes for what is
+committed: a drain commits only what it wrote, and a partition's next drain starts only
+after its previous one finished.
+
 A :class:`~pipeline.errors.PermanentError` (refused credentials, an outage past
 ``errors.retry_timeout_s``) is raised to the engine, which stops the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -32,12 +40,17 @@ from pipeline.backpressure import Backpressure
 from pipeline.deadletter import RawRecord
 from pipeline.errors import PermanentError
 from pipeline.metrics import Metrics
-from pipeline.processing import BatchProcessor
+from pipeline.processing import BatchProcessor, Decoded
 from pipeline.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Fewer records than this are decoded inline: a thread's hand-over costs more than it saves.
+DECODE_ASIDE_MIN = 64
+#: The key of a drain of every partition at once (a truncate, or only dead letters).
+ALL_PARTITIONS = ("", -1)
 
 
 class Changelog(Protocol):
@@ -63,32 +76,89 @@ class WorkerLoop(Generic[T]):
         # that worked is a new outage.
         self._backoff = Backoff(retry_initial_s, max(retry_initial_s, retry_max_s),
                                 healthy_s=math.inf)
+        #: drains in flight by partition (``ALL_PARTITIONS``: one drain of everything)
+        self._in_flight: dict[tuple[str, int], asyncio.Future[None]] = {}
 
-    def accept(self, records: Sequence[tuple[RawRecord, T]]) -> None:
+    def accept(self, records: Sequence[tuple[RawRecord, T]],
+               decoded: Sequence[Decoded] | None = None) -> None:
         """Track each record with its token (in consumption order), then hand them to the
-        processor (pure: decode, evolve, reorder)."""
+        processor (pure: decode, evolve, reorder). ``decoded``: see :meth:`decode`."""
         track = self.ledger.track
         for record, token in records:
             track((record.topic, record.partition), record.offset, token)
         # Set here too, not only after a drain: a drain retrying against a sink that is down
         # never ends, and the held records are what CdcWorkerStuck alerts on.
         self.metrics.set("cdc_worker_unacked_records", self.ledger.waiting())
-        self.processor.accept([record for record, _ in records])
+        self.processor.accept([record for record, _ in records], decoded=decoded)
 
-    async def drain(self) -> None:
-        """Write what is ready (retrying until done), then commit every finished prefix."""
-        finished = await self._write_until_done()
+    async def decode(self, records: Sequence[tuple[RawRecord, T]]) -> list[Decoded] | None:
+        """The records decoded in a thread while a drain is in flight (None otherwise, or
+        for a few records: :meth:`accept` decodes them). Decoding is most of a record's
+        CPU; in a thread it runs while the event loop sends the sink's request and waits
+        for it, instead of after."""
+        if not self._in_flight or len(records) < DECODE_ASIDE_MIN:
+            return None
+        return await asyncio.to_thread(self.processor.decode, [r for r, _ in records])
+
+    def start_drain(self) -> None:
+        """Begin draining without waiting: one drain in flight per partition (as sink
+        connectors keep one request in flight per partition), so the worker prepares one
+        partition's batch while the sink writes another's, and reads the next records
+        meanwhile. A truncate is drained alone, after every drain in flight. Collect the
+        drains with :meth:`wait_any` or :meth:`finish`."""
+        flying = self._in_flight
+        if ALL_PARTITIONS in flying:
+            return
+        if self.processor.truncate_ready():
+            if not flying:
+                flying[ALL_PARTITIONS] = asyncio.ensure_future(self.drain())
+            return
+        for tp in self.processor.ready_partitions() - flying.keys():
+            flying[tp] = asyncio.ensure_future(self.drain({tp}))
+        if not flying and self.processor.pending:  # only dead letters
+            flying[ALL_PARTITIONS] = asyncio.ensure_future(self.drain(set()))
+
+    @property
+    def draining(self) -> bool:
+        """A drain started by :meth:`start_drain` is not collected yet."""
+        return bool(self._in_flight)
+
+    async def wait_any(self) -> None:
+        """Wait until a drain in flight finished; collect every finished one (raises what
+        one raised)."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight.values(), return_when=asyncio.FIRST_COMPLETED)
+        self.collect()
+
+    async def finish(self) -> None:
+        """Wait for every drain in flight (raises what one raised, after all ended)."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight.values())
+        self.collect()
+
+    def collect(self) -> None:
+        """Take the drains that finished off the books (raises what one raised)."""
+        done = [key for key, task in self._in_flight.items() if task.done()]
+        failures = [self._in_flight.pop(key).exception() for key in done]
+        for failure in failures:
+            if failure is not None:
+                raise failure
+
+    async def drain(self, only: set[tuple[str, int]] | None = None) -> None:
+        """Write what is ready (of the partitions ``only``, when given; retrying until
+        done), then commit every finished prefix."""
+        finished = await self._write_until_done(only)
         done = self.ledger.done
         for record in finished:
             done((record.topic, record.partition), record.offset)
         await self.commit(self.ledger.ready())
         self.metrics.set("cdc_worker_unacked_records", self.ledger.waiting())
 
-    async def _write_until_done(self) -> list[RawRecord]:
+    async def _write_until_done(self, only: set[tuple[str, int]] | None) -> list[RawRecord]:
         failed = False
         while True:
             try:
-                finished = await self.processor.drain()
+                finished = await self.processor.drain(only)
                 await self.changelog.flush()
             except PermanentError:
                 raise  # restarting could not help: the engine stops the worker

@@ -123,11 +123,21 @@ class KafkaSinkWorker:
         last_flush = last_evict = last_lag = time.monotonic()
         try:
             while not stop.is_set():
-                messages = self.consumer.consume(w.batch_size, wait)
+                # With drains in flight, only what is fetched already: decoding it then
+                # overlaps the sink's writes (pipeline.worker_loop).
+                messages = self.consumer.consume(
+                    w.batch_size, 0 if self.loop.draining else wait)
                 taken = time.perf_counter()
                 records = self._taken(messages)
                 if records:
-                    self.loop.accept(records)
+                    decoded = await self.loop.decode(records)
+                    if decoded is not None:  # a revocation may have come meanwhile
+                        kept = [i for i, (r, _) in enumerate(records)
+                                if (r.topic, r.partition) in self.assigned]
+                        if len(kept) < len(records):
+                            records = [records[i] for i in kept]
+                            decoded = [decoded[i] for i in kept]
+                    self.loop.accept(records, decoded)
                 now = time.monotonic()
                 if now - last_flush >= w.ordering.idle_flush_ms / 2000:
                     self.loop.flush_idle()
@@ -138,16 +148,24 @@ class KafkaSinkWorker:
                 if now - last_evict >= w.dedup.evict_interval_s:
                     await self.loop.evict()
                     last_evict = now
+                if self._held_back:
+                    self.loop.accept(self._held_back)
+                    self._held_back = []
+                self.loop.collect()  # drains that ended: their partitions may start again
                 if records or self.processor.pending:
-                    await self.loop.drain()
-                    if self._held_back:
-                        self.loop.accept(self._held_back)
-                        self._held_back = []
+                    self.loop.start_drain()
                     self.metrics.inc("cdc_worker_batches_total")
                     # busy time per batch, without the wait for it (``cdc tune``'s service time)
                     self.metrics.observe_ms("cdc_worker_batch_processing",
                                             (time.perf_counter() - taken) * 1000)
+                # Read ahead at most a batch beyond the drains in flight (memory stays
+                # bounded), and never spin on an empty queue while they run.
+                if self.loop.draining and (
+                        not records or self.processor.pending >= w.batch_size):
+                    await self.loop.wait_any()
         finally:
+            with contextlib.suppress(Exception):
+                await self.loop.finish()
             with contextlib.suppress(Exception):
                 await self.loop.drain()
                 self._commit(self.loop.take_ready(), synchronous=True)

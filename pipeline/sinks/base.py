@@ -146,13 +146,11 @@ class MeasuredSink:
             "cdc_sink_batch_latency", (time.perf_counter() - started) * 1000, sink=self.name
         )
         bad = {r.index for r in rejected}
-        for i, event in enumerate(batch):
-            if i not in bad and event.source.snapshot == "false":
-                self.metrics.observe_ms(
-                    "cdc_commit_to_sink_latency",
-                    max(0.0, (now_us - event.source.ts_us) / 1000),
-                    sink=self.name,
-                )
+        self.metrics.observe_many_ms(
+            "cdc_commit_to_sink_latency",
+            (max(0.0, (now_us - event.source.ts_us) / 1000) for i, event in enumerate(batch)
+             if i not in bad and event.source.snapshot == "false"),
+            sink=self.name)
         self.metrics.inc("cdc_sink_events_total", len(batch) - len(bad), sink=self.name)
         if rejected:
             self.metrics.inc("cdc_sink_rejected_total", len(rejected), sink=self.name)

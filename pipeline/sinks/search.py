@@ -245,21 +245,32 @@ class SearchIndexSink:
     ) -> set[str]:
         """Create missing indices, and map columns they have not seen from the columns'
         types (when events carry them) or values. Returns the indices that are aliases."""
-        columns: dict[str, dict[str, list[Any]]] = {}
+        states = {}
+        for index, _ in latest:
+            if index not in states:
+                states[index] = await self.versions.ensure(index)
+        # Values only of the columns not mapped yet: once a table's columns are mapped (every
+        # batch after its first), nothing is collected per document.
+        columns: dict[str, dict[str, list[Any]]] = {index: {} for index in states}
         types: dict[str, dict[str, dict[str, Any]]] = {}
         for (index, _), (_, event, doc) in latest.items():
-            values = columns.setdefault(index, {})
-            if doc is not None:
-                for column, value in doc.items():
+            if doc is None:
+                continue
+            mapped = states[index].mapped
+            if mapped.issuperset(doc):
+                continue
+            values = columns[index]
+            for column, value in doc.items():
+                if column not in mapped:
                     values.setdefault(column, []).append(value)
-                types.setdefault(index, {}).update(event.extra.get(COLUMN_TYPES) or {})
+            types.setdefault(index, {}).update(event.extra.get(COLUMN_TYPES) or {})
         aliases = set()
         for index, values in columns.items():
-            state = await self.versions.ensure(index)
+            state = states[index]
             if state.alias:
                 aliases.add(index)
             fields = {}
-            for column in values.keys() - state.mapped:
+            for column in values:
                 known = types.get(index, {}).get(column)
                 decided = (search_mapping.mapping_for_type(known) if known else None) or (
                     search_mapping.mapping_for_values(values[column]))

@@ -36,7 +36,7 @@ def test_every_rule_is_complete() -> None:
 def test_every_metric_named_in_a_rule_is_emitted() -> None:
     source = _sources()
     emitted = set(re.findall(r'"(cdc_[a-z_]+)"', source))
-    histograms = set(re.findall(r'observe_ms\(\s*"(cdc_[a-z_]+)"', source))
+    histograms = set(re.findall(r'observe(?:_many)?_ms\(\s*"(cdc_[a-z_]+)"', source))
     assert histograms, "no histogram found: the scan is broken"
     for rule in _rules():
         for name in re.findall(r"\bcdc_[a-z_]+", str(rule["expr"])):

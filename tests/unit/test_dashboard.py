@@ -52,7 +52,7 @@ def test_covers_what_the_issue_asks() -> None:
 def test_every_metric_in_a_query_is_emitted() -> None:
     source = _sources()
     emitted = set(re.findall(r'"(cdc_[a-z_]+)"', source))
-    histograms = set(re.findall(r'observe_ms\(\s*"(cdc_[a-z_]+)"', source))
+    histograms = set(re.findall(r'observe(?:_many)?_ms\(\s*"(cdc_[a-z_]+)"', source))
     for panel in _doc()["panels"]:
         for target in panel["targets"]:
             for name in re.findall(r"\bcdc_[a-z_]+", target["expr"]):

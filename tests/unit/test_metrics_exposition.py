@@ -20,17 +20,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _calls() -> dict[str, set[tuple[str, tuple[str, ...]]]]:
-    """Every ``.inc/.set/.observe_ms("cdc_…", …)`` in the code: name -> {(method, labels)}."""
+    """Every ``.inc/.set/.observe_ms("cdc_…", …)`` in the code (``observe_many_ms`` is
+    ``observe_ms`` for several values): name -> {(method, labels)}."""
     found: dict[str, set[tuple[str, tuple[str, ...]]]] = defaultdict(set)
     paths = [p for folder in ("pipeline", "agents") for p in (ROOT / folder).rglob("*.py")]
     for path in sorted(paths):
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in ("inc", "set", "observe_ms") and node.args
-                    and isinstance(node.args[0], ast.Constant)
+                    and node.func.attr in ("inc", "set", "observe_ms", "observe_many_ms")
+                    and node.args and isinstance(node.args[0], ast.Constant)
                     and str(node.args[0].value).startswith("cdc_")):
                 labels = tuple(sorted(k.arg or "**" for k in node.keywords))
-                found[str(node.args[0].value)].add((node.func.attr, labels))
+                kind = "observe_ms" if node.func.attr == "observe_many_ms" else node.func.attr
+                found[str(node.args[0].value)].add((kind, labels))
     return found
 
 
@@ -107,3 +109,15 @@ def test_exporter_serves_metrics_and_writes_snapshots(tmp_path: Path) -> None:
     snap = read_snapshots(tmp_path)["capture"]
     assert snap["gauges"] == {"cdc_replication_lag_seconds": 2.5}
     assert json.loads((tmp_path / "capture.json").read_text())["process"] == "capture"
+
+
+def test_values_observed_at_once_are_each_counted() -> None:
+    m = Metrics("worker")
+    m.observe_many_ms("cdc_commit_to_sink_latency", [10.0, 20.0, 4000.0], sink="search")
+    m.observe_ms("cdc_commit_to_sink_latency", 30.0, sink="search")
+    family = {f.name: f for f in text_string_to_metric_families(m.prometheus())}[
+        "cdc_commit_to_sink_latency_seconds"]
+    samples = {s.name: s.value for s in family.samples}
+    assert samples["cdc_commit_to_sink_latency_seconds_count"] == 4
+    assert abs(samples["cdc_commit_to_sink_latency_seconds_sum"] - 4.06) < 1e-9
+    assert m.snapshot()["latency_ms"]['cdc_commit_to_sink_latency{sink="search"}']["count"] == 4

@@ -4,19 +4,27 @@ a failing write is retried with the capped backoff, and Faust's internals are ch
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
 
 import pipeline.backpressure as backpressure
 from agents import faust_internals
+from pipeline.deadletter import RawRecord
 from pipeline.errors import ConfigError, SinkUnavailableError
 from pipeline.events import ChangeEvent
 from pipeline.metrics import Metrics
 from pipeline.processing import BatchProcessor
 from pipeline.sinks.base import Rejection
-from pipeline.worker_loop import WorkerLoop
-from tests.unit.test_processing import RecordingDeadLetters, _create
+from pipeline.worker_loop import DECODE_ASIDE_MIN, WorkerLoop
+from tests.unit.test_processing import (
+    SOURCE,
+    RecordingDeadLetters,
+    RecordingSink,
+    _create,
+    _record,
+)
 
 
 class FlakySink:
@@ -262,3 +270,115 @@ def test_a_fetch_begun_before_a_seek_does_not_move_the_read_offset_past_it() -> 
     assert first == [("raw", 3)]  # the other partition is unaffected
     assert offset == 5
     assert second == [("raw", o) for o in range(5, 10)]
+
+
+# -- one drain in flight while the engine reads ahead ---------------------------------------
+class GatedSink:
+    """Holds each write until ``gate`` is set, like Elasticsearch indexing a ``_bulk``."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.batches: list[list[int]] = []
+
+    async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
+        self.batches.append([e.key["id"] for e in batch if e.key is not None])
+        await self.gate.wait()
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+def test_records_read_ahead_during_a_drain_wait_for_the_next_one_and_commit_in_order() -> None:
+    sink = GatedSink()
+    committed: list[int] = []
+
+    async def commit(tokens: list[int]) -> None:
+        committed.extend(tokens)
+
+    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
+    loop: WorkerLoop[int] = WorkerLoop(processor, Changelog(), Metrics("w"), commit,
+                                       retry_initial_s=0.5, retry_max_s=1.0)
+
+    async def scenario() -> None:
+        loop.accept([(_create(10, 1), 10), (_create(11, 2), 11)])
+        loop.start_drain()
+        await asyncio.sleep(0.01)  # the write is out, held by the sink
+        assert loop.draining and sink.batches == [[1, 2]]
+        ahead = [(_create(12 + i, 3 + i), 12 + i) for i in range(DECODE_ASIDE_MIN)]
+        decoded = await loop.decode(ahead)  # decoded in a thread while the write waits
+        assert decoded is not None and len(decoded) == len(ahead)
+        loop.accept(ahead, decoded)
+        assert committed == []  # nothing before the sink confirmed
+        loop.start_drain()  # the partition's drain is in flight: nothing more starts
+        assert sink.batches == [[1, 2]]
+        sink.gate.set()
+        await loop.finish()
+        assert not loop.draining
+        assert sink.batches == [[1, 2]]  # the records read ahead were not in that write
+        assert committed == [10, 11]
+        loop.start_drain()
+        await loop.finish()
+        assert sink.batches[1] == [3 + i for i in range(DECODE_ASIDE_MIN)]
+        assert committed == list(range(10, 12 + DECODE_ASIDE_MIN))
+
+    asyncio.run(scenario())
+    assert loop.waiting() == 0
+
+
+def test_a_failed_drain_puts_its_records_back_before_those_read_ahead() -> None:
+    sink = RecordingSink("down", error=SinkUnavailableError("down"))
+    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
+    processor.accept([_create(10, 1), _create(11, 2)])
+
+    async def scenario() -> None:
+        failing = asyncio.ensure_future(processor.drain())
+        await asyncio.sleep(0)
+        processor.accept([_create(12, 3)])  # read ahead while the write is out
+        with pytest.raises(SinkUnavailableError):
+            await failing
+        sink.error = None
+        finished = await processor.drain()
+        assert [r.offset for r in finished] == [10, 11, 12]
+
+    asyncio.run(scenario())
+    assert [[e.key["id"] for e in b if e.key] for b in sink.batches[-1:]] == [[1, 2, 3]]
+
+
+def _in_partition(record: RawRecord, partition: int) -> RawRecord:
+    return dataclasses.replace(record, partition=partition)
+
+
+def test_each_partition_has_its_own_drain_in_flight_and_a_truncate_drains_alone() -> None:
+    sink = GatedSink()
+    committed: list[int] = []
+
+    async def commit(tokens: list[int]) -> None:
+        committed.extend(tokens)
+
+    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
+    loop: WorkerLoop[int] = WorkerLoop(processor, Changelog(), Metrics("w"), commit,
+                                       retry_initial_s=0.5, retry_max_s=1.0)
+    truncate = _record(30, None, {"before": None, "after": None, "op": "t", "ts_ms": 1,
+                                  "source": dict(SOURCE, lsn=30)})
+
+    async def scenario() -> None:
+        loop.accept([(_in_partition(_create(10, 1), 0), 10),
+                     (_in_partition(_create(11, 2), 1), 11)])
+        loop.start_drain()
+        await asyncio.sleep(0.01)
+        assert sorted(sink.batches) == [[1], [2]]  # both partitions' writes out at once
+        loop.accept([(_in_partition(truncate, 0), 30)])
+        loop.start_drain()  # the truncate waits for every drain in flight
+        await asyncio.sleep(0.01)
+        assert len(sink.batches) == 2
+        sink.gate.set()
+        await loop.finish()
+        assert sorted(committed) == [10, 11]
+        loop.start_drain()  # now alone
+        await loop.finish()
+        assert committed[-1] == 30 and len(sink.batches) == 3
+
+    asyncio.run(scenario())
