@@ -291,7 +291,8 @@ class GatedSink:
         pass
 
 
-def test_records_read_ahead_during_a_drain_wait_for_the_next_one_and_commit_in_order() -> None:
+def _gated_loop() -> tuple[GatedSink, WorkerLoop[int], list[int]]:
+    """A worker loop over a :class:`GatedSink`, and the tokens it committed."""
     sink = GatedSink()
     committed: list[int] = []
 
@@ -301,6 +302,11 @@ def test_records_read_ahead_during_a_drain_wait_for_the_next_one_and_commit_in_o
     processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
     loop: WorkerLoop[int] = WorkerLoop(processor, Changelog(), Metrics("w"), commit,
                                        retry_initial_s=0.5, retry_max_s=1.0)
+    return sink, loop, committed
+
+
+def test_records_read_ahead_during_a_drain_wait_for_the_next_one_and_commit_in_order() -> None:
+    sink, loop, committed = _gated_loop()
 
     async def scenario() -> None:
         loop.accept([(_create(10, 1), 10), (_create(11, 2), 11)])
@@ -352,15 +358,7 @@ def _in_partition(record: RawRecord, partition: int) -> RawRecord:
 
 
 def test_each_partition_has_its_own_drain_in_flight_and_a_truncate_drains_alone() -> None:
-    sink = GatedSink()
-    committed: list[int] = []
-
-    async def commit(tokens: list[int]) -> None:
-        committed.extend(tokens)
-
-    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
-    loop: WorkerLoop[int] = WorkerLoop(processor, Changelog(), Metrics("w"), commit,
-                                       retry_initial_s=0.5, retry_max_s=1.0)
+    sink, loop, committed = _gated_loop()
     truncate = _record(30, None, {"before": None, "after": None, "op": "t", "ts_ms": 1,
                                   "source": dict(SOURCE, lsn=30)})
 
