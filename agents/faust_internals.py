@@ -223,6 +223,7 @@ class BatchFetch:
         self.max_queued = max_queued
         self._queue: asyncio.Queue[list[Any]] | None = None
         self._pending: list[Any] = []
+        self._taking = False  # batches() is waiting on the queue
         self._monitor: Any = None
         self._seeks = 0  # seeks asked so far
         self._sought: dict[Any, int] = {}  # partition -> the number of its latest seek
@@ -258,8 +259,11 @@ class BatchFetch:
 
     def spill(self) -> None:
         """Move the fetched batches waiting in the bounded queue to the front buffer (in
-        order), so the fetcher can go on polling while the worker cannot take them."""
-        if self._queue is not None:
+        order), so the fetcher can go on polling while the worker cannot take them. Not
+        while :meth:`batches` is waiting on the queue: it is taking from it then (so the
+        fetcher is not blocked), and records moved meanwhile would be overwritten or
+        reordered by what it takes."""
+        if self._queue is not None and not self._taking:
             while not self._queue.empty():
                 self._pending.extend(self._queue.get_nowait())
 
@@ -278,14 +282,18 @@ class BatchFetch:
         queue = self._queue_here()
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
-                self._pending = await queue.get()
-            deadline = loop.time() + within_s
-            while len(self._pending) < max_records:
-                more = await _get_within(queue, deadline - loop.time())
-                if more is None:
-                    break
-                self._pending.extend(more)
+            self._taking = True  # spill() must not move records behind our back now
+            try:
+                if not self._pending:
+                    self._pending = await queue.get()
+                deadline = loop.time() + within_s
+                while len(self._pending) < max_records:
+                    more = await _get_within(queue, deadline - loop.time())
+                    if more is None:
+                        break
+                    self._pending.extend(more)
+            finally:
+                self._taking = False
             batch, self._pending = self._pending[:max_records], self._pending[max_records:]
             if self._monitor is not None:  # the stream of these partitions is not idle
                 now = time.monotonic()

@@ -244,6 +244,32 @@ def test_batches_hold_at_most_max_records_and_keep_order() -> None:
     assert [x for b in batches for x in b] == list(range(10))
 
 
+def test_spilling_while_the_worker_cannot_take_keeps_every_record_in_order() -> None:
+    """While a sink is down the fetched batches are moved out of the bounded queue (so the
+    fetcher keeps polling), both when the worker holds a batch and when it waits on the
+    queue (a timer drains then): nothing is lost or reordered either way."""
+    async def take() -> list[int]:
+        fetch = faust_internals.BatchFetch(["raw"])
+        queue = fetch._queue_here()
+        batches = fetch.batches(100, 0.01)
+        queue.put_nowait([0, 1])
+        out = list(await anext(batches))  # the worker holds this batch (a drain retries)
+        queue.put_nowait([2])
+        fetch.spill()
+        out += await anext(batches)
+        waiting = asyncio.ensure_future(anext(batches))
+        await asyncio.sleep(0.05)  # the worker waits on the queue (a timer's drain retries)
+        queue.put_nowait([3, 4])
+        fetch.spill()  # before the waiting taker resumed
+        queue.put_nowait([5])
+        out += await waiting
+        while len(out) < 6:
+            out += await asyncio.wait_for(anext(batches), 1)
+        return out
+
+    assert asyncio.run(take()) == [0, 1, 2, 3, 4, 5]
+
+
 def test_a_rebalance_drops_what_was_not_taken() -> None:
     fetch = faust_internals.BatchFetch(["raw"])
     fetch._queue_here().put_nowait([1, 2])
