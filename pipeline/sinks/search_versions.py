@@ -125,6 +125,9 @@ class IndexVersions:
             raise SinkUnavailableError(f"could not create index {new}: {created.text[:300]}")
         await self._block_writes(old, True)
         try:
+            # A scroll sees what the last refresh made visible: without one, a document's
+            # newest writes (up to refresh_interval old) would be left behind in ``old``.
+            await self._refresh(old)
             await self._copy(old, new)
             actions = [{"remove_index": {"index": old}}, {"add": {"index": new, "alias": name}}]
             moved = await self._send("POST", "/_aliases", orjson.dumps({"actions": actions}))
@@ -154,6 +157,11 @@ class IndexVersions:
             raise SinkUnavailableError(
                 f"could not {'block' if blocked else 'unblock'} writes to {index}: "
                 f"{response.text[:300]}")
+
+    async def _refresh(self, index: str) -> None:
+        response = await self._send("POST", f"/{segment(index)}/_refresh", None)
+        if response.status_code >= 300:
+            raise SinkUnavailableError(f"could not refresh {index}: {response.text[:300]}")
 
     async def _copy(self, old: str, new: str) -> None:
         """Every document of ``old`` into ``new`` with its version (what ``_reindex`` with

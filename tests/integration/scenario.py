@@ -103,6 +103,17 @@ class Scenario:
     def converged(self, timeout: float = 60) -> bool:
         return wait_until(lambda: self.indexed() == self.expected(), timeout, 0.3)
 
+    def drift(self, limit: int = 10) -> str:
+        """How the index differs from the table (for an assertion's message)."""
+        indexed, expected = self.indexed(), self.expected()
+        missing = sorted(expected.keys() - indexed.keys())
+        extra = sorted(indexed.keys() - expected.keys())
+        differ = sorted(k for k in expected.keys() & indexed.keys() if expected[k] != indexed[k])
+        lines = [f"index drifted: {len(missing)} missing {missing[:limit]}, "
+                 f"{len(extra)} extra {extra[:limit]}, {len(differ)} differ"]
+        lines += [f"  {k}: table {expected[k]} index {indexed[k]}" for k in differ[:limit]]
+        return "\n".join(lines) + "\n"
+
     def counter(self, name: str, process: str = "") -> float:
         """A counter summed over every process (or those whose name starts with ``process``,
         e.g. ``worker-search``) and every label set."""

@@ -75,7 +75,7 @@ def test_no_record_stops_a_worker_or_reaches_beyond_its_table(
             sc.execute("INSERT INTO items VALUES (%s, 'meanwhile', 1, 1)", 10_000 + row)
     assert len(placed) == rows
 
-    assert sc.converged(180), worker.tail()
+    assert sc.converged(180), sc.drift() + worker.tail()
     expected = {at: p for at, p in placed.items() if p.reason is not None}
     dlq = sc.settings.worker.dead_letter_topic
 
