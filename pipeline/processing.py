@@ -177,8 +177,7 @@ class BatchProcessor:
         if only is None:
             ready, self._ready = self._ready, []
         else:
-            ready = [item for item in self._ready if _partition_of(item[0]) in only]
-            self._ready = [item for item in self._ready if _partition_of(item[0]) not in only]
+            ready, self._ready = _take_partitions(self._ready, only)
         if ready:
             try:
                 await self._write(ready)
@@ -277,6 +276,22 @@ class BatchProcessor:
                 delay = backoff.next_delay()
                 log.warning("dead-letter topic unavailable, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
+
+
+def _take_partitions(items: list[Item], only: set[tuple[str, int]]
+                     ) -> tuple[list[Item], list[Item]]:
+    """``items`` of the partitions ``only`` (taken) and the rest (left), in order. A
+    truncate and what follows it in its partition are left: a truncate is drained alone
+    (``partition_groups``), never beside another partition's drain."""
+    taken: list[Item] = []
+    left: list[Item] = []
+    stopped: set[tuple[str, int]] = set()
+    for item in items:
+        tp = _partition_of(item[0])
+        if tp in only and tp not in stopped and item[1].op == "t":
+            stopped.add(tp)
+        (taken if tp in only and tp not in stopped else left).append(item)
+    return taken, left
 
 
 def partition_groups(batch: Sequence[Item]) -> list[list[int]]:

@@ -20,7 +20,8 @@ collected by :meth:`WorkerLoop.wait_any` or :meth:`WorkerLoop.finish`) and meanw
 and decode the next records: Elasticsearch indexes one partition's batch while the worker
 prepares another's, instead of each waiting for the other. Nothing changes for what is
 committed: a drain commits only what it wrote, and a partition's next drain starts only
-after its previous one finished.
+after its previous one finished (by itself, when records wait for it: the engine need not
+be there to start it).
 
 A :class:`~pipeline.errors.PermanentError` (refused credentials, an outage past
 ``errors.retry_timeout_s``) is raised to the engine, which stops the worker.
@@ -29,6 +30,7 @@ A :class:`~pipeline.errors.PermanentError` (refused credentials, an outage past
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -111,12 +113,29 @@ class WorkerLoop(Generic[T]):
             return
         if self.processor.truncate_ready():
             if not flying:
-                flying[ALL_PARTITIONS] = asyncio.ensure_future(self.drain())
+                self._launch(ALL_PARTITIONS, None)
             return
         for tp in self.processor.ready_partitions() - flying.keys():
-            flying[tp] = asyncio.ensure_future(self.drain({tp}))
+            self._launch(tp, {tp})
         if not flying and self.processor.pending:  # only dead letters
-            flying[ALL_PARTITIONS] = asyncio.ensure_future(self.drain(set()))
+            self._launch(ALL_PARTITIONS, set())
+
+    def _launch(self, key: tuple[str, int], only: set[tuple[str, int]] | None) -> None:
+        task = asyncio.ensure_future(self.drain(only))
+        self._in_flight[key] = task
+        task.add_done_callback(functools.partial(self._drain_ended, key))
+
+    def _drain_ended(self, key: tuple[str, int], task: asyncio.Future[None]) -> None:
+        """A drain that ended well leaves the books and starts what waits behind it (the
+        records its partition accepted meanwhile, a truncate waiting for every drain), so
+        nothing waits for the engine's next batch; one that failed stays for
+        :meth:`collect` to raise."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
+        if self.processor.pending:
+            self.start_drain()
 
     @property
     def draining(self) -> bool:
@@ -131,10 +150,11 @@ class WorkerLoop(Generic[T]):
         self.collect()
 
     async def finish(self) -> None:
-        """Wait for every drain in flight (raises what one raised, after all ended)."""
-        if self._in_flight:
+        """Wait until no drain is in flight, those started behind them included (raises
+        what one raised, after all ended)."""
+        while self._in_flight:
             await asyncio.wait(self._in_flight.values())
-        self.collect()
+            self.collect()
 
     def collect(self) -> None:
         """Take the drains that finished off the books (raises what one raised)."""
