@@ -29,9 +29,7 @@ Faust's traps, and how this module avoids them:
 - Records are acknowledged by us, per partition in offset order (``pipeline.acks``), only
   once they are written, dead-lettered or dropped: offsets are committed only after the sink
   confirmed. Records held by the reorder buffer hold back the acks of their partition.
-- One task takes the batches, and one drain per partition is in flight at a time
-  (``pipeline.worker_loop``): the ack ledger commits a partition only up to its first
-  unfinished record, so a finished drain never commits past one in flight.
+- One task takes the batches: more would let a finished batch commit past one in flight.
 - Around a restart or rebalance Faust can skip a record (and ack it for us), or drop one
   behind its read offset; its next commit would then pass it. ``agents.guard`` lets only
   our own acks through and checks every partition's offsets are taken without a hole the
@@ -173,44 +171,26 @@ def stop_for_good(exc: PermanentError) -> NoReturn:
     os._exit(EXIT_PERMANENT)
 
 
-def collect() -> None:
-    """Take the drains that ended off the books; one that failed stops the worker."""
+async def drain_and_ack() -> None:
+    """Write what is ready (retrying until done), then ack every finished prefix."""
     try:
-        loop.collect()
+        await loop.drain()
     except PermanentError as exc:  # refused credentials: restarting could not help
         stop_for_good(exc)
-    except BaseException:  # noqa: BLE001 - see the module docstring: exit rather than ack
-        log.critical("a drain failed outside its retries; exiting without acking",
-                     exc_info=True)
-        logging.shutdown()
-        os._exit(70)
 
 
-def start_drains() -> None:
-    """One drain in flight per partition (``pipeline.worker_loop``): Elasticsearch writes
-    one partition's batch while the worker takes and prepares the next."""
-    collect()
-    loop.start_drain()
-
-
-async def wait_for_a_drain() -> None:
-    try:
-        await loop.wait_any()
-    finally:
-        collect()
-
-
-def accept(messages: list[Any], decoded: list[Any] | None = None) -> None:
-    loop.accept([(to_record(message), message) for message in messages], decoded)
+async def process(messages: list[Any]) -> None:
+    """One batch: write what is ready, then ack every finished prefix (under ``lock``)."""
+    loop.accept([(to_record(message), message) for message in messages])
+    await drain_and_ack()
 
 
 @app.task
 async def consume() -> None:
     """Raw topics -> this worker's sink; dead letters to the dead-letter topic."""
     within = max(settings.worker.batch_wait_ms, 1) / 1000
-    batch_size = settings.worker.batch_size
     try:
-        async for messages in fetch.batches(batch_size, within):
+        async for messages in fetch.batches(settings.worker.batch_size, within):
             taken = time.perf_counter()
             await guard.assignment_known()
             async with lock:
@@ -219,23 +199,16 @@ async def consume() -> None:
                 # Faust waits at a revocation for every message handed out; the held ones
                 # must not stay referenced here (the guard lets go of them).
                 del messages
-                records = [(to_record(message), message) for message in admitted]
+                await process(admitted)
                 del admitted
-                # decoded in a thread while drains are in flight
-                loop.accept(records, await loop.decode(records))
-                del records
                 released = await guard.settle(idle=False)
                 if released:
-                    accept(released)
+                    await process(released)
                 del released
-                start_drains()
             metrics.inc("cdc_worker_batches_total")
             # busy time per batch, without the wait for it (``cdc tune``'s service time)
             metrics.observe_ms("cdc_worker_batch_processing",
                                (time.perf_counter() - taken) * 1000)
-            # Read ahead at most a batch beyond the drains in flight: memory stays bounded.
-            if loop.draining and loop.processor.pending >= batch_size:
-                await wait_for_a_drain()
     except asyncio.CancelledError:
         raise
     except BaseException:  # noqa: BLE001 - see the module docstring: exit rather than ack
@@ -249,8 +222,8 @@ async def consume() -> None:
 async def flush_quiet_partitions() -> None:
     """A quiet partition's buffered events must not wait for the next event forever."""
     async with lock:
-        loop.flush_idle()
-        start_drains()  # also collects the drains that ended (and stops on a failed one)
+        if loop.flush_idle():
+            await drain_and_ack()
 
 
 @app.timer(interval=1.0)
@@ -259,8 +232,7 @@ async def settle_stalled_partitions() -> None:
     async with lock:
         released = await guard.settle(idle=loop.waiting() == 0)
         if released:
-            accept(released)
-            start_drains()
+            await process(released)
     for topic, lag in guard.lag_by_topic().items():
         metrics.set("cdc_worker_consumer_lag_records", lag, topic=topic)
 
