@@ -145,7 +145,9 @@ def test_rows_changed_while_verifying_are_not_drift(scenario: Scenario, tmp_path
         env={**os.environ, **sc.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     writer.start()
-    time.sleep(3.0)  # the row pass takes ~3 s at 1000 rows/s; the id pass as long again
+    # the row pass takes ~3 s at 1000 rows/s, the id pass as long again; the verify's own
+    # start takes a second or two more on a loaded machine
+    time.sleep(5.0)
     writer.stop.set()
     writer.join()
     out, err = verify.communicate(timeout=120)
