@@ -66,8 +66,10 @@ def long_run(bench: Bench, events: int, args: Any) -> dict[str, Any]:
                                       str(args.txn_rows), "--mix", args.mix,
                                       "--row-bytes", str(args.row_bytes)))
         records = wl["rows"] + wl["ops"]["delete"]
+        # an hour, or longer for a run whose workers read under ~300 records/s each
         done = wait_until(lambda: all(_counter(p.snapshot(), "cdc_worker_records_total")
-                                      >= records for p in procs.values()), 3600, 1.0)
+                                      >= records for p in procs.values()),
+                          max(3600.0, records / 300), 1.0)
     finally:
         sampler.stop()
         progress.stop()
