@@ -95,6 +95,15 @@ class RowRecord:
         return cls(int(ts), tuple(ChangePosition.decode(part) for part in rest.split(",")))
 
 
+#: One batch's memo of the seen-set entries it read (row key -> entry, None: no entry), so
+#: each row's entry and each table's truncate is read and decoded once per batch, not once
+#: in :meth:`Deduplicator.classify` and again in :meth:`Deduplicator.remember`. Use a fresh
+#: one per batch, whose events are all classified before any is remembered: it is exact
+#: only while nobody else writes those rows (a row lives in one partition, and one
+#: partition drains at a time).
+Reads = dict[str, RowRecord | None]
+
+
 def row_key(event: ChangeEvent) -> str:
     """``source|schema.table|key-json``; a truncate (no key) is the table's row ``null``."""
     key = orjson.dumps(event.key, option=orjson.OPT_SORT_KEYS).decode()
@@ -116,10 +125,12 @@ class Deduplicator:
         self._sweep: list[str] = []
         self._cursor: str | None = None  # where a store that can scan left off
 
-    def classify(self, event: ChangeEvent, key: str | None = None) -> Verdict:
+    def classify(self, event: ChangeEvent, key: str | None = None,
+                 reads: Reads | None = None) -> Verdict:
         """Sort one event (counts it: call once per event). ``key``: its :func:`row_key`,
-        when the caller has it already."""
-        verdict = self._verdict(event, row_key(event) if key is None else key)
+        when the caller has it already. ``reads``: one batch's memo of the entries read
+        (see :data:`Reads`)."""
+        verdict = self._verdict(event, row_key(event) if key is None else key, reads)
         if verdict is Verdict.DUPLICATE:
             self.dropped += 1
         elif verdict is Verdict.STALE:
@@ -142,18 +153,19 @@ class Deduplicator:
             late_ms=late_ms,
         )
 
-    def remember(self, event: ChangeEvent, key: str | None = None) -> None:
+    def remember(self, event: ChangeEvent, key: str | None = None,
+                 reads: Reads | None = None) -> None:
         """Record that every sink confirmed ``event``. Idempotent. ``key``: its
-        :func:`row_key`, when the caller has it already."""
+        :func:`row_key`, when the caller has it already; ``reads``: the memo its
+        :meth:`classify` was given."""
         if key is None:
             key = row_key(event)
         position = ChangePosition.of(event)
         ts_ms = event.source.ts_us // 1000
-        raw = self.store.get(key)
-        if raw is None:
+        old = self._record(key, reads)
+        if old is None:
             record = RowRecord(ts_ms, (position,))
         else:
-            old = RowRecord.decode(raw)
             if position in old.positions:
                 return
             positions = list(old.positions)
@@ -161,6 +173,8 @@ class Deduplicator:
             keep = tuple(positions[-self.settings.positions_per_row :])
             record = RowRecord(max(ts_ms, old.ts_ms), keep)
         self.store[key] = record.encode()
+        if reads is not None:
+            reads[key] = record
 
     def evict(self, now_ms: int) -> int:
         """Drop rows whose newest applied change is older than ``now_ms - window_ms``
@@ -187,17 +201,27 @@ class Deduplicator:
         self.evicted += dropped
         return dropped
 
-    def _verdict(self, event: ChangeEvent, key: str) -> Verdict:
-        position = ChangePosition.of(event)
+    def _record(self, key: str, reads: Reads | None) -> RowRecord | None:
+        """The row's entry: from ``reads`` when this batch read it already, else from the
+        store (and noted in ``reads``)."""
+        if reads is not None and key in reads:
+            return reads[key]
         raw = self.store.get(key)
-        if raw is not None:
-            record = RowRecord.decode(raw)
+        record = None if raw is None else RowRecord.decode(raw)
+        if reads is not None:
+            reads[key] = record
+        return record
+
+    def _verdict(self, event: ChangeEvent, key: str, reads: Reads | None) -> Verdict:
+        position = ChangePosition.of(event)
+        record = self._record(key, reads)
+        if record is not None:
             if position in record.positions:
                 return Verdict.DUPLICATE
             if position < record.positions[-1]:
                 return Verdict.STALE
         if event.key is not None:
-            truncated = self.store.get(f"{event.source.name}|{event.table_id}|null")
-            if truncated is not None and position < RowRecord.decode(truncated).positions[-1]:
+            truncated = self._record(f"{event.source.name}|{event.table_id}|null", reads)
+            if truncated is not None and position < truncated.positions[-1]:
                 return Verdict.STALE
         return Verdict.NEW

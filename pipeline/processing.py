@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from pipeline.deadletter import DeadLetterTopic, RawRecord
-from pipeline.dedup import Deduplicator, Verdict, row_key
+from pipeline.dedup import Deduplicator, Reads, Verdict, row_key
 from pipeline.errors import BadDataError, ForeignTableError, NotARowChange, RetriableError
 from pipeline.events import ChangeEvent, decode, unreadable
 from pipeline.metrics import Metrics
@@ -208,12 +208,13 @@ class BatchProcessor:
         # original (a restart before the commit re-reads both), and the store learns of the
         # original only once the sinks confirm it.
         taken: dict[str, set[ChangePosition]] = {}
+        reads: Reads = {}  # each row's seen-set entry, read once for classify and remember
         for record, event in ready:
             verdict = Verdict.NEW
             key = None
             if dedup is not None:
                 key = row_key(event)
-                verdict = dedup.classify(event, key)
+                verdict = dedup.classify(event, key, reads)
                 if verdict is Verdict.NEW:
                     position = ChangePosition.of(event)
                     positions = taken.setdefault(key, set())
@@ -259,7 +260,7 @@ class BatchProcessor:
             for partition, indexes in by_partition.items():
                 with self.partition_scope(partition):
                     for i in indexes:
-                        dedup.remember(batch[i][1], keys[i])
+                        dedup.remember(batch[i][1], keys[i], reads)
         self._done.extend(batch[i][0] for i in confirmed)
 
     async def _dead_letter(self, letters: list[Letter]) -> None:

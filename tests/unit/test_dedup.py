@@ -195,3 +195,34 @@ def test_a_change_after_a_capture_restart_is_new_not_stale() -> None:
     dedup.remember(change(0x700))
     assert dedup.classify(change(0x800, commit=0x750)) is Verdict.NEW
     assert dedup.classify(change(0x700, commit=0x650)) is Verdict.DUPLICATE
+
+
+class CountingStore(dict):  # type: ignore[type-arg]
+    """A dict that counts its reads."""
+
+    reads = 0
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def, override]
+        self.reads += 1
+        return super().get(key, default)
+
+
+def test_one_batch_reads_each_row_and_each_truncate_once() -> None:
+    store = CountingStore()
+    Deduplicator(store).remember(change(100, row=1))
+    store.reads = 0
+    dedup = Deduplicator(store)
+    reads: dict = {}  # type: ignore[type-arg]
+    first, second, other = change(200, row=1), change(300, row=1), change(210, row=2)
+    verdicts = [dedup.classify(e, reads=reads) for e in (first, other, second)]
+    assert verdicts == [Verdict.NEW] * 3
+    for event in (first, other, second):
+        dedup.remember(event, reads=reads)
+    # rows 1 and 2 and the table's truncate entry: three reads for six calls
+    assert store.reads == 3
+    # both of row 1's changes are kept: the second remember saw the first one's entry
+    fresh = Deduplicator(store)
+    assert fresh.classify(change(200, row=1)) is Verdict.DUPLICATE
+    assert fresh.classify(change(300, row=1)) is Verdict.DUPLICATE
+    assert fresh.classify(change(100, row=1)) is Verdict.DUPLICATE
+    assert fresh.classify(change(210, row=2)) is Verdict.DUPLICATE
