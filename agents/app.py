@@ -50,6 +50,7 @@ import faust
 from agents import faust_internals
 from agents.guard import ContinuityGuard
 from agents.seen_table import SeenSetTable
+from pipeline import heap
 from pipeline.backpressure import Backpressure
 from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
@@ -189,6 +190,7 @@ async def process(messages: list[Any]) -> None:
 async def consume() -> None:
     """Raw topics -> this worker's sink; dead letters to the dead-letter topic."""
     within = max(settings.worker.batch_wait_ms, 1) / 1000
+    heap.settle()  # the app, its consumer and tables are up: freeze them (pipeline.heap)
     try:
         async for messages in fetch.batches(settings.worker.batch_size, within):
             taken = time.perf_counter()

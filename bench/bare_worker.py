@@ -25,6 +25,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from bench.common import cpu_seconds
+from pipeline import heap
 from pipeline.compose import build_processor
 from pipeline.config import load_settings
 from pipeline.deadletter import RawRecord
@@ -44,6 +45,7 @@ async def run(sink: str, total: int, timeout: float) -> dict[str, object]:
         "fetch.max.bytes": 64 << 20,
     })
     consumer.subscribe(list(settings.raw_topics()))
+    heap.settle()  # as both engines do once set up
     seen = events = 0
     first = None
     cpu0 = 0.0

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import heap
 from pipeline.backpressure import Backpressure
 from pipeline.config import Settings
 from pipeline.deadletter import DeadLetterTopic, RawRecord
@@ -220,7 +221,9 @@ def run_capture(settings: Settings, reset_position: bool = False) -> None:
     metrics, exporter = start_metrics(settings, "capture")
     stop = stop_on_signals()
     try:
-        build_capture(settings, metrics, reset_position).run(stop)
+        capture = build_capture(settings, metrics, reset_position)
+        heap.settle()  # set up: freeze it
+        capture.run(stop)
     finally:
         exporter.stop()
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from pipeline import heap
 from pipeline.backpressure import Backpressure
 from pipeline.capture.publisher import AUTH_ERRORS, kafka_failure
 from pipeline.compose import build_processor, worker_data_dir
@@ -120,6 +121,7 @@ class KafkaSinkWorker:
         wait = max(w.batch_wait_ms, 1) / 1000
         self.consumer.subscribe(list(self.settings.raw_topics()),
                                 on_assign=self._on_assign, on_revoke=self._on_revoke)
+        heap.settle()  # set up: freeze it (pipeline.heap)
         last_flush = last_evict = last_lag = time.monotonic()
         try:
             while not stop.is_set():
