@@ -176,9 +176,13 @@ class WorkerLoop(Generic[T]):
 
     async def _write_until_done(self, only: set[tuple[str, int]] | None) -> list[RawRecord]:
         failed = False
+        # What the sinks confirmed stays finished when the changelog flush after it fails:
+        # the retry drains only what is left (dropped, they would never be acknowledged,
+        # and their partitions never committed again).
+        finished: list[RawRecord] = []
         while True:
             try:
-                finished = await self.processor.drain(only)
+                finished += await self.processor.drain(only)
                 await self.changelog.flush()
             except PermanentError:
                 raise  # restarting could not help: the engine stops the worker
@@ -202,12 +206,13 @@ class WorkerLoop(Generic[T]):
         return self.processor.pending > 0
 
     async def evict(self, now_ms: int | None = None) -> int:
-        """Drop dedup entries older than the window (and say so in the changelog)."""
+        """Drop dedup entries older than the window (and say so in the changelog: the
+        deletes go out with the next drain's flush; nothing waits for them, as no
+        acknowledgement depends on them)."""
         dedup = self.processor.dedup
         if dedup is None:
             return 0
         evicted = dedup.evict(int(time.time() * 1000) if now_ms is None else now_ms)
-        await self.changelog.flush()
         if evicted:
             self.metrics.inc("cdc_dedup_evicted_total", evicted)
         return evicted

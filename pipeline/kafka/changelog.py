@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -23,6 +25,12 @@ from pipeline.kafka.client import client_config, raise_if_refused
 
 
 class ChangelogWriter:
+    """Writes entries with the C producer. Several drains may write and flush at once (one
+    per partition): a flush waits for the entries written before it began, not for those
+    written meanwhile, so it ends even while other drains keep writing. Delivery reports
+    come in produce order per partition, so "every entry written before" is, per
+    partition, a count of reports."""
+
     def __init__(self, topic: str, kafka: KafkaSettings) -> None:
         self.topic = topic
         self.kafka = kafka
@@ -31,6 +39,9 @@ class ChangelogWriter:
             "compression.type": "lz4",
         }))
         self._failed: list[str] = []
+        self._written: dict[int, int] = {}  # entries queued per partition (event loop only)
+        self._reported: dict[int, int] = {}  # delivery reports per partition
+        self._lock = threading.Lock()  # reports may be served by several flushing threads
 
     def write(self, partition: int, key: str, value: str | None) -> None:
         """Queue an entry (None deletes it)."""
@@ -39,21 +50,37 @@ class ChangelogWriter:
             try:
                 self._producer.produce(self.topic, payload, orjson.dumps(key),
                                        partition=partition, on_delivery=self._delivered)
-                return
+                break
             except BufferError:
                 self._producer.poll(0.05)
+        self._written[partition] = self._written.get(partition, 0) + 1
 
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._failed.append(str(err))
+    def _delivered(self, err: Any, msg: Any) -> None:
+        with self._lock:
+            partition = msg.partition()
+            self._reported[partition] = self._reported.get(partition, 0) + 1
+            if err is not None:
+                self._failed.append(str(err))
 
-    async def flush(self) -> None:
-        """Wait until the changelog holds every entry written so far."""
-        if len(self._producer):
-            await asyncio.to_thread(self._producer.flush, 30.0)
-        if self._failed or len(self._producer):
+    def _reached(self, target: dict[int, int]) -> bool:
+        reported = self._reported
+        return all(reported.get(p, 0) >= n for p, n in target.items())
+
+    def _serve(self, target: dict[int, int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._reached(target) and time.monotonic() < deadline:
+            self._producer.flush(0.05)  # sends at once (no linger), serves the reports
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        """Wait until the changelog holds every entry written before this call."""
+        target = dict(self._written)
+        if not self._reached(target):
+            await asyncio.to_thread(self._serve, target, timeout)
+        if self._failed:
             failed, self._failed = self._failed, []
             raise RetriableError(f"changelog {self.topic} not acknowledged: {failed[:1]}")
+        if not self._reached(target):
+            raise RetriableError(f"changelog {self.topic} not acknowledged in {timeout:g}s")
 
     def read(self, partitions: list[int], timeout: float = 30.0,
              into: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:

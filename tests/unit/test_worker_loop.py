@@ -416,3 +416,38 @@ def test_each_partition_has_its_own_drain_in_flight_and_a_truncate_drains_alone(
         assert committed[-1] == 30 and len(sink.batches) == 3
 
     asyncio.run(scenario())
+
+
+class FailingOnceChangelog:
+    """Its first flush fails: the changelog did not acknowledge in time."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        if self.flushes == 1:
+            raise SinkUnavailableError("changelog not acknowledged", sink="changelog")
+
+
+def test_records_the_sink_confirmed_are_committed_after_a_failed_changelog_flush(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    monkeypatch.setattr(backpressure.asyncio, "sleep", no_wait)
+    sink = FlakySink(failures=0)
+    committed: list[int] = []
+
+    async def commit(tokens: list[int]) -> None:
+        committed.extend(tokens)
+
+    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
+    changelog = FailingOnceChangelog()
+    loop: WorkerLoop[int] = WorkerLoop(processor, changelog, Metrics("w"), commit,
+                                       retry_initial_s=0.5, retry_max_s=1.0)
+    loop.accept([(_create(10, 1), 10), (_create(11, 2), 11)])
+    asyncio.run(loop.drain())
+    assert changelog.flushes == 2 and sink.written == [1, 2]
+    assert committed == [10, 11]  # not left unacknowledged for good
+    assert loop.waiting() == 0
