@@ -55,7 +55,7 @@ class Changelog:
         self.flushes += 1
 
 
-def _loop(sink: FlakySink, retry_max_s: float = 4.0
+def _loop(sink: FlakySink, retry_max_s: float = 4.0, changelog: Changelog | None = None
           ) -> tuple[WorkerLoop[int], list[int], Changelog]:
     committed: list[int] = []
 
@@ -63,7 +63,7 @@ def _loop(sink: FlakySink, retry_max_s: float = 4.0
         committed.extend(tokens)
 
     processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
-    changelog = Changelog()
+    changelog = changelog or Changelog()
     loop: WorkerLoop[int] = WorkerLoop(processor, changelog, Metrics("w"), commit,
                                        retry_initial_s=0.5, retry_max_s=retry_max_s)
     return loop, committed, changelog
@@ -418,11 +418,8 @@ def test_each_partition_has_its_own_drain_in_flight_and_a_truncate_drains_alone(
     asyncio.run(scenario())
 
 
-class FailingOnceChangelog:
+class FailingOnceChangelog(Changelog):
     """Its first flush fails: the changelog did not acknowledge in time."""
-
-    def __init__(self) -> None:
-        self.flushes = 0
 
     async def flush(self) -> None:
         self.flushes += 1
@@ -437,15 +434,7 @@ def test_records_the_sink_confirmed_are_committed_after_a_failed_changelog_flush
 
     monkeypatch.setattr(backpressure.asyncio, "sleep", no_wait)
     sink = FlakySink(failures=0)
-    committed: list[int] = []
-
-    async def commit(tokens: list[int]) -> None:
-        committed.extend(tokens)
-
-    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
-    changelog = FailingOnceChangelog()
-    loop: WorkerLoop[int] = WorkerLoop(processor, changelog, Metrics("w"), commit,
-                                       retry_initial_s=0.5, retry_max_s=1.0)
+    loop, committed, changelog = _loop(sink, changelog=FailingOnceChangelog())
     loop.accept([(_create(10, 1), 10), (_create(11, 2), 11)])
     asyncio.run(loop.drain())
     assert changelog.flushes == 2 and sink.written == [1, 2]
