@@ -29,7 +29,9 @@ Faust's traps, and how this module avoids them:
 - Records are acknowledged by us, per partition in offset order (``pipeline.acks``), only
   once they are written, dead-lettered or dropped: offsets are committed only after the sink
   confirmed. Records held by the reorder buffer hold back the acks of their partition.
-- One task takes the batches: more would let a finished batch commit past one in flight.
+- One task takes the batches, and one drain of everything ready is in flight at a time
+  (``pipeline.worker_loop``): the next batch is read and decoded meanwhile, and the ack
+  ledger commits a partition only up to its first unfinished record.
 - Around a restart or rebalance Faust can skip a record (and ack it for us), or drop one
   behind its read offset; its next commit would then pass it. ``agents.guard`` lets only
   our own acks through and checks every partition's offsets are taken without a hole the
@@ -149,6 +151,10 @@ loop: WorkerLoop[Any] = WorkerLoop(
     processor, store, metrics, ack, sink=SINK,
     retry_initial_s=settings.worker.retry_initial_ms / 1000,
     retry_max_s=settings.worker.retry_max_ms / 1000, backpressure=backpressure,
+    # One drain of a whole batch at a time, in flight while the next batch is read and
+    # decoded: per-partition drains made the batches, and so every per-batch cost, smaller
+    # here (bench/RESULTS.md).
+    per_partition=False,
 )
 
 
@@ -172,27 +178,45 @@ def stop_for_good(exc: PermanentError) -> NoReturn:
     os._exit(EXIT_PERMANENT)
 
 
-async def drain_and_ack() -> None:
-    """Write what is ready (retrying until done), then ack every finished prefix."""
+def collect() -> None:
+    """Take the drains that ended off the books; one that failed stops the worker."""
     try:
-        await loop.drain()
+        loop.collect()
     except PermanentError as exc:  # refused credentials: restarting could not help
         stop_for_good(exc)
+    except BaseException:  # noqa: BLE001 - see the module docstring: exit rather than ack
+        log.critical("a drain failed outside its retries; exiting without acking",
+                     exc_info=True)
+        logging.shutdown()
+        os._exit(70)
 
 
-async def process(messages: list[Any]) -> None:
-    """One batch: write what is ready, then ack every finished prefix (under ``lock``)."""
+def start_drain() -> None:
+    """Write what is ready and ack every finished prefix, in the background: one drain at
+    a time, the next starting by itself when it ends (``pipeline.worker_loop``)."""
+    collect()
+    loop.start_drain()
+
+
+async def wait_for_the_drain() -> None:
+    try:
+        await loop.wait_any()
+    finally:
+        collect()
+
+
+def accept(messages: list[Any]) -> None:
     loop.accept([(to_record(message), message) for message in messages])
-    await drain_and_ack()
 
 
 @app.task
 async def consume() -> None:
     """Raw topics -> this worker's sink; dead letters to the dead-letter topic."""
     within = max(settings.worker.batch_wait_ms, 1) / 1000
+    batch_size = settings.worker.batch_size
     heap.settle()  # the app, its consumer and tables are up: freeze them (pipeline.heap)
     try:
-        async for messages in fetch.batches(settings.worker.batch_size, within):
+        async for messages in fetch.batches(batch_size, within):
             taken = time.perf_counter()
             await guard.assignment_known()
             async with lock:
@@ -201,16 +225,23 @@ async def consume() -> None:
                 # Faust waits at a revocation for every message handed out; the held ones
                 # must not stay referenced here (the guard lets go of them).
                 del messages
-                await process(admitted)
+                records = [(to_record(message), message) for message in admitted]
                 del admitted
+                # decoded here, while the previous batch's drain waits for the sink
+                loop.accept(records)
+                del records
                 released = await guard.settle(idle=False)
                 if released:
-                    await process(released)
+                    accept(released)
                 del released
+                start_drain()
             metrics.inc("cdc_worker_batches_total")
             # busy time per batch, without the wait for it (``cdc tune``'s service time)
             metrics.observe_ms("cdc_worker_batch_processing",
                                (time.perf_counter() - taken) * 1000)
+            # Read ahead at most one batch beyond the drain in flight: memory stays bounded.
+            if loop.draining and loop.processor.pending >= batch_size:
+                await wait_for_the_drain()
     except asyncio.CancelledError:
         raise
     except BaseException:  # noqa: BLE001 - see the module docstring: exit rather than ack
@@ -224,8 +255,8 @@ async def consume() -> None:
 async def flush_quiet_partitions() -> None:
     """A quiet partition's buffered events must not wait for the next event forever."""
     async with lock:
-        if loop.flush_idle():
-            await drain_and_ack()
+        loop.flush_idle()
+        start_drain()  # also collects the drain that ended (and stops on a failed one)
 
 
 @app.timer(interval=1.0)
@@ -234,7 +265,8 @@ async def settle_stalled_partitions() -> None:
     async with lock:
         released = await guard.settle(idle=loop.waiting() == 0)
         if released:
-            await process(released)
+            accept(released)
+            start_drain()
     for topic, lag in guard.lag_by_topic().items():
         metrics.set("cdc_worker_consumer_lag_records", lag, topic=topic)
 

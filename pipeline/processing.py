@@ -118,6 +118,12 @@ class BatchProcessor:
     def pending(self) -> int:
         return len(self._ready) + len(self._letters)
 
+    @property
+    def has_work(self) -> bool:
+        """Something for a drain: records to write or dead-letter, or finished ones (a
+        tombstone, say) whose acknowledgement waits for a drain."""
+        return bool(self._ready or self._letters or self._done)
+
     def decode(self, records: Sequence[RawRecord]) -> list[Decoded]:
         """What each record is (an event, a tombstone, or why it is not one). Pure: touches
         nothing of the processor's state, so it may run in a thread."""

@@ -65,8 +65,10 @@ class WorkerLoop(Generic[T]):
     def __init__(self, processor: BatchProcessor, changelog: Changelog, metrics: Metrics,
                  commit: Callable[[list[T]], Awaitable[None]], *,
                  retry_initial_s: float, retry_max_s: float, sink: str = "",
-                 backpressure: Backpressure | None = None) -> None:
+                 backpressure: Backpressure | None = None, per_partition: bool = True) -> None:
         self.processor = processor
+        #: one drain in flight per partition, or (False) one drain of everything at a time
+        self.per_partition = per_partition
         #: how a retry waits: with the partitions paused, still polling (the engine's consumer)
         self.backpressure = backpressure or Backpressure(metrics, sink)
         self.changelog = changelog
@@ -107,9 +109,15 @@ class WorkerLoop(Generic[T]):
         connectors keep one request in flight per partition), so the worker prepares one
         partition's batch while the sink writes another's, and reads the next records
         meanwhile. A truncate is drained alone, after every drain in flight. Collect the
-        drains with :meth:`wait_any` or :meth:`finish`."""
+        drains with :meth:`wait_any` or :meth:`finish`. Without ``per_partition``: one
+        drain of everything ready (whole batches, as taken), and the records accepted
+        meanwhile wait for the next one."""
         flying = self._in_flight
         if ALL_PARTITIONS in flying:
+            return
+        if not self.per_partition:
+            if not flying and self.processor.has_work:
+                self._launch(ALL_PARTITIONS, None)
             return
         if self.processor.truncate_ready():
             if not flying:

@@ -317,7 +317,7 @@ class GatedSink:
         pass
 
 
-def _gated_loop() -> tuple[GatedSink, WorkerLoop[int], list[int]]:
+def _gated_loop(per_partition: bool = True) -> tuple[GatedSink, WorkerLoop[int], list[int]]:
     """A worker loop over a :class:`GatedSink`, and the tokens it committed."""
     sink = GatedSink()
     committed: list[int] = []
@@ -327,7 +327,8 @@ def _gated_loop() -> tuple[GatedSink, WorkerLoop[int], list[int]]:
 
     processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
     loop: WorkerLoop[int] = WorkerLoop(processor, Changelog(), Metrics("w"), commit,
-                                       retry_initial_s=0.5, retry_max_s=1.0)
+                                       retry_initial_s=0.5, retry_max_s=1.0,
+                                       per_partition=per_partition)
     return sink, loop, committed
 
 
@@ -440,3 +441,32 @@ def test_records_the_sink_confirmed_are_committed_after_a_failed_changelog_flush
     assert changelog.flushes == 2 and sink.written == [1, 2]
     assert committed == [10, 11]  # not left unacknowledged for good
     assert loop.waiting() == 0
+
+
+def test_whole_drains_take_every_partition_at_once_and_the_next_batch_waits_whole() -> None:
+    sink, loop, committed = _gated_loop(per_partition=False)
+    tombstone = _record(40, {"id": 9}, None)
+
+    async def scenario() -> None:
+        loop.accept([(_in_partition(_create(10, 1), 0), 10),
+                     (_in_partition(_create(11, 2), 1), 11)])
+        loop.start_drain()
+        await asyncio.sleep(0.01)
+        assert sorted(sink.batches) == [[1], [2]]  # one drain, a write per partition
+        loop.accept([(_in_partition(_create(12, 3), 2), 12),
+                     (_in_partition(_create(13, 4), 1), 13)])
+        loop.start_drain()  # a drain is in flight: nothing starts, not even partition 2
+        await asyncio.sleep(0.01)
+        assert len(sink.batches) == 2
+        sink.gate.set()
+        await loop.finish()  # the batch read ahead is the next drain, whole
+        assert sorted(sink.batches[2:]) == [[3], [4]]
+        assert sorted(committed) == [10, 11, 12, 13]
+        loop.accept([(tombstone, 40)])  # nothing to write, but its ack waits for a drain
+        loop.start_drain()
+        await loop.finish()
+        assert committed[-1] == 40
+
+    asyncio.run(scenario())
+    assert loop.waiting() == 0
+
