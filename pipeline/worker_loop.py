@@ -51,7 +51,7 @@ T = TypeVar("T")
 
 #: Fewer records than this are decoded inline: a thread's hand-over costs more than it saves.
 DECODE_ASIDE_MIN = 64
-#: The key of a drain of every partition at once (a truncate, or only dead letters).
+#: The key of a drain of every partition at once (a truncate, or nothing to write).
 ALL_PARTITIONS = ("", -1)
 
 
@@ -125,7 +125,8 @@ class WorkerLoop(Generic[T]):
             return
         for tp in self.processor.ready_partitions() - flying.keys():
             self._launch(tp, {tp})
-        if not flying and self.processor.pending:  # only dead letters
+        # only dead letters, or finished records (tombstones) whose acks wait for a drain
+        if not flying and self.processor.has_work:
             self._launch(ALL_PARTITIONS, set())
 
     def _launch(self, key: tuple[str, int], only: set[tuple[str, int]] | None) -> None:

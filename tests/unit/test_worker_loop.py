@@ -470,3 +470,15 @@ def test_whole_drains_take_every_partition_at_once_and_the_next_batch_waits_whol
     asyncio.run(scenario())
     assert loop.waiting() == 0
 
+
+
+def test_a_batch_of_only_tombstones_is_acknowledged_by_a_partition_drain_too() -> None:
+    sink, loop, committed = _gated_loop()
+
+    async def scenario() -> None:
+        loop.accept([(_record(40, {"id": 9}, None), 40)])  # nothing to write
+        loop.start_drain()
+        await loop.finish()
+
+    asyncio.run(scenario())
+    assert committed == [40] and sink.batches == []
