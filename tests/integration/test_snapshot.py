@@ -12,7 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from pipeline.config import load_settings
 from pipeline.harness import PipelineProcess, wait_until
+from pipeline.sources.postgres.slot import ReplicationSlot
 from tests.integration.scenario import Scenario
 
 pytestmark = pytest.mark.integration
@@ -176,9 +178,13 @@ def test_snapshot_modes_never_and_initial_only(scenario: Scenario) -> None:
     sc.env["CDC_POSTGRES__SNAPSHOT_MODE"] = "initial_only"
     only = PipelineProcess("capture", sc.env, sc.work / "capture-only.log")
     sc.processes["capture-only"] = only
-    assert wait_until(lambda: not only.alive(), 90), only.tail()
-    assert only.proc.returncode == 0, only.tail()
-    assert sum(1 for r in _records(sc) if r["op"] == "r") == 51
+    try:
+        assert wait_until(lambda: not only.alive(), 90), only.tail()
+        assert only.proc.returncode == 0, only.tail()
+        assert sum(1 for r in _records(sc) if r["op"] == "r") == 51
+    finally:  # the scenario drops only its own slot; this one would pin WAL for good
+        only.stop()
+        ReplicationSlot(load_settings(None, sc.env).postgres).drop()
 
 
 def test_a_row_held_for_its_marker_is_not_confirmed_before_it_is_published(
