@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="row changes in the capture backlog (default 2,000,000; quick 100,000)")
     p.add_argument("--worker-events", type=int, default=None,
                    help="events pre-filled for the worker part (default 300,000; quick 50,000)")
+    p.add_argument("--worker-rounds", type=int, default=None,
+                   help="worker part: rounds per engine, the engines' order rotated each round; "
+                        "the median round counts (default 3; quick 1)")
     p.add_argument("--worker-no-dedup", action="store_true",
                    help="worker part: also run faust and the bare loop with dedup off")
     p.add_argument("--search-profile", action="store_true",
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args.duration = args.duration or (15.0 if q else 60.0)
     args.backlog_rows = args.backlog_rows or (100_000 if q else 2_000_000)
     args.worker_events = args.worker_events or (50_000 if q else 300_000)
+    args.worker_rounds = args.worker_rounds or (1 if q else 3)
     args.memory_events = args.memory_events or (100_000 if q else 1_000_000)
     if args.big_txn_rows is None:  # 0: skip the big transaction
         args.big_txn_rows = 100_000 if q else 1_000_000

@@ -86,8 +86,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 y = x.get(name)
                 if not y:
                     continue
+                rounds = y.get("rounds_events_per_s", [])
+                each = (f"; median of {len(rounds)} rounds: " + ", ".join(_f(r) for r in rounds)
+                        if len(rounds) > 1 else "")
                 out.append((f"worker {sink} sink, {name}", f"{_f(y['events_per_s'])} events/s",
-                            f"{y['events']:,} events in {y['seconds']} s, CPU {y.get('cpu_s')} s"))
+                            f"{y['events']:,} events in {y['seconds']} s, CPU {y.get('cpu_s')} s"
+                            + each))
             out.append((f"faust overhead, {sink} (bare/faust)",
                         _ratio(x["bare"]["events_per_s"], x["faust"]["events_per_s"]),
                         "target <= 1.5x; worker target >= 20,000 events/s (cache)"))
