@@ -141,10 +141,7 @@ lock = asyncio.Lock()
 
 async def ack(messages: list[Any]) -> None:
     """Acknowledge finished messages (the ledger's contiguous prefix per partition)."""
-    consumer = app.consumer
-    for message in messages:
-        guard.approve(message)
-        message.ack(consumer)
+    guard.acknowledge(messages)
 
 
 loop: WorkerLoop[Any] = WorkerLoop(
@@ -159,15 +156,11 @@ loop: WorkerLoop[Any] = WorkerLoop(
 
 
 def to_record(message: Any) -> RawRecord:
-    return RawRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        timestamp_ms=int((message.timestamp or 0) * 1000),
-        headers=tuple((k, bytes(v or b"")) for k, v in (message.headers or ())),
-    )
+    headers = message.headers
+    return RawRecord(  # positional: this runs once per record
+        message.topic, message.partition, message.offset, message.key, message.value,
+        int((message.timestamp or 0) * 1000),
+        tuple((k, bytes(v or b"")) for k, v in headers) if headers else ())
 
 
 def stop_for_good(exc: PermanentError) -> NoReturn:
@@ -221,7 +214,7 @@ async def consume() -> None:
             await guard.assignment_known()
             async with lock:
                 # Past a gap a message is held; settle() releases it or re-reads it.
-                admitted = [message for message in messages if guard.admit(message)]
+                admitted = guard.admitted(messages)
                 # Faust waits at a revocation for every message handed out; the held ones
                 # must not stay referenced here (the guard lets go of them).
                 del messages

@@ -114,6 +114,17 @@ def gate_acks(consumer: Any, allow: Callable[[Any], bool],
     consumer._add_gap = _add_gap
 
 
+def acknowledge(consumer: Any, messages: Iterable[Any]) -> None:
+    """Faust's own ``Consumer.ack`` for each message, past the :func:`gate_acks` wrapper:
+    for records the worker itself finished. Same bookkeeping as ``Message.ack`` for a record
+    :class:`BatchFetch` handed out (never referenced by a stream, so its final ack is its
+    first), without that path's three lock round trips, the wrapper and the approval set
+    per record (bench/RESULTS.md)."""
+    ack = type(consumer).ack  # the class's, not the instance's wrapper
+    for message in messages:
+        ack(consumer, message)
+
+
 async def record_gap(consumer: Any, tp: tuple[str, int], first: int, last: int) -> None:
     """Tell Faust offsets ``first..last`` of ``tp`` are not in the log (it may commit over)."""
     await consumer._add_gap(TP(*tp), first, last)

@@ -4,7 +4,9 @@ faust-streaming can skip a record around a rebalance or restart (and acknowledge
 agent), or drop one behind its read offset; its next commit then moves past a record no sink
 saw. :class:`ContinuityGuard` puts :mod:`pipeline.continuity` between Faust and the agent:
 
-- only acknowledgements the agent approved reach Faust's consumer (:meth:`approve`);
+- the agent's acknowledgements go straight to Faust's bookkeeping (:meth:`acknowledge`);
+  Faust's own acknowledgements of raw-topic records (of records the agent never finished)
+  stop at a gate;
 - on assignment it learns where the group left off, sorts every delivered record
   (take / repeat / hold) and, when a gap or a stall shows, asks Kafka where the next record
   really is and seeks Faust back to the missing offset (:meth:`reread`).
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from agents import faust_internals
@@ -43,7 +45,6 @@ class ContinuityGuard:
         self.kafka = kafka
         self.metrics = metrics
         self.continuity: OffsetContinuity[Partition, Any] = OffsetContinuity(stall_s=stall_s)
-        self._approved: set[tuple[str, int, int]] = set()
         self._gated: Any = None
         self._confirmed_gaps: set[Partition] = set()
         # Set once the current assignment's positions are known; records delivered before
@@ -74,18 +75,14 @@ class ContinuityGuard:
         consumer = self.app.consumer
         if self._gated is consumer:
             return
-        approved, topics, metrics = self._approved, self.topics, self.metrics
+        topics, metrics = self.topics, self.metrics
         confirmed = self._confirmed_gaps
 
         def allow(message: Any) -> bool:
             if message.topic not in topics:
                 return True
-            key = (message.topic, message.partition, message.offset)
-            if key not in approved:
-                metrics.inc("cdc_worker_acks_blocked_total")
-                return False
-            approved.discard(key)
-            return True
+            metrics.inc("cdc_worker_acks_blocked_total")
+            return False
 
         def allow_gap(tp: Any) -> bool:
             return tp.topic not in topics or (tp.topic, tp.partition) in confirmed
@@ -114,21 +111,29 @@ class ContinuityGuard:
         finally:
             self._confirmed_gaps.discard(tp)
 
-    def approve(self, message: Any) -> None:
-        """The worker finished ``message``: its acknowledgement may pass."""
-        self._approved.add((message.topic, message.partition, message.offset))
+    def acknowledge(self, messages: Iterable[Any]) -> None:
+        """The agent finished ``messages``: Faust may commit past them."""
+        self._gate()
+        faust_internals.acknowledge(self.app.consumer, messages)
 
     # -- admission ------------------------------------------------------------------------
     def admit(self, message: Any) -> bool:
         """True to process the message now; False when it is held back (past a gap: it is
         released by :meth:`settle`, or comes again after a re-read)."""
+        return bool(self.admitted([message]))
+
+    def admitted(self, messages: Sequence[Any]) -> list[Any]:
+        """The messages :meth:`admit` lets through, in order: one clock read for a batch."""
         self._gate()
-        verdict = self.continuity.admit(
-            (message.topic, message.partition), message.offset, message, time.monotonic())
-        if verdict is Admission.HELD:
-            self.metrics.inc("cdc_worker_held_total")
-            return False
-        return True
+        admit, now = self.continuity.admit, time.monotonic()
+        out: list[Any] = []
+        for message in messages:
+            if admit((message.topic, message.partition), message.offset, message,
+                     now) is not Admission.HELD:
+                out.append(message)
+        if len(out) < len(messages):
+            self.metrics.inc("cdc_worker_held_total", len(messages) - len(out))
+        return out
 
     async def assignment_known(self) -> None:
         """Wait until the positions of the current assignment are known."""

@@ -89,12 +89,11 @@ def _ev(offset: int, topic: str = "raw") -> _Message:
     return _Message(topic, 0, offset)
 
 
-def test_acks_pass_only_when_the_agent_approved_them(app: _App) -> None:
+def test_the_agent_acknowledges_past_the_gate_where_fausts_own_acks_stop(app: _App) -> None:
     g = _guard(app)
-    assert g.admit(_ev(10))
+    assert g.admit(_ev(10)) and g.admit(_ev(11))
     assert app.consumer.ack(_Message("raw", 0, 11)) is False  # Faust acking one it skipped
-    g.approve(_ev(10))
-    assert app.consumer.ack(_Message("raw", 0, 10)) is True
+    g.acknowledge([_ev(10)])
     assert app.consumer.ack(_Message("other", 0, 3)) is True  # not a guarded topic
     assert app.consumer.acked == [10, 3]
     assert g.metrics.total("cdc_worker_acks_blocked_total") == 1
@@ -173,3 +172,11 @@ def test_held_records_are_let_go_of_when_a_rebalance_starts(app: _App) -> None:
 
     asyncio.run(run())
     assert app.rebalances == 1
+
+
+def test_a_batch_is_admitted_in_order_up_to_a_gap_and_what_is_held_is_counted(
+        app: _App) -> None:
+    g = _guard(app)
+    batch = [_ev(10), _ev(11), _ev(13), _ev(14)]
+    assert [m.offset for m in g.admitted(batch)] == [10, 11]  # 12 missing: 13, 14 held
+    assert g.metrics.total("cdc_worker_held_total") == 2
