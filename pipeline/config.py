@@ -175,6 +175,11 @@ class PostgresSettings(_Section):
     #: backfill alongside: no WAL piles up behind a long snapshot).
     snapshot_mode: Literal["initial", "never", "initial_only", "when_needed",
                            "incremental"] = "initial"
+    #: ``initial_only``: keep the replication slot when the snapshot is done, so a later
+    #: capture (``snapshot_mode: initial`` or ``never``) streams on from the snapshot point
+    #: with no change lost in between. Off: the slot is dropped once the snapshot is
+    #: confirmed in Kafka, as Debezium's ``initial_only`` leaves none, and holds no WAL.
+    initial_only_keep_slot: bool = False
     #: Rows per snapshot chunk (keyset pagination on the primary key); also the default
     #: chunk of an incremental backfill (``cdc snapshot start --chunk-size``).
     snapshot_chunk_size: int = Field(default=2048, ge=1)

@@ -73,10 +73,14 @@ class CaptureLoop:
         while not stop.is_set():
             self.backoff.started()
             try:
-                self.session(stop)
-            except SourceExhausted as done:
-                log.info("%s: %s", self.source.name, done)
-                return
+                try:
+                    self.session(stop)
+                except SourceExhausted as done:
+                    log.info("%s: %s", self.source.name, done)
+                    finish = getattr(self.source, "finish", None)
+                    if finish is not None:
+                        finish()
+                    return
             except RetriableError as exc:
                 self.metrics.inc("cdc_capture_errors_total", kind="retriable")
                 self._give_up_after_timeout(exc)

@@ -86,6 +86,11 @@ class ChangeSource(Protocol):
     # A source may also define ``refused(position, reason)``: Kafka refused a record of the
     # unit ending at ``position`` for good. Without it a refusal stops capture; with it the
     # source decides (the outbox relay counts an attempt) and confirmation goes on past it.
+    #
+    # And ``finish()``: called after the source raised SourceExhausted and the session
+    # ended with everything it handed out confirmed, to release what only streaming on
+    # would need (the PostgreSQL source drops its slot after ``initial_only``). Idempotent;
+    # a RetriableError from it retries the session, which ends exhausted again.
 
     def forget_positions(self) -> None:
         """Forget every position this source keeps in Kafka (``cdc capture

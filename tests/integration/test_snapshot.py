@@ -174,17 +174,41 @@ def test_snapshot_modes_never_and_initial_only(scenario: Scenario) -> None:
     assert [r["op"] for r in _records(sc)] == ["c"]
     sc.processes["capture"].stop()
 
-    sc.env["CDC_POSTGRES__SLOT"] = f"slot_{sc.uid}_only"
+    def slot_exists(name: str) -> bool:
+        conn = sc.connect()
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,))
+            found = cur.fetchone() is not None
+        conn.close()
+        return found
+
+    def capture_until_it_exits(tag: str) -> None:
+        proc = sc.processes[tag] = PipelineProcess("capture", sc.env, sc.work / f"{tag}.log")
+        assert wait_until(lambda: not proc.alive(), 90), proc.tail()
+        assert proc.proc.returncode == 0, proc.tail()
+
+    only, kept = f"slot_{sc.uid}_only", f"slot_{sc.uid}_kept"
     sc.env["CDC_POSTGRES__SNAPSHOT_MODE"] = "initial_only"
-    only = PipelineProcess("capture", sc.env, sc.work / "capture-only.log")
-    sc.processes["capture-only"] = only
     try:
-        assert wait_until(lambda: not only.alive(), 90), only.tail()
-        assert only.proc.returncode == 0, only.tail()
+        # Debezium's initial_only leaves no slot: ours drops the one it snapshotted from
+        sc.env["CDC_POSTGRES__SLOT"] = only
+        capture_until_it_exits("capture-only")
         assert sum(1 for r in _records(sc) if r["op"] == "r") == 51
-    finally:  # the scenario drops only its own slot; this one would pin WAL for good
-        only.stop()
-        ReplicationSlot(load_settings(None, sc.env).postgres).drop()
+        assert not slot_exists(only)
+        # again: the snapshot is complete, nothing is read twice, no slot is made
+        capture_until_it_exits("capture-only-again")
+        assert sum(1 for r in _records(sc) if r["op"] == "r") == 51
+        assert not slot_exists(only)
+        # kept on request, for a later capture to stream on from the snapshot point
+        sc.env.update({"CDC_POSTGRES__SLOT": kept,
+                       "CDC_POSTGRES__INITIAL_ONLY_KEEP_SLOT": "true"})
+        capture_until_it_exits("capture-kept")
+        assert sum(1 for r in _records(sc) if r["op"] == "r") == 102
+        assert slot_exists(kept)
+    finally:  # the scenario drops only its own slot; these would pin WAL for good
+        for name in (only, kept):
+            sc.env["CDC_POSTGRES__SLOT"] = name
+            ReplicationSlot(load_settings(None, sc.env).postgres).drop_slot()
 
 
 def test_a_row_held_for_its_marker_is_not_confirmed_before_it_is_published(

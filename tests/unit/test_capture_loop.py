@@ -18,7 +18,7 @@ from pipeline.capture.delivery import DeliveryFailed
 from pipeline.capture.loop import CaptureLoop
 from pipeline.capture.source import ANY_PARTITION, EVERY_PARTITION, Checkpoint, Item
 from pipeline.config import KafkaSettings
-from pipeline.errors import RetriableError
+from pipeline.errors import RetriableError, SourceExhausted
 from pipeline.metrics import Metrics
 from pipeline.retry import Backoff
 
@@ -231,3 +231,44 @@ def test_property_confirm_never_passes_an_unacknowledged_record(
     last = [i.position for s in sessions for r in s for i in r if isinstance(i, Checkpoint)]
     if last:
         assert source.confirmed and source.confirmed[-1] == last[-1]
+
+
+class Exhausting(FakeSource):
+    """Runs out after its reads (initial_only); ``finish`` fails ``failures`` times first."""
+
+    def __init__(self, sessions: list[list[list[Item]]], publisher: FakePublisher,
+                 stop: threading.Event, failures: int) -> None:
+        super().__init__(sessions, publisher, stop)
+        self.failures = failures
+        self.finished_after: list[list[int]] = []  # what was confirmed at each finish
+
+    def open(self) -> list[str]:
+        self.session = min(self.session + 1, len(self.sessions) - 1)
+        self.reads = list(self.sessions[self.session])
+        self._unassigned = []
+        return ["t"]
+
+    def read(self, max_items: int) -> list[Item]:
+        if not self.reads:
+            raise SourceExhausted("snapshot complete")
+        return super().read(max_items)
+
+    def finish(self) -> None:
+        self.finished_after.append(list(self.confirmed))
+        if self.failures:
+            self.failures -= 1
+            raise RetriableError("database away")
+
+
+def test_an_exhausted_source_is_finished_after_its_last_position_is_confirmed() -> None:
+    publisher = FakePublisher()
+    stop = threading.Event()
+    source = Exhausting([[[rec("a"), rec("b"), Checkpoint(1)]], [[]]], publisher, stop,
+                        failures=1)
+    loop = CaptureLoop(source, publisher, KafkaSettings(), Metrics("test"),  # type: ignore[arg-type]
+                       Backoff(0.001, 0.001), create_topics=False)
+    loop.run(stop)
+    # the first finish came after the last checkpoint was confirmed; it failed, so the
+    # session ran again (exhausted at once) and finish was called again
+    assert source.finished_after == [[1], [1]]
+    assert source.closed == 2 and not stop.is_set()

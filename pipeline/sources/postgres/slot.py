@@ -252,6 +252,23 @@ class ReplicationSlot:
             conn.close()
         return Lsn.parse(row[0]) if row is not None and row[0] else None
 
+    def drop_slot(self) -> bool:
+        """Remove the slot only (the publication holds no WAL); True if it was there.
+        Raises through :func:`translate` (a slot still in use is a setup error naming it)."""
+        try:
+            conn = connect(self.settings.dsn.get_secret_value())
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                        "WHERE slot_name = %s", (self.settings.slot,))
+                    return cur.rowcount > 0
+            finally:
+                conn.close()
+        except psycopg2.Error as exc:
+            raise translate(exc, f"dropping replication slot '{self.settings.slot}'") from exc
+
     def drop(self) -> None:
         """Remove the slot and publication (used by tests and `cdc reset`)."""
         conn = connect(self.settings.dsn.get_secret_value())

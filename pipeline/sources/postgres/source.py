@@ -157,6 +157,10 @@ class PostgresSource:
         slot = ReplicationSlot(self._slot_settings())
         saved = self.offsets.load()
         mode = self.pg.snapshot_mode
+        if mode == "initial_only" and (self.snapshot_offsets.load() or {}).get("complete"):
+            raise SourceExhausted("nothing to do: the snapshot is complete (snapshot_mode "
+                                  "initial_only; snapshot_mode initial snapshots again and "
+                                  "streams)")
         exists = slot.prepare(saved_position=None if saved is None else saved.get("lsn"),
                               create_slot=mode == "never",
                               when_lost_start_over=mode == "when_needed")
@@ -175,7 +179,8 @@ class PostgresSource:
             progress = self.snapshot_offsets.load()
             if progress is None or progress.get("complete"):
                 pass
-            elif self.pg.snapshot_resume == "incremental" and progress.get("lsn"):
+            elif (self.pg.snapshot_resume == "incremental" and progress.get("lsn")
+                  and mode != "initial_only"):  # initial_only does not stream: read the rest
                 self._hand_snapshot_to_backfill(progress)
             else:
                 # Streaming has not started, so the slot is still at its consistent point.
@@ -207,6 +212,21 @@ class PostgresSource:
         if self.pg.heartbeat_interval_s is not None:
             topics.append(self._heartbeat_topic)
         return topics
+
+    def finish(self) -> None:
+        """``initial_only`` is done and confirmed in Kafka: drop the slot, which would hold
+        WAL for a stream that never comes (unless ``postgres.initial_only_keep_slot``). Its
+        stream position is forgotten first, so a later ``snapshot_mode: initial`` capture
+        makes a new slot and snapshots again instead of stopping at a missing slot."""
+        if self.pg.snapshot_mode != "initial_only" or self.pg.initial_only_keep_slot:
+            return
+        self.offsets.forget()
+        if self.offsets.flush():
+            raise RetriableError("could not remove the stream position from Kafka before "
+                                 "dropping the slot")
+        if ReplicationSlot(self.pg).drop_slot():
+            log.info("dropped replication slot %s: the initial_only snapshot is complete "
+                     "(postgres.initial_only_keep_slot: true keeps it)", self.pg.slot)
 
     def _hand_snapshot_to_backfill(self, progress: dict[str, Any]) -> None:
         """An initial snapshot interrupted part-way (its exported snapshot died with the
