@@ -255,6 +255,13 @@ class ReplicationSlot:
     def drop_slot(self) -> bool:
         """Remove the slot only (the publication holds no WAL); True if it was there.
         Raises through :func:`translate` (a slot still in use is a setup error naming it)."""
+        return self._drop(publication=False)
+
+    def drop(self) -> None:
+        """Remove the slot and publication (used by tests and `cdc reset`)."""
+        self._drop(publication=True)
+
+    def _drop(self, publication: bool) -> bool:
         try:
             conn = connect(self.settings.dsn.get_secret_value())
             conn.autocommit = True
@@ -263,30 +270,15 @@ class ReplicationSlot:
                     cur.execute(
                         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                         "WHERE slot_name = %s", (self.settings.slot,))
-                    return cur.rowcount > 0
+                    dropped = cur.rowcount > 0
+                    if publication:
+                        cur.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                            sql.Identifier(self.settings.publication)))
+                    return dropped
             finally:
                 conn.close()
         except psycopg2.Error as exc:
             raise translate(exc, f"dropping replication slot '{self.settings.slot}'") from exc
-
-    def drop(self) -> None:
-        """Remove the slot and publication (used by tests and `cdc reset`)."""
-        conn = connect(self.settings.dsn.get_secret_value())
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name = %s",
-                    (self.settings.slot,),
-                )
-                cur.execute(
-                    sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
-                        sql.Identifier(self.settings.publication)
-                    )
-                )
-        finally:
-            conn.close()
 
 
 def _table_list(tables: Any) -> sql.Composable:
