@@ -205,6 +205,11 @@ def test_snapshot_modes_never_and_initial_only(scenario: Scenario) -> None:
         capture_until_it_exits("capture-kept")
         assert sum(1 for r in _records(sc) if r["op"] == "r") == 102
         assert slot_exists(kept)
+        # a slot whose snapshot another process completed is left alone: it may be one a
+        # streaming capture uses, and initial_only was set by mistake
+        sc.env["CDC_POSTGRES__INITIAL_ONLY_KEEP_SLOT"] = "false"
+        capture_until_it_exits("capture-kept-again")
+        assert slot_exists(kept)
     finally:  # the scenario drops only its own slot; these would pin WAL for good
         for name in (only, kept):
             sc.env["CDC_POSTGRES__SLOT"] = name

@@ -113,6 +113,7 @@ class PostgresSource:
         self.snapshot_offsets = OffsetStore(kafka, {"source": "postgres-snapshot",
                                                     "slot": pg.slot})
         self._snapshot: TableSnapshot | ParallelSnapshot | None = None
+        self._snapshot_done_here = False  # an initial_only snapshot completed in this process
         self._resumed: Lsn | None = None
         self._include = [re.compile(p) for p in pg.message_prefix_include]
         self._exclude = [re.compile(p) for p in pg.message_prefix_exclude]
@@ -159,8 +160,7 @@ class PostgresSource:
         mode = self.pg.snapshot_mode
         if mode == "initial_only" and (self.snapshot_offsets.load() or {}).get("complete"):
             raise SourceExhausted("nothing to do: the snapshot is complete (snapshot_mode "
-                                  "initial_only; snapshot_mode initial snapshots again and "
-                                  "streams)")
+                                  "initial_only). To stream, set snapshot_mode: initial")
         exists = slot.prepare(saved_position=None if saved is None else saved.get("lsn"),
                               create_slot=mode == "never",
                               when_lost_start_over=mode == "when_needed")
@@ -217,8 +217,12 @@ class PostgresSource:
         """``initial_only`` is done and confirmed in Kafka: drop the slot, which would hold
         WAL for a stream that never comes (unless ``postgres.initial_only_keep_slot``). Its
         stream position is forgotten first, so a later ``snapshot_mode: initial`` capture
-        makes a new slot and snapshots again instead of stopping at a missing slot."""
-        if self.pg.snapshot_mode != "initial_only" or self.pg.initial_only_keep_slot:
+        makes a new slot and snapshots again instead of stopping at a missing slot.
+
+        Only after a snapshot this process completed (also when an earlier try of this
+        call failed): a slot found with its snapshot long complete may be one a streaming
+        capture uses (``initial_only`` set by mistake on a running pipeline)."""
+        if not self._snapshot_done_here or self.pg.initial_only_keep_slot:
             return
         self.offsets.forget()
         if self.offsets.flush():
@@ -308,6 +312,7 @@ class PostgresSource:
             if snapshot.finished:  # its completion was handed out: stream (or stop)
                 self._snapshot = None
                 if self.pg.snapshot_mode == "initial_only":
+                    self._snapshot_done_here = True
                     raise SourceExhausted("snapshot complete (snapshot_mode initial_only)")
                 self._start_streaming()
             else:
