@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-workers", default="faust:rocksdb://,kafka:rocksdb://",
                    help="worker configurations in the long memory run, engine:store, comma "
                         "separated; each runs one worker per sink at the same time")
+    p.add_argument("--memory-prefill", action="store_true",
+                   help="memory part: capture fills the topic first, then the workers drain it "
+                        "alone (capture and the workload no longer share the cores with them)")
     p.add_argument("--memory-sinks", default="search,cache",
                    help="sinks with a worker per configuration in the long memory run")
     p.add_argument("--big-txn-rows", type=int, default=None,

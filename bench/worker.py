@@ -97,20 +97,22 @@ class SinkWorker:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def prefill(bench: Bench, events: int, args: Any) -> tuple[str, str, int, int]:
+def prefill(bench: Bench, events: int, args: Any,
+            tag: str = "wk") -> tuple[str, str, int, int]:
     """A raw topic holding ``events`` row changes written by our capture.
     Returns (table, topic, change events, records incl. tombstones)."""
-    target = bench.capture_target("wk")
+    target = bench.capture_target(tag)
     table, pub, slot = target.table, target.publication, target.slot
     prefix, topic = target.prefix, target.topic
-    log(f"worker: pre-filling {topic} with {events} events")
+    log(f"{tag}: pre-filling {topic} with {events} events")
     wl = workload_result(workload(bench, table, "--rows", str(events), "--txn-rows",
                                   str(args.txn_rows), "--mix", args.mix,
                                   "--row-bytes", str(args.row_bytes)))
     records = wl["rows"] + wl["ops"]["delete"]
-    cap = Ours(bench, table, slot, pub, prefix, bench.work / "wk-capture")
+    cap = Ours(bench, table, slot, pub, prefix, bench.work / f"{tag}-capture")
     try:
-        got = wait_topic(bench.bootstrap, topic, records, timeout=900)
+        # capture drains a backlog at ~30k records/s here: 15 minutes, or longer for 10M+
+        got = wait_topic(bench.bootstrap, topic, records, timeout=max(900.0, records / 10_000))
     finally:
         cap.stop()
         bench.drop_slot(slot)
