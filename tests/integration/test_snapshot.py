@@ -53,6 +53,15 @@ def _fill(sc: Scenario, rows: int) -> None:
                "FROM generate_series(1, %s) g", rows)
 
 
+def _slot_exists(sc: Scenario, name: str) -> bool:
+    conn = sc.connect()
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,))
+        found = cur.fetchone() is not None
+    conn.close()
+    return found
+
+
 def _children(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (a parallel snapshot's readers)."""
     found = []
@@ -174,14 +183,6 @@ def test_snapshot_modes_never_and_initial_only(scenario: Scenario) -> None:
     assert [r["op"] for r in _records(sc)] == ["c"]
     sc.processes["capture"].stop()
 
-    def slot_exists(name: str) -> bool:
-        conn = sc.connect()
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,))
-            found = cur.fetchone() is not None
-        conn.close()
-        return found
-
     def capture_until_it_exits(tag: str) -> None:
         proc = sc.processes[tag] = PipelineProcess("capture", sc.env, sc.work / f"{tag}.log")
         assert wait_until(lambda: not proc.alive(), 90), proc.tail()
@@ -194,26 +195,74 @@ def test_snapshot_modes_never_and_initial_only(scenario: Scenario) -> None:
         sc.env["CDC_POSTGRES__SLOT"] = only
         capture_until_it_exits("capture-only")
         assert sum(1 for r in _records(sc) if r["op"] == "r") == 51
-        assert not slot_exists(only)
+        assert not _slot_exists(sc, only)
         # again: the snapshot is complete, nothing is read twice, no slot is made
         capture_until_it_exits("capture-only-again")
         assert sum(1 for r in _records(sc) if r["op"] == "r") == 51
-        assert not slot_exists(only)
+        assert not _slot_exists(sc, only)
         # kept on request, for a later capture to stream on from the snapshot point
         sc.env.update({"CDC_POSTGRES__SLOT": kept,
                        "CDC_POSTGRES__INITIAL_ONLY_KEEP_SLOT": "true"})
         capture_until_it_exits("capture-kept")
         assert sum(1 for r in _records(sc) if r["op"] == "r") == 102
-        assert slot_exists(kept)
+        assert _slot_exists(sc, kept)
         # a slot whose snapshot another process completed is left alone: it may be one a
         # streaming capture uses, and initial_only was set by mistake
         sc.env["CDC_POSTGRES__INITIAL_ONLY_KEEP_SLOT"] = "false"
         capture_until_it_exits("capture-kept-again")
-        assert slot_exists(kept)
+        assert _slot_exists(sc, kept)
     finally:  # the scenario drops only its own slot; these would pin WAL for good
         for name in (only, kept):
             sc.env["CDC_POSTGRES__SLOT"] = name
             ReplicationSlot(load_settings(None, sc.env).postgres).drop_slot()
+
+
+def test_an_initial_only_snapshot_killed_part_way_reads_the_rest_then_drops_its_slot(
+    scenario: Scenario,
+) -> None:
+    """No stream follows ``initial_only``, so a rerun after kill -9 reads the rest itself
+    (never as a backfill that would wait for a stream), from the key it reached, and then
+    exits and drops its slot as an uninterrupted run does."""
+    sc = scenario
+    rows = 200_000
+    _fill(sc, rows)
+    only = f"slot_{sc.uid}_only"
+    sc.env.update({"CDC_POSTGRES__SNAPSHOT_MODE": "initial_only", "CDC_POSTGRES__SLOT": only,
+                   "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "300",
+                   "CDC_POSTGRES__SNAPSHOT_RESUME": "incremental"})  # ignored: no stream
+    published = _Watermarks(sc)
+    try:
+        capture = sc.processes["capture-killed"] = PipelineProcess(
+            "capture", sc.env, sc.work / "capture-killed.log")
+        assert wait_until(lambda: published() >= 2_000, 120, 0.02), capture.tail()
+        time.sleep(1.5)  # let a few chunk confirmations reach the offsets topic
+        capture.kill()  # kill -9
+        published.consumer.close()
+        first_run = len(_records(sc))
+        assert first_run < rows, "the snapshot finished before the kill; use more rows"
+        assert _slot_exists(sc, only)  # the snapshot is not done: its slot stays meanwhile
+        # changed after the crash, in keys the first run had not reached (one reader reads
+        # in key order): the rerun reads them as they are now
+        sc.execute("DELETE FROM items WHERE id = 199998")
+        sc.execute("UPDATE items SET name = 'changed after the crash' WHERE id = 199999")
+        rerun = sc.processes["capture-rerun"] = PipelineProcess(
+            "capture", sc.env, sc.work / "capture-rerun.log")
+        assert wait_until(lambda: not rerun.alive(), 300), rerun.tail()
+        assert rerun.proc.returncode == 0, rerun.tail()
+        records = _records(sc)
+        assert {r["op"] for r in records} == {"r"}, "initial_only streamed"
+        ids = [r["after"]["id"] for r in records]
+        assert set(ids) == set(range(1, rows + 1)) - {199998}
+        assert len(ids) < rows + first_run  # done chunks were not read again
+        assert not any(r["source"]["snapshot"] == "incremental" for r in records)
+        assert [r["after"]["name"] for r in records
+                if r["after"]["id"] == 199999] == ["changed after the crash"]
+        assert "incremental backfill" not in rerun.tail(200)
+        assert not _slot_exists(sc, only)
+    finally:  # the scenario drops only its own slot; this one would pin WAL for good
+        for proc in sc.processes.values():
+            proc.kill()
+        ReplicationSlot(load_settings(None, sc.env).postgres).drop_slot()
 
 
 def test_a_row_held_for_its_marker_is_not_confirmed_before_it_is_published(
