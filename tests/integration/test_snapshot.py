@@ -211,6 +211,7 @@ def test_snapshot_modes_never_and_initial_only(scenario: Scenario) -> None:
         sc.env["CDC_POSTGRES__INITIAL_ONLY_KEEP_SLOT"] = "false"
         capture_until_it_exits("capture-kept-again")
         assert _slot_exists(sc, kept)
+        assert "still exists and holds WAL" in sc.processes["capture-kept-again"].tail()
     finally:  # the scenario drops only its own slot; these would pin WAL for good
         for name in (only, kept):
             sc.env["CDC_POSTGRES__SLOT"] = name

@@ -103,3 +103,36 @@ def test_confirming_to_a_closed_connection_is_retriable() -> None:
     source = _source(_DeadCursor(psycopg2.InterfaceError("connection already closed")))
     with pytest.raises(RetriableError, match="connection already closed"):
         source.confirm(Lsn(1000))
+
+
+def test_a_slot_initial_only_cannot_drop_is_retried_naming_the_remedy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The snapshot is confirmed, but another process holds its slot: retried (a walsender
+    may still be letting go of it) with what to do, as the slot would hold WAL for good;
+    the stream position is forgotten first (a later ``initial`` run then snapshots again
+    instead of streaming from a stale slot)."""
+    from pipeline.sources.postgres.slot import ReplicationSlot
+
+    source = PostgresSource(
+        PostgresSettings(tables=("public.t",), slot="snap_slot", snapshot_mode="initial_only"),
+        KafkaSettings(bootstrap_servers="127.0.0.1:1"), Metrics("test"))
+    source._snapshot_done_here = True
+    steps: list[str] = []
+    monkeypatch.setattr(source.offsets, "forget", lambda: steps.append("forget"))
+    monkeypatch.setattr(source.offsets, "flush", lambda: 0)
+
+    def in_use(_slot: ReplicationSlot) -> bool:
+        steps.append("drop")
+        raise translate(psycopg2.errors.ObjectInUse(
+            'replication slot "snap_slot" is active for PID 4242\n'),
+            "dropping replication slot 'snap_slot'")
+
+    monkeypatch.setattr(ReplicationSlot, "drop_slot", in_use)
+    with pytest.raises(RetriableError) as refused:
+        source.finish()
+    message = str(refused.value)
+    assert "is active for PID 4242" in message
+    assert "pg_drop_replication_slot('snap_slot')" in message
+    assert "postgres.initial_only_keep_slot" in message
+    assert steps == ["forget", "drop"]

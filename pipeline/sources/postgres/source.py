@@ -159,6 +159,11 @@ class PostgresSource:
         saved = self.offsets.load()
         mode = self.pg.snapshot_mode
         if mode == "initial_only" and (self.snapshot_offsets.load() or {}).get("complete"):
+            if (not self.pg.initial_only_keep_slot and not self._snapshot_done_here
+                    and slot.confirmed_position() is not None):
+                log.warning("replication slot %s still exists and holds WAL: if no capture "
+                            "streams from it, drop it (SELECT pg_drop_replication_slot('%s'))",
+                            self.pg.slot, self.pg.slot)
             raise SourceExhausted("nothing to do: the snapshot is complete (snapshot_mode "
                                   "initial_only). To stream, set snapshot_mode: initial")
         exists = slot.prepare(saved_position=None if saved is None else saved.get("lsn"),
@@ -228,7 +233,18 @@ class PostgresSource:
         if self.offsets.flush():
             raise RetriableError("could not remove the stream position from Kafka before "
                                  "dropping the slot")
-        if ReplicationSlot(self.pg).drop_slot():
+        try:
+            dropped = ReplicationSlot(self.pg).drop_slot()
+        except (SourceSetupError, RetriableError) as exc:
+            # Still in use (retried: a walsender may be letting go of it), or refused: say
+            # what to do, as the slot holds WAL until it is dropped.
+            raise type(exc)(
+                f"the initial_only snapshot is complete and confirmed in Kafka, but its "
+                f"replication slot holds WAL until dropped: {exc}. If no capture streams "
+                f"from it, stop what uses it and run SELECT pg_drop_replication_slot("
+                f"'{self.pg.slot}'); to keep it, set postgres.initial_only_keep_slot: true"
+            ) from exc
+        if dropped:
             log.info("dropped replication slot %s: the initial_only snapshot is complete "
                      "(postgres.initial_only_keep_slot: true keeps it)", self.pg.slot)
 
