@@ -36,7 +36,14 @@ class RocksSeenStore(MutableMapping[str, str]):
     """A ``str -> str`` mapping in RocksDB, keys in byte order."""
 
     def __init__(self, path: Path) -> None:
-        from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteOptions
+        from rocksdict import (
+            BlockBasedIndexType,
+            BlockBasedOptions,
+            Cache,
+            Options,
+            Rdict,
+            WriteOptions,
+        )
 
         shutil.rmtree(path, ignore_errors=True)
         try:
@@ -51,11 +58,19 @@ class RocksSeenStore(MutableMapping[str, str]):
         options.set_max_write_buffer_number(2)
         table = BlockBasedOptions()
         table.set_block_cache(Cache(CACHE_MB << 20))
-        # Index and filter blocks inside the cache (else they grow with the data, outside
-        # any bound); a bloom filter so looking up a row never seen reads no data block.
+        # A bloom filter, so looking up a row never seen reads no data block. Index and
+        # filter blocks inside the cache (else they grow with the data, outside any bound),
+        # and partitioned: a whole-file filter or index block is ~1 MB once the store holds
+        # millions of rows, and a cache this small then evicts and reloads one per lookup
+        # (measured: 0.5 ms per lookup of an absent row at 3M rows, 4.5 us partitioned;
+        # `python -m bench.seenstore`). Only the small top-level blocks stay pinned.
+        table.set_bloom_filter(10, False)
         table.set_cache_index_and_filter_blocks(True)
         table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-        table.set_bloom_filter(10, False)
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_pin_top_level_index_and_filter(True)
+        table.set_metadata_block_size(4096)
         options.set_block_based_table_factory(table)
         self.path = path
         try:
