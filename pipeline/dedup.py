@@ -31,8 +31,12 @@ Kafka topic prefixes and contain no ``|``); values ``<ts_ms>:<commit>.<lsn>,...`
 Window: a row's entry is dropped by :meth:`Deduplicator.evict` once its newest applied change
 is older than ``window_ms`` of source time (default 24 h: far beyond any replay from a
 committed offset or a confirmed slot position, and an operator resetting offsets by a day is
-still covered). :meth:`~Deduplicator.evict` walks a snapshot of the keys (one reference per
-row) a bounded number at a time.
+still covered). :meth:`~Deduplicator.evict` walks the keys (in key order on a disk store, else
+a snapshot of them) a bounded number at a time: at least ``evict_batch`` per call, and as
+many more as it takes, at the pace the calls come, to examine every row at least once per
+quarter of the window. So a row leaves at most a quarter window late, and the seen-set holds
+at most the rows of 1.25 windows however fast rows arrive (a fixed number per call would
+fall behind any store gaining more rows than that between calls, and never finish a walk).
 
 Memory is per row changed within the window, not per event: a key of ~35 bytes
 (``shop|public.orders|{"id":1000000}``) and a value of ~35 bytes with one position, ~22 more
@@ -44,6 +48,7 @@ Python dict (measured: 204 bytes per entry); a million updates of one hot row: ~
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from enum import Enum
@@ -56,6 +61,8 @@ from pipeline.ordering import LateEventError
 from pipeline.positions import ChangePosition
 
 DEFAULT_WINDOW_MS = 24 * 60 * 60 * 1000
+#: Every row is examined for eviction at least this often per window.
+SWEEPS_PER_WINDOW = 4
 
 
 class Verdict(Enum):
@@ -66,7 +73,8 @@ class Verdict(Enum):
 
 @dataclass(frozen=True, slots=True)
 class DedupSettings:
-    """``window_ms`` of source time; positions kept per row; entries examined per evict."""
+    """``window_ms`` of source time; positions kept per row; entries examined per evict
+    at least (more when the store is large: see the module's *Window*)."""
 
     window_ms: int = DEFAULT_WINDOW_MS
     positions_per_row: int = 8
@@ -124,6 +132,7 @@ class Deduplicator:
         self.evicted = 0
         self._sweep: list[str] = []
         self._cursor: str | None = None  # where a store that can scan left off
+        self._last_evict_ms: int | None = None
 
     def classify(self, event: ChangeEvent, key: str | None = None,
                  reads: Reads | None = None) -> Verdict:
@@ -178,11 +187,12 @@ class Deduplicator:
 
     def evict(self, now_ms: int) -> int:
         """Drop rows whose newest applied change is older than ``now_ms - window_ms``
-        (``now_ms``: wall time, comparable with source time). Examines at most
-        ``evict_batch`` rows per call, walking a snapshot of the keys taken when the previous
-        walk ended; returns how many it dropped."""
+        (``now_ms``: wall time, comparable with source time). Examines the next
+        :meth:`_evict_budget` rows of a walk over the keys (in key order on a store that can
+        scan, else a snapshot of the keys taken when the previous walk ended); returns how
+        many it dropped."""
         cutoff = now_ms - self.settings.window_ms
-        batch = self.settings.evict_batch
+        batch = self._evict_budget(now_ms)
         scan = getattr(self.store, "scan", None)
         keys = None if scan is None else scan(self._cursor, batch)
         if keys is not None:  # a store that walks in key order: no snapshot of every key
@@ -200,6 +210,16 @@ class Deduplicator:
                 dropped += 1
         self.evicted += dropped
         return dropped
+
+    def _evict_budget(self, now_ms: int) -> int:
+        """Rows to examine in this call: ``evict_batch``, or more when that is too few to
+        walk the whole store once per quarter window at the pace the calls come."""
+        last, self._last_evict_ms = self._last_evict_ms, now_ms
+        floor = self.settings.evict_batch
+        if last is None or now_ms <= last:
+            return floor
+        quarter = self.settings.window_ms / SWEEPS_PER_WINDOW
+        return max(floor, math.ceil(len(self.store) * min(1.0, (now_ms - last) / quarter)))
 
     def _record(self, key: str, reads: Reads | None) -> RowRecord | None:
         """The row's entry: from ``reads`` when this batch read it already, else from the

@@ -147,6 +147,21 @@ def test_evict_drops_rows_older_than_the_window_in_bounded_steps() -> None:
     assert dedup.classify(change(200, row=9)) is Verdict.DUPLICATE  # still in the window
 
 
+def test_evict_keeps_pace_with_a_store_larger_than_its_batches() -> None:
+    """Rows arriving faster than ``evict_batch`` per call must not outrun eviction: the
+    calls examine as many rows as it takes to walk the store once per quarter window."""
+    store: dict[str, str | bytes] = {}
+    dedup = Deduplicator(store, DedupSettings(window_ms=4 * HOUR_MS, evict_batch=10))
+    for row in range(1000):
+        dedup.remember(change(100, row=row, ts_ms=0))
+    assert dedup.evict(5 * HOUR_MS) == 10  # a first call: one batch
+    # half a quarter window later: half the store
+    assert dedup.evict(5 * HOUR_MS + HOUR_MS // 2) == 495
+    assert dedup.evict(5 * HOUR_MS + HOUR_MS // 2 + 1) == 10  # moments later: one batch
+    assert dedup.evict(7 * HOUR_MS) == 485  # a quarter window later: the rest
+    assert not store
+
+
 def test_evict_keeps_a_row_refreshed_by_a_newer_change() -> None:
     store: dict[str, str | bytes] = {}
     dedup = Deduplicator(store, DedupSettings(window_ms=HOUR_MS))
