@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-rounds", type=int, default=None,
                    help="worker part: rounds per engine, the engines' order rotated each round; "
                         "the median round counts (default 3; quick 1)")
+    p.add_argument("--worker-sinks", default="search,cache",
+                   help="worker part: the sinks measured, comma separated")
     p.add_argument("--worker-no-dedup", action="store_true",
                    help="worker part: also run faust and the bare loop with dedup off")
     p.add_argument("--search-profile", action="store_true",
@@ -134,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         build_parser().error(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    bad_sinks = [s for s in args.worker_sinks.split(",") if s not in ("search", "cache")]
+    if bad_sinks:
+        build_parser().error(f"unknown --worker-sinks {bad_sinks}; choose from search, cache")
     q = args.quick
     args.duration = args.duration or (15.0 if q else 60.0)
     args.backlog_rows = args.backlog_rows or (100_000 if q else 2_000_000)

@@ -203,7 +203,8 @@ def throughput(bench: Bench, args: Any) -> dict[str, Any]:
     rounds = max(1, getattr(args, "worker_rounds", 1))
     out: dict[str, Any] = {"topic_records": records, "events": events, "batch_size": 500,
                            "rounds": rounds}
-    for sink in SINKS:
+    sinks = [s for s in getattr(args, "worker_sinks", ",".join(SINKS)).split(",") if s]
+    for sink in sinks:
         runs: dict[str, list[dict[str, Any]]] = {e: [] for e in ENGINES}
         for rnd in range(rounds):
             for engine in round_order(rnd):
