@@ -60,7 +60,9 @@ class KafkaSinkWorker:
             self.processor, self.store, metrics, self._commit_async,
             retry_initial_s=settings.worker.retry_initial_ms / 1000,
             retry_max_s=settings.worker.retry_max_ms / 1000, sink=sink,
-            backpressure=self.backpressure)
+            backpressure=self.backpressure,
+            per_partition=all(getattr(s, "drains_per_partition", True)
+                              for s in self.processor.sinks))
         self.consumer = Consumer(client_config(settings.kafka, {
             "group.id": self.group,
             "auto.offset.reset": "earliest",

@@ -45,7 +45,13 @@ class Sink(Protocol):
     """A sink may also set ``takes_stale_reads = True``: it refuses stale writes itself (by
     version) and uses a snapshot read older than the row it holds (``op: r``) to fill
     columns it never had (the search index). Other sinks never see a read older than their
-    row."""
+    row.
+
+    And ``drains_per_partition = False``: its writes return so fast (Redis answers a
+    pipeline in well under a millisecond) that the kafka engine drains everything ready at
+    once, rather than keeping one drain in flight per partition (``pipeline.worker_loop``),
+    which pays only while a write waits on the network (Elasticsearch's ``_bulk``) and
+    otherwise multiplies each drain's fixed cost (bench/RESULTS.md)."""
 
     name: str
 
@@ -54,6 +60,16 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+#: What a sink may declare about itself (see :class:`Sink`), and each one's default.
+TRAITS = {"takes_stale_reads": False, "drains_per_partition": True}
+
+
+def copy_traits(wrapper: object, inner: object) -> None:
+    """A wrapper declares what the sink it wraps declares."""
+    for trait, default in TRAITS.items():
+        setattr(wrapper, trait, getattr(inner, trait, default))
 
 
 class RetryingSink:
@@ -77,7 +93,7 @@ class RetryingSink:
         #: a worker's: its partitions stay paused while a write is retried
         self.backpressure = backpressure
         self.name = inner.name
-        self.takes_stale_reads = getattr(inner, "takes_stale_reads", False)
+        copy_traits(self, inner)
         self.initial_s = initial_s
         self.max_s = max_s
         self.metrics = metrics
@@ -135,7 +151,7 @@ class MeasuredSink:
     def __init__(self, inner: Sink, metrics: Metrics) -> None:
         self.inner = inner
         self.name = inner.name
-        self.takes_stale_reads = getattr(inner, "takes_stale_reads", False)
+        copy_traits(self, inner)
         self.metrics = metrics
 
     async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pipeline.errors import PermanentError, RetriableError
 from pipeline.events import ChangeEvent
-from pipeline.sinks.base import Rejection, Sink
+from pipeline.sinks.base import Rejection, Sink, copy_traits
 
 
 class OutageLimit:
@@ -22,7 +22,7 @@ class OutageLimit:
     def __init__(self, inner: Sink, timeout_s: float) -> None:
         self.inner = inner
         self.name = inner.name
-        self.takes_stale_reads = getattr(inner, "takes_stale_reads", False)
+        copy_traits(self, inner)
         self.timeout_s = timeout_s
         self._since: float | None = None  # first failure since the last confirmed batch
 

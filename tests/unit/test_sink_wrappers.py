@@ -224,3 +224,20 @@ def test_measured_sink_lets_errors_through_without_counting() -> None:
     with pytest.raises(SinkUnavailableError):
         asyncio.run(sink.write([_event(0)]))
     assert metrics.total("cdc_sink_events_total") == 0
+
+
+@pytest.mark.parametrize("traits", [{}, {"takes_stale_reads": True, "drains_per_partition": False}])
+def test_wrapped_as_a_worker_wraps_it_the_sink_keeps_what_it_declares(
+        traits: dict[str, bool]) -> None:
+    """A worker sees its sink through the wrappers: what the sink declares (or the defaults,
+    when it declares nothing) must reach through all of them."""
+    from pipeline.sinks.outage import OutageLimit
+
+    inner = ScriptedSink()
+    for trait, value in traits.items():
+        setattr(inner, trait, value)
+    wrapped = RetryingSink(OutageLimit(MeasuredSink(inner, Metrics("t")), 60.0), 0.1, 1.0,
+                           Metrics("t"))
+    for trait, default in base.TRAITS.items():
+        assert getattr(wrapped, trait) is traits.get(trait, default), trait
+
