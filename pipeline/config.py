@@ -421,7 +421,7 @@ class WorkerSettings(_Section):
     #: Both are filled from the changelog topic at start.
     store: Literal["memory://", "rocksdb://"] = "rocksdb://"
     #: faust: a Faust app per sink (the default). kafka: the same processing in a
-    #: confluent-kafka consume loop, several times faster (bench/RESULTS.md).
+    #: confluent-kafka consume loop (the engines' speeds: bench/RESULTS.md).
     engine: Literal["faust", "kafka"] = "faust"
     #: Faust's ~100-line start-up banner and spinner per sink (engine faust); off by
     #: default, its log lines stay.

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -191,25 +191,42 @@ class Deduplicator:
         :meth:`_evict_budget` rows of a walk over the keys (in key order on a store that can
         scan, else a snapshot of the keys taken when the previous walk ended); returns how
         many it dropped."""
+        return sum(self.evict_in_slices(now_ms, math.inf))
+
+    def evict_in_slices(self, now_ms: int, slice_rows: float) -> Iterator[int]:
+        """:meth:`evict`, one slice of at most ``slice_rows`` rows examined at a time: yields
+        each slice's dropped count, so a caller can let other work run between slices (a
+        pass over a store of millions of rows examines tens of thousands). Ends early when
+        the walk reaches the end of the keys."""
         cutoff = now_ms - self.settings.window_ms
-        batch = self._evict_budget(now_ms)
+        left = self._evict_budget(now_ms)
+        while left > 0:
+            batch = int(min(left, slice_rows))
+            left -= batch
+            keys, walked_all = self._next_keys(batch)
+            dropped = 0
+            for key in keys:
+                raw = self.store.get(key)
+                if raw is not None and RowRecord.decode(raw).ts_ms < cutoff:
+                    del self.store[key]
+                    dropped += 1
+            self.evicted += dropped
+            yield dropped
+            if walked_all:
+                return
+
+    def _next_keys(self, batch: int) -> tuple[list[str], bool]:
+        """The walk's next ``batch`` keys, and whether the walk reached its end with them."""
         scan = getattr(self.store, "scan", None)
         keys = None if scan is None else scan(self._cursor, batch)
         if keys is not None:  # a store that walks in key order: no snapshot of every key
             self._cursor = keys[-1] if len(keys) == batch else None
-        else:
-            if not self._sweep:
-                self._sweep = list(self.store.keys())
-                self._sweep.reverse()  # pop() from the end walks in store order
-            keys = [self._sweep.pop() for _ in range(min(batch, len(self._sweep)))]
-        dropped = 0
-        for key in keys:
-            raw = self.store.get(key)
-            if raw is not None and RowRecord.decode(raw).ts_ms < cutoff:
-                del self.store[key]
-                dropped += 1
-        self.evicted += dropped
-        return dropped
+            return keys, self._cursor is None
+        if not self._sweep:
+            self._sweep = list(self.store.keys())
+            self._sweep.reverse()  # pop() from the end walks in store order
+        keys = [self._sweep.pop() for _ in range(min(batch, len(self._sweep)))]
+        return keys, not self._sweep
 
     def _evict_budget(self, now_ms: int) -> int:
         """Rows to examine in this call: ``evict_batch``, or more when that is too few to

@@ -51,6 +51,8 @@ T = TypeVar("T")
 
 #: Fewer records than this are decoded inline: a thread's hand-over costs more than it saves.
 DECODE_ASIDE_MIN = 64
+#: Dedup rows an eviction pass examines between two turns of the event loop (~10 ms each).
+EVICT_SLICE_ROWS = 500
 #: The key of a drain of every partition at once (a truncate, or nothing to write).
 ALL_PARTITIONS = ("", -1)
 
@@ -217,13 +219,20 @@ class WorkerLoop(Generic[T]):
     async def evict(self, now_ms: int | None = None) -> int:
         """Drop dedup entries older than the window (and say so in the changelog: the
         deletes go out with the next drain's flush; nothing waits for them, as no
-        acknowledgement depends on them)."""
+        acknowledgement depends on them). A pass over a store of millions of rows examines
+        tens of thousands: it goes in slices of ``EVICT_SLICE_ROWS``, the event loop free
+        between them, so drains in flight and the consumer are not held up for the whole
+        pass."""
         dedup = self.processor.dedup
         if dedup is None:
             return 0
-        evicted = dedup.evict(int(time.time() * 1000) if now_ms is None else now_ms)
-        if evicted:
-            self.metrics.inc("cdc_dedup_evicted_total", evicted)
+        evicted = 0
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        for dropped in dedup.evict_in_slices(now_ms, EVICT_SLICE_ROWS):
+            evicted += dropped
+            if dropped:
+                self.metrics.inc("cdc_dedup_evicted_total", dropped)
+            await asyncio.sleep(0)
         return evicted
 
     def take_ready(self) -> list[T]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from pipeline.dedup import Deduplicator, DedupSettings, Verdict, row_key
@@ -160,6 +162,29 @@ def test_evict_keeps_pace_with_a_store_larger_than_its_batches() -> None:
     assert dedup.evict(5 * HOUR_MS + HOUR_MS // 2 + 1) == 10  # moments later: one batch
     assert dedup.evict(7 * HOUR_MS) == 485  # a quarter window later: the rest
     assert not store
+
+
+def test_a_pass_in_slices_examines_what_one_call_would_and_stops_at_the_walk_s_end() -> None:
+    def filled() -> tuple[dict[str, str | bytes], Deduplicator]:
+        store: dict[str, str | bytes] = {}
+        dedup = Deduplicator(store, DedupSettings(window_ms=4 * HOUR_MS, evict_batch=10))
+        for row in range(1000):
+            dedup.remember(change(100, row=row, ts_ms=0 if row % 2 else 5 * HOUR_MS))
+        return store, dedup
+
+    whole_store, whole = filled()
+    sliced_store, sliced = filled()
+    # one batch of 10; ~500 rows half a quarter window later; then a budget past the walk
+    for now in (5 * HOUR_MS, 5 * HOUR_MS + HOUR_MS // 2, 8 * HOUR_MS):
+        in_walk = len(sliced._sweep) or len(sliced_store)
+        slices = list(sliced.evict_in_slices(now, 64))
+        assert sum(slices) == whole.evict(now) > 0
+        assert sliced_store == whole_store
+        assert all(dropped <= 64 for dropped in slices)
+    # the last pass's budget (the whole store) was more than the walk had left: it ended
+    # with the walk's last key, not by starting the walk again
+    assert len(slices) == math.ceil(in_walk / 64)
+    assert len(sliced_store) == 500 and sliced.evicted == 500
 
 
 def test_evict_keeps_a_row_refreshed_by_a_newer_change() -> None:

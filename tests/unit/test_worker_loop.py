@@ -482,3 +482,46 @@ def test_a_batch_of_only_tombstones_is_acknowledged_by_a_partition_drain_too() -
 
     asyncio.run(scenario())
     assert committed == [40] and sink.batches == []
+
+
+def test_an_eviction_pass_lets_the_event_loop_run_between_its_slices() -> None:
+    """A pass over millions of rows must not hold the loop: drains in flight and the
+    consumer run between slices of ``EVICT_SLICE_ROWS``."""
+    from pipeline.dedup import Deduplicator, DedupSettings
+    from pipeline.worker_loop import EVICT_SLICE_ROWS
+    from tests.unit.test_dedup import HOUR_MS, change
+
+    store: dict[str, str | bytes] = {}
+    dedup = Deduplicator(store, DedupSettings(window_ms=HOUR_MS, evict_batch=1))
+    rows = 3 * EVICT_SLICE_ROWS + 1
+    for row in range(rows):
+        dedup.remember(change(100, row=row, ts_ms=0))
+    assert dedup.evict(HOUR_MS + 1) == 1  # a first pass: one row; the next, a quarter later:
+    metrics = Metrics("w")
+    processor = BatchProcessor([], RecordingDeadLetters(), metrics,  # type: ignore[arg-type]
+                               dedup=dedup)
+    loop: WorkerLoop[int] = WorkerLoop(processor, Changelog(), metrics, _no_commit,
+                                       retry_initial_s=0.1, retry_max_s=0.1)
+    turns: list[int] = []
+
+    async def main() -> int:
+        async def ticker() -> None:
+            while True:
+                turns.append(len(store))
+                await asyncio.sleep(0)
+
+        other = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        evicted = await loop.evict(HOUR_MS + HOUR_MS // 4 + 1)
+        other.cancel()
+        return evicted
+
+    assert asyncio.run(main()) == rows - 1
+    assert not store
+    # the other task saw the store shrink slice by slice, not in one step
+    assert len(set(turns)) >= 4
+    assert metrics.snapshot()["counters"]["cdc_dedup_evicted_total"] == rows - 1
+
+
+async def _no_commit(tokens: list[int]) -> None:
+    pass
