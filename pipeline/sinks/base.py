@@ -48,10 +48,10 @@ class Sink(Protocol):
     row.
 
     And ``drains_per_partition = False``: its writes return so fast (Redis answers a
-    pipeline in well under a millisecond) that the kafka engine drains everything ready at
-    once, rather than keeping one drain in flight per partition (``pipeline.worker_loop``),
-    which pays only while a write waits on the network (Elasticsearch's ``_bulk``) and
-    otherwise multiplies each drain's fixed cost (bench/RESULTS.md)."""
+    pipeline in well under a millisecond) that a worker drains everything ready at once,
+    rather than keeping one drain in flight per partition (``pipeline.worker_loop``), which
+    pays only while a write waits on the network (Elasticsearch's ``_bulk``) and otherwise
+    multiplies each drain's fixed cost (bench/RESULTS.md)."""
 
     name: str
 
@@ -70,6 +70,13 @@ def copy_traits(wrapper: object, inner: object) -> None:
     """A wrapper declares what the sink it wraps declares."""
     for trait, default in TRAITS.items():
         setattr(wrapper, trait, getattr(inner, trait, default))
+
+
+def drains_per_partition(sinks: Sequence[object]) -> bool:
+    """Whether a worker writing to ``sinks`` keeps one drain in flight per partition (each
+    sink's ``drains_per_partition``, see :class:`Sink`)."""
+    return all(getattr(sink, "drains_per_partition", TRAITS["drains_per_partition"])
+               for sink in sinks)
 
 
 class RetryingSink:
