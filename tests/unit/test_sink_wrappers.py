@@ -241,3 +241,16 @@ def test_wrapped_as_a_worker_wraps_it_the_sink_keeps_what_it_declares(
     for trait, default in base.TRAITS.items():
         assert getattr(wrapped, trait) is traits.get(trait, default), trait
 
+
+
+def test_a_worker_drains_per_partition_unless_a_sink_says_its_writes_are_quick() -> None:
+    """Both engines take their drain mode from here: one sink declaring False is enough
+    (its writes would otherwise be split per partition for nothing); a sink declaring
+    nothing waits on the network as far as the worker knows."""
+    quick = ScriptedSink()
+    quick.drains_per_partition = False  # type: ignore[attr-defined]
+    assert base.drains_per_partition([ScriptedSink()]) is True
+    assert base.drains_per_partition([quick]) is False
+    assert base.drains_per_partition([ScriptedSink(), quick]) is False
+    wrapped = RetryingSink(MeasuredSink(quick, Metrics("t")), 0.1, 1.0, Metrics("t"))
+    assert base.drains_per_partition([wrapped]) is False
