@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import orjson
@@ -25,12 +24,13 @@ def _records(sc: Scenario) -> list[dict]:
 
 
 class _Watermarks:
-    """Records in the scenario's raw topic (high watermarks, one consumer: cheap to ask)."""
+    """Records in a topic, the scenario's raw topic by default (high watermarks, one
+    consumer: cheap to ask)."""
 
-    def __init__(self, sc: Scenario) -> None:
+    def __init__(self, sc: Scenario, topic: str | None = None) -> None:
         from confluent_kafka import Consumer
 
-        self.topic = sc.topic
+        self.topic = topic or sc.topic
         self.consumer = Consumer({"bootstrap.servers": sc.settings.kafka.bootstrap_servers,
                                   "group.id": "watermarks"})
 
@@ -137,11 +137,14 @@ def test_a_snapshot_killed_part_way_resumes_without_reading_done_chunks_again(
     sc.env["CDC_POSTGRES__SNAPSHOT_RESUME"] = resume
     sc.env["CDC_WORKER__ENGINE"] = "kafka"  # the faster engine: 200k rows to index
     published = _Watermarks(sc)
+    saved = _Watermarks(sc, sc.settings.kafka.offsets_topic)
+    before = saved()
     # Not sc.start: it waits for the slot to stream, which is after the snapshot.
     capture = sc.processes["capture-killed"] = PipelineProcess(
         "capture", sc.env, sc.work / "capture-killed.log")
-    assert wait_until(lambda: published() >= 2_000, 120, 0.02), capture.tail()
-    time.sleep(1.5)  # let a few chunk confirmations reach the offsets topic
+    # killed as soon as chunk confirmations reached the offsets topic (see below)
+    assert wait_until(lambda: published() >= 2_000 and saved() >= before + 3, 120, 0.01), \
+        capture.tail()
     readers_pids = _children(capture.proc.pid)
     assert len(readers_pids) >= (readers if readers > 1 else 0), readers_pids
     os.kill(capture.proc.pid, signal.SIGKILL)  # the capture alone, as the OOM killer would
@@ -150,6 +153,7 @@ def test_a_snapshot_killed_part_way_resumes_without_reading_done_chunks_again(
     assert wait_until(lambda: not any(_running(p) for p in readers_pids), 30), readers_pids
     capture.kill()
     published.consumer.close()
+    saved.consumer.close()
     first_run = len(_records(sc))
     assert first_run < rows, "the snapshot finished before the kill; use more rows"
     sc.execute("UPDATE items SET name = 'changed after the crash' WHERE id IN (1, 199999)")
@@ -232,13 +236,18 @@ def test_an_initial_only_snapshot_killed_part_way_reads_the_rest_then_drops_its_
                    "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "300",
                    "CDC_POSTGRES__SNAPSHOT_RESUME": "incremental"})  # ignored: no stream
     published = _Watermarks(sc)
+    saved = _Watermarks(sc, sc.settings.kafka.offsets_topic)
+    before = saved()
     try:
         capture = sc.processes["capture-killed"] = PipelineProcess(
             "capture", sc.env, sc.work / "capture-killed.log")
-        assert wait_until(lambda: published() >= 2_000, 120, 0.02), capture.tail()
-        time.sleep(1.5)  # let a few chunk confirmations reach the offsets topic
+        # killed as soon as chunk confirmations reached the offsets topic (the first save
+        # is the empty progress): a fixed wait let a fast machine finish the whole table
+        assert wait_until(lambda: published() >= 2_000 and saved() >= before + 3, 120, 0.01), \
+            capture.tail()
         capture.kill()  # kill -9
         published.consumer.close()
+        saved.consumer.close()
         first_run = len(_records(sc))
         assert first_run < rows, "the snapshot finished before the kill; use more rows"
         assert _slot_exists(sc, only)  # the snapshot is not done: its slot stays meanwhile
