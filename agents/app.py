@@ -61,7 +61,6 @@ from pipeline.errors import EXIT_PERMANENT, PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.kafka.client import faust_credentials, poll_limits
 from pipeline.seenstore import open_seen_store
-from pipeline.sinks.base import drains_per_partition
 from pipeline.sinks.registry import select_sink
 from pipeline.worker_loop import WorkerLoop
 
@@ -149,10 +148,6 @@ loop: WorkerLoop[Any] = WorkerLoop(
     processor, store, metrics, ack, sink=SINK,
     retry_initial_s=settings.worker.retry_initial_ms / 1000,
     retry_max_s=settings.worker.retry_max_ms / 1000, backpressure=backpressure,
-    # One drain in flight per partition for a sink that waits on the network (search:
-    # +20-45 % with 2,000-record batches); one drain of a whole batch for the cache sink,
-    # where per-partition drains only multiply each drain's cost (bench/RESULTS.md).
-    per_partition=drains_per_partition(processor.sinks),
 )
 
 

@@ -32,7 +32,7 @@ from pipeline.metrics import Metrics
 from pipeline.ordering import LatePolicy, PartitionReorderer, Release
 from pipeline.positions import ChangePosition
 from pipeline.retry import Backoff
-from pipeline.sinks.base import Rejection, Sink
+from pipeline.sinks.base import TRAITS, Rejection, Sink
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class BatchProcessor:
         self._done: list[RawRecord] = []
         self._stale_log = StaleLog()
         self._stale_reads_ok = bool(self.sinks) and all(
-            getattr(s, "takes_stale_reads", False) for s in self.sinks)
+            getattr(s, "takes_stale_reads", TRAITS["takes_stale_reads"]) for s in self.sinks)
 
     # -- the pure part ---------------------------------------------------------------------
     def accept(self, records: Sequence[RawRecord], now_ms: int | None = None,

@@ -44,6 +44,7 @@ from pipeline.errors import PermanentError
 from pipeline.metrics import Metrics
 from pipeline.processing import BatchProcessor, Decoded
 from pipeline.retry import Backoff
+from pipeline.sinks.base import drains_per_partition
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,14 @@ class WorkerLoop(Generic[T]):
     def __init__(self, processor: BatchProcessor, changelog: Changelog, metrics: Metrics,
                  commit: Callable[[list[T]], Awaitable[None]], *,
                  retry_initial_s: float, retry_max_s: float, sink: str = "",
-                 backpressure: Backpressure | None = None, per_partition: bool = True) -> None:
+                 backpressure: Backpressure | None = None,
+                 per_partition: bool | None = None) -> None:
         self.processor = processor
-        #: one drain in flight per partition, or (False) one drain of everything at a time
-        self.per_partition = per_partition
+        #: one drain in flight per partition, or (False) one drain of everything at a time;
+        #: by default what the sinks declare (``drains_per_partition``): per partition for a
+        #: sink that waits on the network (search), whole batches for a quick one (cache)
+        self.per_partition = (drains_per_partition(processor.sinks) if per_partition is None
+                              else per_partition)
         #: how a retry waits: with the partitions paused, still polling (the engine's consumer)
         self.backpressure = backpressure or Backpressure(metrics, sink)
         self.changelog = changelog

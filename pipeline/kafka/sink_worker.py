@@ -36,7 +36,6 @@ from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.kafka.client import client_config, poll_limits
 from pipeline.metrics import Metrics
 from pipeline.seenstore import open_seen_store
-from pipeline.sinks.base import drains_per_partition
 from pipeline.worker_loop import WorkerLoop
 
 log = logging.getLogger(__name__)
@@ -61,8 +60,7 @@ class KafkaSinkWorker:
             self.processor, self.store, metrics, self._commit_async,
             retry_initial_s=settings.worker.retry_initial_ms / 1000,
             retry_max_s=settings.worker.retry_max_ms / 1000, sink=sink,
-            backpressure=self.backpressure,
-            per_partition=drains_per_partition(self.processor.sinks))
+            backpressure=self.backpressure)
         self.consumer = Consumer(client_config(settings.kafka, {
             "group.id": self.group,
             "auto.offset.reset": "earliest",

@@ -318,8 +318,10 @@ class GatedSink:
 
 
 def _gated_loop(per_partition: bool = True) -> tuple[GatedSink, WorkerLoop[int], list[int]]:
-    """A worker loop over a :class:`GatedSink`, and the tokens it committed."""
+    """A worker loop over a :class:`GatedSink`, and the tokens it committed. The loop takes
+    its drain mode from what the sink declares (``drains_per_partition``)."""
     sink = GatedSink()
+    sink.drains_per_partition = per_partition  # type: ignore[attr-defined]
     committed: list[int] = []
 
     async def commit(tokens: list[int]) -> None:
@@ -327,8 +329,8 @@ def _gated_loop(per_partition: bool = True) -> tuple[GatedSink, WorkerLoop[int],
 
     processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
     loop: WorkerLoop[int] = WorkerLoop(processor, Changelog(), Metrics("w"), commit,
-                                       retry_initial_s=0.5, retry_max_s=1.0,
-                                       per_partition=per_partition)
+                                       retry_initial_s=0.5, retry_max_s=1.0)
+    assert loop.per_partition is per_partition
     return sink, loop, committed
 
 
