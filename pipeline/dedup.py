@@ -157,7 +157,7 @@ class Deduplicator:
         held = f"position {newest.positions[-1]}" if newest else "a truncate of the table"
         late_ms = max(0, newest.ts_ms - event.source.ts_ms) if newest else 0
         return LateEventError(
-            f"stale: {event.table_id} position {ChangePosition.of(event)} is older than "
+            f"stale: {event.table_id} position {event.position} is older than "
             f"{held} already applied for this row",
             late_ms=late_ms,
         )
@@ -169,7 +169,7 @@ class Deduplicator:
         :meth:`classify` was given."""
         if key is None:
             key = row_key(event)
-        position = ChangePosition.of(event)
+        position = event.position
         ts_ms = event.source.ts_us // 1000
         old = self._record(key, reads)
         if old is None:
@@ -250,7 +250,7 @@ class Deduplicator:
         return record
 
     def _verdict(self, event: ChangeEvent, key: str, reads: Reads | None) -> Verdict:
-        position = ChangePosition.of(event)
+        position = event.position
         record = self._record(key, reads)
         if record is not None:
             if position in record.positions:

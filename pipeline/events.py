@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import EventDecodeError, NotARowChange
+from pipeline.positions import ChangePosition
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,19 @@ class ChangeEvent:
     source: SourceInfo
     ts_ms: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: :attr:`position`, once asked for (the reorder buffer, the deduplicator and the
+    #: worker each need it; not an ``__init__`` argument, so ``replace`` recomputes it)
+    _position: ChangePosition | None = field(default=None, init=False, compare=False,
+                                             repr=False)
+
+    @property
+    def position(self) -> ChangePosition:
+        """Where this change ranks among its row's changes (``ChangePosition.of``)."""
+        position = self._position
+        if position is None:
+            position = ChangePosition.of(self)
+            object.__setattr__(self, "_position", position)
+        return position
 
     @property
     def table_id(self) -> str:

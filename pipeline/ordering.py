@@ -164,7 +164,7 @@ class ReorderBuffer(Generic[T]):
         ts_us = event.source.ts_us
         if self._newest_ts_us is None or ts_us > self._newest_ts_us:
             self._newest_ts_us = ts_us
-        position = ChangePosition.of(event)
+        position = event.position
         entry = Buffered(event, item)
         if self._released_at is not None and position < self._released_at:
             self._late(entry, position)

@@ -222,7 +222,7 @@ class BatchProcessor:
                 key = row_key(event)
                 verdict = dedup.classify(event, key, reads)
                 if verdict is Verdict.NEW:
-                    position = ChangePosition.of(event)
+                    position = event.position
                     positions = taken.setdefault(key, set())
                     if position in positions:
                         verdict = Verdict.DUPLICATE
@@ -365,7 +365,7 @@ class StaleLog:
         log.warning(
             "dropped %d change(s) as stale (older than what the row already holds), latest: "
             "%s key %s at position %s; counted in cdc_dedup_stale_total",
-            self._since, event.table_id, event.key, ChangePosition.of(event),
+            self._since, event.table_id, event.key, event.position,
         )
         self._since = 0
         self._last = now

@@ -213,6 +213,21 @@ def test_a_null_commit_after_a_restart_is_unknown_not_zero() -> None:
     assert event is not None and event.source.commit_lsn is None
 
 
+def test_an_events_position_is_kept_once_and_a_copy_with_other_fields_gets_its_own() -> None:
+    import dataclasses
+
+    from pipeline.positions import ChangePosition
+
+    event = _event()
+    assert event.position == ChangePosition(0x16B374D000, 0x16B374D848)
+    assert event.position is event.position  # worked out once
+    read = dataclasses.replace(event, op="r")
+    assert read.position.snapshot and not event.position.snapshot
+    moved = dataclasses.replace(event, source=dataclasses.replace(event.source, lsn=1))
+    assert moved.position.lsn == 1
+    assert moved == dataclasses.replace(moved) and "_position" not in repr(event)
+
+
 def test_later_lsn_means_higher_version() -> None:
     src1 = SourceInfo(connector="p", name="n", db="d", schema="s", table="t", ts_us=10**15, lsn=200)
     src2 = SourceInfo(connector="p", name="n", db="d", schema="s", table="t", ts_us=1, lsn=300)
