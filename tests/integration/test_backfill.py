@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -107,6 +108,9 @@ def test_a_backfill_killed_part_way_resumes_from_its_last_chunk(scenario: Scenar
     started = _cdc(sc, "snapshot", "start", sc.table_id, "--chunk-size", "300")
     assert started.returncode == 0, started.stderr
     assert wait_until(lambda: _state(sc).get("rows", 0) >= 3_000, 120, 0.05), capture.tail()
+    # Frozen while the second start is refused (a CLI start takes a second or two, time
+    # enough for a fast machine to finish the backfill), then killed -9 where it stood.
+    os.killpg(capture.proc.pid, signal.SIGSTOP)
     again = _cdc(sc, "snapshot", "start", sc.table_id)
     assert again.returncode != 0 and "already running" in again.stderr, again.stderr
     capture.kill()
