@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 import orjson
@@ -29,7 +29,13 @@ class ChangelogWriter:
     per partition): a flush waits for the entries written before it began, not for those
     written meanwhile, so it ends even while other drains keep writing. Delivery reports
     come in produce order per partition, so "every entry written before" is, per
-    partition, a count of reports."""
+    partition, a count of reports.
+
+    An entry Kafka never took (its delivery failed, say after ``message.timeout.ms`` of an
+    outage) is written again by the next flush, with the key's value as the store holds it
+    then (``current``; a newer value may have been written since), and every flush that a
+    failure reported during it could concern raises: no drain acknowledges records whose
+    entries the changelog does not hold."""
 
     def __init__(self, topic: str, kafka: KafkaSettings) -> None:
         self.topic = topic
@@ -38,17 +44,25 @@ class ChangelogWriter:
             "enable.idempotence": True, "acks": "all", "linger.ms": 5,
             "compression.type": "lz4",
         }))
-        self._failed: list[str] = []
+        #: the store's value of a key now (None: gone); set by the store this writer mirrors.
+        #: Without it a lost entry is written again as it was.
+        self.current: Callable[[str], str | None] | None = None
+        self._failures = 0  # deliveries that failed, ever
+        self._error = ""  # the last failure's reason
+        #: entries whose delivery failed, by key: (partition, payload), to write again
+        self._lost: dict[bytes, tuple[int, bytes | None]] = {}
         self._written: dict[int, int] = {}  # entries queued per partition (event loop only)
         self._reported: dict[int, int] = {}  # delivery reports per partition
         self._lock = threading.Lock()  # reports may be served by several flushing threads
 
     def write(self, partition: int, key: str, value: str | None) -> None:
         """Queue an entry (None deletes it)."""
-        payload = None if value is None else orjson.dumps(value)
+        self._produce(partition, orjson.dumps(key), None if value is None else orjson.dumps(value))
+
+    def _produce(self, partition: int, key: bytes, payload: bytes | None) -> None:
         while True:
             try:
-                self._producer.produce(self.topic, payload, orjson.dumps(key),
+                self._producer.produce(self.topic, payload, key,
                                        partition=partition, on_delivery=self._delivered)
                 break
             except BufferError:
@@ -60,7 +74,18 @@ class ChangelogWriter:
             partition = msg.partition()
             self._reported[partition] = self._reported.get(partition, 0) + 1
             if err is not None:
-                self._failed.append(str(err))
+                self._failures += 1
+                self._error = str(err)
+                self._lost[msg.key()] = (partition, msg.value())
+
+    def _write_lost_again(self) -> None:
+        with self._lock:
+            lost, self._lost = self._lost, {}
+        for key, (partition, payload) in lost.items():
+            if self.current is not None:
+                value = self.current(orjson.loads(key))
+                payload = None if value is None else orjson.dumps(value)
+            self._produce(partition, key, payload)
 
     def _reached(self, target: dict[int, int]) -> bool:
         reported = self._reported
@@ -72,13 +97,17 @@ class ChangelogWriter:
             self._producer.flush(0.05)  # sends at once (no linger), serves the reports
 
     async def flush(self, timeout: float = 30.0) -> None:
-        """Wait until the changelog holds every entry written before this call."""
+        """Wait until the changelog holds every entry written before this call (entries
+        lost before it are written again first)."""
+        self._write_lost_again()
+        failures = self._failures
         target = dict(self._written)
         if not self._reached(target):
             await asyncio.to_thread(self._serve, target, timeout)
-        if self._failed:
-            failed, self._failed = self._failed, []
-            raise RetriableError(f"changelog {self.topic} not acknowledged: {failed[:1]}")
+        if self._failures != failures:
+            # (one of this flush's entries, or another drain's: either way, not known safe)
+            raise RetriableError(f"changelog {self.topic} not acknowledged: {self._error}; "
+                                 "its lost entries are written again by the next flush")
         if not self._reached(target):
             raise RetriableError(f"changelog {self.topic} not acknowledged in {timeout:g}s")
 
@@ -132,6 +161,7 @@ class ChangelogStore(MutableMapping[str, str]):
         self.changelog = changelog
         self.data: MutableMapping[str, str] = {} if data is None else data
         self.partition = 0
+        changelog.current = self.data.get
 
     @contextlib.contextmanager
     def scope(self, partition: int) -> Iterator[None]:
@@ -184,4 +214,5 @@ class ChangelogStore(MutableMapping[str, str]):
         """Keys in order past ``after`` when the underlying store can walk that way (a disk
         store), else None (the caller snapshots the keys instead)."""
         scan = getattr(self.data, "scan", None)
-        return None if scan is None else list(scan(after, limit))
+        keys = None if scan is None else scan(after, limit)
+        return None if keys is None else list(keys)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +63,96 @@ def test_restore_and_forget_by_partition(spec: str, tmp_path: Path) -> None:
     fresh.restore({0})
     fresh.forget({1})
     assert dict(fresh.items()) == {"a": "va"}
+
+
+# -- the writer: an entry Kafka never took -----------------------------------------------
+class _Delivered:
+    def __init__(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self._partition, self._key, self._value = partition, key, value
+
+    def partition(self) -> int:
+        return self._partition
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
+class LossyProducer:
+    """Reports each queued entry when served; entries of ``failing`` keys fail (as after
+    ``message.timeout.ms`` of an outage) until ``failing`` is emptied."""
+
+    failing: set[bytes] = set()
+    log: list[tuple[int, bytes, bytes | None]] = []
+
+    def __init__(self, config: object) -> None:
+        self.queue: list[tuple[Any, _Delivered]] = []
+
+    def produce(self, topic: str, value: bytes | None, key: bytes, partition: int,
+                on_delivery: Any) -> None:
+        self.queue.append((on_delivery, _Delivered(partition, key, value)))
+
+    def flush(self, timeout: float = 0) -> int:
+        queue, self.queue = self.queue, []
+        for report, msg in queue:
+            failed = msg.key() in self.failing
+            if not failed:
+                self.log.append((msg.partition(), msg.key(), msg.value()))
+            report("Local: Message timed out" if failed else None, msg)
+        return 0
+
+    poll = flush
+
+
+def _lossy_store(monkeypatch: pytest.MonkeyPatch) -> ChangelogStore:
+    import pipeline.kafka.changelog as changelog
+    from pipeline.config import KafkaSettings
+
+    monkeypatch.setattr(changelog, "KafkaProducer", LossyProducer)
+    LossyProducer.log = []
+    return ChangelogStore(changelog.ChangelogWriter("t", KafkaSettings()))
+
+
+def test_no_flush_passes_over_an_entry_kafka_never_took_and_the_next_writes_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import orjson
+
+    from pipeline.errors import RetriableError
+
+    store = _lossy_store(monkeypatch)
+    LossyProducer.failing = {orjson.dumps("row-b")}
+
+    async def scenario() -> None:
+        with store.scope(0):
+            store["row-a"] = "x"
+        with store.scope(1):
+            store["row-b"] = "y1"
+        # two drains flush at once; both must fail, whichever sees the failure first
+        outcomes = await asyncio.gather(store.flush(), store.flush(), return_exceptions=True)
+        assert all(isinstance(o, RetriableError) for o in outcomes), outcomes
+        with pytest.raises(RetriableError):  # still failing: written again, lost again
+            await store.flush()
+        with store.scope(1):
+            store["row-b"] = "y2"  # a newer value meanwhile (lost too)
+        LossyProducer.failing = set()  # Kafka is back
+        await store.flush()  # the retry writes the lost entry again, with the newest value
+        await store.flush()
+
+    asyncio.run(scenario())
+    landed = [(p, v) for p, k, v in LossyProducer.log if k == orjson.dumps("row-b")]
+    assert landed and set(landed) == {(1, orjson.dumps("1|y2"))}  # never the stale y1
+
+
+def test_eviction_walks_a_faust_store_that_cannot_scan() -> None:
+    """Faust's table store always has ``scan``; over ``memory://`` it answers None (the
+    deduplicator then walks a snapshot of the keys)."""
+
+    class CannotScan(dict):  # type: ignore[type-arg]
+        def scan(self, after: str | None, limit: int) -> None:
+            return None
+
+    store = ChangelogStore(FakeChangelog(), CannotScan())  # type: ignore[arg-type]
+    assert store.scan(None, 10) is None
