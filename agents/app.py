@@ -29,9 +29,11 @@ Faust's traps, and how this module avoids them:
 - Records are acknowledged by us, per partition in offset order (``pipeline.acks``), only
   once they are written, dead-lettered or dropped: offsets are committed only after the sink
   confirmed. Records held by the reorder buffer hold back the acks of their partition.
-- One task takes the batches, and one drain of everything ready is in flight at a time
-  (``pipeline.worker_loop``): the next batch is read and decoded meanwhile, and the ack
-  ledger commits a partition only up to its first unfinished record.
+- One task takes the batches; drains run beside it (``pipeline.worker_loop``): one in
+  flight per partition for a sink that waits on the network (search), one of everything
+  ready for a quick one (cache), as each sink declares (``drains_per_partition``). The
+  next batch is read and decoded meanwhile, and the ack ledger commits a partition only up
+  to its first unfinished record.
 - Around a restart or rebalance Faust can skip a record (and ack it for us), or drop one
   behind its read offset; its next commit would then pass it. ``agents.guard`` lets only
   our own acks through and checks every partition's offsets are taken without a hole the

@@ -288,17 +288,16 @@ class BatchProcessor:
 def _take_partitions(items: list[Item], only: set[tuple[str, int]]
                      ) -> tuple[list[Item], list[Item]]:
     """``items`` of the partitions ``only`` (taken) and the rest (left), in order. A
-    truncate and what follows it in its partition are left: a truncate is drained alone
-    (``partition_groups``), never beside another partition's drain."""
+    truncate and everything accepted after it, in any partition, are left: a truncate is
+    drained alone (``partition_groups``), after what came before it and before what came
+    after it, never beside another partition's drain (nor behind a drain that retries and
+    takes its partition's records again)."""
+    end = next((i for i, (_, event) in enumerate(items) if event.op == "t"), len(items))
     taken: list[Item] = []
     left: list[Item] = []
-    stopped: set[tuple[str, int]] = set()
-    for item in items:
-        tp = _partition_of(item[0])
-        if tp in only and tp not in stopped and item[1].op == "t":
-            stopped.add(tp)
-        (taken if tp in only and tp not in stopped else left).append(item)
-    return taken, left
+    for item in items[:end]:
+        (taken if _partition_of(item[0]) in only else left).append(item)
+    return taken, left + items[end:]
 
 
 def partition_groups(batch: Sequence[Item]) -> list[list[int]]:

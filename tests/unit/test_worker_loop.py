@@ -39,7 +39,7 @@ class FlakySink:
     async def write(self, batch: Sequence[ChangeEvent]) -> list[Rejection]:
         if self.failures:
             self.failures -= 1
-            raise SinkUnavailableError("down", sink=self.name)
+            raise SinkUnavailableError("down")
         self.written.extend(e.key["id"] for e in batch if e.key is not None)
         return []
 
@@ -427,7 +427,57 @@ class FailingOnceChangelog(Changelog):
     async def flush(self) -> None:
         self.flushes += 1
         if self.flushes == 1:
-            raise SinkUnavailableError("changelog not acknowledged", sink="changelog")
+            raise SinkUnavailableError("changelog not acknowledged")
+
+
+class GatedFailingOnceChangelog(Changelog):
+    """Its first flush waits for ``gate``, then fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        if self.flushes == 1:
+            await self.gate.wait()
+            raise SinkUnavailableError("changelog not acknowledged")
+
+
+def test_a_retrying_partition_drain_never_takes_what_came_after_a_truncate(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition's drain whose changelog flush failed drains its partition again; records
+    accepted after a truncate (of another partition) must wait for it."""
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    monkeypatch.setattr(backpressure.asyncio, "sleep", no_wait)
+    sink = RecordingSink("s")
+    committed: list[int] = []
+
+    async def commit(tokens: list[int]) -> None:
+        committed.extend(tokens)
+
+    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
+    changelog = GatedFailingOnceChangelog()
+    loop: WorkerLoop[int] = WorkerLoop(processor, changelog, Metrics("w"), commit,
+                                       retry_initial_s=0.01, retry_max_s=0.01)
+    truncate = _record(30, None, {"before": None, "after": None, "op": "t", "ts_ms": 1,
+                                  "source": dict(SOURCE, lsn=30)})
+
+    async def scenario() -> None:
+        loop.accept([(_in_partition(_create(10, 1), 1), 10)])
+        loop.start_drain()
+        await asyncio.sleep(0.01)  # partition 1 written, its flush pending
+        loop.accept([(_in_partition(truncate, 0), 30), (_in_partition(_create(31, 3), 1), 31)])
+        loop.start_drain()  # the truncate waits for the drain in flight
+        changelog.gate.set()  # that drain's flush fails: it drains partition 1 again
+        await loop.finish()
+
+    asyncio.run(scenario())
+    written = [e.key["id"] if e.key else "truncate" for b in sink.batches for e in b]
+    assert written == [1, "truncate", 3]
+    assert sorted(committed) == [10, 30, 31]
 
 
 def test_records_the_sink_confirmed_are_committed_after_a_failed_changelog_flush(
