@@ -230,8 +230,9 @@ async def consume() -> None:
             # busy time per batch, without the wait for it (``cdc tune``'s service time)
             metrics.observe_ms("cdc_worker_batch_processing",
                                (time.perf_counter() - taken) * 1000)
-            # Read ahead at most one batch beyond the drain in flight: memory stays bounded.
-            if loop.draining and loop.processor.pending >= batch_size:
+            # Read ahead at most one batch beyond the drains in flight: memory stays bounded,
+            # also while one partition's drain is slow and the others' keep ending.
+            while loop.draining and loop.processor.pending >= batch_size:
                 await wait_for_the_drain()
     except asyncio.CancelledError:
         raise

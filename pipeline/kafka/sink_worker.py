@@ -160,10 +160,12 @@ class KafkaSinkWorker:
                     # busy time per batch, without the wait for it (``cdc tune``'s service time)
                     self.metrics.observe_ms("cdc_worker_batch_processing",
                                             (time.perf_counter() - taken) * 1000)
-                # Read ahead at most a batch beyond the drains in flight (memory stays
-                # bounded), and never spin on an empty queue while they run.
-                if self.loop.draining and (
-                        not records or self.processor.pending >= w.batch_size):
+                # Never spin on an empty queue while drains run, and read ahead at most a
+                # batch beyond them (memory stays bounded, also while one partition's
+                # drain is slow and the others' keep ending).
+                if self.loop.draining and not records:
+                    await self.loop.wait_any()
+                while self.loop.draining and self.processor.pending >= w.batch_size:
                     await self.loop.wait_any()
         finally:
             with contextlib.suppress(Exception):
