@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker part: the sinks measured, comma separated")
     p.add_argument("--worker-no-dedup", action="store_true",
                    help="worker part: also run faust and the bare loop with dedup off")
+    p.add_argument("--search-batch", type=int, default=500,
+                   help="search part: events per partition in each of the ceiling's _bulk "
+                        "bodies (default 500: about what a worker batch of 2,000 gives each "
+                        "of 3 partitions' drains)")
     p.add_argument("--search-profile", action="store_true",
                    help="search part: one more (unmeasured) kafka-engine drain under py-spy")
     p.add_argument("--memory-events", type=int, default=None,

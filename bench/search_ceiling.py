@@ -242,11 +242,12 @@ def run(bench: Bench, args: Any) -> dict[str, Any]:
     table, topic, events, records = prefill(bench, args.worker_events, args)
     url = bench.env["CDC_ELASTICSEARCH__URL"]
     log(f"search: Elasticsearch bulk ceiling over the {events} events' documents")
-    out: dict[str, Any] = {"events": events, "topic_records": records, "batch_size": 500}
+    batch = getattr(args, "search_batch", 500)
+    out: dict[str, Any] = {"events": events, "topic_records": records, "batch_size": batch}
     out["ceiling"] = run_json([sys.executable, "-m", "bench.search_ceiling", "--url", url,
                                "--bootstrap", bench.bootstrap, "--topic", topic,
                                "--records", str(records), "--index", bench.name("ceiling"),
-                               "--batch", "500"])
+                               "--batch", str(batch)])
     best = max(out["ceiling"][k]["events_per_s"] for k in ("one_in_flight",
                                                            "one_per_partition"))
     log(f"  ceiling: {best} events/s ({out['ceiling']})")
