@@ -66,6 +66,8 @@ class CaptureLoop:
         self._outage_since: float | None = None  # first failure since the last good session
         self.confirmed: Any = None  # the highest position confirmed to the source
         self._partitions: dict[str, int] = {}
+        #: units the last session ended with unacknowledged (see ``run``)
+        self._unacknowledged = 0
         self.throughput = ThroughputLog(source.name, throughput_log_s)
 
     def run(self, stop: threading.Event) -> None:
@@ -76,6 +78,13 @@ class CaptureLoop:
                 try:
                     self.session(stop)
                 except SourceExhausted as done:
+                    if self._unacknowledged:
+                        # finishing (an initial_only snapshot drops its slot) would lose
+                        # them: read them again, as after a crash
+                        raise RetriableError(
+                            f"{self.source.name} ended with {self._unacknowledged} "
+                            "transaction(s) or chunk(s) Kafka has not acknowledged; reading "
+                            "them again") from done
                     log.info("%s: %s", self.source.name, done)
                     finish = getattr(self.source, "finish", None)
                     if finish is not None:
@@ -116,6 +125,7 @@ class CaptureLoop:
             try:
                 self._drain(tracker)
             finally:
+                self._unacknowledged = tracker.in_flight
                 self.source.close()
 
     def _stream(self, tracker: DeliveryTracker, stop: threading.Event) -> None:

@@ -272,3 +272,43 @@ def test_an_exhausted_source_is_finished_after_its_last_position_is_confirmed() 
     # session ran again (exhausted at once) and finish was called again
     assert source.finished_after == [[1], [1]]
     assert source.closed == 2 and not stop.is_set()
+
+
+class SlowToAck(FakePublisher):
+    """Acknowledges nothing in the first session (Kafka slow past the drain's bound)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = True
+        self.abandoned: set[int] = set()
+
+    def flush(self, timeout: float) -> int:
+        if self.stalled:
+            self.stalled = False
+            # never acknowledged: the records go with the session, and are read again
+            self.abandoned = {number for number, _ in self.pending}
+            self.pending.clear()
+            return 1
+        return super().flush(timeout)
+
+
+class ReadsAgain(Exhausting):
+    def open(self) -> list[str]:
+        for number in getattr(self.publisher, "abandoned", ()):
+            self.checkpoint_of.pop(number, None)  # superseded by the same rows read again
+        return super().open()
+
+
+def test_an_exhausted_source_is_not_finished_while_its_last_records_are_unacknowledged() -> None:
+    """``initial_only``: finishing drops the slot and the progress; with the last chunk
+    unacknowledged that would lose it. The source is read again (it re-reads what was not
+    confirmed, as after a crash) and finished once all of it is acknowledged."""
+    publisher = SlowToAck()
+    stop = threading.Event()
+    chunk = [[rec("a"), rec("b"), Checkpoint(1)]]
+    source = ReadsAgain([chunk, chunk], publisher, stop, failures=0)
+    loop = CaptureLoop(source, publisher, KafkaSettings(), Metrics("test"),  # type: ignore[arg-type]
+                       Backoff(0.001, 0.001), create_topics=False)
+    loop.run(stop)
+    assert source.session == 1  # read again
+    assert source.finished_after == [[1]]  # finished once, after the re-read was confirmed
