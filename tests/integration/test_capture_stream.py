@@ -8,7 +8,7 @@ import orjson
 import psycopg2
 import pytest
 
-from pipeline.harness import PipelineProcess, wait_until
+from pipeline.harness import PipelineProcess, slot_active, wait_until
 from tests.integration.scenario import Scenario
 
 pytestmark = pytest.mark.integration
@@ -212,3 +212,42 @@ def test_truncate_never_brings_a_row_back(scenario: Scenario, engine: str) -> No
     sc.execute("INSERT INTO items VALUES (2, 'last', 2, 4)")
     assert sc.converged(60), sc.processes["worker"].tail()
     assert set(sc.indexed()) == {"2"}
+
+
+def test_a_database_in_another_encoding_is_captured_as_utf8(scenario: Scenario) -> None:
+    """A LATIN1 database sent its own bytes, which the decoder (UTF-8) refused on the first
+    'é', stopping capture on every restart. The sessions now ask for UTF-8."""
+    sc = scenario
+    db = f"latin_{sc.uid}"
+    admin = sc.connect()
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+                    "TEMPLATE template0")
+    dsn = sc.dsn.replace("dbname=cdc", f"dbname={db}")
+    assert dsn != sc.dsn
+    latin = psycopg2.connect(dsn)
+    latin.autocommit = True
+    env = {**sc.env, "CDC_POSTGRES__DSN": dsn, "CDC_POSTGRES__TABLES": "[public.t]"}
+    proc = PipelineProcess("capture", env, sc.work / "latin1-capture.log")
+    try:
+        with latin.cursor() as cur:
+            cur.execute("CREATE TABLE t (id int PRIMARY KEY, name text)")
+            cur.execute("INSERT INTO t VALUES (1, 'café, read by the snapshot')")
+        assert wait_until(lambda: slot_active(sc.dsn, sc.settings.postgres.slot), 60), \
+            proc.tail()
+        with latin.cursor() as cur:
+            cur.execute("INSERT INTO t VALUES (2, 'naïve é ÿ, streamed')")
+        events = sc.values(sc.settings.kafka.raw_topic("public.t"), 2)
+        assert sorted(e["after"]["name"] for e in events) == [
+            "café, read by the snapshot", "naïve é ÿ, streamed"]
+        assert proc.alive(), proc.tail()
+    finally:
+        proc.kill()
+        with latin.cursor() as cur:
+            cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                        "WHERE slot_name = %s", (sc.settings.postgres.slot,))
+        latin.close()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()

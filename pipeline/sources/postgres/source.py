@@ -84,7 +84,7 @@ log = logging.getLogger(__name__)
 #: converters expect (UTC timestamps, ISO dates, exact floats, hex bytea).
 SESSION = (
     "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 "
-    "-c extra_float_digits=3 -c bytea_output=hex"
+    "-c extra_float_digits=3 -c bytea_output=hex -c client_encoding=UTF8"
 )
 #: Seconds between saves of the confirmed position to the offsets topic.
 SAVE_EVERY_S = 1.0
@@ -420,9 +420,11 @@ class PostgresSource:
         confirmed = self._confirmed
         if confirmed is not None:
             lsn = int(confirmed)
-            self._cur.send_feedback(write_lsn=lsn, flush_lsn=lsn, apply_lsn=lsn)
+            # force: without it psycopg2 only stores the values until its own next status
+            # message, which it sends only while we read (not while Kafka holds us up)
+            self._cur.send_feedback(write_lsn=lsn, flush_lsn=lsn, apply_lsn=lsn, force=True)
         else:
-            self._cur.send_feedback()
+            self._cur.send_feedback(force=True)
         self._last_feedback = now
         busy = self._ctx is not None or (confirmed is not None and
                                          int(confirmed) < self._checkpointed)
