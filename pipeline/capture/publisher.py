@@ -84,7 +84,7 @@ class EventPublisher:
         except BufferError:
             self._wait_and_publish(topic, key, value, on_delivery, partition, headers)
         except KafkaException as exc:
-            raise PermanentError(f"Kafka refused a record for '{topic}': {exc}") from exc
+            raise refused(topic, value, exc) from exc
 
     def _wait_and_publish(
         self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback,
@@ -100,7 +100,7 @@ class EventPublisher:
             except BufferError:
                 continue
             except KafkaException as exc:
-                raise PermanentError(f"Kafka refused a record for '{topic}': {exc}") from exc
+                raise refused(topic, value, exc) from exc
 
     def partitions(self, topic: str, timeout: float = 30.0) -> int:
         """How many partitions ``topic`` has (for a record written to every partition)."""
@@ -156,3 +156,16 @@ def ensure_topics(
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise PermanentError(f"could not create topic '{topic}': {exc}") from exc
+
+
+def refused(topic: str, value: bytes | None, exc: KafkaException) -> PermanentError:
+    """Kafka refused a record before sending it; for one over the size limit, the remedy."""
+    error = exc.args[0] if exc.args else None
+    if getattr(error, "code", lambda: None)() == KafkaError.MSG_SIZE_TOO_LARGE:
+        size = len(value or b"")
+        return PermanentError(
+            f"a change for '{topic}' is {size:,} bytes, over the producer's message.max.bytes: "
+            "raise kafka.producer {\"message.max.bytes\": N} and the topic's "
+            "max.message.bytes (or the broker's message.max.bytes) above it, or leave the "
+            "column out of the publication (PostgreSQL column lists)")
+    return PermanentError(f"Kafka refused a record for '{topic}': {exc}")

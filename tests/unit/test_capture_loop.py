@@ -312,3 +312,16 @@ def test_an_exhausted_source_is_not_finished_while_its_last_records_are_unacknow
     loop.run(stop)
     assert source.session == 1  # read again
     assert source.finished_after == [[1]]  # finished once, after the re-read was confirmed
+
+
+def test_a_record_over_the_size_limit_is_refused_with_the_settings_to_raise() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from pipeline.capture.publisher import refused
+
+    error = refused("p.public.t", b"x" * 20_000_000,
+                    KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)))
+    assert "20,000,000 bytes" in str(error) and "message.max.bytes" in str(error)
+    assert "max.message.bytes" in str(error)
+    other = refused("t", b"x", KafkaException(KafkaError(KafkaError._INVALID_ARG)))
+    assert "Kafka refused a record for 't'" in str(other)
