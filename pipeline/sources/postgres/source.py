@@ -135,6 +135,8 @@ class PostgresSource:
         self._out: list[Item] = []
         self._now_ms = str(int(time.time() * 1000)).encode()
         self._ctx: TransactionContext | None = None
+        #: the commit record's LSN of the transaction being read (its Begin's final_lsn)
+        self._commit_at = 0
         self._txn_meta: TransactionMetadata | None = None
         self._last_commit: int | None = None
         self._last_commit_ts_us = 0
@@ -510,6 +512,7 @@ class PostgresSource:
 
     def _begin(self, msg: Begin) -> None:
         self._ctx = TransactionContext(msg.xid, msg.commit_ts_us, self._last_commit)
+        self._commit_at = int(msg.final_lsn)
         self.writer.begin(self._ctx)
         self._last_commit_ts_us = msg.commit_ts_us
         if self.pg.transaction_metadata:
@@ -699,7 +702,19 @@ class PostgresSource:
                 log.error("signal message at %s ignored: %s", Lsn(lsn), exc)
                 self.metrics.inc("cdc_capture_signals_total", type="?", outcome="refused")
                 return
-            self.backfills.signal(signal, lsn, self.listed)
+            self.backfills.signal(signal, self._stream_position(lsn, msg.transactional),
+                                  self.listed)
+
+    def _stream_position(self, lsn: int, transactional: bool = True) -> int:
+        """Where a change read now stands in the order positions are confirmed in: past
+        everything before its transaction's commit (the confirmed positions are commits'
+        ends, and whatever was read before this transaction lies below its commit record),
+        not its own LSN, which a transaction open for long leaves below records read before
+        it. A state saved at its own LSN would be saved once an earlier transaction is
+        confirmed, with rows read before it (a backfill chunk) still unacknowledged."""
+        if transactional and self._ctx is not None:
+            return max(lsn, self._commit_at + 1)
+        return lsn
 
     def _signal_row(self, msg: Insert, lsn: int) -> None:
         """A row inserted into ``postgres.signal_table`` (Debezium's id, type, data)."""
@@ -714,7 +729,7 @@ class PostgresSource:
             self.metrics.inc("cdc_capture_signals_total", type=str(values.get("type")),
                              outcome="refused")
             return
-        self.backfills.signal(signal, lsn, self.listed)
+        self.backfills.signal(signal, self._stream_position(lsn), self.listed)
 
     def _flush_counts(self) -> None:
         """Per-event counts are kept in a plain dict on the hot path, moved to metrics here."""
