@@ -56,7 +56,8 @@ def dead_letter_headers(
         (H_OFFSET, str(record.offset).encode()),
         (H_STAGE, stage.encode()),
         (H_CLASS, f"{type(error).__module__}.{type(error).__qualname__}".encode()),
-        (H_MESSAGE, str(error)[:4000].encode()),
+        # (an error may quote a value holding a lone surrogate, which valid JSON can carry)
+        (H_MESSAGE, str(error)[:4000].encode(errors="backslashreplace")),
         (H_CONNECTOR, connector.encode()),
         (H_TIMESTAMP, datetime.now(UTC).isoformat().encode()),
         *record.headers,
