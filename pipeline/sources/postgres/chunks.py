@@ -18,7 +18,7 @@ from pipeline.errors import SourceSetupError
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.pgoutput import Column, Relation
 from pipeline.sources.postgres.slot import primary_key_columns
-from pipeline.sources.postgres.types import TypeResolver
+from pipeline.sources.postgres.types import PgType, TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
 
 _COLUMNS_SQL = (
@@ -42,7 +42,16 @@ class TableReader:
         self.where = where
         schema, name = table.split(".", 1)
         with conn.cursor() as cur:
-            self.shape = _describe(conn, cur, schema, name, pg, types, unconverted)
+            self.shape, self.types, columns = _describe(cur, schema, name, pg, types,
+                                                        unconverted)
+        #: Each column's type modifier (``atttypmod``).
+        self.typmods = [typmod for _name, _oid, typmod in columns]
+        # Every column as the text its type's output function prints, as pgoutput sends it;
+        # only on this reader's cursors: the connection's other queries keep their types
+        # (a bool read as 't' is truthy, a json plan stays text).
+        self._raw = psycopg2.extensions.new_type(
+            tuple({oid for _name, oid, _typmod in columns}), "CDC_RAW_TEXT",
+            lambda value, _cur: value)
         key_at = self.shape.names.index
         self._key_index = [key_at(k) for k in self.shape.key_names]
 
@@ -87,27 +96,31 @@ class TableReader:
         if conditions:
             query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
         query += sql.SQL(" ORDER BY {}").format(key) + tail
-        with self.conn.cursor() as cur:
+        with self.cursor() as cur:
             cur.execute(query, params)
             return [list(r) for r in cur.fetchall()]
+
+    def cursor(self) -> Any:
+        """A cursor on the reader's connection that reads this table's columns as text."""
+        cur = self.conn.cursor()
+        psycopg2.extensions.register_type(self._raw, cur)
+        return cur
 
     def key_of(self, values: list[str | None]) -> ChunkKey:
         """The key (text values) of a row ``chunk`` returned: where the next chunk starts."""
         return [values[i] for i in self._key_index]
 
 
-def _describe(conn: Any, cur: Any, schema: str, name: str, pg: PostgresSettings,
-              types: TypeResolver, unconverted: UnconvertedValues) -> TableShape:
-    """The table's shape from the catalog, its values read as PostgreSQL's text."""
+def _describe(cur: Any, schema: str, name: str, pg: PostgresSettings, types: TypeResolver,
+              unconverted: UnconvertedValues
+              ) -> tuple[TableShape, list[PgType], list[tuple[str, int, int]]]:
+    """The table's shape from the catalog, its values read as PostgreSQL's text; each
+    column's type, and its name, type OID and type modifier."""
     relation = sql.Identifier(schema, name).as_string(cur)
     cur.execute(_COLUMNS_SQL, (relation,))
     columns = cur.fetchall()
     cur.execute("SELECT %s::regclass::oid", (relation,))
     (oid,) = cur.fetchone()
-    # Every column as the text its type's output function prints, as pgoutput sends it.
-    raw = psycopg2.extensions.new_type(tuple({c[1] for c in columns}), "CDC_RAW_TEXT",
-                                       lambda value, _cur: value)
-    psycopg2.extensions.register_type(raw, conn)
     pk = primary_key_columns(cur, oid) or _replica_identity_columns(cur, oid)
     if not pk:
         raise SourceSetupError(
@@ -116,9 +129,10 @@ def _describe(conn: Any, cur: Any, schema: str, name: str, pg: PostgresSettings,
     rel = Relation(oid, schema, name, "d",
                    tuple(Column(n in pk, n, t, m) for n, t, m in columns))
     resolved = [types.resolve(cur, c[1]) for c in columns]
-    return TableShape.from_relation(rel, pk, resolved, pg.decimal_handling_mode,
-                                    unconverted, schema=schema, table=name,
-                                    columns=pg.columns.get(f"{schema}.{name}"))
+    shape = TableShape.from_relation(rel, pk, resolved, pg.decimal_handling_mode,
+                                     unconverted, schema=schema, table=name,
+                                     columns=pg.columns.get(f"{schema}.{name}"))
+    return shape, resolved, [tuple(c) for c in columns]
 
 
 def _replica_identity_columns(cur: Any, oid: int) -> tuple[str, ...]:
