@@ -79,6 +79,8 @@ def verify(ctx: click.Context, tables: tuple[str, ...], chunk_size: int, rate: f
                         line += f", {d.changed} changed meanwhile (left to the stream)"
                     if d.signal:
                         line += f" (signal {d.signal}; progress: cdc snapshot status)"
+                    if d.error:
+                        line += f"; {d.error}"
                     click.echo(line)
             if json_path:
                 Path(json_path).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
@@ -134,6 +136,9 @@ def summary(results: list[TableResult]) -> str:
             out.append(text)
         if len(r.drifts) > SHOWN:
             out.append(f"{r.table}  ... {len(r.drifts) - SHOWN} more (--json FILE for all)")
+        if r.unchecked:
+            out.append(f"{r.table}  {r.unchecked} document(s) not checked for a row: "
+                       f"{r.unchecked_because} (never reported as extra nor deleted)")
     verdict = sum(len(r.drifts) for r in results)
     out.append("verdict: index equals table" if not verdict else
                f"verdict: {verdict} document(s) drifted")

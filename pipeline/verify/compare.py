@@ -94,6 +94,9 @@ class TableResult:
     drifts: list[Drift] = field(default_factory=list)
     #: Keys that differed at first and matched when read again (changed while verifying).
     settled: int = 0
+    #: Documents whose key does not say which row they are (never reported as extra).
+    unchecked: int = 0
+    unchecked_because: str = ""
     seconds: float = 0.0
 
     def count(self, kind: str) -> int:
@@ -103,5 +106,6 @@ class TableResult:
         return {"table": self.table, "index": self.index, "rows": self.rows,
                 "documents": self.documents, "missing": self.count(MISSING),
                 "extra": self.count(EXTRA), "differing": self.count(DIFFERING),
-                "settled": self.settled, "seconds": round(self.seconds, 3),
+                "settled": self.settled, "unchecked": self.unchecked,
+                "seconds": round(self.seconds, 3),
                 "drifts": [d.to_json() for d in self.drifts]}

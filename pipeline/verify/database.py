@@ -19,6 +19,7 @@ from pipeline.sources.postgres.source import SESSION
 from pipeline.sources.postgres.types import TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
 from pipeline.verify.compare import DbRow
+from pipeline.verify.keys import DocumentKeys
 
 #: document id -> (key, row as published, key as PostgreSQL prints it)
 Rows = dict[str, DbRow]
@@ -52,6 +53,8 @@ class TableRows:
             raise translate(exc, f"reading {table}") from exc
         self.shape = self.reader.shape
         self.key_names = self.shape.key_names
+        self.keys = DocumentKeys(self.shape, self.reader.types, self.reader.typmods,
+                                 pg.decimal_handling_mode)
 
     def close(self) -> None:
         self.conn.close()
@@ -76,7 +79,7 @@ class TableRows:
         return rows, (self.reader.key_of(raw[-1]) if len(raw) == size else None)
 
     def by_keys(self, keys: Sequence[Sequence[Any]]) -> Rows:
-        """The rows with these keys (values in key order; text or as published)."""
+        """The rows with these keys (PostgreSQL's text of each key column, in key order)."""
         if not keys:
             return {}
         try:
@@ -95,7 +98,7 @@ class TableRows:
             sql.SQL(", ").join(sql.Identifier(n) for n in self.shape.names),
             sql.Identifier(schema, name), key_filter(self.key_names, keys))
         try:
-            with self.conn.cursor() as cur:
+            with self.reader.cursor() as cur:
                 cur.execute(query)
                 raw = cur.fetchall()
         except psycopg2.DataError:

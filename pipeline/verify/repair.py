@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.config import Settings
-from pipeline.errors import ConfigError
+from pipeline.errors import CdcError, ConfigError
 from pipeline.sources.postgres import backfill_control as control
 from pipeline.sources.postgres.signals import Signal
 from pipeline.verify.compare import DIFFERING, EXTRA, MISSING, TableResult
@@ -41,23 +41,23 @@ class TableRepair:
     changed: int = 0
     backfilled: int = 0
     signal: str | None = None
+    #: Why the backfill was not sent (its deletes stand: repair again).
+    error: str | None = None
     where: str = field(default="", repr=False)
 
 
 def repair(settings: Settings, es: SearchIndex, tables: dict[str, TableRows],
            results: list[TableResult], say: Callable[[str], None] = print
            ) -> list[TableRepair]:
+    drifted = [r for r in results if r.drifts]
+    # Every table is checked before anything is deleted: a table that cannot be repaired
+    # must not leave another's deletes without their backfill.
+    for result in drifted:
+        _check(settings, tables[result.table], result)
     repairs: list[TableRepair] = []
     wait_s = 0.0
     backfills: dict[str, list[list[object]]] = {}
-    for result in results:
-        if not result.drifts:
-            continue
-        if len(result.drifts) > MAX_KEYS:
-            raise ConfigError("--repair", f"{result.table} has {len(result.drifts)} drifted "
-                              f"documents (more than {MAX_KEYS} to repair key by key): "
-                              f"backfill the whole table instead: cdc snapshot start "
-                              f"{result.table}")
+    for result in drifted:
         done = TableRepair(result.table)
         repairs.append(done)
         keys: list[list[object]] = []
@@ -86,11 +86,30 @@ def repair(settings: Settings, es: SearchIndex, tables: dict[str, TableRows],
         db = tables[done.table]
         es.refresh(settings_index(settings, done.table))
         done.where = key_filter(db.key_names, keys).as_string(db.conn)
-        control.check_start(settings, (done.table,), done.where)
-        done.signal = control.send(settings, Signal("execute-snapshot", (done.table,),
-                                                    {done.table: done.where}))
+        try:  # checked before the deletes; a backfill started since is the one way here
+            control.check_start(settings, (done.table,), done.where)
+            done.signal = control.send(settings, Signal("execute-snapshot", (done.table,),
+                                                        {done.table: done.where}))
+        except CdcError as exc:
+            done.error = (f"{len(keys)} key(s) not backfilled ({exc}): run cdc verify "
+                          "--repair again once it can start")
+            continue
         done.backfilled = len(keys)
     return repairs
+
+
+def _check(settings: Settings, db: TableRows, result: TableResult) -> None:
+    """ConfigError when ``result``'s drift cannot be repaired key by key."""
+    if len(result.drifts) > MAX_KEYS:
+        raise ConfigError("--repair", f"{result.table} has {len(result.drifts)} drifted "
+                          f"documents (more than {MAX_KEYS} to repair key by key): "
+                          f"backfill the whole table instead: cdc snapshot start "
+                          f"{result.table}")
+    keys = [list(d.text_key) for d in result.drifts
+            if d.kind in (MISSING, DIFFERING) and d.text_key is not None]
+    if keys:
+        control.check_start(settings, (result.table,),
+                            key_filter(db.key_names, keys).as_string(db.conn))
 
 
 def settings_index(settings: Settings, table: str) -> str:

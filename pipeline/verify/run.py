@@ -3,8 +3,9 @@
 1. Rows in primary-key chunks (``TableRows.chunk``); for each chunk the documents of exactly
    those ids (``_mget``): missing and differing documents.
 2. Every id of the index in pages (a point in time): each page's keys, read from the
-   documents' key columns, are looked up in the table (``WHERE key IN (...)``); an id no row
-   produces is an extra document.
+   documents' key columns and turned back into PostgreSQL's text (:mod:`.keys`), are looked
+   up in the table (``WHERE key IN (...)``); an id no row produces is an extra document. A
+   document whose key cannot be turned back is counted as unchecked, never as extra.
 3. Each suspect is read again on both sides after a short delay: a row changed while
    verifying has reached its document by then, and is not drift.
 
@@ -15,7 +16,7 @@ SELECTs, at most ``rate`` rows a second.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from pipeline.verify.compare import (
 )
 from pipeline.verify.database import Rows, TableRows
 from pipeline.verify.index import Document, SearchIndex
+from pipeline.verify.keys import NOT_A_ROW
 
 
 @dataclass(frozen=True)
@@ -65,19 +67,6 @@ def _sources(found: dict[str, Document | None]) -> dict[str, dict[str, Any] | No
     return {i: (d.get("_source") or {}) if d is not None else None for i, d in found.items()}
 
 
-def key_from_document(source: dict[str, Any], key_names: Iterable[str]
-                      ) -> dict[str, Any] | None:
-    """The key a document holds in its key columns; None when it lacks one or holds a value
-    no row key can be (a document that is not a row of this table)."""
-    key = {}
-    for name in key_names:
-        value = source.get(name)
-        if value is None or isinstance(value, dict | list | bool):
-            return None
-        key[name] = value
-    return key
-
-
 def verify_table(db: TableRows, es: SearchIndex, index: str, options: Options,
                  progress: Callable[[int], None] = lambda n: None) -> TableResult:
     started = time.monotonic()
@@ -98,14 +87,17 @@ def verify_table(db: TableRows, es: SearchIndex, index: str, options: Options,
             break
     for page in es.ids(index, db.key_names, options.chunk_size):
         keyed: dict[str, dict[str, Any]] = {}
+        texts: list[list[str]] = []
         for doc_id, source in page.items():
-            key = key_from_document(source, db.key_names)
-            if key is None:
+            key = db.keys.of(source)
+            if key == NOT_A_ROW:
                 suspects.setdefault(doc_id, Drift(EXTRA, doc_id, dict(source)))
+            elif key is None:
+                result.unchecked += 1
             else:
-                keyed[doc_id] = key
-        present = db.by_keys([list(k.values()) for k in keyed.values()])
-        for drift in extras(keyed, present):
+                keyed[doc_id] = {name: source.get(name) for name in db.key_names}
+                texts.append(list(key))
+        for drift in extras(keyed, db.by_keys(texts)):
             suspects.setdefault(drift.doc_id, drift)
         progress(len(page))
         throttle.passed(len(page))
@@ -113,6 +105,8 @@ def verify_table(db: TableRows, es: SearchIndex, index: str, options: Options,
         time.sleep(options.recheck_delay_s)
         result.drifts = recheck(db, es, index, list(suspects.values()), options.chunk_size)
         result.settled = len(suspects) - len(result.drifts)
+    if result.unchecked:
+        result.unchecked_because = db.keys.unchecked_because or "their key values"
     result.seconds = time.monotonic() - started
     return result
 
@@ -127,8 +121,8 @@ def recheck(db: TableRows, es: SearchIndex, index: str, suspects: list[Drift],
         for drift in part:
             if drift.text_key is not None:
                 keys.append(list(drift.text_key))
-            elif (key := key_from_document(drift.key, db.key_names)) is not None:
-                keys.append(list(key.values()))
+            elif isinstance(key := db.keys.of(drift.key), list):
+                keys.append(key)
         rows: Rows = db.by_keys(keys)
         documents = es.documents(index, [d.doc_id for d in part])
         for drift in part:

@@ -15,7 +15,7 @@ from pipeline.verify.compare import (
     row_hash,
 )
 from pipeline.verify.index import _seconds
-from pipeline.verify.run import Throttle, judge, key_from_document
+from pipeline.verify.run import Throttle, judge
 
 
 def _row(i: int, name: str = "a", price: str = "1.50") -> tuple[dict, dict, tuple]:
@@ -53,13 +53,6 @@ def test_extras_are_the_ids_no_row_produces() -> None:
     found = ["1", "5"]  # the row of key 5 exists, but its id is "5", not "x"
     assert [d.doc_id for d in extras(documents, found)] == ["99", "x"]
     assert all(d.kind == EXTRA for d in extras(documents, found))
-
-
-def test_a_key_is_read_from_a_document_only_when_it_can_be_a_row_key() -> None:
-    assert key_from_document({"a": 1, "b": "x", "c": 3}, ("a", "b")) == {"a": 1, "b": "x"}
-    assert key_from_document({"a": 1}, ("a", "b")) is None  # foreign: no such column
-    assert key_from_document({"a": {"nested": 1}}, ("a",)) is None
-    assert key_from_document({"a": None}, ("a",)) is None
 
 
 def test_a_recheck_judges_the_newest_versions_of_both_sides() -> None:
