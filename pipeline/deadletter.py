@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 
 from pipeline.config import KafkaSettings
 from pipeline.errors import RetriableError
-from pipeline.kafka.client import client_config
+from pipeline.kafka.client import client_config, produce_waiting
 
 H_TOPIC = "__connect.errors.topic"
 H_PARTITION = "__connect.errors.partition"
@@ -87,15 +87,15 @@ class DeadLetterTopic:
             if err is not None:
                 failures.append(str(err))
 
-        for record, stage, error in letters:
-            self._producer.produce(
-                self.topic,
-                record.value,
-                record.key,
-                headers=dead_letter_headers(record, stage, error, self.connector),
-                on_delivery=delivered,
-            )
-        remaining = await asyncio.to_thread(self._producer.flush, 30.0)
+        def produce_all() -> int:
+            for record, stage, error in letters:
+                produce_waiting(self._producer, self.topic, record.value, record.key,
+                                headers=dead_letter_headers(record, stage, error,
+                                                            self.connector),
+                                on_delivery=delivered)
+            return int(self._producer.flush(30.0))
+
+        remaining = await asyncio.to_thread(produce_all)
         if remaining or failures:
             raise RetriableError(
                 f"dead-letter topic {self.topic} did not acknowledge "

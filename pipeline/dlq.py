@@ -37,7 +37,7 @@ from pipeline.deadletter import H_CLASS, H_OFFSET, H_PARTITION, H_STAGE, H_TIMES
 from pipeline.deadletter import H_TOPIC as H_ORIGIN_TOPIC
 from pipeline.dlq_transform import Transform, TransformFailed, transformed
 from pipeline.errors import BadDataError, CdcError, RetriableError
-from pipeline.kafka.client import client_config, list_topics
+from pipeline.kafka.client import client_config, list_topics, produce_waiting
 
 H_REPLAYED = "cdc.replayed.from"
 #: The replay a record was sent by; a worker copies it into the letter if it fails again.
@@ -652,13 +652,8 @@ def _produce(settings: Settings, topic: str, letters: Sequence[DeadLetter],
                    *extra]
         kwargs: dict[str, Any] = {"partition": p} if p is not None and p < partitions[origin] \
             else {}
-        while True:
-            try:
-                producer.produce(origin, letter.value, letter.key, headers=headers,
-                                 on_delivery=on_delivery(letter), **kwargs)
-                break
-            except BufferError:
-                producer.poll(0.5)
+        produce_waiting(producer, origin, letter.value, letter.key, 0.5, headers=headers,
+                        on_delivery=on_delivery(letter), **kwargs)
         producer.poll(0)
     remaining = producer.flush(60)
     if remaining:

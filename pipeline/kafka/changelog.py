@@ -21,7 +21,7 @@ from confluent_kafka import Producer as KafkaProducer
 
 from pipeline.config import KafkaSettings
 from pipeline.errors import RetriableError
-from pipeline.kafka.client import client_config, raise_if_refused
+from pipeline.kafka.client import client_config, produce_waiting, raise_if_refused
 
 
 class ChangelogWriter:
@@ -60,13 +60,8 @@ class ChangelogWriter:
         self._produce(partition, orjson.dumps(key), None if value is None else orjson.dumps(value))
 
     def _produce(self, partition: int, key: bytes, payload: bytes | None) -> None:
-        while True:
-            try:
-                self._producer.produce(self.topic, payload, key,
-                                       partition=partition, on_delivery=self._delivered)
-                break
-            except BufferError:
-                self._producer.poll(0.05)
+        produce_waiting(self._producer, self.topic, payload, key, 0.05, partition=partition,
+                        on_delivery=self._delivered)
         self._written[partition] = self._written.get(partition, 0) + 1
 
     def _delivered(self, err: Any, msg: Any) -> None:

@@ -70,6 +70,18 @@ def client_config(kafka: KafkaSettings, extra: Mapping[str, Any] | None = None
             "error_cb": _raise_if_refused, "logger": LIBRDKAFKA_LOG, **(extra or {})}
 
 
+def produce_waiting(producer: Any, topic: str, value: bytes | None, key: bytes | None,
+                    poll_s: float = 0.1, **kwargs: Any) -> None:
+    """``producer.produce`` that waits, serving delivery reports, while the local queue is
+    full (``BufferError``) instead of raising: a full queue is back-pressure, not a fault."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            producer.poll(poll_s)
+
+
 def poll_limits(max_poll_interval_ms: int) -> dict[str, Any]:
     """A worker consumer's group timeouts (``worker.max_poll_interval_ms``): the longest
     gap between two polls before the group takes its partitions away, and the session

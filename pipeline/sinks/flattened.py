@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.config import KafkaSettings
 from pipeline.errors import SinkUnavailableError
 from pipeline.events import ChangeEvent
-from pipeline.kafka.client import client_config
+from pipeline.kafka.client import client_config, produce_waiting
 from pipeline.sinks.base import Rejection
 
 
@@ -98,12 +98,7 @@ class NewRecordStateSink:
                 failures.append(str(err))
 
         for topic, key, value in records:
-            while True:
-                try:
-                    self._producer.produce(topic, value, key, on_delivery=delivered)
-                    break
-                except BufferError:
-                    self._producer.poll(0.1)
+            produce_waiting(self._producer, topic, value, key, on_delivery=delivered)
         remaining = await asyncio.to_thread(self._producer.flush, 30.0)
         if remaining or failures:
             raise SinkUnavailableError(f"sink {self.name}: Kafka did not acknowledge "
