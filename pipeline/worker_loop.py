@@ -56,6 +56,9 @@ DECODE_ASIDE_MIN = 64
 EVICT_SLICE_ROWS = 500
 #: The key of a drain of every partition at once (a truncate, or nothing to write).
 ALL_PARTITIONS = ("", -1)
+#: Drains of one partition whose write ended and whose changelog flush is not acknowledged
+#: yet: the next write of the partition waits while this many are.
+FLUSHES_PER_PARTITION = 2
 
 
 class Changelog(Protocol):
@@ -87,8 +90,10 @@ class WorkerLoop(Generic[T]):
         # that worked is a new outage.
         self._backoff = Backoff(retry_initial_s, max(retry_initial_s, retry_max_s),
                                 healthy_s=math.inf)
-        #: drains in flight by partition (``ALL_PARTITIONS``: one drain of everything)
+        #: drains writing, by partition (``ALL_PARTITIONS``: one drain of everything)
         self._in_flight: dict[tuple[str, int], asyncio.Future[None]] = {}
+        #: drains whose write ended, awaiting the changelog's acknowledgement: their key
+        self._flushing: dict[asyncio.Future[None], tuple[str, int]] = {}
 
     def accept(self, records: Sequence[tuple[RawRecord, T]],
                decoded: Sequence[Decoded] | None = None) -> None:
@@ -107,37 +112,53 @@ class WorkerLoop(Generic[T]):
         for a few records: :meth:`accept` decodes them). Decoding is most of a record's
         CPU; in a thread it runs while the event loop sends the sink's request and waits
         for it, instead of after."""
-        if not self._in_flight or len(records) < DECODE_ASIDE_MIN:
+        if not self.draining or len(records) < DECODE_ASIDE_MIN:
             return None
         return await asyncio.to_thread(self.processor.decode, [r for r, _ in records])
 
     def start_drain(self) -> None:
-        """Begin draining without waiting: one drain in flight per partition (as sink
+        """Begin draining without waiting: one drain writing per partition (as sink
         connectors keep one request in flight per partition), so the worker prepares one
         partition's batch while the sink writes another's, and reads the next records
-        meanwhile. A truncate is drained alone, after every drain in flight. Collect the
-        drains with :meth:`wait_any` or :meth:`finish`. Without ``per_partition``: one
-        drain of everything ready (whole batches, as taken), and the records accepted
-        meanwhile wait for the next one."""
-        flying = self._in_flight
-        if ALL_PARTITIONS in flying:
+        meanwhile. A drain whose write ended waits for the changelog's acknowledgement
+        while the next drain of its partition writes (at most ``FLUSHES_PER_PARTITION``
+        unacknowledged at once; the ledger commits them in order). A truncate is drained
+        alone, after every drain in flight. Collect the drains with :meth:`wait_any` or
+        :meth:`finish`. Without ``per_partition``: one drain of everything ready (whole
+        batches, as taken), and the records accepted meanwhile wait for the next one."""
+        writing = self._in_flight
+        if ALL_PARTITIONS in writing:
             return
         if not self.per_partition:
-            if not flying and self.processor.has_work:
+            if not writing and self.processor.has_work and self._may_start(ALL_PARTITIONS):
                 self._launch(ALL_PARTITIONS, None)
             return
         if self.processor.truncate_ready():
-            if not flying:
+            if not writing and not self._flushing:
                 self._launch(ALL_PARTITIONS, None)
             return
-        for tp in self.processor.ready_partitions() - flying.keys():
-            self._launch(tp, {tp})
+        for tp in self.processor.ready_partitions() - writing.keys():
+            if self._may_start(tp):
+                self._launch(tp, {tp})
         # only dead letters, or finished records (tombstones) whose acks wait for a drain
-        if not flying and self.processor.has_work:
+        if not writing and not self._flushing and self.processor.has_work:
             self._launch(ALL_PARTITIONS, set())
 
+    def _may_start(self, key: tuple[str, int]) -> bool:
+        """Fewer than ``FLUSHES_PER_PARTITION`` drains of ``key`` await the changelog."""
+        return sum(1 for k in self._flushing.values() if k == key) < FLUSHES_PER_PARTITION
+
     def _launch(self, key: tuple[str, int], only: set[tuple[str, int]] | None) -> None:
-        task = asyncio.ensure_future(self.drain(only))
+        def written() -> None:
+            # the write ended: the partition's next drain may write while this one's
+            # changelog flush is acknowledged
+            if self._in_flight.get(key) is task:
+                del self._in_flight[key]
+                self._flushing[task] = key
+            if self.processor.has_work:
+                self.start_drain()
+
+        task = asyncio.ensure_future(self.drain(only, written))
         self._in_flight[key] = task
         task.add_done_callback(functools.partial(self._drain_ended, key))
 
@@ -150,40 +171,53 @@ class WorkerLoop(Generic[T]):
             return
         if self._in_flight.get(key) is task:
             del self._in_flight[key]
-        if self.processor.pending:
+        self._flushing.pop(task, None)
+        if self.processor.has_work:
             self.start_drain()
+
+    def _drains(self) -> list[asyncio.Future[None]]:
+        return [*self._in_flight.values(), *self._flushing]
 
     @property
     def draining(self) -> bool:
         """A drain started by :meth:`start_drain` is not collected yet."""
-        return bool(self._in_flight)
+        return bool(self._in_flight or self._flushing)
 
     async def wait_any(self) -> None:
         """Wait until a drain in flight finished; collect every finished one (raises what
         one raised)."""
-        if self._in_flight:
-            await asyncio.wait(self._in_flight.values(), return_when=asyncio.FIRST_COMPLETED)
+        if self.draining:
+            await asyncio.wait(self._drains(), return_when=asyncio.FIRST_COMPLETED)
         self.collect()
 
     async def finish(self) -> None:
         """Wait until no drain is in flight, those started behind them included (raises
         what one raised, after all ended)."""
-        while self._in_flight:
-            await asyncio.wait(self._in_flight.values())
+        while self.draining:
+            await asyncio.wait(self._drains())
             self.collect()
 
     def collect(self) -> None:
         """Take the drains that finished off the books (raises what one raised)."""
         done = [key for key, task in self._in_flight.items() if task.done()]
         failures = [self._in_flight.pop(key).exception() for key in done]
+        flushed = [task for task in self._flushing if task.done()]
+        failures += [task.exception() for task in flushed]
+        for task in flushed:
+            del self._flushing[task]
         for failure in failures:
             if failure is not None:
                 raise failure
 
-    async def drain(self, only: set[tuple[str, int]] | None = None) -> None:
+    async def drain(self, only: set[tuple[str, int]] | None = None,
+                    written: Callable[[], None] | None = None) -> None:
         """Write what is ready (of the partitions ``only``, when given; retrying until
-        done), then commit every finished prefix."""
+        done), call ``written``, wait until the changelog holds the dedup entries, then
+        commit every finished prefix."""
         finished = await self._write_until_done(only)
+        if written is not None:
+            written()
+        await self._retry(self.changelog.flush)
         done = self.ledger.done
         for record in finished:
             done((record.topic, record.partition), record.offset)
@@ -191,15 +225,24 @@ class WorkerLoop(Generic[T]):
         self.metrics.set("cdc_worker_unacked_records", self.ledger.waiting())
 
     async def _write_until_done(self, only: set[tuple[str, int]] | None) -> list[RawRecord]:
-        failed = False
-        # What the sinks confirmed stays finished when the changelog flush after it fails:
-        # the retry drains only what is left (dropped, they would never be acknowledged,
-        # and their partitions never committed again).
+        # What the sinks confirmed stays finished when a later write fails: the retry
+        # drains only what is left (dropped, they would never be acknowledged, and their
+        # partitions never committed again).
         finished: list[RawRecord] = []
+
+        async def write() -> None:
+            finished.extend(await self.processor.drain(only))
+
+        await self._retry(write)
+        return finished
+
+    async def _retry(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` until it succeeds, waiting with the backoff (partitions paused)
+        between failures; a PermanentError goes to the engine."""
+        failed = False
         while True:
             try:
-                finished += await self.processor.drain(only)
-                await self.changelog.flush()
+                await step()
             except PermanentError:
                 raise  # restarting could not help: the engine stops the worker
             except Exception as exc:  # noqa: BLE001 - retry; never commit past unwritten work
@@ -213,7 +256,7 @@ class WorkerLoop(Generic[T]):
             if failed:
                 self._backoff.reset()
             await self.backpressure.release()
-            return finished
+            return
 
     def flush_idle(self, now_ms: int | None = None) -> bool:
         """Release quiet partitions' buffered events; True when something waits to be

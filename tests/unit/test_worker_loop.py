@@ -577,3 +577,52 @@ def test_an_eviction_pass_lets_the_event_loop_run_between_its_slices() -> None:
 
 async def _no_commit(tokens: list[int]) -> None:
     pass
+
+
+class GatedChangelog(Changelog):
+    """Each flush waits until ``gate`` is set, like Kafka acknowledging the dedup entries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        self.waiting += 1
+        await self.gate.wait()
+        self.waiting -= 1
+
+
+@pytest.mark.parametrize("per_partition", [True, False])
+def test_the_next_write_goes_out_while_the_changelog_acknowledges_the_last_one(
+        per_partition: bool) -> None:
+    """A partition's next drain writes while the previous drain's changelog flush is still
+    unacknowledged (two at most); nothing is committed before its own flush ended."""
+    sink = RecordingSink("s")
+    sink.drains_per_partition = per_partition  # type: ignore[attr-defined]
+    committed: list[int] = []
+
+    async def commit(tokens: list[int]) -> None:
+        committed.extend(tokens)
+
+    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
+    changelog = GatedChangelog()
+    loop: WorkerLoop[int] = WorkerLoop(processor, changelog, Metrics("w"), commit,
+                                       retry_initial_s=0.5, retry_max_s=1.0)
+
+    async def scenario() -> None:
+        for n in range(4):
+            loop.accept([(_create(10 + n, 1 + n), 10 + n)])
+            loop.start_drain()
+            await asyncio.sleep(0.01)
+        # written: the first two (each awaiting its flush); the rest wait for a flush
+        assert [[e.key["id"] for e in b if e.key] for b in sink.batches] == [[1], [2]]
+        assert changelog.waiting == 2 and committed == [] and loop.draining
+        changelog.gate.set()
+        await loop.finish()
+        assert [[e.key["id"] for e in b if e.key] for b in sink.batches][2:] == [[3, 4]]
+        assert committed == [10, 11, 12, 13]
+
+    asyncio.run(scenario())
+    assert loop.waiting() == 0
