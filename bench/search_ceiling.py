@@ -239,7 +239,7 @@ def profile(pid: int, seconds: float, out: Path) -> dict[str, Any]:
 
 def run(bench: Bench, args: Any) -> dict[str, Any]:
     """The ceiling and the search worker (kafka and faust engines) over one pre-filled topic."""
-    table, topic, events, records = prefill(bench, args.worker_events, args)
+    table, topic, events, records = prefill(bench, args.worker_events, args, tag="sc")
     url = bench.env["CDC_ELASTICSEARCH__URL"]
     log(f"search: Elasticsearch bulk ceiling over the {events} events' documents")
     batch = getattr(args, "search_batch", 500)
