@@ -334,3 +334,56 @@ def test_parallel_readers_split_a_composite_text_key_exactly(scenario: Scenario)
                                                  "x" * 3000}
     markers = [r["source"]["snapshot"] for r in _records(sc) + reads]
     assert markers.count("first") == 1
+
+
+_TYPED = (
+    "CREATE TYPE {s}.mood AS ENUM ('ok', 'sad');"
+    "CREATE DOMAIN {s}.pos AS numeric(8,3) CHECK (VALUE > 0);"
+    "CREATE TABLE {s}.typed (id int PRIMARY KEY, b bool, n numeric(12,2), big numeric,"
+    " f float8, r real, ts timestamp, tz timestamptz, d date, t time, iv interval,"
+    " raw bytea, j jsonb, js json, u uuid, ints int[], texts text[], m {s}.mood, p {s}.pos,"
+    " c char(3), bits bit(1), nums numeric[], i8 int8, txt text)"
+)
+_TYPED_COLUMNS = ("b, n, big, f, r, ts, tz, d, t, iv, raw, j, js, u, ints, texts, m, p, c, "
+                  "bits, nums, i8, txt")
+_TYPED_ROWS = (
+    "INSERT INTO {t} VALUES (1, true, 12.50, 1e40, 0.1, 1.5, '2024-02-29 13:14:15.123456',"
+    " '2024-01-02 03:04:05.5+05:30', '2024-03-01', '01:02:03', '1 day 2 hours', '\\x00ff10',"
+    " '{{\"a\": [1, 2.50]}}', '{{\"b\":  1}}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',"
+    " '{{1,NULL,3}}', '{{\"a b\",\"c,d\",NULL}}', 'sad', 2.5, 'ab', B'1', '{{1.5,NaN}}',"
+    " -9223372036854775808, '\U0001f600 ' || repeat('x', 5000)),"
+    " (2, false, -0.01, 'NaN', 'NaN', '-Infinity', 'infinity', '-infinity', '0044-03-15 BC',"
+    " '24:00', '-1 mons', '\\x', 'null', '[]', NULL, '{{}}', '{{\"\"}}', 'ok', 0.001, '',"
+    " B'0', '{{}}', 9223372036854775807, ''),"
+    " (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+    " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+)
+
+
+def test_snapshot_rows_carry_the_values_the_stream_publishes(scenario: Scenario) -> None:
+    """A table of many types, hostile values and NULLs: each row as the snapshot read it
+    (op r) equals the same values inserted again and streamed (op c)."""
+    sc = scenario
+    table = f"{sc.schema}.typed"
+    sc.execute(_TYPED.format(s=sc.schema))
+    sc.execute(_TYPED_ROWS.format(t=table))
+    sc.env["CDC_POSTGRES__TABLES"] = f"[{table}]"
+    sc.settings = load_settings(None, sc.env)
+    sc.start("capture")
+    topic = sc.settings.kafka.raw_topic(table)
+    assert len(sc.values(topic, 3)) >= 3, sc.processes["capture"].tail()
+    sc.execute(f"INSERT INTO {table} (id, {_TYPED_COLUMNS}) "
+               f"SELECT id + 100, {_TYPED_COLUMNS} FROM {table}")
+    events = sc.values(topic, 6)
+    assert len(events) == 6, sc.processes["capture"].tail()
+
+    def values(op: str) -> dict[int, dict]:
+        return {int(e["after"]["id"]) % 100: {k: v for k, v in e["after"].items() if k != "id"}
+                for e in events if e["op"] == op}
+
+    snapshot, streamed = values("r"), values("c")
+    assert sorted(snapshot) == sorted(streamed) == [1, 2, 3]
+    for row in (1, 2, 3):
+        assert snapshot[row] == streamed[row], row
+    assert snapshot[1]["b"] is True and snapshot[1]["i8"] == -9223372036854775808
+    assert snapshot[1]["ints"] == [1, None, 3]

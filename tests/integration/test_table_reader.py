@@ -37,6 +37,21 @@ def test_a_table_with_a_bool_column_reads_typed_values_and_leaves_the_connection
         with conn.cursor() as cur:
             cur.execute("SELECT true, 7, '{\"a\": 1}'::jsonb")
             assert cur.fetchone() == (True, 7, {"a": 1})
+        # domains alone in their table: their values arrive as their base types'
+        sc.execute(f"CREATE DOMAIN {sc.schema}.flag AS bool; "
+                   f"CREATE DOMAIN {sc.schema}.doc AS jsonb; "
+                   f"CREATE DOMAIN {sc.schema}.stamp AS timestamptz; "
+                   f"CREATE TABLE {sc.schema}.domained (id text PRIMARY KEY, "
+                   f"ok {sc.schema}.flag, body {sc.schema}.doc, at {sc.schema}.stamp)")
+        sc.execute(f"INSERT INTO {sc.schema}.domained VALUES "
+                   "('a', true, '{\"x\": [1]}', '2024-01-02 03:04:05+00'), "
+                   "('b', false, 'null', 'infinity')")
+        domained = TableReader(conn, f"{sc.schema}.domained", sc.settings.postgres,
+                               TypeResolver(), unconverted)
+        assert [domained.shape.row(tuple(v)) for v in domained.chunk(None, 10)] == [
+            {"id": "a", "ok": True, "body": '{"x": [1]}', "at": "2024-01-02T03:04:05Z"},
+            {"id": "b", "ok": False, "body": "null", "at": "infinity"}]
+        assert not unconverted.drain()
         # a second table read on the same connection resolves its types afresh
         other = TableReader(conn, sc.table_id, sc.settings.postgres, TypeResolver(),
                             unconverted)

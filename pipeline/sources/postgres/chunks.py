@@ -48,10 +48,11 @@ class TableReader:
         self.typmods = [typmod for _name, _oid, typmod in columns]
         # Every column as the text its type's output function prints, as pgoutput sends it;
         # only on this reader's cursors: the connection's other queries keep their types
-        # (a bool read as 't' is truthy, a json plan stays text).
-        self._raw = psycopg2.extensions.new_type(
-            tuple({oid for _name, oid, _typmod in columns}), "CDC_RAW_TEXT",
-            lambda value, _cur: value)
+        # (a bool read as 't' is truthy, a json plan stays text). A domain's values arrive
+        # as its base type's (the row description names the base type), so both count.
+        oids = {oid for _name, oid, _typmod in columns} | {t.oid for t in self.types}
+        self._raw = psycopg2.extensions.new_type(tuple(oids), "CDC_RAW_TEXT",
+                                                 lambda value, _cur: value)
         key_at = self.shape.names.index
         self._key_index = [key_at(k) for k in self.shape.key_names]
 
