@@ -73,14 +73,26 @@ class ChangelogWriter:
                 self._error = str(err)
                 self._lost[msg.key()] = (partition, msg.value())
 
-    def _write_lost_again(self) -> None:
+    def _write_lost_again(self) -> int:
+        """Write the lost entries again; the failure count when they were taken: a failure
+        reported after that (even while rewriting, which may serve reports) is this
+        flush's to raise, as its entry waits in ``_lost`` for the next one."""
         with self._lock:
             lost, self._lost = self._lost, {}
+            failures = self._failures
         for key, (partition, payload) in lost.items():
             if self.current is not None:
                 value = self.current(orjson.loads(key))
                 payload = None if value is None else orjson.dumps(value)
             self._produce(partition, key, payload)
+        return failures
+
+    def forget(self, partitions: set[int]) -> None:
+        """Partitions this worker no longer owns: their lost entries are not written again
+        (the store no longer holds their keys, so a rewrite would write deletes into a
+        changelog partition the new owner writes to)."""
+        with self._lock:
+            self._lost = {k: v for k, v in self._lost.items() if v[0] not in partitions}
 
     def _reached(self, target: dict[int, int]) -> bool:
         reported = self._reported
@@ -94,8 +106,7 @@ class ChangelogWriter:
     async def flush(self, timeout: float = 30.0) -> None:
         """Wait until the changelog holds every entry written before this call (entries
         lost before it are written again first)."""
-        self._write_lost_again()
-        failures = self._failures
+        failures = self._write_lost_again()
         target = dict(self._written)
         if not self._reached(target):
             await asyncio.to_thread(self._serve, target, timeout)
@@ -204,6 +215,7 @@ class ChangelogStore(MutableMapping[str, str]):
                 if int(str(raw).split("|", 1)[0]) in partitions]
         for key in gone:
             del self.data[key]
+        self.changelog.forget(partitions)
 
     def scan(self, after: str | None, limit: int) -> list[str] | None:
         """Keys in order past ``after`` when the underlying store can walk that way (a disk

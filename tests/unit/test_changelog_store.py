@@ -17,6 +17,9 @@ class FakeChangelog:
     def __init__(self) -> None:
         self.writes: list[tuple[int, str, str | None]] = []
 
+    def forget(self, partitions: set[int]) -> None:
+        pass
+
     def write(self, partition: int, key: str, value: str | None) -> None:
         self.writes.append((partition, key, value))
 
@@ -144,6 +147,76 @@ def test_no_flush_passes_over_an_entry_kafka_never_took_and_the_next_writes_it_a
     asyncio.run(scenario())
     landed = [(p, v) for p, k, v in LossyProducer.log if k == orjson.dumps("row-b")]
     assert landed and set(landed) == {(1, orjson.dumps("1|y2"))}  # never the stale y1
+
+
+class FullOnceProducer(LossyProducer):
+    """Its queue is full once, when ``full_once`` is set: the produce that meets it polls,
+    and the poll serves the delivery reports waiting."""
+
+    full_once = False
+
+    def produce(self, topic: str, value: bytes | None, key: bytes, partition: int,
+                on_delivery: Any) -> None:
+        if FullOnceProducer.full_once:
+            FullOnceProducer.full_once = False
+            raise BufferError("Local: Queue full")
+        super().produce(topic, value, key, partition, on_delivery)
+
+
+def test_a_failure_reported_while_lost_entries_are_written_again_fails_that_flush(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import orjson
+
+    import pipeline.kafka.changelog as changelog
+    from pipeline.config import KafkaSettings
+    from pipeline.errors import RetriableError
+
+    monkeypatch.setattr(changelog, "KafkaProducer", FullOnceProducer)
+    LossyProducer.log = []
+    store = ChangelogStore(changelog.ChangelogWriter("t", KafkaSettings()))
+
+    async def scenario() -> None:
+        with store.scope(0):
+            store["a"] = "1"
+        LossyProducer.failing = {orjson.dumps("a")}
+        with pytest.raises(RetriableError):
+            await store.flush()  # a is lost: the next flush writes it again
+        LossyProducer.failing = {orjson.dumps("b")}
+        with store.scope(0):
+            store["b"] = "1"  # the next drain's entry, not reported yet
+        FullOnceProducer.full_once = True  # rewriting a meets a full queue: b's report is served
+        with pytest.raises(RetriableError):  # b never reached Kafka: this flush must fail
+            await store.flush()
+        LossyProducer.failing = set()
+        await store.flush()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        LossyProducer.failing = set()
+    assert orjson.dumps("b") in {k for _, k, _ in LossyProducer.log}
+
+
+def test_a_lost_entry_of_a_revoked_partition_is_not_written_again_as_a_delete(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import orjson
+
+    from pipeline.errors import RetriableError
+
+    store = _lossy_store(monkeypatch)
+
+    async def scenario() -> None:
+        with store.scope(3):
+            store["k"] = "v"
+        LossyProducer.failing = {orjson.dumps("k")}
+        with pytest.raises(RetriableError):
+            await store.flush()
+        LossyProducer.failing = set()
+        store.forget({3})  # partition 3 revoked: its new owner writes its changelog now
+        await store.flush()  # another partition's drain flushes
+
+    asyncio.run(scenario())
+    assert (3, orjson.dumps("k"), None) not in LossyProducer.log, LossyProducer.log
 
 
 def test_eviction_walks_a_faust_store_that_cannot_scan() -> None:
