@@ -148,6 +148,38 @@ def test_unchanged_toast_becomes_placeholder_not_none() -> None:
     assert event.after["active"] is None  # a real NULL stays NULL
 
 
+SLUGS = Relation(
+    oid=16403, namespace="inventory", name="slugs", replica_identity="d",
+    columns=(Column(is_key=True, name="slug", type_oid=TEXT, type_modifier=-1),
+             Column(is_key=False, name="qty", type_oid=INT4, type_modifier=-1),
+             Column(is_key=False, name="body", type_oid=TEXT, type_modifier=-1)),
+)  # fmt: skip
+
+
+def test_an_update_of_a_row_whose_key_is_toasted_stays_an_update_of_that_key() -> None:
+    """A key stored out of line is logged in the old tuple ('K') and sent as unchanged
+    TOAST in the new one: the event is an update of the real key, not a delete of it and a
+    create keyed by the placeholder."""
+    slugs = TableShape.from_relation(SLUGS, ("slug",))
+    long_key = "k" * 3000
+    msg = Update(SLUGS.oid, (long_key, None, None), "K", (UNCHANGED_TOAST, "5", UNCHANGED_TOAST))
+    (event,) = _events(msg, slugs)
+    assert event.op == "u" and event.key == {"slug": long_key}
+    assert event.after == {"slug": long_key, "qty": 5, "body": UNAVAILABLE_VALUE}
+    assert event.before == {"slug": long_key, "qty": None, "body": None}
+
+
+def test_replica_identity_full_fills_unchanged_toast_values_from_the_old_row() -> None:
+    """With REPLICA IDENTITY FULL the old row holds every value: an unchanged TOAST value
+    is published, as Debezium does, not the placeholder. A NULL stays NULL."""
+    full = TableShape.from_relation(PRODUCTS_FULL, ("id",))
+    msg = Update(PRODUCTS.oid, ("7", "SKU-7", "a long text", None), "O",
+                 ("7", "SKU-8", UNCHANGED_TOAST, None))
+    (event,) = _events(msg, full)
+    assert event.after == {"id": 7, "sku": "SKU-8", "description": "a long text",
+                           "active": None}
+
+
 def test_source_fields() -> None:
     (event,) = _events(Insert(PRODUCTS.oid, ("7", "SKU-7", "a lamp", "t")))
     src = event.source

@@ -57,6 +57,8 @@ def test_insert_update_delete_bytes_match(
     _both(Update(SHAPE.oid, (str(key), None, None, None), "K", new), txn, lsn)
     _both(Update(SHAPE.oid, (str(key + 1), None, None, None), "K", new), txn, lsn)  # key moved
     _both(Update(SHAPE.oid, new, "O", (str(key), UNCHANGED_TOAST, "1", "f")), txn, lsn)
+    _both(Update(SHAPE.oid, (str(key), None, None, None), "K",
+                 (UNCHANGED_TOAST, note, "1", "f")), txn, lsn)  # a key stored out of line
     _both(Delete(SHAPE.oid, (str(key), None, None, None), "K"), txn, lsn)
 
 

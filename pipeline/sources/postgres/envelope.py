@@ -32,6 +32,22 @@ from pipeline.sources.postgres.values import (
 )
 
 _BUILTIN_NAMES = {oid: name for name, oid in BUILTIN_TYPE_OIDS.items()}
+_PLACEHOLDERS = (UNAVAILABLE_VALUE, UNAVAILABLE_BINARY)
+
+
+def fill_unchanged(after: Row, before: Row) -> Row:
+    """``after`` with each unchanged-TOAST placeholder replaced by the value ``before``
+    holds, where it holds one: a key column of a ``K`` old tuple (PostgreSQL logs the old key
+    when it is stored out of line, and sends it as unchanged in the new tuple), or any column
+    under ``REPLICA IDENTITY FULL``. Without this a TOASTed key would turn an update into a
+    delete and a create keyed by the placeholder. A NULL in ``before`` is left alone: a
+    ``K`` tuple sends every non-key column as NULL."""
+    for name, value in after.items():
+        if type(value) is str and value in _PLACEHOLDERS:
+            old = before.get(name)
+            if old is not None and not (type(old) is str and old in _PLACEHOLDERS):
+                after[name] = old
+    return after
 
 
 def _or_none(convert: Callable[[str], Any]) -> Callable[[str], Any] | None:
@@ -198,6 +214,8 @@ class ChangeBuilder:
         elif isinstance(msg, Update):
             after = shape.row(msg.new)
             before = shape.row(msg.old) if msg.old is not None else None
+            if before is not None:
+                fill_unchanged(after, before)
             new_key = shape.key(after)
             if before is not None:
                 old_key = shape.key(before)
@@ -323,12 +341,14 @@ class EnvelopeWriter:
             yield "c", *self.created(shape.row(msg.new), shape, lsn, now_ms)
         elif isinstance(msg, Update):
             after = shape.row(msg.new)
-            new_key = key_json(after)
-            after_b = orjson.dumps(after)
             if msg.old is None:
-                yield "u", new_key, _value(b"null", after_b, source, b"u", now_ms)
+                yield "u", key_json(after), _value(b"null", orjson.dumps(after), source, b"u",
+                                                   now_ms)
                 return
             before = shape.row(msg.old)
+            fill_unchanged(after, before)
+            new_key = key_json(after)
+            after_b = orjson.dumps(after)
             before_b = orjson.dumps(before)
             old_key = key_json(before)
             if old_key != new_key:
