@@ -39,6 +39,30 @@ def test_table_without_primary_key_is_named(scenario: Scenario) -> None:
     assert f"table '{scenario.schema}.nokey' has no primary key" in result.stderr
 
 
+def test_a_replica_identity_index_without_the_primary_key_is_named(
+        scenario: Scenario) -> None:
+    table = f"{scenario.schema}.slugs"
+    scenario.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, slug text NOT NULL UNIQUE, "
+                     "v text); "
+                     f"ALTER TABLE {table} REPLICA IDENTITY USING INDEX slugs_slug_key")
+    result = _capture({**scenario.env, "CDC_POSTGRES__TABLES": f"[{table}]"})
+    assert result.returncode == EXIT_PERMANENT, result.stderr
+    assert f"table '{table}' has REPLICA IDENTITY USING INDEX on an index without" \
+        in result.stderr
+    # an identity index holding the primary key's columns is fine
+    scenario.execute(f"CREATE UNIQUE INDEX slugs_both ON {table} (slug, id); "
+                     f"ALTER TABLE {table} REPLICA IDENTITY USING INDEX slugs_both")
+    from pipeline.sources.postgres.slot import ReplicationSlot
+
+    settings = scenario.settings.postgres.model_copy(update={"tables": (table,)})
+    conn = scenario.connect()
+    try:
+        with conn.cursor() as cur:
+            ReplicationSlot(settings)._check_tables(cur)  # no error
+    finally:
+        conn.close()
+
+
 def test_missing_table_is_named(scenario: Scenario) -> None:
     result = _capture({**scenario.env, "CDC_POSTGRES__TABLES": f"[{scenario.schema}.nope]"})
     assert result.returncode == EXIT_PERMANENT

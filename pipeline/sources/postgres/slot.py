@@ -121,7 +121,13 @@ class ReplicationSlot:
             schema, table = table_id.split(".", 1)
             cur.execute(
                 "SELECT c.relreplident, "
-                " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) "
+                " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
+                # a primary-key column the replica identity index lacks (its old tuples
+                # would carry no value for it)
+                " EXISTS (SELECT 1 FROM pg_index p, unnest(p.indkey) AS k(attnum) "
+                "   WHERE p.indrelid = c.oid AND p.indisprimary AND k.attnum <> ALL ("
+                "     SELECT unnest(r.indkey) FROM pg_index r "
+                "     WHERE r.indrelid = c.oid AND r.indisreplident)) "
                 "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
                 (schema, table),
@@ -129,7 +135,13 @@ class ReplicationSlot:
             row = cur.fetchone()
             if row is None:
                 raise SourceSetupError(f"postgres.tables names '{table_id}', which does not exist")
-            identity, has_pk = row
+            identity, has_pk, key_outside_identity = row
+            if identity == "i" and has_pk and key_outside_identity:
+                raise SourceSetupError(
+                    f"table '{table_id}' has REPLICA IDENTITY USING INDEX on an index without "
+                    "all of its primary key's columns, so its deletes and key changes would "
+                    "carry no primary key (events are keyed by it): ALTER TABLE ... REPLICA "
+                    "IDENTITY DEFAULT (or FULL), or use an index holding the primary key")
             if identity == "n":
                 raise SourceSetupError(
                     f"table '{table_id}' has REPLICA IDENTITY NOTHING, so its deletes carry no "
