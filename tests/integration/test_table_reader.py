@@ -52,6 +52,15 @@ def test_a_table_with_a_bool_column_reads_typed_values_and_leaves_the_connection
             {"id": "a", "ok": True, "body": '{"x": [1]}', "at": "2024-01-02T03:04:05Z"},
             {"id": "b", "ok": False, "body": "null", "at": "infinity"}]
         assert not unconverted.drain()
+        # box separates array elements with ';' (its values hold commas)
+        sc.execute(f"CREATE TABLE {sc.schema}.shapes (id int PRIMARY KEY, boxes box[])")
+        sc.execute(f"INSERT INTO {sc.schema}.shapes VALUES "
+                   "(1, ARRAY[box '((0,0),(1,1))', box '((2,2),(3,3))'])")
+        shapes = TableReader(conn, f"{sc.schema}.shapes", sc.settings.postgres,
+                             TypeResolver(), unconverted)
+        (values,) = shapes.chunk(None, 10)
+        assert shapes.shape.row(tuple(values)) == {"id": 1,
+                                                    "boxes": ["(1,1),(0,0)", "(3,3),(2,2)"]}
         # a second table read on the same connection resolves its types afresh
         other = TableReader(conn, sc.table_id, sc.settings.postgres, TypeResolver(),
                             unconverted)

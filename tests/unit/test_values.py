@@ -272,3 +272,18 @@ def test_unicode_spaces_belong_to_array_elements() -> None:
     assert convert(v.TEXT_ARRAY_OID, "{\xa0}") == ["\xa0"]
     assert convert(v.TEXT_ARRAY_OID, "{a\u2003,\u3000b}") == ["a\u2003", "\u3000b"]
     assert convert(v.TEXT_ARRAY_OID, '{"x",\xa0y}') == ["x", "\xa0y"]
+
+
+def test_arrays_of_a_type_with_another_delimiter_split_on_it() -> None:
+    """``box`` separates array elements with ``;`` (its ``typdelim``), and its values hold
+    commas unquoted: split on commas, one box became four strings."""
+    from pipeline.sources.postgres.types import PgType
+    from pipeline.sources.postgres.values import converter_for_type
+
+    boxes = PgType("array", 1020, "_box", element=PgType("builtin", 603, "box", delimiter=";"))
+    convert = converter_for_type(boxes)
+    assert convert("{(1,1),(0,0);(3,3),(2,2)}") == ["(1,1),(0,0)", "(3,3),(2,2)"]
+    assert convert("{(1,1),(0,0)}") == ["(1,1),(0,0)"]
+    assert convert('{{(1,1),(0,0);"(3,3),(2,2)"};{NULL;(5,5),(4,4)}}') == [
+        ["(1,1),(0,0)", "(3,3),(2,2)"], [None, "(5,5),(4,4)"]]
+    assert convert("{}") == []

@@ -35,6 +35,9 @@ class PgType:
     #: A domain's type modifier for its base type (``numeric(10,2)``, ``bit(1)``); -1 for none.
     typmod: int = -1
     element: PgType | None = None
+    #: What separates this type's values in an array's text (``typdelim``): ``,`` for all
+    #: but ``box`` (``;``) and some extension types (PostGIS geometry: ``:``).
+    delimiter: str = ","
 
     @classmethod
     def builtin(cls, oid: int, name: str | None = None) -> PgType:
@@ -46,7 +49,7 @@ class PgType:
 # (the element's own array type: int2vector and oidvector have an element but print no braces).
 _TYPE_QUERY: Final = """
 SELECT t.typname, t.typtype, t.typbasetype, t.typtypmod, t.typelem,
-       t.typelem <> 0 AND e.typarray = t.oid AS is_array
+       t.typelem <> 0 AND e.typarray = t.oid AS is_array, t.typdelim
 FROM pg_catalog.pg_type t
 LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem
 WHERE t.oid = %s
@@ -81,19 +84,20 @@ class TypeResolver:
         return resolved
 
     def _from_row(self, cur: Any, oid: int, row: tuple[Any, ...], depth: int) -> PgType:
-        name, typtype, base_oid, typmod, element_oid, is_array = row
+        name, typtype, base_oid, typmod, element_oid, is_array, delimiter = row
+        delimiter = str(delimiter or ",")
         if is_array:
             element = self._resolve(cur, int(element_oid), depth + 1)
-            return PgType("array", oid, name, element=element)
+            return PgType("array", oid, name, element=element, delimiter=delimiter)
         if typtype == "d":
             base = self._resolve(cur, int(base_oid), depth + 1)
             # The domain's modifier applies to its base; an outer domain's wins.
             mod = int(typmod) if typmod != -1 else base.typmod
-            return PgType(base.kind, base.oid, name, mod, base.element)
+            return PgType(base.kind, base.oid, name, mod, base.element, base.delimiter)
         if typtype == "e":
-            return PgType("enum", oid, name)
+            return PgType("enum", oid, name, delimiter=delimiter)
         if typtype == "b" and name == "hstore":
-            return PgType("hstore", oid, name)
+            return PgType("hstore", oid, name, delimiter=delimiter)
         if typtype == "b" and oid < FIRST_NORMAL_OBJECT_ID:
-            return PgType("builtin", oid, name)
-        return PgType("text", oid, name)
+            return PgType("builtin", oid, name, delimiter=delimiter)
+        return PgType("text", oid, name, delimiter=delimiter)

@@ -348,11 +348,12 @@ _ARRAY_SPACE: Final = " \t\n\r\v\f"
 _DIMENSIONS: Final = re.compile(r"^(?:\[-?\d+:-?\d+\])+=")
 
 
-def parse_array(text: str, element: Converter = _identity) -> list[Any]:
+def parse_array(text: str, element: Converter = _identity, delimiter: str = ",") -> list[Any]:
     """Parse PostgreSQL array text (``{1,2}``, ``{{a,"b c"},{NULL,"\\""}}``) into nested lists.
 
     Unquoted ``NULL`` (any case) becomes ``None``; every other element is passed, unescaped,
-    to ``element``. Explicit bounds (``[0:1]={5,6}``) are dropped. Raises
+    to ``element``. Explicit bounds (``[0:1]={5,6}``) are dropped. ``delimiter``: the element
+    type's ``typdelim`` (``;`` for ``box``, whose values hold commas unquoted). Raises
     :class:`ArraySyntaxError` for malformed text.
     """
     body = _DIMENSIONS.sub("", text, count=1)
@@ -361,8 +362,9 @@ def parse_array(text: str, element: Converter = _identity) -> list[Any]:
         inner = body[1:-1]
         if not inner.strip(_ARRAY_SPACE):
             return []
-        return [_bare_element(item.strip(_ARRAY_SPACE), element) for item in inner.split(",")]
-    return _parse_nested(text, body, element)
+        return [_bare_element(item.strip(_ARRAY_SPACE), element)
+                for item in inner.split(delimiter)]
+    return _parse_nested(text, body, element, delimiter)
 
 
 def _bare_element(item: str, element: Converter) -> Any:
@@ -373,13 +375,14 @@ def _bare_element(item: str, element: Converter) -> Any:
     return element(item)
 
 
-def _parse_nested(text: str, body: str, element: Converter) -> list[Any]:
+def _parse_nested(text: str, body: str, element: Converter, delimiter: str = ",") -> list[Any]:
     """The general parser: a token loop with a stack of open lists."""
     stack: list[list[Any]] = []
     result: list[Any] | None = None
     expect_item = True  # after '{' or ',': an element or '{' may come next
     pos = 0
-    for match in _ARRAY_TOKEN.finditer(body):
+    tokens = _ARRAY_TOKEN if delimiter == "," else _array_token(delimiter)
+    for match in tokens.finditer(body):
         if match.start() != pos:
             break  # an unmatched character; reported below
         pos = match.end()
@@ -430,9 +433,18 @@ def _token_value(match: re.Match[str], element: Converter) -> Any:
     return element(_BACKSLASH_ESCAPE.sub(r"\1", bare))
 
 
-def _array_converter(element: Converter) -> Converter:
+@lru_cache(maxsize=8)
+def _array_token(delimiter: str) -> re.Pattern[str]:
+    """``_ARRAY_TOKEN`` for an element type whose delimiter is not a comma."""
+    d = re.escape(delimiter)
+    pattern = _ARRAY_TOKEN.pattern.replace("(?P<comma>,)", f"(?P<comma>{d})")
+    pattern = pattern.replace("[^{},", "[^{}" + d)
+    return re.compile(pattern, re.VERBOSE | re.DOTALL)
+
+
+def _array_converter(element: Converter, delimiter: str = ",") -> Converter:
     def convert_array(text: str) -> list[Any]:
-        return parse_array(text, element)
+        return parse_array(text, element, delimiter)
 
     return convert_array
 
@@ -477,7 +489,8 @@ def converter_for_type(
     if pg_type.kind == "hstore":
         return hstore_json
     if pg_type.kind == "array" and pg_type.element is not None:
-        return _array_converter(converter_for_type(pg_type.element, typmod, decimal_mode))
+        return _array_converter(converter_for_type(pg_type.element, typmod, decimal_mode),
+                                pg_type.element.delimiter)
     return _identity  # an enum's label; the text of composite, range and other types
 
 
