@@ -145,12 +145,23 @@ def test_rows_changed_while_verifying_are_not_drift(scenario: Scenario, tmp_path
         env={**os.environ, **sc.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     writer.start()
-    # the row pass takes ~3 s at 1000 rows/s, the id pass as long again; the verify's own
-    # start takes a second or two more on a loaded machine
-    time.sleep(5.0)
+    # Change rows while the verify reads them: from the moment it starts on the table (its
+    # progress bar's label, printed once on a pipe) through most of the row pass (~3 s at
+    # 1000 rows/s), however long its own start took on a loaded machine.
+    assert verify.stderr is not None
+    err_lines: list[str] = []
+    reader = threading.Thread(target=lambda: err_lines.extend(verify.stderr or []),
+                              daemon=True)
+    reader.start()
+    assert wait_until(lambda: any(sc.table_id in line for line in err_lines), 60, 0.1), \
+        err_lines
+    time.sleep(2.5)
     writer.stop.set()
     writer.join()
-    out, err = verify.communicate(timeout=120)
+    out = verify.stdout.read() if verify.stdout else ""
+    verify.wait(timeout=120)
+    reader.join(timeout=10)
+    err = "".join(err_lines)
     assert writer.changes > 50
     assert verify.returncode == 0, out + err
     table = orjson.loads(report.read_bytes())["tables"][0]
