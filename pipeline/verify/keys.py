@@ -22,6 +22,7 @@ import binascii
 from collections.abc import Callable
 from typing import Any, Final
 
+from pipeline.sources.postgres.decimals import numeric_scale
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.types import PgType
 from pipeline.sources.postgres.values import (
@@ -114,8 +115,6 @@ def _precise(scale: int | None) -> Inverse:
 def _inverse(pg_type: PgType, typmod: int, decimal_mode: str) -> Inverse | None:
     """The inverse for a column of ``pg_type`` (its modifier ``typmod``); None when its
     published values do not determine PostgreSQL's text."""
-    from pipeline.sources.postgres.decimals import numeric_scale
-
     if pg_type.typmod != -1:
         typmod = pg_type.typmod
     if pg_type.kind in ("array", "hstore"):

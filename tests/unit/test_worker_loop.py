@@ -444,24 +444,32 @@ class GatedFailingOnceChangelog(Changelog):
             raise SinkUnavailableError("changelog not acknowledged")
 
 
-def test_a_retrying_partition_drain_never_takes_what_came_after_a_truncate(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A partition's drain whose changelog flush failed drains its partition again; records
-    accepted after a truncate (of another partition) must wait for it."""
-    async def no_wait(seconds: float) -> None:
-        pass
-
-    monkeypatch.setattr(backpressure.asyncio, "sleep", no_wait)
-    sink = RecordingSink("s")
+def _recording_loop(sink: RecordingSink, changelog: Changelog, retry_s: float = 0.5
+                    ) -> tuple[WorkerLoop[int], list[int]]:
+    """A worker loop over ``sink`` and ``changelog``, and the tokens it committed."""
     committed: list[int] = []
 
     async def commit(tokens: list[int]) -> None:
         committed.extend(tokens)
 
     processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
-    changelog = GatedFailingOnceChangelog()
     loop: WorkerLoop[int] = WorkerLoop(processor, changelog, Metrics("w"), commit,
-                                       retry_initial_s=0.01, retry_max_s=0.01)
+                                       retry_initial_s=retry_s, retry_max_s=retry_s * 2)
+    return loop, committed
+
+
+def test_a_retrying_partition_drain_never_takes_what_came_after_a_truncate(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition's drain whose changelog flush failed retries the flush (and only the
+    flush); records accepted after a truncate (of another partition) wait for the truncate,
+    which waits for that flush."""
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    monkeypatch.setattr(backpressure.asyncio, "sleep", no_wait)
+    sink = RecordingSink("s")
+    changelog = GatedFailingOnceChangelog()
+    loop, committed = _recording_loop(sink, changelog, retry_s=0.01)
     truncate = _record(30, None, {"before": None, "after": None, "op": "t", "ts_ms": 1,
                                   "source": dict(SOURCE, lsn=30)})
 
@@ -601,15 +609,8 @@ def test_the_next_write_goes_out_while_the_changelog_acknowledges_the_last_one(
     unacknowledged (two at most); nothing is committed before its own flush ended."""
     sink = RecordingSink("s")
     sink.drains_per_partition = per_partition  # type: ignore[attr-defined]
-    committed: list[int] = []
-
-    async def commit(tokens: list[int]) -> None:
-        committed.extend(tokens)
-
-    processor = BatchProcessor([sink], RecordingDeadLetters(), Metrics("w"))  # type: ignore[list-item,arg-type]
     changelog = GatedChangelog()
-    loop: WorkerLoop[int] = WorkerLoop(processor, changelog, Metrics("w"), commit,
-                                       retry_initial_s=0.5, retry_max_s=1.0)
+    loop, committed = _recording_loop(sink, changelog)
 
     async def scenario() -> None:
         for n in range(4):
