@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv and install the project (idempotent)
+# The capture's hot path compiled with mypyc (plain Python where no C compiler is found).
+NATIVE := $(VENV)/.native
+NATIVE_SOURCES := pipeline/native.py $(addprefix pipeline/sources/postgres/,pgoutput.py values.py envelope.py decimals.py)
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES)
+	$(PY) -m pipeline.native build
+	@touch $(NATIVE)
+
+setup: $(STAMP) $(NATIVE) ## Create .venv, install the project, compile the capture's hot path (idempotent)
 
 stack-up: setup ## Install (once) and start PostgreSQL, Kafka, Redis, Elasticsearch, MariaDB on loopback
 	$(VENV)/bin/cdc stack up

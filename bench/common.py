@@ -404,6 +404,8 @@ def machine() -> dict[str, Any]:
             versions[mod] = str(__import__(mod).__version__).split()[0]
     with contextlib.suppress(Exception):
         versions["postgresql"] = _server_version()
+    from pipeline import native
+    versions["capture hot path"] = "compiled (mypyc)" if native.compiled() else "plain Python"
     return {
         "nproc": os.cpu_count(),
         "memory_gb": round(mem_kb / 1024 / 1024, 1),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias, final
+from typing import Any, ClassVar, Final, TypeAlias, final
 
 from pipeline.positions import Lsn
 
@@ -56,7 +56,7 @@ class UnchangedToast:
     """Type of :data:`UNCHANGED_TOAST`; there is exactly one instance."""
 
     __slots__ = ()
-    _instance: UnchangedToast | None = None
+    _instance: ClassVar[UnchangedToast | None] = None
 
     def __new__(cls) -> UnchangedToast:
         if cls._instance is None:
@@ -447,21 +447,23 @@ def decode_message(payload: bytes | bytearray | memoryview) -> PgoutputMessage:
         raise PgoutputDecodeError(_unknown_type_text(kind))
     try:
         msg, end = decoder(buf, 1)
-    except PgoutputDecodeError as exc:
-        raise PgoutputDecodeError(f"{_name(kind)} message: {exc}") from None
-    except _Truncated as exc:
+    # One name per clause: compiled (mypyc), a name shared by clauses keeps the first type.
+    except PgoutputDecodeError as bad:
+        raise PgoutputDecodeError(f"{_name(kind)} message: {bad}") from None
+    except _Truncated as short:
         raise PgoutputDecodeError(
-            f"{_name(kind)} message truncated: {exc.need} bytes needed at offset "
-            f"{exc.offset}, payload is {len(buf)} bytes"
+            f"{_name(kind)} message truncated: {short.need} bytes needed at offset "
+            f"{short.offset}, payload is {len(buf)} bytes"
         ) from None
-    except (struct.error, IndexError) as exc:
+    except (struct.error, IndexError) as overrun:
         # struct reports the offset it wanted; an IndexError means a single byte was read
         # at the very end of the payload.
         raise PgoutputDecodeError(
-            f"{_name(kind)} message truncated at offset <= {len(buf)}: {exc}"
+            f"{_name(kind)} message truncated at offset <= {len(buf)}: {overrun}"
         ) from None
-    except UnicodeDecodeError as exc:
-        raise PgoutputDecodeError(f"{_name(kind)} message: invalid UTF-8 text: {exc}") from None
+    except UnicodeDecodeError as text_error:
+        raise PgoutputDecodeError(
+            f"{_name(kind)} message: invalid UTF-8 text: {text_error}") from None
     if end != len(buf):
         raise PgoutputDecodeError(
             f"{_name(kind)} message has {len(buf) - end} unexpected trailing bytes at offset {end}"
@@ -578,7 +580,8 @@ def insert_row(
         return row
     except PgoutputDecodeError:
         raise
-    except (struct.error, IndexError, UnicodeDecodeError) as exc:
-        raise PgoutputDecodeError(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 (a converter refused a value: leave it to the slow path)
-        raise PgoutputDecodeError(f"a converter raised {type(exc).__name__}: {exc}") from None
+    except (struct.error, IndexError, UnicodeDecodeError) as overrun:
+        raise PgoutputDecodeError(str(overrun)) from None
+    except Exception as refused:  # noqa: BLE001 (a converter refused a value: the slow path)
+        raise PgoutputDecodeError(
+            f"a converter raised {type(refused).__name__}: {refused}") from None
