@@ -17,14 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-# The capture's hot path compiled with mypyc (plain Python where no C compiler is found).
-NATIVE := $(VENV)/.native
-NATIVE_SOURCES := pipeline/native.py $(addprefix pipeline/sources/postgres/,pgoutput.py values.py envelope.py decimals.py)
-$(NATIVE): $(STAMP) $(NATIVE_SOURCES)
-	$(PY) -m pipeline.native build
-	@touch $(NATIVE)
-
-setup: $(STAMP) $(NATIVE) ## Create .venv, install the project, compile the capture's hot path (idempotent)
+setup: $(STAMP) ## Create .venv, install the project, compile the capture's hot path (idempotent)
+	@$(PY) -m pipeline.native build --quiet
 
 stack-up: setup ## Install (once) and start PostgreSQL, Kafka, Redis, Elasticsearch, MariaDB on loopback
 	$(VENV)/bin/cdc stack up
@@ -56,4 +50,5 @@ bench: setup ## Benchmarks (see bench/README.md)
 
 clean: ## Remove the virtualenv and the stack's state (downloads stay cached)
 	-$(VENV)/bin/cdc stack down
+	-$(PY) -m pipeline.native clean
 	rm -rf $(VENV) .stack

@@ -3,6 +3,8 @@ older than them."""
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import subprocess
 import sys
@@ -100,6 +102,9 @@ def test_the_compiled_hot_path_gives_what_its_sources_give() -> None:
         assert mine == theirs
 
 
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
 @pytest.fixture
 def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A package of stand-in sources that ``native`` looks after instead of the real one."""
@@ -109,33 +114,74 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (package / f"{name}.py").write_text(f"X = {name!r}\n")
     monkeypatch.setattr(native, "PACKAGE", package)
     monkeypatch.setattr(native, "STAMP", package / "_compiled.json")
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     return package
 
 
-def test_compiled_modules_older_than_their_sources_are_removed(package: Path) -> None:
-    built = [package / f"{name}.cpython-311-x86_64-linux-gnu.so"
-             for name in (*native.MODULES, "_compiled__mypyc")]
+def _fake_build(package: Path) -> list[Path]:
+    built = [package / f"{stem}{SUFFIX}" for stem in native._expected()]
     for path in built:
         path.write_bytes(b"\x7fELF")
     native.STAMP.write_text(json.dumps(native._stamp()))
-    native.drop_stale()
-    assert all(p.exists() for p in built) and native.current()  # as built: kept
+    return built
+
+
+def _finds_sources() -> bool:
+    """Whether imports of the compiled modules now find their sources first."""
+    first = sys.meta_path[0]
+    spec = first.find_spec("pipeline.sources.postgres.values", None)
+    return (isinstance(first, native._Sources) and spec is not None
+            and spec.origin == str(native.PACKAGE / "values.py"))
+
+
+def test_a_build_older_than_its_sources_is_never_run(package: Path) -> None:
+    built = _fake_build(package)
+    assert native.current()
+    native.use_sources_if_stale()  # as built: nothing to do
+    assert not any(isinstance(f, native._Sources) for f in sys.meta_path)
     (package / "values.py").write_text("X = 'edited'\n")
     assert not native.current()
-    native.drop_stale()
+    native.use_sources_if_stale()
+    assert _finds_sources()  # the edited source loads, not the build
+    assert all(p.exists() for p in built)  # nothing deleted under another process
+
+
+def test_a_partial_build_or_one_without_a_stamp_is_not_run(package: Path) -> None:
+    built = _fake_build(package)
+    built[-1].unlink()  # the shared library of the group is missing
+    assert not native.current()
+    native.STAMP.unlink()
+    (package / f"pgoutput{SUFFIX}").write_bytes(b"\x7fELF")
+    native.use_sources_if_stale()
+    assert _finds_sources()
+
+
+def test_a_change_of_a_module_the_compiled_ones_rely_on_makes_the_build_stale(
+    package: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "events.py").write_text("A = 1\n")
+    monkeypatch.setattr(native, "ROOT", root)
+    monkeypatch.setattr(native, "DEPENDS", ("sub/events.py",))
+    _fake_build(package)
+    assert native.current()
+    (root / "sub" / "events.py").write_text("A: str = '1'\n")
+    assert not native.current()
+
+
+def test_clean_removes_a_build(package: Path) -> None:
+    built = _fake_build(package)
+    native.clean()
     assert not any(p.exists() for p in built) and not native.STAMP.exists()
     assert (package / "values.py").exists()  # the sources stay
-
-
-def test_a_build_without_a_stamp_is_not_trusted(package: Path) -> None:
-    (package / "pgoutput.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
-    native.drop_stale()
-    assert not list(package.glob("*.so"))
 
 
 def test_cdc_native_0_keeps_plain_python(
     package: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    built = _fake_build(package)
     monkeypatch.setenv("CDC_NATIVE", "0")
     assert native.build() is False
     assert "plain Python" in capsys.readouterr().out
+    assert not any(p.exists() for p in built)

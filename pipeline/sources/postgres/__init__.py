@@ -1,5 +1,5 @@
 """PostgreSQL source internals: the ``pgoutput`` decoder, value conversion and LSNs."""
 
-from pipeline.native import drop_stale
+from pipeline.native import use_sources_if_stale
 
-drop_stale()  # compiled modules built from older sources must not shadow the sources
+use_sources_if_stale()  # a compiled build older than its sources must not shadow them
