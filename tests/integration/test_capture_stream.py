@@ -214,40 +214,70 @@ def test_truncate_never_brings_a_row_back(scenario: Scenario, engine: str) -> No
     assert set(sc.indexed()) == {"2"}
 
 
-def test_a_database_in_another_encoding_is_captured_as_utf8(scenario: Scenario) -> None:
-    """A LATIN1 database sent its own bytes, which the decoder (UTF-8) refused on the first
-    'é', stopping capture on every restart. The sessions now ask for UTF-8."""
+@pytest.mark.parametrize(("encoding", "snapshotted", "streamed", "expected"), [
+    # A LATIN1 database sent its own bytes, which the decoder (UTF-8) refused on the first
+    # 'é', stopping capture on every restart. The sessions now ask for UTF-8.
+    ("LATIN1", "'café, read by the snapshot'", "'naïve é ÿ, streamed'",
+     ["café, read by the snapshot", "naïve é ÿ, streamed"]),
+    # SQL_ASCII stores any bytes and PostgreSQL converts none, but checks them as UTF-8 on
+    # their way to a UTF-8 session: the first that was not stopped the stream (walsender)
+    # and the snapshot, on every restart. Both now read them as stored and publish each such
+    # byte as U+FFFD (as Debezium's decoding); valid UTF-8 next to them is kept.
+    ("SQL_ASCII", "E'caf\\xe9 \\xc3\\xa9, read by the snapshot'",
+     "E'na\\xefve \\xf0\\x9f\\x98\\x80 \\xff, streamed'",
+     ["caf\ufffd é, read by the snapshot", "na\ufffdve \U0001f600 \ufffd, streamed"]),
+])
+def test_a_database_in_another_encoding_is_captured_as_utf8(
+    scenario: Scenario, encoding: str, snapshotted: str, streamed: str, expected: list[str]
+) -> None:
     sc = scenario
-    db = f"latin_{sc.uid}"
+    db = f"enc_{sc.uid}"
     admin = sc.connect()
     admin.autocommit = True
     with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+        cur.execute(f"CREATE DATABASE {db} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' "
                     "TEMPLATE template0")
     dsn = sc.dsn.replace("dbname=cdc", f"dbname={db}")
     assert dsn != sc.dsn
-    latin = psycopg2.connect(dsn)
-    latin.autocommit = True
-    env = {**sc.env, "CDC_POSTGRES__DSN": dsn, "CDC_POSTGRES__TABLES": "[public.t]"}
-    proc = PipelineProcess("capture", env, sc.work / "latin1-capture.log")
+    other = psycopg2.connect(dsn, options="-c client_encoding=UTF8")
+    other.autocommit = True
+    env = {**sc.env, "CDC_POSTGRES__DSN": dsn, "CDC_POSTGRES__TABLES": "[public.t, public.k]",
+           "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "3"}
+    keys = [bytes([0x61 + i % 3, 0x80 + i, 0x7A]) for i in range(40)]  # e.g. b"a\x80z"
+    if encoding != "SQL_ASCII":
+        keys = [k.decode("latin-1").encode() for k in keys]  # what a LATIN1 database holds
+    proc = PipelineProcess("capture", env, sc.work / "encoding-capture.log")
     try:
-        with latin.cursor() as cur:
+        with other.cursor() as cur:
             cur.execute("CREATE TABLE t (id int PRIMARY KEY, name text)")
-            cur.execute("INSERT INTO t VALUES (1, 'café, read by the snapshot')")
+            cur.execute(f"INSERT INTO t VALUES (1, {snapshotted})")
+            # keys read in chunks of 3: each chunk's last key is the next one's bound
+            cur.execute("CREATE TABLE k (k text PRIMARY KEY, id int)")
+            for i, key in enumerate(keys):
+                cur.execute("INSERT INTO k VALUES (convert_from(%s, 'SQL_ASCII'), %s)"
+                            if encoding == "SQL_ASCII" else "INSERT INTO k VALUES (%s, %s)",
+                            (key if encoding == "SQL_ASCII" else key.decode(), i))
         assert wait_until(lambda: slot_active(sc.dsn, sc.settings.postgres.slot), 60), \
             proc.tail()
-        with latin.cursor() as cur:
-            cur.execute("INSERT INTO t VALUES (2, 'naïve é ÿ, streamed')")
-        events = sc.values(sc.settings.kafka.raw_topic("public.t"), 2)
-        assert sorted(e["after"]["name"] for e in events) == [
-            "café, read by the snapshot", "naïve é ÿ, streamed"]
+        with other.cursor() as cur:
+            cur.execute(f"INSERT INTO t VALUES (2, {streamed})")
+            cur.execute(f"UPDATE t SET name = {streamed} || '' WHERE id = 1")  # the slow path
+        events = sc.values(sc.settings.kafka.raw_topic("public.t"), 3)
+        assert sorted(e["after"]["name"] for e in events if e["op"] in "rc") == expected
+        assert [e["after"]["name"] for e in events if e["op"] == "u"] == expected[1:]
+        reads = sc.values(sc.settings.kafka.raw_topic("public.k"), len(keys))
+        assert sorted(e["after"]["id"] for e in reads) == list(range(len(keys)))  # once each
+        if encoding == "SQL_ASCII":
+            assert {e["after"]["k"] for e in reads} == {"a\ufffdz", "b\ufffdz", "c\ufffdz"}
         assert proc.alive(), proc.tail()
+        if encoding == "SQL_ASCII":
+            assert "bytes that are not UTF-8" in proc.tail(), proc.tail()
     finally:
         proc.kill()
-        with latin.cursor() as cur:
+        with other.cursor() as cur:
             cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                         "WHERE slot_name = %s", (sc.settings.postgres.slot,))
-        latin.close()
+        other.close()
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         admin.close()

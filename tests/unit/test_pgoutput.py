@@ -43,6 +43,7 @@ from pipeline.sources.postgres.pgoutput import (
     UnknownRelationError,
     Update,
     decode_message,
+    take_replaced_values,
 )
 from pipeline.sources.postgres.values import converter_for
 
@@ -473,14 +474,33 @@ def test_memoryview_and_bytearray_payloads() -> None:
         (b"D\x00\x00\x00\x01N\x00\x00", "expected tuple tag 'K' or 'O' at offset 5"),
         (b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x05abc", "5 bytes needed at offset 13"),
         (b"I\x00\x00\x00\x01N\x00\x01t\xff\xff\xff\xffabc", "-1 bytes needed"),
-        (b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x01\xff", "invalid UTF-8"),
         (b"Y\x00\x00\x00\x01public", "unterminated string starting at offset 5"),
+        (b"Y\x00\x00\x00\x01p\xffblic\x00", "invalid UTF-8"),  # a name: never replaced
         (b"T\x00\x00\x00\x02\x00\x00\x00\x00\x01", "8 bytes needed at offset 6"),
     ],
 )
 def test_bad_payloads_raise_decode_errors(payload: bytes, message: str) -> None:
     with pytest.raises(PgoutputDecodeError, match=message):
         decode_message(payload)
+
+
+def test_column_bytes_that_are_not_utf8_become_replacement_characters() -> None:
+    """A SQL_ASCII database sends its bytes unconverted: refusing them would stop capture on
+    every restart, so each bad byte becomes U+FFFD (as Debezium's Java decoding) and is
+    counted; valid UTF-8 around it, and in other columns, is kept."""
+    take_replaced_values()
+    bad, good = b"caf\xe9 " + "\u00e9 \U0001f600".encode(), "na\u00efve".encode()
+    payload = b"I\x00\x00\x00\x01N\x00\x03" + b"".join(
+        b"t" + struct.pack("!i", len(v)) + v for v in (bad, good, b"\xff\xfe"))
+    msg = decode_message(payload)
+    assert isinstance(msg, Insert)
+    assert msg.new == ("caf\ufffd \u00e9 \U0001f600", "na\u00efve", "\ufffd\ufffd")
+    assert take_replaced_values() == 2 and take_replaced_values() == 0
+    # a count belongs to the message decoded last, even when that one failed part-way
+    with pytest.raises(PgoutputDecodeError):
+        decode_message(payload[:-1])
+    decode_message(b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x01a")
+    assert take_replaced_values() == 0
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

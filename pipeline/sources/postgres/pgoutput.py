@@ -45,6 +45,7 @@ __all__ = [
     "UnknownRelationError",
     "Update",
     "decode_message",
+    "take_replaced_values",
 ]
 
 #: Microseconds from the Unix epoch (1970-01-01) to PostgreSQL's epoch (2000-01-01).
@@ -262,6 +263,30 @@ def _cstring(buf: bytes, off: int) -> tuple[str, int]:
     return buf[off:end].decode(), end + 1
 
 
+#: Column values of the last decoded message read with U+FFFD in place of bytes that are not
+#: UTF-8. Only a ``SQL_ASCII`` database sends such bytes (PostgreSQL
+#: converts every other encoding to the session's UTF-8); refusing them would stop capture on
+#: every restart, so they are replaced, as Debezium does (Java decodes them the same way).
+_replaced_values = 0
+
+
+def take_replaced_values() -> int:
+    """How many column values of the message :func:`decode_message` decoded last had bytes
+    that are not UTF-8 (read once: a second call returns 0)."""
+    global _replaced_values
+    count, _replaced_values = _replaced_values, 0
+    return count
+
+
+def _text(data: bytes) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        global _replaced_values
+        _replaced_values += 1
+        return data.decode(errors="replace")
+
+
 def _tuple(buf: bytes, off: int) -> tuple[Tuple, int]:
     """Read TupleData (column count, then per column a kind byte and maybe a value)."""
     (ncols,) = _I16.unpack_from(buf, off)
@@ -279,7 +304,7 @@ def _tuple(buf: bytes, off: int) -> tuple[Tuple, int]:
             end = off + length
             if end > size or length < 0:
                 raise _Truncated(off, length)
-            append(buf[off:end].decode())
+            append(_text(buf[off:end]))
             off = end
         elif kind == _KIND_NULL:
             append(None)
@@ -442,6 +467,8 @@ def decode_message(payload: bytes | bytearray | memoryview) -> PgoutputMessage:
     if not buf:
         raise PgoutputDecodeError("empty pgoutput payload")
     kind = buf[0]
+    global _replaced_values
+    _replaced_values = 0  # counts this message's values only
     decoder = _DECODERS.get(kind)
     if decoder is None:
         raise PgoutputDecodeError(_unknown_type_text(kind))

@@ -12,6 +12,7 @@ from psycopg2 import sql
 from pipeline.config import PostgresSettings
 from pipeline.errors import RetriableError, SourceSetupError
 from pipeline.positions import Lsn
+from pipeline.sources.postgres.sql_ascii import read_exactly
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ def translate(exc: psycopg2.Error, doing: str) -> Exception:
 
 def connect(dsn: str, **kwargs: Any) -> Any:
     try:
-        return psycopg2.connect(dsn, **kwargs)
+        conn = psycopg2.connect(dsn, **kwargs)
+        if "connection_factory" not in kwargs:  # a replication session decodes nothing
+            read_exactly(conn)
+        return conn
     except psycopg2.Error as exc:
         raise translate(exc, "connecting to PostgreSQL") from exc
 

@@ -54,6 +54,7 @@ from pipeline.sources.postgres.pgoutput import (
     decode_message,
     insert_relation_oid,
     insert_row,
+    take_replaced_values,
 )
 from pipeline.sources.postgres.signals import (
     INTERNAL_PREFIXES,
@@ -92,6 +93,23 @@ SAVE_EVERY_S = 1.0
 BACKFILL_SLICE = 256
 #: Seconds between measurements of the WAL the slot retains.
 SLOT_MEASURE_S = 10.0
+
+
+def _replication_connection(dsn: str) -> Any:
+    """The replication session, in UTF-8; in ``SQL_ASCII`` on a ``SQL_ASCII`` database.
+
+    Such a database stores any bytes, and PostgreSQL checks them as UTF-8 before it sends
+    them to a UTF-8 session: the first byte that is not stops the walsender, on every
+    restart. A ``SQL_ASCII`` session gets them as stored, and the decoder publishes each such
+    byte as U+FFFD (``pgoutput.take_replaced_values``)."""
+    conn = connect(dsn, connection_factory=LogicalReplicationConnection, options=SESSION)
+    if conn.get_parameter_status("server_encoding") != "SQL_ASCII":
+        return conn
+    conn.close()
+    log.warning("the database's encoding is SQL_ASCII: its text is read as UTF-8, and bytes "
+                "that are not UTF-8 are published as U+FFFD")
+    return connect(dsn, connection_factory=LogicalReplicationConnection,
+                   options=SESSION.replace("client_encoding=UTF8", "client_encoding=SQL_ASCII"))
 
 
 class PostgresSource:
@@ -172,8 +190,7 @@ class PostgresSource:
                               create_slot=mode == "never",
                               when_lost_start_over=mode == "when_needed")
         dsn = self.pg.dsn.get_secret_value()
-        self._repl = connect(dsn, connection_factory=LogicalReplicationConnection,
-                             options=SESSION)
+        self._repl = _replication_connection(dsn)
         self._snapshot = None
         if not exists and mode == "incremental":
             # Recorded before the slot exists: a crash in between must not leave a slot
@@ -497,6 +514,9 @@ class PostgresSource:
         msg = decode_message(payload)
         kind = type(msg)
         if kind is Insert or kind is Update or kind is Delete:
+            replaced = take_replaced_values()
+            if replaced:
+                self._not_utf8(msg, replaced)  # type: ignore[arg-type]
             self._change(msg, lsn)  # type: ignore[arg-type]
         elif kind is Begin:
             self._begin(msg)  # type: ignore[arg-type]
@@ -509,6 +529,19 @@ class PostgresSource:
         elif kind is Message:
             self._message(msg, lsn)  # type: ignore[arg-type]
         # Type and Origin carry nothing a raw topic needs.
+
+    def _not_utf8(self, msg: Insert | Update | Delete, count: int) -> None:
+        """Report values whose bytes were not UTF-8 (replaced by U+FFFD while decoding)."""
+        shape = self.shapes.get(msg.relation_oid)
+        if shape is None:
+            self.unconverted.replaced(f"relation {msg.relation_oid}", [], count)
+            return
+        columns: set[str] = set()
+        for values in (getattr(msg, "new", None), getattr(msg, "old", None)):
+            for name, value in zip(shape.names, values or (), strict=False):
+                if isinstance(value, str) and "\ufffd" in value:
+                    columns.add(name)
+        self.unconverted.replaced(shape.table_id, sorted(columns), count)
 
     def _begin(self, msg: Begin) -> None:
         self._ctx = TransactionContext(msg.xid, msg.commit_ts_us, self._last_commit)

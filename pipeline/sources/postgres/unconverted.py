@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["UnconvertedValues"]
+__all__ = ["NOT_UTF8", "UnconvertedValues"]
 
 log = logging.getLogger(__name__)
+
+#: The type label of values whose bytes were not UTF-8.
+NOT_UTF8 = "not UTF-8"
 
 
 class UnconvertedValues:
@@ -37,6 +40,18 @@ class UnconvertedValues:
                 table, column, type_name, type(error).__name__, error, text[:80],
             )
         return text
+
+    def replaced(self, table: str, columns: list[str], count: int) -> None:
+        """Count ``count`` values whose bytes were not UTF-8 (published with U+FFFD in their
+        place: see ``pgoutput.take_replaced_values``), under the type ``not UTF-8``."""
+        self._counts[NOT_UTF8] = self._counts.get(NOT_UTF8, 0) + count
+        if (table, NOT_UTF8) not in self._logged:
+            self._logged.add((table, NOT_UTF8))
+            log.warning(
+                "%s: values in %s hold bytes that are not UTF-8 (a SQL_ASCII database stores "
+                "any bytes): published with U+FFFD in place of each, as Debezium does. Logged "
+                "once per table; counted in cdc_capture_unconverted_values_total{type=%r}.",
+                table, ", ".join(columns) or "a column", NOT_UTF8)
 
     def merge(self, counts: dict[str, int]) -> None:
         """Add counts another process drained (a parallel snapshot's readers)."""
