@@ -110,7 +110,7 @@ class TableRows:
     def _rows(self, raw: list[list[str | None]]) -> Rows:
         out: Rows = {}
         for values in raw:
-            row = self.reader.row_of(tuple(values))
+            row = self.shape.row(tuple(values))
             key = self.shape.key(row)
             out[document_id(key)] = (key, row, tuple(self.reader.key_of(values)))
         return out

@@ -50,9 +50,7 @@ _FLOAT_SPECIALS: Final = frozenset({"NaN", "Infinity", "-Infinity"})
 
 
 def _text(value: Any) -> str | None:
-    # U+FFFD may stand for a byte that is not UTF-8 in a SQL_ASCII database (published so):
-    # the row's text is then unknown, and the document unchecked rather than "extra"
-    return value if isinstance(value, str) and "\ufffd" not in value else None
+    return value if isinstance(value, str) else None
 
 
 def _integer(value: Any) -> str | None:

@@ -52,7 +52,7 @@ SHAPE = TableShape(1, "public", "t", ("id", "note", "qty"), (None, None, None), 
 
 
 def _window(*rows: tuple[str, str, str]) -> _Window:
-    return _Window("m", "public.t", SHAPE, [list(r) for r in rows], None, SHAPE.row)
+    return _Window("m", "public.t", SHAPE, [list(r) for r in rows], None)
 
 
 def _value(op: str, after: dict | None) -> bytes:

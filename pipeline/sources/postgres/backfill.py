@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,8 +85,6 @@ class _Window:
     shape: TableShape
     raw: list[list[str | None]]  # the rows as read (PostgreSQL's text)
     last_key: ChunkKey | None
-    #: The reader's ``row_of``: the row of ``raw`` values as published.
-    row_of: Callable[[tuple[Any, ...]], Row]
     phase: str = "reading"
     lsn: int = 0  # the high watermark's position
     converted: int = 0  # raw rows converted into ``rows``/``order``
@@ -103,7 +100,7 @@ class _Window:
     truncated: bool = False
 
     def convert(self, upto: int) -> None:
-        row_of, key_json = self.row_of, self.shape.key_json
+        row_of, key_json = self.shape.row, self.shape.key_json
         for values in self.raw[self.converted:upto]:
             after = row_of(tuple(values))
             key = key_json(after)
@@ -213,7 +210,7 @@ class Backfills(BackfillBook):
             self._remember(now_lsn, durable=True)
             return
         last = reader.key_of(rows[-1]) if rows else entry.after
-        self.window = _Window(mark, entry.table, reader.shape, rows, last, reader.row_of)
+        self.window = _Window(mark, entry.table, reader.shape, rows, last)
 
     def watermark(self, content: bytes, lsn: int) -> bool:
         """A watermark arrived in the stream. At its chunk's high one the chunk's rows start

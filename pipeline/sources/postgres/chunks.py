@@ -18,7 +18,6 @@ from pipeline.errors import SourceSetupError
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.pgoutput import Column, Relation
 from pipeline.sources.postgres.slot import primary_key_columns
-from pipeline.sources.postgres.sql_ascii import exact_bytes, published
 from pipeline.sources.postgres.types import PgType, TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
 
@@ -54,9 +53,6 @@ class TableReader:
         oids = {oid for _name, oid, _typmod in columns} | {t.oid for t in self.types}
         self._raw = psycopg2.extensions.new_type(tuple(oids), "CDC_RAW_TEXT",
                                                  lambda value, _cur: value)
-        #: Row of a chunk's values, as published (a SQL_ASCII database's bytes that are not
-        #: UTF-8 become U+FFFD here, while ``key_of`` keeps them for the next bound).
-        self.row_of = published(self.shape.row) if exact_bytes(conn) else self.shape.row
         key_at = self.shape.names.index
         self._key_index = [key_at(k) for k in self.shape.key_names]
 

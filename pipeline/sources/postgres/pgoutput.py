@@ -278,13 +278,10 @@ def take_replaced_values() -> int:
     return count
 
 
-def _text(data: bytes) -> str:
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        global _replaced_values
-        _replaced_values += 1
-        return data.decode(errors="replace")
+def _replaced(data: bytes) -> str:
+    global _replaced_values
+    _replaced_values += 1
+    return data.decode(errors="replace")
 
 
 def _tuple(buf: bytes, off: int) -> tuple[Tuple, int]:
@@ -304,7 +301,10 @@ def _tuple(buf: bytes, off: int) -> tuple[Tuple, int]:
             end = off + length
             if end > size or length < 0:
                 raise _Truncated(off, length)
-            append(_text(buf[off:end]))
+            try:
+                append(buf[off:end].decode())
+            except UnicodeDecodeError:
+                append(_replaced(buf[off:end]))
             off = end
         elif kind == _KIND_NULL:
             append(None)

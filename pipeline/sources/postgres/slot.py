@@ -12,7 +12,6 @@ from psycopg2 import sql
 from pipeline.config import PostgresSettings
 from pipeline.errors import RetriableError, SourceSetupError
 from pipeline.positions import Lsn
-from pipeline.sources.postgres.sql_ascii import read_exactly
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +54,18 @@ def translate(exc: psycopg2.Error, doing: str) -> Exception:
     lost = isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
     if lost or code.startswith(("08", "57P")) or _CONNECTION_LOST.search(whole):
         return RetriableError(f"{doing}: PostgreSQL is unreachable: {text}")
+    if code == "22021":  # character_not_in_repertoire: stored bytes that are not UTF-8
+        return SourceSetupError(
+            f"{doing}: {text}. The database (SQL_ASCII) holds bytes that are not UTF-8: the "
+            "stream publishes each as U+FFFD, but snapshots, backfills and verify read text "
+            "as UTF-8 and stop on them. Fix those values, or leave the table out of snapshots "
+            "(postgres.snapshot_mode: never, or without a backfill of it)")
     return SourceSetupError(f"{doing}: {text}")
 
 
 def connect(dsn: str, **kwargs: Any) -> Any:
     try:
-        conn = psycopg2.connect(dsn, **kwargs)
-        if "connection_factory" not in kwargs:  # a replication session decodes nothing
-            read_exactly(conn)
-        return conn
+        return psycopg2.connect(dsn, **kwargs)
     except psycopg2.Error as exc:
         raise translate(exc, "connecting to PostgreSQL") from exc
 

@@ -100,7 +100,7 @@ class TableSnapshot(ChunkedSnapshot):
         shape = reader.shape
         topic = self.kafka.raw_topic(table)
         self._now_ms = int(time.time() * 1000)
-        row_of, key_json, dumps = reader.row_of, shape.key_json, orjson.dumps
+        row_of, key_json, dumps = shape.row, shape.key_json, orjson.dumps
 
         def read_of(values: list[str | None]) -> tuple[str, TableShape, bytes, bytes]:
             row = row_of(tuple(values))

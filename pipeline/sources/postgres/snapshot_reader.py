@@ -146,7 +146,7 @@ class _Reader:
         self.pending[task.seq] = len(rows) + 1  # + 1 until every row is queued
         self.rows[task.seq] = len(rows)
         done = self._acknowledged(task.seq)
-        row_of, key_json, dumps = reader.row_of, shape.key_json, orjson.dumps
+        row_of, key_json, dumps = shape.row, shape.key_json, orjson.dumps
         publish = self.publisher.publish
         for i, values in enumerate(rows):
             marker = "true"
