@@ -45,7 +45,7 @@ class TableRows:
     def __init__(self, pg: PostgresSettings, table: str) -> None:
         self.table = table
         try:
-            self.conn = connect(pg.dsn.get_secret_value(), options=SESSION)
+            self.conn = connect(pg.dsn.get_secret_value(), text_as_stored=True, options=SESSION)
             self.conn.autocommit = True
             self.reader = TableReader(self.conn, table, pg, TypeResolver(),
                                       UnconvertedValues())

@@ -10,7 +10,11 @@ import pytest
 
 from pipeline.errors import SourceSetupError
 from pipeline.harness import PipelineProcess, slot_active, wait_until
-from pipeline.sources.postgres.slot import translate
+from pipeline.sources.postgres.chunks import TableReader
+from pipeline.sources.postgres.slot import connect, translate
+from pipeline.sources.postgres.source import SESSION
+from pipeline.sources.postgres.types import TypeResolver
+from pipeline.sources.postgres.unconverted import UnconvertedValues
 from tests.integration.scenario import Scenario
 
 pytestmark = pytest.mark.integration
@@ -222,12 +226,12 @@ def test_truncate_never_brings_a_row_back(scenario: Scenario, engine: str) -> No
     ("LATIN1", "'café, read by the snapshot'", "'naïve é ÿ, streamed'",
      ["café, read by the snapshot", "naïve é ÿ, streamed"]),
     # SQL_ASCII stores any bytes and PostgreSQL converts none, but checks them as UTF-8 on
-    # their way to a UTF-8 session: the first that was not stopped the stream (walsender),
-    # on every restart. The stream now reads them as stored and publishes each such byte as
-    # U+FFFD (as Debezium's decoding); valid UTF-8 next to them is kept.
-    ("SQL_ASCII", "E'caf\\xc3\\xa9, read by the snapshot'",
+    # their way to a UTF-8 session: the first that was not stopped the stream (walsender)
+    # and the snapshot, on every restart. Both now read them as stored and publish each
+    # such byte as U+FFFD (as Debezium's decoding); valid UTF-8 next to them is kept.
+    ("SQL_ASCII", "E'caf\\xc3\\xa9 \\xe9, read by the snapshot'",
      "E'na\\xefve \\xf0\\x9f\\x98\\x80 \\xff, streamed'",
-     ["café, read by the snapshot", "na\ufffdve \U0001f600 \ufffd, streamed"]),
+     ["café \ufffd, read by the snapshot", "na\ufffdve \U0001f600 \ufffd, streamed"]),
 ])
 def test_a_database_in_another_encoding_is_captured_as_utf8(
     scenario: Scenario, encoding: str, snapshotted: str, streamed: str, expected: list[str]
@@ -270,11 +274,27 @@ def test_a_database_in_another_encoding_is_captured_as_utf8(
         assert proc.alive(), proc.tail()
         if encoding == "SQL_ASCII":
             assert "bytes that are not UTF-8" in proc.tail(), proc.tail()
-            # a snapshot reads as UTF-8: such a byte stops it, with the remedy (no retries)
+            # a session reading UTF-8 (polling, triggers, outbox) stops on such a byte, with
+            # the remedy (no retries)
             with other.cursor() as cur, pytest.raises(psycopg2.DataError) as refused:
                 cur.execute("SELECT name FROM t WHERE id = 2")
-            error = translate(refused.value, "reading public.t for the snapshot")
-            assert isinstance(error, SourceSetupError) and "snapshot_mode: never" in str(error)
+            error = translate(refused.value, "polling public.t")
+            assert isinstance(error, SourceSetupError), error
+            assert "capture.source: logical" in str(error)
+            # a key holding such a byte is refused: a read starting after it (the next
+            # chunk) could not give it back to PostgreSQL exactly, and could skip rows
+            with other.cursor() as cur:
+                cur.execute("CREATE TABLE badkey (k text PRIMARY KEY)")
+                cur.execute("INSERT INTO badkey VALUES ('a'), (E'b\\xff'), ('c')")
+            reading = connect(dsn, text_as_stored=True, options=SESSION)
+            try:
+                reader = TableReader(reading, "public.badkey", sc.settings.postgres,
+                                     TypeResolver(), UnconvertedValues())
+                assert reader.chunk(None, 1) == [["a"]]
+                with pytest.raises(SourceSetupError, match="key value holds bytes"):
+                    reader.chunk(["a"], 3)
+            finally:
+                reading.close()
     finally:
         proc.kill()
         with other.cursor() as cur:

@@ -317,7 +317,8 @@ class Backfills(BackfillBook):
 
     def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = connect(self.pg.dsn.get_secret_value(), options=self.session)
+            self._conn = connect(self.pg.dsn.get_secret_value(), text_as_stored=True,
+                                 options=self.session)
             self._conn.autocommit = True
         return self._conn
 

@@ -8,6 +8,7 @@ and the same row streamed produce the same event values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg2.extensions
@@ -18,6 +19,7 @@ from pipeline.errors import SourceSetupError
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.pgoutput import Column, Relation
 from pipeline.sources.postgres.slot import primary_key_columns
+from pipeline.sources.postgres.sql_ascii import take_replaced
 from pipeline.sources.postgres.types import PgType, TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
 
@@ -40,6 +42,7 @@ class TableReader:
         self.conn = conn
         self.table = table
         self.where = where
+        self.unconverted = unconverted
         schema, name = table.split(".", 1)
         with conn.cursor() as cur:
             self.shape, self.types, columns = _describe(cur, schema, name, pg, types,
@@ -62,7 +65,9 @@ class TableReader:
         at most ``upto`` (no bound when None), in key order, each as the text of its
         columns."""
         columns = sql.SQL(", ").join(sql.Identifier(n) for n in self.shape.names)
-        return self._select(columns, after, upto, sql.SQL(" LIMIT {}").format(sql.Literal(size)))
+        rows = self._select(columns, after, upto, sql.SQL(" LIMIT {}").format(sql.Literal(size)))
+        self._replaced(rows, self._key_index)
+        return rows
 
     def boundary(self, after: ChunkKey | None, size: int) -> tuple[ChunkKey | None, bool]:
         """Where the chunk of ``size`` rows after ``after`` ends, read from the key alone (an
@@ -72,6 +77,7 @@ class TableReader:
         key = sql.SQL(", ").join(sql.Identifier(k) for k in self.shape.key_names)
         found = self._select(key, after, None, sql.SQL(" OFFSET {} LIMIT 2").format(
             sql.Literal(size - 1)))
+        self._replaced(found, range(len(self.shape.key_names)))
         if not found:
             return None, True
         return list(found[0]), len(found) == 1
@@ -97,9 +103,32 @@ class TableReader:
         if conditions:
             query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
         query += sql.SQL(" ORDER BY {}").format(key) + tail
+        take_replaced()  # count this read's values only
         with self.cursor() as cur:
             cur.execute(query, params)
             return [list(r) for r in cur.fetchall()]
+
+    def _replaced(self, rows: list[list[str | None]], key_at: Sequence[int]) -> None:
+        """Count the values of ``rows`` a ``SQL_ASCII`` database held bytes that are not
+        UTF-8 in (read with U+FFFD in their place, :mod:`.sql_ascii`). A key holding one is
+        refused: it could not be given back to PostgreSQL exactly as the bound a next read
+        starts after, and a read bounded by it could skip rows."""
+        count = take_replaced()
+        if not count:
+            return
+        for values in rows:
+            if any(values[i] is not None and "\ufffd" in values[i]  # type: ignore[operator]
+                   for i in key_at):
+                raise SourceSetupError(
+                    f"{self.table}: a key value holds bytes that are not UTF-8 (the database "
+                    "is SQL_ASCII), so the table cannot be read in key chunks: fix those "
+                    "key values, or leave the table out of snapshots and backfills "
+                    "(postgres.snapshot_mode: never); the stream publishes its changes with "
+                    "U+FFFD in place of such bytes")
+        names = self.shape.names
+        columns = {names[i] for values in rows for i, value in enumerate(values)
+                   if value is not None and "\ufffd" in value}
+        self.unconverted.replaced(self.table, sorted(columns), count)
 
     def cursor(self) -> Any:
         """A cursor on the reader's connection that reads this table's columns as text."""

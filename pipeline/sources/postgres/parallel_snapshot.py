@@ -97,7 +97,7 @@ class ParallelSnapshot:
         self._next_log = time.monotonic() + _LOG_EVERY_S
         self._types = TypeResolver()
         self._readers: dict[str, TableReader] = {}
-        self.conn = connect(pg.dsn.get_secret_value(), options=session)
+        self.conn = connect(pg.dsn.get_secret_value(), text_as_stored=True, options=session)
         open_snapshot_transaction(self.conn, exported)
         context = multiprocessing.get_context("spawn")  # a forked producer is not safe
         self.tasks: Any = context.Queue()

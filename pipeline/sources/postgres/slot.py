@@ -12,6 +12,7 @@ from psycopg2 import sql
 from pipeline.config import PostgresSettings
 from pipeline.errors import RetriableError, SourceSetupError
 from pipeline.positions import Lsn
+from pipeline.sources.postgres.sql_ascii import as_stored
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,19 @@ def translate(exc: psycopg2.Error, doing: str) -> Exception:
     if code == "22021":  # character_not_in_repertoire: stored bytes that are not UTF-8
         return SourceSetupError(
             f"{doing}: {text}. The database (SQL_ASCII) holds bytes that are not UTF-8: the "
-            "stream publishes each as U+FFFD, but snapshots, backfills and verify read text "
-            "as UTF-8 and stop on them. Fix those values, or leave the table out of snapshots "
-            "(postgres.snapshot_mode: never, or without a backfill of it)")
+            "log-based capture (its stream, snapshots and backfills) and verify read each "
+            "as U+FFFD, but this session reads text as UTF-8 and stops on them (the "
+            "triggers, polling and outbox strategies do). Fix those values, or capture the "
+            "table with capture.source: logical")
     return SourceSetupError(f"{doing}: {text}")
 
 
-def connect(dsn: str, **kwargs: Any) -> Any:
+def connect(dsn: str, text_as_stored: bool = False, **kwargs: Any) -> Any:
+    """A connection; with ``text_as_stored``, a ``SQL_ASCII`` database's text is read as
+    stored, each byte that is not UTF-8 as U+FFFD (:mod:`.sql_ascii`)."""
     try:
-        return psycopg2.connect(dsn, **kwargs)
+        conn = psycopg2.connect(dsn, **kwargs)
+        return as_stored(conn) if text_as_stored else conn
     except psycopg2.Error as exc:
         raise translate(exc, "connecting to PostgreSQL") from exc
 

@@ -77,7 +77,7 @@ class TableSnapshot(ChunkedSnapshot):
         self._reader: TableReader | None = None
         self._now_ms = int(time.time() * 1000)
         self._types = TypeResolver()
-        self.conn = connect(pg.dsn.get_secret_value(), options=session)
+        self.conn = connect(pg.dsn.get_secret_value(), text_as_stored=True, options=session)
         self.db = open_snapshot_transaction(self.conn, exported)
         self._encoder = ReadEncoder(kafka.topic_prefix, self.db)
         where = "inside the exported snapshot" if exported else "resuming after a restart"

@@ -101,7 +101,8 @@ class _Reader:
         self.rows: dict[int, int] = {}
         self.failed: str | None = None
         self.publisher = EventPublisher(setup.kafka, client_id=f"cdc-snapshot-{setup.index}")
-        self.conn = connect(setup.pg.dsn.get_secret_value(), options=setup.session)
+        self.conn = connect(setup.pg.dsn.get_secret_value(), text_as_stored=True,
+                            options=setup.session)
         self.encoder = ReadEncoder(setup.kafka.topic_prefix,
                                    open_snapshot_transaction(self.conn, setup.exported))
 

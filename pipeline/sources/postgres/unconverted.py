@@ -30,28 +30,31 @@ class UnconvertedValues:
 
     def record(self, table: str, column: str, type_name: str, text: str, error: Exception) -> str:
         """Count one value; returns ``text``, the value to publish in its place."""
-        self._counts[type_name] = self._counts.get(type_name, 0) + 1
-        if (table, column) not in self._logged:
-            self._logged.add((table, column))
-            log.warning(
-                "%s.%s (%s): a value could not be converted and is published as PostgreSQL's "
-                "text (%s: %s); value starts %r. Logged once per column; counted in "
-                "cdc_capture_unconverted_values_total.",
-                table, column, type_name, type(error).__name__, error, text[:80],
-            )
+        self._count(type_name, 1, (table, column),
+                    "%s.%s (%s): a value could not be converted and is published as "
+                    "PostgreSQL's text (%s: %s); value starts %r. Logged once per column; "
+                    "counted in cdc_capture_unconverted_values_total.",
+                    table, column, type_name, type(error).__name__, error, text[:80])
         return text
 
     def replaced(self, table: str, columns: list[str], count: int) -> None:
         """Count ``count`` values whose bytes were not UTF-8 (published with U+FFFD in their
-        place: see ``pgoutput.take_replaced_values``), under the type ``not UTF-8``."""
-        self._counts[NOT_UTF8] = self._counts.get(NOT_UTF8, 0) + count
-        if (table, NOT_UTF8) not in self._logged:
-            self._logged.add((table, NOT_UTF8))
-            log.warning(
-                "%s: values in %s hold bytes that are not UTF-8 (a SQL_ASCII database stores "
-                "any bytes): published with U+FFFD in place of each, as Debezium does. Logged "
-                "once per table; counted in cdc_capture_unconverted_values_total{type=%r}.",
-                table, ", ".join(columns) or "a column", NOT_UTF8)
+        place: see ``pgoutput.take_replaced_values`` and :mod:`.sql_ascii`), under the type
+        ``not UTF-8``."""
+        self._count(NOT_UTF8, count, (table, NOT_UTF8),
+                    "%s: values in %s hold bytes that are not UTF-8 (a SQL_ASCII database "
+                    "stores any bytes): published with U+FFFD in place of each, as Debezium "
+                    "does. Logged once per table; counted in "
+                    "cdc_capture_unconverted_values_total{type=%r}.",
+                    table, ", ".join(columns) or "a column", NOT_UTF8)
+
+    def _count(self, type_name: str, count: int, once_per: tuple[str, str], message: str,
+               *args: object) -> None:
+        """Add ``count`` under ``type_name``; log ``message`` the first time for ``once_per``."""
+        self._counts[type_name] = self._counts.get(type_name, 0) + count
+        if once_per not in self._logged:
+            self._logged.add(once_per)
+            log.warning(message, *args)
 
     def merge(self, counts: dict[str, int]) -> None:
         """Add counts another process drained (a parallel snapshot's readers)."""
