@@ -284,15 +284,19 @@ def test_a_database_in_another_encoding_is_captured_as_utf8(
             # a key holding such a byte is refused: a read starting after it (the next
             # chunk) could not give it back to PostgreSQL exactly, and could skip rows
             with other.cursor() as cur:
-                cur.execute("CREATE TABLE badkey (k text PRIMARY KEY)")
-                cur.execute("INSERT INTO badkey VALUES ('a'), (E'b\\xff'), ('c')")
+                cur.execute("CREATE TABLE badkey (k text PRIMARY KEY, v text)")
+                cur.execute("INSERT INTO badkey VALUES ('a', NULL), (E'b\\xff', NULL), "
+                            "(E'\\xef\\xbf\\xbd', E'x\\xff')")
             reading = connect(dsn, text_as_stored=True, options=SESSION)
             try:
                 reader = TableReader(reading, "public.badkey", sc.settings.postgres,
                                      TypeResolver(), UnconvertedValues())
-                assert reader.chunk(None, 1) == [["a"]]
+                assert reader.chunk(None, 1) == [["a", None]]
                 with pytest.raises(SourceSetupError, match="key value holds bytes"):
                     reader.chunk(["a"], 3)
+                # a key that is U+FFFD as stored is exact: read, next to a replaced value
+                assert reader.chunk(["c"], 3) == [["\ufffd", "x\ufffd"]]
+                assert reader.unconverted.drain() == {"not UTF-8": 1}  # the refused: none
             finally:
                 reading.close()
     finally:

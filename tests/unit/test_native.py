@@ -114,7 +114,9 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (package / f"{name}.py").write_text(f"X = {name!r}\n")
     monkeypatch.setattr(native, "PACKAGE", package)
     monkeypatch.setattr(native, "STAMP", package / "_compiled.json")
-    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    # without the finder this process may have installed for a stale real build
+    monkeypatch.setattr(sys, "meta_path",
+                        [f for f in sys.meta_path if not isinstance(f, native._Sources)])
     return package
 
 

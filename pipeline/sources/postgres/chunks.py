@@ -66,7 +66,7 @@ class TableReader:
         columns."""
         columns = sql.SQL(", ").join(sql.Identifier(n) for n in self.shape.names)
         rows = self._select(columns, after, upto, sql.SQL(" LIMIT {}").format(sql.Literal(size)))
-        self._replaced(rows, self._key_index)
+        self._replaced(rows, self.shape.names, self._key_index)
         return rows
 
     def boundary(self, after: ChunkKey | None, size: int) -> tuple[ChunkKey | None, bool]:
@@ -77,7 +77,8 @@ class TableReader:
         key = sql.SQL(", ").join(sql.Identifier(k) for k in self.shape.key_names)
         found = self._select(key, after, None, sql.SQL(" OFFSET {} LIMIT 2").format(
             sql.Literal(size - 1)))
-        self._replaced(found, range(len(self.shape.key_names)))
+        keys = self.shape.key_names
+        self._replaced(found, keys, range(len(keys)))
         if not found:
             return None, True
         return list(found[0]), len(found) == 1
@@ -103,32 +104,30 @@ class TableReader:
         if conditions:
             query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
         query += sql.SQL(" ORDER BY {}").format(key) + tail
-        take_replaced()  # count this read's values only
+        take_replaced()  # this read's values only
         with self.cursor() as cur:
             cur.execute(query, params)
             return [list(r) for r in cur.fetchall()]
 
-    def _replaced(self, rows: list[list[str | None]], key_at: Sequence[int]) -> None:
-        """Count the values of ``rows`` a ``SQL_ASCII`` database held bytes that are not
-        UTF-8 in (read with U+FFFD in their place, :mod:`.sql_ascii`). A key holding one is
-        refused: it could not be given back to PostgreSQL exactly as the bound a next read
-        starts after, and a read bounded by it could skip rows."""
-        count = take_replaced()
-        if not count:
+    def _replaced(self, rows: list[list[str | None]], names: Sequence[str],
+                  key_at: Sequence[int]) -> None:
+        """Count the values of ``rows`` (columns ``names``) a ``SQL_ASCII`` database held
+        bytes that are not UTF-8 in (read with U+FFFD in their place, :mod:`.sql_ascii`). A
+        key holding one is refused: it could not be given back to PostgreSQL exactly as the
+        bound a next read starts after, and a read bounded by it could skip rows."""
+        texts = take_replaced()
+        if not texts:
             return
-        for values in rows:
-            if any(values[i] is not None and "\ufffd" in values[i]  # type: ignore[operator]
-                   for i in key_at):
-                raise SourceSetupError(
-                    f"{self.table}: a key value holds bytes that are not UTF-8 (the database "
-                    "is SQL_ASCII), so the table cannot be read in key chunks: fix those "
-                    "key values, or leave the table out of snapshots and backfills "
-                    "(postgres.snapshot_mode: never); the stream publishes its changes with "
-                    "U+FFFD in place of such bytes")
-        names = self.shape.names
+        replaced = {id(text) for text in texts}  # ``texts`` keeps them alive: ids unique
+        if any(id(values[i]) in replaced for values in rows for i in key_at):
+            raise SourceSetupError(
+                f"{self.table}: a key value holds bytes that are not UTF-8 (the database is "
+                "SQL_ASCII), so the table cannot be read in key chunks (snapshots, backfills, "
+                "cdc verify): fix those key values. Its changes are streamed, with U+FFFD in "
+                "place of such bytes; postgres.snapshot_mode: never skips its snapshot")
         columns = {names[i] for values in rows for i, value in enumerate(values)
-                   if value is not None and "\ufffd" in value}
-        self.unconverted.replaced(self.table, sorted(columns), count)
+                   if id(value) in replaced}
+        self.unconverted.replaced(self.table, sorted(columns), len(texts))
 
     def cursor(self) -> Any:
         """A cursor on the reader's connection that reads this table's columns as text."""

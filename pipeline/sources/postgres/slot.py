@@ -58,10 +58,9 @@ def translate(exc: psycopg2.Error, doing: str) -> Exception:
     if code == "22021":  # character_not_in_repertoire: stored bytes that are not UTF-8
         return SourceSetupError(
             f"{doing}: {text}. The database (SQL_ASCII) holds bytes that are not UTF-8: the "
-            "log-based capture (its stream, snapshots and backfills) and verify read each "
-            "as U+FFFD, but this session reads text as UTF-8 and stops on them (the "
-            "triggers, polling and outbox strategies do). Fix those values, or capture the "
-            "table with capture.source: logical")
+            "other sessions read each as U+FFFD, but the polling strategy's reads text as "
+            "UTF-8 and stops on them (its watermark keys must be exact). Fix those values, "
+            "or capture the table with capture.source: logical")
     return SourceSetupError(f"{doing}: {text}")
 
 

@@ -31,7 +31,7 @@ __all__ = ["CODEC", "as_stored", "take_replaced"]
 #: The Python codec name psycopg2 uses for ``SQL_ASCII`` sessions.
 CODEC = "cdc-utf8-replacing"
 
-_counts = threading.local()  # decoding runs in the thread that fetches
+_replaced = threading.local()  # decoding runs in the thread that fetches
 
 
 def _decode(data: Any, errors: str = "strict") -> tuple[str, int]:
@@ -39,8 +39,11 @@ def _decode(data: Any, errors: str = "strict") -> tuple[str, int]:
     try:
         return raw.decode(), len(raw)
     except UnicodeDecodeError:
-        _counts.replaced = getattr(_counts, "replaced", 0) + 1
-        return raw.decode(errors="replace"), len(raw)
+        text = raw.decode(errors="replace")
+        if not hasattr(_replaced, "texts"):
+            _replaced.texts = []
+        _replaced.texts.append(text)
+        return text, len(raw)
 
 
 def _encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
@@ -58,11 +61,12 @@ for _name in ("SQL_ASCII", "SQLASCII"):  # psycopg2 looks up both spellings
     psycopg2.extensions.encodings[_name] = CODEC
 
 
-def take_replaced() -> int:
-    """How many values this thread decoded with U+FFFD since the last call."""
-    count = getattr(_counts, "replaced", 0)
-    _counts.replaced = 0
-    return count
+def take_replaced() -> list[str]:
+    """The values this thread decoded with U+FFFD since the last call: the very objects
+    psycopg2 returned (tell them by identity: a value stored as U+FFFD is not one)."""
+    texts: list[str] = getattr(_replaced, "texts", [])
+    _replaced.texts = []
+    return texts
 
 
 def as_stored(conn: Any) -> Any:
