@@ -220,6 +220,7 @@ def test_truncate_never_brings_a_row_back(scenario: Scenario, engine: str) -> No
     assert set(sc.indexed()) == {"2"}
 
 
+@pytest.mark.parametrize("readers", [1, 2])  # 2: snapshot chunks read by other processes
 @pytest.mark.parametrize(("encoding", "snapshotted", "streamed", "expected"), [
     # A LATIN1 database sent its own bytes, which the decoder (UTF-8) refused on the first
     # 'é', stopping capture on every restart. The sessions now ask for UTF-8.
@@ -234,7 +235,8 @@ def test_truncate_never_brings_a_row_back(scenario: Scenario, engine: str) -> No
      ["café \ufffd, read by the snapshot", "na\ufffdve \U0001f600 \ufffd, streamed"]),
 ])
 def test_a_database_in_another_encoding_is_captured_as_utf8(
-    scenario: Scenario, encoding: str, snapshotted: str, streamed: str, expected: list[str]
+    scenario: Scenario, encoding: str, snapshotted: str, streamed: str, expected: list[str],
+    readers: int,
 ) -> None:
     sc = scenario
     db = f"enc_{sc.uid}"
@@ -248,7 +250,7 @@ def test_a_database_in_another_encoding_is_captured_as_utf8(
     other = psycopg2.connect(dsn, options="-c client_encoding=UTF8")
     other.autocommit = True
     env = {**sc.env, "CDC_POSTGRES__DSN": dsn, "CDC_POSTGRES__TABLES": "[public.t, public.k]",
-           "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "3"}
+           "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "3", "CDC_POSTGRES__SNAPSHOT_READERS": str(readers)}
     # non-ASCII keys (UTF-8 text), each chunk's last one the next one's bound
     keys = [bytes([0x61 + i % 3, 0x80 + i, 0x7A]).decode("latin-1").encode() for i in range(40)]
     proc = PipelineProcess("capture", env, sc.work / "encoding-capture.log")
