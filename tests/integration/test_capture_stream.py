@@ -283,6 +283,25 @@ def test_a_database_in_another_encoding_is_captured_as_utf8(
             error = translate(refused.value, "polling public.t")
             assert isinstance(error, SourceSetupError), error
             assert "capture.source: logical" in str(error)
+            # names hold such bytes too (sent as bytes on a SQL_ASCII session, stored as
+            # they are): a column's and a logical message's prefix stopped the stream
+            odd = connect(dsn, text_as_stored=True)
+            with odd, odd.cursor() as cur:
+                cur.execute(b'ALTER TABLE t ADD COLUMN "caf\xe9" int')
+                cur.execute(b"INSERT INTO t VALUES (3, 'x', 7)")
+                cur.execute(b"SELECT pg_logical_emit_message(true, 'caf\xe9', 'hello')")
+            odd.close()
+            events = sc.values(sc.settings.kafka.raw_topic("public.t"), 4)
+            assert {"id": 3, "name": "x", "caf\ufffd": 7} in [e["after"] for e in events], \
+                proc.tail()
+            (message,) = sc.values(f"{sc.settings.kafka.topic_prefix}.message", 1)
+            assert message["message"]["prefix"] == "caf\ufffd", message
+            assert proc.alive(), proc.tail()
+            # such a column cannot be named in a snapshot's query: refused with the remedy
+            with connect(dsn, text_as_stored=True) as named, \
+                    pytest.raises(SourceSetupError, match="RENAME COLUMN"):
+                TableReader(named, "public.t", sc.settings.postgres, TypeResolver(),
+                            UnconvertedValues())
             # a key holding such a byte is refused: a read starting after it (the next
             # chunk) could not give it back to PostgreSQL exactly, and could skip rows
             with other.cursor() as cur:

@@ -475,7 +475,6 @@ def test_memoryview_and_bytearray_payloads() -> None:
         (b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x05abc", "5 bytes needed at offset 13"),
         (b"I\x00\x00\x00\x01N\x00\x01t\xff\xff\xff\xffabc", "-1 bytes needed"),
         (b"Y\x00\x00\x00\x01public", "unterminated string starting at offset 5"),
-        (b"Y\x00\x00\x00\x01p\xffblic\x00", "invalid UTF-8"),  # a name: never replaced
         (b"T\x00\x00\x00\x02\x00\x00\x00\x00\x01", "8 bytes needed at offset 6"),
     ],
 )
@@ -501,6 +500,20 @@ def test_column_bytes_that_are_not_utf8_become_replacement_characters() -> None:
         decode_message(payload[:-1])
     decode_message(b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x01a")
     assert take_replaced_values() == 0
+
+
+def test_name_bytes_that_are_not_utf8_become_replacement_characters() -> None:
+    """A SQL_ASCII database's names (tables, columns, types, message prefixes) may hold any
+    bytes too: refusing them stopped the stream at the same message after every restart."""
+    relation = decode_message(b"R\x00\x00\x00\x07p\xffblic\x00caf\xe9\x00d\x00\x01"
+                              b"\x01na\xefve\x00\x00\x00\x00\x17\xff\xff\xff\xff")
+    assert isinstance(relation, Relation)
+    assert (relation.namespace, relation.name) == ("p\ufffdblic", "caf\ufffd")
+    assert [c.name for c in relation.columns] == ["na\ufffdve"]
+    message = decode_message(b"M\x01" + b"\x00" * 8 + b"caf\xe9\x00\x00\x00\x00\x02hi")
+    assert isinstance(message, Message)
+    assert (message.prefix, message.content) == ("caf\ufffd", b"hi")
+    assert take_replaced_values() == 0  # values only
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

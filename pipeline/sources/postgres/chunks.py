@@ -146,8 +146,18 @@ def _describe(cur: Any, schema: str, name: str, pg: PostgresSettings, types: Typ
     """The table's shape from the catalog, its values read as PostgreSQL's text; each
     column's type, and its name, type OID and type modifier."""
     relation = sql.Identifier(schema, name).as_string(cur)
+    take_replaced()
     cur.execute(_COLUMNS_SQL, (relation,))
     columns = cur.fetchall()
+    replaced = {id(text) for text in take_replaced()}
+    for column, _oid, _typmod in columns:
+        if id(column) in replaced:
+            raise SourceSetupError(
+                f"{schema}.{name}: the name of column {column!r} holds bytes that are not "
+                "UTF-8 (the database is SQL_ASCII), so it cannot be named in a query "
+                "(snapshots, backfills, cdc verify): rename it (ALTER TABLE ... RENAME "
+                "COLUMN). Its changes are streamed, the name with U+FFFD in place of such "
+                "bytes; postgres.snapshot_mode: never skips its snapshot")
     cur.execute("SELECT %s::regclass::oid", (relation,))
     (oid,) = cur.fetchone()
     pk = primary_key_columns(cur, oid) or _replica_identity_columns(cur, oid)

@@ -256,11 +256,14 @@ class _Truncated(Exception):
 
 
 def _cstring(buf: bytes, off: int) -> tuple[str, int]:
-    """Read a NUL-terminated UTF-8 string at ``off``; return it and the offset after the NUL."""
+    """Read a NUL-terminated UTF-8 string at ``off`` (a name, or a message's prefix); return
+    it and the offset after the NUL. A ``SQL_ASCII`` database's names may hold any bytes:
+    each that is not UTF-8 is read as U+FFFD, as in values (refusing it would stop the
+    stream at the same message after every restart)."""
     end = buf.find(b"\x00", off)
     if end < 0:
         raise PgoutputDecodeError(f"unterminated string starting at offset {off}")
-    return buf[off:end].decode(), end + 1
+    return buf[off:end].decode(errors="replace"), end + 1
 
 
 #: Column values of the last decoded message read with U+FFFD in place of bytes that are not
