@@ -50,6 +50,16 @@ def test_binlog_lsn_follows_binlog_order_within_63_bits() -> None:
     ("TRUNCATE items", "shop", "shop.items"),
     ("TRUNCATE items", "", None),
     ("ALTER TABLE items ADD c INT", "shop", None),
+    # the binlog keeps the statement as written: its comments too
+    ("/* hi */ TRUNCATE TABLE items", "shop", "shop.items"),
+    ("TRUNCATE TABLE items -- why", "shop", "shop.items"),
+    ("TRUNCATE TABLE items # why", "shop", "shop.items"),
+    ("TRUNCATE /* a\nb */ TABLE shop.items /* c */;", "", "shop.items"),
+    ("TRUNCATE TABLE items\n-- why\n;", "shop", "shop.items"),
+    ("/*!40000 TRUNCATE TABLE items */", "shop", "shop.items"),  # executable: it runs
+    ("TRUNCATE TABLE `a#b`.`c--d /*e*/`", "", "a#b.c--d /*e*/"),  # names keep theirs
+    ("DELETE FROM items -- TRUNCATE TABLE items", "shop", None),
+    ("/* TRUNCATE TABLE items */ DELETE FROM items", "shop", None),
 ])
 def test_truncate_statements(query: str, db: str, table: str | None) -> None:
     assert truncated_table(query, db) == table
@@ -80,6 +90,17 @@ def test_values_as_debezium_writes_them() -> None:
     assert values.converter(_column(FIELD_TYPE.GEOMETRY))(
         b"\xe6\x10\x00\x00\x01") == {"wkb": "AQ==", "srid": 4326}
     assert values.converter(_column(FIELD_TYPE.LONGLONG)) is None
+    # BINARY(4): the binlog leaves out trailing zero bytes the column holds (all of them:
+    # the library hands over ""); CHAR(4) text stays as it is
+    fixed = values.converter(_column(FIELD_TYPE.STRING, max_length=4,
+                                     character_set_name="binary"))
+    assert (fixed(b"A"), fixed(""), fixed(b"ABCD")) == ("QQAAAA==", "AAAAAA==", "QUJDRA==")
+    text = values.converter(_column(FIELD_TYPE.STRING, max_length=16,
+                                    character_set_name="utf8mb4"))
+    assert text("ab") == "ab" and text("") == ""
+    # YEAR 0000 comes from the library as 1900, a year no YEAR column holds
+    year = values.converter(_column(FIELD_TYPE.YEAR))
+    assert (year(1900), year(1901), year(2155)) == (0, 1901, 2155)
 
 
 # -- the decoder, on events built without a server ------------------------------------

@@ -28,6 +28,9 @@ _KEY_SQL = (
     "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND CONSTRAINT_NAME = 'PRIMARY' "
     "ORDER BY ORDINAL_POSITION")
 
+#: Key types whose order is a number's, not their values' as strings.
+NUMBERED_KEYS = frozenset({"enum", "set", "bit"})
+
 #: A key as saved in the snapshot's progress: JSON values (see :func:`encode_key`).
 SavedKey = list[Any]
 
@@ -140,9 +143,19 @@ class TableReader:
         converters = {str(n): read_converter(str(t).lower(), int(fsp or 0), int(width or 0))
                       for n, t, fsp, width in columns}
         self.image = TableImage(db, name, converters, key_names)
-        self._key_index = [self.names.index(k) for k in key_names]
         selected = [f"CAST({quote(n)} AS DOUBLE)" if str(t).lower() in READ_AS_DOUBLE
                     else quote(n) for n, t, _, _ in columns]
+        # An ENUM, SET or BIT key sorts by its number (ENUM's index, SET's and BIT's bits),
+        # but compares with a string as a string (or, for BIT, not at all): its bound is
+        # that number, read as one more column after the row's.
+        types = {str(n): str(t).lower() for n, t, _, _ in columns}
+        self._key_index = []
+        for k in key_names:
+            if types[k] in NUMBERED_KEYS:
+                self._key_index.append(len(selected))
+                selected.append(f"{quote(k)} + 0")
+            else:
+                self._key_index.append(self.names.index(k))
         key_sql = [quote(k) for k in key_names]
         head = f"SELECT {', '.join(selected)} FROM {quote(db)}.{quote(name)}"
         tail = f" ORDER BY {', '.join(key_sql)} LIMIT %s"
@@ -166,4 +179,5 @@ class TableReader:
 
     def row(self, values: tuple[Any, ...]) -> dict[str, Any]:
         """A row ``chunk`` returned as the binlog's rows are converted."""
-        return self.image.row(dict(zip(self.names, values, strict=True)), {})
+        return self.image.row(dict(zip(self.names, values[:len(self.names)], strict=True)),
+                              {})

@@ -26,8 +26,9 @@ _TRUNCATE = re.compile(
 
 
 def truncated_table(query: str, default_db: str) -> str | None:
-    """``db.table`` a ``TRUNCATE [TABLE] [db.]table`` statement empties, else None."""
-    match = _TRUNCATE.match(query)
+    """``db.table`` a ``TRUNCATE [TABLE] [db.]table`` statement empties, else None. The
+    binlog keeps the statement as written, comments included."""
+    match = _TRUNCATE.match(without_comments(query))
     if match is None:
         return None
     first = (match.group(1) or "").replace("``", "`") or match.group(2)
@@ -35,6 +36,19 @@ def truncated_table(query: str, default_db: str) -> str | None:
     if second:
         return f"{first}.{second}"
     return f"{default_db}.{first}" if default_db else None
+
+
+_COMMENT = re.compile(
+    r"(`(?:[^`]|``)*`)"  # an identifier: kept as it is
+    r"|/\*!\d*|\*/"  # an executable comment's markers: its text runs
+    r"|/\*.*?\*/|--(?:\s[^\n]*)?$|--\s[^\n]*|#[^\n]*",  # comments
+    re.DOTALL | re.MULTILINE)
+
+
+def without_comments(query: str) -> str:
+    """``query`` with its comments (``/* */``, ``-- ``, ``#``) as spaces; the text of an
+    executable comment (``/*!50001 ... */``) stays, as the server runs it."""
+    return _COMMENT.sub(lambda m: m.group(1) or " ", query)
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,23 @@ def _text_or_binary(value: Any) -> Any:
     return b64(value) if isinstance(value, bytes) else value
 
 
+def year(value: int) -> int:
+    """The library reads YEAR as its byte + 1900: YEAR 0000 (0) comes as 1900, a year no
+    YEAR column holds (1901-2155 and 0)."""
+    return 0 if value == 1900 else value
+
+
+def fixed_binary(length: int) -> Converter:
+    """A ``BINARY(length)`` value: the binlog leaves out its trailing zero bytes, which the
+    column holds (and a snapshot reads), so they are put back, as Debezium does; else the
+    row's Kafka key would differ between the two. (The library hands an all-zero value over
+    as ``""``: empty bytes "decode" to text whatever the encoding.)"""
+    def convert(value: Any) -> Any:
+        raw = value if isinstance(value, bytes) else value.encode("latin-1")
+        return b64(raw.ljust(length, b"\x00"))
+    return convert
+
+
 def converter(column: Any) -> Converter | None:
     """How to convert one column's values (None: the parsed value is already JSON-ready).
     ``column`` is a ``pymysqlreplication.column.Column`` of the event's table map."""
@@ -166,6 +183,10 @@ def converter(column: Any) -> Converter | None:
         return json_text
     if kind == FIELD_TYPE.GEOMETRY:
         return geometry
+    if kind == FIELD_TYPE.YEAR:
+        return year
+    if kind == FIELD_TYPE.STRING and getattr(column, "character_set_name", None) == "binary":
+        return fixed_binary(column.max_length)  # BINARY(n)
     if kind in (FIELD_TYPE.STRING, FIELD_TYPE.VAR_STRING, FIELD_TYPE.VARCHAR,
                 FIELD_TYPE.BLOB, FIELD_TYPE.TINY_BLOB, FIELD_TYPE.MEDIUM_BLOB,
                 FIELD_TYPE.LONG_BLOB):
