@@ -52,7 +52,7 @@ from pipeline.capture.source import ANY_PARTITION, EVERY_PARTITION, Checkpoint, 
 from pipeline.config import MysqlSettings
 from pipeline.errors import RetriableError, SourceSetupError
 from pipeline.positions import BinlogPosition
-from pipeline.sources.mysql import server
+from pipeline.sources.mysql import charsets, server
 from pipeline.sources.mysql.ddl import TableSchema, is_ddl
 from pipeline.sources.mysql.envelope import (
     EnvelopeWriter,
@@ -394,6 +394,7 @@ class BinlogReader:
             where = {"log_file": self.start_at.file, "log_pos": self.start_at.pos,
                      "resume_stream": True}
         settings = dict(server.connection_settings(s), read_timeout=READ_TIMEOUT_S)
+        charsets.install()  # text decoded as the server's character sets are
         return BinLogStreamReader(
             connection_settings=settings, server_id=s.server_id, blocking=True,
             only_events=EVENTS, slave_heartbeat=HEARTBEAT_S, enable_logging=False,
