@@ -98,9 +98,16 @@ class DeliveryTracker:
         """Advance over the acknowledged prefix; the position that may be confirmed, if any.
 
         Raises DeliveryFailed if Kafka refused an event of the prefix (unless ``on_refused``).
+        Never passes over the last position of one kind (a snapshot's) to one of another
+        (the stream's that follow it): each kind's last position is handed out once, as
+        the source records it (a snapshot's completion) only when it is confirmed.
         """
+        advanced = False
         while self._open:
             head = self._open[0]
+            if (advanced and head.end_lsn is not None
+                    and type(head.end_lsn) is not type(self._confirmable)):
+                break  # the next call goes on
             if head.error is not None and self._on_refused is None:
                 raise DeliveryFailed(head.error)
             if not head.complete:
@@ -113,4 +120,5 @@ class DeliveryTracker:
                 self._on_complete(head)
             assert head.end_lsn is not None
             self._confirmable = head.end_lsn
+            advanced = True
         return self._confirmable

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -387,3 +388,24 @@ def test_snapshot_rows_carry_the_values_the_stream_publishes(scenario: Scenario)
         assert snapshot[row] == streamed[row], row
     assert snapshot[1]["b"] is True and snapshot[1]["i8"] == -9223372036854775808
     assert snapshot[1]["ints"] == [1, None, 3]
+
+
+def test_a_completed_snapshot_is_not_read_again_after_a_restart(scenario: Scenario) -> None:
+    """The snapshot's last chunk and the stream's first position were acknowledged
+    together and only the stream's was confirmed: the snapshot's completion was never
+    recorded, and every restart took it for interrupted and read its tables again."""
+    sc = scenario
+    _fill(sc, 50)
+    capture = sc.start("capture")
+    assert wait_until(lambda: sum(r["op"] == "r" for r in _records(sc)) == 50, 60), \
+        capture.tail()
+    sc.execute("INSERT INTO items VALUES (1000, 'streamed', 1, 1)")
+    assert wait_until(lambda: any(r["op"] == "c" for r in _records(sc)), 60), capture.tail()
+    time.sleep(2)  # positions are saved at most once a second
+    capture.stop()
+    restarted = sc.start("capture")
+    sc.execute("INSERT INTO items VALUES (1001, 'after the restart', 1, 1)")
+    assert wait_until(lambda: sum(r["op"] == "c" for r in _records(sc)) == 2, 60), \
+        restarted.tail()
+    assert sum(r["op"] == "r" for r in _records(sc)) == 50, restarted.tail()
+    assert "interrupted" not in restarted.tail(200), restarted.tail(200)

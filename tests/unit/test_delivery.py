@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.capture.delivery import DeliveryFailed, DeliveryTracker, TransactionDelivery
-from pipeline.positions import Lsn
+from pipeline.positions import Lsn, SnapshotPosition
 
 
 def _txn(tracker: DeliveryTracker, events: int, end: int | None) -> list[TransactionDelivery]:
@@ -159,4 +159,23 @@ def test_property_confirmable_never_passes_an_unacked_transaction(
         remaining[t] -= 1
         check()
     assert tracker.confirmable() == Lsn(ends[-1])
+    assert tracker.in_flight == 0
+
+
+def test_the_last_position_of_a_kind_is_handed_out_before_the_next_kinds() -> None:
+    """An initial snapshot's last chunk (its completion) and the stream's first transaction
+    acknowledged together: confirming only the stream's left the snapshot recorded as never
+    complete, and a restart read the tables again."""
+    tracker = DeliveryTracker()
+    chunks = [tracker.begin() for _ in range(2)]
+    for i, chunk in enumerate(chunks):
+        tracker.sent(chunk)
+        tracker.commit(chunk, SnapshotPosition(i, {"complete": i == 1}))
+    stream = _txn(tracker, 1, end=100)
+    for chunk in chunks:
+        chunk(None)
+    stream[0](None)
+    last = tracker.confirmable()
+    assert isinstance(last, SnapshotPosition) and last.progress == {"complete": True}
+    assert tracker.confirmable() == Lsn(100)
     assert tracker.in_flight == 0
