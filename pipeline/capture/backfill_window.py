@@ -165,6 +165,7 @@ class BackfillBook:
             for t in self.tables:
                 if t.table in names and not t.finished:
                     t.state, t.updated_at = "stopped", time.time()
+                    self._forget_reader(t.table)
                     log.info("backfill of %s stopped after %d rows", t.table, t.rows)
             if self.window is not None and self.window.table in names:
                 self.window = None  # its rows are not published
@@ -190,6 +191,7 @@ class BackfillBook:
                                      f"({running.rows} rows read); stop it first")
                 continue
             self.tables = [t for t in self.tables if t.table != table]
+            self._forget_reader(table)  # an earlier backfill's (its filter, its position)
             entry = TableBackfill(table, signal.chunk_size or self.chunk_size,
                                   signal.conditions.get(table))
             entry.estimate = self._estimate(entry)

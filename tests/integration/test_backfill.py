@@ -219,3 +219,26 @@ def test_snapshot_mode_incremental_streams_at_once_and_backfills_alongside(
     assert sc.converged(180), sc.processes["worker"].tail()
     reads = _reads(sc)
     assert 0 < len(reads) <= rows and {r["source"]["snapshot"] for r in reads} == {"incremental"}
+
+
+def test_a_backfill_after_a_stopped_one_reads_with_its_own_filter(scenario: Scenario) -> None:
+    """The stopped backfill's reader (its filter) was kept and read the next backfill of
+    the table: `cdc verify --repair` then re-read the wrong rows and missed its key."""
+    sc = scenario
+    _fill(sc, 30_000)
+    sc.env["CDC_POSTGRES__SNAPSHOT_MODE"] = "never"
+    capture = sc.start("capture")
+    first = _cdc(sc, "snapshot", "start", sc.table_id, "--where", "id <= 20000",
+                 "--chunk-size", "100")
+    assert first.returncode == 0, first.stderr
+    assert wait_until(lambda: _state(sc).get("rows", 0) >= 200, 60, 0.05), capture.tail()
+    stopped = _cdc(sc, "snapshot", "stop", sc.table_id)
+    assert stopped.returncode == 0, stopped.stderr
+    assert wait_until(lambda: _state(sc).get("state") == "stopped", 60, 0.1), capture.tail()
+    before = len(_reads(sc))
+    second = _cdc(sc, "snapshot", "start", sc.table_id, "--where", "id > 29990")
+    assert second.returncode == 0, second.stderr
+    assert wait_until(lambda: _state(sc).get("state") == "done", 60, 0.1), capture.tail()
+    reads = [r["after"]["id"] for r in _reads(sc)]
+    assert len(reads) == before + 10, (len(reads), before)  # the first read no more
+    assert sorted(i for i in reads if i > 20000) == list(range(29991, 30001))
