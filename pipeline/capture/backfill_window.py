@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.capture.offsets import OffsetStore
-from pipeline.capture.signals import Signal
+from pipeline.capture.signals import Signal, filter_problem
 from pipeline.errors import ConfigError, RetriableError
 from pipeline.metrics import Metrics
 
@@ -48,9 +48,13 @@ class TableBackfill:
 
 
 def check_request(tables: tuple[str, ...], captured: tuple[str, ...], tables_setting: str,
-                  state: dict[str, Any]) -> None:
+                  state: dict[str, Any], where: str | None = None) -> None:
     """The source-independent checks of ``cdc snapshot start``: every table is captured
-    (listed in ``tables_setting``) and none is being backfilled already (``state``)."""
+    (listed in ``tables_setting``), none is being backfilled already (``state``), and the
+    filter ``where`` is one condition (the server checks the rest of it)."""
+    problem = None if where is None else filter_problem(where)
+    if problem is not None:
+        raise ConfigError("--where", f"the filter {where!r}: {problem}")
     for table in tables:
         if table not in captured:
             raise ConfigError("cdc snapshot start", f"{table} is not captured: add it to "

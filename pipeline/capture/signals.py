@@ -75,6 +75,9 @@ def parse(kind: str, data: Any, signal_id: str = "") -> Signal:
         if not isinstance(entry, dict) or not isinstance(entry.get("filter"), str):
             raise SignalError("additional-conditions entries must be "
                               '{"data-collection": "schema.table", "filter": "<condition>"}')
+        problem = filter_problem(entry["filter"])
+        if problem is not None:
+            raise SignalError(f"additional-conditions filter {entry['filter']!r}: {problem}")
         table = entry.get("data-collection")
         for name in ([table] if isinstance(table, str) else tables):
             conditions[name] = entry["filter"]
@@ -82,3 +85,54 @@ def parse(kind: str, data: Any, signal_id: str = "") -> Signal:
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise SignalError("chunk-size must be a positive integer")
     return Signal(kind, tuple(tables), conditions, chunk_size, signal_id)
+
+
+def filter_problem(text: str) -> str | None:
+    """Why ``text`` is not one SQL condition that stays one inside the parentheses a chunk's
+    query puts it in (``... AND (<filter>)``), or None. ``id > 3) OR (true`` is valid SQL
+    there, but would read every row of every chunk again: a backfill that never ends.
+    Quoted text (``'...'``, ``"..."``, `` `...` ``) is skipped; a backslash escapes the
+    next character in it (MySQL's rule; PostgreSQL's standard strings have none)."""
+    depth = 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c in "'\"`":
+            end = _closing(text, i)
+            if end < 0:
+                return f"its {c} quote is not closed"
+            i = end + 1
+            continue
+        if text.startswith(("--", "/*"), i):  # (MySQL's "#" comment hides the ")")
+            return "it holds a comment"
+        if c == ";":
+            return "it holds a ';': give one condition, not statements"
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                return "a ')' closes more than it opens: give one condition"
+        i += 1
+    if depth:
+        return "a '(' is not closed"
+    if not text.strip():
+        return "it is empty"
+    return None
+
+
+def _closing(text: str, start: int) -> int:
+    """Where the quote opened at ``start`` closes (a doubled quote stays inside), or -1."""
+    quote = text[start]
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == quote:
+            if text[i + 1:i + 2] == quote:
+                i += 2
+                continue
+            return i
+        i += 1
+    return -1

@@ -195,6 +195,10 @@ def test_backfill_requests_that_cannot_work_are_refused_with_the_reason(
     harmful = _cdc(sc, "snapshot", "start", sc.table_id, "--where",
                    f"true; DROP TABLE {sc.table_id}")
     assert harmful.returncode != 0
+    # valid SQL inside the chunk query's parentheses, but every row of every chunk: endless
+    escaping = _cdc(sc, "snapshot", "start", sc.table_id, "--where", "id > 3) OR (true")
+    assert escaping.returncode == 2 and "closes more than it opens" in escaping.stderr, \
+        escaping.stderr
     assert _state(sc) == {}
     sc.execute("SELECT count(*) FROM items")  # still there
 

@@ -7,6 +7,7 @@ import time
 import orjson
 import pytest
 
+from pipeline.capture.signals import filter_problem
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.events import UNAVAILABLE_VALUE
 from pipeline.metrics import Metrics
@@ -37,10 +38,32 @@ def test_a_signal_survives_its_own_encoding() -> None:
     ("execute-snapshot", "not json", "not JSON"),
     ("explode", "{}", "unknown signal type"),
     ("execute-snapshot", '{"data-collections": ["a.b"], "chunk-size": 0}', "chunk-size"),
+    # a filter that would not stay one condition inside the chunk query's parentheses
+    ("execute-snapshot", '{"data-collections": ["a.b"], "additional-conditions": '
+     '[{"data-collection": "a.b", "filter": "id > 3) or (true"}]}', "closes more"),
 ])
 def test_signals_capture_cannot_act_on_say_why(kind: str, data: str, reason: str) -> None:
     with pytest.raises(SignalError, match=reason):
         parse(kind, data)
+
+
+@pytest.mark.parametrize(("where", "problem"), [
+    ("id > 3", None),
+    ("(a > 1 AND (b < 2)) OR c IN (1, 2)", None),
+    ("name = 'a)b' AND note = \"x\"\"y)\" AND `we(ird` = 1", None),  # quoted: skipped
+    ("name = 'it''s' OR name = 'it\\'s'", None),  # doubled and backslashed quotes
+    ("flags # 4 = 0", None),  # PostgreSQL's XOR, not a comment
+    ("id > 3) OR (true", "closes more than it opens"),
+    ("id IN (1, 2", "not closed"),
+    ("name = 'open", "quote is not closed"),
+    ("id > 1; DROP TABLE t", "';'"),
+    ("id > 1 -- note", "comment"),
+    ("id > 1 /* ) */", "comment"),
+    ("  ", "empty"),
+])
+def test_a_filter_must_stay_one_condition(where: str, problem: str | None) -> None:
+    found = filter_problem(where)
+    assert found is None if problem is None else problem in (found or ""), found
 
 
 def _backfills() -> Backfills:

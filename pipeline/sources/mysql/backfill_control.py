@@ -46,7 +46,7 @@ def check_start(settings: Settings, tables: tuple[str, ...], where: str | None) 
     """Raise ConfigError naming what is wrong with a backfill request, before it is sent."""
     my = settings.mysql
     _signal_table(settings)
-    check_request(tables, my.tables, "mysql.tables", load_state(settings))
+    check_request(tables, my.tables, "mysql.tables", load_state(settings), where)
     conn = server.connect(my)
     try:
         with conn.cursor() as cur:

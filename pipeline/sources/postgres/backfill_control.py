@@ -38,7 +38,7 @@ def load_state(settings: Settings) -> dict[str, Any]:
 def check_start(settings: Settings, tables: tuple[str, ...], where: str | None) -> None:
     """Raise ConfigError naming what is wrong with a backfill request, before it is sent."""
     pg = settings.postgres
-    check_request(tables, pg.tables, "postgres.tables", load_state(settings))
+    check_request(tables, pg.tables, "postgres.tables", load_state(settings), where)
     conn = connect(pg.dsn.get_secret_value())
     try:
         with conn.cursor() as cur:
