@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from pipeline.config import Settings
 from pipeline.errors import RetriableError
 from pipeline.kafka.client import client_config, list_topics, raise_if_refused
 from pipeline.metrics import read_snapshots
+from pipeline.positions import Lsn
 from pipeline.sinks.registry import sink_names
 from pipeline.sources.postgres.slot import RETAINED_WAL_SQL, connect
 
@@ -104,12 +106,38 @@ def render_status(settings: Settings) -> str:
             lines.append(f"process metrics: none in {settings.metrics.snapshot_dir} yet (no "
                          "capture or worker has run with it)")
         for name, snap in sorted(snapshots.items()):
-            age = time.time() - snap.get("time", 0)
-            lines.append(f"{name} (pid {snap.get('pid')}, updated {age:.0f}s ago)")
-            for metric, value in sorted(snap.get("counters", {}).items()):
-                lines.append(f"  {metric} = {value:g}")
-            for metric, value in sorted(snap.get("gauges", {}).items()):
-                lines.append(f"  {metric} = {value:g}")
-            for metric, q in sorted(snap.get("latency_ms", {}).items()):
-                lines.append(f"  {metric}: n={q['count']} p50={q['p50']}ms p99={q['p99']}ms")
+            lines.extend(_process_lines(name, snap))
     return "\n".join(lines)
+
+
+def _process_lines(name: str, snap: dict[str, Any]) -> list[str]:
+    """One process's figures as its last metrics snapshot holds them; whether it still runs
+    (a process killed -9 leaves its last snapshot behind)."""
+    age = time.time() - snap.get("time", 0)
+    pid = snap.get("pid")
+    state = "" if _running(pid) else "NOT RUNNING (the figures are its last), "
+    lines = [f"{name} ({state}pid {pid}, updated {age:.0f}s ago)"]
+    for metric, value in sorted(snap.get("counters", {}).items()):
+        lines.append(f"  {metric} = {value:,.0f}")
+    for metric, value in sorted(snap.get("gauges", {}).items()):
+        shown = str(Lsn(int(value))) if metric.endswith("_lsn") else f"{value:,.6g}"
+        lines.append(f"  {metric} = {shown}")
+    for metric, q in sorted(snap.get("latency_ms", {}).items()):
+        if not q.get("count"):
+            lines.append(f"  {metric}: n=0")
+            continue
+        lines.append(f"  {metric}: n={q['count']:,} p50={q['p50']:.1f}ms p99={q['p99']:.1f}ms")
+    return lines
+
+
+def _running(pid: Any) -> bool:
+    """Whether process ``pid`` (of this machine) still exists."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's: it exists
+    return True
