@@ -730,7 +730,12 @@ def replay_to_sink(settings: Settings, topic: str, sink_name: str, flt: LetterFi
     configured sink (idempotent by version)."""
     from pipeline.events import ChangeEvent, decode
     from pipeline.processing import foreign_table
+    from pipeline.sinks.registry import sink_names
 
+    configured = sink_names(settings)
+    if sink_name not in configured:  # also for --dry-run: it would not say what happens
+        names = ", ".join(f"sink:{n}" for n in configured) or "none"
+        raise CdcError(f"no sink named {sink_name!r} is configured (configured: {names})")
     topic_tables = settings.topic_tables()
     report = ReplayReport(dry_run=dry_run)
     with DeadLetterReader(settings, topic) as reader:

@@ -253,3 +253,13 @@ def test_replay_destination_must_be_raw_or_a_sink() -> None:
     result = CliRunner().invoke(main, ["dlq", "replay", "--to", "elsewhere"])
     assert result.exit_code == 2
     assert "raw or sink:<name>" in result.output
+
+
+def test_a_dry_run_to_a_sink_that_is_not_configured_is_refused() -> None:
+    """It said it "would replay 6 dead letters" to a sink the real run refuses."""
+    result = CliRunner().invoke(main, ["dlq", "replay", "--to", "sink:nosuch", "--dry-run"],
+                                env={"CDC_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+                                     "CDC_POSTGRES__DSN": "dbname=none",
+                                     "CDC_POSTGRES__TABLES": "[public.t]"})
+    assert result.exit_code != 0
+    assert "no sink named 'nosuch'" in result.output, result.output
