@@ -11,7 +11,9 @@ flushing or a metadata request timing out would otherwise look like an outage.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -24,6 +26,49 @@ from pipeline.errors import PermanentError
 #: librdkafka's own log lines go through Python logging (served by each client's poll), so
 #: they come out in the pipeline's format instead of as raw ``%6|...`` lines on stderr.
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+#: Seconds one kind of librdkafka line is shown at most once in (a broker that is down is
+#: retried many times a second, by every client: hundreds of lines a minute otherwise).
+LOG_EVERY_S = 30.0
+_UNREACHABLE = re.compile(r"Connection refused|Connect to .* failed|Failed to resolve|"
+                          r"all brokers down|Disconnected", re.IGNORECASE)
+
+
+class LogThrottle(logging.Filter):
+    """Lets each kind of librdkafka line through once per ``every`` seconds (a kind: its
+    facility and text with the numbers left out), saying how many were left out since; the
+    first line that says a broker is unreachable names the setting to check."""
+
+    def __init__(self, every: float = LOG_EVERY_S, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.every, self.clock = every, clock
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+        self._hinted = False
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        fac, text = (str(args[0]), str(args[-1])) if len(args) >= 2 else ("", record.msg)
+        kind = (fac, re.sub(r"\d+", "#", str(text)))
+        now = self.clock()
+        with self._lock:
+            shown_at, left_out = self._seen.get(kind, (-self.every, 0))
+            if now - shown_at < self.every:
+                self._seen[kind] = (shown_at, left_out + 1)
+                return False
+            self._seen[kind] = (now, 0)
+            hint = not self._hinted and bool(_UNREACHABLE.search(str(text)))
+            self._hinted = self._hinted or hint
+        notes = []
+        if left_out:
+            notes.append(f"{left_out} more like it in the last {now - shown_at:.0f}s")
+        if hint:
+            notes.append("is Kafka running at kafka.bootstrap_servers? (cdc stack status)")
+        if notes:
+            record.msg = f"{record.msg} ({'; '.join(notes)})"
+        return True
+
+
+LIBRDKAFKA_LOG.addFilter(LogThrottle())
 
 #: librdkafka errors that mean the broker refused who we are, not that it is down.
 _REFUSED = {KafkaError._AUTHENTICATION, KafkaError._SSL}
