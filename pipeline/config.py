@@ -363,7 +363,9 @@ class KafkaSettings(_Section):
         }
 
     def raw_topic(self, table_id: str) -> str:
-        return f"{self.topic_prefix}.{table_id}"
+        """``<topic_prefix>.<schema>.<table>``; a character Kafka refuses in a topic name
+        (``$`` is valid in a table's name) becomes ``_``, as Debezium's topic names do."""
+        return _TOPIC_UNSAFE.sub("_", f"{self.topic_prefix}.{table_id}")
 
 
 class OrderingSection(_Section):
@@ -562,6 +564,7 @@ class PollingSettings(_Section):
 
 #: What Kafka allows in a topic name.
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 #: Placeholders an outbox topic template may use: the routing columns of an event.
 OUTBOX_TOPIC_FIELDS = ("aggregatetype", "type")
 _OUTBOX_PLACEMENTS = ("header", "envelope")

@@ -227,3 +227,12 @@ def test_index_for_default_and_override() -> None:
     assert es.index_for("Public.Orders") == "cdc.public.orders"
     shop = ElasticsearchSettings(index_prefix="shop-")
     assert shop.index_for("public.orders") == "shop-public.orders"
+
+
+def test_a_table_name_kafka_refuses_in_a_topic_gets_a_safe_topic() -> None:
+    """`$` is valid in a table's name but not in a topic's: capture stopped at start."""
+    settings = load_settings(None, {"CDC_POSTGRES__DSN": "dbname=x",
+                                    "CDC_POSTGRES__TABLES": "[shop.price$eur, shop.items]"})
+    assert settings.kafka.raw_topic("shop.price$eur") == "cdc.shop.price_eur"
+    assert settings.kafka.raw_topic("shop.items") == "cdc.shop.items"
+    assert settings.topic_tables()["cdc.shop.price_eur"] == "shop.price$eur"
