@@ -363,3 +363,26 @@ def test_text_in_other_character_sets_is_streamed_as_the_snapshot_reads_it(
     assert deleted[1] == reads[1] and deleted[2] == reads[2]
     assert deleted[3] == {**reads[1], "id": 3}
     assert capture.alive(), capture.tail()
+
+
+def test_negative_times_with_a_fraction_are_streamed_as_stored(maria: MariadbScenario) -> None:
+    """mysql-replication negates a negative TIME's whole seconds and fraction apart:
+    '-01:00:00.1' was streamed as -3600.9 s while the snapshot read -3600.1 s."""
+    maria.execute("CREATE TABLE {db}.items (id INT PRIMARY KEY, t1 TIME(1), t3 TIME(3), "
+                  "t6 TIME(6))")
+    values = [("'-838:59:59.9'", "'-838:59:59.999'", "'-838:59:59.000001'"),
+              ("'-01:00:00.1'", "'-12:34:56.789'", "'-00:00:00.000001'"),
+              ("'-00:00:00.5'", "'-00:00:01'", "'-25:00:00.999999'"),
+              ("'00:00:00.5'", "'838:59:59.999'", "'00:00:00.000001'")]
+    maria.execute("INSERT INTO {db}.items VALUES "
+                  + ", ".join(f"({i}, {', '.join(v)})" for i, v in enumerate(values)))
+    capture = _capture(maria)
+    assert wait_until(lambda: sum(v["op"] == "r" for v in maria.changes()) == len(values)
+                      or not capture.alive(), 90), capture.tail()
+    reads = {v["after"]["id"]: v["after"] for v in maria.changes() if v["op"] == "r"}
+    assert reads[1] == {"id": 1, "t1": -3_600_100_000, "t3": -45_296_789_000, "t6": -1}
+    maria.execute("DELETE FROM {db}.items")
+    assert wait_until(lambda: sum(v["op"] == "d" for v in maria.changes()) == len(values)
+                      or not capture.alive(), 60), capture.tail()
+    deleted = {v["before"]["id"]: v["before"] for v in maria.changes() if v["op"] == "d"}
+    assert deleted == reads

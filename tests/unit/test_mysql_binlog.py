@@ -98,6 +98,12 @@ def test_values_as_debezium_writes_them() -> None:
     text = values.converter(_column(FIELD_TYPE.STRING, max_length=16,
                                     character_set_name="utf8mb4"))
     assert text("ab") == "ab" and text("") == ""
+    # a negative TIME with a fraction: the library reads -(S + f) as -(S + 1) + f
+    time6 = values.converter(_column(FIELD_TYPE.TIME2, fsp=6))
+    assert time6(dt.timedelta(seconds=-3600.9)) == -3_600_100_000
+    assert time6(dt.timedelta(microseconds=-999_999)) == -1
+    assert time6(dt.timedelta(seconds=-2)) == -2_000_000  # no fraction: as read
+    assert time6(dt.timedelta(seconds=0.5)) == 500_000
     # YEAR 0000 comes from the library as 1900, a year no YEAR column holds
     year = values.converter(_column(FIELD_TYPE.YEAR))
     assert (year(1900), year(1901), year(2155)) == (0, 1901, 2155)

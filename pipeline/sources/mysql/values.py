@@ -80,6 +80,18 @@ def time_us(value: dt.timedelta) -> int:
     return value // _US
 
 
+def time2_us(value: dt.timedelta) -> int:
+    """A binlog TIME(fsp > 0) as mysql-replication 1.0.17 reads it, corrected: it negates
+    the whole seconds and the fraction of a negative value apart, so ``-(S + f)`` arrives as
+    ``-(S + 1) + f`` (``'-01:00:00.1'`` as -3600.9 s). The stored value is given back."""
+    us = value // _US
+    if us >= 0 or us % 1_000_000 == 0:
+        return us
+    magnitude = -us
+    whole = (magnitude + 999_999) // 1_000_000  # S + 1
+    return magnitude + 1_000_000 - 2 * whole * 1_000_000
+
+
 def datetime_ms(value: dt.datetime) -> int:
     return (value - _EPOCH) // dt.timedelta(milliseconds=1)
 
@@ -167,6 +179,8 @@ def converter(column: Any) -> Converter | None:
         return float32
     if kind in (FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE):
         return date_days
+    if kind == FIELD_TYPE.TIME2 and getattr(column, "fsp", 0) > 0:
+        return time2_us
     if kind in (FIELD_TYPE.TIME, FIELD_TYPE.TIME2):
         return time_us
     if kind == FIELD_TYPE.DATETIME:
