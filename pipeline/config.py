@@ -922,6 +922,11 @@ def _problem(error: Any) -> tuple[str, str]:
             problem += " (check the spelling against the configuration reference)"
     elif error["type"] == "missing":
         problem = "is required but not set"
+    elif error["type"] in ("tuple_type", "list_type") and isinstance(error.get("input"), str):
+        shown = error["input"]
+        items = ", ".join(p.strip() for p in shown.split(",") if p.strip())
+        problem += (f" (got the text {shown!r}: write a list, e.g. [{items}] in YAML or in "
+                    f"CDC_{'__'.join(p.upper() for p in loc)}='[{items}]')")
     return setting, problem
 
 

@@ -236,3 +236,10 @@ def test_a_table_name_kafka_refuses_in_a_topic_gets_a_safe_topic() -> None:
     assert settings.kafka.raw_topic("shop.price$eur") == "cdc.shop.price_eur"
     assert settings.kafka.raw_topic("shop.items") == "cdc.shop.items"
     assert settings.topic_tables()["cdc.shop.price_eur"] == "shop.price$eur"
+
+
+def test_a_list_given_as_text_says_how_to_write_it() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, {"CDC_POSTGRES__DSN": "dbname=x",
+                             "CDC_POSTGRES__TABLES": "shop.items, shop.orders"})
+    assert "CDC_POSTGRES__TABLES='[shop.items, shop.orders]'" in str(refused.value)
