@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from pipeline import logs
-from pipeline.errors import CdcError, exit_code
+from pipeline.errors import CdcError, ConfigError, exit_code
 
 
 def _settings(ctx: click.Context):  # type: ignore[no-untyped-def]
@@ -586,6 +586,23 @@ def snapshot_resume(ctx: click.Context) -> None:
 @click.pass_context
 def snapshot_stop(ctx: click.Context, tables: tuple[str, ...]) -> None:
     """Stop the backfill of TABLES (all when none given); rows already sent stay."""
+    if tables:
+        try:
+            settings = _settings(ctx)
+            captured = settings.captured_tables()
+            for table in tables:
+                if table not in captured:
+                    raise ConfigError("cdc snapshot stop", f"{table} is not captured (the "
+                                      f"captured tables: {', '.join(captured)})")
+            state = _backfill_control(settings).load_state(settings)
+            running = {t.get("table") for t in state.get("tables", [])
+                       if t.get("state") == "running"}
+        except CdcError as exc:
+            _fail(exc)
+        idle = [t for t in tables if t not in running]
+        if idle:  # sent anyway: a start still on its way to capture is stopped too
+            click.echo(f"note: no backfill of {', '.join(idle)} is running as capture last "
+                       "saved it (cdc snapshot status)")
     _snapshot_signal(ctx, "stop-snapshot", tables)
 
 

@@ -199,6 +199,10 @@ def test_backfill_requests_that_cannot_work_are_refused_with_the_reason(
     escaping = _cdc(sc, "snapshot", "start", sc.table_id, "--where", "id > 3) OR (true")
     assert escaping.returncode == 2 and "closes more than it opens" in escaping.stderr, \
         escaping.stderr
+    stop_unknown = _cdc(sc, "snapshot", "stop", "public.elsewhere")
+    assert stop_unknown.returncode == 2 and "not captured" in stop_unknown.stderr
+    stop_idle = _cdc(sc, "snapshot", "stop", sc.table_id)
+    assert stop_idle.returncode == 0 and "no backfill of" in stop_idle.stdout, stop_idle
     assert _state(sc) == {}
     sc.execute("SELECT count(*) FROM items")  # still there
 
