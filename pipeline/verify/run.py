@@ -90,12 +90,13 @@ def verify_table(db: TableRows, es: SearchIndex, index: str, options: Options,
         texts: list[list[str]] = []
         for doc_id, source in page.items():
             key = db.keys.of(source)
+            shown = {name: source.get(name) for name in db.key_names}
             if key == NOT_A_ROW:
-                suspects.setdefault(doc_id, Drift(EXTRA, doc_id, dict(source)))
+                suspects.setdefault(doc_id, Drift(EXTRA, doc_id, shown))
             elif key is None:
                 result.unchecked += 1
             else:
-                keyed[doc_id] = {name: source.get(name) for name in db.key_names}
+                keyed[doc_id] = shown
                 texts.append(list(key))
         for drift in extras(keyed, db.by_keys(texts)):
             suspects.setdefault(drift.doc_id, drift)
