@@ -837,6 +837,23 @@ class Settings(_Section):
                              "(database.table names)")
         return self
 
+    @model_validator(mode="after")
+    def _one_topic_per_table(self) -> Settings:
+        """Two tables whose names differ only in characters Kafka refuses in a topic name
+        would share a topic (``raw_topic``): refused, naming both."""
+        seen: dict[str, str] = {}
+        for table in self.captured_tables():
+            topic = self.kafka.raw_topic(table)
+            if len(topic) > 249:
+                raise ValueError(f"the topic of {table} ({topic}) is longer than Kafka's "
+                                 "249 characters: shorten kafka.topic_prefix")
+            if topic in seen:
+                raise ValueError(f"{seen[topic]} and {table} would share the topic {topic} "
+                                 "(characters Kafka refuses in a topic name become '_'): "
+                                 "capture them with different kafka.topic_prefix settings")
+            seen[topic] = table
+        return self
+
     def captured_tables(self) -> tuple[str, ...]:
         """The tables capture publishes (``database.table`` for MySQL, else
         ``schema.table``)."""

@@ -192,7 +192,11 @@ class CaptureLoop:
             log.warning("%d records not yet acknowledged by Kafka when %s stopped; they are "
                         "read again from the source", remaining, self.source.name)
         try:
-            self._confirm(tracker)
+            while True:  # a snapshot's last position, then the stream's (one kind a call)
+                before = self.confirmed
+                self._confirm(tracker)
+                if self.confirmed is before:
+                    break
         except RetriableError as exc:
             log.warning("could not confirm the last position of %s: %s", self.source.name, exc)
 

@@ -91,20 +91,36 @@ def filter_problem(text: str) -> str | None:
     """Why ``text`` is not one SQL condition that stays one inside the parentheses a chunk's
     query puts it in (``... AND (<filter>)``), or None. ``id > 3) OR (true`` is valid SQL
     there, but would read every row of every chunk again: a backfill that never ends.
-    Quoted text (``'...'``, ``"..."``, `` `...` ``) is skipped; a backslash escapes the
-    next character in it (MySQL's rule; PostgreSQL's standard strings have none)."""
+
+    Quoted text (``'...'``, ``"..."``, `` `...` ``) is skipped, read both as MariaDB reads
+    it (a backslash escapes the next character) and as PostgreSQL does (it does not): a
+    filter must be one condition either way. Comments (``--``, ``/*``, MariaDB's ``#``),
+    ``;`` and dollar quoting (``$$``) are refused: the parentheses inside them could not be
+    counted for both servers."""
+    if not text.strip():
+        return "it is empty"
+    for escapes in (True, False):
+        problem = _scan(text, escapes)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _scan(text: str, escapes: bool) -> str | None:
     depth = 0
     i = 0
     while i < len(text):
         c = text[i]
         if c in "'\"`":
-            end = _closing(text, i)
+            end = _closing(text, i, escapes)
             if end < 0:
-                return f"its {c} quote is not closed"
+                return f"its {c} quote is not closed (read with and without backslash escapes)"
             i = end + 1
             continue
-        if text.startswith(("--", "/*"), i):  # (MySQL's "#" comment hides the ")")
+        if text.startswith(("--", "/*", "#"), i):
             return "it holds a comment"
+        if c == "$":
+            return "it holds a '$' (dollar quoting cannot be checked): write the text in '...'"
         if c == ";":
             return "it holds a ';': give one condition, not statements"
         if c == "(":
@@ -116,17 +132,16 @@ def filter_problem(text: str) -> str | None:
         i += 1
     if depth:
         return "a '(' is not closed"
-    if not text.strip():
-        return "it is empty"
     return None
 
 
-def _closing(text: str, start: int) -> int:
-    """Where the quote opened at ``start`` closes (a doubled quote stays inside), or -1."""
+def _closing(text: str, start: int, escapes: bool) -> int:
+    """Where the quote opened at ``start`` closes (a doubled quote stays inside; with
+    ``escapes``, so does a backslashed one), or -1."""
     quote = text[start]
     i = start + 1
     while i < len(text):
-        if text[i] == "\\":
+        if escapes and text[i] == "\\":
             i += 2
             continue
         if text[i] == quote:

@@ -30,7 +30,10 @@ LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 #: retried many times a second, by every client: hundreds of lines a minute otherwise).
 LOG_EVERY_S = 30.0
 _UNREACHABLE = re.compile(r"Connection refused|Connect to .* failed|Failed to resolve|"
-                          r"all brokers down|Disconnected", re.IGNORECASE)
+                          r"all brokers down", re.IGNORECASE)
+#: What changes between two lines of one kind: timings and repeat counts (a broker's
+#: address, digits included, tells kinds apart).
+_VARYING = re.compile(r"\b\d+(?:\.\d+)?\s*(?:ms|s)\b|\b\d+ identical|\b\d+ (?:more|messages?)\b")
 
 
 class LogThrottle(logging.Filter):
@@ -48,7 +51,8 @@ class LogThrottle(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         fac, text = (str(args[0]), str(args[-1])) if len(args) >= 2 else ("", record.msg)
-        kind = (fac, re.sub(r"\d+", "#", str(text)))
+        client = str(args[1]) if len(args) >= 3 else ""
+        kind = (f"{record.levelno} {fac} {client}", _VARYING.sub("#", str(text)))
         now = self.clock()
         with self._lock:
             shown_at, left_out = self._seen.get(kind, (-self.every, 0))

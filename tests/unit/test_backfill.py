@@ -51,8 +51,11 @@ def test_signals_capture_cannot_act_on_say_why(kind: str, data: str, reason: str
     ("id > 3", None),
     ("(a > 1 AND (b < 2)) OR c IN (1, 2)", None),
     ("name = 'a)b' AND note = \"x\"\"y)\" AND `we(ird` = 1", None),  # quoted: skipped
-    ("name = 'it''s' OR name = 'it\\'s'", None),  # doubled and backslashed quotes
-    ("flags # 4 = 0", None),  # PostgreSQL's XOR, not a comment
+    ("name = 'it''s'", None),  # a doubled quote
+    ("path = 'C:\\dir' AND body->>'k' ~ '^a(b)' AND j ?| array['x']", None),
+    ("id > 3 # (\n) OR (true # )", "comment"),  # MariaDB's comments hide parentheses
+    ("x = 'a\\' ) OR (true OR x = 'y'", "not closed"),  # PostgreSQL: 'a\' ends there
+    ("body = $$it's$$", "'$'"),
     ("id > 3) OR (true", "closes more than it opens"),
     ("id IN (1, 2", "not closed"),
     ("name = 'open", "quote is not closed"),

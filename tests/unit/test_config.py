@@ -243,3 +243,9 @@ def test_a_list_given_as_text_says_how_to_write_it() -> None:
         load_settings(None, {"CDC_POSTGRES__DSN": "dbname=x",
                              "CDC_POSTGRES__TABLES": "shop.items, shop.orders"})
     assert "CDC_POSTGRES__TABLES='[shop.items, shop.orders]'" in str(refused.value)
+
+
+def test_two_tables_that_would_share_a_topic_are_refused() -> None:
+    with pytest.raises(ConfigError, match="would share the topic cdc.shop.a_b"):
+        load_settings(None, {"CDC_POSTGRES__DSN": "dbname=x",
+                             "CDC_POSTGRES__TABLES": "[shop.a$b, shop.a_b]"})

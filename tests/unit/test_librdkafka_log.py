@@ -28,6 +28,8 @@ def test_a_broker_that_is_down_is_said_once_per_interval_with_the_setting_to_che
     assert shown == 0
     other = _record("Metadata request failed", fac="ERROR")
     assert throttle.filter(other)  # another kind of line is not held back
+    assert throttle.filter(_record(refused.replace("127.0.0.1:1", "10.0.0.2:9093").format(5)))
+    # (another broker's failure is another kind)
     now[0] = 31.0
     again = _record(refused.format(999))
     assert throttle.filter(again)

@@ -19,7 +19,7 @@ from pipeline.errors import SourceSetupError
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.pgoutput import Column, Relation
 from pipeline.sources.postgres.slot import primary_key_columns
-from pipeline.sources.postgres.sql_ascii import take_replaced
+from pipeline.sources.postgres.sql_ascii import replaced_values
 from pipeline.sources.postgres.types import PgType, TypeResolver
 from pipeline.sources.postgres.unconverted import UnconvertedValues
 
@@ -65,9 +65,8 @@ class TableReader:
         at most ``upto`` (no bound when None), in key order, each as the text of its
         columns."""
         columns = sql.SQL(", ").join(sql.Identifier(n) for n in self.shape.names)
-        rows = self._select(columns, after, upto, sql.SQL(" LIMIT {}").format(sql.Literal(size)))
-        self._replaced(rows, self.shape.names, self._key_index)
-        return rows
+        return self._select(columns, after, upto, sql.SQL(" LIMIT {}").format(
+            sql.Literal(size)), self.shape.names, self._key_index)
 
     def boundary(self, after: ChunkKey | None, size: int) -> tuple[ChunkKey | None, bool]:
         """Where the chunk of ``size`` rows after ``after`` ends, read from the key alone (an
@@ -75,16 +74,17 @@ class TableReader:
         key, True)`` when it ends the table exactly, ``(None, True)`` when fewer than
         ``size`` rows are left (the chunk runs to the end)."""
         key = sql.SQL(", ").join(sql.Identifier(k) for k in self.shape.key_names)
-        found = self._select(key, after, None, sql.SQL(" OFFSET {} LIMIT 2").format(
-            sql.Literal(size - 1)))
         keys = self.shape.key_names
-        self._replaced(found, keys, range(len(keys)))
+        found = self._select(key, after, None, sql.SQL(" OFFSET {} LIMIT 2").format(
+            sql.Literal(size - 1)), keys, range(len(keys)))
         if not found:
             return None, True
         return list(found[0]), len(found) == 1
 
     def _select(self, columns: sql.Composable, after: ChunkKey | None, upto: ChunkKey | None,
-                tail: sql.Composable) -> list[list[str | None]]:
+                tail: sql.Composable, names: Sequence[str], key_at: Sequence[int]
+                ) -> list[list[str | None]]:
+        """The rows of ``columns`` (named ``names``, the key at ``key_at``) in key order."""
         schema, name = self.table.split(".", 1)
         key = sql.SQL(", ").join(sql.Identifier(k) for k in self.shape.key_names)
         marks = sql.SQL(", ").join(sql.Placeholder() * len(self.shape.key_names))
@@ -104,18 +104,18 @@ class TableReader:
         if conditions:
             query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
         query += sql.SQL(" ORDER BY {}").format(key) + tail
-        take_replaced()  # this read's values only
-        with self.cursor() as cur:
+        with replaced_values() as texts, self.cursor() as cur:
             cur.execute(query, params)
-            return [list(r) for r in cur.fetchall()]
+            rows = [list(r) for r in cur.fetchall()]
+        self._replaced(rows, texts, names, key_at)
+        return rows
 
-    def _replaced(self, rows: list[list[str | None]], names: Sequence[str],
+    def _replaced(self, rows: list[list[str | None]], texts: list[str], names: Sequence[str],
                   key_at: Sequence[int]) -> None:
         """Count the values of ``rows`` (columns ``names``) a ``SQL_ASCII`` database held
         bytes that are not UTF-8 in (read with U+FFFD in their place, :mod:`.sql_ascii`). A
         key holding one is refused: it could not be given back to PostgreSQL exactly as the
         bound a next read starts after, and a read bounded by it could skip rows."""
-        texts = take_replaced()
         if not texts:
             return
         replaced = {id(text) for text in texts}  # ``texts`` keeps them alive: ids unique
@@ -146,10 +146,10 @@ def _describe(cur: Any, schema: str, name: str, pg: PostgresSettings, types: Typ
     """The table's shape from the catalog, its values read as PostgreSQL's text; each
     column's type, and its name, type OID and type modifier."""
     relation = sql.Identifier(schema, name).as_string(cur)
-    take_replaced()
-    cur.execute(_COLUMNS_SQL, (relation,))
-    columns = cur.fetchall()
-    replaced = {id(text) for text in take_replaced()}
+    with replaced_values() as texts:
+        cur.execute(_COLUMNS_SQL, (relation,))
+        columns = cur.fetchall()
+    replaced = {id(text) for text in texts}
     for column, _oid, _typmod in columns:
         if id(column) in replaced:
             raise SourceSetupError(

@@ -14,7 +14,7 @@ UTF-8) applies to every connection whose session is ``SQL_ASCII``. Parameters ar
 UTF-8, strictly.
 
 What was replaced cannot be read back exactly, so a chunk's last key, which the next chunk
-starts after, must not hold such a byte: :func:`take_replaced` lets a reader count them, and
+starts after, must not hold such a byte: :func:`replaced_values` lets a reader count them, and
 ``TableReader`` refuses a key that holds one rather than skip rows.
 """
 
@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import codecs
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg2.extensions
 
-__all__ = ["CODEC", "as_stored", "take_replaced"]
+__all__ = ["CODEC", "as_stored", "replaced_values"]
 
 #: The Python codec name psycopg2 uses for ``SQL_ASCII`` sessions.
 CODEC = "cdc-utf8-replacing"
 
-_replaced = threading.local()  # decoding runs in the thread that fetches
+_state = threading.local()  # decoding runs in the thread that fetches
 
 
 def _decode(data: Any, errors: str = "strict") -> tuple[str, int]:
@@ -40,9 +42,9 @@ def _decode(data: Any, errors: str = "strict") -> tuple[str, int]:
         return raw.decode(), len(raw)
     except UnicodeDecodeError:
         text = raw.decode(errors="replace")
-        if not hasattr(_replaced, "texts"):
-            _replaced.texts = []
-        _replaced.texts.append(text)
+        texts = getattr(_state, "texts", None)
+        if texts is not None:
+            texts.append(text)
         return text, len(raw)
 
 
@@ -61,12 +63,18 @@ for _name in ("SQL_ASCII", "SQLASCII"):  # psycopg2 looks up both spellings
     psycopg2.extensions.encodings[_name] = CODEC
 
 
-def take_replaced() -> list[str]:
-    """The values this thread decoded with U+FFFD since the last call: the very objects
-    psycopg2 returned (tell them by identity: a value stored as U+FFFD is not one)."""
-    texts: list[str] = getattr(_replaced, "texts", [])
-    _replaced.texts = []
-    return texts
+@contextmanager
+def replaced_values() -> Iterator[list[str]]:
+    """The values this thread decodes with U+FFFD inside the ``with`` block: the very
+    objects psycopg2 returns (tell them by identity: a value stored as U+FFFD is not one).
+    Outside such a block nothing is kept (other sessions' reads are not counted)."""
+    texts: list[str] = []
+    outer = getattr(_state, "texts", None)
+    _state.texts = texts
+    try:
+        yield texts
+    finally:
+        _state.texts = outer
 
 
 def as_stored(conn: Any) -> Any:
