@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ from pipeline.metrics import read_snapshots
 from pipeline.positions import Lsn
 from pipeline.sinks.registry import sink_names
 from pipeline.sources.postgres.slot import RETAINED_WAL_SQL, connect
+from pipeline.stack.process import pid_alive
 
 
 def slot_lag(settings: Settings) -> dict[str, Any] | None:
@@ -115,7 +115,8 @@ def _process_lines(name: str, snap: dict[str, Any]) -> list[str]:
     (a process killed -9 leaves its last snapshot behind)."""
     age = time.time() - snap.get("time", 0)
     pid = snap.get("pid")
-    state = "" if _running(pid) else "NOT RUNNING (the figures are its last), "
+    running = isinstance(pid, int) and pid_alive(pid)
+    state = "" if running else "NOT RUNNING (the figures are its last), "
     lines = [f"{name} ({state}pid {pid}, updated {age:.0f}s ago)"]
     for metric, value in sorted(snap.get("counters", {}).items()):
         lines.append(f"  {metric} = {value:,.0f}")
@@ -128,16 +129,3 @@ def _process_lines(name: str, snap: dict[str, Any]) -> list[str]:
             continue
         lines.append(f"  {metric}: n={q['count']:,} p50={q['p50']:.1f}ms p99={q['p99']:.1f}ms")
     return lines
-
-
-def _running(pid: Any) -> bool:
-    """Whether process ``pid`` (of this machine) still exists."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's: it exists
-    return True
