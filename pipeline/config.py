@@ -729,6 +729,10 @@ class MysqlSettings(_Section):
     #: DDL statement, for servers whose binlog_row_metadata is not FULL); None:
     #: ``<kafka.offsets_topic>.schema-history``.
     schema_history_topic: str | None = None
+    #: Records of a prepared XA transaction held in memory until its XA COMMIT (published
+    #: then) or XA ROLLBACK (dropped). A larger one is published as it is read, at XA
+    #: PREPARE, as Debezium publishes every one, with a warning; 0: publish each at PREPARE.
+    xa_held_records: int = Field(default=100_000, ge=0)
 
     _tables = field_validator("tables")(_check_table_ids)
 

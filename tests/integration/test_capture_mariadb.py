@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -225,6 +227,57 @@ def test_resume_by_gtid_publishes_what_was_written_while_stopped(
     assert ids == list(range(1, 202))  # each once, in order
     gtids = {c["source"]["gtid"] for c in maria.changes()[1:]}
     assert len(gtids) == 1  # the one transaction
+
+
+def _xa(conn: Any, xid: str, *statements: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute(f"XA START {xid}")
+        for statement in statements:
+            cur.execute(statement)
+        cur.execute(f"XA END {xid}")
+        cur.execute(f"XA PREPARE {xid}")
+
+
+@pytest.mark.parametrize("resume_by", ["position", "gtid"])
+def test_xa_rolled_back_after_prepare_never_reaches_the_sinks(
+        maria: MariadbScenario, resume_by: str) -> None:
+    """Held from XA PREPARE to its outcome, through a kill -9 while held: the committed one
+    arrives, the rolled-back one never does, and nothing written between them is lost."""
+    maria.env["CDC_MYSQL__RESUME_BY"] = resume_by
+    maria.execute(ITEMS_DDL)
+    maria.execute("INSERT INTO {db}.items VALUES (1, 'before', 1, 1.00)")
+    capture = maria.start("capture")
+    maria.start("worker")
+    assert maria.converged(), maria.indexed()
+    keep, drop = maria.connect(), maria.connect()
+    kept = f"X'ff00',X'{maria.uid}',7"  # a binary id; a branch of this test's own
+    try:
+        _xa(keep, kept,
+            f"UPDATE {maria.db}.items SET name = 'kept' WHERE id = 1",
+            f"INSERT INTO {maria.db}.items VALUES (10, 'kept', 10, 1.00)")
+        _xa(drop, f"'drop{maria.uid}'",
+            f"INSERT INTO {maria.db}.items VALUES (20, 'rolled back', 0, 0)",
+            f"UPDATE {maria.db}.items SET qty = 5 WHERE id = 20")
+        maria.execute("INSERT INTO {db}.items VALUES (2, 'plain', 2, 2.00)")
+        assert wait_until(lambda: "2" in maria.indexed(), 60), maria.indexed()
+        with drop.cursor() as cur:
+            cur.execute(f"XA ROLLBACK 'drop{maria.uid}'")
+        maria.execute("INSERT INTO {db}.items VALUES (3, 'plain', 3, 3.00)")
+        assert wait_until(lambda: "3" in maria.indexed(), 60), maria.indexed()
+        capture.kill()  # while the first is still held
+        maria.start("capture")
+        with keep.cursor() as cur:
+            cur.execute(f"XA COMMIT {kept}")
+    finally:
+        for conn, xid in ((keep, kept), (drop, f"'drop{maria.uid}'")):
+            with contextlib.suppress(Exception), conn.cursor() as cur:
+                cur.execute(f"XA ROLLBACK {xid}")  # none left prepared on failure
+            conn.close()
+    maria.execute("INSERT INTO {db}.items VALUES (4, 'plain', 4, 4.00)")
+    assert maria.converged(), (maria.indexed(), maria.expected())
+    assert maria.indexed()["1"]["name"] == "kept"
+    keys = {key["id"] for key, value, _ in maria.records() if key is not None}
+    assert 20 not in keys and {1, 2, 3, 4, 10} <= keys
 
 
 def _peak_rss_mb(proc: PipelineProcess) -> float:

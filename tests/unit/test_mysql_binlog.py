@@ -11,7 +11,14 @@ from typing import Any
 import orjson
 import pytest
 from pymysqlreplication.constants import FIELD_TYPE
-from pymysqlreplication.event import MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
+from pymysqlreplication.event import (
+    GtidEvent,
+    MariadbGtidEvent,
+    QueryEvent,
+    RotateEvent,
+    XAPrepareEvent,
+    XidEvent,
+)
 from pymysqlreplication.row_event import TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
 from pipeline.capture.source import EVERY_PARTITION, Checkpoint
@@ -21,6 +28,7 @@ from pipeline.positions import BinlogPosition, binlog_lsn
 from pipeline.sources.mysql import values
 from pipeline.sources.mysql.envelope import EnvelopeWriter, truncated_table
 from pipeline.sources.mysql.reader import BinlogDecoder
+from pipeline.sources.mysql.xa import outcome
 
 FILE = "mysql-bin.000007"
 
@@ -229,3 +237,103 @@ def test_mysql_settings_need_no_postgres_section() -> None:
     assert settings.topic_tables() == {"cdc.shop.items": "shop.items"}
     with pytest.raises(ConfigError, match="mysql.tables is required"):
         load_settings(None, {"CDC_CAPTURE__SOURCE": "mysql", "CDC_POSTGRES__TABLES": "[a.b]"})
+
+
+# -- XA transactions: held from XA PREPARE to their outcome ----------------------------
+def _xa_prepared(start: int, ids: list[int], gtrid: bytes, seq: int) -> list[Any]:
+    """MariaDB's prepared part: GTID flagged FL_PREPARED_XA, rows, XA END, XA_PREPARE."""
+    return [
+        _event(MariadbGtidEvent, start, gtid=f"0-1-{seq}", flags=76),
+        _table_map(start + 50),
+        _writes(start + 100, ids),
+        _event(QueryEvent, start + 200, query=f"XA END X'{gtrid.hex()}',X'',1",
+               schema=b"shop", slave_proxy_id=8),
+        _event(XAPrepareEvent, start + 250, one_phase=False, xid_format_id=1,
+               xid_gtrid=gtrid, xid_bqual=b""),
+    ]
+
+
+def _xa_outcome(start: int, verb: str, gtrid: bytes, seq: int) -> list[Any]:
+    return [_event(MariadbGtidEvent, start, gtid=f"0-1-{seq}", flags=141),
+            _event(QueryEvent, start + 50, query=f"XA {verb} X'{gtrid.hex()}',X'',1",
+                   schema=b"shop", slave_proxy_id=8)]
+
+
+def _plain(start: int, ids: list[int], seq: int) -> list[Any]:
+    return [_event(MariadbGtidEvent, start, gtid=f"0-1-{seq}", flags=12),
+            _table_map(start + 50), _writes(start + 100, ids), _event(XidEvent, start + 200)]
+
+
+def _keys(items: list[Any]) -> list[bytes]:
+    return [i[1] for i in items if isinstance(i, tuple) and i[2] is not None]
+
+
+def test_a_prepared_xa_transaction_is_published_at_its_commit_and_dropped_at_rollback() -> None:
+    decoder = _decoder(BinlogPosition(FILE, 1000, gtids="0-1-9"))
+    start = [_event(RotateEvent, 0, next_binlog=FILE)]
+    held = _feed(decoder, start + _xa_prepared(1000, [1], b"\xff\x00a", 10)
+                 + _xa_prepared(2000, [2], b"b", 11) + _plain(3000, [3], 12))
+    # Only the plain transaction is published; every checkpoint is before the first held.
+    assert _keys(held) == [b'{"id":3}']
+    before = BinlogPosition(FILE, 1000, gtids="0-1-9")
+    assert {i.position for i in held if isinstance(i, Checkpoint)} == {before}
+    rolled_back = _feed(decoder, _xa_outcome(4000, "ROLLBACK", b"\xff\x00a", 13))
+    assert _keys(rolled_back) == []
+    assert {i.position for i in rolled_back if isinstance(i, Checkpoint)} == {
+        BinlogPosition(FILE, 2000, gtids="0-1-10")}  # now the second one holds it back
+    committed = _feed(decoder, _xa_outcome(5000, "COMMIT", b"b", 14))
+    assert _keys(committed) == [b'{"id":2}']
+    assert isinstance(committed[-1], Checkpoint)
+    assert committed[-1].position == BinlogPosition(FILE, 5100, gtids="0-1-14")
+
+
+def test_a_restart_reads_a_held_xa_transaction_again() -> None:
+    """The held position is where a restart begins: the prepared part is read again and
+    its commit publishes it, although the plain transaction after it comes twice."""
+    decoder = _decoder(BinlogPosition(FILE, 1000, gtids="0-1-9"))
+    events = ([_event(RotateEvent, 0, next_binlog=FILE)] + _xa_prepared(1000, [1], b"a", 10)
+              + _plain(2000, [2], 11))
+    saved = [i.position for i in _feed(decoder, events) if isinstance(i, Checkpoint)][-1]
+    again = _decoder(saved)
+    replayed = _feed(again, events + _xa_outcome(3000, "COMMIT", b"a", 12))
+    assert _keys(replayed) == [b'{"id":2}', b'{"id":1}']
+
+
+def test_a_large_prepared_xa_transaction_is_published_as_read(
+        caplog: pytest.LogCaptureFixture) -> None:
+    decoder = BinlogDecoder(BinlogPosition(FILE, 1000), {"shop.items": "cdc.shop.items"},
+                            EnvelopeWriter("mariadb", "srv"), tombstones=True,
+                            track_gtids=True, xa_held_records=2)
+    items = _feed(decoder, [_event(RotateEvent, 0, next_binlog=FILE)]
+                  + _xa_prepared(1000, [1, 2, 3], b"a", 10))
+    assert _keys(items) == [b'{"id":1}', b'{"id":2}', b'{"id":3}']
+    assert "mysql.xa_held_records" in caplog.text
+    assert _keys(_feed(decoder, _xa_outcome(2000, "ROLLBACK", b"a", 11))) == []
+    assert "rolled back after its changes were published" in caplog.text
+
+
+def test_xa_commit_one_phase_and_unknown_outcomes() -> None:
+    """MySQL binlogs XA COMMIT ... ONE PHASE as XA START .. XA END, XA_PREPARE(one phase)."""
+    decoder = BinlogDecoder(BinlogPosition(FILE, 1000), {"shop.items": "cdc.shop.items"},
+                            EnvelopeWriter("mysql", "srv"), tombstones=True, track_gtids=False)
+    one_phase = [
+        _event(RotateEvent, 0, next_binlog=FILE),
+        _event(type("Gtid", (GtidEvent,), {"gtid": "u:5"}), 1000),
+        _event(QueryEvent, 1040, query="XA START X'61',X'',1", schema=b"shop",
+               slave_proxy_id=8),
+        _table_map(1080), _writes(1100, [7]),
+        _event(QueryEvent, 1200, query="XA END X'61',X'',1", schema=b"shop", slave_proxy_id=8),
+        _event(XAPrepareEvent, 1250, one_phase=True, xid_format_id=1, xid_gtrid=b"a",
+               xid_bqual=b""),
+    ]
+    items = _feed(decoder, one_phase)
+    assert _keys(items) == [b'{"id":7}']
+    assert items[-1].position == BinlogPosition(FILE, 1300)
+    # The outcome of a transaction prepared before the start: nothing to publish.
+    outcome_group = [_event(type("Gtid", (GtidEvent,), {"gtid": "u:6"}), 2000),
+                     _event(QueryEvent, 2050, query="XA COMMIT X'7a',X'',1", schema=b"shop",
+                            slave_proxy_id=8)]
+    assert _keys(_feed(decoder, outcome_group)) == []
+    assert outcome("XA COMMIT X'ff00',X'01',7") == (True, (7, b"\xff\x00", b"\x01"))
+    assert outcome("xa rollback X'',X'',0") == (False, (0, b"", b""))
+    assert outcome("XA COMMIT 'a'") is None and outcome("INSERT INTO t VALUES (1)") is None

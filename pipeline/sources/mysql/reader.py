@@ -39,6 +39,7 @@ from pymysqlreplication.event import (
     MariadbGtidEvent,
     QueryEvent,
     RotateEvent,
+    XAPrepareEvent,
     XidEvent,
 )
 from pymysqlreplication.row_event import (
@@ -61,11 +62,12 @@ from pipeline.sources.mysql.envelope import (
     truncated_table,
 )
 from pipeline.sources.mysql.schema_history import SchemaHistory
+from pipeline.sources.mysql.xa import FL_PREPARED_XA, PreparedTransactions, outcome
 
 log = logging.getLogger(__name__)
 
-EVENTS = [RotateEvent, MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, TableMapEvent,
-          WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, HeartbeatLogEvent]
+EVENTS = [RotateEvent, MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, XAPrepareEvent,
+          TableMapEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, HeartbeatLogEvent]
 _ROWS_KIND = {WriteRowsEvent: "write", UpdateRowsEvent: "update", DeleteRowsEvent: "delete"}
 #: MariaDB's GTID flag of a transaction that is one statement (DDL) without BEGIN/COMMIT.
 _FL_STANDALONE = 1
@@ -121,7 +123,7 @@ class BinlogDecoder:
 
     def __init__(self, start: BinlogPosition, tables: dict[str, str], writer: EnvelopeWriter,
                  tombstones: bool, track_gtids: bool, signal_table: str | None = None,
-                 history: SchemaHistory | None = None) -> None:
+                 history: SchemaHistory | None = None, xa_held_records: int = 100_000) -> None:
         self.file = start.file
         self.tables = tables  # db.table -> raw topic
         self.signal_table = signal_table
@@ -137,6 +139,8 @@ class BinlogDecoder:
         #: table id -> (the table map's column list it was made of, image)
         self._images: dict[int, tuple[Any, TableImage]] = {}
         self.counts: dict[tuple[str, str], int] = {}
+        #: XA transactions between their PREPARE and their outcome (:mod:`.xa`).
+        self.xa = PreparedTransactions(xa_held_records)
         self._end_txn()
 
     def _end_txn(self) -> None:
@@ -157,11 +161,23 @@ class BinlogDecoder:
 
     def feed(self, event: Any, now_ms: int) -> list[Any]:
         """The items one event yields (often none)."""
+        items = self._feed(event, now_ms)
+        if items:
+            xa = self.xa
+            if xa.reading:
+                items = xa.take(items)
+            if xa.holding:
+                items = xa.hold(items)
+        return items
+
+    def _feed(self, event: Any, now_ms: int) -> list[Any]:
         if isinstance(event, RotateEvent):
             self.file = event.next_binlog
             return []
         if isinstance(event, MariadbGtidEvent):
             self._begin(_start(event), event.gtid, not event.flags & _FL_STANDALONE)
+            if event.flags & FL_PREPARED_XA:
+                self._begin_xa()
             return []
         if isinstance(event, GtidEvent):
             self._begin(_start(event), event.gtid, False)
@@ -181,6 +197,9 @@ class BinlogDecoder:
             return []
         if isinstance(event, XidEvent):
             return self._commit(event)
+        if isinstance(event, XAPrepareEvent):
+            xid = (event.xid_format_id, event.xid_gtrid, event.xid_bqual)
+            return [*self.xa.prepared(xid, event.one_phase), *self._commit(event)]
         if isinstance(event, QueryEvent):
             return self._query(event, now_ms)
         kind = _ROWS_KIND.get(type(event))
@@ -206,6 +225,12 @@ class BinlogDecoder:
         name_table_map(event, schema)
         return schema.key
 
+    def _begin_xa(self) -> None:
+        """The transaction begun is an XA transaction's prepared part: held until its
+        outcome, from the position before it (its GTID not yet among the gtids)."""
+        assert self.txn_start is not None
+        self.xa.begin(BinlogPosition(self.file, self.txn_start, gtids=self._gtids_text()))
+
     def _commit(self, event: Any) -> list[Item]:
         if self.gtids is not None and self.txn_gtid:
             self.gtids.add(self.txn_gtid)
@@ -221,10 +246,15 @@ class BinlogDecoder:
                 self._begin(_start(event), None, True)
             self.txn_open = True
             self.thread = event.slave_proxy_id
+            if verb.startswith("XA START"):  # MySQL: its end (an XA_PREPARE event) tells
+                self._begin_xa()             # whether it commits now (ONE PHASE) or later
             return []
-        if verb in ("COMMIT", "ROLLBACK") or verb.startswith("XA END"):
+        if verb.startswith("XA END"):  # an XA_PREPARE event ends the transaction
+            return []
+        if verb in ("COMMIT", "ROLLBACK"):
             return self._commit(event)
-        out: list[Item] = []
+        decided = outcome(query)  # a prepared XA transaction's end: its records, or none
+        out: list[Item] = self.xa.decided(*decided) if decided is not None else []
         db = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema)
         if self.history is not None and is_ddl(query):
             self.history.apply(query, db, self._after(event))

@@ -235,7 +235,8 @@ class MysqlBinlogSource:
         self._decoder = BinlogDecoder(start, self._topics, self._writer,
                                       self.kafka.tombstones_on_delete,
                                       track_gtids=s.flavor == "mariadb",
-                                      signal_table=s.signal_table, history=self.history)
+                                      signal_table=s.signal_table, history=self.history,
+                                      xa_held_records=s.xa_held_records)
         self._reader = BinlogReader(s, start, self._decoder)
         self._reader.start()
         log.info("%s: reading the binlog from %s (tables %s)", self.name, start,
