@@ -386,3 +386,37 @@ def test_negative_times_with_a_fraction_are_streamed_as_stored(maria: MariadbSce
                       or not capture.alive(), 60), capture.tail()
     deleted = {v["before"]["id"]: v["before"] for v in maria.changes() if v["op"] == "d"}
     assert deleted == reads
+
+
+def test_zero_dates_are_null_when_nullable_and_the_epoch_when_not(
+        maria: MariadbScenario) -> None:
+    """Debezium's rule for '0000-00-00' (sql_mode without NO_ZERO_DATE): null in a nullable
+    column, the epoch in a NOT NULL one, alike in the snapshot and the stream. The stream
+    gave a zero TIMESTAMP as the epoch and a NOT NULL zero DATE or DATETIME as null."""
+    maria.execute("CREATE TABLE {db}.items (id INT PRIMARY KEY, "
+                  "d DATE NULL, dn DATE NOT NULL, t DATETIME NULL, tn DATETIME NOT NULL, "
+                  "t6n DATETIME(6) NOT NULL, s TIMESTAMP NULL, sn TIMESTAMP NOT NULL, "
+                  "s3 TIMESTAMP(3) NULL, s3n TIMESTAMP(3) NOT NULL)")
+    zeros = ", ".join(["'0000-00-00'"] * 2 + ["'0000-00-00 00:00:00'"] * 7)
+    conn = maria.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION sql_mode = ''")
+            cur.execute(f"INSERT INTO {maria.db}.items VALUES (1, {zeros})")
+            cur.execute(f"INSERT INTO {maria.db}.items VALUES (2, NULL, '1970-01-01', NULL, "
+                        "'1970-01-01', '1970-01-01', NULL, '1970-01-01 00:00:01', NULL, "
+                        "'1970-01-01 00:00:01')")
+    finally:
+        conn.close()
+    capture = _capture(maria)
+    assert wait_until(lambda: sum(v["op"] == "r" for v in maria.changes()) == 2
+                      or not capture.alive(), 90), capture.tail()
+    reads = {v["after"]["id"]: v["after"] for v in maria.changes() if v["op"] == "r"}
+    epoch = "1970-01-01T00:00:00Z"
+    assert reads[1] == {"id": 1, "d": None, "dn": 0, "t": None, "tn": 0, "t6n": 0,
+                        "s": None, "sn": epoch, "s3": None, "s3n": "1970-01-01T00:00:00.000Z"}
+    maria.execute("DELETE FROM {db}.items")
+    assert wait_until(lambda: sum(v["op"] == "d" for v in maria.changes()) == 2
+                      or not capture.alive(), 60), capture.tail()
+    deleted = {v["before"]["id"]: v["before"] for v in maria.changes() if v["op"] == "d"}
+    assert deleted == reads

@@ -133,7 +133,7 @@ COLUMNS = [SimpleNamespace(name="id", type=FIELD_TYPE.LONG),
 
 def _table_map(start: int) -> Any:
     return _event(TableMapEvent, start, table_id=11, schema="shop", table="items",
-                  columns=COLUMNS, optional_metadata=SimpleNamespace(
+                  null_bitmask=b"\x02", columns=COLUMNS, optional_metadata=SimpleNamespace(
                       column_name_list=["id", "name"], simple_primary_key_list=[0],
                       primary_keys_with_prefix={}))
 
@@ -337,3 +337,19 @@ def test_xa_commit_one_phase_and_unknown_outcomes() -> None:
     assert outcome("XA COMMIT X'ff00',X'01',7") == (True, (7, b"\xff\x00", b"\x01"))
     assert outcome("xa rollback X'',X'',0") == (False, (0, b"", b""))
     assert outcome("XA COMMIT 'a'") is None and outcome("INSERT INTO t VALUES (1)") is None
+
+
+def test_zero_dates_follow_the_columns_nullability() -> None:
+    """The table map's null bitmap decides: null when nullable, the epoch when NOT NULL."""
+    from pipeline.sources.mysql.envelope import TableImage
+    columns = [SimpleNamespace(name=n, type=t, fsp=0) for n, t in (
+        ("d", FIELD_TYPE.DATE), ("dn", FIELD_TYPE.DATE), ("s", FIELD_TYPE.TIMESTAMP2),
+        ("sn", FIELD_TYPE.TIMESTAMP2))]
+    image = TableImage.of("shop", "items", columns, (), null_bitmap=bytes([0b0101]))
+    epoch = dt.datetime(1970, 1, 1)
+    zero = "out of date range"
+    row = image.row({"d": None, "dn": None, "s": epoch, "sn": epoch},
+                    {"d": zero, "dn": zero})
+    assert row == {"d": None, "dn": 0, "s": None, "sn": "1970-01-01T00:00:00Z"}
+    # a real NULL, and a column the row image left out, stay null
+    assert image.row({"dn": None}, {"dn": "cols bitmap"}) == {"dn": None}

@@ -20,7 +20,7 @@ from pipeline.sources.mysql.envelope import TableImage
 from pipeline.sources.mysql.values import READ_AS_DOUBLE, read_converter
 
 _COLUMNS_SQL = (
-    "SELECT COLUMN_NAME, DATA_TYPE, DATETIME_PRECISION, NUMERIC_PRECISION "
+    "SELECT COLUMN_NAME, DATA_TYPE, DATETIME_PRECISION, NUMERIC_PRECISION, IS_NULLABLE "
     "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
     "ORDER BY ORDINAL_POSITION")
 _KEY_SQL = (
@@ -140,15 +140,16 @@ class TableReader:
             raise SourceSetupError(f"table {table} has no primary key: it cannot be read in "
                                    "key order. Add one or remove it from mysql.tables")
         self.names = [str(c[0]) for c in columns]
-        converters = {str(n): read_converter(str(t).lower(), int(fsp or 0), int(width or 0))
-                      for n, t, fsp, width in columns}
+        converters = {str(n): read_converter(str(t).lower(), int(fsp or 0), int(width or 0),
+                                             str(nullable) == "YES")
+                      for n, t, fsp, width, nullable in columns}
         self.image = TableImage(db, name, converters, key_names)
         selected = [f"CAST({quote(n)} AS DOUBLE)" if str(t).lower() in READ_AS_DOUBLE
-                    else quote(n) for n, t, _, _ in columns]
+                    else quote(n) for n, t, *_ in columns]
         # An ENUM, SET or BIT key sorts by its number (ENUM's index, SET's and BIT's bits),
         # but compares with a string as a string (or, for BIT, not at all): its bound is
         # that number, read as one more column after the row's.
-        types = {str(n): str(t).lower() for n, t, _, _ in columns}
+        types = {str(n): str(t).lower() for n, t, *_ in columns}
         self._key_index = []
         for k in key_names:
             if types[k] in NUMBERED_KEYS:

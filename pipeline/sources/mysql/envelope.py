@@ -10,13 +10,13 @@ and ``sequence``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from pipeline.positions import binlog_lsn
-from pipeline.sources.mysql.values import Converter, convert_row, converter
+from pipeline.sources.mysql.values import Converter, convert_row, converter, zero_date
 
 Row = dict[str, Any]
 
@@ -59,18 +59,29 @@ class TableImage:
     table: str
     converters: dict[str, Converter | None]
     key_names: tuple[str, ...]
+    #: The zero date's value of each NOT NULL DATE/DATETIME column (the library reads it
+    #: as None).
+    zeros: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, db: str, table: str, columns: list[Any], key_names: tuple[str, ...]
-           ) -> TableImage:
-        return cls(db, table, {c.name: converter(c) for c in columns}, key_names)
+    def of(cls, db: str, table: str, columns: list[Any], key_names: tuple[str, ...],
+           null_bitmap: bytes | None = None) -> TableImage:
+        """``null_bitmap``: the table map's, bit ``i`` set when column ``i`` is nullable
+        (None: take every column as nullable)."""
+        nullable = [null_bitmap is None or bool(null_bitmap[i >> 3] >> (i & 7) & 1)
+                    for i in range(len(columns))]
+        zeros = {c.name: zero_date(c) for c, n in zip(columns, nullable, strict=True)
+                 if not n and zero_date(c) is not None}
+        return cls(db, table, {c.name: converter(c, n)
+                               for c, n in zip(columns, nullable, strict=True)},
+                   key_names, zeros)
 
     @property
     def table_id(self) -> str:
         return f"{self.db}.{self.table}"
 
     def row(self, values: Row, none_sources: dict[str, str]) -> Row:
-        return convert_row(values, self.converters, none_sources)
+        return convert_row(values, self.converters, none_sources, self.zeros)
 
     def key(self, row: Row) -> bytes:
         return orjson.dumps({name: row.get(name) for name in self.key_names})

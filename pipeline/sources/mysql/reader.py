@@ -136,6 +136,8 @@ class BinlogDecoder:
             start.event or start.row) else None
         self._skip: tuple[int, int] | None = None
         self._keys: dict[int, tuple[str, ...]] = {}
+        #: table id -> its table map's null bitmap (bit i: column i is nullable)
+        self._null_bitmaps: dict[int, bytes] = {}
         #: table id -> (the table map's column list it was made of, image)
         self._images: dict[int, tuple[Any, TableImage]] = {}
         self.counts: dict[tuple[str, str], int] = {}
@@ -183,6 +185,7 @@ class BinlogDecoder:
             self._begin(_start(event), event.gtid, False)
             return []
         if isinstance(event, TableMapEvent):
+            self._null_bitmaps[event.table_id] = event.null_bitmask
             meta = event.optional_metadata
             table_id = f"{event.schema}.{event.table}"
             if not meta.column_name_list and (table_id in self.tables
@@ -288,7 +291,8 @@ class BinlogDecoder:
         if cached is not None and cached[0] is event.columns:
             return cached[1]
         keys = self._keys.get(event.table_id, ())
-        image = TableImage.of(event.schema, event.table, event.columns, keys)
+        image = TableImage.of(event.schema, event.table, event.columns, keys,
+                              self._null_bitmaps.get(event.table_id))
         self._images[event.table_id] = (event.columns, image)
         return image
 

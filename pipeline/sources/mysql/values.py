@@ -28,7 +28,8 @@ JSON                   the JSON text (MariaDB keeps JSON as text; MySQL's binary
 GEOMETRY               ``{"wkb": base64, "srid": n}``
 =====================  ======================================================================
 
-A zero or invalid date (``0000-00-00``) becomes null, as Debezium does for nullable columns.
+A zero or invalid date (``0000-00-00``, or a zero TIMESTAMP) becomes null in a nullable
+column and the epoch (0, or ``1970-01-01T00:00:00Z``) in a NOT NULL one, as Debezium has it.
 """
 
 from __future__ import annotations
@@ -169,10 +170,36 @@ def fixed_binary(length: int) -> Converter:
     return convert
 
 
-def converter(column: Any) -> Converter | None:
+#: Why the library reads a DATE or DATETIME as None when the binlog holds a zero or invalid
+#: date (its ``none_sources``; a real NULL is ``"null"``).
+ZERO_DATE = frozenset({"out of date range", "out of datetime range", "out of datetime2 range"})
+_TIMESTAMPS = (FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2)
+
+
+def _zero_timestamp_null(convert: Converter) -> Converter:
+    """A nullable TIMESTAMP's zero (stored as 0 s, which no other TIMESTAMP is: they start
+    at 1970-01-01 00:00:01 UTC, and the library reads it as the epoch) is null."""
+    return lambda value: None if value == _EPOCH else convert(value)
+
+
+def zero_date(column: Any) -> Any:
+    """What a NOT NULL DATE or DATETIME column's zero date is (the epoch, converted);
+    None for other columns."""
+    if column.type in (FIELD_TYPE.DATE, FIELD_TYPE.NEWDATE):
+        return 0
+    if column.type in (FIELD_TYPE.DATETIME, FIELD_TYPE.DATETIME2):
+        return 0  # milliseconds or microseconds since the epoch
+    return None
+
+
+def converter(column: Any, nullable: bool = True) -> Converter | None:
     """How to convert one column's values (None: the parsed value is already JSON-ready).
-    ``column`` is a ``pymysqlreplication.column.Column`` of the event's table map."""
+    ``column`` is a ``pymysqlreplication.column.Column`` of the event's table map;
+    ``nullable`` as the table map's null bitmap says."""
     kind = column.type
+    if kind in _TIMESTAMPS:
+        convert = timestamp_text(getattr(column, "fsp", 0))
+        return _zero_timestamp_null(convert) if nullable else convert
     if kind == FIELD_TYPE.NEWDECIMAL:
         return decimal_text
     if kind == FIELD_TYPE.FLOAT:
@@ -187,8 +214,6 @@ def converter(column: Any) -> Converter | None:
         return datetime_ms
     if kind == FIELD_TYPE.DATETIME2:
         return datetime_us if getattr(column, "fsp", 0) > 3 else datetime_ms
-    if kind in (FIELD_TYPE.TIMESTAMP, FIELD_TYPE.TIMESTAMP2):
-        return timestamp_text(getattr(column, "fsp", 0))
     if kind == FIELD_TYPE.SET:
         return set_text(tuple(column.set_values or ()))
     if kind == FIELD_TYPE.BIT:
@@ -209,14 +234,16 @@ def converter(column: Any) -> Converter | None:
 
 
 def convert_row(values: dict[str, Any], converters: dict[str, Converter | None],
-                none_sources: dict[str, str]) -> dict[str, Any]:
+                none_sources: dict[str, str], zeros: dict[str, Any]) -> dict[str, Any]:
     """One row image: every column converted; an empty SET (which the library reads as
-    None) is "" and a real NULL stays null."""
+    None) is "", a zero date of a NOT NULL column its ``zeros`` value, a real NULL null."""
     out: dict[str, Any] = {}
     for name, value in values.items():
         convert = converters.get(name)
         if value is None:
-            out[name] = "" if none_sources.get(name) == "empty set" else None
+            source = none_sources.get(name)
+            out[name] = ("" if source == "empty set" else zeros.get(name)
+                         if source in ZERO_DATE else None)
         elif convert is None:
             out[name] = value
         else:
@@ -240,9 +267,11 @@ _TEXT_OR_BINARY = frozenset({"char", "varchar", "tinytext", "text", "mediumtext"
                              "longblob"})
 
 
-def _temporal(convert: Converter) -> Converter:
-    """A zero or invalid date (which pymysql leaves as its text) is null, as in the binlog."""
-    return lambda value: None if isinstance(value, str) else convert(value)
+def _temporal(convert: Converter, nullable: bool, epoch: dt.date) -> Converter:
+    """A zero or invalid date (which pymysql leaves as its text): null in a nullable
+    column, the epoch in a NOT NULL one, as the binlog's are."""
+    zero = None if nullable else convert(epoch)
+    return lambda value: zero if isinstance(value, str) else convert(value)
 
 
 def _read_bits(width: int) -> Converter:
@@ -253,7 +282,8 @@ def _read_bits(width: int) -> Converter:
     return lambda value: b64(int.from_bytes(value, "big").to_bytes(size, "little"))
 
 
-def read_converter(data_type: str, fsp: int, width: int) -> Converter | None:
+def read_converter(data_type: str, fsp: int, width: int,
+                   nullable: bool = True) -> Converter | None:
     """How to convert a snapshot's value of a column of ``data_type`` (lower case, as in
     ``information_schema``; ``fsp`` its fraction digits, ``width`` a BIT's bits). None: the
     value pymysql returns is already what the binlog gives (integers, DOUBLE, YEAR, ENUM,
@@ -263,13 +293,13 @@ def read_converter(data_type: str, fsp: int, width: int) -> Converter | None:
     if data_type == "float":
         return float32
     if data_type == "date":
-        return _temporal(date_days)
+        return _temporal(date_days, nullable, _EPOCH_DATE)
     if data_type == "time":
         return time_us
     if data_type == "datetime":
-        return _temporal(datetime_us if fsp > 3 else datetime_ms)
+        return _temporal(datetime_us if fsp > 3 else datetime_ms, nullable, _EPOCH)
     if data_type == "timestamp":  # read with the session's time_zone at +00:00
-        return _temporal(timestamp_text(fsp))
+        return _temporal(timestamp_text(fsp), nullable, _EPOCH)
     if data_type == "bit":
         return _read_bits(width)
     if data_type == "json":  # MySQL's JSON type (MariaDB's JSON is longtext)
