@@ -39,3 +39,26 @@ def test_text_is_decoded_as_the_server_converts_it(library_name: str, raw: bytes
 def test_binary_and_unknown_character_sets_stay_bytes() -> None:
     assert _decoded("binary", b"\xff\x00") == b"\xff\x00"
     assert _decoded("swe7", b"abc") == b"abc"  # no Python codec: published as base64
+
+
+def test_enum_and_set_labels_are_decoded_with_their_columns_character_set(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library decoded labels as UTF-8 and made a latin1 'é' an empty label."""
+    from types import SimpleNamespace
+
+    from pymysqlreplication.row_event import TableMapEvent
+    charsets.install()
+    assert TableMapEvent._sync_column_info is charsets._sync_decoding_labels
+    event = TableMapEvent.__new__(TableMapEvent)
+    event.columns = [
+        SimpleNamespace(enum_values=["", b"\xe9", b"x"], character_set_name="cp1252"),
+        SimpleNamespace(set_values=[b"\xcf\xf0"], character_set_name="cp1251"),
+        SimpleNamespace(enum_values=["", "already text"], character_set_name="utf8"),
+        SimpleNamespace(enum_values=["", b"\xff"], character_set_name="binary")]
+    # the library's own part fills the columns from a real event's metadata
+    monkeypatch.setattr(charsets, "_LIBRARY_SYNC", lambda self: None)
+    charsets._sync_decoding_labels(event)
+    assert event.columns[0].enum_values == ["", "é", "x"]
+    assert event.columns[1].set_values == ["Пр"]
+    assert event.columns[2].enum_values == ["", "already text"]
+    assert event.columns[3].enum_values == ["", "\ufffd"]
