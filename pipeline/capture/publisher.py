@@ -76,8 +76,8 @@ class EventPublisher:
         """Queue one record (``partition`` -1: the key chooses); waits, serving callbacks
         and ``while_waiting``, while the producer queue is full."""
         try:
-            if headers is None:
-                self._produce(topic, value, key, partition, on_delivery=on_delivery)
+            if headers is None:  # positional: as keywords, produce() costs ~0.7 µs more
+                self._produce(topic, value, key, partition, on_delivery)
             else:
                 self._produce(topic, value, key, partition, on_delivery=on_delivery,
                               headers=headers)
@@ -94,8 +94,11 @@ class EventPublisher:
             self._producer.poll(0.05)
             self.while_waiting()
             try:
-                self._produce(topic, value, key, partition, on_delivery=on_delivery,
-                              headers=headers)
+                if headers is None:
+                    self._produce(topic, value, key, partition, on_delivery)
+                else:
+                    self._produce(topic, value, key, partition, on_delivery=on_delivery,
+                                  headers=headers)
                 return
             except BufferError:
                 continue
