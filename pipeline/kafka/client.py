@@ -120,12 +120,17 @@ def client_config(kafka: KafkaSettings, extra: Mapping[str, Any] | None = None
 
 
 def produce_waiting(producer: Any, topic: str, value: bytes | None, key: bytes | None,
-                    poll_s: float = 0.1, **kwargs: Any) -> None:
+                    poll_s: float = 0.1, partition: int = -1, on_delivery: Any = None,
+                    headers: Any = None) -> None:
     """``producer.produce`` that waits, serving delivery reports, while the local queue is
-    full (``BufferError``) instead of raising: a full queue is back-pressure, not a fault."""
+    full (``BufferError``) instead of raising: a full queue is back-pressure, not a fault.
+    ``partition`` -1: the key chooses."""
     while True:
         try:
-            producer.produce(topic, value, key, **kwargs)
+            if headers is None:  # positional: as keywords, produce() costs ~0.7 µs more
+                producer.produce(topic, value, key, partition, on_delivery)
+            else:
+                producer.produce(topic, value, key, partition, on_delivery, headers=headers)
             return
         except BufferError:
             producer.poll(poll_s)
