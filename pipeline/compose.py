@@ -20,6 +20,7 @@ from pipeline.config import Settings
 from pipeline.deadletter import DeadLetterTopic, RawRecord
 from pipeline.dedup import Deduplicator, DedupSettings
 from pipeline.errors import ConfigError
+from pipeline.kafka.client import STOPPING
 from pipeline.metrics import Metrics, MetricsExporter
 from pipeline.ordering import LatePolicy, OrderingSettings, PartitionReorderer
 from pipeline.processing import BatchProcessor
@@ -137,6 +138,7 @@ def stop_on_signals() -> threading.Event:
     def handler(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
         stop.set()
+        STOPPING.set()  # requests waiting for Kafka give up at once
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

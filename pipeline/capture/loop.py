@@ -91,6 +91,9 @@ class CaptureLoop:
                         finish()
                     return
             except RetriableError as exc:
+                if stop.is_set():  # asked to stop while waiting: no retry follows
+                    log.info("%s stopped while interrupted: %s", self.source.name, exc)
+                    return
                 self.metrics.inc("cdc_capture_errors_total", kind="retriable")
                 self._give_up_after_timeout(exc)
                 delay = self.backoff.next_delay()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -325,3 +326,28 @@ def test_a_record_over_the_size_limit_is_refused_with_the_settings_to_raise() ->
     assert "max.message.bytes" in str(error)
     other = refused("t", b"x", KafkaException(KafkaError(KafkaError._INVALID_ARG)))
     assert "Kafka refused a record for 't'" in str(other)
+
+
+class StoppedWhileAway(FakeSource):
+    """The database goes away and the process is asked to stop meanwhile (SIGTERM)."""
+
+    def read(self, max_items: int) -> list[Item]:
+        self.stop.set()
+        raise RetriableError("database away")
+
+
+def test_a_stop_during_an_outage_ends_capture_without_another_session(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """It says it stopped, not that it resumes in a moment (it used to, then exited)."""
+    caplog.set_level("INFO")
+    stop = threading.Event()
+    publisher = FakePublisher(random.Random(3))
+    source = StoppedWhileAway([[], []], publisher, stop)
+    loop = CaptureLoop(source, publisher, KafkaSettings(), Metrics("test"),  # type: ignore[arg-type]
+                       Backoff(30, 30), create_topics=False)
+    started = time.monotonic()
+    loop.run(stop)
+    assert source.session == 0 and source.closed == 1
+    assert time.monotonic() - started < 5  # no 30 s backoff before noticing the stop
+    assert "stopped while interrupted: database away" in caplog.text
+    assert "resuming" not in caplog.text
