@@ -28,12 +28,14 @@ class _FullQueue:
         self.produced: list[bytes] = []
         self.callbacks: list[Any] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, **kwargs: Any) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes | None, partition: int = -1,
+                on_delivery: Any = None, **kwargs: Any) -> None:
+        """confluent-kafka's argument order (``headers`` by keyword)."""
         if self.full:
             self.full -= 1
             raise BufferError("Local: Queue full")
         self.produced.append(value)
-        self.callbacks.append(kwargs["on_delivery"])
+        self.callbacks.append(on_delivery)
 
     def poll(self, timeout: float) -> int:
         self.polls += 1
