@@ -410,17 +410,25 @@ def test_zero_dates_are_null_when_nullable_and_the_epoch_when_not(
             cur.execute(f"INSERT INTO {maria.db}.items VALUES (2, NULL, '1970-01-01', NULL, "
                         "'1970-01-01', '1970-01-01', NULL, '1970-01-01 00:00:01', NULL, "
                         "'1970-01-01 00:00:01')")
+            # days a month lacks: the binlog's library raised at them, capture stopped
+            cur.execute("SET SESSION sql_mode = 'ALLOW_INVALID_DATES'")
+            cur.execute(f"INSERT INTO {maria.db}.items VALUES (3, '2024-02-30', "
+                        "'2023-04-31', '2024-02-30 10:00:00', '2023-04-31 10:00:00', "
+                        "'2023-04-31 10:00:00.5', NULL, '1970-01-01 00:00:01', NULL, "
+                        "'1970-01-01 00:00:01')")
     finally:
         conn.close()
     capture = _capture(maria)
-    assert wait_until(lambda: sum(v["op"] == "r" for v in maria.changes()) == 2
+    assert wait_until(lambda: sum(v["op"] == "r" for v in maria.changes()) == 3
                       or not capture.alive(), 90), capture.tail()
     reads = {v["after"]["id"]: v["after"] for v in maria.changes() if v["op"] == "r"}
     epoch = "1970-01-01T00:00:00Z"
     assert reads[1] == {"id": 1, "d": None, "dn": 0, "t": None, "tn": 0, "t6n": 0,
                         "s": None, "sn": epoch, "s3": None, "s3n": "1970-01-01T00:00:00.000Z"}
+    assert {k: v for k, v in reads[3].items() if k in ("d", "dn", "t", "tn", "t6n")} == {
+        "d": None, "dn": 0, "t": None, "tn": 0, "t6n": 0}
     maria.execute("DELETE FROM {db}.items")
-    assert wait_until(lambda: sum(v["op"] == "d" for v in maria.changes()) == 2
+    assert wait_until(lambda: sum(v["op"] == "d" for v in maria.changes()) == 3
                       or not capture.alive(), 60), capture.tail()
     deleted = {v["before"]["id"]: v["before"] for v in maria.changes() if v["op"] == "d"}
     assert deleted == reads

@@ -353,3 +353,70 @@ def test_zero_dates_follow_the_columns_nullability() -> None:
     assert row == {"d": None, "dn": 0, "s": None, "sn": "1970-01-01T00:00:00Z"}
     # a real NULL, and a column the row image left out, stay null
     assert image.row({"dn": None}, {"dn": "cols bitmap"}) == {"dn": None}
+
+
+def test_a_prepared_xa_transaction_of_uncaptured_tables_holds_nothing_back() -> None:
+    """Another application's XA, left prepared: capture's position must keep moving."""
+    decoder = _decoder(BinlogPosition(FILE, 1000, gtids="0-1-9"))
+    other = _xa_prepared(1000, [99], b"app", 10)
+    other[2] = _writes(1100, [99], table="not_captured")
+    items = _feed(decoder, [_event(RotateEvent, 0, next_binlog=FILE)] + other
+                  + _plain(2000, [1], 11))
+    assert _keys(items) == [b'{"id":1}']
+    assert items[-1].position == BinlogPosition(FILE, 2250, gtids="0-1-11")
+
+
+def test_released_xa_records_are_ordered_at_their_commit() -> None:
+    """Published at the XA COMMIT, after changes with higher LSNs: each keeps its own lsn
+    (the index version) but carries the COMMIT as sequence[0], so a worker's reorder
+    buffer takes it in order (it was late, and dead-lettered under late_policy
+    dead_letter)."""
+    from pipeline.events import decode
+    from pipeline.ordering import LatePolicy, OrderingSettings, ReorderBuffer
+    decoder = _decoder(BinlogPosition(FILE, 1000, gtids="0-1-9"))
+    items = _feed(decoder, [_event(RotateEvent, 0, next_binlog=FILE)]
+                  + _xa_prepared(1000, [1], b"a", 10) + _plain(2000, [2], 11)
+                  + _xa_outcome(3000, "COMMIT", b"a", 12))
+    records = [i for i in items if isinstance(i, tuple) and i[2] is not None]
+    assert _keys(records) == [b'{"id":2}', b'{"id":1}']
+    sources = [orjson.loads(value)["source"] for _, _, value, _ in records]
+    assert [orjson.loads(s["sequence"])[0] for s in sources] == [
+        str(binlog_lsn(FILE, 2000)), str(binlog_lsn(FILE, 3000))]
+    assert sources[1]["lsn"] == binlog_lsn(FILE, 1100)  # its own change's place
+    buffer: ReorderBuffer = ReorderBuffer(OrderingSettings(
+        allowed_lateness_ms=0, late_policy=LatePolicy.DEAD_LETTER))
+    for _, key, value, _ in records:
+        buffer.add(decode(key, value), key, 0)
+        assert not buffer.release().dead
+
+
+def test_a_restart_inside_a_published_xa_transaction_publishes_the_rest(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Over the limit its first part was published and confirmed; a restart there must not
+    hold (and then silently drop at a rollback) the rest."""
+    decoder = BinlogDecoder(BinlogPosition(FILE, 1000, 1, 0, "0-1-9"),
+                            {"shop.items": "cdc.shop.items"}, EnvelopeWriter("mariadb", "srv"),
+                            tombstones=True, track_gtids=True, xa_held_records=100)
+    prepared = _xa_prepared(1000, [1], b"a", 10)
+    prepared[3:3] = [_table_map(1150), _writes(1160, [2])]  # a second rows event
+    items = _feed(decoder, [_event(RotateEvent, 0, next_binlog=FILE)] + prepared
+                  + _xa_outcome(2000, "ROLLBACK", b"a", 11))
+    assert _keys(items) == [b'{"id":2}']
+    assert "rolled back after its changes were published" in caplog.text
+
+
+def test_an_invalid_date_is_read_as_a_zero_date_not_raised() -> None:
+    """ALLOW_INVALID_DATES lets a DATE hold '2024-02-30'; the library raised ValueError at
+    it, and capture stopped at that rows event on every restart."""
+    from pymysqlreplication.row_event import RowsEvent
+
+    from pipeline.sources.mysql import invalid_dates
+    invalid_dates.install()
+
+    def read(year: int, month: int, day: int) -> Any:
+        event = RowsEvent.__new__(RowsEvent)
+        event.packet = SimpleNamespace(read_uint24=lambda: year << 9 | month << 5 | day)
+        return event._RowsEvent__read_date()
+
+    assert read(2024, 2, 30) is None and read(2023, 13, 1) is None
+    assert read(2024, 2, 29) == dt.date(2024, 2, 29) and read(0, 0, 0) is None

@@ -97,6 +97,10 @@ class EventContext:
     server_id: int
     gtid: str | None
     thread: int | None
+    #: Where its transaction commits in the binlog (``binlog_lsn`` of the transaction's
+    #: first event, or of an XA COMMIT's), ``source.sequence[0]``: the workers order by
+    #: it first; None for reads.
+    commit: int | None = None
 
 
 class EnvelopeWriter:
@@ -117,7 +121,8 @@ class EnvelopeWriter:
             "ts_us": ctx.ts_s * 1_000_000,
             "snapshot": snapshot,
             "db": db,
-            "sequence": orjson.dumps([None, str(lsn)]).decode(),
+            "sequence": orjson.dumps([None if ctx.commit is None else str(ctx.commit),
+                                      str(lsn)]).decode(),
             "schema": db,
             "table": table,
             "server_id": ctx.server_id,

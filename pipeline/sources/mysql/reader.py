@@ -22,6 +22,7 @@ never waits more than a few tens of milliseconds and a slow Kafka holds the binl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -52,8 +53,8 @@ from pymysqlreplication.row_event import (
 from pipeline.capture.source import ANY_PARTITION, EVERY_PARTITION, Checkpoint, Item
 from pipeline.config import MysqlSettings
 from pipeline.errors import RetriableError, SourceSetupError
-from pipeline.positions import BinlogPosition
-from pipeline.sources.mysql import charsets, server
+from pipeline.positions import BinlogPosition, binlog_lsn
+from pipeline.sources.mysql import charsets, invalid_dates, server
 from pipeline.sources.mysql.ddl import TableSchema, is_ddl
 from pipeline.sources.mysql.envelope import (
     EnvelopeWriter,
@@ -103,6 +104,20 @@ class SignalRow:
 StreamItem = Item | SignalRow
 
 
+@dataclass(slots=True)
+class _Rows:
+    """The rows of one rows event of a captured table, decoded but not yet records (held
+    that way while their XA transaction is prepared)."""
+
+    kind: str  # write, update or delete
+    image: TableImage
+    rows: list[Any]
+    first: int  # the index of rows[0] in its event (a restart may skip some)
+    ctx: EventContext
+    topic: str
+    table_id: str
+
+
 class MariadbGtids:
     """MariaDB's GTID position: the last GTID per replication domain."""
 
@@ -147,6 +162,7 @@ class BinlogDecoder:
 
     def _end_txn(self) -> None:
         self.txn_start: int | None = None
+        self.txn_commit: int | None = None  # binlog_lsn of txn_start: source.sequence[0]
         self.txn_gtid: str | None = None
         self.txn_open = False
         self.thread: int | None = None
@@ -155,6 +171,7 @@ class BinlogDecoder:
 
     def _begin(self, start: int, gtid: str | None, open_now: bool) -> None:
         self.txn_start, self.txn_gtid, self.txn_open = start, gtid, open_now
+        self.txn_commit = binlog_lsn(self.file, start)
         self.events_done, self.thread = 0, None
         self._skip, self._skip_next = self._skip_next, None
 
@@ -164,12 +181,8 @@ class BinlogDecoder:
     def feed(self, event: Any, now_ms: int) -> list[Any]:
         """The items one event yields (often none)."""
         items = self._feed(event, now_ms)
-        if items:
-            xa = self.xa
-            if xa.reading:
-                items = xa.take(items)
-            if xa.holding:
-                items = xa.hold(items)
+        if items and self.xa.holding:
+            items = self.xa.hold(items)
         return items
 
     def _feed(self, event: Any, now_ms: int) -> list[Any]:
@@ -202,7 +215,8 @@ class BinlogDecoder:
             return self._commit(event)
         if isinstance(event, XAPrepareEvent):
             xid = (event.xid_format_id, event.xid_gtrid, event.xid_bqual)
-            return [*self.xa.prepared(xid, event.one_phase), *self._commit(event)]
+            released = self.xa.prepared(xid, event.one_phase)
+            return [*self._records(released, None, now_ms), *self._commit(event)]
         if isinstance(event, QueryEvent):
             return self._query(event, now_ms)
         kind = _ROWS_KIND.get(type(event))
@@ -232,7 +246,8 @@ class BinlogDecoder:
         """The transaction begun is an XA transaction's prepared part: held until its
         outcome, from the position before it (its GTID not yet among the gtids)."""
         assert self.txn_start is not None
-        self.xa.begin(BinlogPosition(self.file, self.txn_start, gtids=self._gtids_text()))
+        self.xa.begin(BinlogPosition(self.file, self.txn_start, gtids=self._gtids_text()),
+                      resumed_inside=self._skip is not None)
 
     def _commit(self, event: Any) -> list[Item]:
         if self.gtids is not None and self.txn_gtid:
@@ -257,7 +272,11 @@ class BinlogDecoder:
         if verb in ("COMMIT", "ROLLBACK"):
             return self._commit(event)
         decided = outcome(query)  # a prepared XA transaction's end: its records, or none
-        out: list[Item] = self.xa.decided(*decided) if decided is not None else []
+        out: list[Item] = []
+        if decided is not None:
+            commit = binlog_lsn(self.file, _start(event) if self.txn_start is None
+                                else self.txn_start)
+            out = self._records(self.xa.decided(*decided), commit, now_ms)
         db = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema)
         if self.history is not None and is_ddl(query):
             self.history.apply(query, db, self._after(event))
@@ -267,7 +286,8 @@ class BinlogDecoder:
             if self.txn_start is None:
                 self._begin(start, None, False)
             ctx = EventContext(self.file, _start(event), int(event.timestamp),
-                               event.packet.server_id, self.txn_gtid, event.slave_proxy_id)
+                               event.packet.server_id, self.txn_gtid, event.slave_proxy_id,
+                               self.txn_commit)
             t_db, t_table = table.split(".", 1)
             value = self.writer.truncate(t_db, t_table, ctx, now_ms)
             out.append((self.tables[table], None, value, EVERY_PARTITION))
@@ -309,34 +329,58 @@ class BinlogDecoder:
         if self._skip is not None:
             skip_event, skip_row = self._skip
             if index < skip_event:
-                return [checkpoint]
+                return self._out([], 0, checkpoint, now_ms)
             if index == skip_event:
                 skip_rows = skip_row
         table_id = f"{event.schema}.{event.table}"
         topic = self.tables.get(table_id)
+        rows = event.rows[skip_rows:] if skip_rows else event.rows
         if topic is None:
             if table_id == self.signal_table and kind == "write":
-                return [*(SignalRow(raw["values"], self.file, _start(event),
-                                    int(event.timestamp), checkpoint.position)
-                          for raw in event.rows[skip_rows:]), checkpoint]
-            return [checkpoint]
+                signals = [SignalRow(raw["values"], self.file, _start(event),
+                                     int(event.timestamp), checkpoint.position) for raw in rows]
+                return self._out(signals, len(signals), checkpoint, now_ms)
+            return self._out([], 0, checkpoint, now_ms)
         image = self._image(event)
         if not image.key_names:
             raise SourceSetupError(
                 f"a change of {table_id} at {self.file}:{_start(event)} names no primary key: "
                 f"add one to the table or remove it from mysql.tables")
         ctx = EventContext(self.file, _start(event), int(event.timestamp),
-                           event.packet.server_id, self.txn_gtid, self.thread)
-        out: list[Item] = []
-        for row, raw in enumerate(event.rows):
-            if row < skip_rows:
-                continue
-            for op, key, value in self.writer.changes(kind, image, raw, ctx, row, now_ms):
-                out.append((topic, key, value, ANY_PARTITION))
-                if op == "d" and self.tombstones:
-                    out.append((topic, key, None, ANY_PARTITION))
-                self._count(table_id, op)
+                           event.packet.server_id, self.txn_gtid, self.thread, self.txn_commit)
+        decoded = _Rows(kind, image, rows, skip_rows, ctx, topic, table_id)
+        return self._out([decoded], len(rows), checkpoint, now_ms)
+
+    def _out(self, entries: list[Any], size: int, checkpoint: Checkpoint,
+             now_ms: int) -> list[Any]:
+        """The items of one rows event: its records (or signal rows), then ``checkpoint``;
+        nothing while they belong to a prepared XA transaction that is held."""
+        xa = self.xa
+        if xa.reading:
+            entries = xa.take(entries, size)
+            if not xa.publishing:
+                return []  # held (and no position inside a held group)
+        out = self._records(entries, None, now_ms)
         out.append(checkpoint)
+        return out
+
+    def _records(self, entries: list[Any], commit: int | None, now_ms: int) -> list[Any]:
+        """Records of decoded rows (signal rows pass as they are); ``commit``: the XA COMMIT
+        that publishes them, in place of their own transaction's."""
+        out: list[Any] = []
+        writer, tombstones = self.writer, self.tombstones
+        for entry in entries:
+            if type(entry) is not _Rows:
+                out.append(entry)
+                continue
+            ctx = entry.ctx if commit is None else dataclasses.replace(entry.ctx, commit=commit)
+            topic, kind, image = entry.topic, entry.kind, entry.image
+            for row, raw in enumerate(entry.rows, entry.first):
+                for op, key, value in writer.changes(kind, image, raw, ctx, row, now_ms):
+                    out.append((topic, key, value, ANY_PARTITION))
+                    if op == "d" and tombstones:
+                        out.append((topic, key, None, ANY_PARTITION))
+                    self._count(entry.table_id, op)
         return out
 
     def _count(self, table: str, op: str) -> None:
@@ -429,6 +473,7 @@ class BinlogReader:
                      "resume_stream": True}
         settings = dict(server.connection_settings(s), read_timeout=READ_TIMEOUT_S)
         charsets.install()  # text decoded as the server's character sets are
+        invalid_dates.install()  # '2024-02-30' read as a zero date, not raised
         return BinLogStreamReader(
             connection_settings=settings, server_id=s.server_id, blocking=True,
             only_events=EVENTS, slave_heartbeat=HEARTBEAT_S, enable_logging=False,

@@ -7,16 +7,20 @@ XA_PREPARE), and its outcome later, in a group of its own: ``XA COMMIT X'..',X'.
 ``XA ROLLBACK X'..',X'..',n``. Publishing at PREPARE, as Debezium does, publishes changes
 that a rollback then undoes; a sink would keep rows that never existed.
 
-Capture holds a prepared transaction's records until its ``XA COMMIT`` (published then) or
-``XA ROLLBACK`` (dropped). While one is held, every checkpoint is the position just before
-the earliest held group: a restart reads that group again, and publishes again what came
-after it (at-least-once), so a crash never loses a held transaction. The XA locks keep
-other writers off its rows until the outcome, so publishing at the outcome keeps each row's
-order.
+Capture holds a prepared transaction's changes (as decoded rows, not yet records) until its
+``XA COMMIT``, when they are published as committed there (``source.sequence[0]``, the
+commit the workers order by, is the COMMIT's; each change keeps its own ``lsn``, the search
+index's version), or its ``XA ROLLBACK``, when they are dropped. While one is held, every
+checkpoint is the position just before the earliest held group: a restart reads that group
+again, and publishes again what came after it (at-least-once), so a crash never loses a
+held transaction. The XA locks keep other writers off its rows until the outcome, so
+publishing at the outcome keeps each row's order. A prepared transaction that changed no
+captured table holds nothing back.
 
-A prepared transaction of more than ``mysql.xa_held_records`` records is published as it is
+A prepared transaction of more than ``mysql.xa_held_records`` rows is published as it is
 read, as Debezium does, with a warning: memory stays bounded, and only its rollback, should
-it come, would be wrong.
+it come, would be wrong (it is logged). So is one a restart resumes in the middle of (its
+first part was published before the restart).
 """
 
 from __future__ import annotations
@@ -67,8 +71,9 @@ class _Group:
     """A prepared part being read, or read and held."""
 
     start: BinlogPosition  # where a restart must begin to read it again
-    items: list[Any] = field(default_factory=list)  # its records (and signal rows)
-    published: bool = False  # over the limit: published as read
+    entries: list[Any] = field(default_factory=list)  # its decoded rows (and signal rows)
+    size: int = 0  # rows held
+    published: bool = False  # over the limit (or resumed inside): published as read
     prepared_at: float = 0.0
 
 
@@ -88,65 +93,73 @@ class PreparedTransactions:
         return self._reading is not None
 
     @property
+    def publishing(self) -> bool:
+        """The part being read goes out as read (over the limit, or resumed inside)."""
+        return self._reading is not None and self._reading.published
+
+    @property
     def holding(self) -> bool:
         return bool(self._held)
 
-    def begin(self, start: BinlogPosition) -> None:
-        """A prepared part starts at ``start`` (the position before its group)."""
+    def begin(self, start: BinlogPosition, resumed_inside: bool = False) -> None:
+        """A prepared part starts at ``start`` (the position before its group);
+        ``resumed_inside``: a restart begins inside it, after records already published."""
         if self._reading is None or self._reading.start != start:
-            self._reading = _Group(start, published=self.limit == 0)
+            self._reading = _Group(start, published=self.limit == 0 or resumed_inside)
 
-    def take(self, items: list[Any]) -> list[Any]:
-        """What to pass on of ``items``, decoded from the prepared part being read: nothing
-        (its records are held, its checkpoints would point inside it) unless it grew past
-        the limit, when all it held so far and the rest go out as read."""
+    def take(self, entries: list[Any], size: int) -> list[Any]:
+        """What to publish now of ``entries`` (``size`` rows), decoded from the prepared part
+        being read: nothing while it is held, all it held so far once it grows past the
+        limit, then each as read."""
         group = self._reading
         assert group is not None
         if group.published:
-            return items
-        group.items.extend(i for i in items if type(i) is not Checkpoint)
-        if len(group.items) <= self.limit:
+            return entries
+        group.entries.extend(entries)
+        group.size += size
+        if group.size <= self.limit:
             return []
-        log.warning("an XA transaction starting at %s holds more than %d records "
+        log.warning("an XA transaction starting at %s holds more than %d rows "
                     "(mysql.xa_held_records): publishing it as it is read, before its XA "
                     "COMMIT or ROLLBACK; should it be rolled back, its changes stay published. "
                     "Raise mysql.xa_held_records to hold larger ones", group.start, self.limit)
         group.published = True
-        out, group.items = group.items, []
+        out, group.entries = group.entries, []
         return out
 
     def prepared(self, xid: Xid, one_phase: bool) -> list[Any]:
         """The part read ends with its XA_PREPARE event: held, or (``XA COMMIT ... ONE
-        PHASE`` on MySQL: committed) its records, to publish now."""
+        PHASE`` on MySQL: committed) its entries, to publish now."""
         group, self._reading = self._reading, None
         if group is None or group.published:
             if group is not None and not one_phase:
                 self._published.add(xid)
             return []
         if one_phase:
-            return group.items
+            return group.entries
+        if not group.entries:  # no change of a captured table: nothing to wait for
+            return []
         group.prepared_at = time.monotonic()
         self._held[xid] = group
         return []
 
     def decided(self, committed: bool, xid: Xid) -> list[Any]:
-        """An ``XA COMMIT`` (its held records, to publish now) or ``XA ROLLBACK`` (dropped)."""
+        """An ``XA COMMIT`` (its held entries, to publish now) or ``XA ROLLBACK`` (dropped)."""
         group = self._held.pop(xid, None)
         if group is not None:
-            return group.items if committed else []
+            return group.entries if committed else []
         if xid in self._published:
             self._published.discard(xid)
             if not committed:
                 log.warning("XA transaction %s was rolled back after its changes were "
-                            "published (it held more than mysql.xa_held_records records); "
-                            "the sinks keep them until the rows change again, or until "
-                            "`cdc verify --repair`", describe(xid))
+                            "published (it held more than mysql.xa_held_records rows, or a "
+                            "restart resumed inside it); the sinks keep them until the rows "
+                            "change again, or until `cdc verify --repair`", describe(xid))
             return []
-        if committed:
-            log.warning("XA COMMIT of %s, prepared before the position capture started "
-                        "from: if capture started (or took its snapshot) after its XA "
-                        "PREPARE, its changes are not captured; `cdc snapshot start` its "
-                        "tables to read them", describe(xid))
+        # Prepared before the position this run started from (published before a restart,
+        # or before capture's snapshot: see the README), or it changed no captured table.
+        log.info("XA %s of %s: capture did not read its prepared part",
+                 "COMMIT" if committed else "ROLLBACK", describe(xid))
         return []
 
     def hold(self, items: list[Any]) -> list[Any]:
