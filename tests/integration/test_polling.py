@@ -114,6 +114,27 @@ def test_inserts_updates_and_soft_deletes_reach_kafka_and_the_index(scenario: Sc
     assert delete["before"]["id"] == 2 and delete["after"] is None
 
 
+def test_values_are_the_texts_the_logical_source_reads(scenario: Scenario) -> None:
+    """Polling read every column cast to text: each boolean true came out false (so a
+    boolean soft delete never fired, and keys (a, flag) collided), inet gained its mask
+    length and char(n) lost its padding. It now reads each type's output text."""
+    sc = scenario
+    sc.execute("ALTER TABLE items ADD COLUMN flag boolean, ADD COLUMN ip inet, "
+               "ADD COLUMN code char(4), ADD COLUMN gone boolean NOT NULL DEFAULT false")
+    _polled(sc, CDC_POLLING__SOFT_DELETE_COLUMN="gone")
+    _capture(sc)
+    sc.execute("INSERT INTO items (id, name, qty, price, flag, ip, code) VALUES "
+               "(1, 'a', 1, 1, true, '0.0.0.0', 'ab'), (2, 'b', 2, 2, false, '2001:db8::1', "
+               "NULL), (3, 'c', 3, 3, NULL, NULL, '')")
+    records = _wait_records(sc, 3)
+    after = {v["after"]["id"]: v["after"] for _k, v in records if v and v["op"] == "c"}
+    assert [(after[i]["flag"], after[i]["ip"], after[i]["code"]) for i in (1, 2, 3)] == [
+        (True, "0.0.0.0", "ab  "), (False, "2001:db8::1", None), (None, None, "    ")]
+    sc.execute("UPDATE items SET gone = true WHERE id = 1")
+    records = _wait_records(sc, 5)  # its delete and tombstone
+    assert [k["id"] for k, v in records if v and v["op"] == "d"] == [1]
+
+
 def test_rows_sharing_one_timestamp_across_batch_boundaries_are_all_published(
     scenario: Scenario,
 ) -> None:

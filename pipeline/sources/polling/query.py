@@ -2,7 +2,7 @@
 
 One poll of a table reads the rows after its watermark, in watermark order::
 
-    SELECT <every column>::text FROM <table>
+    SELECT <every column as its output text> FROM <table>
     WHERE (<ts>, <pk...>) > (%s, %s...)          -- omitted before the first row
       AND <ts> <= <bound>
     ORDER BY <ts>, <pk...> LIMIT <batch>
@@ -74,9 +74,13 @@ def poll_query(table: PolledTable, after: Watermark | None, bound: str, time_zon
     # of a bare name would sort by the text (10 before 9).
     ts = sql.Identifier(_ALIAS, table.timestamp)
     order = sql.SQL(", ").join([ts, *(sql.Identifier(_ALIAS, k) for k in table.key)])
+    # Each value as its type's output function prints it (what pgoutput sends and the
+    # converters read): concat() calls it, where a cast to text may not (boolean 'true'
+    # for 't', inet with its mask length, char(n) without its padding). num_nulls: a
+    # composite of NULL fields is not NULL (``IS NULL`` would say it is).
     query = sql.SQL("SELECT {} FROM {} AS {} WHERE ").format(
-        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(_ALIAS, c))
-                           for c in table.columns),
+        sql.SQL(", ").join(sql.SQL("CASE WHEN num_nulls({c}) = 0 THEN concat({c}) END").format(
+            c=sql.Identifier(_ALIAS, c)) for c in table.columns),
         sql.Identifier(table.schema, table.name), sql.Identifier(_ALIAS))
     params: list[Any] = []
     if after is not None:
