@@ -345,3 +345,26 @@ def test_logical_source_routes_outbox_rows_and_messages(scenario: Scenario) -> N
     message_topic = f"{sc.settings.kafka.topic_prefix}.message"
     assert all(json.loads(m.value())["message"]["prefix"] != prefix
                for m in sc.read_topic(message_topic))
+
+
+def test_relay_publishes_payload_numbers_exactly(scenario: Scenario) -> None:
+    """Parsed to doubles and written again, numbers a double cannot hold were rounded (a
+    30-digit id became 1.2345678901234568e+29) and 1e400, which jsonb accepts, failed its
+    event. The payload now goes out as the database prints it."""
+    sc = scenario
+    env = _setup(sc)
+    conn = sc.connect()
+    event_id = outbox.publish(conn, "order", "1", "Priced", {}, table=f"{sc.schema}.outbox")
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("UPDATE {}.outbox SET payload = %s::jsonb WHERE id = %s "
+                            "RETURNING payload::text").format(sql.Identifier(sc.schema)),
+                    ('{"amount": 12345678901234567.89, "id": 123456789012345678901234567890, '
+                     '"big": 1e400}', str(event_id)))
+        (stored,) = cur.fetchone()
+    conn.commit()
+    conn.close()
+    _relay(sc, "relay", env)
+    (msg,) = _records(sc, _topic(sc, "order"), 1)
+    assert msg.value() == stored.encode()
+    assert "12345678901234567.89" in stored and "123456789012345678901234567890" in stored
+    assert _rows(sc)[0][1] != "FAILED"

@@ -125,3 +125,26 @@ def test_outbox_table_listed_for_the_logical_source_is_a_config_error() -> None:
                                  "CDC_CAPTURE__SOURCE": "outbox",
                                  "CDC_OUTBOX__TABLE": "public.outbox"})
     assert relay.capture.source == "outbox"
+
+
+def test_payload_numbers_are_published_exactly_as_stored() -> None:
+    """Parsed to doubles and written again, 12345678901234567.89 and a 30-digit id were
+    rounded, and 1e400 (valid JSON, which PostgreSQL accepts) failed the event."""
+    text = '{"amount": 12345678901234567.89, "id": 123456789012345678901234567890, "x": 1e400}'
+    value = _router().route(_event(payload=text))[2]
+    assert value == text.encode()
+    router = _router(additional_placement=("type:envelope:eventType",))
+    wrapped = router.route(_event(payload=text))[2]
+    assert wrapped == b'{"payload":' + text.encode() + b',"eventType":"OrderCreated"}'
+    assert _router().route(_event(payload="null"))[2] is None
+    for bad in ('{"x": NaN}', '{"x": 1', "[1,]"):
+        with pytest.raises(BadOutboxEvent, match="not valid JSON"):
+            _router().route(_event(payload=bad))
+
+
+def test_event_headers_may_not_set_a_header_the_relay_sets() -> None:
+    """A second 'id' header: a consumer that reads headers into a dict, or drops repeats by
+    id, would take two events for one."""
+    for name in ("id", "type"):
+        with pytest.raises(BadOutboxEvent, match=f"'{name}'"):
+            _router().route(_event(headers=orjson.dumps({name: "spoofed"}).decode()))

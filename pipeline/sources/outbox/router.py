@@ -20,6 +20,7 @@ logical source writes it to the dead-letter topic (:meth:`OutboxRouter.dead_lett
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -108,7 +109,7 @@ class OutboxRouter:
     def route(self, event: OutboxEvent) -> HeadedRecord:
         """The event's record; BadOutboxEvent with the reason if it cannot be one."""
         topic = self.topic(event)
-        payload = _json(event.payload, event.id, "payload")
+        payload = _json_text(event.payload, event.id)
         headers: Headers = [(ID_HEADER, event.id.encode())]
         for p in self._headers:
             column = event.column(p.column)
@@ -119,6 +120,13 @@ class OutboxRouter:
             if not isinstance(own, dict):
                 raise BadOutboxEvent(f"event {event.id}: headers must be a JSON object, "
                                      f"not {type(own).__name__}")
+            taken = {name for name, _ in headers}
+            clash = sorted(str(k) for k in own if str(k) in taken)
+            if clash:
+                raise BadOutboxEvent(
+                    f"event {event.id}: its headers set {', '.join(map(repr, clash))}, which "
+                    "the relay sets (the event id, outbox.additional_placement headers): a "
+                    "consumer would read two values; rename them in the event's headers")
             headers.extend((str(k), _header_value(v)) for k, v in own.items() if v is not None)
         if self._envelope:
             envelope = {"payload": payload}
@@ -150,6 +158,30 @@ class OutboxRouter:
             (H_OUTBOX_POSITION, position.encode()),
         ]
         return self.dead_letter_topic, key, value, ANY_PARTITION, headers
+
+
+def _json_text(value: Any, event_id: str) -> Any:
+    """The payload column's JSON text, kept as stored (an ``orjson.Fragment``): parsed and
+    written again, a number a double cannot hold exactly (``12345678901234567.89``, a
+    30-digit id) would be rounded, and one beyond its range (``1e400``, which PostgreSQL
+    accepts) refused. None for JSON ``null``; a value not given as text, as it is."""
+    if value is None or not isinstance(value, str | bytes):
+        return value
+    text = value.encode() if isinstance(value, str) else value
+    try:
+        if orjson.loads(text) is None:
+            return None
+    except orjson.JSONDecodeError as exc:
+        try:  # exact numbers of any size; NaN and Infinity are not JSON
+            json.loads(text, parse_float=str, parse_int=str, parse_constant=_not_json)
+        except ValueError:
+            raise BadOutboxEvent(f"event {event_id}: payload is not valid JSON ({exc}): "
+                                 f"{text[:200]!r}") from exc
+    return orjson.Fragment(text)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _json(value: Any, event_id: str, what: str) -> Any:
