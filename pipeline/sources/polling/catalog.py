@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from psycopg2 import sql
+
 from pipeline.config import PollingSettings, PostgresSettings
 from pipeline.errors import SourceSetupError
 from pipeline.sources.polling.query import PolledTable
@@ -71,9 +73,11 @@ def describe(cur: Any, table_id: str, pg: PostgresSettings, polling: PollingSett
         flag = kind.kind == "builtin" and kind.oid == BOOL_OID
     cur.execute(_INDEXED_SQL, (oid, ts_column))
     if not cur.fetchone()[0]:
+        advice = sql.SQL("CREATE INDEX ON {} ({})").format(
+            sql.Identifier(schema, name),
+            sql.SQL(", ").join(sql.Identifier(c) for c in (ts_column, *key))).as_string(cur)
         log.warning("table %s has no index starting with %s: every poll scans the whole "
-                    "table. CREATE INDEX ON %s (%s, %s)", table_id, ts_column, table_id,
-                    ts_column, ", ".join(key))
+                    "table. %s", table_id, ts_column, advice)
     polled = PolledTable(schema, name, tuple(n for n, _t, _m in columns), key, ts_column,
                          ts_type.oid == TIMESTAMPTZ_OID, created, soft_delete, flag)
     rel = Relation(oid, schema, name, "d", tuple(Column(n in key, n, t, m)
