@@ -307,3 +307,18 @@ def test_trigger_records_carry_the_values_the_logical_source_publishes(trig: Sce
         [essence(e) for e in sorted(via_wal, key=by_key)]
     with contextlib.suppress(psycopg2.Error):
         conn.close()
+
+
+def test_a_column_type_change_is_read_with_the_new_type(trig: Scenario) -> None:
+    """The relay kept a table's converters until a restart: after ALTER COLUMN qty TYPE text
+    the value '0042' was published as the integer 42."""
+    sc = trig
+    _install(sc)
+    _start_relay(sc)
+    sc.execute("INSERT INTO items VALUES (1, 'apple', 3, 11.00)")
+    assert _keys(sc, 1) == {1}
+    sc.execute("ALTER TABLE items ALTER COLUMN qty TYPE text")
+    sc.execute("UPDATE items SET qty = '0042' WHERE id = 1")
+    events = sc.values(sc.topic, 2)
+    update = next(e for e in events if e["op"] == "u")
+    assert update["after"]["qty"] == "0042"

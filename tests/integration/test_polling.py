@@ -135,6 +135,21 @@ def test_values_are_the_texts_the_logical_source_reads(scenario: Scenario) -> No
     assert [k["id"] for k, v in records if v and v["op"] == "d"] == [1]
 
 
+def test_a_column_type_change_is_read_with_the_new_type(scenario: Scenario) -> None:
+    """Polling re-read the catalog every 5 minutes: after ALTER COLUMN qty TYPE text the
+    value '0042' was published as the integer 42 until then."""
+    sc = scenario
+    _polled(sc)
+    _capture(sc)
+    sc.execute("INSERT INTO items (id, name, qty, price) VALUES (1, 'a', 3, 1)")
+    assert len(_wait_records(sc, 1)) == 1
+    sc.execute("ALTER TABLE items ALTER COLUMN qty TYPE text")
+    sc.execute("UPDATE items SET qty = '0042' WHERE id = 1")
+    records = _wait_records(sc, 2)
+    update = next(v for _k, v in records if v and v["op"] == "u")
+    assert update["after"]["qty"] == "0042"
+
+
 def test_rows_sharing_one_timestamp_across_batch_boundaries_are_all_published(
     scenario: Scenario,
 ) -> None:

@@ -36,6 +36,7 @@ from pipeline.positions import UNIX_EPOCH_VERSION, PollPosition, Watermark, time
 from pipeline.sources.polling.catalog import describe
 from pipeline.sources.polling.query import PolledTable, bound_query, poll_query, unseen_query
 from pipeline.sources.polling.status import position_identity
+from pipeline.sources.postgres.column_watch import ColumnWatch
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.slot import connect, translate
 from pipeline.sources.postgres.source import SESSION
@@ -82,6 +83,7 @@ class PollingSource:
 
     def _reset_session(self) -> None:
         self._tables: dict[str, tuple[PolledTable, TableShape]] = {}
+        self._watch = ColumnWatch()
         self._watermarks: dict[str, Watermark] = {}
         self._due: deque[str] = deque()
         self._bound = ""
@@ -212,6 +214,16 @@ class PollingSource:
                 self._tables[table_id] = describe(cur, table_id, self.pg, self.polling,
                                                   self._types, self.unconverted)
 
+    def _describe_changed(self, cur: Any) -> None:
+        """Tables whose columns changed (``ALTER COLUMN ... TYPE``) are described again
+        before they are polled: their old converters would misread values."""
+        by_oid = {shape.oid: table_id for table_id, (_t, shape) in self._tables.items()}
+        for oid in self._watch.changed(cur, by_oid):
+            table_id = by_oid[oid]
+            log.info("%s: the columns of %s changed; reading them again", self.name, table_id)
+            self._tables[table_id] = describe(cur, table_id, self.pg, self.polling,
+                                              self._types, self.unconverted)
+
     def _start_cycle(self) -> bool:
         """Begin the next cycle when it is due: take the bound, queue every table."""
         self._save(force=False)  # the last confirmation of a burst, once idle
@@ -226,6 +238,7 @@ class PollingSource:
             self._next_unseen = now + UNSEEN_EVERY_S
             self._report_unseen()
         with self._conn.cursor() as cur:
+            self._describe_changed(cur)
             cur.execute(bound_query(self.polling.mode), (self.polling.safety_lag_s,))
             bound, behind_s, prepared = cur.fetchone()
         if prepared:

@@ -41,6 +41,7 @@ from pipeline.config import KafkaSettings, PostgresSettings, TriggerSettings
 from pipeline.errors import RetriableError, SourceSetupError
 from pipeline.metrics import Metrics
 from pipeline.positions import TriggerLogPosition
+from pipeline.sources.postgres.column_watch import ColumnWatch
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.pgoutput import Column, Relation
 from pipeline.sources.postgres.slot import connect, primary_key_columns, translate
@@ -91,6 +92,7 @@ class TriggerLogSource:
         self._next_look = 0.0
         self._next_measure = 0.0
         self._shapes: dict[str, TableShape] = {}
+        self._watch = ColumnWatch()
         self._types = TypeResolver()
         self._counts: dict[tuple[str, str], int] = {}
 
@@ -182,7 +184,20 @@ class TriggerLogSource:
             self._next_look = now + self.settings.poll_interval_s
             return False
         self._horizon, self._after = horizon, 0
+        self._forget_changed_shapes()
         return True
+
+    def _forget_changed_shapes(self) -> None:
+        """Shapes of tables whose columns changed (``ALTER COLUMN ... TYPE``) are read from
+        the catalog again at their next row: their old converters would misread values."""
+        if not self._shapes:
+            return
+        by_oid = {shape.oid: table_id for table_id, shape in self._shapes.items()}
+        with self._conn.cursor() as cur:
+            for oid in self._watch.changed(cur, by_oid):
+                log.info("%s: the columns of %s changed; reading them again", self.name,
+                         by_oid[oid])
+                del self._shapes[by_oid[oid]]
 
     def _encode(self, cur: Any, rows: list[Any]) -> list[Item]:
         out: list[Item] = []
