@@ -148,3 +148,13 @@ def test_event_headers_may_not_set_a_header_the_relay_sets() -> None:
     for name in ("id", "type"):
         with pytest.raises(BadOutboxEvent, match=f"'{name}'"):
             _router().route(_event(headers=orjson.dumps({name: "spoofed"}).decode()))
+
+
+def test_a_payload_nested_deeper_than_the_parsers_go_fails_its_event_not_capture() -> None:
+    """orjson refuses more than 1024 levels; the exact-number parser then recursed out:
+    a RecursionError escaped route() and stopped capture at the same event every time."""
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(BadOutboxEvent, match="not valid JSON"):
+        _router().route(_event(payload=deep))
+    # a null header is left out, so naming a relay header with it clashes with nothing
+    assert _router().route(_event(headers='{"type": null}'))[4][1] == ("type", b"OrderCreated")

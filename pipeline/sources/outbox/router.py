@@ -121,7 +121,7 @@ class OutboxRouter:
                 raise BadOutboxEvent(f"event {event.id}: headers must be a JSON object, "
                                      f"not {type(own).__name__}")
             taken = {name for name, _ in headers}
-            clash = sorted(str(k) for k in own if str(k) in taken)
+            clash = sorted(str(k) for k, v in own.items() if v is not None and str(k) in taken)
             if clash:
                 raise BadOutboxEvent(
                     f"event {event.id}: its headers set {', '.join(map(repr, clash))}, which "
@@ -174,7 +174,7 @@ def _json_text(value: Any, event_id: str) -> Any:
     except orjson.JSONDecodeError as exc:
         try:  # exact numbers of any size; NaN and Infinity are not JSON
             json.loads(text, parse_float=str, parse_int=str, parse_constant=_not_json)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested deeper than either parser goes
             raise BadOutboxEvent(f"event {event_id}: payload is not valid JSON ({exc}): "
                                  f"{text[:200]!r}") from exc
     return orjson.Fragment(text)

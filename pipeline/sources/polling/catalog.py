@@ -11,6 +11,7 @@ from psycopg2 import sql
 from pipeline.config import PollingSettings, PostgresSettings
 from pipeline.errors import SourceSetupError
 from pipeline.sources.polling.query import PolledTable
+from pipeline.sources.postgres.column_watch import ColumnWatch
 from pipeline.sources.postgres.envelope import TableShape
 from pipeline.sources.postgres.pgoutput import Column, Relation
 from pipeline.sources.postgres.slot import primary_key_columns
@@ -37,10 +38,11 @@ _INDEXED_SQL = (
 
 
 def describe(cur: Any, table_id: str, pg: PostgresSettings, polling: PollingSettings,
-             types: TypeResolver, unconverted: UnconvertedValues) -> tuple[PolledTable,
-                                                                          TableShape]:
+             types: TypeResolver, unconverted: UnconvertedValues,
+             watch: ColumnWatch | None = None) -> tuple[PolledTable, TableShape]:
     """``table_id`` as polling reads it. Raises SourceSetupError naming the setting when the
-    table, its primary key or a configured column is missing or of the wrong type."""
+    table, its primary key or a configured column is missing or of the wrong type.
+    ``watch``: told the columns described."""
     schema, name = table_id.split(".", 1)
     cur.execute(_RELATION_SQL, (schema, name))
     row = cur.fetchone()
@@ -84,6 +86,8 @@ def describe(cur: Any, table_id: str, pg: PostgresSettings, polling: PollingSett
                                                  for n, t, m in columns))
     shape = TableShape.from_relation(rel, key, [resolved[n] for n, _t, _m in columns],
                                      pg.decimal_handling_mode, unconverted)
+    if watch is not None:
+        watch.remember(oid, columns)
     return polled, shape
 
 

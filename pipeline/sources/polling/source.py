@@ -212,7 +212,7 @@ class PollingSource:
         with self._conn.cursor() as cur:
             for table_id in self.pg.tables:
                 self._tables[table_id] = describe(cur, table_id, self.pg, self.polling,
-                                                  self._types, self.unconverted)
+                                                  self._types, self.unconverted, self._watch)
 
     def _describe_changed(self, cur: Any) -> None:
         """Tables whose columns changed (``ALTER COLUMN ... TYPE``) are described again
@@ -222,7 +222,7 @@ class PollingSource:
             table_id = by_oid[oid]
             log.info("%s: the columns of %s changed; reading them again", self.name, table_id)
             self._tables[table_id] = describe(cur, table_id, self.pg, self.polling,
-                                              self._types, self.unconverted)
+                                              self._types, self.unconverted, self._watch)
 
     def _start_cycle(self) -> bool:
         """Begin the next cycle when it is due: take the bound, queue every table."""

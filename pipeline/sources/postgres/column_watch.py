@@ -25,9 +25,16 @@ class ColumnWatch:
     def __init__(self) -> None:
         self._seen: dict[int, tuple[str, ...]] = {}
 
+    def remember(self, oid: int, columns: Iterable[tuple[str, int, int]]) -> None:
+        """A table's columns ``(name, type oid, type modifier)`` as just described: the
+        next look compares with these (a change between the description and that look
+        would otherwise count as the first look, and be missed)."""
+        if oid:
+            self._seen[oid] = tuple(f"{n}:{t}:{m}" for n, t, m in columns)
+
     def changed(self, cur: Any, oids: Iterable[int]) -> set[int]:
-        """The tables (by oid) among ``oids`` whose columns differ from the last look (the
-        first look at a table is no change; a dropped table is one)."""
+        """The tables (by oid) among ``oids`` whose columns differ from the last look or
+        the remembered description (a first look is no change; a dropped table is one)."""
         wanted = sorted({oid for oid in oids if oid})
         if not wanted:
             return set()

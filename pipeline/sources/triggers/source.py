@@ -252,7 +252,8 @@ class TriggerLogSource:
         shape = self._shapes.get(table_id)
         if shape is None or refresh:
             shape = self._shapes[table_id] = describe(
-                cur, table_id, self._types, self.pg.decimal_handling_mode, self.unconverted)
+                cur, table_id, self._types, self.pg.decimal_handling_mode, self.unconverted,
+                self._watch)
         return shape
 
     def _measure(self) -> None:
@@ -272,7 +273,7 @@ class TriggerLogSource:
 
 
 def describe(cur: Any, table_id: str, types: TypeResolver, decimal_mode: Any,
-             unconverted: UnconvertedValues) -> TableShape:
+             unconverted: UnconvertedValues, watch: ColumnWatch | None = None) -> TableShape:
     """The table's shape from the catalog (the logical source's converters per column). A
     table dropped since its changes were logged has no shape: its values go out as text
     and without a key, so the workers dead-letter them with the reason."""
@@ -287,6 +288,8 @@ def describe(cur: Any, table_id: str, types: TypeResolver, decimal_mode: Any,
     oid = int(found[0])
     cur.execute(_COLUMNS_SQL, (oid,))
     columns = cur.fetchall()
+    if watch is not None:  # the next round compares with what this shape was made of
+        watch.remember(oid, columns)
     pk = primary_key_columns(cur, oid)
     rel = Relation(oid, schema, name, "d", tuple(Column(n in pk, n, t, m) for n, t, m in columns))
     resolved = [types.resolve(cur, t) for _, t, _ in columns]
