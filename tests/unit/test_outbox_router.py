@@ -6,10 +6,16 @@ import orjson
 import pytest
 
 from pipeline.capture.source import ANY_PARTITION
-from pipeline.config import OutboxSettings, load_settings
+from pipeline.config import KafkaSettings, OutboxSettings, load_settings
 from pipeline.deadletter import H_MESSAGE, H_STAGE, H_TOPIC
 from pipeline.errors import BadOutboxEvent, ConfigError
+from pipeline.metrics import Metrics
+from pipeline.positions import Lsn
+from pipeline.sources.outbox import exact_json
+from pipeline.sources.outbox.exact_json import ExactNumber
+from pipeline.sources.outbox.logical import LogicalOutbox
 from pipeline.sources.outbox.router import OutboxEvent, OutboxRouter
+from pipeline.sources.postgres.pgoutput import Message
 
 EVENT_ID = "4d47e190-0402-4048-bc2c-89dd54343cdc"
 
@@ -158,3 +164,44 @@ def test_a_payload_nested_deeper_than_the_parsers_go_fails_its_event_not_capture
         _router().route(_event(payload=deep))
     # a null header is left out, so naming a relay header with it clashes with nothing
     assert _router().route(_event(headers='{"type": null}'))[4][1] == ("type", b"OrderCreated")
+
+
+def _logical() -> LogicalOutbox:
+    logical = LogicalOutbox(OutboxSettings(), _router(), KafkaSettings(), Metrics("capture"))
+    logical._topics.update({"outbox.event.order", "cdc.dead-letter"})  # no Kafka here
+    return logical
+
+
+def test_message_payload_numbers_are_published_exactly_as_written() -> None:
+    """A pg_logical_emit_message() event (outbox.emit) was parsed by orjson: a 30-digit id
+    and 12345678901234567.89 were rounded, a 30-digit aggregate id became the key
+    b'1.2345678901234568e+29', and 1e400 sent the event to the dead-letter topic."""
+    big = "123456789012345678901234567890"
+    content = ('{"id": "' + EVENT_ID + '", "aggregatetype": "order", "aggregateid": ' + big
+               + ', "type": "Paid", "payload": {"amount": 12345678901234567.89, "id": ' + big
+               + ', "x": 1e400, "small": [1.5, -2, 18446744073709551616]}, '
+               '"headers": {"n": 1e400}}')
+    out: list = []
+    _logical().message(Message(True, Lsn(1), "outbox", content.encode()), 1, out)
+    ((topic, key, value, _, headers),) = out
+    assert topic == "outbox.event.order" and key == big.encode()
+    assert value == (b'{"amount":12345678901234567.89,"id":' + big.encode()
+                     + b',"x":1e400,"small":[1.5,-2,18446744073709551616]}')
+    assert ("n", b"1e400") in headers
+
+
+def test_message_that_is_not_json_goes_to_the_dead_letter_topic() -> None:
+    for bad in (b'{"id": NaN}', b"[" * 5000, b'{"id": "\\ud800", "aggregatetype": "order", '
+                b'"aggregateid": "1", "payload": "\\ud800"}'):
+        out: list = []
+        _logical().message(Message(True, Lsn(1), "outbox", bad), 1, out)
+        ((topic, _, value, _, headers),) = out
+        assert topic == "cdc.dead-letter" and value == bad
+        assert b"JSON" in dict(headers)[H_MESSAGE], dict(headers)[H_MESSAGE]
+
+
+def test_exact_json_keeps_what_orjson_holds_as_parsed() -> None:
+    assert exact_json.loads(b'{"a": [1, "x", null, true, -9223372036854775808]}', "t") == {
+        "a": [1, "x", None, True, -9223372036854775808]}
+    assert exact_json.loads("2.50", "t") == ExactNumber("2.50")
+    assert exact_json.dumps({"v": ExactNumber("2.50")}, "t") == b'{"v":2.50}'

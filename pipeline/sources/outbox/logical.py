@@ -28,6 +28,7 @@ from pipeline.config import KafkaSettings, OutboxSettings
 from pipeline.errors import BadOutboxEvent
 from pipeline.metrics import Metrics
 from pipeline.positions import Lsn
+from pipeline.sources.outbox import exact_json
 from pipeline.sources.outbox.router import OutboxEvent, OutboxRouter
 from pipeline.sources.postgres.pgoutput import Delete, Insert, Message, Update
 
@@ -75,11 +76,10 @@ class LogicalOutbox:
     def message(self, msg: Message, lsn: int, out: list[Item]) -> None:
         """A logical decoding message with the outbox prefix (``pipeline.outbox.emit``)."""
         source = f"message prefix {msg.prefix}"
-        try:
-            content = orjson.loads(msg.content)
-        except orjson.JSONDecodeError as exc:
-            self._dead_letter(source, lsn, None, msg.content, BadOutboxEvent(
-                f"outbox message is not valid JSON ({exc})"), out)
+        try:  # numbers as written: the payload is re-encoded from this
+            content = exact_json.loads(msg.content, "outbox message")
+        except BadOutboxEvent as exc:
+            self._dead_letter(source, lsn, None, msg.content, exc, out)
             return
         missing = [f for f in _REQUIRED if not isinstance(content, dict) or
                    content.get(f) is None]

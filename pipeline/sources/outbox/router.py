@@ -20,7 +20,6 @@ logical source writes it to the dead-letter topic (:meth:`OutboxRouter.dead_lett
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +30,7 @@ from pipeline.capture.source import ANY_PARTITION, HeadedRecord, Headers
 from pipeline.config import OutboxSettings, is_topic_name, outbox_topic
 from pipeline.deadletter import H_CLASS, H_CONNECTOR, H_MESSAGE, H_STAGE, H_TIMESTAMP
 from pipeline.errors import BadOutboxEvent
+from pipeline.sources.outbox import exact_json
 
 #: The Kafka header carrying the event id (Debezium's ``id`` header).
 ID_HEADER = "id"
@@ -114,7 +114,7 @@ class OutboxRouter:
         for p in self._headers:
             column = event.column(p.column)
             if column is not None:
-                headers.append((p.name, _header_value(column)))
+                headers.append((p.name, _header_value(column, event.id)))
         own = _json(event.headers, event.id, "headers")
         if own is not None:
             if not isinstance(own, dict):
@@ -127,14 +127,15 @@ class OutboxRouter:
                     f"event {event.id}: its headers set {', '.join(map(repr, clash))}, which "
                     "the relay sets (the event id, outbox.additional_placement headers): a "
                     "consumer would read two values; rename them in the event's headers")
-            headers.extend((str(k), _header_value(v)) for k, v in own.items() if v is not None)
+            headers.extend((str(k), _header_value(v, event.id)) for k, v in own.items()
+                           if v is not None)
         if self._envelope:
             envelope = {"payload": payload}
             for p in self._envelope:
                 envelope[p.name] = event.column(p.column)
-            value: bytes | None = orjson.dumps(envelope)
+            value: bytes | None = exact_json.dumps(envelope, f"event {event.id}")
         else:
-            value = None if payload is None else orjson.dumps(payload)
+            value = None if payload is None else exact_json.dumps(payload, f"event {event.id}")
         key = event.aggregate_id.encode()
         size = len(key) + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers)
         if size > self._max:
@@ -168,36 +169,21 @@ def _json_text(value: Any, event_id: str) -> Any:
     if value is None or not isinstance(value, str | bytes):
         return value
     text = value.encode() if isinstance(value, str) else value
-    try:
-        if orjson.loads(text) is None:
-            return None
-    except orjson.JSONDecodeError as exc:
-        try:  # exact numbers of any size; NaN and Infinity are not JSON
-            json.loads(text, parse_float=str, parse_int=str, parse_constant=_not_json)
-        except (ValueError, RecursionError):  # nested deeper than either parser goes
-            raise BadOutboxEvent(f"event {event_id}: payload is not valid JSON ({exc}): "
-                                 f"{text[:200]!r}") from exc
+    if exact_json.loads(text, f"event {event_id}: payload") is None:
+        return None
     return orjson.Fragment(text)
 
 
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _json(value: Any, event_id: str, what: str) -> Any:
-    """A JSON column's value: parsed if text, as is if already parsed."""
+    """A JSON column's value: parsed if text (numbers exact), as is if already parsed."""
     if value is None or not isinstance(value, str | bytes):
         return value
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise BadOutboxEvent(f"event {event_id}: {what} is not valid JSON ({exc}): "
-                             f"{str(value)[:200]!r}") from exc
+    return exact_json.loads(value, f"event {event_id}: {what}")
 
 
-def _header_value(value: Any) -> bytes:
+def _header_value(value: Any, event_id: str) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
         return value.encode()
-    return orjson.dumps(value)
+    return exact_json.dumps(value, f"event {event_id}: a header")
