@@ -410,8 +410,8 @@ def test_an_invalid_date_is_read_as_a_zero_date_not_raised() -> None:
     it, and capture stopped at that rows event on every restart."""
     from pymysqlreplication.row_event import RowsEvent
 
-    from pipeline.sources.mysql import invalid_dates
-    invalid_dates.install()
+    from pipeline.sources.mysql import library_fixes
+    library_fixes.install()
 
     def read(year: int, month: int, day: int) -> Any:
         event = RowsEvent.__new__(RowsEvent)
@@ -420,3 +420,23 @@ def test_an_invalid_date_is_read_as_a_zero_date_not_raised() -> None:
 
     assert read(2024, 2, 30) is None and read(2023, 13, 1) is None
     assert read(2024, 2, 29) == dt.date(2024, 2, 29) and read(0, 0, 0) is None
+
+    def read_old_datetime(text: str) -> Any:  # a DATETIME made before MySQL 5.6's format
+        event = RowsEvent.__new__(RowsEvent)
+        event.packet = SimpleNamespace(read_uint64=lambda: int(text))
+        return event._RowsEvent__read_datetime()
+
+    assert read_old_datetime("20240230101112") is None
+    assert read_old_datetime("20240229101112") == dt.datetime(2024, 2, 29, 10, 11, 12)
+
+
+def test_a_mysql_replication_the_fixes_were_not_made_for_is_refused_with_the_remedy() -> None:
+    from pymysqlreplication.row_event import RowsEvent
+
+    from pipeline.errors import ConfigError
+    from pipeline.sources.mysql import library_fixes
+    library_fixes.check()  # the pinned one
+    with pytest.raises(ConfigError, match=r"mysql-replication 1\.1\.0 is installed.*pip install"):
+        library_fixes.check("1.1.0")
+    with pytest.raises(ConfigError, match="has no RowsEvent._gone"):
+        library_fixes.check(required=[(RowsEvent, "_gone")])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from pymysqlreplication.row_event import RowsEvent
 
-from pipeline.sources.mysql import charsets
+from pipeline.sources.mysql import library_fixes
 
 
 def _decoded(library_name: str, raw: bytes) -> str | bytes:
     """What mysql-replication's ``__read_string`` makes of ``raw`` once installed."""
-    charsets.install()
+    library_fixes.install()
     try:
         return raw.decode(RowsEvent.charset_to_encoding(library_name), "strict")
     except LookupError:
@@ -47,8 +47,8 @@ def test_enum_and_set_labels_are_decoded_with_their_columns_character_set(
     from types import SimpleNamespace
 
     from pymysqlreplication.row_event import TableMapEvent
-    charsets.install()
-    assert TableMapEvent._sync_column_info is charsets._sync_decoding_labels
+    library_fixes.install()
+    assert TableMapEvent._sync_column_info is library_fixes._sync_decoding_labels
     event = TableMapEvent.__new__(TableMapEvent)
     event.columns = [
         SimpleNamespace(enum_values=["", b"\xe9", b"x"], character_set_name="cp1252"),
@@ -56,8 +56,8 @@ def test_enum_and_set_labels_are_decoded_with_their_columns_character_set(
         SimpleNamespace(enum_values=["", "already text"], character_set_name="utf8"),
         SimpleNamespace(enum_values=["", b"\xff"], character_set_name="binary")]
     # the library's own part fills the columns from a real event's metadata
-    monkeypatch.setattr(charsets, "_LIBRARY_SYNC", lambda self: None)
-    charsets._sync_decoding_labels(event)
+    monkeypatch.setitem(library_fixes._LIBRARY, "sync_column_info", lambda self: None)
+    library_fixes._sync_decoding_labels(event)
     assert event.columns[0].enum_values == ["", "é", "x"]
     assert event.columns[1].set_values == ["Пр"]
     assert event.columns[2].enum_values == ["", "already text"]

@@ -11,15 +11,11 @@ column's character set, strictly. Some of those names are wrong for MySQL's char
   (``utf32`` raised, ``utf16`` came out garbled) or not at all (``ucs2``, ``utf16le``: the
   bytes were published as base64).
 
-:func:`install` gives the library the right codecs, each decoding with U+FFFD in place of a
-byte it cannot read rather than raising (as the server itself does when it converts such
-bytes for a snapshot's utf8mb4 session). A binary column stays bytes.
-
-The table map's ENUM and SET labels (FULL metadata) are in their column's character set
-too, but the library decoded them as UTF-8 and put ``""`` in place of any label that is
-not (a ``latin1`` ``'é'``), so such a value was streamed as ``""``. :func:`install` makes
-it keep their bytes until the metadata names the column's character set, then decodes
-them as the column's text is.
+:func:`encoding` names the right codec for the library, each decoding with U+FFFD in place
+of a byte it cannot read rather than raising (as the server itself does when it converts
+such bytes for a snapshot's utf8mb4 session). A binary column stays bytes. The table map's
+ENUM and SET labels are in their column's character set too (:func:`label_codec`).
+:mod:`pipeline.sources.mysql.library_fixes` hands both to the library.
 """
 
 from __future__ import annotations
@@ -28,9 +24,8 @@ import codecs
 from typing import Any
 
 from pymysqlreplication.constants.CHARSET import charset_by_name
-from pymysqlreplication.row_event import RowsEvent, TableMapEvent
 
-__all__ = ["MYSQL_LATIN1", "install", "python_codec"]
+__all__ = ["MYSQL_LATIN1", "encoding", "label_codec", "python_codec"]
 
 #: MySQL's ``latin1``: cp1252, with its five unassigned bytes as the C1 controls they are
 #: in ISO 8859-1 (what the server converts them to).
@@ -81,7 +76,7 @@ def _search(name: str) -> codecs.CodecInfo | None:
     return codecs.CodecInfo(codec.encode, decode, name=name)
 
 
-def _encoding(name: str) -> str:
+def encoding(name: str) -> str:
     """The codec name the library decodes a column it names ``name`` with."""
     if name == "binary":
         return name  # no such codec: the library keeps the bytes
@@ -92,44 +87,15 @@ def _encoding(name: str) -> str:
     return _LENIENT + codec.replace("-", "_")
 
 
-def _raw_labels(self: Any, length: int) -> list[list[bytes]]:
-    """``TableMapEvent._read_type_values``: each ENUM/SET column's labels, as bytes (the
-    metadata names their character set after them)."""
-    packet = self.packet
-    result: list[list[bytes]] = []
-    read_until = packet.read_bytes + length
-    while packet.read_bytes < read_until:
-        count = packet.read_length_coded_binary()
-        result.append([packet.read_variable_length_string() for _ in range(count)])
-    return result
-
-
-_LIBRARY_SYNC = TableMapEvent._sync_column_info
-
-
-def _sync_decoding_labels(self: Any) -> None:
-    """``TableMapEvent._sync_column_info``, then each ENUM/SET column's labels decoded
-    with its character set (the library has set it on the column by then)."""
-    _LIBRARY_SYNC(self)
-    for column in self.columns:
-        for attr in ("enum_values", "set_values"):
-            labels = getattr(column, attr, None)
-            if labels and any(isinstance(label, bytes) for label in labels):
-                codec = _encoding(str(getattr(column, "character_set_name", "") or ""))
-                try:
-                    codecs.lookup(codec)
-                except LookupError:  # a binary (or unknown) character set: as UTF-8
-                    codec = _LENIENT + "utf_8"
-                setattr(column, attr, [label.decode(codec) if isinstance(label, bytes)
-                                       else label for label in labels])
-
-
-def install() -> None:
-    """Make mysql-replication decode text with :func:`python_codec`, leniently, and
-    ENUM/SET labels as their column's text (idempotent)."""
-    RowsEvent.charset_to_encoding = staticmethod(_encoding)  # type: ignore[method-assign]
-    TableMapEvent._read_type_values = _raw_labels  # type: ignore[method-assign]
-    TableMapEvent._sync_column_info = _sync_decoding_labels  # type: ignore[method-assign]
+def label_codec(library_name: str) -> str:
+    """The codec an ENUM/SET label of a column the library names ``library_name`` is
+    decoded with (leniently; a binary or unknown character set: as UTF-8)."""
+    codec = encoding(library_name)
+    try:
+        codecs.lookup(codec)
+    except LookupError:
+        codec = _LENIENT + "utf_8"
+    return codec
 
 
 codecs.register(_search)

@@ -54,7 +54,7 @@ from pipeline.capture.source import ANY_PARTITION, EVERY_PARTITION, Checkpoint, 
 from pipeline.config import MysqlSettings
 from pipeline.errors import RetriableError, SourceSetupError
 from pipeline.positions import BinlogPosition, binlog_lsn
-from pipeline.sources.mysql import charsets, invalid_dates, server
+from pipeline.sources.mysql import library_fixes, server
 from pipeline.sources.mysql.ddl import TableSchema, is_ddl
 from pipeline.sources.mysql.envelope import (
     EnvelopeWriter,
@@ -472,8 +472,7 @@ class BinlogReader:
             where = {"log_file": self.start_at.file, "log_pos": self.start_at.pos,
                      "resume_stream": True}
         settings = dict(server.connection_settings(s), read_timeout=READ_TIMEOUT_S)
-        charsets.install()  # text decoded as the server's character sets are
-        invalid_dates.install()  # '2024-02-30' read as a zero date, not raised
+        library_fixes.install()  # text as the server's character sets, no date raises
         return BinLogStreamReader(
             connection_settings=settings, server_id=s.server_id, blocking=True,
             only_events=EVENTS, slave_heartbeat=HEARTBEAT_S, enable_logging=False,
