@@ -405,3 +405,38 @@ def test_a_watermark_of_other_columns_restarts_the_table_from_its_first_row(
     records = _wait_records(sc, 4)
     assert sorted(k["id"] for k, _v in records) == [1, 1, 2, 2]
     assert "polling it from its first row again" in again.tail()
+
+
+def test_the_missing_index_advice_is_sql_postgresql_runs(
+    scenario: Scenario, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The advice was built by joining names: a mixed-case table or a key column with a
+    space made the advised CREATE INDEX invalid SQL."""
+    from pipeline.config import load_settings
+    from pipeline.sources.polling.catalog import describe
+    from pipeline.sources.postgres.types import TypeResolver
+    from pipeline.sources.postgres.unconverted import UnconvertedValues
+
+    sc = scenario
+    sc.execute(f'CREATE TABLE {sc.schema}."Odd" ("K 2" int, "Id" int, '
+               '"Updated At" timestamptz, PRIMARY KEY ("Id", "K 2"))')
+    settings = load_settings(None, {**sc.env, "CDC_CAPTURE__SOURCE": "polling",
+                                    "CDC_POLLING__TIMESTAMP_COLUMN": "Updated At"})
+    conn = sc.connect()
+    conn.autocommit = True
+
+    def advice() -> str | None:
+        caplog.clear()
+        with caplog.at_level("WARNING", "pipeline.sources.polling.catalog"), \
+                conn.cursor() as cur:
+            describe(cur, f"{sc.schema}.Odd", settings.postgres, settings.polling,
+                     TypeResolver(), UnconvertedValues())
+        found = [r.getMessage() for r in caplog.records if "no index" in r.getMessage()]
+        return found[0].split("whole table. ", 1)[1] if found else None
+
+    statement = advice()
+    assert statement == f'CREATE INDEX ON "{sc.schema}"."Odd" ("Updated At", "Id", "K 2")'
+    with conn.cursor() as cur:
+        cur.execute(statement)
+    assert advice() is None  # the index it made is the one polling looks for
+    conn.close()
