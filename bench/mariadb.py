@@ -22,7 +22,8 @@ from pipeline.harness import PipelineProcess, wait_until
 from pipeline.stack import mariadb as stack_mariadb
 
 #: Debezium's MariaDB connector (a connector of its own since 2.7).
-DEBEZIUM_MARIADB = ("mariadb", "3.4.0.Final")
+#: 3.5.0 is the newest served here: 3.6.0 and 3.6.1 (jar and plugin) are not in the registry.
+DEBEZIUM_MARIADB = ("mariadb", "3.5.0.Final")
 DDL = ("CREATE TABLE {db}.items (id BIGINT PRIMARY KEY, name VARCHAR(100), qty INT, "
        "price DECIMAL(12,2), payload VARCHAR(255)) CHARACTER SET utf8mb4")
 
