@@ -858,6 +858,24 @@ class Settings(_Section):
             seen[topic] = table
         return self
 
+    @model_validator(mode="after")
+    def _one_index_per_table(self) -> Settings:
+        """Index names are lower case: two tables whose names differ only in case (or an
+        ``elasticsearch.indices`` entry naming another table's index) would write their rows
+        into one index, each overwriting the other's documents of the same key."""
+        if self.elasticsearch is None:
+            return self
+        seen: dict[str, str] = {}
+        for table in self.captured_tables():
+            index = self.elasticsearch.index_for(table)
+            if index in seen:
+                raise ValueError(
+                    f"{seen[index]} and {table} would share the search index {index} (index "
+                    "names are lower case): give one its own with elasticsearch.indices "
+                    f"{{{table}: <name>}}")
+            seen[index] = table
+        return self
+
     def captured_tables(self) -> tuple[str, ...]:
         """The tables capture publishes (``database.table`` for MySQL, else
         ``schema.table``)."""

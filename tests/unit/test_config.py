@@ -249,3 +249,18 @@ def test_two_tables_that_would_share_a_topic_are_refused() -> None:
     with pytest.raises(ConfigError, match="would share the topic cdc.shop.a_b"):
         load_settings(None, {"CDC_POSTGRES__DSN": "dbname=x",
                              "CDC_POSTGRES__TABLES": "[shop.a$b, shop.a_b]"})
+
+
+def test_two_tables_that_would_share_a_search_index_are_refused() -> None:
+    """Index names are lower case: shop.Items and shop.items wrote into one index, each
+    overwriting the other's documents (and verify called the other's rows extra)."""
+    env = {"CDC_POSTGRES__DSN": "dbname=x", "CDC_POSTGRES__TABLES": "[shop.Items, shop.items]",
+           "CDC_ELASTICSEARCH__URL": "http://127.0.0.1:9200"}
+    with pytest.raises(ConfigError, match="would share the search index cdc.shop.items"):
+        load_settings(None, env)
+    own = load_settings(None, {**env, "CDC_ELASTICSEARCH__INDICES": "{shop.Items: upper_items}"})
+    assert own.elasticsearch is not None
+    assert own.elasticsearch.index_for("shop.Items") == "upper_items"
+    with pytest.raises(ConfigError, match="share the search index cdc.shop.items"):
+        load_settings(None, {**env, "CDC_POSTGRES__TABLES": "[shop.items, shop.other]",
+                             "CDC_ELASTICSEARCH__INDICES": "{shop.other: cdc.shop.items}"})
