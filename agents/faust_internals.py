@@ -172,21 +172,16 @@ class PausedFetching:
     so Faust's fetcher is never left blocked on a full queue, not polling.
     """
 
-    def __init__(self, app: Any, fetch: BatchFetch, step_s: float = 0.2) -> None:
+    def __init__(self, app: Any, fetch: BatchFetch) -> None:
         self.app = app
         self.fetch = fetch
-        self.step_s = step_s
 
     async def pause(self) -> int:
         return await self._call(_pause_raw, self.fetch.topics, True)
 
     async def keep_polling(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while (left := deadline - loop.time()) > 0:
-            self.fetch.spill()
-            await asyncio.sleep(min(left, self.step_s))
-            await self._call(_pause_raw, self.fetch.topics, True)  # assigned meanwhile
+        self.fetch.spill()
+        await asyncio.sleep(seconds)
         self.fetch.spill()
 
     async def resume(self) -> None:

@@ -30,7 +30,9 @@ class PausableConsumer(Protocol):
 
     async def keep_polling(self, seconds: float) -> None:
         """Poll (fetching nothing for paused partitions) for ``seconds``, so the consumer
-        stays in its group; pause partitions assigned meanwhile too."""
+        stays in its group. Pausing is :class:`Backpressure`'s alone (it pauses partitions
+        assigned meanwhile between calls): a consumer pausing by itself could pause again
+        after another drain's success resumed it, and nothing would resume it then."""
         ...
 
     async def resume(self) -> None:
@@ -39,13 +41,21 @@ class PausableConsumer(Protocol):
 
 
 class Backpressure:
-    """Pauses the worker's partitions while a sink write is being retried."""
+    """Pauses the worker's partitions while a sink write is being retried.
 
-    def __init__(self, metrics: Metrics, sink: str = "") -> None:
+    Several drains of one sink may wait and succeed at once (one in flight per partition).
+    Every pause and resume happens under one lock, together with the state it changes, so a
+    drain's success that resumes the partitions is never undone by a retry still polling
+    with the partitions paused: that retry pauses again only while the state says paused.
+    """
+
+    def __init__(self, metrics: Metrics, sink: str = "", step_s: float = 0.2) -> None:
         self.metrics = metrics
         self.sink = sink
+        self.step_s = step_s
         self.consumer: PausableConsumer | None = None
         self.paused = False
+        self._lock = asyncio.Lock()
 
     def attach(self, consumer: PausableConsumer) -> None:
         """The engine's consumer (until then, waiting is a plain sleep)."""
@@ -53,22 +63,32 @@ class Backpressure:
 
     async def wait(self, seconds: float) -> None:
         """Wait ``seconds`` before the next attempt, the partitions paused meanwhile."""
-        if self.consumer is None:
+        consumer = self.consumer
+        if consumer is None:
             await asyncio.sleep(seconds)
             return
-        if not self.paused:
-            count = await self.consumer.pause()
-            self.paused = True
-            self.metrics.set("cdc_worker_paused_partitions", count, sink=self.sink)
-            log.warning("sink %s unavailable: paused %d partition(s), still polling so the "
-                        "worker keeps its place in the consumer group", self.sink, count)
-        await self.consumer.keep_polling(seconds)
+        async with self._lock:
+            if not self.paused:
+                count = await consumer.pause()
+                self.paused = True
+                self.metrics.set("cdc_worker_paused_partitions", count, sink=self.sink)
+                log.warning("sink %s unavailable: paused %d partition(s), still polling so "
+                            "the worker keeps its place in the consumer group", self.sink,
+                            count)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0:
+            await consumer.keep_polling(min(left, self.step_s))
+            async with self._lock:
+                if self.paused:  # partitions assigned meanwhile; not after a resume
+                    await consumer.pause()
 
     async def release(self) -> None:
         """The sink confirmed a write: fetch again."""
-        if not self.paused or self.consumer is None:
-            return
-        await self.consumer.resume()
-        self.paused = False
+        async with self._lock:
+            if not self.paused or self.consumer is None:
+                return
+            await self.consumer.resume()
+            self.paused = False
         self.metrics.set("cdc_worker_paused_partitions", 0, sink=self.sink)
         log.info("sink %s confirmed a write: partitions resumed", self.sink)

@@ -110,7 +110,6 @@ class KafkaSinkWorker:
         while (left := deadline - time.monotonic()) > 0:
             messages = self.consumer.consume(self.settings.worker.batch_size, min(left, 0.5))
             self._held_back.extend(self._taken(messages))
-            self.consumer.pause(self.consumer.assignment())  # assigned meanwhile, too
 
     async def resume(self) -> None:
         self.consumer.resume(self.consumer.assignment())
