@@ -9,20 +9,28 @@ as Kafka Connect names them (so existing tooling reads them), plus the failure t
     __connect.errors.exception.message              what went wrong
     __connect.errors.connector.name                 the worker's app id
     cdc.errors.timestamp                            when it failed (ISO-8601, UTC)
+
+A letter Kafka refuses for its size (the record near the topic's limit, plus these headers)
+is written without its value instead, with ``cdc.errors.value.dropped`` saying how large it
+was: the record itself stays in its raw topic at the offset the headers name. Retrying the
+whole letter would fail for ever and hold every partition's acknowledgements behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from pipeline.config import KafkaSettings
 from pipeline.errors import RetriableError
 from pipeline.kafka.client import client_config, produce_waiting
+
+log = logging.getLogger(__name__)
 
 H_TOPIC = "__connect.errors.topic"
 H_PARTITION = "__connect.errors.partition"
@@ -32,6 +40,7 @@ H_CLASS = "__connect.errors.class.name"
 H_MESSAGE = "__connect.errors.exception.message"
 H_CONNECTOR = "__connect.errors.connector.name"
 H_TIMESTAMP = "cdc.errors.timestamp"
+H_VALUE_DROPPED = "cdc.errors.value.dropped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,20 +91,48 @@ class DeadLetterTopic:
         if not letters:
             return
         failures: list[str] = []
+        too_large: list[tuple[RawRecord, str, BaseException]] = []
 
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failures.append(str(err))
+        def on_delivery(letter: tuple[RawRecord, str, BaseException]) -> Any:
+            def delivered(err: Any, _msg: Any) -> None:
+                if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    too_large.append(letter)  # the broker's limit: again, without the value
+                elif err is not None:
+                    failures.append(str(err))
+            return delivered
+
+        def produce(letter: tuple[RawRecord, str, BaseException], whole: bool) -> None:
+            record, stage, error = letter
+            headers = dead_letter_headers(record, stage, error, self.connector)
+            if not whole:
+                headers.append((H_VALUE_DROPPED, (
+                    f"{len(record.value or b'')} bytes: the letter was over Kafka's size "
+                    f"limit; the record is in {record.topic}[{record.partition}] at offset "
+                    f"{record.offset}").encode()))
+            try:
+                produce_waiting(self._producer, self.topic, record.value if whole else None,
+                                record.key, headers=headers, on_delivery=on_delivery(letter))
+            except KafkaException as exc:
+                code = exc.args[0].code() if exc.args else None
+                if not whole or code != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                produce(letter, False)  # over the producer's own limit
 
         def produce_all() -> int:
-            for record, stage, error in letters:
-                produce_waiting(self._producer, self.topic, record.value, record.key,
-                                headers=dead_letter_headers(record, stage, error,
-                                                            self.connector),
-                                on_delivery=delivered)
-            return int(self._producer.flush(30.0))
+            for letter in letters:
+                produce(letter, True)
+            remaining = int(self._producer.flush(30.0))
+            if too_large and not remaining:
+                for letter in too_large:
+                    produce(letter, False)
+                remaining = int(self._producer.flush(30.0))
+            return remaining
 
         remaining = await asyncio.to_thread(produce_all)
+        for record, _stage, _error in too_large:
+            log.warning("dead letter of %s[%d]@%d is over Kafka's size limit: written "
+                        "without its value (header %s)", record.topic, record.partition,
+                        record.offset, H_VALUE_DROPPED)
         if remaining or failures:
             raise RetriableError(
                 f"dead-letter topic {self.topic} did not acknowledge "

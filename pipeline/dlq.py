@@ -25,7 +25,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +33,14 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.deadletter import H_CLASS, H_OFFSET, H_PARTITION, H_STAGE, H_TIMESTAMP
+from pipeline.deadletter import (
+    H_CLASS,
+    H_OFFSET,
+    H_PARTITION,
+    H_STAGE,
+    H_TIMESTAMP,
+    H_VALUE_DROPPED,
+)
 from pipeline.deadletter import H_TOPIC as H_ORIGIN_TOPIC
 from pipeline.dlq_transform import Transform, TransformFailed, transformed
 from pipeline.errors import BadDataError, CdcError, RetriableError
@@ -566,6 +573,8 @@ def replay_raw(settings: Settings, topic: str, flt: LetterFilter, offset: int | 
                 report.returned[letter.replay_id] += 1
             elif letter.origin_topic is None:
                 report.skipped[f"without a {H_ORIGIN_TOPIC} header"] += 1
+            elif letter.header(H_VALUE_DROPPED) is not None:
+                report.skipped[VALUE_DROPPED] += 1
             elif letter.origin() in chosen:
                 # Each sink's worker dead-letters a bad record on its own: one record, one
                 # re-produce (it reaches every sink again); all its letters count as replayed.
@@ -621,7 +630,8 @@ def _produce(settings: Settings, topic: str, letters: Sequence[DeadLetter],
     written: dict[tuple[str, int], int] = {}
     if not letters:
         return [], None, written
-    producer = Producer({**_client_config(settings), **settings.kafka.producer_config(),
+    producer = Producer({**_client_config(settings), "message.max.bytes": 16 * 1024 * 1024,
+                         **settings.kafka.producer_config(),
                          "enable.idempotence": True, "acks": "all", "linger.ms": 5})
     partitions: dict[str, int] = {}
     for name in {letter.origin_topic for letter in letters if letter.origin_topic}:
@@ -744,6 +754,9 @@ def replay_to_sink(settings: Settings, topic: str, sink_name: str, flt: LetterFi
         letters = _transform_all(transform, letters, report)
     events: list[tuple[DeadLetter, ChangeEvent]] = []
     for letter in letters:
+        if letter.header(H_VALUE_DROPPED) is not None:
+            report.skipped[VALUE_DROPPED] += 1
+            continue
         try:
             event = decode(letter.key, letter.value)
         except BadDataError as exc:
@@ -758,12 +771,86 @@ def replay_to_sink(settings: Settings, topic: str, sink_name: str, flt: LetterFi
             report.rejected.append((letter, f"still undecodable: {foreign}"))
         else:
             events.append((letter, event))
+    events = _newer_than_applied(settings, sink_name, events, report)
     destination = f"sink:{sink_name}"
     if dry_run:
         report.sent[destination] += len(events)
         return report
     asyncio.run(_write_to_sink(settings, sink_name, events, report))
     return report
+
+
+#: Why a letter is not replayed: it was written without its value (over Kafka's size limit).
+VALUE_DROPPED = (f"without their value (over Kafka's size limit: {H_VALUE_DROPPED} names "
+                 "where the record is; re-read it from there)")
+
+#: Why a letter was not written to a sink: its worker applied a newer change of the row.
+STALE_FOR_SINK = ("applied already, or older than a change of their row the sink's worker "
+                  "applied since (written, a row would come back as it was before it)")
+
+
+def _newer_than_applied(settings: Settings, sink_name: str, events: list[tuple[Any, Any]],
+                        report: ReplayReport) -> list[tuple[Any, Any]]:
+    """The letters the sink's worker would still apply: each is checked against the worker's
+    dedup seen-set (read from its changelog, only the letters' partitions and rows), as the
+    worker checks a record. Without it a letter older than a delete would bring the deleted
+    row back into the index once Elasticsearch forgot the delete's version
+    (``index.gc_deletes``, 60 s)."""
+    from pipeline.dedup import Deduplicator, DedupSettings, Verdict, row_key
+    from pipeline.kafka.changelog import ChangelogStore, read_changelog
+
+    d = settings.worker.dedup
+    if not d.enabled or not events:
+        return events
+    keys = [row_key(event) for _, event in events]
+    topic = f"{settings.group_id(sink_name)}-dedup-changelog"
+    partitions = {letter.origin_partition for letter, _ in events}
+    if None in partitions:  # a letter that does not say where it came from: every partition
+        partitions = set(range(_partition_count(settings, topic)))
+    seen = _Only(set(keys))
+    read_changelog(topic, settings.kafka, sorted(p for p in partitions if p is not None),
+                   into=seen)
+    applied = {key: ChangelogStore.value_of(raw) for key, raw in seen.data.items()}
+    dedup = Deduplicator(applied, DedupSettings(window_ms=d.window_ms,
+                                                positions_per_row=d.positions_per_row))
+    kept = []
+    for (letter, event), key in zip(events, keys, strict=True):
+        if dedup.classify(event, key) is Verdict.NEW:
+            kept.append((letter, event))
+        else:
+            report.skipped[STALE_FOR_SINK] += 1
+    return kept
+
+
+def _partition_count(settings: Settings, topic: str) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    meta = list_topics(AdminClient(client_config(settings.kafka)), 30.0, topic).topics.get(topic)
+    return len(meta.partitions) if meta is not None and meta.partitions else 0
+
+
+class _Only(MutableMapping[str, str]):
+    """A mapping that keeps only some keys (a changelog read for a few rows)."""
+
+    def __init__(self, wanted: set[str]) -> None:
+        self.wanted = wanted
+        self.data: dict[str, str] = {}
+
+    def __getitem__(self, key: str) -> str:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        if key in self.wanted:
+            self.data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 async def _write_to_sink(settings: Settings, sink_name: str, events: Sequence[tuple[Any, Any]],

@@ -121,39 +121,47 @@ class ChangelogWriter:
              into: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
         """The latest value of every live key in some changelog partitions, written into
         ``into`` as it is read (a new dict when None)."""
-        consumer = Consumer(client_config(self.kafka, {
-            "group.id": f"{self.topic}-restore", "enable.auto.commit": False}))
-        state: MutableMapping[str, str] = {} if into is None else into
-        try:
-            ends: dict[int, int] = {}
-            for p in partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p),
-                                                           timeout=timeout)
-                if high > low:
-                    ends[p] = high
-            consumer.assign([TopicPartition(self.topic, p, 0) for p in ends])
-            while ends:
-                msg = consumer.poll(1.0)
-                if msg is None:
-                    continue
-                if msg.error() is not None:
-                    raise RetriableError(f"reading changelog {self.topic}: {msg.error()}")
-                raw_key, value = msg.key(), msg.value()
-                partition, offset = msg.partition() or 0, msg.offset() or 0
-                if raw_key is not None:
-                    key = orjson.loads(raw_key)
-                    if value is None:
-                        state.pop(key, None)
-                    else:
-                        state[key] = orjson.loads(value)
-                if offset + 1 >= ends.get(partition, 0):
-                    ends.pop(partition, None)
-        except KafkaException as exc:
-            raise_if_refused(consumer, exc)
-            raise RetriableError(f"reading changelog {self.topic}: {exc}") from exc
-        finally:
-            consumer.close()
-        return state
+        return read_changelog(self.topic, self.kafka, partitions, timeout, into)
+
+
+def read_changelog(topic: str, kafka: KafkaSettings, partitions: list[int],
+                   timeout: float = 30.0, into: MutableMapping[str, str] | None = None,
+                   ) -> MutableMapping[str, str]:
+    """The latest value of every live key in some partitions of changelog ``topic``,
+    written into ``into`` as it is read (a new dict when None)."""
+    consumer = Consumer(client_config(kafka, {
+        "group.id": f"{topic}-restore", "enable.auto.commit": False}))
+    state: MutableMapping[str, str] = {} if into is None else into
+    try:
+        ends: dict[int, int] = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                       timeout=timeout)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        while ends:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                raise RetriableError(f"reading changelog {topic}: {msg.error()}")
+            raw_key, value = msg.key(), msg.value()
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            if raw_key is not None:
+                key = orjson.loads(raw_key)
+                if value is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = orjson.loads(value)
+            if offset + 1 >= ends.get(partition, 0):
+                ends.pop(partition, None)
+    except KafkaException as exc:
+        raise_if_refused(consumer, exc)
+        raise RetriableError(f"reading changelog {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+    return state
 
 
 class ChangelogStore(MutableMapping[str, str]):
@@ -174,15 +182,21 @@ class ChangelogStore(MutableMapping[str, str]):
         self.partition = partition
         yield
 
+    @staticmethod
+    def value_of(raw: Any) -> str:
+        """An entry's value, as the store was given it (entries are ``<partition>|<value>``,
+        so each goes back to its partition's changelog)."""
+        return str(raw).split("|", 1)[1]
+
     def __getitem__(self, key: str) -> str:
         raw = self.data.get(key)
         if raw is None:
             raise KeyError(key)
-        return str(raw).split("|", 1)[1]
+        return self.value_of(raw)
 
     def get(self, key: str, default: Any = None) -> Any:
         raw = self.data.get(key)
-        return default if raw is None else str(raw).split("|", 1)[1]
+        return default if raw is None else self.value_of(raw)
 
     def __setitem__(self, key: str, value: str) -> None:
         raw = f"{self.partition}|{value}"

@@ -114,3 +114,33 @@ def test_no_record_stops_a_worker_or_reaches_beyond_its_table(
                        params={"h": "index", "format": "json"}, timeout=10).json()
     assert all(i["index"] in (victim, f"it{sc.uid}.cdc-truncates")
                or i["index"].startswith(f"{sc.index}_v") for i in listed), listed
+
+
+def test_a_dead_letter_over_kafkas_size_limit_is_written_without_its_value(
+        scenario: Scenario) -> None:
+    """A record near its topic's limit plus the dead-letter headers was over it: the letter
+    was refused, retried for ever, and every partition of both sinks stopped behind it."""
+    import asyncio
+
+    from pipeline.capture.publisher import ensure_topics
+    from pipeline.deadletter import H_VALUE_DROPPED, DeadLetterTopic, RawRecord
+
+    sc = scenario
+    topic = sc.settings.worker.dead_letter_topic
+    ensure_topics(sc.settings.kafka, [topic], config={"max.message.bytes": "20000"})
+    letters = DeadLetterTopic(sc.settings.kafka, topic, "it")
+    broker_refuses = RawRecord(sc.topic, 1, 7, b'{"id": 1}', b"x" * 50_000)
+    producer_refuses = RawRecord(sc.topic, 2, 8, b'{"id": 2}', b"y" * (16 * 1024 * 1024))
+    fits = RawRecord(sc.topic, 0, 9, b'{"id": 3}', b"small")
+    asyncio.run(letters.send([(r, "sink:search", ValueError("refused"))
+                              for r in (broker_refuses, producer_refuses, fits)]))
+    written = {m.key(): m for m in sc.read_topic(topic)}
+    assert len(written) == 3
+    assert written[b'{"id": 3}'].value() == b"small"
+    for key, size, where in ((b'{"id": 1}', 50_000, "[1] at offset 7"),
+                             (b'{"id": 2}', 16 * 1024 * 1024, "[2] at offset 8")):
+        headers = dict(written[key].headers())
+        assert written[key].value() is None
+        assert headers[H_VALUE_DROPPED].decode().startswith(f"{size} bytes")
+        assert where in headers[H_VALUE_DROPPED].decode()
+        assert headers[H_STAGE] == b"sink:search"
