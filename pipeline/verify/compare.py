@@ -29,14 +29,21 @@ def canonical(row: Row) -> dict[str, Any]:
     return dict(orjson.loads(orjson.dumps(dict(row))))
 
 
+def _compared(row: Row) -> dict[str, Any]:
+    """What is compared of a row or document: its non-null fields. A column added with
+    no value (``ADD COLUMN note text``) is null in the row and in documents written since,
+    and absent from documents written before: the same value, not a difference."""
+    return {k: v for k, v in canonical(row).items() if v is not None}
+
+
 def row_hash(row: Row) -> str:
-    """A hash of a row's values, independent of column order."""
-    return hashlib.sha256(orjson.dumps(canonical(row), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """A hash of a row's values, independent of column order (a null field is absent)."""
+    return hashlib.sha256(orjson.dumps(_compared(row), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def differing_columns(row: Row, document: Row) -> list[str]:
-    """The columns whose value differs (or that only one side has), sorted."""
-    a, b = canonical(row), canonical(document)
+    """The columns whose value differs (a non-null value one side lacks too), sorted."""
+    a, b = _compared(row), _compared(document)
     absent = object()
     return sorted(c for c in a.keys() | b.keys() if a.get(c, absent) != b.get(c, absent))
 

@@ -59,7 +59,9 @@ class SearchIndex:
         if response.status_code == 404:
             raise IndexMissing(
                 f"{table} has no index yet ({index} does not exist): start capture and a "
-                "search worker (`cdc worker --sink search`) and let them write it first")
+                "search worker (`cdc worker --sink search`) and let them write it first; "
+                "a table added to the capture after its start gets its existing rows only "
+                f"from `cdc snapshot start {table}`")
         return int(self._json(response, f"count {index}")["count"])
 
     def documents(self, index: str, ids: Sequence[str]) -> dict[str, Document | None]:

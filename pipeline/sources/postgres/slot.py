@@ -212,7 +212,10 @@ class ReplicationSlot:
                     sql.Identifier(name), _table_list(missing)
                 )
             )
-            log.info("added %s to publication %s", ", ".join(missing), name)
+            log.warning("added %s to publication %s: changes from now on are captured; "
+                        "the rows it already holds are not (no snapshot of a table added "
+                        "later): `cdc snapshot start %s` backfills them while streaming",
+                        ", ".join(missing), name, " ".join(missing))
 
     def _ensure_slot(self, cur: Any, saved_position: str | None, create: bool,
                      start_over: bool) -> bool:
