@@ -3,7 +3,8 @@
 A forgotten replication slot retains WAL until the disk fills; a forgotten publication and
 the positions kept in Kafka make the next capture under the same names believe a slot was
 lost. Teardown drops the slot and the publication (refusing while a capture still reads the
-slot), forgets the positions, and on request deletes the pipeline's topics and search indices.
+slot), forgets the positions, and on request deletes the pipeline's topics and search indices
+(refusing while workers still consume them: they would create them again).
 
 A plan is read first (:func:`plan`) and rendered (:meth:`TeardownPlan.render`): the dry run
 shows it, the command asks before :func:`execute`. Only what exists is acted on; what is
@@ -12,6 +13,7 @@ already gone is said so.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,8 @@ from psycopg2 import sql
 from pipeline.config import Settings
 from pipeline.errors import CdcError, PermanentError, RetriableError
 from pipeline.kafka.client import client_config, list_topics
+
+log = logging.getLogger(__name__)
 
 
 class SlotInUseError(PermanentError):
@@ -51,13 +55,21 @@ class TeardownPlan:
     indices: list[str] = field(default_factory=list)
     indices_missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Consumer groups of sink workers that have members (running workers), when topics go.
+    running_groups: list[str] = field(default_factory=list)
 
     def refusal(self) -> str | None:
-        """Why teardown may not go on (a capture still reads the slot), or None."""
+        """Why teardown may not go on (a capture still reads the slot, or workers still
+        consume the topics it would delete), or None."""
         if self.slot is not None and self.slot.active_pid is not None:
             return (f"replication slot '{self.slot.name}' is in use by a running capture "
                     f"(walsender pid {self.slot.active_pid}): stop `cdc capture` first, then "
                     "run teardown again")
+        if self.running_groups:
+            return (f"workers are running in consumer group(s) "
+                    f"{', '.join(self.running_groups)}: they would create the deleted topics "
+                    "again at once (empty); stop every `cdc worker` first, then run "
+                    "teardown again")
         return None
 
     @property
@@ -146,6 +158,7 @@ def plan(settings: Settings, topics: bool = False, indices: bool = False) -> Tea
         existing = _existing_topics(settings)
         for name in owned_topics(settings):
             (p.topics if name in existing else p.topics_missing).append(name)
+        p.running_groups = _groups_with_members(settings)
     if indices:
         if settings.elasticsearch is None:
             p.notes.append("no elasticsearch section: no search index to delete")
@@ -238,6 +251,31 @@ def _admin(settings: Settings) -> Any:
 
 def _existing_topics(settings: Settings) -> set[str]:
     return set(list_topics(_admin(settings), 10).topics)
+
+
+def _groups_with_members(settings: Settings) -> list[str]:
+    """The sinks' consumer groups that have members now (workers running): those Kafka
+    lists as stable or rebalancing (an empty group has none)."""
+    from confluent_kafka import ConsumerGroupState, KafkaException
+
+    from pipeline.sinks.registry import sink_names
+
+    groups = {settings.group_id(name) for name in sink_names(settings)}
+    if not groups:
+        return []
+    live = {ConsumerGroupState.STABLE, ConsumerGroupState.PREPARING_REBALANCING,
+            ConsumerGroupState.COMPLETING_REBALANCING}
+    admin = _admin(settings)  # held: a client destroyed meanwhile answers nothing
+    try:
+        listed = admin.list_consumer_groups(states=live).result(timeout=30)
+        errors = [str(e) for e in listed.errors]
+    except (KafkaException, TimeoutError) as exc:  # the cluster is not answering
+        listed, errors = None, [str(exc)]
+    if errors:
+        log.warning("could not tell whether workers are running (%s): stop them before "
+                    "deleting their topics", "; ".join(errors))
+    return [] if listed is None else sorted(g.group_id for g in listed.valid
+                                            if g.group_id in groups)
 
 
 def _delete_topics(settings: Settings, topics: list[str]) -> None:

@@ -99,6 +99,18 @@ def test_rules_at_capture_then_position_and_teardown(scenario: Scenario) -> None
     backwards = cdc(sc, "capture", "position", "set", before[0], "--yes")
     assert backwards.returncode != 0 and "never moves backwards" in backwards.stderr
 
+    # -- workers still consuming: deleting the topics is refused (they would create them
+    # again at once, empty, while teardown reported them deleted)
+    from pipeline.teardown import _groups_with_members
+
+    worker = sc.start("worker")
+    assert wait_until(lambda: _groups_with_members(sc.settings), 90), worker.tail()
+    busy = cdc(sc, "teardown", "--yes", "--topics")
+    assert busy.returncode == 3 and "workers are running" in busy.stderr, busy.stderr
+    assert sc.topic in sc.read_topic_names() and slot_row(sc) is not None
+    worker.stop()
+    assert wait_until(lambda: not _groups_with_members(sc.settings), 60)
+
     # -- teardown: dry run changes nothing, then everything named goes
     dry = cdc(sc, "teardown", "--dry-run", "--topics")
     assert f"would drop replication slot {sc.settings.postgres.slot}" in dry.stdout

@@ -92,3 +92,14 @@ def test_trigger_capture_is_pointed_to_its_own_uninstall(tmp_path) -> None:
     found = plan(_settings(tmp_path, YAML + "capture:\n  source: triggers\n"))
     assert found.empty and found.slot_name is None  # no slot to drop, nothing else read
     assert "`cdc triggers uninstall`" in found.render()
+
+
+def test_deleting_topics_that_running_workers_consume_is_refused_with_the_remedy() -> None:
+    """The workers created the deleted topics again at once, empty, after teardown had
+    reported them deleted."""
+    busy = TeardownPlan("logical", "shop_slot", SlotState("shop_slot", None, 0), "shop_pub",
+                        True, "postgres slot shop_slot", topics=["shop.shop.items"],
+                        running_groups=["shop-worker-search"])
+    reason = busy.refusal()
+    assert reason is not None and "shop-worker-search" in reason
+    assert "stop every `cdc worker` first" in reason
