@@ -703,6 +703,10 @@ def dlq_replay(ctx: click.Context, topic: str | None, partition: int | None, sta
 
     if destination != "raw" and not destination.startswith("sink:"):
         raise click.BadParameter("raw or sink:<name>", param_hint="--to")
+    if destination != "raw" and (again or wait_s):
+        raise click.UsageError("--again and --wait apply to a replay to the raw topic, not "
+                               f"to --to {destination} (written at once, checked against "
+                               "the sink's seen-set)")
 
     def action(settings):  # type: ignore[no-untyped-def]
         name = topic or settings.worker.dead_letter_topic

@@ -43,7 +43,7 @@ from pipeline.deadletter import (
 )
 from pipeline.deadletter import H_TOPIC as H_ORIGIN_TOPIC
 from pipeline.dlq_transform import Transform, TransformFailed, transformed
-from pipeline.errors import BadDataError, CdcError, RetriableError
+from pipeline.errors import BadDataError, CdcError, ConfigError, RetriableError
 from pipeline.kafka.client import client_config, list_topics, produce_waiting
 
 H_REPLAYED = "cdc.replayed.from"
@@ -58,6 +58,8 @@ MARK_PREFIX = "cdc-dlq-replay:v1:"
 MARK_MAX_CHARS = 4000
 PREVIEW_BYTES = 96
 MAX_VALUE_LINES = 80
+#: ... and characters shown of one line (`cdc dlq show --json` gives everything).
+MAX_LINE_CHARS = 500
 COMPACT_JSON_CHARS = 72
 READ_IDLE_TIMEOUT_S = 30.0
 #: Deeper JSON is shown as text: rendering it recursively could exhaust the stack.
@@ -281,6 +283,9 @@ def preview(data: bytes | None) -> str:
         lines = json.dumps(parsed, indent=2, ensure_ascii=False).splitlines()
         if len(lines) > MAX_VALUE_LINES:
             lines = [*lines[:MAX_VALUE_LINES], f"… ({len(lines) - MAX_VALUE_LINES} more lines)"]
+        lines = [line if len(line) <= MAX_LINE_CHARS else
+                 f"{line[:MAX_LINE_CHARS]} … ({len(line) - MAX_LINE_CHARS} more characters)"
+                 for line in lines]  # a 2 MB string is one line
         return printable("\n".join(lines))
     suffix = f" … ({len(data)} bytes)" if len(data) > PREVIEW_BYTES else ""
     try:
@@ -524,9 +529,12 @@ class ReplayReport:
         if self.failed_again is None:
             return [f"records that fail again come back with this id: {check}"]
         n = len(self.failed_again)
-        head = (f"dead-lettered again: {n} of {sum(self.sent.values())}"
+        records = len({letter.origin() for letter in self.failed_again})
+        what = (f"{records} of {sum(self.sent.values())} records"
+                + (f" ({n} letters: one per sink that refused)" if n != records else ""))
+        head = (f"dead-lettered again: {what}"
                 if self.settled else
-                f"dead-lettered again so far: {n} (the workers had not processed every "
+                f"dead-lettered again so far: {what} (the workers had not processed every "
                 f"replayed record yet: {check} later)")
         lines = [head]
         for g in group_letters(self.failed_again):
@@ -745,7 +753,8 @@ def replay_to_sink(settings: Settings, topic: str, sink_name: str, flt: LetterFi
     configured = sink_names(settings)
     if sink_name not in configured:  # also for --dry-run: it would not say what happens
         names = ", ".join(f"sink:{n}" for n in configured) or "none"
-        raise CdcError(f"no sink named {sink_name!r} is configured (configured: {names})")
+        raise ConfigError("--to", f"no sink named {sink_name!r} is configured "
+                          f"(configured: {names})")
     topic_tables = settings.topic_tables()
     report = ReplayReport(dry_run=dry_run)
     with DeadLetterReader(settings, topic) as reader:

@@ -101,11 +101,14 @@ def plan_set(settings: Settings, target: str) -> tuple[SlotPosition, Lsn]:
     try:
         lsn = Lsn.parse(target)
     except (ValueError, TypeError) as exc:
-        raise CdcError(f"'{target}' is not an LSN (like 0/16B3748)") from exc
+        raise ConfigError("capture position set", f"'{target}' is not an LSN (like 0/16B3748)"
+                          ) from exc
     slot = _slot(settings)
     if slot is None:
         raise CdcError(f"slot {settings.postgres.slot} does not exist: there is no position "
-                       "to move (capture creates it)")
+                       "to move. A new capture creates it; one that had a slot stops and "
+                       "asks for `cdc capture position reset` (a lost slot needs a new "
+                       "snapshot)")
     _refuse_active(settings, slot)
     if slot.confirmed is not None and lsn < slot.confirmed:
         raise CdcError(f"{lsn} is before the slot's confirmed position {slot.confirmed}: a "

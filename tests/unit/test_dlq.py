@@ -261,5 +261,12 @@ def test_a_dry_run_to_a_sink_that_is_not_configured_is_refused() -> None:
                                 env={"CDC_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
                                      "CDC_POSTGRES__DSN": "dbname=none",
                                      "CDC_POSTGRES__TABLES": "[public.t]"})
-    assert result.exit_code != 0
+    assert result.exit_code == 2  # an argument error, as the README says
     assert "no sink named 'nosuch'" in result.output, result.output
+
+
+def test_again_and_wait_are_refused_with_a_replay_to_a_sink() -> None:
+    """They were accepted and silently ignored."""
+    for flag in (["--again"], ["--wait", "30"]):
+        result = CliRunner().invoke(main, ["dlq", "replay", "--to", "sink:search", *flag])
+        assert result.exit_code == 2 and "apply to a replay to the raw topic" in result.output

@@ -105,8 +105,14 @@ def test_the_report_names_the_replay_and_what_came_back() -> None:
     lines = report.render().splitlines()
     assert "  replay r1: 4" in lines  # not replayed: they would only fail once more
     assert "replay id r2" in lines
-    assert "dead-lettered again: 1 of 3" in lines
+    assert "dead-lettered again: 1 of 3 records" in lines
     assert lines[-1].split() == ["1", "sink:search", REJECTED]
+    # two sinks refused the same replayed record: one record, two letters ("2 of 1" before)
+    report.failed_again = [_letter(7, EVENT, replay="r2"),
+                           _letter(7, EVENT, replay="r2", stage="sink:cache")]
+    report.sent["raw:cdc.public.items"] = 1
+    assert ("dead-lettered again: 1 of 1 records (2 letters: one per sink that refused)"
+            in report.render().splitlines())
 
 
 def test_a_report_without_waiting_says_how_to_check_later() -> None:
@@ -116,3 +122,10 @@ def test_a_report_without_waiting_says_how_to_check_later() -> None:
         "records that fail again come back with this id: cdc dlq list --replay-id r3")
     report.failed_again, report.settled = [], False
     assert "the workers had not processed every replayed record yet" in report.render()
+
+
+def test_show_shortens_a_huge_value_on_one_line_too() -> None:
+    from pipeline.dlq import preview
+
+    shown = preview(orjson.dumps({"after": {"name": "n" * 2_000_000}}))
+    assert len(shown) < 1000 and "more characters)" in shown
