@@ -250,3 +250,17 @@ def test_a_backfill_after_a_stopped_one_reads_with_its_own_filter(scenario: Scen
     reads = [r["after"]["id"] for r in _reads(sc)]
     assert len(reads) == before + 10, (len(reads), before)  # the first read no more
     assert sorted(i for i in reads if i > 20000) == list(range(29991, 30001))
+
+
+def test_a_small_tables_backfill_counts_its_rows_exactly(scenario: Scenario) -> None:
+    """The planner assumes ten pages (~880 rows) of a table never analyzed: `cdc snapshot
+    status` showed "of ~880" for a five-row table."""
+    sc = scenario
+    sc.execute("INSERT INTO items SELECT g, 'n', 1, 1.00 FROM generate_series(1, 5) g")
+    sc.env["CDC_POSTGRES__SNAPSHOT_MODE"] = "never"
+    sc.start("capture")
+    started = _cdc(sc, "snapshot", "start", sc.table_id, "--where", "id > 1")
+    assert started.returncode == 0, started.stderr
+    assert wait_until(lambda: _state(sc).get("state") == "done", 60, 0.2), (
+        sc.processes["capture"].tail())
+    assert _state(sc)["estimate"] == 4  # the filter's rows, counted
