@@ -874,6 +874,13 @@ class Settings(_Section):
                     "names are lower case): give one its own with elasticsearch.indices "
                     f"{{{table}: <name>}}")
             seen[index] = table
+        for index, table in seen.items():  # the sink writes <index> through <index>_v<N>
+            versioned = re.fullmatch(r"(.+)_v\d+", index)
+            if versioned is not None and versioned[1] in seen:
+                raise ValueError(
+                    f"the search index of {table} ({index}) is a name the index of "
+                    f"{seen[versioned[1]]} takes for its versions ({versioned[1]}_v1, _v2, "
+                    f"...): give one its own with elasticsearch.indices {{{table}: <name>}}")
         return self
 
     def captured_tables(self) -> tuple[str, ...]:

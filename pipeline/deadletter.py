@@ -73,6 +73,13 @@ def dead_letter_headers(
     ]
 
 
+Letter = tuple[RawRecord, str, BaseException]
+
+
+def _where(record: RawRecord) -> str:
+    return f"{record.topic}[{record.partition}] at offset {record.offset}"
+
+
 class DeadLetterTopic:
     """Produces dead letters and waits for Kafka's acknowledgement before returning."""
 
@@ -86,53 +93,68 @@ class DeadLetterTopic:
             "message.max.bytes": 16 * 1024 * 1024,
         }))
 
-    async def send(self, letters: list[tuple[RawRecord, str, BaseException]]) -> None:
+    async def send(self, letters: list[Letter]) -> None:
         """Write dead letters; raises RetriableError unless Kafka acknowledged them all."""
         if not letters:
             return
         failures: list[str] = []
-        too_large: list[tuple[RawRecord, str, BaseException]] = []
+        too_large: list[Letter] = []  # refused for size in the last flush
 
-        def on_delivery(letter: tuple[RawRecord, str, BaseException]) -> Any:
+        def on_delivery(letter: Letter, whole: bool) -> Any:
             def delivered(err: Any, _msg: Any) -> None:
-                if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    too_large.append(letter)  # the broker's limit: again, without the value
-                elif err is not None:
-                    failures.append(str(err))
+                if err is None:
+                    return
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and whole:
+                    too_large.append(letter)
+                else:  # refused without its value too: never taken for written
+                    failures.append(f"{err} (letter of {_where(letter[0])})")
             return delivered
 
-        def produce(letter: tuple[RawRecord, str, BaseException], whole: bool) -> None:
+        def produce(letter: Letter, whole: bool) -> None:
             record, stage, error = letter
             headers = dead_letter_headers(record, stage, error, self.connector)
             if not whole:
                 headers.append((H_VALUE_DROPPED, (
                     f"{len(record.value or b'')} bytes: the letter was over Kafka's size "
-                    f"limit; the record is in {record.topic}[{record.partition}] at offset "
-                    f"{record.offset}").encode()))
+                    f"limit; the record is in {_where(record)}").encode()))
             try:
                 produce_waiting(self._producer, self.topic, record.value if whole else None,
-                                record.key, headers=headers, on_delivery=on_delivery(letter))
+                                record.key, headers=headers,
+                                on_delivery=on_delivery(letter, whole))
             except KafkaException as exc:
                 code = exc.args[0].code() if exc.args else None
                 if not whole or code != KafkaError.MSG_SIZE_TOO_LARGE:
                     raise
+                dropped.append(letter)
                 produce(letter, False)  # over the producer's own limit
+
+        dropped: list[Letter] = []
 
         def produce_all() -> int:
             for letter in letters:
                 produce(letter, True)
             remaining = int(self._producer.flush(30.0))
-            if too_large and not remaining:
-                for letter in too_large:
-                    produce(letter, False)
+            # The broker refuses a whole batch over the topic's limit, so a letter that fits
+            # may be refused beside one that does not: each goes again alone, with its value,
+            # and only one refused alone goes without it.
+            refused = list(too_large)
+            for letter in refused:
+                if remaining:
+                    break
+                too_large.clear()
+                produce(letter, True)
                 remaining = int(self._producer.flush(30.0))
+                if too_large:
+                    dropped.append(letter)
+                    produce(letter, False)
+                    remaining = int(self._producer.flush(30.0))
             return remaining
 
         remaining = await asyncio.to_thread(produce_all)
-        for record, _stage, _error in too_large:
-            log.warning("dead letter of %s[%d]@%d is over Kafka's size limit: written "
-                        "without its value (header %s)", record.topic, record.partition,
-                        record.offset, H_VALUE_DROPPED)
+        if not remaining and not failures:
+            for record, _stage, _error in dropped:
+                log.warning("dead letter of %s is over Kafka's size limit: written without "
+                            "its value (header %s)", _where(record), H_VALUE_DROPPED)
         if remaining or failures:
             raise RetriableError(
                 f"dead-letter topic {self.topic} did not acknowledge "

@@ -96,6 +96,11 @@ class KafkaSinkWorker:
         self.loop.forget()  # unfinished records are read again by the next owner
         self._held_back = [r for r in self._held_back
                            if (r[0].topic, r[0].partition) not in gone]
+        # librdkafka keeps a partition paused across its revocation: assigned back after
+        # the sink recovered (release() resumes only the current assignment), it would
+        # never be fetched again. Backpressure pauses it anew if the sink is still down.
+        with contextlib.suppress(KafkaException):
+            consumer.resume(partitions)
         self.metrics.inc("cdc_worker_rebalances_total", sink=self.sink)
         log.info("revoked %s", sorted(gone))
 

@@ -264,3 +264,12 @@ def test_two_tables_that_would_share_a_search_index_are_refused() -> None:
     with pytest.raises(ConfigError, match="share the search index cdc.shop.items"):
         load_settings(None, {**env, "CDC_POSTGRES__TABLES": "[shop.items, shop.other]",
                              "CDC_ELASTICSEARCH__INDICES": "{shop.other: cdc.shop.items}"})
+
+
+def test_a_table_whose_index_is_another_tables_version_name_is_refused() -> None:
+    """The sink writes shop.items through the concrete index cdc.shop.items_v1: the table
+    shop.items_v1 would write into it (or be refused, whichever came first)."""
+    with pytest.raises(ConfigError, match="takes for its versions"):
+        load_settings(None, {"CDC_POSTGRES__DSN": "dbname=x",
+                             "CDC_POSTGRES__TABLES": "[shop.items, shop.items_v1]",
+                             "CDC_ELASTICSEARCH__URL": "http://127.0.0.1:9200"})

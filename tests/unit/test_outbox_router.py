@@ -205,3 +205,10 @@ def test_exact_json_keeps_what_orjson_holds_as_parsed() -> None:
         "a": [1, "x", None, True, -9223372036854775808]}
     assert exact_json.loads("2.50", "t") == ExactNumber("2.50")
     assert exact_json.dumps({"v": ExactNumber("2.50")}, "t") == b'{"v":2.50}'
+
+
+def test_deep_and_long_payloads_that_are_valid_json_are_published_as_stored() -> None:
+    """Checking them by writing them again refused a payload nested 255 levels deep with a
+    fraction in it (orjson writes at most 254), and int() one with a 4301-digit number."""
+    for text in ("[" * 255 + "1.5" + "]" * 255, '{"n": ' + "9" * 4301 + "}"):
+        assert _router().route(_event(payload=text))[2] == text.encode()

@@ -64,16 +64,31 @@ def _exact(text: str | bytes, what: str, error: Exception | None) -> Any:
     try:
         value = json.loads(text, parse_float=ExactNumber, parse_int=_int,
                            parse_constant=_not_json)
-        # what orjson refuses to write (a lone surrogate, "\ud800") is no text either
-        orjson.dumps(value, default=_fragment)
-    except (ValueError, RecursionError, orjson.JSONEncodeError) as exc:
-        # RecursionError: nested deeper than the parser goes
+        _no_lone_surrogate(value)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise BadOutboxEvent(f"{what} is not valid JSON ({error or exc}): "
                              f"{text[:200]!r}") from exc
     return value
 
 
+def _no_lone_surrogate(value: Any) -> None:
+    """ValueError for a string holding half a surrogate pair (``"\ud800"``, which Python's
+    parser reads and UTF-8 cannot hold); iterative, as deep as the parse went."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
+            item.encode()  # UnicodeEncodeError is a ValueError
+        elif type(item) is dict:
+            stack.extend(item)
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+
+
 def _int(text: str) -> int | ExactNumber:
+    if len(text) > 20:  # beyond 64 bits (and int() refuses more than 4300 digits)
+        return ExactNumber(text)
     number = int(text)
     return number if number in _INT_RANGE else ExactNumber(text)
 
