@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from pipeline.capture.delivery import DeliveryTracker, TransactionDelivery
 from pipeline.capture.publisher import EventPublisher, ensure_topics
 from pipeline.capture.source import EVERY_PARTITION, ChangeSource, Checkpoint, HeadedRecord
@@ -133,6 +135,7 @@ class CaptureLoop:
 
     def _stream(self, tracker: DeliveryTracker, stop: threading.Event) -> None:
         publish = self.publisher.publish
+        produce = self.publisher.produce
         sent = tracker.sent
         unit = tracker.begin()
         while not stop.is_set():
@@ -148,7 +151,11 @@ class CaptureLoop:
                             for p in range(self._partition_count(topic)):
                                 publish(topic, key, value, sent(unit), p)
                         else:
-                            publish(topic, key, value, sent(unit), partition)
+                            unit.pending += 1  # as sent(unit), inline: once per record
+                            try:
+                                produce(topic, value, key, partition, unit)
+                            except (BufferError, KafkaException):  # publish() waits or says why
+                                publish(topic, key, value, unit, partition)
                     else:  # with headers
                         self._publish_headed(item, sent(unit))  # type: ignore[arg-type]
                 else:

@@ -65,6 +65,10 @@ class EventPublisher:
         self._producer = Producer(client_config(settings, {
             **PRODUCER_DEFAULTS, **settings.producer_config(), "client.id": client_id}))
         self._produce = self._producer.produce
+        #: The producer's own ``produce(topic, value, key, partition, on_delivery)``, for the
+        #: capture loop's per-record path: it raises where :meth:`publish` would wait (a full
+        #: queue) or explain (a refused record); the caller then calls :meth:`publish`.
+        self.produce = self._producer.produce
         #: Called about every 50 ms while publish() waits for Kafka (backpressure), so the
         #: source can keep its own connection alive.
         self.while_waiting: Callable[[], None] = lambda: None

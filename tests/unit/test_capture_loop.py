@@ -41,6 +41,11 @@ class FakePublisher:
         self.pending.append((len(self.sent), cb))
         self.sent.append((topic, key, value, partition))
 
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, partition: int,
+                cb: Any) -> None:
+        """As the producer's: positional, in its order."""
+        self.publish(topic, key, value, cb, partition)
+
     def partitions(self, topic: str) -> int:
         return self.n_partitions
 
@@ -351,3 +356,29 @@ def test_a_stop_during_an_outage_ends_capture_without_another_session(
     assert time.monotonic() - started < 5  # no 30 s backoff before noticing the stop
     assert "stopped while interrupted: database away" in caplog.text
     assert "resuming" not in caplog.text
+
+
+class QueueFullAtTimes(FakePublisher):
+    """The producer's own produce() finds its queue full for every other record; publish()
+    is the path that waits (here: succeeds at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = 0
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, partition: int,
+                cb: Any) -> None:
+        if len(self.sent) % 2:
+            self.full += 1
+            raise BufferError("Local: Queue full")
+        super().produce(topic, value, key, partition, cb)
+
+
+def test_a_record_the_full_queue_refused_is_published_once_through_the_waiting_path() -> None:
+    publisher = QueueFullAtTimes()
+    reads: list[list[Item]] = [[rec("1"), rec("2"), rec("3"), Checkpoint(100)], [rec("4"),
+                               Checkpoint(200)], [], []]
+    source = run([reads], publisher)
+    assert publisher.full == 2
+    assert [k for _, k, _, _ in publisher.sent] == [b"1", b"2", b"3", b"4"]
+    assert source.confirmed[-1] == 200

@@ -135,3 +135,46 @@ def test_insert_fast_path_leaves_a_refused_value_to_the_general_path() -> None:
         insert_row(payload, precise.names, precise.converters, None)
     msg = decode_message(payload)
     assert precise.row(msg.new)["total"] == "NaN"  # type: ignore[union-attr]
+
+
+@given(st.integers(-(2**31), 2**31 - 1), texts, st.integers(1, 2**62), st.booleans())
+def test_the_emitter_appends_the_records_and_counts_of_the_general_path(
+    key: int, note: str | None, lsn: int, tombstones: bool
+) -> None:
+    from pipeline.capture.source import ANY_PARTITION
+    from pipeline.sources.postgres.envelope import RecordEmitter
+    from pipeline.sources.postgres.pgoutput import decode_message
+
+    txn = TransactionContext(xid=7, commit_ts_us=1_700_000_000_123_456, last_commit_lsn=None)
+    writer = EnvelopeWriter('srv "x"', "shop")
+    writer.begin(txn)
+    topic = "srv.sales.orders"
+    counts: dict[tuple[int, str], int] = {}
+    emitter = RecordEmitter(writer, {SHAPE.oid: SHAPE}, {SHAPE.oid: topic}, counts, tombstones)
+    out: list[object] = []
+    payload = _insert_payload([str(key), note, "12.50", "t"])
+    assert emitter.insert(payload, lsn, out, b"1234")
+    msg = decode_message(payload)
+    assert out == [(topic, *writer.insert(msg, SHAPE, lsn, b"1234"),  # type: ignore[arg-type]
+                    ANY_PARTITION)]
+    new = (str(key), note, "1", "f")
+    changes = [Update(SHAPE.oid, (str(key + 1), None, None, None), "K", new),  # key moved
+               Delete(SHAPE.oid, (str(key), None, None, None), "K")]
+    for change in changes:
+        out.clear()
+        emitter.change(change, SHAPE, lsn, out, b"1234")
+        expected: list[object] = []
+        for op, k, v in writer.encode(change, SHAPE, lsn, b"1234"):
+            expected.append((topic, k, v, ANY_PARTITION))
+            if op == "d" and tombstones:
+                expected.append((topic, k, None, ANY_PARTITION))
+        assert out == expected
+    assert counts == {(SHAPE.oid, "c"): 2, (SHAPE.oid, "d"): 2}
+    # not an Insert, an unknown table, a value the fast decoder does not expect: nothing
+    # appended, the general path decides
+    out.clear()
+    other = _insert_payload(["1", "a", "2", "t"]).replace(
+        SHAPE.oid.to_bytes(4, "big"), (SHAPE.oid + 1).to_bytes(4, "big"), 1)
+    for refused in (b"U" + payload[1:], other, payload[:-1]):
+        assert not emitter.insert(refused, lsn, out, b"1234")
+    assert out == [] and counts == {(SHAPE.oid, "c"): 2, (SHAPE.oid, "d"): 2}

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.capture.source import ANY_PARTITION
 from pipeline.config import TableColumnSettings
 from pipeline.events import UNAVAILABLE_BINARY, UNAVAILABLE_VALUE, ChangeEvent, Row, SourceInfo
 from pipeline.sources.postgres.columns import ColumnPolicy
@@ -18,9 +19,12 @@ from pipeline.sources.postgres.pgoutput import (
     Delete,
     Insert,
     Message,
+    PgoutputDecodeError,
     Relation,
     TupleValue,
     Update,
+    insert_relation_oid,
+    insert_row,
 )
 from pipeline.sources.postgres.types import PgType
 from pipeline.sources.postgres.unconverted import UnconvertedValues
@@ -360,6 +364,59 @@ class EnvelopeWriter:
             before = shape.row(msg.old)
             yield "d", key_json(before), _value(orjson.dumps(before), b"null", source, b"d",
                                                 now_ms)
+
+
+class RecordEmitter:
+    """Appends the raw-topic records of a message to a read batch and counts them per table
+    and operation: the source's per-message work, compiled with the writer.
+
+    Used only while no option rewrites records (skipped operations, transaction metadata, a
+    backfill window on the table): the source checks those and otherwise takes its general
+    path. ``shapes``, ``topics`` and ``counts`` are the source's own dicts, shared.
+    """
+
+    def __init__(self, writer: EnvelopeWriter, shapes: dict[int, TableShape],
+                 topics: dict[int, str], counts: dict[tuple[int, str], int],
+                 tombstones: bool) -> None:
+        self.writer = writer
+        self.shapes = shapes
+        self.topics = topics
+        self.counts = counts
+        self.tombstones = tombstones
+
+    def insert(self, payload: bytes, lsn: int, out: list[Any], now_ms: bytes) -> bool:
+        """An Insert message of a known table, decoded straight from its bytes; False (and
+        nothing appended) for any other message or anything unusual."""
+        oid = insert_relation_oid(payload)
+        if oid is None:
+            return False
+        shape = self.shapes.get(oid)
+        if shape is None:
+            return False
+        try:
+            row = insert_row(payload, shape.names, shape.converters, UNAVAILABLE_VALUE)
+        except PgoutputDecodeError:
+            return False  # the general decoder says what
+        if shape.policy is not None:
+            row = shape.policy.apply(row)
+        key, value = self.writer.created(row, shape, lsn, now_ms)
+        out.append((self.topics[oid], key, value, ANY_PARTITION))
+        counted = (oid, "c")
+        self.counts[counted] = self.counts.get(counted, 0) + 1
+        return True
+
+    def change(self, msg: Insert | Update | Delete, shape: TableShape, lsn: int,
+               out: list[Any], now_ms: bytes) -> None:
+        """Every record of a decoded change of ``shape``'s table (a delete's tombstone too,
+        with ``kafka.tombstones_on_delete``)."""
+        topic = self.topics[shape.oid]
+        counts = self.counts
+        for op, key, value in self.writer.encode(msg, shape, lsn, now_ms):
+            out.append((topic, key, value, ANY_PARTITION))
+            if op == "d" and self.tombstones:
+                out.append((topic, key, None, ANY_PARTITION))
+            counted = (shape.oid, op)
+            counts[counted] = counts.get(counted, 0) + 1
 
 
 def _value(before: bytes, after: bytes, source: bytes, op: bytes, now_ms: bytes) -> bytes:

@@ -37,6 +37,7 @@ from pipeline.sources.postgres.backfill import Backfills
 from pipeline.sources.postgres.envelope import (
     ChangeBuilder,
     EnvelopeWriter,
+    RecordEmitter,
     TableShape,
     TransactionContext,
 )
@@ -143,6 +144,7 @@ class PostgresSource:
         self.unconverted = UnconvertedValues()
         self.backfills = Backfills(pg, kafka, metrics, SESSION, self.unconverted)
         self._signal_oid: int | None = None  # postgres.signal_table's relation
+        self._emitter: RecordEmitter | None = None  # set when opened (see open())
         self._signal_columns: list[str] = []
         self._cur: Any = None
         self._repl: Any = None
@@ -222,6 +224,11 @@ class PostgresSource:
         db = self._catalog.info.dbname
         self.builder = ChangeBuilder(self.kafka.topic_prefix, db)
         self.writer = EnvelopeWriter(self.kafka.topic_prefix, db)
+        #: The compiled per-message path, when no option rewrites records (else None).
+        self._emitter = (
+            None if self._skipped or self.pg.transaction_metadata
+            else RecordEmitter(self.writer, self.shapes, self.topics, self._counts,
+                               self.kafka.tombstones_on_delete))
         self._txn_topic = f"{self.kafka.topic_prefix}.transaction"
         self._message_topic = f"{self.kafka.topic_prefix}.message"
         self._heartbeat_topic = f"__debezium-heartbeat.{self.kafka.topic_prefix}"
@@ -361,12 +368,17 @@ class PostgresSource:
         elif backfills.wants_chunk:
             backfills.read_chunk(self._checkpointed)
         try:
+            emitter = self._emitter
             while handled < max_items:
                 msg = cur.read_message()
                 if msg is None:
                     break
-                self._handle(msg.payload, msg.data_start)
                 handled += 1
+                if (emitter is not None and self._ctx is not None
+                        and backfills.window is None
+                        and emitter.insert(msg.payload, msg.data_start, out, self._now_ms)):
+                    continue
+                self._handle(msg.payload, msg.data_start)
             if handled < max_items:  # caught up with the server
                 self._idle(cur, out)
             else:
@@ -644,11 +656,15 @@ class PostgresSource:
         if type(msg) is Insert:
             self._created(shape.row(msg.new), shape, lsn)
             return
+        window = self.backfills.window
+        emitter = self._emitter
+        if emitter is not None and (window is None or window.table != shape.table_id):
+            emitter.change(msg, shape, lsn, self._out, self._now_ms)
+            return
         topic = self.topics[msg.relation_oid]
         out = self._out
         counts = self._counts
         meta = self._txn_meta
-        window = self.backfills.window
         skipped = self._skipped
         for op, key, value in self.writer.encode(msg, shape, lsn, self._now_ms):
             if skipped and op in skipped:
