@@ -178,3 +178,31 @@ def test_the_emitter_appends_the_records_and_counts_of_the_general_path(
     for refused in (b"U" + payload[1:], other, payload[:-1]):
         assert not emitter.insert(refused, lsn, out, b"1234")
     assert out == [] and counts == {(SHAPE.oid, "c"): 2, (SHAPE.oid, "d"): 2}
+
+
+@given(st.integers(-(2**31), 2**31 - 1), texts, st.integers(1, 2**62))
+def test_the_emitter_takes_inserts_updates_and_deletes_as_decoded(
+    key: int, note: str | None, lsn: int
+) -> None:
+    from pipeline.sources.postgres.envelope import RecordEmitter
+    from pipeline.sources.postgres.pgoutput import decode_message
+
+    txn = TransactionContext(xid=7, commit_ts_us=1_700_000_000_123_456, last_commit_lsn=None)
+    writer = EnvelopeWriter('srv "x"', "shop")
+    writer.begin(txn)
+    emitter = RecordEmitter(writer, {SHAPE.oid: SHAPE}, {SHAPE.oid: "t"}, {}, True)
+    inserted = _insert_payload([str(key), note, "12.50", "t"])
+    updated = b"U" + inserted[1:]
+    deleted = b"D" + _insert_payload([str(key), None, None, None])[1:].replace(b"N", b"K", 1)
+    for payload in (inserted, updated, deleted):
+        taken: list[object] = []
+        assert emitter.take(payload, lsn, taken, b"1")
+        decoded: list[object] = []
+        msg = decode_message(payload)
+        emitter.change(msg, SHAPE, lsn, decoded, b"1")  # type: ignore[arg-type]
+        assert taken == decoded and taken
+    # left to the general path: another kind, a value that is not UTF-8, a short payload
+    not_utf8 = b"U" + _insert_payload([str(key), "x", "1", "t"])[1:].replace(b"x", b"\xff")
+    for payload in (b"B" + inserted[1:], not_utf8, updated[:-1], b""):
+        out: list[object] = []
+        assert not emitter.take(payload, lsn, out, b"1") and out == []

@@ -23,8 +23,10 @@ from pipeline.sources.postgres.pgoutput import (
     Relation,
     TupleValue,
     Update,
+    decode_message,
     insert_relation_oid,
     insert_row,
+    take_replaced_values,
 )
 from pipeline.sources.postgres.types import PgType
 from pipeline.sources.postgres.unconverted import UnconvertedValues
@@ -139,7 +141,12 @@ class TableShape:
         placeholder, never None, so a sink can tell it from a real NULL. A value its
         converter refuses stays PostgreSQL's text and is counted in ``unconverted``."""
         out: Row = {}
-        for name, convert, value in zip(self.names, self.converters, values, strict=False):
+        names = self.names
+        converters = self.converters
+        for i in range(min(len(names), len(values))):  # indexed: compiled, cheaper than zip
+            name = names[i]
+            value = values[i]
+            convert = converters[i]
             if value is None:
                 out[name] = None
             elif value is UNCHANGED_TOAST:
@@ -383,6 +390,29 @@ class RecordEmitter:
         self.topics = topics
         self.counts = counts
         self.tombstones = tombstones
+
+    def take(self, payload: bytes, lsn: int, out: list[Any], now_ms: bytes) -> bool:
+        """An Insert, Update or Delete of a known table; False (nothing appended) for any
+        other message, and for one with anything unusual (bytes that are not UTF-8, a
+        payload the decoder refuses): the general path reads it again and says what."""
+        kind = payload[0] if payload else 0
+        if kind == 0x49:  # 'I'
+            return self.insert(payload, lsn, out, now_ms)
+        if kind != 0x55 and kind != 0x44:  # 'U', 'D'
+            return False
+        try:
+            msg = decode_message(payload)
+        except PgoutputDecodeError:
+            return False
+        if take_replaced_values():
+            return False
+        if not isinstance(msg, (Update, Delete)):
+            return False
+        shape = self.shapes.get(msg.relation_oid)
+        if shape is None:
+            return False
+        self.change(msg, shape, lsn, out, now_ms)
+        return True
 
     def insert(self, payload: bytes, lsn: int, out: list[Any], now_ms: bytes) -> bool:
         """An Insert message of a known table, decoded straight from its bytes; False (and

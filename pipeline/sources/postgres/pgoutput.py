@@ -287,19 +287,37 @@ def _replaced(data: bytes) -> str:
     return data.decode(errors="replace")
 
 
+def _u32(buf: bytes, off: int) -> int:
+    """The big-endian unsigned 32-bit integer at ``off`` (IndexError past the end): read
+    byte by byte, which compiled is several times cheaper than ``struct.unpack_from`` (the
+    hot path reads a length per column)."""
+    return (buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3]
+
+
+def _i32(buf: bytes, off: int) -> int:
+    """The big-endian signed 32-bit integer at ``off``."""
+    n = _u32(buf, off)
+    return n - 0x100000000 if n & 0x80000000 else n
+
+
+def _i16(buf: bytes, off: int) -> int:
+    """The big-endian signed 16-bit integer at ``off``."""
+    n = (buf[off] << 8) | buf[off + 1]
+    return n - 0x10000 if n & 0x8000 else n
+
+
 def _tuple(buf: bytes, off: int) -> tuple[Tuple, int]:
     """Read TupleData (column count, then per column a kind byte and maybe a value)."""
-    (ncols,) = _I16.unpack_from(buf, off)
+    ncols = _i16(buf, off)
     off += 2
     size = len(buf)
     values: list[TupleValue] = []
     append = values.append
-    unpack_len = _I32.unpack_from
     for _ in range(ncols):
         kind = buf[off]
         off += 1
         if kind == _KIND_TEXT:
-            (length,) = unpack_len(buf, off)
+            length = _i32(buf, off)
             off += 4
             end = off + length
             if end > size or length < 0:
@@ -314,7 +332,7 @@ def _tuple(buf: bytes, off: int) -> tuple[Tuple, int]:
         elif kind == _KIND_TOAST:
             append(UNCHANGED_TOAST)
         elif kind == _KIND_BINARY:
-            (length,) = unpack_len(buf, off)
+            length = _i32(buf, off)
             off += 4
             end = off + length
             if end > size or length < 0:
@@ -380,14 +398,14 @@ def _decode_type(buf: bytes, off: int) -> tuple[Type, int]:
 
 
 def _decode_insert(buf: bytes, off: int) -> tuple[Insert, int]:
-    (oid,) = _U32.unpack_from(buf, off)
+    oid = _u32(buf, off)
     _expect_tuple_tag(buf, off + 4, b"N")
     new, off = _tuple(buf, off + 5)
     return Insert(oid, new), off
 
 
 def _decode_update(buf: bytes, off: int) -> tuple[Update, int]:
-    (oid,) = _U32.unpack_from(buf, off)
+    oid = _u32(buf, off)
     off += 4
     tag = _expect_tuple_tag(buf, off, b"KON")
     old: Tuple | None = None
@@ -401,7 +419,7 @@ def _decode_update(buf: bytes, off: int) -> tuple[Update, int]:
 
 
 def _decode_delete(buf: bytes, off: int) -> tuple[Delete, int]:
-    (oid,) = _U32.unpack_from(buf, off)
+    oid = _u32(buf, off)
     tag = _expect_tuple_tag(buf, off + 4, b"KO")
     old, off = _tuple(buf, off + 5)
     return Delete(oid, old, chr(tag)), off
@@ -558,7 +576,7 @@ def insert_relation_oid(buf: bytes) -> int | None:
     """The relation of an Insert message (None if ``buf`` is not one)."""
     if len(buf) < 6 or buf[0] != 0x49:  # 'I'
         return None
-    return int(_U32.unpack_from(buf, 1)[0])
+    return _u32(buf, 1)
 
 
 def insert_row(
@@ -580,17 +598,16 @@ def insert_row(
     try:
         if buf[5] != _TUPLE_NEW:
             raise PgoutputDecodeError("not a new tuple")
-        (ncols,) = _I16.unpack_from(buf, 6)
+        ncols = _i16(buf, 6)
         if ncols != len(names):
             raise PgoutputDecodeError("column count differs from the relation")
         off = 8
         row: dict[str, Any] = {}
-        unpack_len = _I32.unpack_from
         for i in range(ncols):
             kind = buf[off]
             off += 1
             if kind == _KIND_TEXT:
-                (length,) = unpack_len(buf, off)
+                length = _i32(buf, off)
                 off += 4
                 end = off + length
                 if end > len(buf) or length < 0:

@@ -376,7 +376,7 @@ class PostgresSource:
                 handled += 1
                 if (emitter is not None and self._ctx is not None
                         and backfills.window is None
-                        and emitter.insert(msg.payload, msg.data_start, out, self._now_ms)):
+                        and emitter.take(msg.payload, msg.data_start, out, self._now_ms)):
                     continue
                 self._handle(msg.payload, msg.data_start)
             if handled < max_items:  # caught up with the server
