@@ -225,7 +225,7 @@ def sections(bench: Bench, parts: list[str],
     out: list[tuple[str, Callable[[], Any]]] = []
     readers = [r for p, r in (("capture", "ours"), ("debezium", "debezium")) if p in parts]
     if "ceiling" in parts:
-        readers += ["raw", "decode"]
+        readers += ["raw", "decode", "server"]
     if readers and not args.no_backlog:
         out.append(("backlog", lambda: capture.backlog(bench, readers, args.backlog_rows, args)))
     tools = [r for r in readers if r in ("ours", "debezium")]

@@ -131,7 +131,7 @@ def backlog(bench: Bench, readers: list[str], rows: int, args: argparse_ns) -> d
     # on a slot of its own: the first reader of a backlog pays for cold caches, so one round
     # each would compare a cold reader with a warm one.
     rounds = max(1, getattr(args, "ceiling_rounds", 3))
-    ceiling = [r for r in readers if r in ("raw", "decode")]
+    ceiling = [r for r in readers if r in ("raw", "decode", "server")]
     order = [r for r in readers if r not in ceiling] + [
         f"{r}#{i}" for i in range(rounds) for r in ceiling]
     for r in order:  # every slot exists before the first change is written

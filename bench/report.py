@@ -38,7 +38,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         r = bk["readers"]
         n = bk["workload"]["rows"]
         for name, label in (("ours", "capture (ours)"), ("debezium", "Debezium"),
-                            ("raw", "slot read+discard"), ("decode", "slot + our decoder")):
+                            ("raw", "slot read+discard"), ("decode", "slot + our decoder"),
+                            ("server", "slot decoded in the server")):
             if name in r:
                 x = r[name]
                 extra = ""
@@ -58,7 +59,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append(("throughput ours/Debezium",
                         _ratio(r["ours"]["rows_per_s"], r["debezium"]["rows_per_s"]),
                         "target >= 3x"))
-        slot_readers = [r[m] for m in ("raw", "decode") if m in r]
+        slot_readers = [r[m] for m in ("raw", "decode", "server") if m in r]
         if "ours" in r and slot_readers:
             # The ceiling is the fastest any reader drained the slot: a reader that decodes
             # as well (and discards) has been faster than one that does not (see waits).
