@@ -31,7 +31,7 @@ Chunk = tuple[Sequence[Any], Callable[[Any], Any], Callable[[Any], Any]]
 
 @dataclass(slots=True)
 class HeldRead:
-    """A row read and not yet handed out, waiting for its marker."""
+    """A chunk's last row, read and not yet handed out, waiting for its marker."""
 
     table: str
     read: Any  # what the source's ``_emit`` encodes
@@ -67,8 +67,8 @@ class ChunkedSnapshot:
         """Up to ``chunk_size`` rows of ``table`` after key ``after`` (None: from the start)."""
         raise NotImplementedError
 
-    def _emit(self, held: HeldRead, marker: str) -> Item:
-        """The record of one read."""
+    def _emit(self, table: str, read: Any, marker: str) -> Item:
+        """The record of one read of ``table`` (what ``_chunk``'s ``read_of`` returned)."""
         raise NotImplementedError
 
     def _save_key(self, key: Any) -> Any:
@@ -104,15 +104,22 @@ class ChunkedSnapshot:
             return out
         rows, key_of, read_of = self._chunk(table, self.after)
         starting = self.after is None
-        for i, values in enumerate(rows):
+        if rows:
             if self._held is not None:
                 out.append(self._release())
-            self._held = HeldRead(table, read_of(values), None, self._first,
-                                  starting and i == 0)
+            # Every row but the chunk's last is handed out at once: its marker is known.
+            last = len(rows) - 1
+            if last:
+                emit = self._emit
+                out.append(emit(table, read_of(rows[0]),
+                                snapshot_marker(self._first, False, starting, False)))
+                self._first = starting = False
+                for i in range(1, last):
+                    out.append(emit(table, read_of(rows[i]), "true"))
+            self._held = HeldRead(table, read_of(rows[last]),
+                                  key_of(rows[-2]) if last else self.after, self._first,
+                                  starting)
             self._first = False
-        if rows:
-            assert self._held is not None
-            self._held.before = key_of(rows[-2]) if len(rows) > 1 else self.after
         self.rows += len(rows)
         if len(rows) < self.chunk_size:
             if self._held is not None and self._held.table == table:
@@ -154,5 +161,5 @@ class ChunkedSnapshot:
         held = self._held
         assert held is not None
         self._held = None
-        return self._emit(held, snapshot_marker(held.first_overall, last, held.first_in_table,
-                                                held.last_in_table))
+        return self._emit(held.table, held.read, snapshot_marker(
+            held.first_overall, last, held.first_in_table, held.last_in_table))

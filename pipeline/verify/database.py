@@ -105,9 +105,9 @@ class TableRows:
             raise
         except psycopg2.Error as exc:
             raise translate(exc, f"looking up keys of {self.table}") from exc
-        return self._rows([list(r) for r in raw])
+        return self._rows(raw)
 
-    def _rows(self, raw: list[list[str | None]]) -> Rows:
+    def _rows(self, raw: list[tuple[str | None, ...]]) -> Rows:
         out: Rows = {}
         for values in raw:
             row = self.shape.row(tuple(values))

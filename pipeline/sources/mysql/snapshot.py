@@ -31,7 +31,7 @@ from typing import Any
 
 import pymysql
 
-from pipeline.capture.chunked_snapshot import Chunk, ChunkedSnapshot, HeldRead
+from pipeline.capture.chunked_snapshot import Chunk, ChunkedSnapshot
 from pipeline.capture.source import ANY_PARTITION, Item
 from pipeline.config import MysqlSettings
 from pipeline.positions import BinlogPosition
@@ -90,12 +90,12 @@ class BinlogSnapshot(ChunkedSnapshot):
     def _table_done(self, table: str) -> None:
         self._reader = None
 
-    def _emit(self, held: HeldRead, marker: str) -> Item:
-        image, row = held.read
+    def _emit(self, table: str, read: Any, marker: str) -> Item:
+        image, row = read
         key, value = self.writer.read(image, row, self._ctx, marker, int(time.time() * 1000))
         counted = (image.table_id, "r")
         self.counts[counted] = self.counts.get(counted, 0) + 1
-        return self.topics[held.table], key, value, ANY_PARTITION
+        return self.topics[table], key, value, ANY_PARTITION
 
     def _save_key(self, key: Any) -> Any:
         return encode_key(key)

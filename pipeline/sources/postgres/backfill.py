@@ -87,7 +87,7 @@ class _Window:
     mark: str
     table: str
     shape: TableShape
-    raw: list[list[str | None]]  # the rows as read (PostgreSQL's text)
+    raw: list[tuple[str | None, ...]]  # the rows as read (PostgreSQL's text)
     last_key: ChunkKey | None
     phase: str = "reading"
     lsn: int = 0  # the high watermark's position

@@ -60,7 +60,7 @@ class TableReader:
         self._key_index = [key_at(k) for k in self.shape.key_names]
 
     def chunk(self, after: ChunkKey | None, size: int,
-              upto: ChunkKey | None = None) -> list[list[str | None]]:
+              upto: ChunkKey | None = None) -> list[tuple[str | None, ...]]:
         """Up to ``size`` rows with a key above ``after`` (all from the start when None) and
         at most ``upto`` (no bound when None), in key order, each as the text of its
         columns."""
@@ -83,7 +83,7 @@ class TableReader:
 
     def _select(self, columns: sql.Composable, after: ChunkKey | None, upto: ChunkKey | None,
                 tail: sql.Composable, names: Sequence[str], key_at: Sequence[int]
-                ) -> list[list[str | None]]:
+                ) -> list[tuple[str | None, ...]]:
         """The rows of ``columns`` (named ``names``, the key at ``key_at``) in key order."""
         schema, name = self.table.split(".", 1)
         key = sql.SQL(", ").join(sql.Identifier(k) for k in self.shape.key_names)
@@ -106,11 +106,11 @@ class TableReader:
         query += sql.SQL(" ORDER BY {}").format(key) + tail
         with replaced_values() as texts, self.cursor() as cur:
             cur.execute(query, params)
-            rows = [list(r) for r in cur.fetchall()]
+            rows: list[tuple[str | None, ...]] = cur.fetchall()  # as they are: tuples
         self._replaced(rows, texts, names, key_at)
         return rows
 
-    def _replaced(self, rows: list[list[str | None]], texts: list[str], names: Sequence[str],
+    def _replaced(self, rows: list[tuple[str | None, ...]], texts: list[str], names: Sequence[str],
                   key_at: Sequence[int]) -> None:
         """Count the values of ``rows`` (columns ``names``) a ``SQL_ASCII`` database held
         bytes that are not UTF-8 in (read with U+FFFD in their place, :mod:`.sql_ascii`). A
@@ -135,7 +135,7 @@ class TableReader:
         psycopg2.extensions.register_type(self._raw, cur)
         return cur
 
-    def key_of(self, values: list[str | None]) -> ChunkKey:
+    def key_of(self, values: Sequence[str | None]) -> ChunkKey:
         """The key (text values) of a row ``chunk`` returned: where the next chunk starts."""
         return [values[i] for i in self._key_index]
 

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 import psycopg2
 
-from pipeline.capture.chunked_snapshot import Chunk, ChunkedSnapshot, HeldRead
+from pipeline.capture.chunked_snapshot import Chunk, ChunkedSnapshot
 from pipeline.capture.source import ANY_PARTITION, Item
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.positions import Lsn
@@ -111,8 +111,8 @@ class TableSnapshot(ChunkedSnapshot):
     def _table_done(self, table: str) -> None:
         self._reader = None
 
-    def _emit(self, held: HeldRead, marker: str) -> Item:
-        topic, shape, key, row = held.read
+    def _emit(self, table: str, read: Any, marker: str) -> Item:
+        topic, shape, key, row = read
         value = self._encoder.value(shape, row, marker, int(self.consistent), self.ts_us,
                                     self._now_ms)
         return topic, key, value, ANY_PARTITION
