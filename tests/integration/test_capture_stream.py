@@ -312,11 +312,11 @@ def test_a_database_in_another_encoding_is_captured_as_utf8(
             try:
                 reader = TableReader(reading, "public.badkey", sc.settings.postgres,
                                      TypeResolver(), UnconvertedValues())
-                assert reader.chunk(None, 1) == [["a", None]]
+                assert reader.chunk(None, 1) == [("a", None)]
                 with pytest.raises(SourceSetupError, match="key value holds bytes"):
                     reader.chunk(["a"], 3)
                 # a key that is U+FFFD as stored is exact: read, next to a replaced value
-                assert reader.chunk(["c"], 3) == [["\ufffd", "x\ufffd"]]
+                assert reader.chunk(["c"], 3) == [("\ufffd", "x\ufffd")]
                 assert reader.unconverted.drain() == {"not UTF-8": 1}  # the refused: none
             finally:
                 reading.close()

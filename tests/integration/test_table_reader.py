@@ -115,7 +115,7 @@ def test_every_row_is_read_once_in_key_chunks_whatever_the_key_type(
         reader = TableReader(conn, table, sc.settings.postgres, TypeResolver(),
                              UnconvertedValues())
         for size in (1, 3):
-            read: list[list[str | None]] = []
+            read: list[tuple[str | None, ...]] = []
             after = None
             while True:
                 rows = reader.chunk(after, size)
