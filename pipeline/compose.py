@@ -170,7 +170,8 @@ def build_source(settings: Settings, metrics: Metrics) -> ChangeSource:
         return OutboxRelay(settings.postgres, outbox, settings.kafka,
                            OutboxRouter(outbox, settings.worker.dead_letter_topic), metrics)
     return PostgresSource(settings.postgres, settings.kafka, metrics,
-                          outbox=_logical_outbox(settings, metrics))
+                          outbox=_logical_outbox(settings, metrics),
+                          schemas_dir=_schemas_dir(settings))
 
 
 def _logical_outbox(settings: Settings, metrics: Metrics) -> LogicalOutbox | None:
@@ -202,19 +203,15 @@ def build_capture(settings: Settings, metrics: Metrics,
 
 def _publisher(settings: Settings) -> EventPublisher:
     """Capture's publisher: JSON values, or Avro registered in the schema registry."""
-    from pipeline.capture.publisher import EventPublisher
+    from pipeline.capture.publisher import capture_publisher
 
-    k = settings.kafka
-    if k.value_format != "avro":
-        return EventPublisher(k)
-    from pipeline.capture.avro import AvroEnvelopeSchemas, AvroPublisher
+    return capture_publisher(settings.kafka, _schemas_dir(settings))
+
+
+def _schemas_dir(settings: Settings) -> Path:
     from pipeline.config import EvolutionSettings
-    from pipeline.evolution.registry import SchemaRegistry
-    from pipeline.evolution.schemas import SchemaSet
 
-    assert k.schema_registry_url is not None  # KafkaSettings checks it
-    schemas = SchemaSet.load((settings.evolution or EvolutionSettings()).schemas_dir)
-    return AvroPublisher(k, AvroEnvelopeSchemas(schemas, SchemaRegistry(k.schema_registry_url)))
+    return (settings.evolution or EvolutionSettings()).schemas_dir
 
 
 def run_capture(settings: Settings, reset_position: bool = False) -> None:

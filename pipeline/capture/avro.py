@@ -155,6 +155,12 @@ class AvroPublisher(EventPublisher):
         super().__init__(kafka, client_id)
         self._kafka = kafka
         self._schemas = schemas
+        self.produce = self._produce_encoded  # the capture loop's path re-encodes too
+
+    def _produce_encoded(self, topic: str, value: bytes | None, key: bytes | None,
+                         partition: int, on_delivery: DeliveryCallback) -> None:
+        self._produce(topic, None if value is None else self.encode(topic, value), key,
+                      partition, on_delivery)
 
     def publish(
         self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -65,10 +66,12 @@ class EventPublisher:
         self._producer = Producer(client_config(settings, {
             **PRODUCER_DEFAULTS, **settings.producer_config(), "client.id": client_id}))
         self._produce = self._producer.produce
-        #: The producer's own ``produce(topic, value, key, partition, on_delivery)``, for the
-        #: capture loop's per-record path: it raises where :meth:`publish` would wait (a full
-        #: queue) or explain (a refused record); the caller then calls :meth:`publish`.
-        self.produce = self._producer.produce
+        #: ``produce(topic, value, key, partition, on_delivery)``, positional, for the capture
+        #: loop's per-record path: the producer's own, which raises where :meth:`publish`
+        #: would wait (a full queue) or explain (a refused record); the caller then calls
+        #: :meth:`publish` with the same record. A subclass that changes values on their
+        #: way (:class:`~pipeline.capture.avro.AvroPublisher`) replaces it too.
+        self.produce: Callable[..., None] = self._producer.produce
         #: Called about every 50 ms while publish() waits for Kafka (backpressure), so the
         #: source can keep its own connection alive.
         self.while_waiting: Callable[[], None] = lambda: None
@@ -129,6 +132,23 @@ class EventPublisher:
 
     def __len__(self) -> int:
         return len(self._producer)
+
+
+def capture_publisher(settings: KafkaSettings, schemas_dir: Path | None,
+                      client_id: str = "cdc-capture") -> EventPublisher:
+    """Capture's publisher: JSON values, or (``kafka.value_format: avro``) Avro registered in
+    the schema registry, typed by the versions in ``schemas_dir``. Every process that writes
+    change events (capture, its snapshot readers) makes its publisher here."""
+    if settings.value_format != "avro":
+        return EventPublisher(settings, client_id)
+    from pipeline.capture.avro import AvroEnvelopeSchemas, AvroPublisher
+    from pipeline.evolution.registry import SchemaRegistry
+    from pipeline.evolution.schemas import SchemaSet
+
+    assert settings.schema_registry_url is not None  # KafkaSettings checks it
+    schemas = SchemaSet.load(schemas_dir if schemas_dir is not None else Path("schemas"))
+    return AvroPublisher(settings, AvroEnvelopeSchemas(
+        schemas, SchemaRegistry(settings.schema_registry_url)), client_id)
 
 
 def ensure_topics(

@@ -183,3 +183,33 @@ def test_the_worker_reads_a_topic_written_by_a_foreign_avro_producer(
     assert json.loads(schema.schema_str)["name"] == "ChangeRecord"
     assert sc.counter("cdc_dead_letters_total") == 0
     assert httpx.get(f"{registry_url}/subjects/{sc.topic}-value/versions").json() == [1]
+
+
+def test_a_parallel_initial_snapshot_writes_avro_as_capture_does(
+    scenario: Scenario, registry_url: str, tmp_path: Path
+) -> None:
+    """Snapshot reader processes make their publisher as capture does: with
+    ``kafka.value_format: avro`` they wrote JSON before, which no Avro consumer can read."""
+    sc = scenario
+    owned = tmp_path / "schemas"
+    owned.mkdir()
+    sc.env.update({
+        "CDC_KAFKA__VALUE_FORMAT": "avro",
+        "CDC_KAFKA__SCHEMA_REGISTRY_URL": registry_url,
+        "CDC_EVOLUTION__SCHEMAS_DIR": str(_owned_schemas(owned, sc.table_id)),
+        "CDC_POSTGRES__SNAPSHOT_READERS": "2",
+        "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "7",
+        "CDC_WORKER__ENGINE": "kafka",
+    })
+    sc.execute("INSERT INTO items SELECT i, 'item ' || i, i, i / 4.0, NULL "
+                "FROM generate_series(1, 60) AS i")
+    sc.start("capture")
+    sc.start("worker")
+    assert sc.converged(120), sc.processes["worker"].tail()
+    ids = _ids(sc, sc.topic, 60)  # asserts the wire format of every value
+    assert sorted(ids) == list(range(1, 61))
+    client = SchemaRegistryClient({"url": registry_url})
+    (version,) = client.get_versions(f"{sc.topic}-value")  # the owned v1: nothing inferred
+    v1_id = client.get_version(f"{sc.topic}-value", version).schema_id
+    assert {i for per_row in ids.values() for i in per_row} == {v1_id}
+    assert sc.counter("cdc_dead_letters_total") == 0

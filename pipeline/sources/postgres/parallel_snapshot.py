@@ -30,6 +30,7 @@ import os
 import queue
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -75,7 +76,7 @@ class ParallelSnapshot:
 
     def __init__(self, pg: PostgresSettings, kafka: KafkaSettings, session: str,
                  consistent: Lsn, exported: str | None, progress: dict[str, Any] | None,
-                 unconverted: UnconvertedValues) -> None:
+                 unconverted: UnconvertedValues, schemas_dir: Path | None = None) -> None:
         self.pg = pg
         self.consistent = consistent
         self.unconverted = unconverted
@@ -103,7 +104,8 @@ class ParallelSnapshot:
         self.tasks: Any = context.Queue()
         self.results: Any = context.Queue()
         setup = ReaderSetup(pg, kafka, session, exported, int(consistent), self.ts_us, 0,
-                            os.getpid(), logging.getLevelName(logging.getLogger().level))
+                            os.getpid(), logging.getLevelName(logging.getLogger().level),
+                            schemas_dir)
         self.processes = [
             context.Process(target=run_reader, name=f"cdc-snapshot-reader-{i}", daemon=True,
                             args=(replace(setup, index=i), self.tasks, self.results))

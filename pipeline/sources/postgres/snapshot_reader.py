@@ -22,12 +22,13 @@ import queue
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg2
 
-from pipeline.capture.publisher import EventPublisher
+from pipeline.capture.publisher import capture_publisher
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.errors import CdcError, PermanentError, RetriableError
 from pipeline.events import snapshot_marker
@@ -72,6 +73,8 @@ class ReaderSetup:
     index: int
     parent_pid: int
     log_level: str
+    #: Where the Avro schemas are, for ``kafka.value_format: avro`` (values as capture's).
+    schemas_dir: Path | None = None
 
 
 def run_reader(setup: ReaderSetup, tasks: Any, results: Any) -> None:
@@ -100,7 +103,8 @@ class _Reader:
         self.pending: dict[int, int] = {}  # range seq -> rows Kafka has not acknowledged
         self.rows: dict[int, int] = {}
         self.failed: str | None = None
-        self.publisher = EventPublisher(setup.kafka, client_id=f"cdc-snapshot-{setup.index}")
+        self.publisher = capture_publisher(setup.kafka, setup.schemas_dir,
+                                           client_id=f"cdc-snapshot-{setup.index}")
         self.conn = connect(setup.pg.dsn.get_secret_value(), text_as_stored=True,
                             options=setup.session)
         self.encoder = ReadEncoder(setup.kafka.topic_prefix,

@@ -19,6 +19,7 @@ import logging
 import re
 import select
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -117,8 +118,11 @@ class PostgresSource:
     """One replication slot as a change source."""
 
     def __init__(self, pg: PostgresSettings, kafka: KafkaSettings, metrics: Metrics,
-                 outbox: LogicalOutbox | None = None) -> None:
+                 outbox: LogicalOutbox | None = None, schemas_dir: Path | None = None) -> None:
         self.pg = pg
+        #: Where the Avro schemas are (``evolution.schemas_dir``): snapshot reader processes
+        #: write their values as capture does (``kafka.value_format``).
+        self.schemas_dir = schemas_dir
         #: Routes the outbox table's rows and the outbox messages (``outbox`` section).
         self.outbox = outbox
         self._outbox_shapes: dict[int, TableShape] = {}
@@ -329,9 +333,11 @@ class PostgresSource:
     def _open_snapshot(self, consistent: Lsn, exported: str | None,
                        progress: dict[str, Any] | None) -> TableSnapshot | ParallelSnapshot:
         """The snapshot reader: in this process, or ``snapshot_readers`` processes."""
-        kind = TableSnapshot if self.pg.snapshot_readers == 1 else ParallelSnapshot
-        return kind(self.pg, self.kafka, SESSION, consistent, exported, progress,
-                    self.unconverted)
+        if self.pg.snapshot_readers == 1:
+            return TableSnapshot(self.pg, self.kafka, SESSION, consistent, exported, progress,
+                                 self.unconverted)
+        return ParallelSnapshot(self.pg, self.kafka, SESSION, consistent, exported, progress,
+                                self.unconverted, self.schemas_dir)
 
     def _start_streaming(self) -> None:
         try:
