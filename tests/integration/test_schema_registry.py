@@ -57,6 +57,20 @@ def _owned_schemas(folder: Path, table: str) -> Path:
     return folder
 
 
+def _avro(sc: Scenario, registry_url: str, tmp_path: Path, **env: str) -> None:
+    """The scenario in Avro, its table's two versions owned (``_owned_schemas``), the kafka
+    engine; ``env``: more settings."""
+    owned = tmp_path / "schemas"
+    owned.mkdir()
+    sc.env.update({
+        "CDC_KAFKA__VALUE_FORMAT": "avro",
+        "CDC_KAFKA__SCHEMA_REGISTRY_URL": registry_url,
+        "CDC_EVOLUTION__SCHEMAS_DIR": str(_owned_schemas(owned, sc.table_id)),
+        "CDC_WORKER__ENGINE": "kafka",
+        **env,
+    })
+
+
 def _ids(sc: Scenario, topic: str, want: int) -> dict[int, list[int]]:
     """Per row id (the JSON key), the schema id of each of its non-null values, in order
     (a row's records share a partition), once ``want`` values are read (a loaded machine
@@ -83,14 +97,7 @@ def test_capture_registers_avro_and_the_worker_evolves_across_an_added_column(
     scenario: Scenario, registry_url: str, tmp_path: Path
 ) -> None:
     sc = scenario
-    owned = tmp_path / "schemas"
-    owned.mkdir()
-    sc.env.update({
-        "CDC_KAFKA__VALUE_FORMAT": "avro",
-        "CDC_KAFKA__SCHEMA_REGISTRY_URL": registry_url,
-        "CDC_EVOLUTION__SCHEMAS_DIR": str(_owned_schemas(owned, sc.table_id)),
-        "CDC_WORKER__ENGINE": "kafka",
-    })
+    _avro(sc, registry_url, tmp_path)
     sc.start("capture")
     sc.start("worker")
     sc.execute("INSERT INTO items VALUES (1, 'apple', 3, 1.25, 'n'), (2, 'pear', 1, 0.5, NULL)")
@@ -191,16 +198,8 @@ def test_a_parallel_initial_snapshot_writes_avro_as_capture_does(
     """Snapshot reader processes make their publisher as capture does: with
     ``kafka.value_format: avro`` they wrote JSON before, which no Avro consumer can read."""
     sc = scenario
-    owned = tmp_path / "schemas"
-    owned.mkdir()
-    sc.env.update({
-        "CDC_KAFKA__VALUE_FORMAT": "avro",
-        "CDC_KAFKA__SCHEMA_REGISTRY_URL": registry_url,
-        "CDC_EVOLUTION__SCHEMAS_DIR": str(_owned_schemas(owned, sc.table_id)),
-        "CDC_POSTGRES__SNAPSHOT_READERS": "2",
-        "CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE": "7",
-        "CDC_WORKER__ENGINE": "kafka",
-    })
+    _avro(sc, registry_url, tmp_path, CDC_POSTGRES__SNAPSHOT_READERS="2",
+          CDC_POSTGRES__SNAPSHOT_CHUNK_SIZE="7")
     sc.execute("INSERT INTO items SELECT i, 'item ' || i, i, i / 4.0, NULL "
                 "FROM generate_series(1, 60) AS i")
     sc.start("capture")
