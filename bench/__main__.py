@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-chunk-sizes", default="2048,16384",
                    help="our postgres.snapshot_chunk_size values to run, comma separated "
                         "(the first also for the small table and the profile)")
+    p.add_argument("--snapshot-rounds", type=int, default=None,
+                   help="snapshot part: rounds of ours (first chunk size, one reader) and "
+                        "Debezium in turn on each table, the median round counts (default 3; "
+                        "quick 1)")
     p.add_argument("--snapshot-readers", default="1,2",
                    help="our postgres.snapshot_readers values to run at the first chunk size, "
                         "comma separated (default 1,2)")
@@ -153,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         args.big_txn_rows = 100_000 if q else 1_000_000
     args.snapshot_rows = args.snapshot_rows or (100_000 if q else 2_000_000)
     args.wide_rows = args.wide_rows or (10_000 if q else 200_000)
+    args.snapshot_rounds = args.snapshot_rounds or (1 if q else 3)
     if args.mariadb_rows is None:  # 0: latency only
         args.mariadb_rows = 100_000 if q else 1_000_000
     args.strategy_rows = args.strategy_rows or (20_000 if q else 200_000)

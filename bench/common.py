@@ -63,6 +63,9 @@ class Bench:
     def __post_init__(self) -> None:
         info = stack.up(list(self.services)) if self.services else (stack.load() or stack.up())
         self.env: dict[str, str] = stack.env_vars(info)
+        #: The main process of each stack service (PostgreSQL: the postmaster).
+        self.server_pids: dict[str, int] = {
+            name: svc.pid for name, svc in stack.status().items() if svc.pid}
         self.dsn = self.env["CDC_POSTGRES__DSN"]
         self.bootstrap = self.env["CDC_KAFKA__BOOTSTRAP_SERVERS"]
         self.schema = f"bench_{self.uid}"
@@ -427,10 +430,69 @@ def _server_version() -> str:
         conn.close()
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (its threads included)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children, live or ended (a PostgreSQL server: the
+    postmaster, its backends, and the backends that exited, which it reaped)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            child = _stat_fields(entry)
+            if child is not None and child[1] == str(pid):  # ppid
+                ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, not idle or iowait)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCpu:
+    """The CPU the stack's Kafka broker and PostgreSQL server used over one run: their share
+    of the machine beside the reader being measured."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.pids = bench.server_pids
+        self.t0 = time.monotonic()
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        return {"kafka": cpu_seconds(self.pids["kafka"]),
+                "postgres": tree_cpu_seconds(self.pids["postgres"]),
+                "machine": machine_busy_s()}
+
+    def result(self, rows: int) -> dict[str, Any]:
+        """CPU-ms per 1k rows of the broker and of PostgreSQL, and the machine's busy cores."""
+        now, wall = self._now(), time.monotonic() - self.t0
+        used = {k: now[k] - self.start[k] for k in now}
+        return {"kafka_cpu_ms_per_1k_rows": round(1e6 * used["kafka"] / max(rows, 1), 1),
+                "postgres_cpu_ms_per_1k_rows": round(1e6 * used["postgres"] / max(rows, 1), 1),
+                "machine_busy_cores": round(used["machine"] / wall, 2) if wall else None}
+
+
+def median_round(runs: list[dict[str, Any]], rate: str) -> dict[str, Any]:
+    """The round with the median ``rate`` stands for the reader (with two rounds, the slower:
+    no averaged figure that no run produced); every round's rate is kept, as
+    ``rounds_<rate>``."""
+    rates = [r.get(rate) or 0.0 for r in runs]
+    mid = sorted(range(len(runs)), key=lambda i: rates[i])[(len(runs) - 1) // 2]
+    return {**runs[mid], f"rounds_{rate}": rates}

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import httpx
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.common import Bench, log, run_json
+from bench.common import Bench, log, machine_busy_s, run_json
 from bench.worker import SinkWorker, _counter, faust_drain, prefill, worker_env
 from pipeline.events import ChangeEvent, decode
 from pipeline.harness import wait_until
@@ -64,12 +63,6 @@ def es_cpu_s(url: str) -> float:
     response.raise_for_status()
     (node,) = response.json()["nodes"].values()
     return float(node["process"]["cpu"]["total_in_millis"]) / 1000
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (every core, not idle or iowait)."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuShares:

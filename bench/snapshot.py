@@ -20,6 +20,12 @@ creates it), publication and topic:
 
 rows/s = rows / (broker append time of the last record - of the first) (start-up excluded,
 as in the backlog drain); ``rows_per_s_from_start`` counts from the process start instead.
+Ours (first chunk size, one reader) and Debezium read each table in turn for
+``--snapshot-rounds`` rounds, ours first in even rounds and Debezium first in odd ones; the
+median round of each stands for it and every round's rate is kept. Each run also records the
+CPU the Kafka broker and PostgreSQL (the postmaster and its backends, ended ones included) used
+meanwhile, per 1k rows, and how many of the machine's cores were busy: on a small machine the
+servers' share bounds what any reader can reach.
 ``--snapshot-profile`` adds one more (unmeasured) ours snapshot of the ~200-byte table with
 py-spy attached and keeps the functions with the most samples.
 
@@ -50,8 +56,10 @@ from bench.common import (
     ROOT,
     Bench,
     RssSampler,
+    ServerCpu,
     cpu_seconds,
     log,
+    median_round,
     proc_status,
     read_topic,
     topic_count,
@@ -148,6 +156,7 @@ def ours_snapshot(bench: Bench, table: str, rows: int, tag: str, chunk: int,
     log(f"snapshot: ours, {table} ({rows:,} rows), chunk {chunk}, {readers} reader(s)"
         + (" with py-spy" if profile else ""))
     started = time.time()
+    servers = ServerCpu(bench)
     proc = PipelineProcess("capture", env, work / "capture.log")
     sampler = RssSampler({"capture": proc.proc.pid}, 0.5).start()
     spy = None
@@ -167,6 +176,7 @@ def ours_snapshot(bench: Bench, table: str, rows: int, tag: str, chunk: int,
         raise RuntimeError(f"capture exited {code}:\n{proc.tail()}")
     cpu = usage.ru_utime + usage.ru_stime
     out = _figures(bench, topic, rows, started)
+    out.update(servers.result(rows))
     out.update({"chunk_size": chunk, "readers": readers, "process_s": round(wall, 1),
                 "cpu_s": round(cpu, 1),
                 "cpu_ms_per_1k_rows": round(1e6 * cpu / max(rows, 1), 1),
@@ -181,12 +191,14 @@ def debezium_snapshot(bench: Bench, table: str, rows: int, tag: str) -> dict[str
     pub, slot, prefix, topic = _target(bench, table, tag)
     log(f"snapshot: Debezium, {table} ({rows:,} rows)")
     started = time.time()
+    servers = ServerCpu(bench)
     connect = DebeziumConnect(bench.work / tag, f"dbz-{prefix}", bench.bootstrap,
                               bench.pg_params(), table, slot, pub, prefix, "initial_only")
     sampler = RssSampler({"debezium": connect.pid}, 1.0).start()
     try:
         got = wait_topic(bench.bootstrap, topic, rows, timeout=3600, settle=30)
         cpu = cpu_seconds(connect.pid)
+        on_servers = servers.result(rows)
         mem = proc_status(connect.pid)
         alive = connect.alive()
     finally:
@@ -196,6 +208,7 @@ def debezium_snapshot(bench: Bench, table: str, rows: int, tag: str) -> dict[str
     if got < rows and not alive:
         raise RuntimeError(f"Debezium stopped after {got} of {rows} rows:\n{tail}")
     out = _figures(bench, topic, rows, started)
+    out.update(on_servers)
     out.update({"cpu_s": round(cpu, 1), "cpu_ms_per_1k_rows": round(1e6 * cpu / max(rows, 1), 1),
                 "peak_rss_mb": round(mem.get("VmHWM", 0) / 1024, 1),
                 "rss_series_mb": sampler.summary("debezium").get("series_mb")})
@@ -217,11 +230,21 @@ def run(bench: Bench, args: Any) -> dict[str, Any]:
     for kind, (table, rows) in tables.items():
         res: dict[str, Any] = {"table": table, "rows": rows, "row_bytes": 4000 if kind == "wide"
                                else 200, "ours": {}}
-        # Ours at the default chunk, Debezium, ours at the other sizes: Debezium is not
-        # always the first or the last reader of a table.
-        res["ours"][str(chunks[0])] = ours_snapshot(bench, table, rows, f"s{kind[0]}o{chunks[0]}",
-                                                    chunks[0])
-        res["debezium"] = debezium_snapshot(bench, table, rows, f"s{kind[0]}d")
+        # Ours at the default chunk and Debezium, in turn for --snapshot-rounds rounds (ours
+        # first in even rounds, Debezium in odd ones; the median round of each counts), then
+        # ours at the other sizes: Debezium is not always the first or the last reader.
+        ours: list[dict[str, Any]] = []
+        theirs: list[dict[str, Any]] = []
+        for rnd in range(max(1, args.snapshot_rounds)):
+            again = f"n{rnd}" if rnd else ""
+            for who in (("ours", "debezium") if rnd % 2 == 0 else ("debezium", "ours")):
+                if who == "ours":
+                    ours.append(ours_snapshot(bench, table, rows,
+                                              f"s{kind[0]}o{chunks[0]}{again}", chunks[0]))
+                else:
+                    theirs.append(debezium_snapshot(bench, table, rows, f"s{kind[0]}d{again}"))
+        res["ours"][str(chunks[0])] = median_round(ours, "rows_per_s")
+        res["debezium"] = median_round(theirs, "rows_per_s")
         for n in readers[1:]:
             res["ours"][f"{chunks[0]}/{n}"] = ours_snapshot(
                 bench, table, rows, f"s{kind[0]}o{chunks[0]}r{n}", chunks[0], readers=n)

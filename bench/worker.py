@@ -31,6 +31,7 @@ from bench.common import (
     Bench,
     cpu_seconds,
     log,
+    median_round,
     run_json,
     wait_topic,
     workload,
@@ -191,13 +192,6 @@ def round_order(rnd: int) -> tuple[str, ...]:
     return ENGINES[k:] + ENGINES[:k]
 
 
-def _median_of_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round with the median rate stands for the engine; every round's rate is kept."""
-    rates = [r["events_per_s"] or 0.0 for r in runs]
-    mid = sorted(range(len(runs)), key=lambda i: rates[i])[(len(runs) - 1) // 2]
-    return {**runs[mid], "rounds_events_per_s": rates}
-
-
 def throughput(bench: Bench, args: Any) -> dict[str, Any]:
     table, topic, events, records = prefill(bench, args.worker_events, args)
     rounds = max(1, getattr(args, "worker_rounds", 1))
@@ -212,7 +206,7 @@ def throughput(bench: Bench, args: Any) -> dict[str, Any]:
                 runs[engine].append(_drain(bench, engine, sink, table, topic, events,
                                            records, rnd))
                 log(f"  {engine}/{sink}: {runs[engine][-1]['events_per_s']} events/s")
-        out[sink] = {e: _median_of_rounds(r) for e, r in runs.items()}
+        out[sink] = {e: median_round(r, "events_per_s") for e, r in runs.items()}
         if getattr(args, "worker_no_dedup", False):
             # faust's own cost without the dedup table's changelog writes.
             off = {"CDC_WORKER__DEDUP__ENABLED": "false"}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench.worker import ENGINES, _median_of_rounds, round_order
+from bench.common import median_round
+from bench.worker import ENGINES, round_order
 
 
 def test_every_engine_drains_first_once_in_as_many_rounds_as_engines() -> None:
@@ -14,8 +15,8 @@ def test_every_engine_drains_first_once_in_as_many_rounds_as_engines() -> None:
 def test_the_median_round_stands_for_the_engine_and_every_round_is_kept() -> None:
     runs = [{"events_per_s": 300.0, "seconds": 1}, {"events_per_s": 100.0, "seconds": 3},
             {"events_per_s": 200.0, "seconds": 2}]
-    got = _median_of_rounds(runs)
+    got = median_round(runs, "events_per_s")
     assert got["events_per_s"] == 200.0 and got["seconds"] == 2
     assert got["rounds_events_per_s"] == [300.0, 100.0, 200.0]
     # With two rounds the slower one counts (no averaged figure that no run produced).
-    assert _median_of_rounds(runs[:2])["events_per_s"] == 100.0
+    assert median_round(runs[:2], "events_per_s")["events_per_s"] == 100.0
