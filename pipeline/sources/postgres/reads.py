@@ -47,4 +47,4 @@ class ReadEncoder:
             before, found, after = whole.partition(_PLACEHOLDER_JSON)
             assert found, "the placeholder row is encoded as it is on its own"
             halves = self._halves[ident] = (before, after)
-        return halves[0] + row_json + halves[1]
+        return b"".join((halves[0], row_json, halves[1]))  # one copy of a wide row, not two
