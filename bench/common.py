@@ -339,12 +339,17 @@ def proc_status(pid: int) -> dict[str, int]:
 
 
 class RssSampler:
-    """Samples VmRSS/VmHWM of some processes every ``interval`` s in a thread."""
+    """Samples VmRSS/VmHWM of some processes every ``interval`` s in a thread, and for the
+    processes named in ``threads`` the CPU time of each of their threads (the last sample
+    before the process ended: :meth:`thread_cpu`)."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 1.0) -> None:
+    def __init__(self, pids: dict[str, int], interval: float = 1.0,
+                 threads: tuple[str, ...] = ()) -> None:
         self.pids = pids
         self.interval = interval
         self.samples: dict[str, list[tuple[float, int, int]]] = {k: [] for k in pids}
+        self.threads = threads
+        self._thread_cpu: dict[str, dict[str, float]] = {k: {} for k in threads}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.t0 = time.monotonic()
@@ -364,6 +369,14 @@ class RssSampler:
             if st:
                 self.samples[name].append(
                     (time.monotonic() - self.t0, st.get("VmRSS", 0), st.get("VmHWM", 0)))
+            if name in self._thread_cpu:
+                seen = threads_cpu(pid)
+                if seen:
+                    self._thread_cpu[name] = seen
+
+    def thread_cpu(self, name: str) -> dict[str, float]:
+        """CPU seconds of ``name``'s threads by role, as last sampled."""
+        return {k: round(v, 2) for k, v in self._thread_cpu.get(name, {}).items()}
 
     def stop(self) -> None:
         self._stop.set()
@@ -443,6 +456,25 @@ def cpu_seconds(pid: int) -> float:
     if fields is None:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def threads_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads so far, summed by role: ``main`` (the thread the
+    process started with), librdkafka's by their names (``rdk:broker1`` ...), and every
+    other thread by its name (Python's own threads keep the process's name)."""
+    out: dict[str, float] = {}
+    hz = os.sysconf("SC_CLK_TCK")
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            fields = _stat_fields(f"{pid}/task/{tid}")
+            try:
+                comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if fields is not None:
+                role = "main" if tid == str(pid) else comm
+                out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / hz
+    return out
 
 
 def tree_cpu_seconds(pid: int) -> float:

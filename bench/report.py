@@ -306,12 +306,16 @@ def strategy_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def _servers(run: dict[str, Any]) -> str:
-    """The Kafka broker's and PostgreSQL's CPU over a run, when measured."""
+    """The reader's threads' CPU, and the Kafka broker's and PostgreSQL's over a run, when
+    measured."""
+    threads = run.get("threads_cpu_ms_per_1k_rows") or {}
+    mine = (" (threads: " + ", ".join(f"{k} {v}" for k, v in sorted(
+        threads.items(), key=lambda kv: -kv[1])) + ")") if threads else ""
     if "kafka_cpu_ms_per_1k_rows" not in run:
-        return ""
-    return (f"; Kafka broker {run['kafka_cpu_ms_per_1k_rows']}, PostgreSQL "
+        return mine
+    return (f"{mine}; Kafka broker {run['kafka_cpu_ms_per_1k_rows']}, PostgreSQL "
             f"{run['postgres_cpu_ms_per_1k_rows']} CPU-ms/1k rows, machine "
-            f"{run['machine_busy_cores']} cores busy")
+            f"{run['machine_busy_cores']} cores busy over the run, start-up included")
 
 
 def _rounds(run: dict[str, Any], rate: str) -> str:

@@ -158,7 +158,7 @@ def ours_snapshot(bench: Bench, table: str, rows: int, tag: str, chunk: int,
     started = time.time()
     servers = ServerCpu(bench)
     proc = PipelineProcess("capture", env, work / "capture.log")
-    sampler = RssSampler({"capture": proc.proc.pid}, 0.5).start()
+    sampler = RssSampler({"capture": proc.proc.pid}, 0.5, threads=("capture",)).start()
     spy = None
     if profile is not None:
         spy = subprocess.Popen([_py_spy(), "record", "--pid", str(proc.proc.pid), "--rate",
@@ -181,7 +181,14 @@ def ours_snapshot(bench: Bench, table: str, rows: int, tag: str, chunk: int,
                 "cpu_s": round(cpu, 1),
                 "cpu_ms_per_1k_rows": round(1e6 * cpu / max(rows, 1), 1),
                 "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-                "rss_series_mb": sampler.summary("capture").get("series_mb")})
+                "rss_series_mb": sampler.summary("capture").get("series_mb"),
+                # the one reader's threads (the main one reads, encodes and produces;
+                # librdkafka's broker thread compresses and sends); with reader processes
+                # the work is in them, not in capture's threads
+                "threads_cpu_ms_per_1k_rows": {
+                    k: round(1e6 * v / max(rows, 1), 1)
+                    for k, v in sampler.thread_cpu("capture").items() if v >= 0.05
+                } if readers == 1 else {}})
     log(f"  ours chunk {chunk}: {out.get('rows_per_s')} rows/s, "
         f"{out['cpu_ms_per_1k_rows']} CPU-ms/1k rows, peak RSS {out['peak_rss_mb']} MB")
     return out
