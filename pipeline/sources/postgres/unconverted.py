@@ -10,6 +10,7 @@ by type) and logs each (table, column) once, so a gap is seen without flooding t
 from __future__ import annotations
 
 import logging
+import threading
 
 __all__ = ["NOT_UTF8", "UnconvertedValues"]
 
@@ -20,13 +21,15 @@ NOT_UTF8 = "not UTF-8"
 
 
 class UnconvertedValues:
-    """A tally of unconverted values by type name, drained into metrics by the capture."""
+    """A tally of unconverted values by type name, drained into metrics by the capture.
+    Thread-safe: a snapshot's read ahead counts on its own thread."""
 
-    __slots__ = ("_counts", "_logged")
+    __slots__ = ("_counts", "_lock", "_logged")
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
         self._logged: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
 
     def record(self, table: str, column: str, type_name: str, text: str, error: Exception) -> str:
         """Count one value; returns ``text``, the value to publish in its place."""
@@ -51,17 +54,21 @@ class UnconvertedValues:
     def _count(self, type_name: str, count: int, once_per: tuple[str, str], message: str,
                *args: object) -> None:
         """Add ``count`` under ``type_name``; log ``message`` the first time for ``once_per``."""
-        self._counts[type_name] = self._counts.get(type_name, 0) + count
-        if once_per not in self._logged:
+        with self._lock:
+            self._counts[type_name] = self._counts.get(type_name, 0) + count
+            first = once_per not in self._logged
             self._logged.add(once_per)
+        if first:
             log.warning(message, *args)
 
     def merge(self, counts: dict[str, int]) -> None:
         """Add counts another process drained (a parallel snapshot's readers)."""
-        for type_name, count in counts.items():
-            self._counts[type_name] = self._counts.get(type_name, 0) + count
+        with self._lock:
+            for type_name, count in counts.items():
+                self._counts[type_name] = self._counts.get(type_name, 0) + count
 
     def drain(self) -> dict[str, int]:
         """The counts since the last drain, by type name."""
-        counts, self._counts = self._counts, {}
+        with self._lock:
+            counts, self._counts = self._counts, {}
         return counts
