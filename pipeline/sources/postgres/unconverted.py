@@ -10,7 +10,6 @@ by type) and logs each (table, column) once, so a gap is seen without flooding t
 from __future__ import annotations
 
 import logging
-import threading
 
 __all__ = ["NOT_UTF8", "UnconvertedValues"]
 
@@ -21,15 +20,13 @@ NOT_UTF8 = "not UTF-8"
 
 
 class UnconvertedValues:
-    """A tally of unconverted values by type name, drained into metrics by the capture.
-    Thread-safe: a snapshot's read ahead counts on its own thread."""
+    """A tally of unconverted values by type name, drained into metrics by the capture."""
 
-    __slots__ = ("_counts", "_lock", "_logged")
+    __slots__ = ("_counts", "_logged")
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
         self._logged: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
 
     def record(self, table: str, column: str, type_name: str, text: str, error: Exception) -> str:
         """Count one value; returns ``text``, the value to publish in its place."""
@@ -54,21 +51,17 @@ class UnconvertedValues:
     def _count(self, type_name: str, count: int, once_per: tuple[str, str], message: str,
                *args: object) -> None:
         """Add ``count`` under ``type_name``; log ``message`` the first time for ``once_per``."""
-        with self._lock:
-            self._counts[type_name] = self._counts.get(type_name, 0) + count
-            first = once_per not in self._logged
+        self._counts[type_name] = self._counts.get(type_name, 0) + count
+        if once_per not in self._logged:
             self._logged.add(once_per)
-        if first:
             log.warning(message, *args)
 
     def merge(self, counts: dict[str, int]) -> None:
         """Add counts another process drained (a parallel snapshot's readers)."""
-        with self._lock:
-            for type_name, count in counts.items():
-                self._counts[type_name] = self._counts.get(type_name, 0) + count
+        for type_name, count in counts.items():
+            self._counts[type_name] = self._counts.get(type_name, 0) + count
 
     def drain(self) -> dict[str, int]:
         """The counts since the last drain, by type name."""
-        with self._lock:
-            counts, self._counts = self._counts, {}
+        counts, self._counts = self._counts, {}
         return counts
