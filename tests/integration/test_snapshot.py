@@ -309,6 +309,75 @@ def test_a_row_held_for_its_marker_is_not_confirmed_before_it_is_published(
     assert keys(rest) == [4, 5]
 
 
+def _snapshot_all(snap: object) -> list:
+    items: list = []
+    while not snap.finished:  # type: ignore[attr-defined]
+        items += snap.read()  # type: ignore[attr-defined]
+    return items
+
+
+def test_every_row_is_handed_out_once_in_key_order_whatever_the_chunk_boundaries(
+    scenario: Scenario,
+) -> None:
+    """The one-process reader's rows, order and markers, when a table ends inside a chunk,
+    exactly at a chunk's end (the next read finds nothing), has no row or one."""
+    from pipeline.positions import Lsn
+    from pipeline.sources.postgres.snapshot import TableSnapshot
+    from pipeline.sources.postgres.source import SESSION
+    from pipeline.sources.postgres.unconverted import UnconvertedValues
+
+    sc = scenario
+    for rows in (12, 13, 0, 1):  # 3 whole chunks of 4; 3 and a row; none; one row
+        sc.execute("TRUNCATE items")
+        _fill(sc, rows)
+        pg = sc.settings.postgres.model_copy(update={"snapshot_chunk_size": 4})
+        snap = TableSnapshot(pg, sc.settings.kafka, SESSION, Lsn(1), None, None,
+                             UnconvertedValues())
+        try:
+            items = _snapshot_all(snap)
+        finally:
+            snap.close()
+        reads = [orjson.loads(i[2]) for i in items if isinstance(i, tuple)]
+        assert [r["after"]["id"] for r in reads] == list(range(1, rows + 1)), rows
+        markers = [r["source"]["snapshot"] for r in reads]
+        if rows > 1:
+            assert markers[0] == "first" and markers[-1] == "last", markers
+            assert set(markers[1:-1]) <= {"true"}, markers
+        elif rows == 1:
+            assert markers == ["first"]  # Debezium's first wins over last
+
+
+def test_a_snapshot_whose_session_the_server_ended_stops_with_a_retriable_error(
+    scenario: Scenario,
+) -> None:
+    """The server ends the snapshot's session between two chunks: the next read raises the
+    retriable error a lost connection gives (capture restarts from its confirmed progress),
+    after handing out only whole rows, each once."""
+    from pipeline.errors import RetriableError
+    from pipeline.positions import Lsn
+    from pipeline.sources.postgres.snapshot import TableSnapshot
+    from pipeline.sources.postgres.source import SESSION
+    from pipeline.sources.postgres.unconverted import UnconvertedValues
+
+    sc = scenario
+    _fill(sc, 40)
+    pg = sc.settings.postgres.model_copy(update={"snapshot_chunk_size": 4})
+    snap = TableSnapshot(pg, sc.settings.kafka, SESSION, Lsn(1), None, None,
+                         UnconvertedValues())
+    items: list = []
+    backend = snap.conn.get_backend_pid()
+    try:
+        items += snap.read()
+        sc.execute("SELECT pg_terminate_backend(%s)", backend)
+        with pytest.raises(RetriableError, match="unreachable"):
+            for _ in range(20):
+                items += snap.read()
+    finally:
+        snap.close()
+    ids = [orjson.loads(i[1])["id"] for i in items if isinstance(i, tuple)]
+    assert ids == list(range(1, len(ids) + 1)) and len(ids) < 40
+
+
 def test_parallel_readers_split_a_composite_text_key_exactly(scenario: Scenario) -> None:
     """Key ranges planned on a (text, int) key holding empty strings, non-BMP text and
     collation-sensitive values: every row read exactly once, however the ranges fall."""
