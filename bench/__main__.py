@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="our postgres.snapshot_readers values to run at the first chunk size, "
                         "comma separated (default 1,2)")
     p.add_argument("--snapshot-profile", action="store_true",
-                   help="snapshot part: one more (unmeasured) run of ours under py-spy")
+                   help="snapshot part: one more (unmeasured) run of ours per table under "
+                        "py-spy")
     p.add_argument("--backfill-rate", type=int, default=2000,
                    help="offered load for backfill-latency, rows/s")
     p.add_argument("--backfill-chunk-size", type=int, default=2048,

@@ -71,6 +71,13 @@ class ChunkedSnapshot:
         """The record of one read of ``table`` (what ``_chunk``'s ``read_of`` returned)."""
         raise NotImplementedError
 
+    def _emit_middle(self, table: str, rows: Sequence[Any], start: int, stop: int,
+                     read_of: Callable[[Any], Any]) -> list[Item]:
+        """The records of ``rows[start:stop]``, a chunk's rows between its first and its
+        last: every one's marker is ``true`` (a source may encode them in one loop)."""
+        emit = self._emit
+        return [emit(table, read_of(rows[i]), "true") for i in range(start, stop)]
+
     def _save_key(self, key: Any) -> Any:
         """A key as the offsets topic keeps it (JSON)."""
         return key
@@ -110,12 +117,10 @@ class ChunkedSnapshot:
             # Every row but the chunk's last is handed out at once: its marker is known.
             last = len(rows) - 1
             if last:
-                emit = self._emit
-                out.append(emit(table, read_of(rows[0]),
-                                snapshot_marker(self._first, False, starting, False)))
+                out.append(self._emit(table, read_of(rows[0]),
+                                      snapshot_marker(self._first, False, starting, False)))
                 self._first = starting = False
-                for i in range(1, last):
-                    out.append(emit(table, read_of(rows[i]), "true"))
+                out.extend(self._emit_middle(table, rows, 1, last, read_of))
             self._held = HeldRead(table, read_of(rows[last]),
                                   key_of(rows[-2]) if last else self.after, self._first,
                                   starting)

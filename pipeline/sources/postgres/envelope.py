@@ -168,6 +168,21 @@ class TableShape:
         type_name = self.type_names[i] if i < len(self.type_names) else "unknown"
         return self.unconverted.record(self.table_id, name, type_name, value, exc)
 
+    def reads(self, rows: Sequence[tuple[TupleValue, ...]], start: int, stop: int,
+              topic: str, head: bytes, tail: bytes) -> list[tuple[str, bytes, bytes, int]]:
+        """The records of snapshot reads of ``rows[start:stop]`` (each its columns' values as
+        :meth:`row` takes them): each value is ``head`` + the row's JSON + ``tail``, the
+        halves of the envelope every read of one chunk shares
+        (:class:`~pipeline.sources.postgres.reads.ReadEncoder`). One compiled loop per chunk."""
+        out: list[tuple[str, bytes, bytes, int]] = []
+        dumps = orjson.dumps
+        join = b"".join
+        for i in range(start, stop):
+            row = self.row(rows[i])
+            out.append((topic, self.key_json(row), join((head, dumps(row), tail)),
+                        ANY_PARTITION))
+        return out
+
     def key(self, row: Row) -> Row:
         return {name: row.get(name) for name in self.key_names}
 

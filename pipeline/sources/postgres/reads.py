@@ -35,6 +35,12 @@ class ReadEncoder:
     def value(self, shape: TableShape, row_json: bytes, marker: str, lsn: int, ts_us: int,
               now_ms: int) -> bytes:
         """The value of a read whose row is already encoded (``orjson.dumps(after)``)."""
+        head, tail = self.halves(shape, marker, lsn, ts_us, now_ms)
+        return b"".join((head, row_json, tail))  # one copy of a wide row, not two
+
+    def halves(self, shape: TableShape, marker: str, lsn: int, ts_us: int,
+               now_ms: int) -> tuple[bytes, bytes]:
+        """What a read's value holds before and after its row's JSON."""
         ident = (shape.schema, shape.table, marker, lsn, ts_us, now_ms)
         halves = self._halves.get(ident)
         if halves is None:
@@ -47,4 +53,4 @@ class ReadEncoder:
             before, found, after = whole.partition(_PLACEHOLDER_JSON)
             assert found, "the placeholder row is encoded as it is on its own"
             halves = self._halves[ident] = (before, after)
-        return b"".join((halves[0], row_json, halves[1]))  # one copy of a wide row, not two
+        return halves

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -75,6 +76,8 @@ class TableSnapshot(ChunkedSnapshot):
         self.unconverted = unconverted
         self.ts_us = int((progress or {}).get("ts_us") or time.time() * 1_000_000)
         self._reader: TableReader | None = None
+        self._shape: TableShape | None = None  # the chunk being read's table and topic
+        self._topic = ""
         self._now_ms = int(time.time() * 1000)
         self._types = TypeResolver()
         self.conn = connect(pg.dsn.get_secret_value(), text_as_stored=True, options=session)
@@ -100,6 +103,7 @@ class TableSnapshot(ChunkedSnapshot):
         shape = reader.shape
         topic = self.kafka.raw_topic(table)
         self._now_ms = int(time.time() * 1000)
+        self._shape, self._topic = shape, topic
         row_of, key_json, dumps = shape.row, shape.key_json, orjson.dumps
 
         def read_of(values: list[str | None]) -> tuple[str, TableShape, bytes, bytes]:
@@ -110,6 +114,16 @@ class TableSnapshot(ChunkedSnapshot):
 
     def _table_done(self, table: str) -> None:
         self._reader = None
+
+    def _emit_middle(self, table: str, rows: Sequence[Any], start: int, stop: int,
+                     read_of: Callable[[Any], Any]) -> list[Item]:
+        shape = self._shape
+        assert shape is not None, "rows are read before they are emitted"
+        head, tail = self._encoder.halves(shape, "true", int(self.consistent), self.ts_us,
+                                          self._now_ms)
+        records: list[Item] = shape.reads(rows, start, stop, self._topic, head,  # type: ignore[assignment]
+                                          tail)
+        return records
 
     def _emit(self, table: str, read: Any, marker: str) -> Item:
         topic, shape, key, row = read

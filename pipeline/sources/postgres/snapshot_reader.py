@@ -29,6 +29,7 @@ import orjson
 import psycopg2
 
 from pipeline.capture.publisher import capture_publisher
+from pipeline.capture.source import ANY_PARTITION
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.errors import CdcError, PermanentError, RetriableError
 from pipeline.events import snapshot_marker
@@ -144,25 +145,34 @@ class _Reader:
             rows = reader.chunk(task.after, self.setup.pg.snapshot_chunk_size, task.upto)
         except psycopg2.Error as exc:
             raise translate(exc, f"reading {task.table} for the snapshot") from exc
-        shape, setup, encode = reader.shape, self.setup, self.encoder.value
+        shape, setup = reader.shape, self.setup
         topic = setup.kafka.raw_topic(task.table)
         now_ms = int(time.time() * 1000)
         last = len(rows) - 1
         self.pending[task.seq] = len(rows) + 1  # + 1 until every row is queued
         self.rows[task.seq] = len(rows)
         done = self._acknowledged(task.seq)
-        row_of, key_json, dumps = shape.row, shape.key_json, orjson.dumps
+
+        def marked(i: int) -> tuple[str, bytes, bytes, int]:
+            """The chunk's first or last row, whose marker may not be ``true``."""
+            marker = snapshot_marker(task.first_overall and i == 0,
+                                     task.last_overall and i == last,
+                                     task.first_in_table and i == 0,
+                                     task.last_in_table and i == last)
+            after = shape.row(rows[i])
+            value = self.encoder.value(shape, orjson.dumps(after), marker, setup.consistent,
+                                       setup.ts_us, now_ms)
+            return topic, shape.key_json(after), value, ANY_PARTITION
+
+        records = [marked(0)] if rows else []
+        if last > 0:
+            head, tail = self.encoder.halves(shape, "true", setup.consistent, setup.ts_us,
+                                             now_ms)
+            records += shape.reads(rows, 1, last, topic, head, tail)
+            records.append(marked(last))
         publish = self.publisher.publish
-        for i, values in enumerate(rows):
-            marker = "true"
-            if i == 0 or i == last:
-                marker = snapshot_marker(task.first_overall and i == 0,
-                                         task.last_overall and i == last,
-                                         task.first_in_table and i == 0,
-                                         task.last_in_table and i == last)
-            after = row_of(tuple(values))
-            value = encode(shape, dumps(after), marker, setup.consistent, setup.ts_us, now_ms)
-            publish(topic, key_json(after), value, done)
+        for topic, key, value, _partition in records:
+            publish(topic, key, value, done)
         done(None, True)  # every row is queued
 
     def _acknowledged(self, seq: int) -> Any:
