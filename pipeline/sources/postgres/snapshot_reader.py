@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 import psycopg2
+from confluent_kafka import KafkaException
 
 from pipeline.capture.publisher import capture_publisher
 from pipeline.capture.source import ANY_PARTITION
@@ -101,8 +102,6 @@ class _Reader:
         self.unconverted = UnconvertedValues()
         self.types = TypeResolver()
         self.readers: dict[str, TableReader] = {}
-        self.pending: dict[int, int] = {}  # range seq -> rows Kafka has not acknowledged
-        self.rows: dict[int, int] = {}
         self.failed: str | None = None
         self.publisher = capture_publisher(setup.kafka, setup.schemas_dir,
                                            client_id=f"cdc-snapshot-{setup.index}")
@@ -149,9 +148,7 @@ class _Reader:
         topic = setup.kafka.raw_topic(task.table)
         now_ms = int(time.time() * 1000)
         last = len(rows) - 1
-        self.pending[task.seq] = len(rows) + 1  # + 1 until every row is queued
-        self.rows[task.seq] = len(rows)
-        done = self._acknowledged(task.seq)
+        done = _RangeDelivery(self, task.seq, len(rows))
 
         def marked(i: int) -> tuple[str, bytes, bytes, int]:
             """The chunk's first or last row, whose marker may not be ``true``."""
@@ -170,24 +167,39 @@ class _Reader:
                                              now_ms)
             records += shape.reads(rows, 1, last, topic, head, tail)
             records.append(marked(last))
-        publish = self.publisher.publish
-        for topic, key, value, _partition in records:
-            publish(topic, key, value, done)
+        produce, publish = self.publisher.produce, self.publisher.publish
+        for topic, key, value, partition in records:
+            try:
+                produce(topic, value, key, partition, done)
+            except (BufferError, KafkaException):  # publish() waits or says why
+                publish(topic, key, value, done, partition)
         done(None, True)  # every row is queued
-
-    def _acknowledged(self, seq: int) -> Any:
-        def on_delivery(err: Any, _msg: Any) -> None:
-            if err is not None:
-                self.failed = self.failed or f"Kafka refused a snapshot record: {err}"
-                return
-            self.pending[seq] -= 1
-            if self.pending[seq] == 0:
-                del self.pending[seq]
-                self.results.put(("done", seq, self.rows.pop(seq),
-                                  self.unconverted.drain()))
-        return on_delivery
 
     def _serve(self) -> None:
         self.publisher.poll(0)
         if self.failed is not None:
             raise PermanentError(self.failed)
+
+
+class _RangeDelivery:
+    """One range's delivery callback: reports the range done to the parent once Kafka
+    acknowledged each of its ``rows`` (and the reader called it once more, with every row
+    queued); the first refusal fails the reader."""
+
+    __slots__ = ("reader", "seq", "rows", "pending")
+
+    def __init__(self, reader: _Reader, seq: int, rows: int) -> None:
+        self.reader = reader
+        self.seq = seq
+        self.rows = rows
+        self.pending = rows + 1  # + 1 until every row is queued
+
+    def __call__(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            reader = self.reader
+            reader.failed = reader.failed or f"Kafka refused a snapshot record: {err}"
+            return
+        self.pending -= 1
+        if not self.pending:
+            self.reader.results.put(("done", self.seq, self.rows,
+                                     self.reader.unconverted.drain()))
