@@ -342,6 +342,11 @@ class KafkaSettings(_Section):
     @classmethod
     def _hide_secrets(cls, producer: dict[str, Any]) -> dict[str, Any]:
         for key in producer:
+            if key == "delivery.report.only.error":
+                raise ValueError(
+                    f"'{key}' is not supported: capture confirms a position only once Kafka "
+                    "acknowledged its events, which it learns from every record's delivery "
+                    "report; remove the setting")
             if key.startswith(("security.", "sasl.", "ssl.")):
                 moved = _MOVED_TO_CLIENT.get(key)
                 raise ValueError(

@@ -151,8 +151,8 @@ class AvroPublisher(EventPublisher):
     """An ``EventPublisher`` whose row-change values go out in Avro (see the module doc)."""
 
     def __init__(self, kafka: KafkaSettings, schemas: AvroEnvelopeSchemas,
-                 client_id: str = "cdc-capture") -> None:
-        super().__init__(kafka, client_id)
+                 client_id: str = "cdc-capture", refusals_only: bool = False) -> None:
+        super().__init__(kafka, client_id, refusals_only)
         self._kafka = kafka
         self._schemas = schemas
         self.produce = self._produce_encoded  # the capture loop's path re-encodes too

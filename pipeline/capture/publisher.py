@@ -61,10 +61,14 @@ TOPIC_CONFIG = {"max.message.bytes": str(16 * 1024 * 1024)}
 class EventPublisher:
     """Hands encoded events to Kafka; acknowledgements arrive through delivery callbacks."""
 
-    def __init__(self, settings: KafkaSettings, client_id: str = "cdc-capture") -> None:
+    def __init__(self, settings: KafkaSettings, client_id: str = "cdc-capture",
+                 refusals_only: bool = False) -> None:
         self._settings = settings
+        # ``refusals_only``: delivery callbacks run for refused records alone, so a record
+        # counts as acknowledged once flush() returned with no refusal reported.
         self._producer = Producer(client_config(settings, {
-            **PRODUCER_DEFAULTS, **settings.producer_config(), "client.id": client_id}))
+            **PRODUCER_DEFAULTS, **settings.producer_config(), "client.id": client_id,
+            **({"delivery.report.only.error": True} if refusals_only else {})}))
         self._produce = self._producer.produce
         #: ``produce(topic, value, key, partition, on_delivery)``, positional, for the capture
         #: loop's per-record path: the producer's own, which raises where :meth:`publish`
@@ -135,12 +139,14 @@ class EventPublisher:
 
 
 def capture_publisher(settings: KafkaSettings, schemas_dir: Path | None,
-                      client_id: str = "cdc-capture") -> EventPublisher:
+                      client_id: str = "cdc-capture",
+                      refusals_only: bool = False) -> EventPublisher:
     """Capture's publisher: JSON values, or (``kafka.value_format: avro``) Avro registered in
     the schema registry, typed by the versions in ``schemas_dir``. Every process that writes
-    change events (capture, its snapshot readers) makes its publisher here."""
+    change events (capture, its snapshot readers) makes its publisher here.
+    ``refusals_only``: delivery callbacks for refused records only (see EventPublisher)."""
     if settings.value_format != "avro":
-        return EventPublisher(settings, client_id)
+        return EventPublisher(settings, client_id, refusals_only)
     from pipeline.capture.avro import AvroEnvelopeSchemas, AvroPublisher
     from pipeline.evolution.registry import SchemaRegistry
     from pipeline.evolution.schemas import SchemaSet
@@ -148,7 +154,7 @@ def capture_publisher(settings: KafkaSettings, schemas_dir: Path | None,
     assert settings.schema_registry_url is not None  # KafkaSettings checks it
     schemas = SchemaSet.load(schemas_dir if schemas_dir is not None else Path("schemas"))
     return AvroPublisher(settings, AvroEnvelopeSchemas(
-        schemas, SchemaRegistry(settings.schema_registry_url)), client_id)
+        schemas, SchemaRegistry(settings.schema_registry_url)), client_id, refusals_only)
 
 
 def ensure_topics(

@@ -1,63 +1,121 @@
-"""A snapshot reader process's per-range delivery count: a range is reported done to the
-capture once, only after Kafka acknowledged every row and every row was queued; a refusal
-fails the reader instead of counting."""
+"""A snapshot reader process's ranges: reported ``read`` once queued, ``done`` only after a
+flush found every queued record acknowledged with no refusal; a refusal fails the reader and
+no range is reported done; a reader whose capture is gone stops waiting for Kafka."""
 
 from __future__ import annotations
 
 import queue
-from types import SimpleNamespace
 from typing import Any
 
-from pipeline.sources.postgres.snapshot_reader import _RangeDelivery
+import pytest
+
+from pipeline.errors import PermanentError
+from pipeline.sources.postgres import snapshot_reader
+from pipeline.sources.postgres.snapshot_reader import _ParentGone, _QueuedRanges
 
 
-def _reader() -> Any:
-    drained = iter([{"public.t": {"c": 1}}, {}])
-    return SimpleNamespace(results=queue.Queue(), failed=None,
-                           unconverted=SimpleNamespace(drain=lambda: next(drained)))
+class _Publisher:
+    """A producer whose flush() leaves ``remaining`` records, one value per call, and whose
+    poll() and flush() run the callbacks queued in ``refusals`` (as librdkafka serves them)."""
+
+    def __init__(self, remaining: list[int]) -> None:
+        self.remaining = remaining
+        self.flushes = 0
+        self.refusals: list[Any] = []
+        self.callback: Any = None
+
+    def _serve(self) -> None:
+        while self.refusals:
+            self.callback(self.refusals.pop(0), object())
+
+    def poll(self, _timeout: float) -> int:
+        self._serve()
+        return 0
+
+    def flush(self, _timeout: float) -> int:
+        self.flushes += 1
+        self._serve()
+        return self.remaining.pop(0) if self.remaining else 0
 
 
-def _reports(reader: Any) -> list[Any]:
+class _Counts:
+    def __init__(self) -> None:
+        self.counts = [{"numeric": 2}, {}]
+
+    def drain(self) -> dict[str, int]:
+        return self.counts.pop(0)
+
+
+def _ranges(publisher: _Publisher, parent: Any = lambda: None) -> tuple[_QueuedRanges, Any]:
+    results: Any = queue.Queue()
+    ranges = _QueuedRanges(publisher, results, _Counts(), parent)  # type: ignore[arg-type]
+    publisher.callback = ranges.refused
+    return ranges, results
+
+
+def _reports(results: Any) -> list[Any]:
     out = []
-    while not reader.results.empty():
-        out.append(reader.results.get_nowait())
+    while not results.empty():
+        out.append(results.get_nowait())
     return out
 
 
-def test_a_range_is_done_once_every_row_is_acknowledged_and_queued() -> None:
-    reader = _reader()
-    done = _RangeDelivery(reader, 7, 3)
-    done(None, object())
-    done(None, object())
-    done(None, object())  # every row acknowledged before the reader said all are queued
-    assert _reports(reader) == []
-    done(None, True)  # every row is queued
-    assert _reports(reader) == [("done", 7, 3, {"public.t": {"c": 1}})]
-    assert reader.failed is None
+def test_ranges_are_read_when_queued_and_done_only_after_every_record_is_acknowledged() -> None:
+    publisher = _Publisher([120, 3])  # two flush rounds still hold records, the third none
+    parent_checks: list[int] = []
+    ranges, results = _ranges(publisher, lambda: parent_checks.append(1))
+    ranges.queued(7, 2048)
+    ranges.queued(8, 100)
+    assert _reports(results) == [("read", 7), ("read", 8)]
+    ranges.confirm()
+    assert publisher.flushes == 3
+    assert len(parent_checks) == 2  # asked while Kafka still held records
+    # the unconverted counts travel once, with the first range
+    assert _reports(results) == [("done", 7, 2048, {"numeric": 2}), ("done", 8, 100, {})]
+    ranges.confirm()  # nothing pending: nothing reported again
+    assert _reports(results) == []
 
 
-def test_acknowledgements_after_the_last_row_is_queued_count_too() -> None:
-    reader = _reader()
-    done = _RangeDelivery(reader, 1, 2)
-    done(None, True)
-    done(None, object())
-    assert _reports(reader) == []
-    done(None, object())
-    assert [r[:3] for r in _reports(reader)] == [("done", 1, 2)]
+def test_a_refusal_fails_the_reader_and_no_range_is_reported_done() -> None:
+    publisher = _Publisher([5])
+    ranges, results = _ranges(publisher)
+    ranges.queued(3, 10)
+    publisher.refusals += ["MSG_SIZE_TOO_LARGE", "a later refusal"]
+    with pytest.raises(PermanentError, match="Kafka refused a snapshot record: "
+                                             "MSG_SIZE_TOO_LARGE$"):
+        ranges.confirm()
+    assert _reports(results) == [("read", 3)]
+    with pytest.raises(PermanentError):  # and it stays failed
+        ranges.serve()
 
 
-def test_an_empty_range_is_done_when_queued() -> None:
-    reader = _reader()
-    _RangeDelivery(reader, 3, 0)(None, True)
-    assert [r[:3] for r in _reports(reader)] == [("done", 3, 0)]
+def test_serve_confirms_once_the_oldest_range_waited_long_enough(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(snapshot_reader.time, "monotonic", lambda: now[0])
+    publisher = _Publisher([])
+    ranges, results = _ranges(publisher)
+    ranges.queued(1, 5)
+    now[0] += snapshot_reader._CONFIRM_S / 2
+    ranges.queued(2, 5)  # does not push the oldest range's deadline back
+    ranges.serve()
+    assert publisher.flushes == 0
+    now[0] += snapshot_reader._CONFIRM_S / 2
+    ranges.serve()
+    assert publisher.flushes == 1
+    assert [r[:2] for r in _reports(results)] == [("read", 1), ("read", 2), ("done", 1),
+                                                  ("done", 2)]
 
 
-def test_a_refused_row_fails_the_reader_and_the_range_is_never_done() -> None:
-    reader = _reader()
-    done = _RangeDelivery(reader, 5, 2)
-    done("MSG_SIZE_TOO_LARGE", object())
-    done("a later refusal", object())
-    done(None, object())
-    done(None, True)
-    assert reader.failed == "Kafka refused a snapshot record: MSG_SIZE_TOO_LARGE"
-    assert _reports(reader) == []
+def test_a_reader_whose_capture_is_gone_stops_waiting_for_kafka() -> None:
+    publisher = _Publisher([9] * 1000)  # Kafka down: records stay queued
+
+    def parent() -> None:
+        raise _ParentGone
+
+    ranges, results = _ranges(publisher, parent)
+    ranges.queued(4, 1)
+    with pytest.raises(_ParentGone):
+        ranges.confirm()
+    assert publisher.flushes == 1
+    assert _reports(results) == [("read", 4)]

@@ -8,14 +8,15 @@ each import the slot's exported snapshot, read, convert and publish with a produ
 own. Chunks of one table and several tables are read side by side, as Debezium's
 ``snapshot.max.threads`` does for tables.
 
-A range is done when Kafka acknowledged every row of it. Progress per table is the end of
-the longest run of done ranges from its start, confirmed through the capture loop like any
-position and kept in the same record as the one-process snapshot's (either can resume the
-other's). After a crash, ranges that were done beyond that run are read again: duplicates of
-``op: r`` events, which the sinks absorb, never a gap. A resumed snapshot has no exported
-snapshot (it dies with the capture), so each reader takes its own; that is exact for the
-same reason as in :mod:`.snapshot`: streaming has not started and the slot still holds every
-change since the consistent point.
+A range is read when a reader queued its rows to Kafka (the planner keeps ``_AHEAD`` ranges
+per reader queued or being read), and done when Kafka acknowledged every row of it. Progress
+per table is the end of the longest run of done ranges from its start, confirmed through the
+capture loop like any position and kept in the same record as the one-process snapshot's
+(either can resume the other's). After a crash, ranges that were done beyond that run are
+read again: duplicates of ``op: r`` events, which the sinks absorb, never a gap. A resumed
+snapshot has no exported snapshot (it dies with the capture), so each reader takes its own;
+that is exact for the same reason as in :mod:`.snapshot`: streaming has not started and the
+slot still holds every change since the consistent point.
 
 Markers: ``first`` on the first row of the first table's first range, ``last`` on the last
 row of the last table's last range (when that range is empty, no read carries ``last``).
@@ -92,7 +93,8 @@ class ParallelSnapshot:
         self.plans = [_TablePlan(t, partial.get(t), partial.get(t)) for t in remaining]
         self._first = not self.done and not partial
         self._seq = 0
-        self._in_flight: dict[int, _TablePlan] = {}
+        self._in_flight: dict[int, _TablePlan] = {}  # handed out, not read yet
+        self._unconfirmed: dict[int, _TablePlan] = {}  # read, not acknowledged yet
         self._complete = False
         self._finished = False
         self._next_log = time.monotonic() + _LOG_EVERY_S
@@ -198,10 +200,13 @@ class ParallelSnapshot:
                 if kind == "setup":
                     raise SourceSetupError(message)
                 raise PermanentError(f"a snapshot reader failed: {message}")
+            if report[0] == "read":
+                self._unconfirmed[report[1]] = self._in_flight.pop(report[1])
+                continue
             _, seq, rows, counts = report
             self.rows += rows
             self.unconverted.merge(counts)
-            plan = self._in_flight.pop(seq)
+            plan = self._unconfirmed.pop(seq)
             plan.done.add(seq)
             moved |= self._advance(plan)
 
