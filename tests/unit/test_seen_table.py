@@ -37,5 +37,7 @@ def test_recovery_fills_the_disk_store_and_forgets_foreign_partitions(tmp_path: 
     asyncio.run(store.on_recovery_completed({("t", 0), ("t", 1)}, set()))
     assert dict(backing.items()) == {"a": "0|2:x", "b": "1|1:y", "e": "1|5:v"}
     assert store.scan(None, 10) == ["a", "b", "e"]
+    assert store.get("a") == "0|2:x"  # read straight from the backing store
+    assert store.get("d") is None and store.get("d", "absent") == "absent"
     asyncio.run(store.on_stop())
     assert not backing.path.exists()
