@@ -340,13 +340,18 @@ class KafkaSettings(_Section):
 
     @field_validator("producer")
     @classmethod
+    def _keeps_every_delivery_report(cls, producer: dict[str, Any]) -> dict[str, Any]:
+        if "delivery.report.only.error" in producer:
+            raise ValueError(
+                "'delivery.report.only.error' is not supported: capture confirms a position "
+                "only once Kafka acknowledged its events, which it learns from every "
+                "record's delivery report; remove the setting")
+        return producer
+
+    @field_validator("producer")
+    @classmethod
     def _hide_secrets(cls, producer: dict[str, Any]) -> dict[str, Any]:
         for key in producer:
-            if key == "delivery.report.only.error":
-                raise ValueError(
-                    f"'{key}' is not supported: capture confirms a position only once Kafka "
-                    "acknowledged its events, which it learns from every record's delivery "
-                    "report; remove the setting")
             if key.startswith(("security.", "sasl.", "ssl.")):
                 moved = _MOVED_TO_CLIENT.get(key)
                 raise ValueError(

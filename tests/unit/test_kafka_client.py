@@ -84,6 +84,15 @@ def test_unsupported_security_key_of_kafka_producer_is_refused() -> None:
         load_settings(None, env)
 
 
+def test_kafka_producer_may_not_turn_off_the_delivery_reports_capture_confirms_by() -> None:
+    env = {"CDC_POSTGRES__TABLES": "[public.items]",
+           "CDC_KAFKA__PRODUCER": "{'delivery.report.only.error': true}"}
+    with pytest.raises(ConfigError, match="delivery report") as err:
+        load_settings(None, env)
+    assert err.value.setting == "kafka.producer"
+    assert "remove the setting" in err.value.problem
+
+
 def test_ssl_with_a_missing_ca_file_is_a_config_error(tmp_path: Path) -> None:
     env = {"CDC_POSTGRES__TABLES": "[public.items]",
            "CDC_KAFKA__CLIENT__SECURITY_PROTOCOL": "SSL",

@@ -28,6 +28,7 @@ import os
 import queue
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,7 @@ class _QueuedRanges:
                  "failed")
 
     def __init__(self, publisher: Any, results: Any, unconverted: UnconvertedValues,
-                 check_parent: Any) -> None:
+                 check_parent: Callable[[], None]) -> None:
         self.publisher = publisher
         self.results = results
         self.unconverted = unconverted
