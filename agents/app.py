@@ -112,9 +112,10 @@ seen = SeenSetTable(
 app.tables.add(seen)
 # Faust restores the table from the changelog at start; the worker writes the changelog
 # itself, in batches with the C producer (Faust's own write path, one aiokafka send per
-# entry, cut throughput to 0.29 of dedup off).
+# entry, cut throughput to 0.29 of dedup off). It reads and writes the table's backing
+# store directly (the one Faust's restore fills), in batches.
 store = ChangelogStore(
-    ChangelogWriter(f"{GROUP}-dedup-changelog", settings.kafka), seen.data
+    ChangelogWriter(f"{GROUP}-dedup-changelog", settings.kafka), seen.backing
 )
 fetch = faust_internals.BatchFetch(settings.raw_topics())
 fetch.install(app, raw_topics)

@@ -36,12 +36,13 @@ class AckLedger(Generic[T]):
         """Tokens of records that may be acknowledged now, in offset order per partition."""
         out: list[T] = []
         for pending in self._pending.values():
-            while pending:
-                offset, (token, finished) = next(iter(pending.items()))
+            taken = len(out)
+            for token, finished in pending.values():  # one walk, then pop what it took
                 if not finished:
                     break
-                pending.popitem(last=False)
                 out.append(token)  # type: ignore[arg-type]
+            for _ in range(len(out) - taken):
+                pending.popitem(last=False)
         return out
 
     def waiting(self) -> int:

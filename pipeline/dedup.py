@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -94,7 +94,7 @@ class RowRecord:
     positions: tuple[ChangePosition, ...]
 
     def encode(self) -> str:
-        return f"{self.ts_ms}:" + ",".join(p.encode() for p in self.positions)
+        return f"{self.ts_ms}:" + ",".join([p.encode() for p in self.positions])
 
     @classmethod
     def decode(cls, raw: str | bytes) -> RowRecord:
@@ -162,28 +162,56 @@ class Deduplicator:
             late_ms=late_ms,
         )
 
+    def prefetch(self, events: Iterable[tuple[ChangeEvent, str]], reads: Reads) -> None:
+        """Read the entries a batch's :meth:`classify` calls will need into ``reads`` at once:
+        each row's (``events``: each event with its :func:`row_key`) and each table's
+        truncate. One ``get_many`` when the store has it (a disk store reads them in one
+        call), else one ``get`` each."""
+        wanted: dict[str, None] = {}
+        for event, key in events:
+            wanted[key] = None
+            if event.key is not None:
+                wanted[f"{event.source.name}|{event.table_id}|null"] = None
+        missing = [key for key in wanted if key not in reads]
+        if not missing:
+            return
+        get_many = getattr(self.store, "get_many", None)
+        raws = (get_many(missing) if get_many is not None
+                else [self.store.get(key) for key in missing])
+        for key, raw in zip(missing, raws, strict=True):
+            reads[key] = None if raw is None else RowRecord.decode(raw)
+
     def remember(self, event: ChangeEvent, key: str | None = None,
                  reads: Reads | None = None) -> None:
         """Record that every sink confirmed ``event``. Idempotent. ``key``: its
         :func:`row_key`, when the caller has it already; ``reads``: the memo its
         :meth:`classify` was given."""
-        if key is None:
-            key = row_key(event)
-        position = event.position
-        ts_ms = event.source.ts_us // 1000
-        old = self._record(key, reads)
-        if old is None:
-            record = RowRecord(ts_ms, (position,))
-        else:
-            if position in old.positions:
-                return
-            positions = list(old.positions)
-            bisect.insort(positions, position)
-            keep = tuple(positions[-self.settings.positions_per_row :])
-            record = RowRecord(max(ts_ms, old.ts_ms), keep)
-        self.store[key] = record.encode()
-        if reads is not None:
-            reads[key] = record
+        self.remember_many([(event, row_key(event) if key is None else key)], reads)
+
+    def remember_many(self, events: Iterable[tuple[ChangeEvent, str]],
+                      reads: Reads | None = None) -> None:
+        """:meth:`remember` for each event (with its :func:`row_key`), in order; the store
+        gets each row's final entry once, in one ``update`` (a disk store writes them in
+        one batch)."""
+        if reads is None:
+            reads = {}
+        records: dict[str, RowRecord] = {}
+        for event, key in events:
+            position = event.position
+            ts_ms = event.source.ts_us // 1000
+            old = self._record(key, reads)
+            if old is None:
+                record = RowRecord(ts_ms, (position,))
+            else:
+                if position in old.positions:
+                    continue
+                positions = list(old.positions)
+                bisect.insort(positions, position)
+                keep = tuple(positions[-self.settings.positions_per_row :])
+                record = RowRecord(max(ts_ms, old.ts_ms), keep)
+            reads[key] = records[key] = record
+        if records:
+            self.store.update({key: record.encode() for key, record in records.items()})
 
     def evict(self, now_ms: int) -> int:
         """Drop rows whose newest applied change is older than ``now_ms - window_ms``

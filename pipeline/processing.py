@@ -209,17 +209,19 @@ class BatchProcessor:
     async def _write(self, ready: list[Item]) -> None:
         dedup = self.dedup
         batch: list[Item] = []
-        keys: list[str | None] = []  # each event's dedup row key, computed once
+        keys: list[str] = []  # each written event's dedup row key ("" without dedup)
         # Positions taken in this batch per row: a replay can sit in the same batch as its
         # original (a restart before the commit re-reads both), and the store learns of the
         # original only once the sinks confirm it.
         taken: dict[str, set[ChangePosition]] = {}
         reads: Reads = {}  # each row's seen-set entry, read once for classify and remember
-        for record, event in ready:
+        row_keys = [""] * len(ready)
+        if dedup is not None:  # every entry the batch needs, in one read of the store
+            row_keys = [row_key(event) for _, event in ready]
+            dedup.prefetch(zip([event for _, event in ready], row_keys, strict=True), reads)
+        for (record, event), key in zip(ready, row_keys, strict=True):
             verdict = Verdict.NEW
-            key = None
             if dedup is not None:
-                key = row_key(event)
                 verdict = dedup.classify(event, key, reads)
                 if verdict is Verdict.NEW:
                     position = event.position
@@ -265,8 +267,7 @@ class BatchProcessor:
                     by_partition.setdefault(batch[i][0].partition, []).append(i)
             for partition, indexes in by_partition.items():
                 with self.partition_scope(partition):
-                    for i in indexes:
-                        dedup.remember(batch[i][1], keys[i], reads)
+                    dedup.remember_many([(batch[i][1], keys[i]) for i in indexes], reads)
         self._done.extend(batch[i][0] for i in confirmed)
 
     async def _dead_letter(self, letters: list[Letter]) -> None:

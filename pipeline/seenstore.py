@@ -20,8 +20,9 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import ConfigError
 
@@ -42,6 +43,7 @@ class RocksSeenStore(MutableMapping[str, str]):
             Cache,
             Options,
             Rdict,
+            WriteBatch,
             WriteOptions,
         )
 
@@ -73,6 +75,7 @@ class RocksSeenStore(MutableMapping[str, str]):
         table.set_metadata_block_size(4096)
         options.set_block_based_table_factory(table)
         self.path = path
+        self._write_batch = WriteBatch
         try:
             self._db = Rdict(str(path), options)
         except Exception as exc:  # rocksdict raises plain exceptions for I/O problems
@@ -95,8 +98,20 @@ class RocksSeenStore(MutableMapping[str, str]):
         raw = self._db.get(key.encode())
         return default if raw is None else bytes(raw).decode()
 
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The values of ``keys`` (None: absent), in one read of the store."""
+        found: list[Any] = self._db.get([key.encode() for key in keys])  # type: ignore[assignment]
+        return [None if raw is None else bytes(raw).decode() for raw in found]
+
     def __setitem__(self, key: str, value: str) -> None:
         self._db.put(key.encode(), value.encode())
+
+    def update(self, other: Any = (), /, **kwargs: str) -> None:
+        """Write the entries (given as to ``dict.update``) in one batch."""
+        batch = self._write_batch(raw_mode=True)
+        for key, value in dict(other, **kwargs).items():
+            batch.put(key.encode(), value.encode())
+        self._db.write(batch)
 
     def __delitem__(self, key: str) -> None:
         raw = key.encode()

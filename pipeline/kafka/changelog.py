@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 import orjson
@@ -198,10 +198,28 @@ class ChangelogStore(MutableMapping[str, str]):
         raw = self.data.get(key)
         return default if raw is None else self.value_of(raw)
 
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The values of ``keys`` (None: absent), in one read when the underlying store
+        reads many at once (a disk store)."""
+        get_many = getattr(self.data, "get_many", None)
+        raws = get_many(keys) if get_many is not None else [self.data.get(k) for k in keys]
+        return [None if raw is None else self.value_of(raw) for raw in raws]
+
     def __setitem__(self, key: str, value: str) -> None:
         raw = f"{self.partition}|{value}"
         self.data[key] = raw
         self.changelog.write(self.partition, key, raw)
+
+    def update(self, other: Any = (), /, **kwargs: str) -> None:
+        """Set the entries (given as to ``dict.update``), all of the current partition:
+        one write of the underlying store (one batch on disk), then one changelog entry
+        each."""
+        prefix = f"{self.partition}|"
+        raws = {key: prefix + value for key, value in dict(other, **kwargs).items()}
+        self.data.update(raws)
+        write, partition = self.changelog.write, self.partition
+        for key, raw in raws.items():
+            write(partition, key, raw)
 
     def __delitem__(self, key: str) -> None:
         raw = self.data.pop(key, None)

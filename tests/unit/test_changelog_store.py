@@ -51,6 +51,21 @@ def test_writes_go_to_the_partition_of_their_scope() -> None:
 
 
 @pytest.mark.parametrize("spec", ["memory://", "rocksdb://"])
+def test_batch_writes_go_to_their_scope_and_batch_reads_strip_it(spec: str,
+                                                                   tmp_path: Path) -> None:
+    log = FakeChangelog()
+    store = ChangelogStore(log, open_seen_store(spec, tmp_path))  # type: ignore[arg-type]
+    with store.scope(1):
+        store.update({"row-a": "pos-1", "row-b": "pos-2"})
+    with store.scope(0):
+        store.update({"row-c": "pos-3"})
+    assert store.get_many(["row-b", "nope", "row-c", "row-a"]) == [
+        "pos-2", None, "pos-3", "pos-1"]
+    assert log.writes == [(1, "row-a", "1|pos-1"), (1, "row-b", "1|pos-2"),
+                          (0, "row-c", "0|pos-3")]
+
+
+@pytest.mark.parametrize("spec", ["memory://", "rocksdb://"])
 def test_restore_and_forget_by_partition(spec: str, tmp_path: Path) -> None:
     log = FakeChangelog()
     writer = ChangelogStore(log)  # type: ignore[arg-type]

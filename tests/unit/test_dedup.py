@@ -266,3 +266,62 @@ def test_one_batch_reads_each_row_and_each_truncate_once() -> None:
     assert fresh.classify(change(300, row=1)) is Verdict.DUPLICATE
     assert fresh.classify(change(100, row=1)) is Verdict.DUPLICATE
     assert fresh.classify(change(210, row=2)) is Verdict.DUPLICATE
+
+
+class BatchStore(dict):  # type: ignore[type-arg]
+    """A store with the batch methods of the disk stores, counting their calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, object]] = []
+
+    def get_many(self, keys):  # type: ignore[no-untyped-def]
+        self.calls.append(("get_many", list(keys)))
+        return [dict.get(self, key) for key in keys]
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def, override]
+        self.calls.append(("get", key))
+        return super().get(key, default)
+
+    def update(self, other=(), /, **kwargs):  # type: ignore[no-untyped-def, override]
+        self.calls.append(("update", dict(other, **kwargs)))
+        super().update(other, **kwargs)
+
+    def __setitem__(self, key, value):  # type: ignore[no-untyped-def]
+        self.calls.append(("set", key))
+        super().__setitem__(key, value)
+
+
+def test_a_batch_reads_its_rows_in_one_call_and_writes_each_row_once() -> None:
+    store = BatchStore()
+    Deduplicator(store).remember(change(100, row=1))
+    store.calls.clear()
+    dedup = Deduplicator(store)
+    reads: dict = {}  # type: ignore[type-arg]
+    events = [change(200, row=1), change(210, row=2), change(300, row=1)]
+    keyed = [(e, row_key(e)) for e in events]
+    dedup.prefetch(keyed, reads)
+    row1, row2 = row_key(events[0]), row_key(events[1])
+    truncate = "shop|public.orders|null"
+    assert store.calls == [("get_many", [row1, truncate, row2])]
+    assert [dedup.classify(e, k, reads) for e, k in keyed] == [Verdict.NEW] * 3
+    dedup.remember_many(keyed, reads)
+    # no read beyond the prefetch; one update holding each row's final entry
+    assert [name for name, _ in store.calls] == ["get_many", "update"]
+    written = store.calls[1][1]
+    assert isinstance(written, dict) and sorted(written) == sorted([row1, row2])
+    fresh = Deduplicator(dict(store))
+    for lsn, row in ((100, 1), (200, 1), (300, 1), (210, 2)):
+        assert fresh.classify(change(lsn, row=row)) is Verdict.DUPLICATE
+    # a second prefetch of the same rows reads nothing: the memo has them
+    dedup.prefetch(keyed, reads)
+    assert len(store.calls) == 2
+
+
+def test_remember_many_skips_what_the_row_holds_and_writes_nothing_then() -> None:
+    store = BatchStore()
+    dedup = Deduplicator(store)
+    dedup.remember(change(100, row=1))
+    store.calls.clear()
+    dedup.remember_many([(change(100, row=1), row_key(change(100, row=1)))])
+    assert [name for name, _ in store.calls] == ["get"]  # read, found, nothing written

@@ -40,6 +40,15 @@ def test_mapping_behaviour(store: RocksSeenStore) -> None:
     assert list(store) == []
 
 
+def test_batch_reads_and_writes(store: RocksSeenStore) -> None:
+    store["a"] = "1"
+    store.update({"b": "2", "a": "one"}, c="3")
+    assert store.get_many(["a", "z", "c", "b"]) == ["one", None, "3", "2"]
+    assert list(store) == ["a", "b", "c"]
+    store.update()  # nothing to write
+    assert store.get_many([]) == []
+
+
 def test_scan_walks_in_order_from_a_cursor(store: RocksSeenStore) -> None:
     for i in range(25):
         store[f"k{i:03d}"] = str(i)
