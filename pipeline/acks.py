@@ -23,7 +23,10 @@ class AckLedger(Generic[T]):
 
     def track(self, tp: TopicPartition, offset: int, token: T) -> None:
         """Register a consumed record (in consumption order) with what acks it."""
-        self._pending.setdefault(tp, OrderedDict())[offset] = [token, False]
+        pending = self._pending.get(tp)
+        if pending is None:  # (not setdefault: that would build a dict per record)
+            pending = self._pending[tp] = OrderedDict()
+        pending[offset] = [token, False]
 
     def done(self, tp: TopicPartition, offset: int) -> None:
         """The record is written, dead-lettered or dropped: nothing more will happen to it."""

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -43,9 +42,9 @@ H_TIMESTAMP = "cdc.errors.timestamp"
 H_VALUE_DROPPED = "cdc.errors.value.dropped"
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """A record as read from a raw topic, before decoding."""
+class RawRecord(NamedTuple):
+    """A record as read from a raw topic, before decoding. A named tuple: the workers build
+    one per record, and a tuple is built in a quarter of a frozen dataclass's time."""
 
     topic: str
     partition: int

@@ -101,6 +101,27 @@ def quantiles_between(
     return sum(diff.values()), [quantile_of(diff, q) for q in qs]
 
 
+def _observe_all(child: Any, seconds: list[float]) -> None:
+    """``child.observe`` for each value, as one update per bucket: prometheus_client takes a
+    lock per bucket and per sum on each observation (a sink observes every event). Falls back
+    to one observation each where a later prometheus_client keeps its buckets otherwise."""
+    bounds: Any = getattr(child, "_upper_bounds", None)
+    buckets: Any = getattr(child, "_buckets", None)
+    total: Any = getattr(child, "_sum", None)
+    if not (isinstance(bounds, list) and isinstance(buckets, list) and hasattr(total, "inc")
+            and len(bounds) == len(buckets)):
+        for value in seconds:
+            child.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in seconds:  # the first bucket whose bound is >= the value, as observe()
+        counts[bisect.bisect_left(bounds, value)] += 1
+    total.inc(sum(seconds))
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+
+
 class _Exposed:
     """The ``prometheus_client`` side of one ``Metrics``: a registry with the process
     collector and one Counter/Gauge/Histogram per name, its label names fixed by the first
@@ -186,11 +207,13 @@ class Metrics:
         hist = self.histograms.get(key)
         if hist is None:
             hist = self.histograms[key] = LatencyHistogram()
-        exposed = self._child(Histogram, key, labels).observe
+        child = self._child(Histogram, key, labels)
         observe = hist.observe
+        seconds = []
         for ms in values:
             observe(ms)
-            exposed(ms / 1000)
+            seconds.append(ms / 1000)
+        _observe_all(child, seconds)
 
     def total(self, name: str) -> float:
         """Sum of a counter over all its labels."""

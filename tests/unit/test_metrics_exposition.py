@@ -121,3 +121,37 @@ def test_values_observed_at_once_are_each_counted() -> None:
     assert samples["cdc_commit_to_sink_latency_seconds_count"] == 4
     assert abs(samples["cdc_commit_to_sink_latency_seconds_sum"] - 4.06) < 1e-9
     assert m.snapshot()["latency_ms"]['cdc_commit_to_sink_latency{sink="search"}']["count"] == 4
+
+
+def test_values_observed_at_once_land_in_the_buckets_one_at_a_time_would() -> None:
+    values = [0.0, 1.0, 2.5, 2.6, 999.0, 1000.0, 1000.1, 600_000.0, 700_000.0, 10.0]
+    at_once, one_by_one = Metrics("a"), Metrics("b")
+    at_once.observe_many_ms("cdc_commit_to_sink_latency", values, sink="cache")
+    for value in values:
+        one_by_one.observe_ms("cdc_commit_to_sink_latency", value, sink="cache")
+
+    def samples(m: Metrics) -> dict[tuple[str, str], float]:
+        family = {f.name: f for f in text_string_to_metric_families(m.prometheus())}[
+            "cdc_commit_to_sink_latency_seconds"]
+        return {(s.name, s.labels.get("le", "")): s.value for s in family.samples}
+
+    got = samples(at_once)
+    assert got == samples(one_by_one)
+    bucket = "cdc_commit_to_sink_latency_seconds_bucket"  # cumulative, each bound inclusive
+    assert got[(bucket, "0.0025")] == 3 and got[(bucket, "1.0")] == 7
+    assert got[(bucket, "+Inf")] == len(values)
+
+
+def test_a_histogram_without_the_known_buckets_is_observed_one_value_at_a_time() -> None:
+    from pipeline.metrics import _observe_all
+
+    class Child:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    child = Child()
+    _observe_all(child, [0.5, 2.0])
+    assert child.seen == [0.5, 2.0]

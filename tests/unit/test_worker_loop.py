@@ -4,7 +4,6 @@ a failing write is retried with the capped backoff, and Faust's internals are ch
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -395,7 +394,7 @@ def test_a_partition_drain_leaves_a_truncate_and_what_follows_it_for_a_drain_alo
 
 
 def _in_partition(record: RawRecord, partition: int) -> RawRecord:
-    return dataclasses.replace(record, partition=partition)
+    return record._replace(partition=partition)
 
 
 def test_each_partition_has_its_own_drain_in_flight_and_a_truncate_drains_alone() -> None:
