@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import PermanentError
+from pipeline.errors import PermanentError, RetriableError
 from pipeline.sources.postgres import snapshot_reader
 from pipeline.sources.postgres.snapshot_reader import _ParentGone, _QueuedRanges
 
@@ -23,6 +23,10 @@ class _Publisher:
         self.flushes = 0
         self.refusals: list[Any] = []
         self.callback: Any = None
+        self.held = 0  # what len() says the producer holds
+
+    def __len__(self) -> int:
+        return self.held
 
     def _serve(self) -> None:
         while self.refusals:
@@ -119,3 +123,70 @@ def test_a_reader_whose_capture_is_gone_stops_waiting_for_kafka() -> None:
         ranges.confirm()
     assert publisher.flushes == 1
     assert _reports(results) == [("read", 4)]
+
+
+class _Clock:
+    """``time.monotonic`` for the reader, moved on by ``step`` seconds at every flush."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, publisher: _Publisher,
+                 step: float) -> None:
+        self.now = 1000.0
+        monkeypatch.setattr(snapshot_reader.time, "monotonic", lambda: self.now)
+        flush = publisher.flush
+
+        def flush_and_tick(timeout: float) -> int:
+            self.now += step
+            return flush(timeout)
+
+        publisher.flush = flush_and_tick  # type: ignore[method-assign]
+
+
+def test_a_producer_that_acknowledges_nothing_for_the_stall_time_fails_the_reader_retriably(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """librdkafka can stay stuck after a broker restart: a new producer (a restarted
+    snapshot) sends what the stuck one holds; the ranges are not reported done."""
+    publisher = _Publisher([40] * 1000)
+    _Clock(monkeypatch, publisher, 1.0)
+    ranges, results = _ranges(publisher)
+    ranges.queued(6, 40)
+    with pytest.raises(RetriableError, match="acknowledged none of the 40 records"):
+        ranges.confirm()
+    assert publisher.flushes == snapshot_reader._STALL_S + 1  # waited the stall time, no more
+    assert _reports(results) == [("read", 6)]
+
+
+def test_a_slow_kafka_that_acknowledges_something_is_waited_for(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stall = int(snapshot_reader._STALL_S)
+    # one record acknowledged per stall time less a second: slow, never stuck
+    remaining = [n for n in range(5, 0, -1) for _ in range(stall - 1)]
+    rounds = len(remaining)
+    publisher = _Publisher(remaining)
+    _Clock(monkeypatch, publisher, 1.0)
+    ranges, results = _ranges(publisher)
+    ranges.queued(2, 5)
+    ranges.confirm()
+    assert publisher.flushes == rounds + 1 > 4 * stall
+    assert [r[:2] for r in _reports(results)] == [("read", 2), ("done", 2)]
+
+
+def test_a_full_queue_that_never_drains_fails_the_reader_and_each_wait_has_its_own_clock(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [50.0]
+    monkeypatch.setattr(snapshot_reader.time, "monotonic", lambda: now[0])
+    publisher = _Publisher([])
+    publisher.held = 100
+    parent_checks: list[int] = []
+    ranges, _ = _ranges(publisher, lambda: parent_checks.append(1))
+    ranges.waiting()
+    now[0] += snapshot_reader._STALL_S - 1
+    ranges.waiting()
+    assert len(parent_checks) == 2  # a reader waiting for room still notices its capture go
+    ranges.wait_over()  # the queue took the record: the next wait starts afresh
+    now[0] += 2
+    ranges.waiting()
+    now[0] += snapshot_reader._STALL_S - 1
+    ranges.waiting()
+    now[0] += 1
+    with pytest.raises(RetriableError, match="acknowledged none of the 100 records"):
+        ranges.waiting()

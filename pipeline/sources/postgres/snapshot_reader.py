@@ -18,6 +18,13 @@ refusal reported, every range queued before it is done.
 A reader stops on a ``None`` task, when its parent process is gone (a kill -9 of the capture
 must not leave readers behind), or on an error, which it reports with its kind so the parent
 raises the same error the one-process snapshot would.
+
+A reader whose producer holds records Kafka has acknowledged none of for ``_STALL_S`` gives up
+with a retriable error: the capture then restarts the snapshot from its last confirmed chunk
+with new readers and new producers. Kafka may simply be down that long (the restart then waits
+for it like any session), but librdkafka 2.16's idempotent producer can also stay stuck after
+a broker restart with records queued for a partition whose leader is back (seen here about
+once in four runs of the Kafka-outage test): only a new producer sends them.
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ _IDLE_S = 0.2
 #: acknowledgements (a stall of one produce round trip, about 10 ms, once a second). A crash
 #: reads at most this much again.
 _CONFIRM_S = 1.0
+#: Longest a reader waits for Kafka to acknowledge any of the records it queued before it
+#: gives up its producer (see the module's docstring).
+_STALL_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +132,7 @@ class _Reader:
                                            client_id=f"cdc-snapshot-{setup.index}",
                                            refusals_only=True)
         self.ranges = _QueuedRanges(self.publisher, results, self.unconverted, self._check_parent)
+        self.publisher.while_waiting = self.ranges.waiting  # a full queue waits the same way
         self.conn = connect(setup.pg.dsn.get_secret_value(), text_as_stored=True,
                             options=setup.session)
         self.encoder = ReadEncoder(setup.kafka.topic_prefix,
@@ -193,6 +204,7 @@ class _Reader:
                 produce(topic, value, key, partition, refused)
             except (BufferError, KafkaException):  # publish() waits or says why
                 publish(topic, key, value, refused, partition)
+                self.ranges.wait_over()
         self.ranges.queued(task.seq, len(rows))
 
 
@@ -202,11 +214,13 @@ class _QueuedRanges:
     The producer calls :meth:`refused` for refused records only, so nothing marks a record
     acknowledged: :meth:`confirm` waits until the producer holds no record (flush) and, with
     no refusal reported, reports every range queued before done. :meth:`serve` does that
-    once ranges waited ``_CONFIRM_S``; the first refusal fails the reader instead.
+    once ranges waited ``_CONFIRM_S``; the first refusal fails the reader instead. Waiting
+    for Kafka (in a flush, or for room in a full queue) checks that the capture still runs
+    and that Kafka acknowledged some record within ``_STALL_S``.
     """
 
     __slots__ = ("publisher", "results", "unconverted", "check_parent", "pending", "due",
-                 "failed")
+                 "failed", "least", "since")
 
     def __init__(self, publisher: Any, results: Any, unconverted: UnconvertedValues,
                  check_parent: Callable[[], None]) -> None:
@@ -217,6 +231,8 @@ class _QueuedRanges:
         self.pending: list[tuple[int, int]] = []  # (seq, rows) queued, not yet reported done
         self.due = 0.0  # when the oldest pending range must be confirmed
         self.failed: str | None = None
+        self.least = 0  # the fewest records the producer held while waiting ...
+        self.since = 0.0  # ... and when it got there (0: not waiting)
 
     def refused(self, err: Any, _msg: Any) -> None:
         """The producer's delivery callback (it runs for refused records only)."""
@@ -240,9 +256,9 @@ class _QueuedRanges:
     def confirm(self) -> None:
         """Wait until Kafka acknowledged every queued record, then report the pending ranges
         done (the counts of unconverted values with the first)."""
-        while self.publisher.flush(_IDLE_S):
-            self._raise_refusal()
-            self.check_parent()  # Kafka may be down: a reader whose capture died must end
+        while remaining := self.publisher.flush(_IDLE_S):
+            self._waited(remaining)
+        self.wait_over()
         self.publisher.poll(0)
         self._raise_refusal()
         if not self.pending:
@@ -252,6 +268,28 @@ class _QueuedRanges:
             self.results.put(("done", seq, rows, counts))
             counts = {}
         self.pending.clear()
+
+    def waiting(self) -> None:
+        """The publisher waits for room in its full queue (about every 50 ms)."""
+        self._waited(len(self.publisher))
+
+    def wait_over(self) -> None:
+        """The wait is over (the queue took the record): a later one starts a new clock."""
+        self.since = 0.0
+
+    def _waited(self, remaining: int) -> None:
+        """One round of waiting for Kafka, the producer still holding ``remaining`` records:
+        a refusal, a capture gone, or no acknowledgement for ``_STALL_S`` ends the reader."""
+        self._raise_refusal()
+        self.check_parent()  # Kafka may be down: a reader whose capture died must end
+        now = time.monotonic()
+        if not self.since or remaining < self.least:
+            self.least, self.since = remaining, now
+        elif now - self.since >= _STALL_S:
+            raise RetriableError(
+                f"Kafka acknowledged none of the {remaining} records this snapshot reader "
+                f"queued in {now - self.since:.0f}s; reading from the last confirmed chunk "
+                "again with a new producer")
 
     def _raise_refusal(self) -> None:
         if self.failed is not None:
