@@ -47,18 +47,18 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import faust
 
 from agents import faust_internals
+from agents.faust_internals import Fetched
 from agents.guard import ContinuityGuard
 from agents.seen_table import SeenSetTable
 from pipeline import heap
 from pipeline.backpressure import Backpressure
 from pipeline.compose import build_processor, start_metrics, worker_data_dir
 from pipeline.config import load_settings
-from pipeline.deadletter import RawRecord
 from pipeline.errors import EXIT_PERMANENT, PermanentError
 from pipeline.kafka.changelog import ChangelogStore, ChangelogWriter
 from pipeline.kafka.client import faust_credentials, poll_limits
@@ -142,24 +142,16 @@ faust_internals.on_rebalance_start(app, on_rebalance_start)
 lock = asyncio.Lock()
 
 
-async def ack(messages: list[Any]) -> None:
+async def ack(messages: list[Fetched]) -> None:
     """Acknowledge finished messages (the ledger's contiguous prefix per partition)."""
     guard.acknowledge(messages)
 
 
-loop: WorkerLoop[Any] = WorkerLoop(
+loop: WorkerLoop[Fetched] = WorkerLoop(
     processor, store, metrics, ack, sink=SINK,
     retry_initial_s=settings.worker.retry_initial_ms / 1000,
     retry_max_s=settings.worker.retry_max_ms / 1000, backpressure=backpressure,
 )
-
-
-def to_record(message: Any) -> RawRecord:
-    headers = message.headers
-    return RawRecord(  # positional: this runs once per record
-        message.topic, message.partition, message.offset, message.key, message.value,
-        int((message.timestamp or 0) * 1000),
-        tuple((k, bytes(v or b"")) for k, v in headers) if headers else ())
 
 
 def stop_for_good(exc: PermanentError) -> NoReturn:
@@ -197,8 +189,8 @@ async def wait_for_the_drain() -> None:
         collect()
 
 
-def accept(messages: list[Any]) -> None:
-    loop.accept([(to_record(message), message) for message in messages])
+def accept(messages: list[Fetched]) -> None:
+    loop.accept([(message.record, message) for message in messages])
 
 
 @app.task
@@ -217,7 +209,7 @@ async def consume() -> None:
                 # Faust waits at a revocation for every message handed out; the held ones
                 # must not stay referenced here (the guard lets go of them).
                 del messages
-                records = [(to_record(message), message) for message in admitted]
+                records = [(message.record, message) for message in admitted]
                 del admitted
                 # decoded here, while the previous batch's drain waits for the sink
                 loop.accept(records)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import agents.guard as guard_module
+from agents import faust_internals
 from agents.guard import ContinuityGuard
 from pipeline.config import KafkaSettings
 from pipeline.metrics import Metrics
@@ -76,6 +77,8 @@ class _TP:
 def app(monkeypatch: pytest.MonkeyPatch) -> _App:
     monkeypatch.setattr(guard_module, "committed_offsets",
                         lambda _bs, _g, tps, *_a: {tp: 10 for tp in tps})
+    # a stand-in consumer: its class's ack, per record, is the one acknowledge() calls
+    monkeypatch.setattr(faust_internals, "BATCH_ACK", False)
     return _App()
 
 

@@ -138,14 +138,28 @@ def test_the_installed_faust_passes() -> None:
 
 # -- BatchFetch: the raw topics' records a fetch at a time ----------------------------------
 class _Record:
-    def __init__(self, topic: str, offset: int) -> None:
+    """An aiokafka ``ConsumerRecord``, as far as the fetch reads one."""
+
+    def __init__(self, topic: str, offset: int, headers: list[tuple[str, bytes | None]] | None
+                 = None) -> None:
         self.topic, self.offset = topic, offset
+        self.key, self.value = b'{"id": %d}' % offset, b"{}"
+        self.timestamp = 1_700_000_000_123 + offset
+        self.headers = headers or []
 
 
 class _TP(tuple):  # type: ignore[type-arg]
     @property
     def topic(self) -> str:
         return str(self[0])
+
+    @property
+    def partition(self) -> int:
+        return int(self[1])
+
+
+def _taken(batch: list[faust_internals.Fetched]) -> list[tuple[str, int]]:
+    return [(message.topic, message.offset) for message in batch]
 
 
 class _Monitor:
@@ -210,10 +224,53 @@ def test_a_fetch_becomes_one_batch_and_other_topics_keep_faust_s_path() -> None:
                changelog: [_Record("changelog", 1)]}
 
     batch = asyncio.run(fetch._sort(consumer, records, None))
-    assert batch == [("raw", 5), ("raw", 6), ("raw", 7)]
+    assert _taken(batch) == [("raw", 5), ("raw", 6), ("raw", 7)]
     assert consumer.delivered == [("changelog", 1)]
     assert consumer._read_offset[raw] == 7
     assert set(batch) <= consumer._unacked_messages  # a revocation waits for them
+
+
+def test_a_fetched_record_is_the_record_the_worker_takes() -> None:
+    fetch = faust_internals.BatchFetch(["raw"])
+    consumer = _FaustConsumer()
+    tp = _TP(("raw", 2))
+    records = {tp: [_Record("raw", 9, [("h", b"v"), ("none", None)]), _Record("raw", 10)]}
+    first, second = asyncio.run(fetch._sort(consumer, records, None))
+    assert first.record == RawRecord("raw", 2, 9, b'{"id": 9}', b"{}", 1_700_000_000_132,
+                                     (("h", b"v"), ("none", b"")))
+    assert second.record.headers == ()
+    assert (first.tp, first.topic, first.partition, first.offset) == (tp, "raw", 2, 9)
+    assert (first.acked, first.refcount) == (False, 0)
+
+
+def test_faust_s_own_ack_and_revocation_wait_take_a_fetched_record() -> None:
+    """Faust's ``Consumer.ack`` (its bookkeeping for the commit) and the set a revocation
+    waits on, run on a :class:`Fetched` as on a Faust message."""
+    from collections import defaultdict
+    from weakref import WeakSet
+
+    from faust.transport.consumer import Consumer
+
+    class Bookkeeping:
+        app = _App()
+        _committed_offset: dict[object, int | None] = defaultdict(lambda: None)
+        _acked_index: dict[object, set[int]] = defaultdict(set)
+        _acked: dict[object, list[int]] = defaultdict(list)
+        _n_acked = 0
+        _waiting_for_ack = None
+
+        def __init__(self) -> None:
+            self._unacked_messages: WeakSet[object] = WeakSet()
+
+    consumer = Bookkeeping()
+    tp = _TP(("raw", 0))
+    fetched = faust_internals.Fetched(RawRecord("raw", 0, 41, None, None), tp)
+    consumer._unacked_messages.add(fetched)
+    assert [(m.refcount, m) for m in consumer._unacked_messages] == [(0, fetched)]
+    assert Consumer.ack(consumer, fetched) is True  # type: ignore[arg-type]
+    assert Consumer.ack(consumer, fetched) is False  # type: ignore[arg-type]  # once only
+    assert fetched.acked and not consumer._unacked_messages
+    assert consumer._acked[tp] == [41] and consumer._n_acked == 1
 
 
 def test_paused_partitions_are_left_out_as_faust_leaves_them_out() -> None:
@@ -221,7 +278,7 @@ def test_paused_partitions_are_left_out_as_faust_leaves_them_out() -> None:
     consumer = _FaustConsumer()
     a, b = _TP(("raw", 0)), _TP(("raw", 1))
     records = {a: [_Record("raw", 1)], b: [_Record("raw", 1)]}
-    assert asyncio.run(fetch._sort(consumer, records, {a})) == [("raw", 1)]
+    assert _taken(asyncio.run(fetch._sort(consumer, records, {a}))) == [("raw", 1)]
     assert consumer._read_offset[b] is None
 
 
@@ -278,7 +335,8 @@ def test_a_rebalance_drops_what_was_not_taken() -> None:
 
 
 def test_a_fetch_begun_before_a_seek_does_not_move_the_read_offset_past_it() -> None:
-    async def scenario() -> tuple[list[object], list[object], int | None]:
+    async def scenario() -> tuple[list[faust_internals.Fetched], list[faust_internals.Fetched],
+                                  int | None]:
         fetch = faust_internals.BatchFetch(["raw"])
         consumer = _FaustConsumer()
         a, b = _TP(("raw", 0)), _TP(("raw", 1))
@@ -292,9 +350,9 @@ def test_a_fetch_begun_before_a_seek_does_not_move_the_read_offset_past_it() -> 
         return first, second, offset_after_stale
 
     first, second, offset = asyncio.run(scenario())
-    assert first == [("raw", 3)]  # the other partition is unaffected
+    assert _taken(first) == [("raw", 3)]  # the other partition is unaffected
     assert offset == 5
-    assert second == [("raw", o) for o in range(5, 10)]
+    assert _taken(second) == [("raw", o) for o in range(5, 10)]
 
 
 # -- one drain in flight while the engine reads ahead ---------------------------------------
@@ -626,3 +684,92 @@ def test_the_next_write_goes_out_while_the_changelog_acknowledges_the_last_one(
 
     asyncio.run(scenario())
     assert loop.waiting() == 0
+
+
+class _AckBookkeeping:
+    """The state ``Consumer.ack`` keeps, on a stand-in consumer."""
+
+    def __init__(self, committed: dict[object, int], acks_off: set[str]) -> None:
+        from collections import defaultdict
+        from weakref import WeakSet
+
+        class Topics:
+            @staticmethod
+            def acks_enabled_for(topic: str) -> bool:
+                return topic not in acks_off
+
+        class App:
+            topics = Topics()
+
+        self.app = App()
+        self._committed_offset: dict[object, int | None] = defaultdict(lambda: None, committed)
+        self._acked_index: dict[object, set[int]] = defaultdict(set)
+        self._acked: dict[object, list[int]] = defaultdict(list)
+        self._n_acked = 0
+        self._waiting_for_ack: asyncio.Future[None] | None = None
+        self._unacked_messages: WeakSet[object] = WeakSet()
+
+    def state(self, messages: list[faust_internals.Fetched]) -> object:
+        return (dict(self._acked_index), dict(self._acked), self._n_acked,
+                sorted((m.topic, m.partition, m.offset) for m in self._unacked_messages),
+                [m.acked for m in messages])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_batched_ack_keeps_faust_s_bookkeeping_exactly(seed: int) -> None:
+    """Random batches (repeats, records acked before, offsets below the committed one, a
+    topic whose acks are off): :func:`acknowledge` leaves the state Faust's own
+    ``Consumer.ack`` per record leaves, and wakes a waiter as it does."""
+    import random
+
+    from faust.transport.consumer import Consumer
+
+    assert faust_internals.BATCH_ACK  # the installed Faust is the one the copy mirrors
+    rng = random.Random(seed)
+    tps = [_TP(("raw", p)) for p in range(3)] + [_TP(("off", 0))]
+    committed = {tp: rng.choice([0, 3, 6]) for tp in tps if rng.random() < 0.5}
+
+    def batch() -> tuple[_AckBookkeeping, list[faust_internals.Fetched]]:
+        local = random.Random(seed)  # the same messages for both consumers
+        consumer = _AckBookkeeping(committed, {"off"})
+        messages = []
+        for _ in range(local.randint(0, 30)):
+            tp = local.choice(tps)
+            message = faust_internals.Fetched(
+                RawRecord(tp.topic, tp.partition, local.randint(0, 12), None, None), tp)
+            message.acked = local.random() < 0.1
+            consumer._unacked_messages.add(message)
+            messages.append(message)
+        messages += local.sample(messages, min(len(messages), 5))  # acked twice
+        return consumer, messages
+
+    ours, mine = batch()
+    faust, theirs = batch()
+
+    async def both() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        ours._waiting_for_ack, faust._waiting_for_ack = loop.create_future(), \
+            loop.create_future()
+        faust_internals.acknowledge(ours, mine)
+        for message in theirs:
+            Consumer.ack(faust, message)  # type: ignore[arg-type]
+        return ours._waiting_for_ack.done(), faust._waiting_for_ack.done()
+
+    woke_ours, woke_faust = asyncio.run(both())
+    assert ours.state(mine) == faust.state(theirs)
+    assert woke_ours or not woke_faust
+
+
+def test_with_another_faust_s_ack_each_record_goes_through_faust_s_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+
+    class Consumer:
+        def ack(self, message: object) -> bool:
+            calls.append(message)
+            return True
+
+    monkeypatch.setattr(faust_internals, "BATCH_ACK", False)
+    faust_internals.acknowledge(Consumer(), ["a", "b"])
+    assert calls == ["a", "b"]
+    assert not faust_internals._same_source(len, faust_internals.ACK_SOURCE_SHA256)
