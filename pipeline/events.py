@@ -227,6 +227,8 @@ def _check_column_type(column: dict[str, Any], where: str) -> None:
 MAX_POSITION = 2**63 - 1
 #: Times are milliseconds since 1970 up to the end of year 9999 (what a datetime can hold).
 MAX_TS_MS = 253_402_300_799_999
+_MAX_TS_US = MAX_TS_MS * 1000 + 999
+_MAX_TS_NS = MAX_TS_MS * 1_000_000 + 999_999
 #: A record key (the primary-key columns as JSON) longer than this is refused: PostgreSQL
 #: keeps index entries under ~2.7 kB, so a longer key is not a row's, and every stage (the
 #: dedup changelog, Redis keys) would carry it.
@@ -269,7 +271,24 @@ def _name(value: Any, name: str) -> str:
 
 def _sequence_commit(sequence: Any) -> int | None:
     """The commit position in Debezium's ``sequence``: the text of a JSON array
-    ``[last commit LSN, this LSN]``, each a decimal string (or null: unknown)."""
+    ``[last commit LSN, this LSN]``, each a decimal string (or null: unknown). Both known
+    is checked inline (a worker decodes every record); the rest by
+    :func:`_checked_sequence_commit`."""
+    if type(sequence) is str and len(sequence) <= 100:
+        try:
+            parts = orjson.loads(sequence)
+        except orjson.JSONDecodeError:
+            parts = None
+        if type(parts) is list and len(parts) == 2:
+            commit, lsn = parts
+            if (type(commit) is str and commit.isascii() and commit.isdigit()
+                    and type(lsn) is str and lsn.isascii() and lsn.isdigit()
+                    and int(commit) <= MAX_POSITION and int(lsn) <= MAX_POSITION):
+                return int(commit)
+    return _checked_sequence_commit(sequence)
+
+
+def _checked_sequence_commit(sequence: Any) -> int | None:
     name = "source.sequence"
     if sequence is None:
         return None
@@ -291,15 +310,43 @@ def _sequence_commit(sequence: Any) -> int | None:
 
 def _times_us(block: dict[str, Any], name: str) -> int:
     """``ts_us`` if present, else ``ts_ms`` in microseconds, else 0."""
-    ts_ms = _optional_int(block.get("ts_ms"), f"{name}ts_ms", MAX_TS_MS)
-    ts_us = _optional_int(block.get("ts_us"), f"{name}ts_us", MAX_TS_MS * 1000 + 999)
-    _optional_int(block.get("ts_ns"), f"{name}ts_ns", MAX_TS_MS * 1_000_000 + 999_999)
+    ts_ms, ts_us, ts_ns = block.get("ts_ms"), block.get("ts_us"), block.get("ts_ns")
+    if not ((ts_ms is None or (type(ts_ms) is int and 0 <= ts_ms <= MAX_TS_MS))
+            and (ts_us is None or (type(ts_us) is int and 0 <= ts_us <= _MAX_TS_US))
+            and (ts_ns is None or (type(ts_ns) is int and 0 <= ts_ns <= _MAX_TS_NS))):
+        # (checked inline above, as a worker decodes every record; these say what is wrong)
+        _optional_int(ts_ms, f"{name}ts_ms", MAX_TS_MS)
+        _optional_int(ts_us, f"{name}ts_us", _MAX_TS_US)
+        _optional_int(ts_ns, f"{name}ts_ns", _MAX_TS_NS)
     if ts_us is not None:
-        return ts_us
+        return int(ts_us)
     return (ts_ms or 0) * 1000
 
 
 def _source_from_dict(src: Any) -> SourceInfo:
+    """The ``source`` block. What every writer of the envelope sends is checked inline (a
+    worker decodes every record); anything else takes :func:`_checked_source`, whose
+    checks name the field and the problem."""
+    if type(src) is not dict:
+        return _checked_source(src)
+    get = src.get
+    version, xmin, snapshot = get("version"), get("xmin"), get("snapshot")
+    connector, name, db, schema, table = (
+        get("connector"), get("name"), get("db"), get("schema"), get("table"))
+    tx_id, lsn = get("txId"), get("lsn")
+    if not ((version is None or type(version) is str)
+            and (xmin is None or (type(xmin) is int and 0 <= xmin <= MAX_POSITION))
+            and type(snapshot) is str and type(connector) is str and type(name) is str
+            and type(db) is str and type(schema) is str and schema != ""
+            and type(table) is str and table != ""
+            and (tx_id is None or (type(tx_id) is int and 0 <= tx_id <= MAX_POSITION))
+            and (lsn is None or (type(lsn) is int and 0 <= lsn <= MAX_POSITION))):
+        return _checked_source(src)
+    return SourceInfo(connector, name, db, schema, table, _times_us(src, "source."), tx_id, lsn,
+                      _sequence_commit(get("sequence")), snapshot or "false")
+
+
+def _checked_source(src: Any) -> SourceInfo:
     if not isinstance(src, dict):
         raise EventDecodeError("'source' block is missing or not an object")
     _optional_str(src.get("version"), "source.version")
