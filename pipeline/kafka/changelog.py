@@ -207,19 +207,22 @@ class ChangelogStore(MutableMapping[str, str]):
 
     def __setitem__(self, key: str, value: str) -> None:
         raw = f"{self.partition}|{value}"
-        self.data[key] = raw
+        # the changelog first: should queueing fail, the store must not hold an entry the
+        # changelog never got (a retry would take it for applied, and never write it)
         self.changelog.write(self.partition, key, raw)
+        self.data[key] = raw
 
     def update(self, other: Any = (), /, **kwargs: str) -> None:
         """Set the entries (given as to ``dict.update``), all of the current partition:
-        one write of the underlying store (one batch on disk), then one changelog entry
-        each."""
+        one changelog entry each, then one write of the underlying store (one batch on
+        disk). Should queueing an entry fail, the store is left as it was (see
+        ``__setitem__``)."""
         prefix = f"{self.partition}|"
         raws = {key: prefix + value for key, value in dict(other, **kwargs).items()}
-        self.data.update(raws)
         write, partition = self.changelog.write, self.partition
         for key, raw in raws.items():
             write(partition, key, raw)
+        self.data.update(raws)
 
     def __delitem__(self, key: str) -> None:
         raw = self.data.pop(key, None)

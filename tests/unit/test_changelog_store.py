@@ -66,6 +66,27 @@ def test_batch_writes_go_to_their_scope_and_batch_reads_strip_it(spec: str,
 
 
 @pytest.mark.parametrize("spec", ["memory://", "rocksdb://"])
+def test_a_batch_whose_changelog_write_fails_leaves_the_store_as_it_was(
+        spec: str, tmp_path: Path) -> None:
+    """Else a retried drain would find the rows remembered (duplicates: dropped, never
+    written to the changelog) and a new owner of the partition would not know them."""
+
+    class FailingChangelog(FakeChangelog):
+        def write(self, partition: int, key: str, value: str | None) -> None:
+            if len(self.writes) == 1:
+                raise RuntimeError("KafkaException: fatal producer error")
+            super().write(partition, key, value)
+
+    store = ChangelogStore(FailingChangelog(), open_seen_store(spec, tmp_path))  # type: ignore[arg-type]
+    with store.scope(0), pytest.raises(RuntimeError):
+        store.update({"row-a": "pos-1", "row-b": "pos-2"})
+    assert store.get_many(["row-a", "row-b"]) == [None, None]
+    with store.scope(0), pytest.raises(RuntimeError):
+        store["row-c"] = "pos-3"
+    assert store.get("row-c") is None
+
+
+@pytest.mark.parametrize("spec", ["memory://", "rocksdb://"])
 def test_restore_and_forget_by_partition(spec: str, tmp_path: Path) -> None:
     log = FakeChangelog()
     writer = ChangelogStore(log)  # type: ignore[arg-type]
