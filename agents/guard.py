@@ -123,14 +123,34 @@ class ContinuityGuard:
         return bool(self.admitted([message]))
 
     def admitted(self, messages: Sequence[Any]) -> list[Any]:
-        """The messages :meth:`admit` lets through, in order: one clock read for a batch."""
+        """The messages :meth:`admit` lets through, in order: one clock read for a batch,
+        and one admission for each run of consecutive offsets of a partition that starts
+        where the partition is expected (a fetch's records come so)."""
         self._gate()
-        admit, now = self.continuity.admit, time.monotonic()
+        continuity, now = self.continuity, time.monotonic()
+        admit, admit_run = continuity.admit, continuity.admit_run
         out: list[Any] = []
-        for message in messages:
-            if admit((message.topic, message.partition), message.offset, message,
-                     now) is not Admission.HELD:
-                out.append(message)
+        i, count = 0, len(messages)
+        while i < count:
+            first = messages[i]
+            topic, partition, offset = first.topic, first.partition, first.offset
+            end = i + 1
+            while end < count:
+                message = messages[end]
+                offset += 1
+                if (message.offset != offset or message.partition != partition
+                        or message.topic != topic):
+                    break
+                end += 1
+            run = messages[i:end]
+            if admit_run((topic, partition), first.offset, run[-1].offset, now):
+                out += run
+            else:
+                for message in run:
+                    if admit((topic, partition), message.offset, message,
+                             now) is not Admission.HELD:
+                        out.append(message)
+            i = end
         if len(out) < len(messages):
             self.metrics.inc("cdc_worker_held_total", len(messages) - len(out))
         return out

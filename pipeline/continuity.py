@@ -110,6 +110,24 @@ class OffsetContinuity(Generic[TP, T]):
         part.gap = True
         return Admission.HELD
 
+    def admit_run(self, tp: TP, first: int, last: int, now: float) -> bool:
+        """Take the records ``first..last`` (consecutive offsets of ``tp``) at once, when
+        each would be a ``TAKE``: the run starts at the expected offset. The state is then
+        what :meth:`admit` record by record leaves; otherwise nothing changes and False
+        says to admit them one at a time."""
+        part = self._parts.get(tp)
+        if part is None or (part.next is not None and first != part.next):
+            return False
+        part.next = last + 1
+        part.last_take = now
+        part.gap = False
+        part.reread_until = 0.0
+        part.behind_since = None
+        if part.held:
+            for offset in range(first, last + 1):
+                part.held.pop(offset, None)
+        return True
+
     def due(self, now: float, highwater: Callable[[TP], int | None]
             ) -> list[tuple[TP, int, int]]:
         """Partitions to settle now, each with the range ``[start, until]`` of offsets to ask

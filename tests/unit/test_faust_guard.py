@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import agents.guard as guard_module
 from agents import faust_internals
 from agents.guard import ContinuityGuard
 from pipeline.config import KafkaSettings
+from pipeline.continuity import Admission
 from pipeline.metrics import Metrics
 
 
@@ -183,3 +186,37 @@ def test_a_batch_is_admitted_in_order_up_to_a_gap_and_what_is_held_is_counted(
     batch = [_ev(10), _ev(11), _ev(13), _ev(14)]
     assert [m.offset for m in g.admitted(batch)] == [10, 11]  # 12 missing: 13, 14 held
     assert g.metrics.total("cdc_worker_held_total") == 2
+
+
+_deliveries = st.lists(st.tuples(st.sampled_from([("raw", 0), ("raw", 1), ("raw", 2)]),
+                                 st.integers(0, 14)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=_deliveries, batch=_deliveries,
+       starts=st.tuples(st.one_of(st.none(), st.integers(0, 6)), st.integers(0, 6)))
+def test_admitting_a_batch_by_runs_decides_as_record_by_record(
+        first: list[tuple[tuple[str, int], int]], batch: list[tuple[tuple[str, int], int]],
+        starts: tuple[int | None, int]) -> None:
+    """Any delivery (runs, gaps, repeats, a partition not assigned here, records held
+    before): the guard admits the same records, and leaves the continuity state, that
+    :meth:`OffsetContinuity.admit` record by record does."""
+    def run(by_runs: bool) -> tuple[list[_Message], object]:
+        app = _App()
+        g = ContinuityGuard(app, "g", ["raw"], KafkaSettings(), Metrics("test"))
+        for tp, start in ((("raw", 0), starts[0]), (("raw", 1), starts[1])):  # raw 2: not ours
+            g.continuity.assigned(tp, start, now=0.0)
+        g._assignment_known.set()
+        out: list[_Message] = []
+        for delivery in (first, batch):
+            messages = [_Message(t, p, o) for (t, p), o in delivery]
+            if by_runs:
+                out += g.admitted(messages)
+            else:
+                out += [m for m in messages if g.continuity.admit(
+                    (m.topic, m.partition), m.offset, m, 1.0) is not Admission.HELD]
+        parts = {tp: (p.next, sorted(p.held), p.gap, p.reread_until, p.behind_since)
+                 for tp, p in g.continuity._parts.items()}
+        return out, parts
+
+    assert run(by_runs=True) == run(by_runs=False)
