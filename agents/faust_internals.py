@@ -1,7 +1,8 @@
 """Every use of Faust's internals, in one place, checked against the Faust version at import.
 
 The worker relies on parts of faust-streaming that are not public API: it takes the raw
-topics' records from the consumer a fetch at a time (:class:`BatchFetch`), gates the
+topics' records from the consumer a fetch at a time (:class:`BatchFetch`, as light
+:class:`Fetched` tokens Faust tracks and acknowledges like its messages), gates the
 consumer's acknowledgements and gap bookkeeping (``agents.guard``), hooks the start of a
 rebalance, pauses partitions in aiokafka while a sink is down (:class:`PausedFetching`) and
 keeps the dedup table's entries in a store of its own (``agents.seen_table`` overrides
@@ -111,6 +112,7 @@ class Fetched:
         self.offset = record.offset
         self.acked = False
         self.refcount = 0  # never referenced by a stream: its first ack is its final one
+
 
 #: The bases ``agents.seen_table`` overrides (``Table._new_store``, the memory store's
 #: recovery hooks), taken from here so they are checked above before any use.
