@@ -329,6 +329,10 @@ class KafkaSettings(_Section):
     #: Capture registers its schemas there (value_format avro); workers resolve every Avro
     #: schema id there instead of ``schemas/ids.yaml``.
     schema_registry_url: str | None = None
+    #: Longest a capture producer may hold records Kafka acknowledges none of before it is
+    #: replaced and capture reads again from its last confirmed position
+    #: (:mod:`pipeline.capture.stall`).
+    producer_stall_s: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _avro_needs_registry(self) -> KafkaSettings:

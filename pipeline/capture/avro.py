@@ -155,6 +155,8 @@ class AvroPublisher(EventPublisher):
         super().__init__(kafka, client_id, refusals_only)
         self._kafka = kafka
         self._schemas = schemas
+
+    def _bind(self) -> None:
         self.produce = self._produce_encoded  # the capture loop's path re-encodes too
 
     def _produce_encoded(self, topic: str, value: bytes | None, key: bytes | None,

@@ -90,6 +90,11 @@ class DeliveryTracker:
             self._open.pop()
 
     @property
+    def head(self) -> TransactionDelivery | None:
+        """The oldest unit not yet confirmable: the one capture waits for."""
+        return self._open[0] if self._open else None
+
+    @property
     def in_flight(self) -> int:
         """Transactions not yet fully acknowledged (including an open one)."""
         return len(self._open)

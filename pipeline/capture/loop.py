@@ -12,7 +12,9 @@ A ``RetriableError`` (the database or Kafka went away) ends the session; the loo
 the one :class:`~pipeline.retry.Backoff` and opens a new one, which starts after the last
 confirmed position: what Kafka had not acknowledged is read and published again (at least
 once; the sinks are idempotent). With ``retry_timeout_s`` an outage (no session reaching its
-first read) lasting longer becomes a ``PermanentError``. Anything else (a setup problem, a
+first read) lasting longer becomes a ``PermanentError``. A producer Kafka answers nothing of
+for ``kafka.producer_stall_s`` ends the session the same way, and is replaced first
+(:mod:`pipeline.capture.stall`). Anything else (a setup problem, a
 refused record) stops capture with its message: retrying could not help. A source that
 defines ``refused(position, reason)`` (the outbox relay) is told of a refused record instead,
 and confirmation goes on past it.
@@ -30,6 +32,7 @@ from confluent_kafka import KafkaException
 from pipeline.capture.delivery import DeliveryTracker, TransactionDelivery
 from pipeline.capture.publisher import EventPublisher, ensure_topics
 from pipeline.capture.source import EVERY_PARTITION, ChangeSource, Checkpoint, HeadedRecord
+from pipeline.capture.stall import ProducerStalled, StallWatch
 from pipeline.capture.throughput import ThroughputLog
 from pipeline.config import KafkaSettings
 from pipeline.errors import PermanentError, RetriableError, SourceExhausted
@@ -118,12 +121,21 @@ class CaptureLoop:
         tracker = DeliveryTracker(
             on_complete=self._acknowledged,
             on_refused=None if refused is None else lambda txn: refused(txn.end_lsn, txn.error))
+        watch = _OldestUnitWatch(tracker, self.kafka.producer_stall_s)
+
+        def while_waiting() -> None:  # for room in the producer's full queue
+            self.source.keepalive()
+            watch.look()
+
         try:
             topics = self.source.open()
             if self.create_topics:
                 ensure_topics(self.kafka, topics)
-            self.publisher.while_waiting = self.source.keepalive
-            self._stream(tracker, stop)
+            self.publisher.while_waiting = while_waiting
+            self._stream(tracker, stop, watch)
+        except ProducerStalled:
+            self.publisher.renew()  # before the drain below: nothing to wait for in it
+            raise
         finally:
             self.publisher.while_waiting = lambda: None
             tracker.abandon_open()
@@ -133,7 +145,8 @@ class CaptureLoop:
                 self._unacknowledged = tracker.in_flight
                 self.source.close()
 
-    def _stream(self, tracker: DeliveryTracker, stop: threading.Event) -> None:
+    def _stream(self, tracker: DeliveryTracker, stop: threading.Event,
+                watch: _OldestUnitWatch) -> None:
         publish = self.publisher.publish
         produce = self.publisher.produce
         sent = tracker.sent
@@ -165,6 +178,7 @@ class CaptureLoop:
                     unit = tracker.begin()
             self.publisher.poll(0)
             self._confirm(tracker)
+            watch.look()
             self.throughput.add(records)
             self.throughput.tick(self.confirmed)
 
@@ -217,3 +231,32 @@ class CaptureLoop:
             self.metrics.observe_ms(
                 "cdc_commit_to_kafka_latency", max(0.0, acked_ms - txn.commit_ts_us / 1000)
             )
+
+
+class _OldestUnitWatch:
+    """The stall rule of the capture loop: progress is the oldest unit it waits for being
+    another one than at the last look, or holding another number of unanswered records
+    (an answer takes one off, a record published to a unit still being read adds one).
+
+    A producer that stops answering shows no change once the source stops feeding the
+    oldest unit (it ended, or the queue is full and publishing waits), and its records
+    reach the limit; a slow Kafka changes the count at almost every look. Nothing here
+    counts per record."""
+
+    __slots__ = ("tracker", "clock", "head", "pending")
+
+    def __init__(self, tracker: DeliveryTracker, limit_s: float) -> None:
+        self.tracker = tracker
+        self.clock = StallWatch(limit_s, "of the oldest transaction capture waits for")
+        self.head: TransactionDelivery | None = None
+        self.pending = 0
+
+    def look(self) -> None:
+        head = self.tracker.head
+        if head is None:
+            self.clock.observe(0)
+            return
+        pending = head.pending
+        progressed = head is not self.head or pending != self.pending
+        self.head, self.pending = head, pending
+        self.clock.observe(pending, progressed)

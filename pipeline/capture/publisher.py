@@ -66,19 +66,33 @@ class EventPublisher:
         self._settings = settings
         # ``refusals_only``: delivery callbacks run for refused records alone, so a record
         # counts as acknowledged once flush() returned with no refusal reported.
-        self._producer = Producer(client_config(settings, {
+        self._config = client_config(settings, {
             **PRODUCER_DEFAULTS, **settings.producer_config(), "client.id": client_id,
-            **({"delivery.report.only.error": True} if refusals_only else {})}))
+            **({"delivery.report.only.error": True} if refusals_only else {})})
+        self._open()
+        #: Called about every 50 ms while publish() waits for Kafka (backpressure), so the
+        #: source can keep its own connection alive.
+        self.while_waiting: Callable[[], None] = lambda: None
+
+    def _open(self) -> None:
+        self._producer = Producer(self._config)
         self._produce = self._producer.produce
+        self._bind()
+
+    def _bind(self) -> None:
         #: ``produce(topic, value, key, partition, on_delivery)``, positional, for the capture
         #: loop's per-record path: the producer's own, which raises where :meth:`publish`
         #: would wait (a full queue) or explain (a refused record); the caller then calls
         #: :meth:`publish` with the same record. A subclass that changes values on their
-        #: way (:class:`~pipeline.capture.avro.AvroPublisher`) replaces it too.
+        #: way (:class:`~pipeline.capture.avro.AvroPublisher`) binds its own. Callers take it
+        #: afresh every session: a stalled producer is replaced.
         self.produce: Callable[..., None] = self._producer.produce
-        #: Called about every 50 ms while publish() waits for Kafka (backpressure), so the
-        #: source can keep its own connection alive.
-        self.while_waiting: Callable[[], None] = lambda: None
+
+    def renew(self) -> None:
+        """Give this producer up for a new one (it stalled, see :mod:`pipeline.capture.stall`):
+        what it holds is purged and none of its callbacks runs again."""
+        self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+        self._open()
 
     def publish(
         self, topic: str, key: bytes | None, value: bytes | None, on_delivery: DeliveryCallback,
@@ -127,7 +141,8 @@ class EventPublisher:
         return len(meta.partitions)
 
     def poll(self, timeout: float = 0.0) -> int:
-        """Serve delivery callbacks; returns how many ran."""
+        """Serve delivery callbacks (and librdkafka's logs and errors); returns how many
+        ran."""
         return int(self._producer.poll(timeout))
 
     def flush(self, timeout: float) -> int:

@@ -8,6 +8,7 @@ import orjson
 import psycopg2
 import pytest
 
+from pipeline import stack
 from pipeline.errors import SourceSetupError
 from pipeline.harness import PipelineProcess, slot_active, wait_until
 from pipeline.sources.postgres.chunks import TableReader
@@ -23,6 +24,36 @@ pytestmark = pytest.mark.integration
 
 def _exited(proc: PipelineProcess, timeout: float) -> bool:
     return wait_until(lambda: not proc.alive(), timeout)
+
+
+def test_a_kafka_outage_while_streaming_replaces_the_stalled_producer_and_loses_nothing(
+    scenario: Scenario,
+) -> None:
+    """Kafka away for longer than ``kafka.producer_stall_s`` with changes queued: capture
+    gives its producer up (as it must one librdkafka left stuck after the broker came back),
+    retries with backoff while Kafka is down, and once it is back reads again from the last
+    confirmed position through a new producer: every change arrives, capture never exits."""
+    sc = scenario
+    sc.env["CDC_KAFKA__PRODUCER_STALL_S"] = "4"
+    sc.env["CDC_WORKER__ENGINE"] = "kafka"
+    capture = sc.start("capture")
+    sc.execute("INSERT INTO items VALUES (1, 'before the outage', 1, 1)")
+    assert len(sc.values(sc.topic, 1)) == 1, capture.tail()
+    stack.stop_service("kafka")
+    try:
+        for i in range(2, 202):
+            sc.execute("INSERT INTO items VALUES (%s, 'during the outage', %s, 1)", i, i)
+        assert wait_until(lambda: "answered none of the" in capture.tail(400), 60), \
+            capture.tail()
+        assert capture.alive(), capture.tail()
+    finally:
+        stack.start_service("kafka")
+    sc.execute("INSERT INTO items VALUES (202, 'after the outage', 1, 1)")
+    sc.start("worker")
+    assert sc.converged(240), sc.drift()
+    assert capture.alive(), capture.tail()
+    ids = {e["after"]["id"] for e in sc.values(sc.topic, 202) if e["op"] == "c"}
+    assert ids == set(range(1, 203))
 
 
 @pytest.mark.parametrize("engine", ["faust", "kafka"])

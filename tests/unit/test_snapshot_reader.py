@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
+from pipeline.config import KafkaSettings
 from pipeline.errors import PermanentError, RetriableError
 from pipeline.sources.postgres import snapshot_reader
 from pipeline.sources.postgres.snapshot_reader import _ParentGone, _QueuedRanges
+
+_STALL_S = KafkaSettings().producer_stall_s
 
 
 class _Publisher:
@@ -52,7 +55,8 @@ class _Counts:
 
 def _ranges(publisher: _Publisher, parent: Any = lambda: None) -> tuple[_QueuedRanges, Any]:
     results: Any = queue.Queue()
-    ranges = _QueuedRanges(publisher, results, _Counts(), parent)  # type: ignore[arg-type]
+    ranges = _QueuedRanges(publisher, results, _Counts(), parent,  # type: ignore[arg-type]
+                           _STALL_S)
     publisher.callback = ranges.refused
     return ranges, results
 
@@ -149,15 +153,16 @@ def test_a_producer_that_acknowledges_nothing_for_the_stall_time_fails_the_reade
     _Clock(monkeypatch, publisher, 1.0)
     ranges, results = _ranges(publisher)
     ranges.queued(6, 40)
-    with pytest.raises(RetriableError, match="acknowledged none of the 40 records"):
+    with pytest.raises(RetriableError,
+                       match=r"answered none of the 40 record\(s\) this snapshot reader queued"):
         ranges.confirm()
-    assert publisher.flushes == snapshot_reader._STALL_S + 1  # waited the stall time, no more
+    assert publisher.flushes == _STALL_S + 1  # waited the stall time, no more
     assert _reports(results) == [("read", 6)]
 
 
 def test_a_slow_kafka_that_acknowledges_something_is_waited_for(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    stall = int(snapshot_reader._STALL_S)
+    stall = int(_STALL_S)
     # one record acknowledged per stall time less a second: slow, never stuck
     remaining = [n for n in range(5, 0, -1) for _ in range(stall - 1)]
     rounds = len(remaining)
@@ -179,14 +184,14 @@ def test_a_full_queue_that_never_drains_fails_the_reader_and_each_wait_has_its_o
     parent_checks: list[int] = []
     ranges, _ = _ranges(publisher, lambda: parent_checks.append(1))
     ranges.waiting()
-    now[0] += snapshot_reader._STALL_S - 1
+    now[0] += _STALL_S - 1
     ranges.waiting()
     assert len(parent_checks) == 2  # a reader waiting for room still notices its capture go
     ranges.wait_over()  # the queue took the record: the next wait starts afresh
     now[0] += 2
     ranges.waiting()
-    now[0] += snapshot_reader._STALL_S - 1
+    now[0] += _STALL_S - 1
     ranges.waiting()
     now[0] += 1
-    with pytest.raises(RetriableError, match="acknowledged none of the 100 records"):
+    with pytest.raises(RetriableError, match=r"answered none of the 100 record\(s\)"):
         ranges.waiting()

@@ -19,12 +19,10 @@ A reader stops on a ``None`` task, when its parent process is gone (a kill -9 of
 must not leave readers behind), or on an error, which it reports with its kind so the parent
 raises the same error the one-process snapshot would.
 
-A reader whose producer holds records Kafka has acknowledged none of for ``_STALL_S`` gives up
-with a retriable error: the capture then restarts the snapshot from its last confirmed chunk
-with new readers and new producers. Kafka may simply be down that long (the restart then waits
-for it like any session), but librdkafka 2.16's idempotent producer can also stay stuck after
-a broker restart with records queued for a partition whose leader is back (seen here about
-once in four runs of the Kafka-outage test): only a new producer sends them.
+A reader whose producer holds records Kafka has acknowledged none of for
+``kafka.producer_stall_s`` gives up with a retriable error (:mod:`pipeline.capture.stall`):
+the capture then restarts the snapshot from its last confirmed chunk with new readers and
+new producers.
 """
 
 from __future__ import annotations
@@ -46,6 +44,7 @@ from confluent_kafka import KafkaException
 
 from pipeline.capture.publisher import capture_publisher
 from pipeline.capture.source import ANY_PARTITION
+from pipeline.capture.stall import StallWatch
 from pipeline.config import KafkaSettings, PostgresSettings
 from pipeline.errors import CdcError, PermanentError, RetriableError
 from pipeline.events import snapshot_marker
@@ -64,9 +63,6 @@ _IDLE_S = 0.2
 #: acknowledgements (a stall of one produce round trip, about 10 ms, once a second). A crash
 #: reads at most this much again.
 _CONFIRM_S = 1.0
-#: Longest a reader waits for Kafka to acknowledge any of the records it queued before it
-#: gives up its producer (see the module's docstring).
-_STALL_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +127,8 @@ class _Reader:
         self.publisher = capture_publisher(setup.kafka, setup.schemas_dir,
                                            client_id=f"cdc-snapshot-{setup.index}",
                                            refusals_only=True)
-        self.ranges = _QueuedRanges(self.publisher, results, self.unconverted, self._check_parent)
+        self.ranges = _QueuedRanges(self.publisher, results, self.unconverted, self._check_parent,
+                                    setup.kafka.producer_stall_s)
         self.publisher.while_waiting = self.ranges.waiting  # a full queue waits the same way
         self.conn = connect(setup.pg.dsn.get_secret_value(), text_as_stored=True,
                             options=setup.session)
@@ -216,14 +213,14 @@ class _QueuedRanges:
     no refusal reported, reports every range queued before done. :meth:`serve` does that
     once ranges waited ``_CONFIRM_S``; the first refusal fails the reader instead. Waiting
     for Kafka (in a flush, or for room in a full queue) checks that the capture still runs
-    and that Kafka acknowledged some record within ``_STALL_S``.
+    and that Kafka acknowledged some record within ``stall_s``.
     """
 
     __slots__ = ("publisher", "results", "unconverted", "check_parent", "pending", "due",
-                 "failed", "least", "since")
+                 "failed", "stall")
 
     def __init__(self, publisher: Any, results: Any, unconverted: UnconvertedValues,
-                 check_parent: Callable[[], None]) -> None:
+                 check_parent: Callable[[], None], stall_s: float) -> None:
         self.publisher = publisher
         self.results = results
         self.unconverted = unconverted
@@ -231,8 +228,7 @@ class _QueuedRanges:
         self.pending: list[tuple[int, int]] = []  # (seq, rows) queued, not yet reported done
         self.due = 0.0  # when the oldest pending range must be confirmed
         self.failed: str | None = None
-        self.least = 0  # the fewest records the producer held while waiting ...
-        self.since = 0.0  # ... and when it got there (0: not waiting)
+        self.stall = StallWatch(stall_s, "this snapshot reader queued")
 
     def refused(self, err: Any, _msg: Any) -> None:
         """The producer's delivery callback (it runs for refused records only)."""
@@ -275,21 +271,14 @@ class _QueuedRanges:
 
     def wait_over(self) -> None:
         """The wait is over (the queue took the record): a later one starts a new clock."""
-        self.since = 0.0
+        self.stall.reset()
 
     def _waited(self, remaining: int) -> None:
         """One round of waiting for Kafka, the producer still holding ``remaining`` records:
-        a refusal, a capture gone, or no acknowledgement for ``_STALL_S`` ends the reader."""
+        a refusal, a capture gone, or no acknowledgement for ``stall_s`` ends the reader."""
         self._raise_refusal()
         self.check_parent()  # Kafka may be down: a reader whose capture died must end
-        now = time.monotonic()
-        if not self.since or remaining < self.least:
-            self.least, self.since = remaining, now
-        elif now - self.since >= _STALL_S:
-            raise RetriableError(
-                f"Kafka acknowledged none of the {remaining} records this snapshot reader "
-                f"queued in {now - self.since:.0f}s; reading from the last confirmed chunk "
-                "again with a new producer")
+        self.stall.observe(remaining)
 
     def _raise_refusal(self) -> None:
         if self.failed is not None:
