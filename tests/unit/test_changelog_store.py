@@ -23,6 +23,10 @@ class FakeChangelog:
     def write(self, partition: int, key: str, value: str | None) -> None:
         self.writes.append((partition, key, value))
 
+    def write_many(self, partition: int, entries: Any) -> None:
+        for key, value in entries:
+            self.write(partition, key, value)
+
     def read(self, partitions: list[int],
              into: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
         state: MutableMapping[str, str] = {} if into is None else into
@@ -265,3 +269,45 @@ def test_eviction_walks_a_faust_store_that_cannot_scan() -> None:
 
     store = ChangelogStore(FakeChangelog(), CannotScan())  # type: ignore[arg-type]
     assert store.scan(None, 10) is None
+
+
+def test_a_batch_of_entries_meets_a_full_queue_and_every_entry_is_counted_and_flushed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import orjson
+
+    import pipeline.kafka.changelog as changelog
+    from pipeline.config import KafkaSettings
+
+    monkeypatch.setattr(changelog, "KafkaProducer", FullOnceProducer)
+    LossyProducer.log = []
+    writer = changelog.ChangelogWriter("t", KafkaSettings())
+    store = ChangelogStore(writer)
+    with store.scope(2):
+        store.update({"a": "1", "b": "2", "c": "3"})
+        FullOnceProducer.full_once = True  # the next batch's second entry waits for room
+        store.update({"d": "4", "e": "5"})
+    assert writer._written == {2: 5}
+    asyncio.run(store.flush())
+    assert LossyProducer.log == [(2, orjson.dumps(k), orjson.dumps(f"2|{v}"))
+                                 for k, v in ("a1", "b2", "c3", "d4", "e5")]
+
+
+def test_entries_queued_before_a_producer_error_are_counted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush must wait for what did reach the queue; the store keeps none of the batch."""
+    import pipeline.kafka.changelog as changelog
+    from pipeline.config import KafkaSettings
+
+    class Fatal(LossyProducer):
+        def produce(self, topic: str, value: bytes | None, key: bytes, partition: int,
+                    on_delivery: Any) -> None:
+            if len(self.queue) == 2:
+                raise RuntimeError("KafkaException: fatal producer error")
+            super().produce(topic, value, key, partition, on_delivery)
+
+    monkeypatch.setattr(changelog, "KafkaProducer", Fatal)
+    writer = changelog.ChangelogWriter("t", KafkaSettings())
+    store = ChangelogStore(writer)
+    with store.scope(0), pytest.raises(RuntimeError):
+        store.update({"a": "1", "b": "2", "c": "3"})
+    assert writer._written == {0: 2} and len(store) == 0
