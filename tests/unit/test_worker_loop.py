@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -227,7 +228,9 @@ def test_a_fetch_becomes_one_batch_and_other_topics_keep_faust_s_path() -> None:
     assert _taken(batch) == [("raw", 5), ("raw", 6), ("raw", 7)]
     assert consumer.delivered == [("changelog", 1)]
     assert consumer._read_offset[raw] == 7
-    assert set(batch) <= consumer._unacked_messages  # a revocation waits for them
+    # a revocation waits for them: one token for the fetch, counting its records down
+    (token,) = {message.fetch for message in batch}
+    assert token in consumer._unacked_messages and token.remaining == 3 and not token.acked
 
 
 def test_a_fetched_record_is_the_record_the_worker_takes() -> None:
@@ -710,8 +713,10 @@ class _AckBookkeeping:
         self._unacked_messages: WeakSet[object] = WeakSet()
 
     def state(self, messages: list[faust_internals.Fetched]) -> object:
+        """Faust's bookkeeping, and whether a revocation would still wait (what its
+        ``wait_empty`` reads of the set, once ``_clean_unacked_messages`` ran)."""
         return (dict(self._acked_index), dict(self._acked), self._n_acked,
-                sorted((m.topic, m.partition, m.offset) for m in self._unacked_messages),
+                any(not m.acked for m in self._unacked_messages),
                 [m.acked for m in messages])
 
 
@@ -729,35 +734,49 @@ def test_the_batched_ack_keeps_faust_s_bookkeeping_exactly(seed: int) -> None:
     tps = [_TP(("raw", p)) for p in range(3)] + [_TP(("off", 0))]
     committed = {tp: rng.choice([0, 3, 6]) for tp in tps if rng.random() < 0.5}
 
-    def batch() -> tuple[_AckBookkeeping, list[faust_internals.Fetched]]:
+    def batch(token: faust_internals.FetchToken | None,
+              ) -> tuple[_AckBookkeeping, list[faust_internals.Fetched],
+                         list[faust_internals.Fetched]]:
+        """A consumer, the messages handed out, and those the worker finished (some
+        twice; a revocation waits for the others)."""
         local = random.Random(seed)  # the same messages for both consumers
         consumer = _AckBookkeeping(committed, {"off"})
         messages = []
         for _ in range(local.randint(0, 30)):
             tp = local.choice(tps)
             message = faust_internals.Fetched(
-                RawRecord(tp.topic, tp.partition, local.randint(0, 12), None, None), tp)
-            message.acked = local.random() < 0.1
-            consumer._unacked_messages.add(message)
+                RawRecord(tp.topic, tp.partition, local.randint(0, 12), None, None), tp,
+                token)
+            message.acked = local.random() < 0.1  # acked by an earlier call
+            if token is None:
+                consumer._unacked_messages.add(message)
+            elif not message.acked:
+                token.remaining += 1
             messages.append(message)
-        messages += local.sample(messages, min(len(messages), 5))  # acked twice
-        return consumer, messages
+        if token is not None and token.remaining:
+            consumer._unacked_messages.add(token)
+        finished = messages[:local.randint(0, len(messages))]
+        finished += local.sample(finished, min(len(finished), 5))  # acked twice
+        return consumer, messages, finished
 
-    ours, mine = batch()
-    faust, theirs = batch()
+    token = faust_internals.FetchToken()
+    ours, mine, finished_here = batch(token)  # as BatchFetch hands them out: a token a fetch
+    faust, theirs, finished_there = batch(None)  # as Faust tracks its messages
 
     async def both() -> tuple[bool, bool]:
         loop = asyncio.get_running_loop()
         ours._waiting_for_ack, faust._waiting_for_ack = loop.create_future(), \
             loop.create_future()
-        faust_internals.acknowledge(ours, mine)
-        for message in theirs:
+        faust_internals.acknowledge(ours, finished_here)
+        for message in finished_there:
             Consumer.ack(faust, message)  # type: ignore[arg-type]
         return ours._waiting_for_ack.done(), faust._waiting_for_ack.done()
 
     woke_ours, woke_faust = asyncio.run(both())
     assert ours.state(mine) == faust.state(theirs)
     assert woke_ours or not woke_faust
+    assert token.remaining == sum(not m.acked for m in mine)
+    assert bool(ours._unacked_messages) == (token.remaining > 0)  # out once all are acked
 
 
 def test_with_another_faust_s_ack_each_record_goes_through_faust_s_own(
@@ -773,3 +792,55 @@ def test_with_another_faust_s_ack_each_record_goes_through_faust_s_own(
     faust_internals.acknowledge(Consumer(), ["a", "b"])
     assert calls == ["a", "b"]
     assert not faust_internals._same_source(len, faust_internals.ACK_SOURCE_SHA256)
+
+
+def _fetched_by_aiokafka(topic: str, records: list[tuple[int, bytes | None, bytes | None,
+                                                       list[tuple[str, bytes | None]]]],
+                         ) -> list[Any]:
+    """What aiokafka's fetcher makes of one record batch of ``topic`` (lz4, as capture
+    writes them): a real batch, parsed by aiokafka's own code."""
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import TopicPartition
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=3, is_transactional=0,
+                                        producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                                        batch_size=1 << 20)
+    for offset, (timestamp, key, value, headers) in enumerate(records):
+        builder.append(offset, timestamp, key, value, headers)
+    parsed = PartitionRecords(TopicPartition(topic, 4), MemoryRecords(bytes(builder.build())),
+                              [], 0, None, None, True, 0)
+    return list(parsed)
+
+
+def test_aiokafka_builds_the_raw_topics_records_as_the_worker_takes_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records aiokafka builds for a raw topic are the RawRecords BatchFetch made of
+    its ConsumerRecords (timestamps, keys, values and headers as fetched, a header without
+    a value as b""); other topics' records stay ConsumerRecords."""
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.structs import ConsumerRecord
+
+    # put back after the test: the patch is process-wide
+    monkeypatch.setattr(PartitionRecords, "_consumer_record",
+                        faust_internals._AIOKAFKA_CONSUMER_RECORD)
+    monkeypatch.setattr(faust_internals, "_RAW_TOPICS", set())
+    assert faust_internals.RAW_FROM_AIOKAFKA  # the installed aiokafka is the one it knows
+    batch = [(1_700_000_000_132, b'{"id": 1}', b"{}", [("h", b"v"), ("none", None)]),
+             (0, None, None, []), (5, b"", b"x" * 100_000, [("\U0001f600", b"")])]
+    before = _fetched_by_aiokafka("raw.t", batch)
+    assert all(type(r) is ConsumerRecord for r in before)
+    faust_internals.raw_records_from_aiokafka(["raw.t"])
+    after = _fetched_by_aiokafka("raw.t", batch)
+    assert all(type(r) is RawRecord for r in after)  # no ConsumerRecord built on the way
+    other = _fetched_by_aiokafka("faust-changelog", batch)
+    assert all(type(r) is ConsumerRecord for r in other)
+    fetch = faust_internals.BatchFetch(["raw.t"])
+    tp = _TP(("raw.t", 4))
+    expected = asyncio.run(fetch._sort(_FaustConsumer(), {tp: before}, None))
+    taken = asyncio.run(fetch._sort(_FaustConsumer(), {tp: after}, None))
+    assert [m.record for m in taken] == [m.record for m in expected]
+    assert all(type(m.record) is RawRecord for m in taken)
+    assert taken[0].record == RawRecord("raw.t", 4, 0, b'{"id": 1}', b"{}", 1_700_000_000_132,
+                                        (("h", b"v"), ("none", b"")))
