@@ -354,6 +354,8 @@ def test_a_database_in_another_encoding_is_captured_as_utf8(
                 reading.close()
     finally:
         proc.kill()
+        # the walsender notices its client gone a moment later: the slot is in use till then
+        wait_until(lambda: not slot_active(sc.dsn, sc.settings.postgres.slot), 30)
         with other.cursor() as cur:
             cur.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                         "WHERE slot_name = %s", (sc.settings.postgres.slot,))
